@@ -1,0 +1,92 @@
+"""Shared fixtures: real MNIST (fetched once into a cache), one short real training run, real exports.
+
+The expensive things are session-scoped, so the whole suite trains once and exports once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+from toolkit.data import ensure_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | os.PathLike) -> Result:
+    """Invoke the real typer app in-process, as a user's shell would."""
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def run_process(*args: str | os.PathLike, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m toolkit ...` (or any argv) in a separate process."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_one_line_error(result, code: int | None = None) -> str:
+    """A user error: non-zero exit, one 'error:' line on stderr, and no traceback anywhere."""
+    stderr = result.stderr.strip()
+    exit_code = result.exit_code if isinstance(result, Result) else result.returncode
+    assert exit_code != 0, result.stdout
+    if code is not None:
+        assert exit_code == code, stderr
+    assert "Traceback" not in stderr and "Traceback" not in result.stdout
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """Real MNIST, verified; shared across test sessions in $TOOLKIT_TEST_DATA or <repo>/.cache/mnist."""
+    path = Path(os.environ.get("TOOLKIT_TEST_DATA") or REPO / ".cache" / "mnist")
+    ensure_mnist(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mnist_dir) -> Path:
+    """One epoch of the default recipe on all 60,000 images, through the CLI. Returns the run folder."""
+    run_dir = tmp_path_factory.mktemp("runs") / "convnet"
+    result = run_cli("train", "--epochs", "1", "--out", run_dir, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, trained, mnist_dir) -> Path:
+    """Every format and precision exported from the trained checkpoint, through the CLI."""
+    out = tmp_path_factory.mktemp("exported")
+    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "all", "--precision", "all",
+                     "--out", out, "--data-dir", mnist_dir, "--calibration-size", "300")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def exported_copy(tmp_path, exported) -> Path:
+    """A private copy of the exported folder that a test may damage."""
+    copy = tmp_path / "exported"
+    shutil.copytree(exported, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable

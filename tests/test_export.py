@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import assert_one_line_error, run_cli
+from toolkit.artifacts import read_manifest
+from toolkit.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.data import load_split
+from toolkit.fileio import file_digest
+
+EXPECTED = {("onnx", "fp32"): "model.onnx", ("onnx", "fp16"): "model.fp16.onnx", ("onnx", "int8"): "model.int8.onnx",
+            ("torchscript", "fp32"): "model.ts.pt", ("onnx-app", "fp32"): "model.app.onnx"}
+
+
+def test_manifest_lists_every_artifact_with_checksums(exported, trained):
+    artifacts = read_manifest(exported)
+    assert {(a.format, a.precision): a.file for a in artifacts} == EXPECTED
+    source_sha = file_digest(trained / "checkpoint.pt")
+    for a in artifacts:
+        assert a.sha256 == file_digest(exported / a.file)
+        assert a.size_bytes == (exported / a.file).stat().st_size
+        assert a.source_sha256 == source_sha and a.versions["torch"] == torch.__version__.split("+")[0]
+    int8 = next(a for a in artifacts if a.precision == "int8")
+    assert int8.settings["calibration_split"] == "train" and int8.settings["per_channel"] is True
+    assert not [p for p in exported.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_onnx_files_pass_the_checker_and_describe_themselves(exported, trained):
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.app.onnx"):
+        model = onnx.load(str(exported / name))
+        onnx.checker.check_model(model, full_check=True)
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["mean"] == "0.1307" and meta["std"] == "0.3081"
+        assert json.loads(meta["labels"]) == [str(d) for d in range(10)]
+        assert meta["source_checkpoint_sha256"] == file_digest(trained / "checkpoint.pt")
+        assert float(meta["test_accuracy"]) > 98 and meta["torch_version"] and meta["onnx_version"]
+    fp16 = onnx.load(str(exported / "model.fp16.onnx"))
+    weight_types = {t.data_type for t in fp16.graph.initializer if len(t.dims) > 1}
+    assert weight_types == {onnx.TensorProto.FLOAT16}  # every weight tensor is float16
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # callers change nothing
+    int8_ops = {n.op_type for n in onnx.load(str(exported / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops
+
+
+@pytest.mark.parametrize("batch", [1, 10000])
+def test_onnx_runs_at_batch_one_and_at_the_whole_test_set(exported, mnist_dir, batch):
+    x, y = load_split(mnist_dir, "test")
+    images = ((x[:batch].astype(np.float32) / 255 - 0.1307) / 0.3081)[:, None]
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": images})[0]
+    assert out.shape == (batch, 10)
+    if batch > 1:
+        assert (out.argmax(1) == y).mean() > 0.98
+
+
+def test_torchscript_loads_in_a_process_that_never_imported_toolkit(exported, tmp_path, mnist_dir, python):
+    x, _ = load_split(mnist_dir, "test")
+    images = ((x[:64].astype(np.float32) / 255 - 0.1307) / 0.3081)[:, None]
+    np.save(tmp_path / "x.npy", images)
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np, torch
+        extra = {{"toolkit.json": ""}}
+        m = torch.jit.load({str(exported / 'model.ts.pt')!r}, _extra_files=extra)
+        y = m(torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))).detach().numpy()
+        np.save({str(tmp_path / 'y.npy')!r}, y)
+        print(json.loads(extra["toolkit.json"])["output"])
+        assert "toolkit" not in sys.modules
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "log_probs" in done.stdout
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), session.run(None, {"image": images})[0], atol=1e-4)
+
+
+def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir):
+    out = tmp_path / "exp"
+    assert run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "onnx,torchscript",
+                   "--out", out, "--data-dir", mnist_dir).exit_code == 0
+    first = {a.file: a.sha256 for a in read_manifest(out)}
+    assert set(first) == {"model.onnx", "model.ts.pt"}
+    # the same checkpoint again, ONNX only: TorchScript stays listed, ONNX is rebuilt
+    assert run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--out", out).exit_code == 0
+    assert {a.file for a in read_manifest(out)} == {"model.onnx", "model.ts.pt"}
+    # another checkpoint: its artifacts never sit beside the old model's
+    ckpt = load_checkpoint(trained / "checkpoint.pt")
+    ckpt["state_dict"] = {k: v + 0.001 for k, v in ckpt["state_dict"].items()}
+    save_checkpoint(tmp_path / "other.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    result = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out)
+    assert result.exit_code == 0 and "model.ts.pt" in result.stderr
+    assert [a.file for a in read_manifest(out)] == ["model.onnx"]
+    assert not (out / "model.ts.pt").exists()
+
+
+def _write_garbage(path):
+    path.write_bytes(os.urandom(4096))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("garbage", "not a readable checkpoint"),
+    ("foreign", "not a toolkit checkpoint"),
+    ("mismatch", "do not fit model 'mlp'"),
+])
+def test_bad_checkpoints_are_one_line_errors_and_write_nothing(tmp_path, trained, case, message):
+    path = tmp_path / "ckpt.pt"
+    if case == "garbage":
+        _write_garbage(path)
+    elif case == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif case == "mismatch":  # a checkpoint that claims to be another model
+        ckpt = load_checkpoint(trained / "checkpoint.pt")
+        ckpt["model"] = {"name": "mlp", "args": {}, "parameters": 0}
+        torch.save(ckpt, path)
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", path, "--out", out)
+    assert message in assert_one_line_error(result, 2)
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "tflite"], "unknown format"),
+    (["--precision", "int4"], "unknown precision"),
+    (["--format", "torchscript", "--precision", "int8"], "supports precision fp32 only"),
+    (["--opset", "7"], "opset 7 is out of range"),
+    (["--quant-format", "dynamic"], "unknown quantization format"),
+])
+def test_bad_export_options_are_one_line_errors(tmp_path, trained, args, message):
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--out", out, *args)
+    assert message in assert_one_line_error(result, 2)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_export_folder(tmp_path, trained):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--out", blocker / "out")
+    assert "cannot write" in assert_one_line_error(result, 2)

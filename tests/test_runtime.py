@@ -1,0 +1,114 @@
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
+from toolkit.data import load_split
+from toolkit.runtime import Classifier, load_image
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError(f"{name} is blocked: the runtime must not need it")
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+@pytest.fixture(scope="module")
+def digit_pngs(tmp_path_factory, mnist_dir):
+    """The first 100 MNIST test images as PNG files, and their labels."""
+    folder = tmp_path_factory.mktemp("pngs")
+    x, y = load_split(mnist_dir, "test")
+    paths = []
+    for i in range(100):
+        paths.append(folder / f"test{i:03d}.png")
+        Image.fromarray(x[i]).save(paths[-1])
+    return paths, y[:100], x[:100]
+
+
+def test_predict_runs_without_torch(exported, digit_pngs, python):
+    paths, labels, _ = digit_pngs
+    script = BLOCK_TORCH + textwrap.dedent(f"""
+        sys.argv = ["toolkit", "predict", "--json", "--model", {str(exported / 'model.app.onnx')!r},
+                    *{[str(p) for p in paths[:20]]!r}]
+        from toolkit.cli import main
+        try:
+            main()
+        finally:
+            assert "torch" not in sys.modules
+    """)
+    done = run_process(python, "-c", script, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    predictions = json.loads(done.stdout)
+    assert [p["digit"] for p in predictions] == list(labels[:20])
+    assert all(0.5 < p["probability"] <= 1.0 and len(p["probabilities"]) == 10 for p in predictions)
+
+
+@pytest.mark.parametrize("model", ["model.app.onnx", "model.onnx", "model.int8.onnx"])
+def test_every_toolkit_onnx_classifies_real_digits(exported, digit_pngs, model):
+    paths, labels, pixels = digit_pngs
+    result = run_cli("predict", "--json", "--model", exported / model, *paths)
+    assert result.exit_code == 0, result.stderr
+    digits = np.array([p["digit"] for p in json.loads(result.stdout)])
+    assert (digits == labels).mean() >= 0.97
+    reference = Classifier(exported / "model.app.onnx").predict_proba(pixels).argmax(1)
+    assert (digits == reference).mean() >= (1.0 if model != "model.int8.onnx" else 0.97)
+
+
+def test_dark_on_light_and_large_colour_images_are_converted(tmp_path, digit_pngs, exported):
+    _, labels, pixels = digit_pngs
+    inverted = tmp_path / "inverted.png"
+    Image.fromarray(255 - pixels[0]).save(inverted)
+    np.testing.assert_array_equal(load_image(inverted), pixels[0])  # detected and inverted back
+    assert load_image(inverted, invert=False).mean() > 127  # --no-invert leaves it alone
+
+    big = tmp_path / "big.jpg"  # a 280x280 colour photo-like JPEG of a dark digit on paper
+    Image.fromarray(np.kron(255 - pixels[1], np.ones((10, 10), np.uint8))).convert("RGB").save(big, quality=90)
+    small = load_image(big)
+    assert small.shape == (28, 28) and small.dtype == np.uint8
+    result = run_cli("predict", "--json", "--model", exported / "model.app.onnx", big, inverted)
+    assert [p["digit"] for p in json.loads(result.stdout)] == [labels[1], labels[0]]
+
+
+def test_transparent_png_is_composited_on_white(tmp_path, digit_pngs):
+    _, _, pixels = digit_pngs
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = pixels[2]  # black ink whose opacity is the digit, on a transparent background
+    path = tmp_path / "ink.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    np.testing.assert_allclose(load_image(path).astype(int), pixels[2].astype(int), atol=1)
+
+
+def test_bad_images_are_one_line_errors(tmp_path, exported):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 5000)).save(huge)  # 45 megapixels, a few KB on disk
+    model = exported / "model.app.onnx"
+    assert "not a readable image" in assert_one_line_error(run_cli("predict", "--model", model, text), 2)
+    assert "empty file" in assert_one_line_error(run_cli("predict", "--model", model, empty), 2)
+    assert "too large" in assert_one_line_error(run_cli("predict", "--model", model, huge), 2)
+    assert "no such file" in assert_one_line_error(run_cli("predict", "--model", model, tmp_path / "nope.png"), 2)
+
+
+def test_an_onnx_that_is_not_a_toolkit_model_is_refused(tmp_path, digit_pngs):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 28, 28])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "other.onnx"))
+    result = run_cli("predict", "--model", tmp_path / "other.onnx", digit_pngs[0][0])
+    assert "not a toolkit model" in assert_one_line_error(result, 2)
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x01garbage")
+    assert "cannot load" in assert_one_line_error(run_cli("predict", "--model", tmp_path / "junk.onnx",
+                                                          digit_pngs[0][0]), 2)

@@ -1,0 +1,124 @@
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
+from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.data import load_split, to_tensor
+from toolkit.train import evaluate, make_config, train
+
+
+def test_short_real_training_run_clears_the_bar(trained):
+    history = json.loads((trained / "history.json").read_text())
+    assert len(history["epochs"]) == 1
+    row = history["epochs"][0]
+    assert row["test_accuracy"] >= 98.0, row  # one epoch of the default recipe on all 60,000 images
+    assert row["train_accuracy"] > 85.0 and row["seconds"] > 0  # running average over the epoch
+    assert (trained / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_rebuilds_the_model_from_the_file_alone(trained, mnist_dir):
+    raw = torch.load(trained / "checkpoint.pt", weights_only=True)  # no pickle code can run
+    assert raw["model"] == {"name": "convnet", "args": {}, "parameters": 431_080}
+    assert raw["config"]["recipe"] == "fast" and raw["data_md5"]["t10k-images-idx3-ubyte"]
+    model = model_from_checkpoint(load_checkpoint(trained / "checkpoint.pt"))
+    x, y = load_split(mnist_dir, "test")
+    _, accuracy = evaluate(model, to_tensor(x), torch.from_numpy(y))
+    assert accuracy == pytest.approx(raw["metrics"]["test_accuracy"], abs=1e-9)
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
+
+
+def test_same_seed_on_the_cpu_gives_the_same_result(tmp_path, mnist_dir):
+    config = make_config(epochs=1, train_limit=3000, device="cpu")
+    a = train(config, mnist_dir, tmp_path / "a")
+    b = train(config, mnist_dir, tmp_path / "b")
+    c = train(make_config(epochs=1, train_limit=3000, device="cpu", seed=1), mnist_dir, tmp_path / "c")
+    wa, wb, wc = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.test_accuracy == b.test_accuracy
+    assert not torch.equal(wa["conv1.weight"], wc["conv1.weight"])
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, mnist_dir):
+    config = make_config(epochs=3, train_limit=3000, device="cpu")
+    train(config, mnist_dir, tmp_path / "straight")
+
+    def interrupt_after_first(stats, total):
+        if stats.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, mnist_dir, tmp_path / "cut", on_epoch=interrupt_after_first)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    resumed = train(config, mnist_dir, tmp_path / "cut", resume=True)
+    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
+    straight, cut = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
+    assert all(torch.equal(straight[k], cut[k]) for k in straight)
+
+
+def test_killed_cli_run_keeps_its_last_epoch_and_resumes(tmp_path, mnist_dir, python):
+    run_dir = tmp_path / "run"
+    cmd = [python, "-m", "toolkit", "train", "--epochs", "8", "--train-limit", "4000", "--out", str(run_dir),
+           "--data-dir", str(mnist_dir)]
+    proc = __import__("subprocess").Popen(cmd, stdout=-1, stderr=-1, text=True, cwd=REPO)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    epoch = load_checkpoint(run_dir / "checkpoint.pt")["epoch"]
+    assert 1 <= epoch < 8
+
+    done = run_process(*cmd[:4], "--resume", "--out", run_dir, "--data-dir", mnist_dir, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed after epoch {epoch}" in done.stdout
+    assert len(json.loads((run_dir / "history.json").read_text())["epochs"]) == 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet"], "unknown model"),
+    (["--recipe", "turbo"], "unknown recipe"),
+    (["--epochs", "0"], "epochs must be a positive number"),
+    (["--batch-size", "-5"], "batch-size must be a positive number"),
+    (["--lr", "-1"], "lr must be a positive number"),
+    (["--device", "tpu"], "unknown device"),
+])
+def test_bad_training_options_are_one_line_errors(tmp_path, mnist_dir, args, message):
+    result = run_cli("train", *args, "--out", tmp_path / "run", "--data-dir", mnist_dir)
+    assert message in assert_one_line_error(result, 2)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, mnist_dir):
+    result = run_cli("train", "--device", "cuda", "--out", tmp_path / "run", "--data-dir", mnist_dir)
+    assert "--device cuda" in assert_one_line_error(result, 2)
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, mnist_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "--epochs", "1", "--train-limit", "500", "--out", blocker / "run",
+                     "--data-dir", mnist_dir)
+    assert "cannot write the run folder" in assert_one_line_error(result, 2)
+
+
+def test_existing_run_is_not_overwritten_by_accident(trained, mnist_dir):
+    before = (trained / "checkpoint.pt").read_bytes()
+    result = run_cli("train", "--epochs", "1", "--out", trained, "--data-dir", mnist_dir)
+    assert "--resume" in assert_one_line_error(result, 2)
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    result = run_cli("train", "--out", tmp_path / "run", "--data-dir", tmp_path / "nothing")
+    assert "toolkit data" in assert_one_line_error(result, 2)

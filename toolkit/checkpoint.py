@@ -1,0 +1,74 @@
+"""Checkpoints: weights plus everything needed to rebuild the model and trust where it came from.
+
+A checkpoint is a plain dict of tensors and primitives, so `torch.load(weights_only=True)` reads it and no
+pickle from a file can run code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from toolkit import fileio
+from toolkit.errors import CheckpointError
+
+FORMAT = "toolkit-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Atomically write a checkpoint dict (the format tag is added here)."""
+    import torch
+
+    with fileio.atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a toolkit checkpoint, or raise CheckpointError saying what is wrong."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `toolkit train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with `toolkit train`")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}, "
+                              f"this toolkit reads version {FORMAT_VERSION}")
+    for key in ("model", "state_dict", "config", "history"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} lacks '{key}'; it is damaged or was not written by toolkit")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]):
+    """Rebuild the model a checkpoint describes, load its weights, and put it in eval mode."""
+    from toolkit.errors import ConfigError
+    from toolkit.model import build_model
+
+    spec = ckpt["model"]
+    try:
+        model = build_model(spec["name"], **spec.get("args", {}))
+        model.load_state_dict(ckpt["state_dict"])
+    except (ConfigError, RuntimeError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint weights do not fit model {spec.get('name')!r}: {first[:200]}") from None
+    return model.eval()
+
+
+def latest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
+    """The most recently written `<runs_dir>/*/checkpoint.pt`."""
+    candidates = sorted(Path(runs_dir).glob(f"*/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint found under {runs_dir}/; train one with `toolkit train` "
+                              "or pass --checkpoint")
+    return candidates[-1]

@@ -1,0 +1,58 @@
+"""PNG plots: the notebook's train/validation error curve, and throughput against batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from toolkit import fileio
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> None:
+    """Train and evaluation error (%) per epoch, as the notebook asked for, written atomically to `path`."""
+    plt = _pyplot()
+    epochs = [row.epoch for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(epochs, [row.train_error for row in history], "o-", label="train error")
+    ax.plot(epochs, [row.test_error for row in history], "s-", label="validation error (MNIST test set)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.set_yscale("log")
+    ax.set_xticks(epochs)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "error per epoch")
+    fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> None:
+    """Images/s against batch size, one line per runtime label, log-log, written atomically to `path`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, points in sorted(series.items()):
+        points = sorted(points)
+        ax.plot([b for b, _ in points], [t for _, t in points], "o-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput (images/s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "throughput")
+    fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,245 @@
+"""Torch-free inference: ONNX Runtime sessions, toolkit models from numpy, and image loading.
+
+This is what an app that embeds the exported .onnx needs: it imports only onnxruntime, numpy and Pillow
+(never torch), and reads everything it must know (normalization, layout, labels) from the file itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ArtifactError, ConfigError, ImageError, ProviderUnavailable
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_PROVIDER_LIBS = {"cuda": "libonnxruntime_providers_cuda.so", "tensorrt": "libonnxruntime_providers_tensorrt.so"}
+MAX_IMAGE_PIXELS = 40_000_000  # refuse larger images before decoding them (a decompression bomb guard)
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _why_provider_fails(provider: str) -> str:
+    """Load the provider's shared library ourselves: its loader error names the missing CUDA/TensorRT library."""
+    ort = _ort()
+    lib = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBS.get(provider, "")
+    if not lib.is_file():
+        return f"this onnxruntime build has no {lib.name}; install onnxruntime-gpu"
+    try:
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        return str(e)
+    return "the provider library loads, but no usable GPU or driver was found"
+
+
+def create_session(path: str | os.PathLike, provider: str = "cpu", *, threads: int | None = None,
+                   cuda_graph: bool = False, optimization: str = "all"):
+    """An InferenceSession on exactly `provider`, or ProviderUnavailable saying what is missing.
+
+    ONNX Runtime silently falls back to the CPU when a GPU provider cannot load; this checks
+    `session.get_providers()` so nothing labelled CUDA ever runs on the CPU.
+    """
+    ort = _ort()
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        raise ProviderUnavailable(f"ONNX Runtime {ort.__version__} here offers "
+                                  f"{', '.join(ort.get_available_providers())}, not {name}; "
+                                  "install onnxruntime-gpu on a machine with a GPU")
+    if provider != "cpu":
+        ort.set_default_logger_severity(4)  # a provider that fails to load is reported below, in one line
+    if provider != "cpu" and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()  # finds the CUDA/cuDNN libraries that pip's nvidia-* packages (or torch) ship
+        except Exception:
+            pass
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # ORT's warnings are noise here; errors become ArtifactError/ProviderUnavailable
+    provider_options: dict[str, Any] = {}
+    if cuda_graph:
+        if provider != "cuda":
+            raise ConfigError("CUDA graphs need --provider cuda")
+        provider_options["enable_cuda_graph"] = "1"
+    providers = [(name, provider_options)] + ([] if provider == "cpu" else ["CPUExecutionProvider"])
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path} is empty; export it again")
+    try:
+        # ORT prints "EP Error ... Falling back" itself when a GPU provider fails; the check below says it better
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {_ort_message(e)}") from None
+    if session.get_providers()[0] != name:
+        raise ProviderUnavailable(f"{name} failed to load, ONNX Runtime would silently use the CPU: "
+                                  f"{_why_provider_fails(provider)}")
+    return session
+
+
+def _ort_message(e: Exception) -> str:
+    """ONNX Runtime's error text without its status prefix and C++ source location."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S*onnxruntime_src/\S+:\d+ \S+?\(.*?\) ", "", text)
+    return text[:300]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a toolkit .onnx says about itself."""
+
+    kind: str  # "normalized" (float32 [N,1,28,28] -> log_probs) or "app" (uint8 [N,28,28] -> probabilities, digit)
+    input_name: str
+    output_names: tuple[str, ...]
+    mean: float
+    std: float
+    labels: tuple[str, ...]
+    metadata: dict[str, str]
+
+
+def describe(session, path: str | os.PathLike = "") -> ModelInfo:
+    """Check that `session` holds a toolkit MNIST model and read its I/O contract from the metadata."""
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if "toolkit.format_version" not in meta:
+        raise ArtifactError(f"{path or 'the model'} is not a toolkit model (no toolkit metadata); "
+                            "export one with `toolkit export`")
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ArtifactError(f"{path} has {len(inputs)} inputs; toolkit models take one image tensor")
+    inp = inputs[0]
+    shape = list(inp.shape)
+    if inp.type == "tensor(uint8)" and shape[1:] == [28, 28]:
+        kind = "app"
+    elif inp.type == "tensor(float)" and shape[1:] == [1, 28, 28]:
+        kind = "normalized"
+    else:
+        raise ArtifactError(f"{path}: input {inp.name!r} is {inp.type} {shape}; toolkit models take "
+                            "float32 [N,1,28,28] or uint8 [N,28,28]")
+    try:
+        labels = tuple(json.loads(meta.get("labels", "[]"))) or tuple(str(d) for d in range(10))
+        mean, std = float(meta["mean"]), float(meta["std"])
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{path}: toolkit metadata is incomplete ({e})") from None
+    return ModelInfo(kind, inp.name, tuple(o.name for o in session.get_outputs()), mean, std, labels, meta)
+
+
+class Classifier:
+    """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = create_session(self.path, provider, threads=threads)
+        self.info = describe(self.session, self.path)
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10]."""
+        pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
+        if self.info.kind == "app":
+            return self.session.run([self.info.output_names[0]], {self.info.input_name: pixels})[0]
+        x = ((pixels.astype(np.float32) / 255.0 - self.info.mean) / self.info.std)[:, None]
+        return np.exp(self.session.run(None, {self.info.input_name: x})[0])
+
+
+def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarray:
+    """Read a PNG/JPEG of any size and colour as a 28x28 uint8 MNIST-style digit (white on black).
+
+    `invert=None` detects a dark digit on a light background from the image border and inverts it. Images
+    that are not already 28x28 are fitted like MNIST: the digit's bounding box scaled to 20x20, centred
+    by its centre of mass.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file, not an image")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{path}: {img.width}x{img.height} is too large "
+                                 f"(limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, rgba)
+            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed files
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    if invert is None:
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        invert = float(border.mean()) > 127
+    if invert:
+        gray = 255 - gray
+    if gray.shape == (28, 28):
+        return gray
+    return _fit_like_mnist(gray)
+
+
+def _fit_like_mnist(gray: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    ys, xs = np.nonzero(gray > 0.2 * gray.max()) if gray.max() > 0 else ([], [])
+    if len(ys) == 0:
+        return np.zeros((28, 28), np.uint8)
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    total = digit.sum()
+    cy, cx = ((np.indices(digit.shape) * digit).sum(axis=(1, 2)) / total) if total else (size[1] / 2, size[0] / 2)
+    top = int(np.clip(round(14 - cy), 0, 28 - digit.shape[0]))
+    left = int(np.clip(round(14 - cx), 0, 28 - digit.shape[1]))
+    canvas = np.zeros((28, 28), np.float64)
+    canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Prediction:
+    file: str
+    digit: int
+    probability: float
+    probabilities: list[float]
+
+
+def predict_files(paths: list[str | os.PathLike], model: str | os.PathLike, invert: bool | None = None,
+                  provider: str = "cpu") -> list[Prediction]:
+    """Classify image files with a toolkit .onnx: every image is read first, so a bad file fails fast."""
+    pixels = np.stack([load_image(p, invert) for p in paths])
+    probs = Classifier(model, provider).predict_proba(pixels)
+    return [Prediction(file=str(p), digit=int(row.argmax()), probability=float(row.max()),
+                       probabilities=[round(float(v), 6) for v in row]) for p, row in zip(paths, probs)]

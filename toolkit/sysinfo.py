@@ -1,0 +1,63 @@
+"""What produced a file: tool versions and the machine, recorded in checkpoints, manifests and results."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+import toolkit
+
+_PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim", "numpy")
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Versions of toolkit, Python and the given installed packages (all known ones when none given)."""
+    found = {"toolkit": toolkit.__version__, "python": platform.python_version()}
+    for name in packages or _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and core count, and the GPU (name, driver, CUDA) when torch sees one."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                           "cuda": torch.version.cuda, "driver": _nvidia_driver()}
+    except ImportError:
+        pass
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+        return next((tok for tok in first.split() if tok[:1].isdigit() and "." in tok), None)
+    except OSError:
+        return None

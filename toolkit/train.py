@@ -1,0 +1,312 @@
+"""Training: the notebook's recipe, a faster default recipe, checkpoints every epoch, and resume.
+
+The whole dataset is one normalized tensor on the device: no DataLoader, no per-sample transforms. Each
+epoch shuffles with a dedicated generator whose state is checkpointed, so a resumed run continues exactly
+where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from toolkit import data as mnist
+from toolkit import fileio, sysinfo
+from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
+from toolkit.model import MODELS, build_model, count_parameters
+
+# `seed` is the 2019 notebook; `fast` reaches higher accuracy in a fraction of its time (see benchmarks/).
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 schedule="constant", bf16=False, channels_last=False),
+    "fast": dict(epochs=3, batch_size=256, lr=0.15, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                 schedule="onecycle", bf16=True, channels_last=True),
+}
+DEFAULT_RECIPE = "fast"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. Build it with `make_config` to get a recipe's values."""
+
+    model: str = "convnet"
+    recipe: str = DEFAULT_RECIPE
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 0.15
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # or "constant"
+    bf16: bool = True  # bf16 autocast where the device supports it natively
+    channels_last: bool = True
+    seed: int = 0
+    device: str = "auto"
+    train_limit: int | None = None  # use only the first N training images (smoke tests)
+    eval_batch_size: int = 2000
+
+
+def make_config(recipe: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
+    """A recipe's settings with `overrides` (None values ignored), validated."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    config = TrainConfig(recipe=recipe, **values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    if config.model not in MODELS:
+        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name.replace('_', '-')} must be a positive number, got {getattr(config, name)}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ConfigError(f"lr must be a positive number, got {config.lr}")
+    if config.train_limit is not None and not 0 < config.train_limit <= 60000:
+        raise ConfigError(f"train-limit must be between 1 and 60000, got {config.train_limit}")
+    if config.schedule not in ("onecycle", "constant"):
+        raise ConfigError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
+    if config.device not in DEVICES:
+        raise ConfigError(f"unknown device {config.device!r}; choose one of: {', '.join(DEVICES)}")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ProviderUnavailable(f"--device cuda asked for, but torch ({built}) finds no usable GPU; "
+                                  "use --device cpu or --device auto")
+    return device
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 autocast runs natively here (CUDA bf16, or CPUs with AVX512-BF16/AMX)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class EpochStats:
+    """One row of history.json: what the notebook printed each epoch, plus time and learning rate."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    lr: float
+
+    @property
+    def train_error(self) -> float:
+        return 100.0 - self.train_accuracy
+
+    @property
+    def test_error(self) -> float:
+        return 100.0 - self.test_accuracy
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    checkpoint: str
+    model: str
+    parameters: int
+    device: str
+    bf16: bool
+    config: dict[str, Any]
+    history: list[EpochStats] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1].test_accuracy if self.history else float("nan")
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(row.seconds for row in self.history)
+
+
+def evaluate(model, images, labels, batch_size: int = 2000) -> tuple[float, float]:
+    """(mean NLL loss, accuracy in %) of `model` in float32 on already-normalized `images`."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out = model(images[start:start + batch_size])
+            y = labels[start:start + batch_size]
+            total_loss += F.nll_loss(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+    return total_loss / len(images), 100.0 * correct / len(images)
+
+
+EpochCallback = Callable[[EpochStats, int], None]  # (stats, total epochs)
+BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch)
+
+
+def train(
+    config: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
+) -> TrainResult:
+    """Train `config` on MNIST from `data_dir`, writing checkpoint.pt, history.json and errors.png to `run_dir`.
+
+    The checkpoint is rewritten atomically after every epoch, so an interrupted run keeps its last finished
+    epoch; `resume=True` continues from it with the checkpoint's own configuration.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        config = TrainConfig(**{**dataclasses.asdict(config), **state["config"]})
+    validate(config)
+    device = resolve_device(config.device)
+    if not resume and ckpt_path.exists() and not overwrite:
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                          "--overwrite to start again, or choose another --out")
+    fileio.check_writable_dir(run_dir, "run folder")
+    use_bf16 = config.bf16 and bf16_supported(device)
+
+    train_x, train_y = mnist.load_split(data_dir, "train")
+    test_x, test_y = mnist.load_split(data_dir, "test")
+    if config.train_limit:
+        train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
+    X = mnist.to_tensor(train_x, device, config.channels_last)
+    Y = torch.from_numpy(train_y).to(device)
+    X_test = mnist.to_tensor(test_x, device, config.channels_last)
+    Y_test = torch.from_numpy(test_y).to(device)
+
+    torch.manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    model_args: dict[str, Any] = {}
+    model = build_model(config.model, **model_args).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0,
+                                weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(X) / config.batch_size)
+    scheduler = None
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25)
+
+    history: list[EpochStats] = []
+    if state is not None:
+        try:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            shuffle.set_state(state["shuffle_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: {str(e).splitlines()[0][:200]}") from None
+        history = [EpochStats(**row) for row in state["history"]]
+    start_epoch = len(history)
+
+    result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
+                         parameters=count_parameters(model), device=device, bf16=use_bf16,
+                         config=dataclasses.asdict(config), history=history, resumed_from_epoch=start_epoch)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(X), generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        lr = optimizer.param_groups[0]["lr"]
+        for batch in range(steps_per_epoch):
+            idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+            x, y = X[idx], Y[idx]
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(x)
+            loss = F.nll_loss(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            # accumulate on the device: a .item() per batch would stall a GPU
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            if on_batch:
+                on_batch(epoch, batch + 1, steps_per_epoch)
+        test_loss, test_acc = evaluate(model, X_test, Y_test, config.eval_batch_size)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stats = EpochStats(epoch=epoch, train_loss=loss_sum.item() / len(X),
+                           train_accuracy=100.0 * correct.item() / len(X), test_loss=test_loss,
+                           test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr)
+        history.append(stats)
+        _save_run(run_dir, model, optimizer, scheduler, shuffle, config, result, model_args)
+        if on_epoch:
+            on_epoch(stats, config.epochs)
+
+    from toolkit.plots import plot_errors
+
+    plot_errors(history, run_dir / "errors.png", title=f"{config.model}, recipe {config.recipe}")
+    return result
+
+
+def _save_run(run_dir: Path, model, optimizer, scheduler, shuffle, config: TrainConfig, result: TrainResult,
+              model_args: dict[str, Any]) -> None:
+    import torch
+
+    history = [dataclasses.asdict(row) for row in result.history]
+    last = result.history[-1]
+    save_checkpoint(run_dir / CHECKPOINT_NAME, {
+        "model": {"name": config.model, "args": model_args, "parameters": result.parameters},
+        # saved contiguous and on the CPU so export and verify can load it anywhere
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "shuffle_rng": shuffle.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "config": dataclasses.asdict(config),
+        "epoch": last.epoch,
+        "history": history,
+        "metrics": {"test_accuracy": last.test_accuracy, "test_loss": last.test_loss,
+                    "train_accuracy": last.train_accuracy, "train_seconds": result.train_seconds},
+        "device": result.device,
+        "bf16": result.bf16,
+        "data_md5": mnist.md5_manifest(),
+        "versions": sysinfo.versions("torch", "torchvision", "numpy"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    fileio.write_json(run_dir / "history.json", {"model": config.model, "recipe": config.recipe,
+                                                  "config": dataclasses.asdict(config), "epochs": history})
