@@ -28,7 +28,7 @@ def test_manifest_lists_every_artifact_with_checksums(exported, trained):
         assert a.size_bytes == (exported / a.file).stat().st_size
         assert a.source_sha256 == source_sha and a.versions["torch"] == torch.__version__.split("+")[0]
     int8 = next(a for a in artifacts if a.precision == "int8")
-    assert int8.settings["calibration_split"] == "train" and int8.settings["per_channel"] is True
+    assert int8.settings["calibration_split"] == "train" and int8.settings["per_channel"] is False
     assert not [p for p in exported.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

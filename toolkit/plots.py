@@ -41,16 +41,18 @@ def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> No
 def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> None:
     """Images/s against batch size, one line per runtime label, log-log, written atomically to `path`."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for label, points in sorted(series.items()):
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=120)
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, points) in enumerate(sorted(series.items())):
         points = sorted(points)
-        ax.plot([b for b, _ in points], [t for _, t in points], "o-", label=label)
+        ax.plot([b for b, _ in points], [t for _, t in points], marker="os^D"[i // 10 % 4],
+                linestyle="-" if i < 10 else "--", color=colors[i % len(colors)], label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title or "throughput")
     fig.tight_layout()
     with fileio.atomic_path(path) as tmp:

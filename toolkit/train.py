@@ -183,7 +183,6 @@ def train(
     epoch; `resume=True` continues from it with the checkpoint's own configuration.
     """
     import torch
-    import torch.nn.functional as F
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -211,30 +210,11 @@ def train(
     torch.manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     model_args: dict[str, Any] = {}
-    model = build_model(config.model, **model_args).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov and config.momentum > 0,
-                                weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(X) / config.batch_size)
-    scheduler = None
-    if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25)
-
+    model, optimizer, scheduler = _build(config, model_args, device, steps_per_epoch)
     history: list[EpochStats] = []
     if state is not None:
-        try:
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            shuffle.set_state(state["shuffle_rng"])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"cannot resume from {ckpt_path}: {str(e).splitlines()[0][:200]}") from None
-        history = [EpochStats(**row) for row in state["history"]]
+        history = _restore(state, ckpt_path, model, optimizer, scheduler, shuffle)
     start_epoch = len(history)
 
     result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
@@ -245,33 +225,16 @@ def train(
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(X), generator=shuffle).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
         lr = optimizer.param_groups[0]["lr"]
-        for batch in range(steps_per_epoch):
-            idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-            x, y = X[idx], Y[idx]
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(x)
-            loss = F.nll_loss(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            # accumulate on the device: a .item() per batch would stall a GPU
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            if on_batch:
-                on_batch(epoch, batch + 1, steps_per_epoch)
+        order = torch.randperm(len(X), generator=shuffle).to(device)
+        train_loss, train_correct = _train_epoch(
+            model, optimizer, scheduler, X, Y, order, config.batch_size, use_bf16,
+            lambda batch: on_batch(epoch, batch, steps_per_epoch) if on_batch else None)
         test_loss, test_acc = evaluate(model, X_test, Y_test, config.eval_batch_size)
         if device == "cuda":
             torch.cuda.synchronize()
-        stats = EpochStats(epoch=epoch, train_loss=loss_sum.item() / len(X),
-                           train_accuracy=100.0 * correct.item() / len(X), test_loss=test_loss,
-                           test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr)
+        stats = EpochStats(epoch=epoch, train_loss=train_loss, train_accuracy=100.0 * train_correct / len(X),
+                           test_loss=test_loss, test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr)
         history.append(stats)
         _save_run(run_dir, model, optimizer, scheduler, shuffle, config, result, model_args)
         if on_epoch:
@@ -281,6 +244,67 @@ def train(
 
     plot_errors(history, run_dir / "errors.png", title=f"{config.model}, recipe {config.recipe}")
     return result
+
+
+def _build(config: TrainConfig, model_args: dict[str, Any], device: str, steps_per_epoch: int):
+    """The model (on `device`, channels_last if asked), its SGD optimizer, and the one-cycle schedule if any."""
+    import torch
+
+    model = build_model(config.model, **model_args).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0,
+                                weight_decay=config.weight_decay)
+    scheduler = None
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25)
+    return model, optimizer, scheduler
+
+
+def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, shuffle) -> list[EpochStats]:
+    """Load a checkpoint's training state in place; returns its history."""
+    import torch
+
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return [EpochStats(**row) for row in state["history"]]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _train_epoch(model, optimizer, scheduler, X, Y, order, batch_size: int, use_bf16: bool,
+                 on_batch: Callable[[int], None]) -> tuple[float, int]:
+    """One pass over X in the given order; returns (mean training loss, correct predictions)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    device = X.device.type
+    loss_sum = torch.zeros((), device=X.device)
+    correct = torch.zeros((), dtype=torch.long, device=X.device)
+    for batch, start in enumerate(range(0, len(X), batch_size), start=1):
+        idx = order[start:start + batch_size]
+        x, y = X[idx], Y[idx]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
+            out = model(x)
+        loss = F.nll_loss(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # accumulated on the device: a .item() per batch would stall a GPU
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        on_batch(batch)
+    return loss_sum.item() / len(X), int(correct.item())
 
 
 def _save_run(run_dir: Path, model, optimizer, scheduler, shuffle, config: TrainConfig, result: TrainResult,

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Inference benchmark behind the README's tables: every exported artifact plus PyTorch eager and TorchScript,
+# batch sizes 1..1024, ONNX Runtime's two relevant CPU graph optimization levels and 1 or 2 concurrent calls.
+# Usage: benchmarks/inference.sh [cpu|cuda] [results-folder]   (needs `make main` or data/train/export first)
+set -euo pipefail
+provider="${1:-cpu}"
+results="${2:-benchmarks/results}"
+toolkit="${TOOLKIT:-toolkit}"
+mkdir -p "$results"
+extra=()
+if [ "$provider" = cpu ]; then
+  extra=(--optimization all,extended --concurrency 1,2)
+else
+  extra=(--cuda-graph)
+fi
+"$toolkit" bench --provider "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 "${extra[@]}" \
+  --json "$results/inference_$provider.json" --markdown "$results/inference_$provider.md" \
+  --plot "$results/inference_$provider.png"
