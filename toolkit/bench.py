@@ -7,6 +7,7 @@ the very first call is reported apart; results are percentiles of all timed call
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -177,12 +178,15 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
                 # A CUDA graph replays fixed device addresses: one session per batch size, inputs copied into
                 # the same buffer (the graph cannot rotate pointers), outputs left on the device.
                 session = create_session(artifact.path, "cuda", cuda_graph=True)
-                inputs = [convert(b) for b in batches]
-                buffer = ort.OrtValue.ortvalue_from_numpy(inputs[0], "cuda", 0)
+                batch = convert(batches[0])
+                buffer = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
                 binding = session.io_binding()
                 binding.bind_ortvalue_input(info.input_name, buffer)
-                for name in info.output_names:
-                    binding.bind_output(name, "cuda")
+                for out in session.get_outputs():  # the graph needs outputs at fixed addresses too
+                    shape = [len(batch) if not isinstance(d, int) else d for d in out.shape]
+                    dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64}[out.type]
+                    binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_shape_and_type(
+                        shape, dtype, "cuda", 0))
 
                 def run_graph(i: int):
                     session.run_with_iobinding(binding)
@@ -197,7 +201,8 @@ def _torch_candidates(kind: str, module, provider: str, threads: int | None) -> 
     import torch
 
     device = "cpu" if provider == "cpu" else "cuda"
-    module = module.to(device)
+    if device != "cpu":
+        module = copy.deepcopy(module).to(device)  # .to() moves in place; the CPU candidates keep theirs
     modes = ["host"] if device == "cpu" else list(IO_MODES)
     out = []
     for io in modes:
