@@ -69,6 +69,6 @@ def latest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
     """The most recently written `<runs_dir>/*/checkpoint.pt`."""
     candidates = sorted(Path(runs_dir).glob(f"*/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise CheckpointError(f"no checkpoint found under {runs_dir}/; train one with `toolkit train` "
-                              "or pass --checkpoint")
+        raise CheckpointError(f"no run with a checkpoint under {runs_dir}/; train one with `toolkit train`, "
+                              "or name one (--checkpoint for export, --out for train --resume)")
     return candidates[-1]

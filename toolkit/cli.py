@@ -6,11 +6,12 @@ that `toolkit --help` and the torch-free `toolkit predict` stay fast and light.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -65,6 +66,21 @@ def _ints(values: list[str] | None, what: str) -> list[int]:
         raise ConfigError(f"{what} must be whole numbers, e.g. 1,8,64") from None
 
 
+class _NoStatus:
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _status(text: str) -> Iterator[Any]:
+    """A spinner on a terminal; nothing when stderr is a pipe or file (logs stay clean)."""
+    if not err.is_terminal:
+        yield _NoStatus()
+        return
+    with err.status(text) as status:
+        yield status
+
+
 def _write_json(path: Path, obj: Any) -> None:
     from toolkit.errors import ConfigError
     from toolkit.fileio import write_json
@@ -88,7 +104,7 @@ def data(data_dir: DataDir = Path("data")) -> None:
     from toolkit.data import ensure_mnist
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err, transient=True) as progress:
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(name: str, done: int, total: int | None) -> None:
@@ -213,7 +229,7 @@ def export(
     config = ExportConfig(checkpoint=str(_default_checkpoint(checkpoint)), out_dir=str(out_dir), opset=opset,
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel)
-    with err.status("exporting"):
+    with _status("exporting"):
         result = run_export(config, pairs, log=lambda m: err.print(m, highlight=False))
     table = Table(title=f"artifacts from {config.checkpoint}")
     for col in ("file", "format", "precision", "size KiB", "sha256", "input", "outputs"):
@@ -255,7 +271,7 @@ def verify(
                           data_dir=str(data_dir), provider=provider, formats=tuple(_csv(format)),
                           precisions=tuple(_csv(precision)), batch1_images=batch1_images,
                           tolerances=parse_tolerance_overrides(_csv(tolerance)))
-    with err.status("verifying") as status:
+    with _status("verifying") as status:
         report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.artifact}"))
     table = Table(title=f"parity with PyTorch on {report.n:,} MNIST test images "
                         f"(PyTorch accuracy {report.reference_accuracy:.2f}%, provider {report.provider})")
@@ -309,7 +325,7 @@ def bench(
         optimizations=tuple(_csv(optimization) or ["all"]),
         concurrency=tuple(_ints(concurrency, "concurrency") or [1]), cuda_graph=cuda_graph, matmul_peak=matmul_peak)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
+                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("benchmarking", total=None)
         report = bench_lib.bench(config, on_progress=lambda done, total, what: progress.update(
             task, completed=done, total=total, description=what))
