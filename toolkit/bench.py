@@ -21,7 +21,7 @@ from toolkit import data as mnist
 from toolkit import sysinfo
 from toolkit.artifacts import Artifact, read_manifest, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
-from toolkit.runtime import PROVIDERS, create_session, describe
+from toolkit.runtime import PROVIDERS, create_session, describe, normalize
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
@@ -128,7 +128,7 @@ class _Candidate:
 
 
 def _normalize(pixels: np.ndarray) -> np.ndarray:
-    return ((pixels.astype(np.float32) / 255.0 - mnist.MEAN) / mnist.STD)[:, None]
+    return normalize(pixels, mnist.MEAN, mnist.STD)
 
 
 def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load_ms: dict) -> list[_Candidate]:

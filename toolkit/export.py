@@ -27,6 +27,7 @@ from toolkit.artifacts import (MANIFEST_NAME, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, A
                                write_manifest)
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
+from toolkit.runtime import normalize
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 20
@@ -255,7 +256,7 @@ def _quantize_int8(fp32_model, config: ExportConfig, workdir: Path):
     images, _ = mnist.load_split(config.data_dir, "train")
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(images), size=min(config.calibration_size, len(images)), replace=False)
-    calib = ((images[np.sort(pick)].astype(np.float32) / 255.0 - mnist.MEAN) / mnist.STD)[:, None]
+    calib = normalize(images[np.sort(pick)], mnist.MEAN, mnist.STD)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -150,6 +150,11 @@ def describe(session, path: str | os.PathLike = "") -> ModelInfo:
     return ModelInfo(kind, inp.name, tuple(o.name for o in session.get_outputs()), mean, std, labels, meta)
 
 
+def normalize(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] as (pixel / 255 - mean) / std: the normalized models' input."""
+    return ((np.asarray(pixels).astype(np.float32) / 255.0 - mean) / std)[:, None]
+
+
 class Classifier:
     """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out."""
 
@@ -163,7 +168,7 @@ class Classifier:
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
         if self.info.kind == "app":
             return self.session.run([self.info.output_names[0]], {self.info.input_name: pixels})[0]
-        x = ((pixels.astype(np.float32) / 255.0 - self.info.mean) / self.info.std)[:, None]
+        x = normalize(pixels, self.info.mean, self.info.std)
         return np.exp(self.session.run(None, {self.info.input_name: x})[0])
 
 

@@ -19,6 +19,7 @@ from toolkit import data as mnist
 from toolkit import fileio, sysinfo
 from toolkit.artifacts import Artifact, check_files, read_manifest, select
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
+from toolkit.runtime import create_session, describe, normalize
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,10 @@ Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _normalize(pixels: np.ndarray) -> np.ndarray:
-    return ((pixels.astype(np.float32) / 255.0 - mnist.MEAN) / mnist.STD)[:, None]
+    return normalize(pixels, mnist.MEAN, mnist.STD)
 
 
 def _onnx_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]:
-    from toolkit.runtime import create_session, describe
-
     session = create_session(artifact.path, provider)
     info = describe(session, artifact.file)
     expected = "app" if artifact.format == "onnx-app" else "normalized"
