@@ -127,10 +127,6 @@ class _Candidate:
                f" c{self.concurrency}{' cuda-graph' if self.cuda_graph else ''}"
 
 
-def _normalize(pixels: np.ndarray) -> np.ndarray:
-    return normalize(pixels, mnist.MEAN, mnist.STD)
-
-
 def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load_ms: dict) -> list[_Candidate]:
     import onnxruntime as ort
 
@@ -144,7 +140,7 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
         session = create_session(artifact.path, provider, threads=threads, optimization=level)
         load_ms[f"onnxruntime {artifact.label} {provider} opt={level} x{concurrency}"] = (time.perf_counter() - t0) * 1e3
         info = describe(session, artifact.file)
-        convert = (lambda b: b) if info.kind == "app" else _normalize
+        convert = (lambda b: b) if info.kind == "app" else (lambda b: normalize(b, mnist.MEAN, mnist.STD))
         device = "cuda" if provider in ("cuda", "tensorrt") else "cpu"
 
         for io in modes:
@@ -207,7 +203,7 @@ def _torch_candidates(kind: str, module, provider: str, threads: int | None) -> 
     out = []
     for io in modes:
         def prepare(batches: list[np.ndarray], io=io):
-            host = [torch.from_numpy(_normalize(b)) for b in batches]
+            host = [torch.from_numpy(normalize(b, mnist.MEAN, mnist.STD)) for b in batches]
             if device == "cpu":
                 def run_cpu(i: int):
                     with torch.inference_mode():

@@ -303,6 +303,7 @@ def to_tensor(images: np.ndarray, device: str = "cpu", channels_last: bool = Fal
     """uint8 [N, 28, 28] -> normalized float32 tensor [N, 1, 28, 28] on `device`, in one go."""
     import torch
 
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).unsqueeze(1).float()
-    x = x.div_(255.0).sub_(MEAN).div_(STD)
+    from toolkit.runtime import normalize
+
+    x = torch.from_numpy(normalize(images, MEAN, STD)).to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

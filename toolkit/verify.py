@@ -119,10 +119,6 @@ class VerifyReport:
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _normalize(pixels: np.ndarray) -> np.ndarray:
-    return normalize(pixels, mnist.MEAN, mnist.STD)
-
-
 def _onnx_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]:
     session = create_session(artifact.path, provider)
     info = describe(session, artifact.file)
@@ -136,7 +132,7 @@ def _onnx_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]:
         return run_app, "probabilities"
 
     def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = session.run(None, {info.input_name: _normalize(pixels)})[0]
+        out = session.run(None, {info.input_name: normalize(pixels, mnist.MEAN, mnist.STD)})[0]
         return out, out.argmax(1)
     return run, "log_probs"
 
@@ -155,7 +151,8 @@ def _torchscript_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]
 
     def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            out = module(torch.from_numpy(_normalize(pixels)).to(device)).float().cpu().numpy()
+            x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD)).to(device)
+            out = module(x).float().cpu().numpy()
         return out, out.argmax(1)
     return run, "log_probs"
 
@@ -174,7 +171,7 @@ def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    x = torch.from_numpy(_normalize(pixels))
+    x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD))
     with torch.inference_mode():
         return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
 
