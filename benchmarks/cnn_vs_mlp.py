@@ -10,11 +10,10 @@ notebook. Writes the JSON and a plot of validation error per epoch for every run
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.model import build_model, count_parameters
 from toolkit.train import make_config, train
 
@@ -41,9 +40,8 @@ def main() -> None:
                   f"{len(result.history)} epochs, {row['train_seconds']} s", flush=True)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "cnn_vs_mlp", "machine": sysinfo.machine(),
-                               "versions": sysinfo.versions("torch"), "runs": runs}, indent=2) + "\n")
+    fileio.write_json(out, {"benchmark": "cnn_vs_mlp", "machine": sysinfo.machine(),
+                            "versions": sysinfo.versions("torch"), "runs": runs})
     _plot(runs, out.with_suffix(".png"))
 
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import tempfile
-from pathlib import Path
 
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.bench import BenchConfig, bench
 from toolkit.export import ExportConfig, export
 from toolkit.verify import VerifyConfig, verify
@@ -72,15 +70,13 @@ def main() -> None:
                          "speedups": [r["speedup_vs_fp32"] for r in runs], "runs": runs})
     holding = [v for v in variants if v["passed"]]
     fastest = max(holding, key=lambda v: v["speedup_vs_fp32"]) if holding else None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    fileio.write_json(args.out, {
         "benchmark": "quantization", "machine": sysinfo.machine(), "versions": sysinfo.versions(),
         "checkpoint": args.checkpoint,
         "fastest_holding_accuracy": {k: fastest[k] for k in ("quant_format", "activations", "per_channel",
                                                              "int8_best_throughput", "speedup_vs_fp32")}
         if fastest else None,
-        "variants": variants}, indent=2) + "\n")
+        "variants": variants})
     if fastest:
         print(f"fastest that holds accuracy: {fastest['quant_format']} act={fastest['activations']} "
               f"per_channel={fastest['per_channel']}")

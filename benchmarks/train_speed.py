@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.model import ConvNet
 from toolkit.train import make_config, resolve_device, train
 
@@ -121,8 +121,7 @@ def main() -> None:
     result = {"benchmark": "train_speed", "device": device, "machine": sysinfo.machine(),
               "versions": sysinfo.versions("torch", "torchvision", "numpy"), "torch_threads": torch.get_num_threads(),
               "summary": summary, "default_recipe": recipe_runs, "notebook_pipeline": notebook}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    fileio.write_json(args.out, result)
     print(json.dumps(summary, indent=2))
 
 

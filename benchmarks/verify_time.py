@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 
 
 def main() -> None:
@@ -40,8 +40,7 @@ def main() -> None:
     result = {"benchmark": "verify_time", "machine": sysinfo.machine(), "versions": sysinfo.versions(),
               "wall_seconds": walls, "median_wall_seconds": statistics.median(walls),
               "artifact_sizes": sizes, "verify_report": report}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    fileio.write_json(args.out, result)
     print(f"toolkit verify over {len(report['results'])} artifacts: median {result['median_wall_seconds']:.1f} s "
           f"wall ({', '.join(f'{w:.1f}' for w in walls)})")
 
