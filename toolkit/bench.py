@@ -71,18 +71,27 @@ class BenchPoint:
     min_ms: float
     throughput: float  # images per second: images of all timed calls / wall time of the timed blocks
 
-    @property
-    def label(self) -> str:
-        parts = [self.runtime, f"{self.format}/{self.precision}", self.provider]
-        if self.provider != "cpu":
-            parts.append(f"io={self.io}")
+    def _settings(self) -> list[str]:
+        """The non-default settings, as label words."""
+        parts = []
         if self.optimization not in ("-", "all"):
             parts.append(f"opt={self.optimization}")
         if self.concurrency > 1:
             parts.append(f"x{self.concurrency} concurrent")
         if self.cuda_graph:
             parts.append("cuda-graph")
-        return " ".join(parts)
+        return parts
+
+    @property
+    def name(self) -> str:
+        """Runtime, format/precision and non-default settings; provider and I/O left to their own columns."""
+        return " ".join([self.runtime, f"{self.format}/{self.precision}", *self._settings()])
+
+    @property
+    def label(self) -> str:
+        """Everything that tells this point's runtime configuration apart."""
+        io = [f"io={self.io}"] if self.provider != "cpu" else []
+        return " ".join([self.runtime, f"{self.format}/{self.precision}", self.provider, *io, *self._settings()])
 
 
 @dataclass
@@ -135,7 +144,7 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
     variants = [(level, c) for level in config.optimizations for c in config.concurrency] \
         if provider == "cpu" else [("all", 1)]
     for level, concurrency in variants:
-        threads = config.threads or (max(1, _cores() // concurrency) if concurrency > 1 else None)
+        threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
         t0 = time.perf_counter()
         session = create_session(artifact.path, provider, threads=threads, optimization=level)
         load_ms[f"onnxruntime {artifact.label} {provider} opt={level} x{concurrency}"] = (time.perf_counter() - t0) * 1e3
@@ -178,10 +187,10 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
                 buffer = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
                 binding = session.io_binding()
                 binding.bind_ortvalue_input(info.input_name, buffer)
-                for out in session.get_outputs():  # the graph needs outputs at fixed addresses too
-                    shape = [len(batch) if not isinstance(d, int) else d for d in out.shape]
-                    dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64}[out.type]
-                    binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_shape_and_type(
+                for output in session.get_outputs():  # the graph needs outputs at fixed addresses too
+                    shape = [len(batch) if not isinstance(d, int) else d for d in output.shape]
+                    dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64}[output.type]
+                    binding.bind_ortvalue_output(output.name, ort.OrtValue.ortvalue_from_shape_and_type(
                         shape, dtype, "cuda", 0))
 
                 def run_graph(i: int):
@@ -225,12 +234,6 @@ def _torch_candidates(kind: str, module, provider: str, threads: int | None) -> 
         out.append(_Candidate(kind, kind, "fp32", provider if device == "cpu" else "cuda", io, "-", False,
                               prepare, threads))
     return out
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, seconds: float,
@@ -368,12 +371,13 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
     providers, skipped = _resolve_providers(config.providers)
     artifact_formats = [f for f in config.formats if f not in BASELINES]
     want_baseline = {b: (not config.formats or b in config.formats) for b in BASELINES}
-    artifacts = select(read_manifest(config.artifacts), artifact_formats, list(config.precisions))
+    manifest = read_manifest(config.artifacts)
+    artifacts = select(manifest, artifact_formats, list(config.precisions))
     if config.formats and artifact_formats and not artifacts:
         raise ArtifactError(f"no artifact in {config.artifacts}/ matches formats {', '.join(artifact_formats)}")
-    checkpoint = config.checkpoint or (read_manifest(config.artifacts)[0].source_checkpoint)
+    checkpoint = config.checkpoint or manifest[0].source_checkpoint
     eager = model_from_checkpoint(load_checkpoint(checkpoint))
-    ts_artifact = next((a for a in read_manifest(config.artifacts) if a.format == "torchscript"), None)
+    ts_artifact = next((a for a in manifest if a.format == "torchscript"), None)
 
     load_ms: dict[str, float] = {}
     candidates: list[_Candidate] = []
@@ -449,14 +453,12 @@ def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
 
 
 def _session_options(config: BenchConfig) -> dict[str, Any]:
-    import os
-
     return {
         "intra_op_num_threads": config.threads or "onnxruntime default (one per physical core); "
                                                   "cores / N with N concurrent calls",
         "graph_optimization_levels": list(config.optimizations),
         "execution_mode": "sequential",
-        "cpu_affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_affinity_cores": sysinfo.usable_cores(),
     }
 
 

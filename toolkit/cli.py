@@ -335,9 +335,7 @@ def bench(
     for col in ("runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s"):
         table.add_column(col, justify="left" if col in ("runtime", "provider", "I/O") else "right")
     for p in report.points:
-        name = f"{p.runtime} {p.format}/{p.precision}" + (f" opt={p.optimization}" if p.optimization not in ("-", "all") else "") \
-            + (f" x{p.concurrency} concurrent" if p.concurrency > 1 else "") + (" cuda-graph" if p.cuda_graph else "")
-        table.add_row(name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
+        table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
                       f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}")
     out.print(table)
     for name, reason in report.skipped.items():

@@ -34,11 +34,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine() -> dict[str, Any]:
     """CPU model and core count, and the GPU (name, driver, CUDA) when torch sees one."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores": usable_cores(),
         "platform": platform.platform(),
         "gpu": None,
     }
