@@ -23,7 +23,7 @@ from torch import nn
 
 from toolkit import data as mnist
 from toolkit import fileio, sysinfo
-from toolkit.artifacts import (MANIFEST_NAME, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact, read_manifest,
+from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact, read_manifest,
                                write_manifest)
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
@@ -196,15 +196,12 @@ def _check_and_save_onnx(model, tmp: Path, metadata: dict[str, str]) -> None:
 
 def _build_onnx(module, precision: str, config: ExportConfig, ctx: _Context, tmp: Path, meta: dict) -> None:
     example = torch.zeros(2, 1, 28, 28)
-    if precision == "fp32":
-        model = _to_onnx(module, example, "image", ["log_probs"], config)
-        ctx.fp32_onnx = model
-    elif precision == "fp16":
+    if precision == "fp16":
         model = _to_onnx(_Float16(module), example, "image", ["log_probs"], config)
-    else:
+    else:  # fp32, and int8 quantized from it: one fp32 export serves both
         if ctx.fp32_onnx is None:
             ctx.fp32_onnx = _to_onnx(module, example, "image", ["log_probs"], config)
-        model = _quantize_int8(ctx.fp32_onnx, config, tmp.parent)
+        model = ctx.fp32_onnx if precision == "fp32" else _quantize_int8(ctx.fp32_onnx, config, tmp.parent)
     _check_and_save_onnx(model, tmp, meta)
 
 
@@ -219,7 +216,7 @@ def _build_torchscript(module, precision: str, config: ExportConfig, ctx: _Conte
     with _quiet():
         traced = torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
         frozen = torch.jit.freeze(traced)
-        torch.jit.save(frozen, str(tmp), _extra_files={"toolkit.json": json.dumps(meta, indent=1)})
+        torch.jit.save(frozen, str(tmp), _extra_files={META_KEY: json.dumps(meta, indent=1)})
 
 
 class _Float16(nn.Module):
