@@ -35,19 +35,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run. Build it with `make_config` to get a recipe's values."""
+    """Everything that determines a training run. Build it with `make_config`: the fields without a default
+    come from a recipe in RECIPES, the one place their values are written down."""
 
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str  # "onecycle" or "constant"
+    bf16: bool  # bf16 autocast where the device supports it natively
+    channels_last: bool
     model: str = "convnet"
     recipe: str = DEFAULT_RECIPE
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 0.15
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # or "constant"
-    bf16: bool = True  # bf16 autocast where the device supports it natively
-    channels_last: bool = True
     seed: int = 0
     device: str = "auto"
     train_limit: int | None = None  # use only the first N training images (smoke tests)
@@ -209,9 +210,8 @@ def train(
 
     torch.manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
-    model_args: dict[str, Any] = {}
     steps_per_epoch = math.ceil(len(X) / config.batch_size)
-    model, optimizer, scheduler = _build(config, model_args, device, steps_per_epoch)
+    model, optimizer, scheduler = _build(config, device, steps_per_epoch)
     history: list[EpochStats] = []
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, shuffle)
@@ -236,7 +236,7 @@ def train(
         stats = EpochStats(epoch=epoch, train_loss=train_loss, train_accuracy=100.0 * train_correct / len(X),
                            test_loss=test_loss, test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr)
         history.append(stats)
-        _save_run(run_dir, model, optimizer, scheduler, shuffle, config, result, model_args)
+        _save_run(run_dir, model, optimizer, scheduler, shuffle, config, result)
         if on_epoch:
             on_epoch(stats, config.epochs)
 
@@ -246,11 +246,11 @@ def train(
     return result
 
 
-def _build(config: TrainConfig, model_args: dict[str, Any], device: str, steps_per_epoch: int):
+def _build(config: TrainConfig, device: str, steps_per_epoch: int):
     """The model (on `device`, channels_last if asked), its SGD optimizer, and the one-cycle schedule if any."""
     import torch
 
-    model = build_model(config.model, **model_args).to(device)
+    model = build_model(config.model).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -307,14 +307,13 @@ def _train_epoch(model, optimizer, scheduler, X, Y, order, batch_size: int, use_
     return loss_sum.item() / len(X), int(correct.item())
 
 
-def _save_run(run_dir: Path, model, optimizer, scheduler, shuffle, config: TrainConfig, result: TrainResult,
-              model_args: dict[str, Any]) -> None:
+def _save_run(run_dir: Path, model, optimizer, scheduler, shuffle, config: TrainConfig, result: TrainResult) -> None:
     import torch
 
     history = [dataclasses.asdict(row) for row in result.history]
     last = result.history[-1]
     save_checkpoint(run_dir / CHECKPOINT_NAME, {
-        "model": {"name": config.model, "args": model_args, "parameters": result.parameters},
+        "model": {"name": config.model, "args": {}, "parameters": result.parameters},  # models take no args yet
         # saved contiguous and on the CPU so export and verify can load it anywhere
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
