@@ -21,7 +21,7 @@ from toolkit import data as mnist
 from toolkit import sysinfo
 from toolkit.artifacts import Artifact, read_manifest, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
-from toolkit.runtime import PROVIDERS, create_session, describe, normalize
+from toolkit.runtime import PROVIDERS, check_provider, create_session, describe, normalize
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
@@ -339,8 +339,7 @@ def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str,
             usable.append(p)
         return usable, skipped
     for p in requested:
-        if p not in PROVIDERS:
-            raise ConfigError(f"unknown provider {p!r}; choose from: {', '.join(PROVIDERS)}, all")
+        check_provider(p, "all")
     return list(requested), {}
 
 

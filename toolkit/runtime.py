@@ -48,6 +48,12 @@ def _why_provider_fails(provider: str) -> str:
     return "the provider library loads, but no usable GPU or driver was found"
 
 
+def check_provider(provider: str, *also: str) -> None:
+    """ConfigError unless `provider` names a known provider (or one of `also`, such as 'all')."""
+    if provider not in PROVIDERS and provider not in also:
+        raise ConfigError(f"unknown provider {provider!r}; choose one of: {', '.join([*PROVIDERS, *also])}")
+
+
 def create_session(path: str | os.PathLike, provider: str = "cpu", *, threads: int | None = None,
                    cuda_graph: bool = False, optimization: str = "all"):
     """An InferenceSession on exactly `provider`, or ProviderUnavailable saying what is missing.
@@ -56,8 +62,7 @@ def create_session(path: str | os.PathLike, provider: str = "cpu", *, threads: i
     `session.get_providers()` so nothing labelled CUDA ever runs on the CPU.
     """
     ort = _ort()
-    if provider not in PROVIDERS:
-        raise ConfigError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    check_provider(provider)
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():
         raise ProviderUnavailable(f"ONNX Runtime {ort.__version__} here offers "

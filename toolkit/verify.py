@@ -19,7 +19,7 @@ from toolkit import data as mnist
 from toolkit import fileio, sysinfo
 from toolkit.artifacts import Artifact, check_files, read_manifest, select
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
-from toolkit.runtime import create_session, describe, normalize
+from toolkit.runtime import check_provider, create_session, describe, normalize
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,7 @@ def check_artifact(artifact: Artifact, provider: str, pixels: np.ndarray, labels
 def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None) -> VerifyReport:
     """Verify every selected artifact in `config.artifacts` against its source checkpoint."""
     t0 = time.perf_counter()
+    check_provider(config.provider)
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     if not artifacts:
