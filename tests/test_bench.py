@@ -94,6 +94,7 @@ def test_cuda_request_without_cuda_fails_instead_of_timing_the_cpu(exported, mni
     (["--batch-sizes", "0"], "batch sizes must be positive"),
     (["--batch-sizes", "one"], "whole numbers"),
     (["--provider", "metal"], "unknown provider"),
+    (["--provider", "all,metal"], "unknown provider 'metal'"),
     (["--optimization", "max"], "unknown optimization level"),
     (["--concurrency", "0"], "concurrency must be positive"),
 ])

@@ -321,6 +321,8 @@ def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str,
     """Expand 'all' to the providers that really load here; an explicit provider that cannot load is an error."""
     import onnxruntime as ort
 
+    for p in requested:  # every name, also beside 'all'
+        check_provider(p, "all")
     if "all" in requested:
         usable, skipped = [], {}
         for p in PROVIDERS:
@@ -338,8 +340,6 @@ def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str,
                     pass
             usable.append(p)
         return usable, skipped
-    for p in requested:
-        check_provider(p, "all")
     return list(requested), {}
 
 
