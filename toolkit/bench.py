@@ -285,8 +285,9 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
     return [t for part in parts for t in part], time.perf_counter() - wall0
 
 
-def matmul_peak_gflops(threads: int | None = None) -> float:
-    """Best float32 matrix-multiply rate of this CPU through torch (MKL/oneDNN), in GFLOP/s."""
+def matmul_peak_gflops() -> float:
+    """Best float32 matrix-multiply rate of this CPU through torch (MKL/oneDNN), in GFLOP/s, on torch's
+    current thread count (bench sets it from --threads)."""
     import torch
 
     best = 0.0
@@ -430,7 +431,7 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
 
     points = [_stats(c, bs, times[(c.key, bs)], wall[(c.key, bs)], first_ms[(c.key, bs)])
               for c in candidates for bs in config.batch_sizes]
-    peak = matmul_peak_gflops(config.threads) if config.matmul_peak and "cpu" in providers else None
+    peak = matmul_peak_gflops() if config.matmul_peak and "cpu" in providers else None
     flops = forward_flops(eager)
     report = BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, providers),
