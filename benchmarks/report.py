@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from toolkit.bench import target_goal
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -90,8 +92,8 @@ def inference(r: dict, provider: str) -> list[str]:
     if r.get("targets"):
         lines += ["", "| target (ratio measured in this run) | measured | goal | met |", "|---|---:|---:|---|"]
         for name, t in r["targets"].items():
-            goal = f"<= {t['target']}" if name.endswith("vs_eager") else f">= {t['target']}"
-            lines.append(f"| {name}: {t['detail']} | {t['value']:.2f} | {goal} | {'yes' if t['met'] else 'no'} |")
+            lines.append(f"| {name}: {t['detail']} | {t['value']:.2f} | {target_goal(name, t['target'])} "
+                         f"| {'yes' if t['met'] else 'no'} |")
     if r.get("matmul_peak_gflops"):
         lines += ["", f"float32 matmul peak measured in the same run: {r['matmul_peak_gflops']:.1f} GFLOP/s."]
     return lines

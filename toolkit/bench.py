@@ -501,6 +501,11 @@ def targets(report: BenchReport) -> dict[str, dict[str, Any]]:
     return out
 
 
+def target_goal(name: str, target: float) -> str:
+    """How a target reads: '<= x' for the latency ratio against eager (lower is better), '>= x' otherwise."""
+    return f"<= {target}" if name.endswith("vs_eager") else f">= {target}"
+
+
 def markdown_table(report: BenchReport) -> str:
     """A README-ready table of every point."""
     gpu = report.machine.get("gpu")
@@ -517,8 +522,8 @@ def markdown_table(report: BenchReport) -> str:
     if report.targets:
         lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
         for name, t in report.targets.items():
-            goal = f"<= {t['target']}" if name.endswith("vs_eager") else f">= {t['target']}"
-            lines.append(f"| {name} ({t['detail']}) | {t['value']:.2f} | {goal} | {'yes' if t['met'] else 'no'} |")
+            lines.append(f"| {name} ({t['detail']}) | {t['value']:.2f} | {target_goal(name, t['target'])} "
+                         f"| {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
