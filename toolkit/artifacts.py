@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,20 +52,100 @@ class Artifact:
         return f"{self.format}/{self.precision}"
 
 
+KNOWN_FORMATS = ("onnx", "onnx-app", "torchscript")  # export.FORMATS' keys (export needs torch; this does not)
+KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
+MAX_MANIFEST_BYTES = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def confined_file(folder: str | os.PathLike, name: Any) -> Path:
+    """`folder/name` for a manifest entry, or ArtifactError when `name` could reach outside `folder`.
+
+    A manifest is input like any other file: an entry must be a plain file name (no separators, no '..',
+    not absolute), and if the file is a symbolic link it must stay inside the folder.
+    """
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or name != name.strip() or os.path.isabs(name)):
+        raise ArtifactError(f"bad manifest in {folder}/: artifact file {str(name)[:80]!r} is not a plain file name "
+                            "inside the folder; export again")
+    folder = Path(folder)
+    path = folder / name
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(folder.resolve()):
+            raise ArtifactError(f"bad manifest in {folder}/: {name} is a symbolic link leading out of the folder")
+    return path
+
+
+def _check_entry(folder: Path, entry: Any) -> Artifact:
+    if not isinstance(entry, dict):
+        raise TypeError("an artifact entry is not an object")
+    artifact = Artifact(**entry)
+    confined_file(folder, artifact.file)
+    if artifact.format not in KNOWN_FORMATS:
+        raise ValueError(f"unknown format {str(artifact.format)[:40]!r}")
+    if artifact.precision not in KNOWN_PRECISIONS:
+        raise ValueError(f"unknown precision {str(artifact.precision)[:40]!r}")
+    if not isinstance(artifact.sha256, str) or not _SHA256.fullmatch(artifact.sha256):
+        raise ValueError(f"{artifact.file}: sha256 is not 64 hex digits")
+    if not isinstance(artifact.source_sha256, str):
+        raise ValueError(f"{artifact.file}: source_sha256 is not text")
+    return artifact
+
+
 def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
-    """The artifacts listed in `<folder>/manifest.json`, with resolved paths."""
+    """The artifacts listed in `<folder>/manifest.json`, each confined to the folder, with resolved paths.
+
+    Every entry is checked (plain file names, known formats and precisions, well-formed hashes); anything
+    else makes the whole manifest a bad one (ArtifactError), never a path to follow.
+    """
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"no {MANIFEST_NAME} in {folder}/; run `toolkit export` first")
     try:
-        entries = json.loads(path.read_text())["artifacts"]
-        artifacts = [Artifact(**entry) for entry in entries]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{path} is not a toolkit manifest ({e}); export again") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a toolkit manifest")
+    try:
+        entries = json.loads(raw.decode("utf-8"))["artifacts"]
+        if not isinstance(entries, list):
+            raise TypeError("'artifacts' is not a list")
+        artifacts = [_check_entry(folder, entry) for entry in entries]
+    except ArtifactError:
+        raise
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} is not UTF-8 text; not a toolkit manifest, export again") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path} is not a toolkit manifest ({str(e)[:200]}); export again") from None
+    names = [a.file for a in artifacts]
+    if len(set(names)) != len(names):
+        raise ArtifactError(f"{path} lists a file twice; export again")
     for artifact in artifacts:
-        artifact.path = str((folder / artifact.file).resolve())
+        artifact.path = str((folder / artifact.file).absolute())
     return artifacts
+
+
+def read_verified(artifact: Artifact) -> bytes:
+    """The bytes of an artifact's file, after checking them against the manifest's SHA-256.
+
+    Loaders take these bytes, never the path: what runs is exactly what was hashed, so a file changed after
+    export (TorchScript is code) is refused before anything parses it.
+    """
+    path = Path(artifact.path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{artifact.file} is listed in the manifest but missing; export again") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {artifact.file}: {e.strerror or e}") from None
+    if fileio.digest(data) != artifact.sha256:
+        raise ArtifactError(f"{artifact.file} changed since export (SHA-256 differs from the manifest); "
+                            "refusing to load it, export again")
+    return data
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any]) -> Path:
@@ -91,12 +172,12 @@ def select(artifacts: list[Artifact], formats: list[str] | None = None,
             if (not formats or a.format in formats) and (not precisions or a.precision in precisions)]
 
 
-def check_files(artifacts: list[Artifact]) -> list[str]:
-    """Problems with the files behind manifest entries: missing, or changed since export."""
-    problems = []
+def check_files(artifacts: list[Artifact]) -> dict[str, str]:
+    """{file: problem} for manifest entries whose file is missing, unreadable or changed since export."""
+    problems = {}
     for a in artifacts:
-        if not Path(a.path).is_file():
-            problems.append(f"{a.file}: missing")
-        elif fileio.file_digest(a.path) != a.sha256:
-            problems.append(f"{a.file}: changed since export (SHA-256 differs from the manifest)")
+        try:
+            read_verified(a)
+        except ArtifactError as e:
+            problems[a.file] = str(e)
     return problems

@@ -8,6 +8,7 @@ the very first call is reported apart; results are percentiles of all timed call
 from __future__ import annotations
 
 import copy
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import sysinfo
-from toolkit.artifacts import Artifact, read_manifest, select
+from toolkit.artifacts import Artifact, read_manifest, read_verified, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.runtime import PROVIDERS, check_provider, create_session, describe, normalize
 
@@ -146,7 +147,8 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
     for level, concurrency in variants:
         threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
         t0 = time.perf_counter()
-        session = create_session(artifact.path, provider, threads=threads, optimization=level)
+        session = create_session(read_verified(artifact), provider, threads=threads, optimization=level,
+                                 label=artifact.file)
         load_ms[f"onnxruntime {artifact.label} {provider} opt={level} x{concurrency}"] = (time.perf_counter() - t0) * 1e3
         info = describe(session, artifact.file)
         convert = (lambda b: b) if info.kind == "app" else (lambda b: normalize(b, mnist.MEAN, mnist.STD))
@@ -182,7 +184,7 @@ def _ort_candidates(artifact: Artifact, provider: str, config: BenchConfig, load
             def prepare_graph(batches: list[np.ndarray], convert=convert, info=info):
                 # A CUDA graph replays fixed device addresses: one session per batch size, inputs copied into
                 # the same buffer (the graph cannot rotate pointers), outputs left on the device.
-                session = create_session(artifact.path, "cuda", cuda_graph=True)
+                session = create_session(read_verified(artifact), "cuda", cuda_graph=True, label=artifact.file)
                 batch = convert(batches[0])
                 buffer = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
                 binding = session.io_binding()
@@ -398,7 +400,8 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                scripted = torch.jit.load(ts_artifact.path, map_location="cpu" if provider == "cpu" else "cuda")
+                scripted = torch.jit.load(io.BytesIO(read_verified(ts_artifact)),
+                                          map_location="cpu" if provider == "cpu" else "cuda")
             load_ms[f"torchscript {provider}"] = (time.perf_counter() - t0) * 1e3
             candidates += _torch_candidates("torchscript", scripted, provider, config.threads)
     if not candidates:

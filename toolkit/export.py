@@ -329,6 +329,12 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
 
+    with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
+        return _export_locked(config, pairs, ckpt, module, out_dir, ctx, log)
+
+
+def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dict[str, Any], module,
+                   out_dir: Path, ctx: _Context, log: Log) -> ExportResult:
     kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, {artifact_file(f, p) for f, p in pairs})
     for name in removed:
         log(f"removed {name}: it was exported from another checkpoint")
@@ -374,19 +380,32 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
 
 
 def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str]) -> tuple[list[Artifact], list[str]]:
-    if not (out_dir / MANIFEST_NAME).exists():
+    """Split an earlier export in `out_dir` into entries to keep and files removed (another checkpoint's).
+
+    Only files this exporter itself writes are ever removed, and only inside `out_dir`; a manifest naming
+    anything else is refused (read_manifest), never followed.
+    """
+    if not (out_dir / MANIFEST_NAME).exists() and not (out_dir / MANIFEST_NAME).is_symlink():
         return [], []
     try:
         previous = read_manifest(out_dir)
-    except ArtifactError:
-        return [], []  # an unreadable manifest is simply replaced
+    except ArtifactError as e:
+        raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
+    ours = {artifact_file(f, p) for f, spec in FORMATS.items() for p in spec.precisions}
     kept, removed = [], []
     for a in previous:
         if a.file in rebuilding:
             continue
-        if a.source_sha256 == checkpoint_sha256 and Path(a.path).is_file():
+        path = out_dir / a.file
+        if a.source_sha256 == checkpoint_sha256 and path.is_file() and not path.is_symlink():
             kept.append(a)
-        else:
-            Path(a.path).unlink(missing_ok=True)
+        elif a.file in ours:
+            try:
+                path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
+            except OSError as e:
+                raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None
             removed.append(a.file)
+        else:
+            raise ArtifactError(f"bad manifest in {out_dir}/: {a.file} is not a file toolkit exports; "
+                                f"remove {out_dir / MANIFEST_NAME} or export into another folder")
     return kept, removed

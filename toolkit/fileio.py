@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -68,3 +69,41 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot write the {what} to {path}: {e.strerror or e}; choose another folder") from None
     return path
+
+
+LOCK_NAME = ".toolkit.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait_s: float = 600.0) -> Iterator[None]:
+    """Hold an advisory lock on `folder` (exclusive for writers, shared for readers).
+
+    Two exports into one folder then run one after the other instead of mixing their files; readers see
+    a folder that no export is halfway through. Waits up to `wait_s`, then raises ConfigError.
+    """
+    import time
+
+    from toolkit.errors import ConfigError
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if not shared:
+            raise ConfigError(f"cannot lock {folder}/: {e.strerror or e}") from None
+        yield  # a read-only folder can still be read; nobody can be exporting into it through us
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"{folder}/ stayed locked by another toolkit export for {wait_s:.0f} s; "
+                                      "try again when it has finished") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)

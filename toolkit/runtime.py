@@ -54,9 +54,11 @@ def check_provider(provider: str, *also: str) -> None:
         raise ConfigError(f"unknown provider {provider!r}; choose one of: {', '.join([*PROVIDERS, *also])}")
 
 
-def create_session(path: str | os.PathLike, provider: str = "cpu", *, threads: int | None = None,
-                   cuda_graph: bool = False, optimization: str = "all"):
+def create_session(model: str | os.PathLike | bytes, provider: str = "cpu", *, threads: int | None = None,
+                   cuda_graph: bool = False, optimization: str = "all", label: str = ""):
     """An InferenceSession on exactly `provider`, or ProviderUnavailable saying what is missing.
+
+    `model` is a path, or the model's bytes (already hash-checked; `label` then names it in errors).
 
     ONNX Runtime silently falls back to the CPU when a GPU provider cannot load; this checks
     `session.get_providers()` so nothing labelled CUDA ever runs on the CPU.
@@ -91,15 +93,19 @@ def create_session(path: str | os.PathLike, provider: str = "cpu", *, threads: i
             raise ConfigError("CUDA graphs need --provider cuda")
         provider_options["enable_cuda_graph"] = "1"
     providers = [(name, provider_options)] + ([] if provider == "cpu" else ["CPUExecutionProvider"])
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
-    if path.stat().st_size == 0:
+    if isinstance(model, bytes):  # already read and hash-checked by the caller
+        source, path = model, Path(label or "the model")
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+        source = str(path)
+    if not source or (isinstance(source, str) and path.stat().st_size == 0):
         raise ArtifactError(f"{path} is empty; export it again")
     try:
         # ORT prints "EP Error ... Falling back" itself when a GPU provider fails; the check below says it better
         with contextlib.redirect_stdout(io.StringIO()):
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {_ort_message(e)}") from None
     if session.get_providers()[0] != name:
