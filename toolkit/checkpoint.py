@@ -16,6 +16,7 @@ from toolkit.errors import CheckpointError
 FORMAT = "toolkit-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+MAX_CHECKPOINT_BYTES = 256 << 20  # a ConvNet checkpoint is about 5 MiB
 DEFAULT_RUNS_DIR = Path("runs")
 
 
@@ -23,31 +24,55 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomically write a checkpoint dict (the format tag is added here)."""
     import torch
 
+    from toolkit.errors import OutputError
+
     with fileio.atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        try:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as RuntimeError("... file write failed")
+            raise OutputError(f"cannot write checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a toolkit checkpoint, or raise CheckpointError saying what is wrong."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """Read and validate a toolkit checkpoint; returns it with the SHA-256 of exactly the bytes loaded.
+
+    The file is read once, hashed, and unpickled from those bytes by torch's weights-only loader (tensors and
+    primitives only), so the hash that artifacts record is the hash of what was loaded.
+    """
+    import io
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with `toolkit train`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path} is {size / 2**20:.0f} MiB, larger than any toolkit checkpoint "
+                                  f"(limit {MAX_CHECKPOINT_BYTES >> 20} MiB)")
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with `toolkit train`")
     if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}, "
+        raise CheckpointError(f"{path} has checkpoint format version {str(ckpt.get('format_version'))[:20]}, "
                               f"this toolkit reads version {FORMAT_VERSION}")
-    for key in ("model", "state_dict", "config", "history"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} lacks '{key}'; it is damaged or was not written by toolkit")
-    return ckpt
+    for key, kind in (("model", dict), ("state_dict", dict), ("config", dict), ("history", list)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
+    return ckpt, fileio.digest(data)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a toolkit checkpoint, or raise CheckpointError saying what is wrong."""
+    return read_checkpoint(path)[0]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]):
@@ -57,9 +82,12 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
 
     spec = ckpt["model"]
     try:
-        model = build_model(spec["name"], **spec.get("args", {}))
+        args = spec.get("args") or {}
+        if not isinstance(args, dict):
+            raise TypeError("model args are not a mapping")
+        model = build_model(spec.get("name"), **args)
         model.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, RuntimeError, TypeError, KeyError) as e:
+    except (ConfigError, RuntimeError, TypeError, KeyError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit model {spec.get('name')!r}: {first[:200]}") from None
     return model.eval()

@@ -17,17 +17,35 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
-# Piped output is not cut to 80 columns: tables stay readable in logs and CI.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Piped output is not cut to 80 columns: tables stay readable in logs and CI. Markup is off: file names and
+# messages are text (a file called "d[x].png" prints as itself); styles are applied with Text objects.
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every temporary file is removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _error(message: str, label: str = "error:") -> None:
+    """One line on stderr: the label in bold red, then the message as plain text (never markup)."""
+    err.print(Text.assemble((label, "bold red"), " ", " ".join(str(message).split())), soft_wrap=True)
+
+
+def _styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
                                        help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
@@ -43,11 +61,25 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as e:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+            _error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except KeyboardInterrupt:
-            err.print("interrupted", highlight=False)
-            raise typer.Exit(130) from None
+            err.print("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            _error("out of memory; use a smaller batch size or fewer images")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as e:  # the environment, not toolkit: a full disk, a permission, a vanished file
+            if _state["debug"]:
+                raise
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            _error(f"{e.strerror or e}{where}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return app.command()(wrapper)
 
@@ -112,7 +144,7 @@ def data(data_dir: DataDir = Path("data")) -> None:
                 tasks[name] = progress.add_task(name, total=total)
             progress.update(tasks[name], completed=done)
 
-        report = ensure_mnist(data_dir, log=lambda m: err.print(m, highlight=False), progress=on_progress)
+        report = ensure_mnist(data_dir, log=lambda m: err.print(m), progress=on_progress)
     table = Table(title=f"MNIST in {data_dir}")
     for col in ("file", "md5", "status"):
         table.add_column(col)
@@ -120,7 +152,7 @@ def data(data_dir: DataDir = Path("data")) -> None:
         table.add_row(Path(path).name, report.md5[name], "verified")
     out.print(table)
     for attempt in report.attempts:
-        out.print(f"  {attempt.source}: {attempt.detail}", highlight=False)
+        out.print(f"  {attempt.source}: {attempt.detail}")
 
 
 @_command
@@ -153,7 +185,6 @@ def train(
     else:
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill finishes like Ctrl-C: last epoch kept
 
     from rich.console import Group
     from rich.live import Live
@@ -194,11 +225,7 @@ def train(
               f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})",
               highlight=False)
     out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
-              f"{Path(result.run_dir) / 'errors.png'}", highlight=False)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+              f"{Path(result.run_dir) / 'errors.png'}")
 
 
 def _default_checkpoint(checkpoint: Path | None) -> Path:
@@ -230,19 +257,19 @@ def export(
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel)
     with _status("exporting"):
-        result = run_export(config, pairs, log=lambda m: err.print(m, highlight=False))
+        result = run_export(config, pairs, log=lambda m: err.print(m))
     table = Table(title=f"artifacts from {config.checkpoint}")
     for col in ("file", "format", "precision", "size KiB", "sha256", "input", "outputs"):
         table.add_column(col)
 
     def io(specs: list[dict]) -> str:
-        return escape(", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs))
+        return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
 
     for a in result.artifacts:
         table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
     out.print(table)
-    out.print(f"wrote {result.manifest}", highlight=False)
+    out.print(f"wrote {result.manifest}")
 
 
 @_command
@@ -279,9 +306,9 @@ def verify(
         table.add_row(r.artifact, r.format, r.precision, f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}",
                       f"{r.agreement:,}/{r.n:,}", f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}",
                       f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
-                      "[green]pass[/]" if r.passed else f"[red]FAIL[/]: {escape('; '.join(r.failures))}")
+                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
     out.print(table)
-    out.print(f"verified in {report.seconds:.1f} s", highlight=False)
+    out.print(f"verified in {report.seconds:.1f} s")
     if json_path:
         _write_json(json_path, report.to_json())
     report.raise_for_failures()
@@ -336,13 +363,13 @@ def bench(
                       f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}")
     out.print(table)
     for name, reason in report.skipped.items():
-        out.print(f"skipped provider {name}: {reason}", highlight=False)
+        out.print(f"skipped provider {name}: {reason}")
     if report.matmul_peak_gflops:
         out.print(f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s; model: "
-                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image", highlight=False)
+                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image")
     for name, t in report.targets.items():
-        out.print(f"{'[green]met[/]' if t['met'] else '[red]missed[/]'} {name}: {t['value']:.2f} "
-                  f"(target {t['target']}) — {t['detail']}", highlight=False)
+        out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
+                                f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))
     if json_path:
         _write_json(json_path, report.to_json())
     if markdown:
@@ -380,21 +407,33 @@ def predict(
 
 
 def main() -> None:
-    """Entry point: like typer's own, but usage mistakes are one line too (click prints several)."""
+    """Entry point: like typer's own, but every failure is one line with its own exit code (see errors.py).
+
+    Usage mistakes are one line (click prints several); SIGTERM ends a command like Ctrl-C (temporary files
+    removed, exit 143); an unexpected exception is a bug: one line and exit 3, the traceback with --debug.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(prog_name="toolkit", standalone_mode=False)
     except typer.Abort:
-        err.print("aborted", highlight=False)
+        err.print("aborted")
         sys.exit(1)
+    except Terminated:  # outside a command (e.g. while parsing options)
+        sys.exit(EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
-        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):  # not a click/typer usage error
-            raise
-        if not e.format_message():  # no arguments at all: the help was printed
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click/typer usage error
+            if not e.format_message():  # no arguments at all: the help was printed
+                sys.exit(e.exit_code)
+            command = getattr(getattr(e, "ctx", None), "command_path", "toolkit")
+            _error(f"{e.format_message()} (see `{command} --help`)")
             sys.exit(e.exit_code)
-        command = getattr(getattr(e, "ctx", None), "command_path", "toolkit")
-        err.print(f"[bold red]error:[/] {e.format_message()} (see `{command} --help`)", soft_wrap=True,
-                  highlight=False)
-        sys.exit(e.exit_code)
+        if _state["debug"] or "--debug" in sys.argv[1:2]:
+            raise
+        _error(f"{type(e).__name__}: {str(e)[:300]} (run with --debug for the traceback, and please report it)",
+               label="internal error:")
+        sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

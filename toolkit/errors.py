@@ -31,6 +31,10 @@ class ProviderUnavailable(ToolkitError):
     """The requested ONNX Runtime execution provider (or torch device) cannot be used here."""
 
 
+class OutputError(ToolkitError):
+    """A result file cannot be written (disk full, read-only folder, a folder in the way)."""
+
+
 class ImageError(ToolkitError):
     """An input image cannot be read or is unreasonable."""
 
@@ -39,3 +43,12 @@ class VerificationFailed(ToolkitError):
     """At least one artifact does not match PyTorch within tolerance (exit code 1)."""
 
     exit_code = 1
+
+
+# Exit codes of the `toolkit` command (README lists them); ToolkitError subclasses carry theirs.
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # VerificationFailed: the command ran and the models did not pass
+EXIT_BAD_INPUT = 2  # any other ToolkitError, usage mistakes, OS errors, out of memory
+EXIT_INTERNAL = 3  # an unexpected exception: a bug in toolkit (`--debug` shows the traceback)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM

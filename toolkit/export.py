@@ -25,7 +25,7 @@ from toolkit import data as mnist
 from toolkit import fileio, sysinfo
 from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact, read_manifest,
                                write_manifest)
-from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.runtime import normalize
 
@@ -35,6 +35,7 @@ MIN_OPSET, MAX_OPSET = 18, 23  # torch's exporter emits opset 18 natively; 23 is
 CLASS_LABELS = [str(d) for d in range(10)]
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_ACTIVATIONS = ("u8", "s8")
+MAX_CALIBRATION_IMAGES = 60000
 
 Log = Callable[[str], None]
 
@@ -113,8 +114,9 @@ def _validate(config: ExportConfig) -> None:
         raise ConfigError(f"unknown quantization format {config.quant_format!r}; use {' or '.join(QUANT_FORMATS)}")
     if config.quant_activation not in QUANT_ACTIVATIONS:
         raise ConfigError(f"unknown activation type {config.quant_activation!r}; use u8 or s8")
-    if config.calibration_size <= 0:
-        raise ConfigError("calibration-size must be positive")
+    if not 1 <= config.calibration_size <= MAX_CALIBRATION_IMAGES:
+        raise ConfigError(f"calibration-size must be between 1 and {MAX_CALIBRATION_IMAGES} (the training set), "
+                          f"got {config.calibration_size}")
 
 
 @dataclass
@@ -125,6 +127,7 @@ class _Context:
     checkpoint_sha256: str
     ckpt: dict[str, Any]
     fp32_onnx: Any = None  # the fp32 ModelProto, reused by int8 quantization
+    calibration_images: int = 0  # how many training images int8 calibration really used
 
 
 def _quiet():
@@ -201,7 +204,7 @@ def _build_onnx(module, precision: str, config: ExportConfig, ctx: _Context, tmp
     else:  # fp32, and int8 quantized from it: one fp32 export serves both
         if ctx.fp32_onnx is None:
             ctx.fp32_onnx = _to_onnx(module, example, "image", ["log_probs"], config)
-        model = ctx.fp32_onnx if precision == "fp32" else _quantize_int8(ctx.fp32_onnx, config, tmp.parent)
+        model = ctx.fp32_onnx if precision == "fp32" else _quantize_int8(ctx.fp32_onnx, config, ctx, tmp.parent)
     _check_and_save_onnx(model, tmp, meta)
 
 
@@ -243,7 +246,7 @@ class _AppModel(nn.Module):
         return probabilities, probabilities.argmax(dim=1)
 
 
-def _quantize_int8(fp32_model, config: ExportConfig, workdir: Path):
+def _quantize_int8(fp32_model, config: ExportConfig, ctx: _Context, workdir: Path):
     """ONNX Runtime static quantization, calibrated on training images only."""
     import numpy as np
     import onnx
@@ -254,6 +257,7 @@ def _quantize_int8(fp32_model, config: ExportConfig, workdir: Path):
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(images), size=min(config.calibration_size, len(images)), replace=False)
     calib = normalize(images[np.sort(pick)], mnist.MEAN, mnist.STD)
+    ctx.calibration_images = len(calib)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -322,10 +326,10 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     another checkpoint are deleted, so the folder never mixes models.
     """
     _validate(config)
-    ckpt = load_checkpoint(config.checkpoint)
+    ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint)
     module = model_from_checkpoint(ckpt)
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
-    ctx = _Context(str(Path(config.checkpoint).resolve()), fileio.file_digest(config.checkpoint), ckpt)
+    ctx = _Context(str(Path(config.checkpoint).resolve()), ckpt_sha256, ckpt)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
 
@@ -358,7 +362,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
             if precision == "int8":
                 settings.update(quant_format=config.quant_format, activations=config.quant_activation,
                                 weights="s8", per_channel=config.per_channel,
-                                calibration_images=config.calibration_size, calibration_split="train")
+                                calibration_images=ctx.calibration_images, calibration_split="train")
             artifact = Artifact(
                 file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,
                 sha256=fileio.file_digest(tmp), inputs=inputs, outputs=outputs,

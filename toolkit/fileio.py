@@ -19,19 +19,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A reader therefore sees either the old file or the complete new one, never a half-written file.
     """
+    from toolkit.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, read-only folder, a folder in the way: the old file stays as it was
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -71,28 +79,21 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-LOCK_NAME = ".toolkit.lock"
-
-
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait_s: float = 600.0) -> Iterator[None]:
-    """Hold an advisory lock on `folder` (exclusive for writers, shared for readers).
+    """Hold an advisory lock on `folder` itself (exclusive for writers, shared for readers).
 
-    Two exports into one folder then run one after the other instead of mixing their files; readers see
-    a folder that no export is halfway through. Waits up to `wait_s`, then raises ConfigError.
+    Two exports into one folder then run one after the other instead of mixing their files. The lock is
+    taken on the folder's own descriptor, so no lock file is left behind. Waits up to `wait_s`, then raises.
     """
     import time
 
     from toolkit.errors import ConfigError
 
-    path = Path(folder) / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        if not shared:
-            raise ConfigError(f"cannot lock {folder}/: {e.strerror or e}") from None
-        yield  # a read-only folder can still be read; nobody can be exporting into it through us
-        return
+        raise ConfigError(f"cannot open {folder}/ to lock it: {e.strerror or e}") from None
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -106,4 +107,4 @@ def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait_s: floa
                 time.sleep(0.05)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing the descriptor releases the lock

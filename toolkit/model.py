@@ -57,10 +57,29 @@ class MLP(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP}
 
 
+MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS = 8, 8192  # bounds for constructor arguments read from files
+
+
+def _check_args(name: str, kwargs: dict[str, Any]) -> None:
+    """Constructor arguments (from a checkpoint, i.e. a file) are bounded before any layer is allocated."""
+    allowed = {"convnet": {"num_classes"}, "mlp": {"hidden_sizes", "num_classes"}}[name]
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise ConfigError(f"model {name} takes no argument {', '.join(sorted(map(str, unknown)))}")
+    if kwargs.get("num_classes", 10) != 10 or type(kwargs.get("num_classes", 10)) is not int:
+        raise ConfigError("num_classes must be 10 for MNIST")
+    if "hidden_sizes" in kwargs:
+        sizes = kwargs["hidden_sizes"]
+        if (not isinstance(sizes, (list, tuple)) or not 1 <= len(sizes) <= MAX_HIDDEN_LAYERS
+                or not all(type(h) is int and 1 <= h <= MAX_HIDDEN_UNITS for h in sizes)):
+            raise ConfigError(f"hidden_sizes must be 1 to {MAX_HIDDEN_LAYERS} layers of 1 to {MAX_HIDDEN_UNITS} units")
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model by name with its constructor arguments."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    """Build a registered model by name with its (bounded) constructor arguments."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"unknown model {str(name)[:40]!r}; choose one of: {', '.join(MODELS)}")
+    _check_args(name, kwargs)
     return MODELS[name](**kwargs)
 
 

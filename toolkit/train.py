@@ -65,16 +65,48 @@ def make_config(recipe: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
     return config
 
 
+# Inclusive bounds of every numeric setting: anything outside (or NaN, or infinite) is refused.
+LIMITS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 1000), "batch_size": (1, 60000), "eval_batch_size": (1, 10000), "lr": (1e-8, 10.0),
+    "momentum": (0.0, 0.999), "weight_decay": (0.0, 1.0), "seed": (0, 2**32 - 1), "train_limit": (1, 60000),
+}
+_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def config_from_checkpoint(saved: Any, current: TrainConfig) -> TrainConfig:
+    """The TrainConfig a checkpoint recorded, checked field by field (a checkpoint is a file, i.e. input)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(saved, dict):
+        raise CheckpointError("the checkpoint's settings are not a mapping; it is damaged")
+    unknown = [str(k)[:40] for k in saved if k not in fields]
+    if unknown:
+        raise CheckpointError(f"the checkpoint's settings have unknown key(s) {', '.join(unknown)}; "
+                              "it was written by another version or damaged")
+    for name, value in saved.items():
+        kind = {"int": int, "float": float, "bool": bool, "str": str, "int | None": int}[str(fields[name].type)]
+        if value is None and str(fields[name].type).endswith("None"):
+            continue
+        if not isinstance(value, _TYPES[kind]) or (kind is not bool and isinstance(value, bool)):
+            raise CheckpointError(f"the checkpoint's setting {name} is {type(value).__name__}, expected {kind.__name__}")
+    try:
+        config = TrainConfig(**{**dataclasses.asdict(current), **saved})
+        validate(config)
+    except ConfigError as e:
+        raise CheckpointError(f"the checkpoint's settings are invalid: {e}") from None
+    return config
+
+
 def validate(config: TrainConfig) -> None:
+    """Every setting of a run: known names, and numbers finite and within LIMITS."""
     if config.model not in MODELS:
         raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name.replace('_', '-')} must be a positive number, got {getattr(config, name)}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ConfigError(f"lr must be a positive number, got {config.lr}")
-    if config.train_limit is not None and not 0 < config.train_limit <= 60000:
-        raise ConfigError(f"train-limit must be between 1 and 60000, got {config.train_limit}")
+    for name, (low, high) in LIMITS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise ConfigError(f"{name.replace('_', '-')} must be a number from {low:g} to {high:g}, got {value}")
     if config.schedule not in ("onecycle", "constant"):
         raise ConfigError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
     if config.device not in DEVICES:
@@ -190,7 +222,7 @@ def train(
     state = None
     if resume:
         state = load_checkpoint(ckpt_path)
-        config = TrainConfig(**{**dataclasses.asdict(config), **state["config"]})
+        config = config_from_checkpoint(state["config"], config)
     validate(config)
     device = resolve_device(config.device)
     if not resume and ckpt_path.exists() and not overwrite:
