@@ -347,3 +347,104 @@ def test_the_corpus_covers_every_command():
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
     covered = {case_id.split("-")[0] for case_id, *_ in CASES}
     assert {"data", "train", "resume", "export", "verify", "bench", "predict"} <= covered
+
+
+def test_file_names_are_text_not_markup(ctx):
+    digit = ctx.digit()
+    odd = [ctx.work / "d[x].png", ctx.work / "[bold]e[red].png"]
+    for path in odd:
+        shutil.copy(digit, path)
+    result = run_main("predict", "--model", ctx.exported / "model.app.onnx", *odd)
+    assert result.exit_code == 0, result.stderr
+    assert "d[x].png" in result.stdout and "[bold]e[red].png" in result.stdout
+
+
+def test_an_unexpected_error_is_one_line_with_its_own_exit_code(ctx, monkeypatch):
+    import toolkit.export
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(toolkit.export, "plan", broken)
+    result = run_main("export", "--checkpoint", ctx.checkpoint)
+    assert result.exit_code == 3 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "internal error: ZeroDivisionError: a bug (run with --debug for the traceback, and please report it)"]
+    with pytest.raises(ZeroDivisionError):  # --debug shows the real traceback
+        run_main("--debug", "export", "--checkpoint", ctx.checkpoint)
+
+
+def _toolkit(*args, **kwargs):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_concurrent_exports_into_one_folder_never_mix_models(ctx):
+    other = ctx.checkpoint_with(lambda k: k["state_dict"]["fc_layer2.bias"].add_(0.5), name="other.pt")
+    out = ctx.work / "shared-out"
+    procs = [_toolkit("export", "--checkpoint", ckpt, "--out", out, "--format", "onnx,torchscript")
+             for ckpt in (ctx.checkpoint, other)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    from toolkit.artifacts import onnx_metadata, read_manifest
+
+    artifacts = read_manifest(out)
+    assert {a.file for a in artifacts} == {"model.onnx", "model.ts.pt"}
+    sources = {a.source_sha256 for a in artifacts}
+    assert len(sources) == 1 and sources <= {file_digest(ctx.checkpoint), file_digest(other)}
+    for a in artifacts:
+        assert file_digest(out / a.file) == a.sha256  # the files are the ones the manifest describes
+    assert onnx_metadata(out / "model.onnx")["source_checkpoint_sha256"] in sources
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def _wait_for(path: Path, proc, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_sigterm_ends_a_command_like_ctrl_c(ctx, command):
+    import time
+
+    out = ctx.work / "out"
+    if command == "train":
+        proc = _toolkit("train", "--epochs", "3", "--train-limit", "20000", "--out", out, "--data-dir", ctx.mnist)
+        _wait_for(out / "checkpoint.pt", proc)  # the first epoch is saved; the second is under way
+    else:
+        proc = _toolkit("export", "--checkpoint", ctx.checkpoint, "--out", out, "--format", "all",
+                        "--precision", "all", "--data-dir", ctx.mnist)
+        _wait_for(out, proc)
+        time.sleep(1.0)  # into the exporters
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "terminated"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "hidden temporary files left behind"
+    if command == "train":
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1  # the finished epoch is kept
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(ctx):
+    import resource
+    import subprocess
+
+    def small_disk():  # writes beyond 1 MiB fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = ctx.work / "run"
+    done = subprocess.run([sys.executable, "-m", "toolkit", "train", "--epochs", "1", "--train-limit", "2000",
+                           "--out", out, "--data-dir", ctx.mnist], capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_disk)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "checkpoint" in lines[0], done.stderr
+    assert sorted(p.name for p in out.iterdir()) == []  # no checkpoint, no half-written temporary file
