@@ -70,8 +70,8 @@ class Ctx:
 
     work: Path
     outside: Path
-    exported: Path  # the session's real export (read-only here: copy it to damage it)
-    checkpoint: Path  # the session's real checkpoint (read-only here)
+    exported: Path  # the test run's real export (read-only here: copy it to damage it)
+    checkpoint: Path  # the test run's real checkpoint (read-only here)
     mnist: Path
 
     def export_copy(self) -> Path:
