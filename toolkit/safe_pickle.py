@@ -103,7 +103,8 @@ def _scan(data: bytes) -> None:
             if count >= MAX_OPCODES:
                 raise DataError(f"refusing a pickle of more than {MAX_OPCODES} opcodes: only numpy arrays are allowed")
             if op.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
-                raise DataError(f"refusing a pickle that stores memo slot {arg} at byte {pos}: not a pickler's numbering")
+                raise DataError(f"refusing a pickle that stores memo slot {arg} at byte {pos}: "
+                                "not a pickler's numbering")
     except DataError:
         raise
     except Exception as e:  # truncated or malformed stream
