@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(TOOLKIT) data
 	$(TOOLKIT) train --overwrite
-	$(TOOLKIT) export --format all --precision all
+	$(TOOLKIT) export --format all --precision all --overwrite
 	$(TOOLKIT) verify --json exported/verify.json
 	$(TOOLKIT) bench --provider cpu --optimization all,extended --concurrency 1,2 \
 		--json exported/bench-cpu.json --markdown exported/bench-cpu.md --plot exported/bench-cpu.png

@@ -94,10 +94,53 @@ def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir):
     ckpt = load_checkpoint(trained / "checkpoint.pt")
     ckpt["state_dict"] = {k: v + 0.001 for k, v in ckpt["state_dict"].items()}
     save_checkpoint(tmp_path / "other.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
-    result = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out)
-    assert result.exit_code == 0 and "model.ts.pt" in result.stderr
+    (out / "verify.json").write_text("{}")  # a result that describes the old model
+    (out / "notes.txt").write_text("mine")
+    before = {a.file: a.sha256 for a in read_manifest(out)}
+    refused = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out)
+    assert "--overwrite" in assert_one_line_error(refused, 2)
+    assert {a.file: a.sha256 for a in read_manifest(out)} == before  # nothing replaced without --overwrite
+    result = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out, "--overwrite")
+    assert result.exit_code == 0 and "model.ts.pt" in result.stderr and "verify.json" in result.stderr
     assert [a.file for a in read_manifest(out)] == ["model.onnx"]
-    assert not (out / "model.ts.pt").exists()
+    assert not (out / "model.ts.pt").exists() and not (out / "verify.json").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only toolkit's own files are ever removed
+
+
+def test_triton_repository_follows_tritons_own_schema(exported_copy, trained):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "triton", "--out",
+                     exported_copy, "--triton-max-batch-size", "512")
+    assert result.exit_code == 0, result.stderr
+    repo = exported_copy / "triton"
+    assert sorted(p.name for p in repo.iterdir()) == ["mnist_convnet", "mnist_convnet_app", "mnist_convnet_torchscript"]
+    configs = {}
+    for model in repo.iterdir():
+        configs[model.name] = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert configs[model.name].name == model.name and configs[model.name].max_batch_size == 512
+        assert configs[model.name].dynamic_batching.preferred_batch_size == [64, 256]
+    F, U8, I64 = (model_config_pb2.DataType.Value(t) for t in ("TYPE_FP32", "TYPE_UINT8", "TYPE_INT64"))
+    # each config matches what its ONNX file declares, minus the batch dimension
+    for name, file in (("mnist_convnet", "model.onnx"), ("mnist_convnet_app", "model.app.onnx")):
+        config, graph = configs[name], onnx.load(str(repo / name / "1" / "model.onnx")).graph
+        assert config.platform == "onnxruntime_onnx"
+        assert file_digest(repo / name / "1" / "model.onnx") == file_digest(exported_copy / file)
+        for declared, values in ((config.input, graph.input), (config.output, graph.output)):
+            assert [t.name for t in declared] == [v.name for v in values]
+            for t, v in zip(declared, values):
+                dims = [d.dim_value for d in v.type.tensor_type.shape.dim][1:]
+                assert list(t.dims) == (dims or [1]) and (not dims) == t.HasField("reshape")
+                elem = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+                assert t.data_type == {"float32": F, "uint8": U8, "int64": I64}[elem]
+    ts = configs["mnist_convnet_torchscript"]
+    assert ts.platform == "pytorch_libtorch" and (repo / "mnist_convnet_torchscript" / "1" / "model.pt").is_file()
+    assert [t.name for t in ts.input] == ["image__0"] and list(ts.input[0].dims) == [1, 28, 28]
+    assert [t.name for t in ts.output] == ["log_probs__0"] and ts.output[0].data_type == F
+    manifest = json.loads((exported_copy / "manifest.json").read_text())
+    assert {m["name"] for m in manifest["triton"]["models"]} == set(configs)
+    assert not [p.name for p in exported_copy.iterdir() if p.name.startswith(".")]
 
 
 def _write_garbage(path):

@@ -234,7 +234,8 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("export-manifest-symlink-out", lambda c: ["export", "--checkpoint", c.checkpoint, "--out", _link_out(c)], 2,
      "symbolic link"),
     ("export-manifest-foreign-file", lambda c: (c.export_copy() / "notes.txt").write_text("mine") and [
-        "export", "--checkpoint", c.checkpoint_with(lambda k: k["metrics"].update(test_accuracy=1.0)), "--out",
+        "export", "--overwrite", "--checkpoint", c.checkpoint_with(lambda k: k["metrics"].update(test_accuracy=1.0)),
+        "--out",
         c.manifest(c.export_copy(), lambda d: d["artifacts"][0].update(file="notes.txt"))], 2,
      "not a file toolkit exports"),
     ("export-manifest-not-utf8", lambda c: (c.export_copy() / "manifest.json").write_bytes(b"\xff\xfe{}") and

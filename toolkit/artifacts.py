@@ -20,6 +20,9 @@ DEFAULT_EXPORT_DIR = Path("exported")
 META_KEY = "toolkit.json"  # TorchScript _extra_files entry; ONNX uses one metadata_props key per field
 ONNX_SUFFIX = ".onnx"
 TORCHSCRIPT_SUFFIX = ".ts.pt"
+# What `make main` and the README write beside the artifacts: results that describe the exported model, removed
+# with it when `export --overwrite` replaces the folder's model.
+RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for ext in ("json", "md", "png")))
 
 
 @dataclass
@@ -170,6 +173,33 @@ def select(artifacts: list[Artifact], formats: list[str] | None = None,
     """Artifacts whose format and precision are in the given lists (None keeps all)."""
     return [a for a in artifacts
             if (not formats or a.format in formats) and (not precisions or a.precision in precisions)]
+
+
+def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explicit: str | None = None) -> Path:
+    """The checkpoint the artifacts were exported from, found by its SHA-256, so a copied folder still works.
+
+    `explicit` (--checkpoint) wins as given (verify then reports a mismatch as a failure). Otherwise the manifest's
+    recorded path (relative to the manifest), then any `*.pt` beside the manifest, is used if its SHA-256 is the
+    one recorded; only regular files are hashed. CheckpointError says exactly what is needed when none fits.
+    """
+    from toolkit.errors import CheckpointError
+
+    if explicit:
+        return Path(explicit)
+    folder = Path(folder)
+    wanted = {a.source_sha256 for a in artifacts}
+    candidates = [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
+    candidates += sorted(p for p in folder.glob("*.pt") if not p.name.endswith(TORCHSCRIPT_SUFFIX))
+    for path in candidates:
+        try:
+            if path.is_file() and path.stat().st_size < 1 << 30 and fileio.file_digest(path) in wanted:
+                return path
+        except OSError:
+            continue
+    sha = next(iter(wanted), "")
+    raise CheckpointError(f"the checkpoint these artifacts were exported from (SHA-256 {sha[:16]}...) is not at "
+                          f"{candidates[0] if candidates else 'the recorded path'} nor beside {folder / MANIFEST_NAME}; "
+                          "pass it with --checkpoint or copy it next to the manifest")
 
 
 def check_files(artifacts: list[Artifact]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import sysinfo
-from toolkit.artifacts import Artifact, read_manifest, read_verified, select
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_verified, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.runtime import PROVIDERS, check_provider, create_session, describe, normalize
 
@@ -377,7 +377,7 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
     artifacts = select(manifest, artifact_formats, list(config.precisions))
     if config.formats and artifact_formats and not artifacts:
         raise ArtifactError(f"no artifact in {config.artifacts}/ matches formats {', '.join(artifact_formats)}")
-    checkpoint = config.checkpoint or manifest[0].source_checkpoint
+    checkpoint = find_checkpoint(config.artifacts, manifest, config.checkpoint)
     eager = model_from_checkpoint(load_checkpoint(checkpoint))
     ts_artifact = next((a for a in manifest if a.format == "torchscript"), None)
 

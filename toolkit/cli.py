@@ -236,7 +236,7 @@ def _default_checkpoint(checkpoint: Path | None) -> Path:
 
 @_command
 def export(
-    format: Annotated[Optional[list[str]], typer.Option("--format", help="onnx, torchscript, onnx-app or all (comma list or repeated).")] = None,
+    format: Annotated[Optional[list[str]], typer.Option("--format", help="onnx, torchscript, onnx-app, triton (a Triton model repository of the fp32 files) or all (comma list or repeated).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to export (default: the latest under runs/).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the artifacts and manifest.json.")] = Path("exported"),
@@ -246,6 +246,8 @@ def export(
     quant_format: Annotated[str, typer.Option(help="int8 graph form: qdq or qoperator.")] = "qdq",
     quant_activation: Annotated[str, typer.Option(help="int8 activation type: u8 or s8 (weights are s8).")] = "u8",
     per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weight scales (default per-tensor: faster here, same accuracy).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace another checkpoint's export in --out (and its verify/bench results there).")] = False,
+    triton_max_batch_size: Annotated[int, typer.Option(help="max_batch_size of the Triton models (with --format triton).")] = 1024,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Export a checkpoint to ONNX and/or TorchScript, with metadata and exported/manifest.json."""
@@ -255,7 +257,9 @@ def export(
     pairs = plan(_csv(format) or ["onnx"], _csv(precision) or ["fp32"])
     config = ExportConfig(checkpoint=str(_default_checkpoint(checkpoint)), out_dir=str(out_dir), opset=opset,
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
-                          quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel)
+                          quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
+                          overwrite=overwrite, triton="triton" in _csv(format),
+                          triton_max_batch_size=triton_max_batch_size)
     with _status("exporting"):
         result = run_export(config, pairs, log=lambda m: err.print(m))
     table = Table(title=f"artifacts from {config.checkpoint}")
@@ -269,6 +273,8 @@ def export(
         table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
     out.print(table)
+    if result.triton_models:
+        out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
     out.print(f"wrote {result.manifest}")
 
 

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from torch import nn
 
 from toolkit import data as mnist
 from toolkit import fileio, sysinfo
-from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact, read_manifest,
-                               write_manifest)
+from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, RESULT_FILES, TORCHSCRIPT_SUFFIX, Artifact,
+                               read_manifest, write_manifest)
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.runtime import normalize
@@ -57,6 +58,9 @@ class ExportConfig:
     # per-tensor ranked fastest in benchmarks/quantization.py, with the same accuracy as per-channel
     per_channel: bool = False
     seed: int = 0  # picks the calibration images
+    overwrite: bool = False  # replace another checkpoint's export in out_dir (and its verify/bench results)
+    triton: bool = False  # also lay out a Triton model repository in out_dir/triton
+    triton_max_batch_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class ExportResult:
     artifacts: list[Artifact]
     manifest: str
     removed: list[str] = field(default_factory=list)
+    triton_models: list[str] = field(default_factory=list)
 
 
 def artifact_file(fmt: str, precision: str) -> str:
@@ -84,13 +89,20 @@ def artifact_file(fmt: str, precision: str) -> str:
 
 def plan(formats: list[str], precisions: list[str]) -> list[tuple[str, str]]:
     """The (format, precision) pairs to build. 'all' on either side keeps only the pairs that exist;
-    a pair named explicitly that does not exist is an error."""
+    a pair named explicitly that does not exist is an error. 'triton' adds the fp32 files a Triton
+    repository serves."""
+    from toolkit.triton import ARTIFACTS
+
+    extra = list(ARTIFACTS) if "triton" in formats else []
+    formats = [f for f in formats if f != "triton"]
+    if extra and not formats:
+        return extra
     fmt_all, prec_all = "all" in formats, "all" in precisions
     fmts = list(FORMATS) if fmt_all else formats
     precs = list(PRECISIONS) if prec_all else precisions
     for f in fmts:
         if f not in FORMATS:
-            raise ConfigError(f"unknown format {f!r}; choose from: {', '.join(FORMATS)}, all")
+            raise ConfigError(f"unknown format {f!r}; choose from: {', '.join(FORMATS)}, triton, all")
     for p in precs:
         if p not in PRECISIONS:
             raise ConfigError(f"unknown precision {p!r}; choose from: {', '.join(PRECISIONS)}, all")
@@ -104,7 +116,7 @@ def plan(formats: list[str], precisions: list[str]) -> list[tuple[str, str]]:
                                   f"not {p}")
     if not pairs:
         raise ConfigError("no format supports the precisions asked for")
-    return pairs
+    return pairs + [p for p in extra if p not in pairs]
 
 
 def _validate(config: ExportConfig) -> None:
@@ -329,7 +341,8 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint)
     module = model_from_checkpoint(ckpt)
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
-    ctx = _Context(str(Path(config.checkpoint).resolve()), ckpt_sha256, ckpt)
+    # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
+    ctx = _Context(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
 
@@ -339,9 +352,12 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
 
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dict[str, Any], module,
                    out_dir: Path, ctx: _Context, log: Log) -> ExportResult:
-    kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, {artifact_file(f, p) for f, p in pairs})
+    kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, {artifact_file(f, p) for f, p in pairs},
+                                        config.overwrite)
     for name in removed:
-        log(f"removed {name}: it was exported from another checkpoint")
+        log(f"removed {name}: it described another checkpoint's model")
+    for a in kept:
+        a.source_checkpoint = ctx.checkpoint_path
     built = []
     for fmt, precision in pairs:
         spec = FORMATS[fmt]
@@ -374,18 +390,44 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         built.append(artifact)
         log(f"wrote {name} ({artifact.size_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
 
-    manifest = write_manifest(out_dir, kept + built, {
+    extra: dict[str, Any] = {
         "toolkit_version": sysinfo.versions()["toolkit"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": ctx.checkpoint_path,
+        "checkpoint": ctx.checkpoint_path,  # relative to this folder
         "checkpoint_sha256": ctx.checkpoint_sha256,
-    })
-    return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed)
+    }
+    triton_models = []
+    if config.triton:
+        from toolkit.triton import REPOSITORY, write_repository
+
+        triton_models = write_repository(out_dir, kept + built, config.triton_max_batch_size)
+        extra["triton"] = {"repository": REPOSITORY, "models": [
+            {"name": m.name, "artifact": m.artifact, "platform": m.platform} for m in triton_models]}
+        log(f"wrote {REPOSITORY}/ with {len(triton_models)} models")
+    else:
+        _drop_stale_triton(out_dir, {a.file for a in built}, log)
+    manifest = write_manifest(out_dir, kept + built, extra)
+    return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
+                        triton_models=[m.name for m in triton_models])
 
 
-def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str]) -> tuple[list[Artifact], list[str]]:
-    """Split an earlier export in `out_dir` into entries to keep and files removed (another checkpoint's).
+def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:
+    """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
+    import shutil
 
+    from toolkit.triton import ARTIFACTS, REPOSITORY
+
+    repo = out_dir / REPOSITORY
+    if repo.is_dir() and not repo.is_symlink() and rebuilt & {artifact_file(f, p) for f, p in ARTIFACTS}:
+        shutil.rmtree(repo)
+        log(f"removed {REPOSITORY}/: its models were exported again (add --format triton to lay it out anew)")
+
+
+def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str],
+                        overwrite: bool) -> tuple[list[Artifact], list[str]]:
+    """Split an earlier export in `out_dir` into entries to keep and files removed.
+
+    Another checkpoint's export is replaced only with `overwrite`, and then its verify/bench results go too.
     Only files this exporter itself writes are ever removed, and only inside `out_dir`; a manifest naming
     anything else is refused (read_manifest), never followed.
     """
@@ -396,7 +438,23 @@ def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[s
     except ArtifactError as e:
         raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
     ours = {artifact_file(f, p) for f, spec in FORMATS.items() for p in spec.precisions}
+    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
+    if others and not overwrite:
+        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
+                          "to replace it (its verify and bench results there go too), or choose another --out")
     kept, removed = [], []
+    if others:
+        import shutil
+
+        from toolkit.triton import REPOSITORY
+
+        for name in RESULT_FILES:
+            if (out_dir / name).is_file() or (out_dir / name).is_symlink():
+                (out_dir / name).unlink()
+                removed.append(name)
+        if (out_dir / REPOSITORY).is_dir() and not (out_dir / REPOSITORY).is_symlink():
+            shutil.rmtree(out_dir / REPOSITORY)
+            removed.append(f"{REPOSITORY}/")
     for a in previous:
         if a.file in rebuilding:
             continue

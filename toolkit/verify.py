@@ -18,7 +18,7 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import fileio, sysinfo
-from toolkit.artifacts import Artifact, check_files, read_manifest, read_verified, select
+from toolkit.artifacts import Artifact, find_checkpoint, check_files, read_manifest, read_verified, select
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
 from toolkit.runtime import check_provider, create_session, describe, normalize
 
@@ -235,7 +235,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     if not artifacts:
         raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for")
-    checkpoint = config.checkpoint or artifacts[0].source_checkpoint
+    checkpoint = find_checkpoint(folder, artifacts, config.checkpoint)
     checkpoint_sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
     pixels, labels = mnist.load_split(config.data_dir, "test")
     reference = reference_outputs(checkpoint, pixels)

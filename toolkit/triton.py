@@ -1,0 +1,108 @@
+"""A Triton Inference Server model repository laid out from exported artifacts.
+
+`<out>/triton/<model>/config.pbtxt` and `<out>/triton/<model>/1/model.onnx` (or `model.pt` for Triton's
+PyTorch backend), one model per artifact, with names, data types and dims taken from the artifact's manifest
+entry. The repository is built beside the old one and swapped in, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.artifacts import Artifact
+from toolkit.errors import ConfigError, OutputError
+
+REPOSITORY = "triton"
+DEFAULT_MAX_BATCH_SIZE = 1024
+MAX_MAX_BATCH_SIZE = 65536
+PREFERRED_BATCH_SIZES = (64, 256)
+MAX_QUEUE_DELAY_US = 100
+ARTIFACTS = (("onnx", "fp32"), ("onnx-app", "fp32"), ("torchscript", "fp32"))  # what the repository serves
+
+_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
+# (platform, file name in the version folder) per artifact format
+_BACKENDS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "onnx-app": ("onnxruntime_onnx", "model.onnx"),
+             "torchscript": ("pytorch_libtorch", "model.pt")}
+
+
+@dataclass
+class TritonModel:
+    name: str
+    artifact: str  # the exported file it serves
+    platform: str
+    config: str  # config.pbtxt text
+
+
+def model_name(artifact: Artifact) -> str:
+    return {"onnx": "mnist_convnet", "onnx-app": "mnist_convnet_app",
+            "torchscript": "mnist_convnet_torchscript"}[artifact.format]
+
+
+def _tensor(spec: dict, torchscript_index: int | None) -> str:
+    """One input/output entry; the batch dimension is Triton's, a per-item scalar becomes dims [1] + reshape []."""
+    if spec["dtype"] not in _TYPES:
+        raise ConfigError(f"Triton has no data type for {spec['dtype']}")
+    dims = [int(d) for d in spec["shape"][1:]]
+    # Triton's PyTorch backend names tensors by position: <name>__<index>
+    name = spec["name"] if torchscript_index is None else f"{spec['name']}__{torchscript_index}"
+    lines = [f'    name: "{name}"', f"    data_type: {_TYPES[spec['dtype']]}",
+             f"    dims: [ {', '.join(map(str, dims or [1]))} ]"]
+    if not dims:
+        lines.append("    reshape: { shape: [ ] }")
+    return "  {\n" + "\n".join(lines) + "\n  }"
+
+
+def model_config(artifact: Artifact, max_batch_size: int) -> TritonModel:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig) for one artifact."""
+    platform, _ = _BACKENDS[artifact.format]
+    ts = artifact.format == "torchscript"
+    inputs = ",\n".join(_tensor(s, i if ts else None) for i, s in enumerate(artifact.inputs))
+    outputs = ",\n".join(_tensor(s, i if ts else None) for i, s in enumerate(artifact.outputs))
+    preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size]
+    name = model_name(artifact)
+    text = (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+            "dynamic_batching {\n"
+            + (f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else "")
+            + f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
+            f'parameters {{ key: "toolkit.source_sha256" value: {{ string_value: "{artifact.sha256}" }} }}\n')
+    return TritonModel(name, artifact.file, platform, text)
+
+
+def write_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
+                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> list[TritonModel]:
+    """Lay out `<out_dir>/triton/` for the served artifacts (ARTIFACTS), replacing any earlier repository."""
+    if not 1 <= max_batch_size <= MAX_MAX_BATCH_SIZE:
+        raise ConfigError(f"Triton max batch size must be between 1 and {MAX_MAX_BATCH_SIZE}, got {max_batch_size}")
+    out_dir = Path(out_dir)
+    served = [a for a in artifacts if (a.format, a.precision) in ARTIFACTS]
+    models = [model_config(a, max_batch_size) for a in served]
+    target = out_dir / REPOSITORY
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-", dir=out_dir))
+        try:
+            for model, artifact in zip(models, served):
+                version = staging / model.name / "1"
+                version.mkdir(parents=True)
+                shutil.copyfile(out_dir / artifact.file, version / _BACKENDS[artifact.format][1])
+                (staging / model.name / "config.pbtxt").write_text(model.config)
+            os.chmod(staging, 0o755)
+            old = None
+            if target.is_symlink() or target.is_file():
+                raise OutputError(f"{target} exists and is not a folder; remove it to export a Triton repository")
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-old-", dir=out_dir))
+                os.replace(target, old / REPOSITORY)
+            os.replace(staging, target)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    except OSError as e:
+        raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
+    return models
