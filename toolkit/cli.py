@@ -412,6 +412,23 @@ def predict(
     out.print(table)
 
 
+@_command
+def web(
+    model: Annotated[Path, typer.Option(help="The app-ready model to serve at /model/model.app.onnx.")] = Path("exported/model.app.onnx"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8000,
+    site: Annotated[Optional[Path], typer.Option(help="The page's folder (default: the repository's examples/web).")] = None,
+) -> None:
+    """Serve the draw-a-digit page on 127.0.0.1 (cross-origin isolated for multi-threaded wasm) until Ctrl-C."""
+    from toolkit.web import DEFAULT_SITE, WebConfig, make_server, url
+
+    server = make_server(WebConfig(site=site or DEFAULT_SITE, model=model, port=port))
+    out.print(f"serving {model} and the demo page at {url(server)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     """Entry point: like typer's own, but every failure is one line with its own exit code (see errors.py).
 

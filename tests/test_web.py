@@ -1,0 +1,200 @@
+"""The web demo in a real headless Chromium: ONNX Runtime Web must predict what ONNX Runtime in Python does.
+
+Needs Node.js/npm (for onnxruntime-web's files) and Debian's `chromium`; it skips without node/npm, and
+without Chromium except under CI (CI=true), where .ci/run installs it and a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from toolkit.chromium import Chromium, find_chromium
+from toolkit.data import load_split
+from toolkit.runtime import Classifier, load_image
+from toolkit.web import Background, Mount, WebConfig
+
+WEB_DIR = REPO / "examples" / "web"
+BATCH = 1000
+
+
+@pytest.fixture(scope="module")
+def web_site() -> Path:
+    if not shutil.which("node") or not shutil.which("npm"):
+        pytest.skip("Node.js and npm are not installed")
+    if not (WEB_DIR / "node_modules" / "onnxruntime-web" / "dist").is_dir():
+        done = subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB_DIR,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    return WEB_DIR
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing under CI; .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def test_images(mnist_dir, tmp_path_factory):
+    """The 10,000 test images as one raw uint8 file the page can fetch, and the arrays themselves."""
+    folder = tmp_path_factory.mktemp("web-data")
+    x, y = load_split(mnist_dir, "test")
+    (folder / "t10k-images.bin").write_bytes(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
+    return folder, x, y
+
+
+@pytest.fixture(scope="module")
+def server(web_site, exported, test_images):
+    data_dir = test_images[0]
+    config = WebConfig(site=web_site, model=exported / "model.app.onnx", port=0,
+                       extra_mounts=(Mount("/data/", data_dir, frozenset({".bin"})),))
+    with Background(config) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def page(server, chromium):
+    with Chromium(chromium) as browser:
+        browser.goto(server + "?threads=2", "document.body && document.body.dataset.ready === 'true'")
+        yield browser
+
+
+def get(url: str, method: str = "GET"):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, b""
+
+
+def test_server_sends_isolation_headers_and_mime_types(server):
+    for path, mime in [("", "text/html"), ("app.mjs", "text/javascript"), ("mnist-preprocess.mjs", "text/javascript"),
+                       ("style.css", "text/css"), ("ort/ort.wasm.min.mjs", "text/javascript"),
+                       ("ort/ort-wasm-simd-threaded.wasm", "application/wasm"),
+                       ("model/model.app.onnx", "application/octet-stream")]:
+        status, headers, body = get(server + path)
+        assert status == 200, path
+        assert headers["Content-Type"].startswith(mime), (path, headers["Content-Type"])
+        assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert int(headers["Content-Length"]) == len(body) > 0
+    assert server.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("path", [
+    "../README.md", "%2e%2e/README.md", "..%2fREADME.md", "ort/../../../README.md", "ort/%2e%2e/package.json",
+    "package.json", "package-lock.json", "node_modules/onnxruntime-web/package.json",
+    "ort/ort.wasm.min.mjs.map", "model/manifest.json", "model/../model.app.onnx", "model/", ".gitignore",
+    "data/../t10k-images.bin", "/etc/passwd", "%00", "a\\..\\README.md",
+])
+def test_server_refuses_everything_else(server, path):
+    status, _, body = get(server + path)
+    assert status == 404 and b"{" not in body[:1], path
+
+
+def test_server_refuses_writes(server):
+    assert get(server, method="POST")[0] == 501
+
+
+def test_web_command_reports_a_missing_model_in_one_line(tmp_path):
+    result = run_cli("web", "--model", tmp_path / "nothing.onnx", "--port", "0")
+    assert "toolkit export" in assert_one_line_error(result, code=2)
+
+
+def test_page_is_cross_origin_isolated_with_two_threads(page):
+    info = page.evaluate("demo.ready")
+    assert info == {"ortVersion": "1.30.0", "threads": 2, "crossOriginIsolated": True}
+
+
+def test_all_test_images_agree_with_onnx_runtime_in_python(page, exported, test_images):
+    _, x, y = test_images
+    result = page.evaluate(f"""(async () => {{
+        const all = new Uint8Array(await (await fetch('/data/t10k-images.bin')).arrayBuffer());
+        const n = all.length / 784, digits = [], probabilities = [];
+        const start = performance.now();
+        for (let i = 0; i < n; i += {BATCH}) {{
+            const out = await demo.classify(all.subarray(i * 784, Math.min(n, i + {BATCH}) * 784));
+            digits.push(...out.digits);
+            probabilities.push(...out.probabilities);
+        }}
+        return {{ n, digits, probabilities, ms: performance.now() - start }};
+    }})()""", timeout=120)
+    assert result["n"] == len(x) == 10_000
+    expected = Classifier(exported / "model.app.onnx").predict_proba(x)
+    digits = np.array(result["digits"])
+    assert (digits == expected.argmax(1)).sum() == 10_000
+    np.testing.assert_allclose(np.array(result["probabilities"]).reshape(-1, 10), expected, atol=1e-5)
+    assert (digits == y).mean() > 0.95
+
+
+def draw(page, points, pointer_type):
+    left, top = page.evaluate("(b => [b.left, b.top])(document.getElementById('pad').getBoundingClientRect())")
+    page.pointer("down", left + points[0][0], top + points[0][1], pointer_type)
+    for x, y in points[1:]:
+        page.pointer("move", left + x, top + y, pointer_type)
+    page.pointer("up", left + points[-1][0], top + points[-1][1], pointer_type)
+
+
+def shown_and_python(page, exported, tmp_path):
+    """The digit the page shows once it has settled, and Python's digit for the pad's pixels."""
+    deadline = time.monotonic() + 10
+    while (shown := page.evaluate("document.getElementById('digit').textContent")) == "–":
+        assert time.monotonic() < deadline, page.console
+        time.sleep(0.05)
+    png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
+    path = tmp_path / "pad.png"
+    path.write_bytes(base64.b64decode(png.split(",", 1)[1]))
+    python = int(Classifier(exported / "model.app.onnx").predict_proba(load_image(path)[None]).argmax())
+    return shown, python
+
+
+def test_drawing_shows_the_prediction(page, exported, tmp_path):
+    page.evaluate("document.getElementById('clear').click()")
+    assert page.evaluate("document.getElementById('digit').textContent") == "–"
+    draw(page, [(140, 45 + 10 * k) for k in range(20)], "mouse")  # a stroke down the middle: a one
+    shown, python = shown_and_python(page, exported, tmp_path)
+    assert shown == "1" and python == 1
+
+    page.evaluate("document.getElementById('clear').click()")
+    ring = [(140 + 62 * math.sin(t / 24 * 2 * math.pi), 140 - 92 * math.cos(t / 24 * 2 * math.pi)) for t in range(26)]
+    draw(page, ring, "touch")  # an oval, with a finger: a zero
+    shown, python = shown_and_python(page, exported, tmp_path)
+    assert shown == "0" and python == 0
+    bars = page.evaluate("[...document.querySelectorAll('#bars .pct')].map(e => parseFloat(e.textContent))")
+    assert len(bars) == 10 and max(bars) == bars[0] and abs(sum(bars) - 100) < 1
+
+
+def test_screenshot_of_a_drawn_digit(page, exported, tmp_path):
+    """A three, drawn as two arcs, then the whole page as PNG (kept as the README's picture when asked)."""
+    page.evaluate("document.getElementById('clear').click()")
+    # angle 0 is the top of a bowl, clockwise: the upper bowl from its upper left to its bottom, the lower
+    # one from its top round to its lower left
+    upper = [(140 + 50 * math.sin(t / 12 * math.pi), 92 - 45 * math.cos(t / 12 * math.pi)) for t in range(-4, 13)]
+    lower = [(140 + 55 * math.sin(t / 12 * math.pi), 187 - 50 * math.cos(t / 12 * math.pi)) for t in range(0, 17)]
+    draw(page, upper + lower[1:], "mouse")
+    shown, python = shown_and_python(page, exported, tmp_path)
+    assert shown == "3" and python == 3
+    shot = tmp_path / "web-demo.png"
+    shot.write_bytes(page.screenshot())
+    with Image.open(shot) as img:
+        assert img.size == (900, 640)
+        assert len(img.convert("RGB").getcolors(1 << 16) or []) > 50  # a rendered page, not a blank one
+    if os.environ.get("TOOLKIT_WEB_SCREENSHOT"):
+        shutil.copy(shot, os.environ["TOOLKIT_WEB_SCREENSHOT"])

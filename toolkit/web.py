@@ -1,0 +1,174 @@
+"""Serve the web demo (examples/web) and an exported model.app.onnx on 127.0.0.1.
+
+A stdlib HTTP server with the headers multi-threaded WebAssembly needs: Cross-Origin-Opener-Policy and
+Cross-Origin-Embedder-Policy make the page cross-origin isolated, which is what lets ONNX Runtime Web use
+SharedArrayBuffer threads. It serves only what the page needs, from a fixed table of mounts: the page's own
+files, ONNX Runtime Web's dist folder (from npm, under /ort/) and the one model file (/model/model.app.onnx).
+Every request path is confined to its mount's folder and to the file types that mount allows.
+"""
+
+from __future__ import annotations
+
+import http.server
+import posixpath
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.errors import ArtifactError, ConfigError
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_SITE = Path(__file__).resolve().parents[1] / "examples" / "web"
+ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
+MODEL_URL = "/model/model.app.onnx"
+
+MIME_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".wasm": "application/wasm",
+    ".onnx": "application/octet-stream",
+    ".bin": "application/octet-stream",
+}
+SITE_TYPES = frozenset({".html", ".mjs", ".css", ".png", ".svg"})
+
+
+@dataclass(frozen=True)
+class Mount:
+    """URL prefix `prefix` (ending in '/') serves files of `suffixes` from `folder`, or exactly one `file`."""
+
+    prefix: str
+    folder: Path
+    suffixes: frozenset[str] = SITE_TYPES
+    file: str | None = None  # when set, the only name served under this prefix
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    site: Path = DEFAULT_SITE
+    model: Path = Path("exported") / "model.app.onnx"
+    host: str = HOST
+    port: int = DEFAULT_PORT
+    extra_mounts: tuple[Mount, ...] = field(default_factory=tuple)  # e.g. test data for the browser test
+
+
+def mounts(config: WebConfig) -> tuple[Mount, ...]:
+    """The serving table, checked: ConfigError/ArtifactError say what is missing and how to get it."""
+    site = Path(config.site).resolve()
+    if not (site / "index.html").is_file():
+        raise ConfigError(f"{config.site} has no index.html; pass --site pointing at the repository's examples/web")
+    ort = site / ORT_DIST
+    if not (ort / "ort.wasm.min.mjs").is_file():
+        raise ConfigError(f"ONNX Runtime Web is not installed in {site}; run `npm ci --ignore-scripts` there")
+    model = Path(config.model)
+    if not model.is_file():
+        raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, not {config.port}")
+    return (
+        Mount("/ort/", ort, frozenset({".mjs", ".wasm"})),
+        Mount("/model/", model.resolve().parent, frozenset({".onnx"}), file=model.name),
+        *config.extra_mounts,
+        Mount("/", site),
+    )
+
+
+def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:
+    """The file that `url_path` names in `table`, or None: nothing outside a mount's folder, no hidden or
+    node_modules path from the site, no file type the mount does not serve."""
+    path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path)
+    if "\0" in path or "\\" in path or not path.startswith("/"):
+        return None
+    if path.endswith("/"):
+        path += "index.html"
+    parts = path.split("/")
+    if any(part in ("..", ".") or part.startswith(".") for part in parts[1:]):
+        return None
+    path = posixpath.normpath(path)
+    for mount in table:
+        if not path.startswith(mount.prefix):
+            continue
+        rest = path[len(mount.prefix):]
+        if mount.file is not None and rest != mount.file:
+            return None
+        if mount.prefix == "/" and rest.split("/", 1)[0] == "node_modules":
+            return None
+        folder = mount.folder.resolve()
+        target = (folder / rest).resolve()
+        if not target.is_relative_to(folder) or not target.is_file() or target.suffix not in mount.suffixes:
+            return None
+        return target
+    return None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    table: tuple[Mount, ...] = ()
+    server_version = "toolkit-web"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._send(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._send(body=False)
+
+    def _send(self, body: bool) -> None:
+        target = resolve(self.table, self.path)
+        if target is None:
+            self.send_error(404, "Not Found")
+            return
+        data = target.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", MIME_TYPES.get(target.suffix, "application/octet-stream"))
+        self.send_header("Content-Length", str(len(data)))
+        # cross-origin isolation: needed for SharedArrayBuffer, hence for multi-threaded wasm
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:  # the CLI prints the URL; requests stay quiet
+        pass
+
+
+def make_server(config: WebConfig) -> http.server.ThreadingHTTPServer:
+    """A server bound to config.host:config.port (0 picks a free port), not yet serving."""
+    table = mounts(config)
+    handler = type("Handler", (_Handler,), {"table": table})
+    try:
+        server = http.server.ThreadingHTTPServer((config.host, config.port), handler)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    return server
+
+
+def url(server: http.server.HTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+class Background:
+    """A server running in a thread, for tests and benchmarks: `with Background(config) as base_url: ...`."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.server = make_server(config)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return url(self.server)
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
