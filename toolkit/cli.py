@@ -28,7 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # messages are text (a file called "d[x].png" prints as itself); styles are applied with Text objects.
 out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
-_state = {"debug": False}
+_state = {"debug": False, "quiet": False}
 
 
 class Terminated(KeyboardInterrupt):
@@ -106,7 +106,7 @@ class _NoStatus:
 @contextlib.contextmanager
 def _status(text: str) -> Iterator[Any]:
     """A spinner on a terminal; nothing when stderr is a pipe or file (logs stay clean)."""
-    if not err.is_terminal:
+    if not err.is_terminal or _state.get("quiet"):
         yield _NoStatus()
         return
     with err.status(text) as status:
@@ -123,9 +123,23 @@ def _write_json(path: Path, obj: Any) -> None:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from toolkit import __version__
+
+        out.print(f"toolkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and JSON asked for with --json -).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     _state["debug"] = debug
+    _state["quiet"] = quiet
+    out.quiet = quiet
 
 
 @_command
@@ -186,17 +200,47 @@ def train(
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
 
+    header = f"training {config.model} ({config.recipe} recipe) -> {run_dir}"
+    with _epoch_display(header) as (on_epoch, on_batch):
+        result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
+                              on_epoch=on_epoch, on_batch=on_batch)
+    out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}"
+              f"{', bf16 autocast' if result.bf16 else ''}; test accuracy {result.test_accuracy:.2f}% "
+              f"after {len(result.history)} epochs ({result.train_seconds:.1f} s"
+              f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})")
+    out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
+              f"{Path(result.run_dir) / 'errors.png'}")
+
+
+@contextlib.contextmanager
+def _epoch_display(header: str) -> Iterator[tuple[Callable[..., None], Callable[..., None]]]:
+    """(on_epoch, on_batch) callbacks: a live table and progress bar on a terminal, else one plain line per
+    epoch, printed as it finishes (so `toolkit train | tee log` shows progress)."""
+    columns = ("epoch", "train loss", "train acc %", "test loss", "test acc %", "lr", "seconds")
+
+    def cells(s: Any, total: int) -> tuple[str, ...]:
+        return (f"{s.epoch}/{total}", f"{s.train_loss:.4f}", f"{s.train_accuracy:.2f}", f"{s.test_loss:.4f}",
+                f"{s.test_accuracy:.2f}", f"{s.lr:.4f}", f"{s.seconds:.1f}")
+
+    if not out.is_terminal:
+        out.print(header)
+
+        def plain_epoch(s: Any, total: int) -> None:
+            out.print("  ".join(f"{name}={value}" for name, value in zip(columns, cells(s, total))))
+            out.file.flush()
+        yield plain_epoch, lambda *a: None
+        return
+
     from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    table = Table(title=f"training {config.model} ({config.recipe} recipe) -> {run_dir}")
-    for col in ("epoch", "train loss", "train acc %", "test loss", "test acc %", "lr", "seconds"):
+    table = Table(title=header)
+    for col in columns:
         table.add_column(col, justify="right")
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err)
     task = progress.add_task("epoch", total=None)
-
     # the live table starts with the first batch, so errors found before training print alone
     live = Live(Group(table, progress), console=out, refresh_per_second=2)  # low rate: rendering costs CPU
 
@@ -208,24 +252,12 @@ def train(
         if batch == total or batch % 20 == 0:
             progress.update(task, completed=batch)
 
-    def on_epoch(s: Any, total: int) -> None:
-        table.add_row(f"{s.epoch}/{total}", f"{s.train_loss:.4f}", f"{s.train_accuracy:.2f}", f"{s.test_loss:.4f}",
-                      f"{s.test_accuracy:.2f}", f"{s.lr:.4f}", f"{s.seconds:.1f}")
-
     try:
-        result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
-                              on_epoch=on_epoch, on_batch=on_batch)
+        yield (lambda s, total: table.add_row(*cells(s, total))), on_batch
     finally:
         progress.update(task, visible=False)
         if live.is_started:
             live.stop()
-    out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}"
-              f"{', bf16 autocast' if result.bf16 else ''}; test accuracy {result.test_accuracy:.2f}% "
-              f"after {len(result.history)} epochs ({result.train_seconds:.1f} s"
-              f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})",
-              highlight=False)
-    out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
-              f"{Path(result.run_dir) / 'errors.png'}")
 
 
 def _default_checkpoint(checkpoint: Path | None) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fileio
-from toolkit.errors import DataError
+from toolkit.errors import DataError, OutputError
 
 # MD5 of the uncompressed official files.
 MNIST_FILES = {
@@ -280,8 +280,8 @@ def _store(raw: Path, name: str, data: bytes) -> None:
     path, stale = raw / name, raw / f"{name}.gz"
     try:
         fileio.write_bytes(path, data)
-    except OSError as e:
-        raise DataError(f"cannot write {path}: {_os_reason(e)}") from None
+    except OutputError as e:  # the OS reason, said as a data problem
+        raise DataError(str(e)) from None
     try:
         stale.unlink(missing_ok=True)  # a corrupt .gz beside the good file would shadow nothing but confuse
     except OSError as e:

@@ -28,11 +28,29 @@ def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> No
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.set_yscale("log")
+    _percent_ticks(ax, [row.train_error for row in history] + [row.test_error for row in history])
     ax.set_xticks(epochs)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title or "error per epoch")
     _save(plt, fig, path)
+
+
+def _percent_ticks(ax, values: Sequence[float]) -> None:
+    """Readable labels on a log axis of percentages: 0.5%, 1%, 2%, 5%, ... within the data's range."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return
+    low, high = min(positive), max(positive)
+    steps = [round(m * 10.0 ** e, 6) for e in range(-3, 3) for m in (1, 2, 3, 5, 7)]
+    bottom = max([t for t in steps if t <= low] or [low])
+    top = min([t for t in steps if t >= high] or [high])
+    ax.set_ylim(bottom / 1.15, top * 1.15)
+    ax.yaxis.set_major_locator(FixedLocator([t for t in steps if bottom <= t <= top]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> None:

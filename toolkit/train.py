@@ -290,8 +290,14 @@ def _build(config: TrainConfig, device: str, steps_per_epoch: int):
                                 weight_decay=config.weight_decay)
     scheduler = None
     if config.schedule == "onecycle":
+        total = config.epochs * steps_per_epoch
+        if total < 4:
+            raise ConfigError(f"the one-cycle schedule needs at least 4 training steps, this run has {total}; "
+                              "train on more images, a smaller batch size or more epochs")
+        # a quarter of the run warms up; very short runs (smoke tests) need at least 2 steps for it
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25)
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=max(0.25, 2 / total))
     return model, optimizer, scheduler
 
 

@@ -1,0 +1,38 @@
+"""The command line as scripts and pipes see it: plain line-per-epoch output, --version, --quiet."""
+
+import subprocess
+import sys
+
+from tests.conftest import run_process
+from toolkit import __version__
+
+
+def test_version(python):
+    done = run_process(python, "-m", "toolkit", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"toolkit {__version__}"
+
+
+def test_train_into_a_pipe_prints_each_epoch_as_it_finishes(tmp_path, mnist_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", "--epochs", "2", "--train-limit", "3000",
+                             "--out", tmp_path / "run", "--data-dir", mnist_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append((line.rstrip("\n"), proc.poll()))
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, proc.stderr.read()
+    text = [line for line, _ in lines]
+    assert text[0].startswith("training convnet (fast recipe)")
+    assert text[1].startswith("epoch=1/2  train loss=") and text[2].startswith("epoch=2/2  ")
+    assert lines[1][1] is None  # the first epoch's line arrived while training was still running
+    assert text[3].startswith("convnet: 431,080 parameters") and text[4].startswith("wrote ")
+    assert not any(ch in "".join(text) for ch in "┏━│└")  # no table borders in a pipe
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, mnist_dir, python):
+    done = run_process(python, "-m", "toolkit", "--quiet", "train", "--epochs", "1", "--train-limit", "1000",
+                       "--out", tmp_path / "run", "--data-dir", mnist_dir)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    failed = run_process(python, "-m", "toolkit", "-q", "train", "--lr", "nan", "--out", tmp_path / "x")
+    assert failed.returncode == 2 and failed.stdout == "" and failed.stderr.startswith("error: lr must be")
