@@ -260,10 +260,12 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
                                            "99999999999"], 2, "calibration-size"),
     ("export-unknown-format", lambda c: ["export", "--checkpoint", c.checkpoint, "--format", "tflite"], 2, "format"),
     # --- verify: nothing is loaded before its hash is checked; tolerances cannot be switched off
-    ("verify-tampered-torchscript", lambda c: ["verify", "--artifacts", _other_torchscript(c), "--format",
+    ("verify-tampered-torchscript", lambda c: ["verify", "--artifacts", _other_torchscript(c), "--checkpoint",
+                                               c.checkpoint, "--format",
                                                "torchscript", "--data-dir", c.mnist, "--batch1-images", "5"], 1,
      "changed since export"),
-    ("verify-tampered-onnx", lambda c: ["verify", "--artifacts", _tamper(c, "model.onnx"), "--format", "onnx",
+    ("verify-tampered-onnx", lambda c: ["verify", "--artifacts", _tamper(c, "model.onnx"), "--checkpoint",
+                                        c.checkpoint, "--format", "onnx",
                                         "--precision", "fp32", "--data-dir", c.mnist, "--batch1-images", "5"], 1,
      "changed since export"),
     ("verify-manifest-points-outside", lambda c: ["verify", "--artifacts", c.manifest(
@@ -297,10 +299,12 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
         "bench", "--artifacts", c.exported, "--markdown", c.work / "m", "--data-dir", c.mnist], 2, "m"),
     ("bench-plot-is-a-folder", lambda c: (c.work / "p").mkdir() or [
         "bench", "--artifacts", c.exported, "--plot", c.work / "p", "--data-dir", c.mnist], 2, "p"),
-    ("bench-tampered-onnx", lambda c: ["bench", "--artifacts", _tamper(c, "model.onnx"), "--format", "onnx",
+    ("bench-tampered-onnx", lambda c: ["bench", "--artifacts", _tamper(c, "model.onnx"), "--checkpoint",
+                                       c.checkpoint, "--format", "onnx",
                                        "--precision", "fp32", "--batch-sizes", "1", "--iterations", "3",
                                        "--data-dir", c.mnist], 2, "changed since export"),
-    ("bench-tampered-torchscript", lambda c: ["bench", "--artifacts", _other_torchscript(c), "--format",
+    ("bench-tampered-torchscript", lambda c: ["bench", "--artifacts", _other_torchscript(c), "--checkpoint",
+                                              c.checkpoint, "--format",
                                               "torchscript", "--batch-sizes", "1", "--iterations", "3",
                                               "--data-dir", c.mnist], 2, "changed since export"),
     # --- predict: file names are text, models are checked
@@ -385,7 +389,7 @@ def _toolkit(*args, **kwargs):
 def test_concurrent_exports_into_one_folder_never_mix_models(ctx):
     other = ctx.checkpoint_with(lambda k: k["state_dict"]["fc_layer2.bias"].add_(0.5), name="other.pt")
     out = ctx.work / "shared-out"
-    procs = [_toolkit("export", "--checkpoint", ckpt, "--out", out, "--format", "onnx,torchscript")
+    procs = [_toolkit("export", "--checkpoint", ckpt, "--out", out, "--format", "onnx,torchscript", "--overwrite")
              for ckpt in (ctx.checkpoint, other)]
     for p in procs:
         _, err = p.communicate(timeout=300)
