@@ -88,3 +88,19 @@ def test_an_allocation_failure_is_a_one_line_config_error(manifest):
     runner._infer = fail
     with pytest.raises(ConfigError, match="not enough memory"):
         runner.run(np.zeros((2, 28, 28), np.uint8))
+
+
+def test_the_app_graph_uses_ops_every_engine_imports(manifest, pixels, reference):
+    import cv2
+    import onnx
+
+    from toolkit.artifacts import read_verified
+
+    data = read_verified(manifest["model.app.onnx"])
+    ops = [node.op_type for node in onnx.load_from_string(data).graph.node]
+    assert "Unsqueeze" not in ops and ops[:2] == ["Cast", "Reshape"]  # the channel axis comes from a Reshape
+    if hasattr(cv2.dnn, "ENGINE_CLASSIC"):  # OpenCV 5 keeps the 4.x importer as its classic engine
+        net = cv2.dnn.readNetFromONNX(np.frombuffer(data, np.uint8), cv2.dnn.ENGINE_CLASSIC)
+        net.setInput(pixels[:16])
+        probabilities, _ = net.forward(["probabilities", "digit"])
+        np.testing.assert_allclose(probabilities, reference["model.app.onnx"]["probabilities"][:16], atol=1e-5)

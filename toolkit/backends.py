@@ -353,16 +353,19 @@ class OpenCvRunner(Runner):
             cv2.setNumThreads(options.threads)
         try:
             self.net = cv2.dnn.readNetFromONNX(np.frombuffer(data, np.uint8))
-            self.names = tuple(self.net.getUnconnectedOutLayersNames())
+            found = set(self.net.getUnconnectedOutLayersNames())
         except Exception as e:  # cv2.error
             raise _load_error(artifact.file, self.runtime, e) from None
+        if not set(self.outputs) <= found:  # asked for by name: OpenCV lists its outputs in its own order
+            raise ArtifactError(f"{artifact.file}: OpenCV finds outputs {', '.join(sorted(found))}, "
+                                f"not {', '.join(self.outputs)}")
 
     def settings(self) -> dict[str, Any]:
         return {"device": "cpu", "threads": self.options.threads}
 
     def _infer(self, native: Any) -> list[Any]:
         self.net.setInput(native)
-        return list(self.net.forward(self.names))
+        return list(self.net.forward(list(self.outputs)))
 
 
 # --- the table ------------------------------------------------------------------------------------------
