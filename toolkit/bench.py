@@ -184,18 +184,18 @@ class _Candidate:
     def runner_key(self) -> tuple[str, str, RunnerOptions]:
         return self.runtime, f"{self.format}/{self.precision}", self.options
 
-    def point(self, batch_size: int, timed: Timed, times: list[float], wall_s: float, first_ms: float,
+    def point(self, batch_size: int, batches_per_call: int, times: list[float], wall_s: float, first_ms: float,
               verified: bool | None) -> BenchPoint:
         tunes = RUNTIMES[self.runtime].tunes
         ms = np.asarray(times) * 1e3
-        in_flight = self.concurrency * timed.batches_per_call
+        in_flight = self.concurrency * batches_per_call
         return BenchPoint(
             runtime=self.runtime, format=self.format, precision=self.precision, provider=self.options.device,
             io=self.io, optimization=self.options.optimization if "optimization" in tunes else "-",
             cuda_graph=self.options.cuda_graph, batch_size=batch_size, concurrency=in_flight, iterations=len(ms),
             threads=self.options.threads, first_call_ms=first_ms, p50_ms=float(np.percentile(ms, 50)),
             p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
-            min_ms=float(ms.min()), throughput=batch_size * timed.batches_per_call * len(ms) / wall_s,
+            min_ms=float(ms.min()), throughput=batch_size * batches_per_call * len(ms) / wall_s,
             mode=self.options.precision if "mode" in tunes else "-",
             hint=self.options.hint if "hint" in tunes else "-", verified=verified)
 
@@ -278,36 +278,47 @@ def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str,
     return usable, skipped
 
 
-def _open_runners(candidates: list[_Candidate], load_ms: dict[str, float]) -> dict[tuple, Runner]:
-    """One runner per runtime, source and options (I/O modes and caller threads share it)."""
-    runners: dict[tuple, Runner] = {}
-    for c in candidates:
-        if c.runner_key not in runners:
-            runners[c.runner_key], ms = backends.open_timed(c.runtime, c.source, c.options)
-            load_ms[f"{c.runtime} {c.format}/{c.precision} {c.options.device} {_options_words(c.options)}"] = ms
-    return runners
-
-
 def _options_words(o: RunnerOptions) -> str:
     return f"opt={o.optimization} threads={o.threads} precision={o.precision} hint={o.hint}"
 
 
-def _verify_runners(runners: dict[tuple, Runner], checkpoint: str, data_dir: str) -> dict[tuple, dict[str, Any]]:
-    """verify's judgement of every runner, on all test images, with the default tolerances of its precision."""
+def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
+    """verify's judgement of one runner, on all test images, with the default tolerances of its precision."""
     from toolkit import verify
 
-    ref = verify.load_reference(checkpoint, data_dir)
-    verdicts = {}
-    for key, runner in runners.items():
-        runtime, label, options = key
-        judged = backends.judged_precision(label.split("/")[1], options.precision)
-        try:
-            fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
-        except ArtifactError as e:
-            fields = {"passed": False, "failures": [str(e)]}
-        verdicts[key] = {"runtime": runtime, "artifact": label, "judged_as": judged,
-                         **{k: fields.get(k) for k in ("passed", "agreement", "max_abs_diff", "failures")}}
-    return verdicts
+    runtime, label, options = key
+    judged = backends.judged_precision(label.split("/")[1], options.precision)
+    try:
+        fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
+    except ArtifactError as e:
+        fields = {"passed": False, "failures": [str(e)]}
+    return {"runtime": runtime, "artifact": label, "judged_as": judged,
+            **{k: fields.get(k) for k in ("passed", "agreement", "max_abs_diff", "failures")}}
+
+
+class _Opener:
+    """Opens a candidate's runner for each round (so only one runner's memory is held at a time), recording
+    the first opening's time and, when asked, verify's verdict on it."""
+
+    def __init__(self, verify_with: Any = None) -> None:
+        self.ref = verify_with
+        self.load_ms: dict[str, float] = {}
+        self.verdicts: dict[tuple, dict[str, Any]] = {}
+        self.settings: dict[str, list[dict[str, Any]]] = {}
+
+    def __call__(self, c: _Candidate) -> Runner:
+        runner, ms = backends.open_timed(c.runtime, c.source, c.options)
+        self.load_ms.setdefault(f"{c.runtime} {c.format}/{c.precision} {c.options.device} "
+                                f"{_options_words(c.options)}", ms)
+        if self.ref is not None and c.runner_key not in self.verdicts:
+            self.verdicts[c.runner_key] = _verdict_of(c.runner_key, runner, self.ref)
+        known = self.settings.setdefault(c.runtime, [])
+        if runner.settings() not in known:
+            known.append(runner.settings())
+        return runner
+
+    def verified(self, c: _Candidate) -> bool | None:
+        return self.verdicts[c.runner_key]["passed"] if c.runner_key in self.verdicts else None
 
 
 # --- timing ---------------------------------------------------------------------------------------------
@@ -412,41 +423,45 @@ def _batches(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
 class _Series:
     """What the rounds gather for one candidate at one batch size."""
 
-    timed: Timed
     first_ms: float
+    batches_per_call: int = 1
     times: list[float] = field(default_factory=list)
     wall_s: float = 0.0
 
 
-def time_rounds(config: BenchConfig, candidates: list[_Candidate], runners: dict[tuple, Runner],
+def time_rounds(config: BenchConfig, candidates: list[_Candidate], open_runner: Callable[[_Candidate], Runner],
                 pixels: np.ndarray, on_progress: Callable[[int, int, str], None] | None = None
                 ) -> dict[tuple[str, int], _Series]:
-    """Interleaved rounds over every candidate and batch size; the first call of each is timed apart."""
+    """Interleaved rounds over every candidate and batch size; the first call of each is timed apart.
+
+    Each round opens each candidate's runner afresh and lets it go afterwards: one runner's memory at a time.
+    """
     series: dict[tuple[str, int], _Series] = {}
     total, done = len(candidates) * len(config.batch_sizes) * config.rounds, 0
     per_round = None if config.iterations is None else max(1, config.iterations // config.rounds)
     for rnd in range(config.rounds):
         for c in candidates:
-            runner = runners[c.runner_key]
+            runner = open_runner(c)
             for bs in config.batch_sizes:
                 with backends.run_guard(runner):
-                    s = series.get((c.key, bs)) or _first_call(runner, c, _batches(pixels, bs))
+                    timed = runner.timed(_batches(pixels, bs), c.io)
+                    s = series.get((c.key, bs)) or _first_call(timed)
                     series[(c.key, bs)] = s
-                    block, wall = _measure(s.timed.call, config.warmup, per_round, config.seconds / config.rounds,
+                    block, wall = _measure(timed.call, config.warmup, per_round, config.seconds / config.rounds,
                                            offset=rnd, concurrency=c.concurrency)
                 s.times.extend(block)
                 s.wall_s += wall
                 done += 1
                 if on_progress:
                     on_progress(done, total, f"{c.runtime} {c.format}/{c.precision} {c.options.device} batch {bs}")
+            del runner, timed
     return series
 
 
-def _first_call(runner: Runner, c: _Candidate, batches: list[np.ndarray]) -> _Series:
-    timed = runner.timed(batches, c.io)
+def _first_call(timed: Timed) -> _Series:
     t0 = time.perf_counter()
     timed.call(0)
-    return _Series(timed, (time.perf_counter() - t0) * 1e3)
+    return _Series((time.perf_counter() - t0) * 1e3, timed.batches_per_call)
 
 
 # --- the whole run --------------------------------------------------------------------------------------
@@ -468,40 +483,29 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
     candidates = build_candidates(config, selection.runtimes, devices, manifest, checkpoint)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
-    load_ms: dict[str, float] = {}
-    runners = _open_runners(candidates, load_ms)
-    verdicts = _verify_runners(runners, checkpoint, config.data_dir) if config.verify else {}
-    pixels, _ = mnist.load_split(config.data_dir, "test")
-    series = time_rounds(config, candidates, runners, pixels, on_progress)
+    from toolkit.verify import load_reference
 
-    points = [c.point(bs, s.timed, s.times, s.wall_s, s.first_ms,
-                      verdicts[c.runner_key]["passed"] if verdicts else None)
+    opener = _Opener(load_reference(checkpoint, config.data_dir) if config.verify else None)
+    pixels, _ = mnist.load_split(config.data_dir, "test")
+    series = time_rounds(config, candidates, opener, pixels, on_progress)
+
+    points = [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, opener.verified(c))
               for c in candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
     cpu = config.matmul_peak and "cpu" in devices
-    used = list(dict.fromkeys(c.runtime for c in candidates))
+    versions = backends.runtime_versions(list(opener.settings))
     report = BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, devices),
         session_options=_session_options(config), model_flops_per_image=forward_flops(
             model_from_checkpoint(load_checkpoint(checkpoint))),
-        matmul_peak_gflops=matmul_peak_gflops() if cpu else None, points=points, load_ms=load_ms,
+        matmul_peak_gflops=matmul_peak_gflops() if cpu else None, points=points, load_ms=opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in selection.skipped.items()}},
         int8_matmul_peak_gops=int8_matmul_peak_gops() if cpu else None,
-        runtimes=_runtime_settings(used, runners),
-        verification={" ".join([k[0], k[1], _options_words(k[2])]): v for k, v in verdicts.items()})
+        runtimes={name: {"version": versions[name], "settings": opener.settings[name]} for name in opener.settings},
+        verification={" ".join([k[0], k[1], _options_words(k[2])]): v for k, v in opener.verdicts.items()})
     report.fastest = fastest(report.points)
     report.targets = targets(report)
     report.seconds = time.perf_counter() - t_start
     return report
-
-
-def _runtime_settings(used: list[str], runners: dict[tuple, Runner]) -> dict[str, dict[str, Any]]:
-    """Each runtime's version and the settings its runners were opened with."""
-    versions = backends.runtime_versions(used)
-    out: dict[str, dict[str, Any]] = {name: {"version": versions[name], "settings": []} for name in used}
-    for (name, _, _), runner in runners.items():
-        if runner.settings() not in out[name]["settings"]:
-            out[name]["settings"].append(runner.settings())
-    return out
 
 
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
