@@ -181,8 +181,8 @@ class _Candidate:
                 f"{o.hint} c{self.concurrency} t{o.threads}{' cuda-graph' if o.cuda_graph else ''}")
 
     @property
-    def runner_key(self) -> tuple[str, str, RunnerOptions]:
-        return self.runtime, f"{self.format}/{self.precision}", self.options
+    def runner_key(self) -> tuple[str, str, str, RunnerOptions]:
+        return self.runtime, self.format, self.precision, self.options
 
     def point(self, batch_size: int, batches_per_call: int, times: list[float], wall_s: float, first_ms: float,
               verified: bool | None) -> BenchPoint:
@@ -286,13 +286,13 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
     """verify's judgement of one runner, on all test images, with the default tolerances of its precision."""
     from toolkit import verify
 
-    runtime, label, options = key
-    judged = backends.judged_precision(label.split("/")[1], options.precision)
+    runtime, fmt, precision, options = key
+    judged = backends.judged_precision(precision, options.precision)
     try:
         fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
     except ArtifactError as e:
         fields = {"passed": False, "failures": [str(e)]}
-    return {"runtime": runtime, "artifact": label, "judged_as": judged,
+    return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
             **{k: fields.get(k) for k in ("passed", "agreement", "max_abs_diff", "failures")}}
 
 
@@ -501,7 +501,7 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
         skipped={**skipped, **{f"runtime {k}": v for k, v in selection.skipped.items()}},
         int8_matmul_peak_gops=int8_matmul_peak_gops() if cpu else None,
         runtimes={name: {"version": versions[name], "settings": opener.settings[name]} for name in opener.settings},
-        verification={" ".join([k[0], k[1], _options_words(k[2])]): v for k, v in opener.verdicts.items()})
+        verification={f"{k[0]} {k[1]}/{k[2]} {_options_words(k[3])}": v for k, v in opener.verdicts.items()})
     report.fastest = fastest(report.points)
     report.targets = targets(report)
     report.seconds = time.perf_counter() - t_start
@@ -653,10 +653,17 @@ def fastest_line(f: dict[str, Any]) -> str:
 
 
 def plot(report: BenchReport, path: str | Path) -> None:
+    """Throughput against batch size: per runtime, file and compute mode, its best configuration's line."""
     from toolkit.plots import plot_throughput
 
     series: dict[str, list[tuple[int, float]]] = {}
     for p in report.points:
         series.setdefault(p.label, []).append((p.batch_size, p.throughput))
+    best: dict[str, str] = {}  # group -> the label whose best point is highest
+    for p in report.points:
+        group = f"{p.runtime} {p.format}/{p.precision} {p.mode} {p.provider} {p.io}"
+        if group not in best or max(t for _, t in series[p.label]) > max(t for _, t in series[best[group]]):
+            best[group] = p.label
     gpu = report.machine.get("gpu")
-    plot_throughput(series, path, title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}")
+    plot_throughput({label: series[label] for label in best.values()}, path,
+                    title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}")
