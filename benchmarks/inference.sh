@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Inference benchmark behind the README's tables: every exported artifact plus PyTorch eager and TorchScript,
-# batch sizes 1..1024, ONNX Runtime's two relevant CPU graph optimization levels and 1 or 2 concurrent calls.
+# batch sizes 1..1024, ONNX Runtime's two relevant CPU graph optimization levels and 1 or 2 concurrent calls,
+# and every other installed runtime (OpenVINO f32/bf16 with both hints, OpenCV DNN), each verified first.
 # Usage: benchmarks/inference.sh [cpu|cuda] [results-folder]   (needs `make main` or data/train/export first)
 set -euo pipefail
 provider="${1:-cpu}"

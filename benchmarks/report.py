@@ -72,30 +72,68 @@ def artifacts(r: dict) -> list[str]:
     return lines
 
 
+def _setting(p: dict) -> str:
+    """The settings that tell a point apart within its runtime, for the tables."""
+    words = []
+    if p["optimization"] != "-":
+        words.append(f"opt={p['optimization']}")
+    if p.get("hint", "-") != "-":
+        words.append(f"{p['hint']} hint")
+    if p["concurrency"] > 1 or p.get("hint") == "throughput":
+        words.append(f"{p['concurrency']} in flight")
+    return ", ".join(words) or "-"
+
+
 def inference(r: dict, provider: str) -> list[str]:
     lines = [f"### Inference, provider {provider} (`benchmarks/inference.sh {provider}`, {machine(r['machine'])})",
              "", "Best throughput per runtime and the batch-1 latency (all points: "
-             f"`benchmarks/results/inference_{provider}.md`).", "",
-             "| runtime | batch-1 p50 ms | batch-1 p99 ms | best images/s | at batch | setting |",
-             "|---|---:|---:|---:|---:|---|"]
+             f"`benchmarks/results/inference_{provider}.md`); versions: "
+             + ", ".join(f"{name} {v['version']}" for name, v in r.get("runtimes", {}).items()) + ".", "",
+             "| runtime | mode | batch-1 p50 ms | batch-1 p99 ms | best images/s | at batch | setting | verified |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
     groups: dict[str, list[dict]] = {}
     for p in r["points"]:
-        groups.setdefault(f"{p['runtime']} {p['format']}/{p['precision']}", []).append(p)
-    for name, points in groups.items():
+        groups.setdefault(f"{p['runtime']} {p['format']}/{p['precision']}\t{p.get('mode', '-')}", []).append(p)
+    for key, points in groups.items():
+        name, mode = key.split("\t")
         single = [p for p in points if p["batch_size"] == 1 and p["concurrency"] == 1]
         b1 = min(single, key=lambda p: p["p50_ms"]) if single else None
         best = max(points, key=lambda p: p["throughput"])
-        setting = f"opt={best['optimization']}, {best['concurrency']} concurrent" if best["optimization"] != "-" else "-"
-        lines.append(f"| {name} | {b1['p50_ms']:.3f} | {b1['p99_ms']:.3f} | {best['throughput']:,.0f} | "
-                     f"{best['batch_size']} | {setting} |" if b1 else f"| {name} | - | - | {best['throughput']:,.0f} | "
-                     f"{best['batch_size']} | {setting} |")
+        latency = f"{b1['p50_ms']:.3f} | {b1['p99_ms']:.3f}" if b1 else "- | -"
+        verified = {True: "yes", False: "FAILED", None: "-"}[best.get("verified")]
+        lines.append(f"| {name} | {mode} | {latency} | {best['throughput']:,.0f} | {best['batch_size']} | "
+                     f"{_setting(best)} | {verified} |")
+    for regime, f in r.get("fastest", {}).items():
+        lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}: "
+                  f"{f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s."]
     if r.get("targets"):
         lines += ["", "| target (ratio measured in this run) | measured | goal | met |", "|---|---:|---:|---|"]
         for name, t in r["targets"].items():
             lines.append(f"| {name}: {t['detail']} | {t['value']:.2f} | {target_goal(name, t['target'])} "
                          f"| {'yes' if t['met'] else 'no'} |")
     if r.get("matmul_peak_gflops"):
-        lines += ["", f"float32 matmul peak measured in the same run: {r['matmul_peak_gflops']:.1f} GFLOP/s."]
+        int8 = r.get("int8_matmul_peak_gops")
+        lines += ["", f"Matrix-multiply peaks measured in the same run: float32 {r['matmul_peak_gflops']:.1f} GFLOP/s"
+                      + (f", int8 {int8:.1f} GOP/s." if int8 else ".")]
+    return lines
+
+
+def peers(r: dict) -> list[str]:
+    rep = r["bench_report"]
+    lines = [f"### The same files on other engines (`benchmarks/peers.py`, {machine(rep['machine'])})", "",
+             "One run, interleaved rounds; versions: "
+             + ", ".join(f"{name} {v['version']}" for name, v in rep["runtimes"].items()) + ".", "",
+             "| engine, file, precision mode | batch-1 p50 ms | vs ORT fp32 | best images/s (batch 64-256) | "
+             "vs ORT fp32 | judged as | agreement with PyTorch | verified |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
+    for row in r["rows"]:
+        b1 = f"{row['batch1_p50_ms']:.3f} | x{row['batch1_p50_vs_ort_fp32']:.2f}" if row["batch1_p50_ms"] else "- | -"
+        agreement = f"{row['agreement']:,}/10,000" if row["agreement"] is not None else "-"
+        lines.append(f"| {row['configuration']} | {b1} | {row['best_throughput']:,.0f} | "
+                     f"x{row['throughput_vs_ort_fp32']:.2f} | {row['judged_as']} | {agreement} | "
+                     f"{'yes' if row['verified'] else 'FAILED'} |")
+    for regime, f in r["fastest"].items():
+        lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}."]
     return lines
 
 
@@ -122,6 +160,9 @@ def main() -> None:
         r = load(name)
         if r:
             sections.append("\n".join(render(r)))
+    r = load("peers.json")
+    if r:
+        sections.append("\n".join(peers(r)))
     for provider in ("cpu", "cuda"):
         r = load(f"inference_{provider}.json")
         if r:

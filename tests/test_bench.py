@@ -11,6 +11,7 @@ from toolkit.bench import BenchPoint, BenchReport, targets
 def bench_json(tmp_path_factory, exported, mnist_dir):
     out = tmp_path_factory.mktemp("bench")
     result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx,pytorch,torchscript",
+                     "--runtime", "onnxruntime,pytorch,torchscript",
                      "--precision", "fp32,int8", "--batch-sizes", "1,16", "--seconds", "0.3", "--rounds", "2",
                      "--warmup", "1", "--concurrency", "1,2", "--no-matmul-peak",
                      "--json", out / "b.json", "--markdown", out / "b.md", "--plot", out / "b.png")
@@ -58,7 +59,7 @@ def test_batch_one_target_is_computed_from_this_run(bench_json):
 def test_markdown_and_plot_are_written(bench_json):
     _, out, _ = bench_json
     md = (out / "b.md").read_text()
-    assert md.count("\n| onnxruntime") == 8 and "| pytorch |" in md
+    assert md.count("\n| onnxruntime") == 8 and "| pytorch |" in md and "Fastest here (throughput)" in md
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -97,6 +98,19 @@ def test_cuda_request_without_cuda_fails_instead_of_timing_the_cpu(exported, mni
     (["--provider", "all,metal"], "unknown provider 'metal'"),
     (["--optimization", "max"], "unknown optimization level"),
     (["--concurrency", "0"], "concurrency must be positive"),
+    (["--seconds", "nan"], "seconds per point must be a finite number"),
+    (["--seconds", "inf"], "seconds per point must be a finite number"),
+    (["--seconds", "0"], "seconds per point must be a finite number"),
+    (["--batch-sizes", "1,70000"], "batch sizes must be positive whole numbers from 1 to 65,536"),
+    (["--rounds", "0"], "rounds must be positive"),
+    (["--iterations", "0"], "iterations must be positive"),
+    (["--warmup", "-1"], "warmup must be whole numbers from 0"),
+    (["--threads", "0"], "threads must be positive"),
+    (["--threads", "5000"], "threads must be positive whole numbers from 1 to 1,024"),
+    (["--concurrency", "1000"], "concurrency must be positive whole numbers from 1 to 256"),
+    (["--runtime", "tflite"], "unknown runtime 'tflite'"),
+    (["--mode", "fp8"], "unknown OpenVINO precision"),
+    (["--hint", "fast"], "unknown OpenVINO hint"),
 ])
 def test_bad_bench_options(exported, mnist_dir, args, message):
     result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, *args)
@@ -106,7 +120,58 @@ def test_bad_bench_options(exported, mnist_dir, args, message):
 def test_fixed_iteration_count_is_honoured(exported, mnist_dir, tmp_path):
     result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx", "--precision", "fp32",
                      "--batch-sizes", "4", "--iterations", "9", "--rounds", "3", "--warmup", "0", "--no-matmul-peak",
+                     "--runtime", "onnxruntime",
                      "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
     (point,) = json.loads((tmp_path / "b.json").read_text())["points"]
     assert point["iterations"] == 9 and point["batch_size"] == 4
+
+
+def test_format_pytorch_narrows_the_run_to_that_runtime(exported, mnist_dir, tmp_path):
+    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "pytorch",
+                     "--batch-sizes", "2", "--iterations", "3", "--rounds", "1", "--warmup", "0", "--no-matmul-peak",
+                     "--no-verify", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    points = json.loads((tmp_path / "b.json").read_text())["points"]
+    assert [(p["runtime"], p["format"]) for p in points] == [("pytorch", "pytorch")]
+
+
+def test_fastest_names_only_verified_configurations():
+    from toolkit.bench import fastest
+
+    points = [_point(batch_size=1, p50_ms=0.05, verified=False), _point(batch_size=1, p50_ms=0.08, verified=True),
+              _point(runtime="openvino", batch_size=256, throughput=90_000, verified=False, hint="throughput"),
+              _point(runtime="openvino", batch_size=256, throughput=70_000, verified=True, hint="throughput",
+                     concurrency=2)]
+    best = fastest(points)
+    assert best["batch 1"]["p50_ms"] == 0.08
+    assert best["throughput"]["throughput"] == 70_000 and "async x2" in best["throughput"]["label"]
+
+
+def test_int8_targets_use_the_best_verified_int8_configuration():
+    points = [_point(batch_size=64, throughput=10_000),
+              _point(runtime="openvino", precision="int8", mode="f32", batch_size=64, throughput=30_000, verified=True),
+              _point(runtime="openvino", precision="int8", mode="f32", batch_size=256, throughput=50_000,
+                     verified=False)]
+    report = BenchReport(machine={}, versions={}, settings={}, session_options={}, model_flops_per_image=4_586_000,
+                         matmul_peak_gflops=None, points=points, load_ms={}, skipped={}, int8_matmul_peak_gops=500.0)
+    t = targets(report)
+    assert t["best_verified_int8_vs_ort_fp32_throughput"]["value"] == pytest.approx(3.0)
+    assert t["best_int8_throughput_vs_int8_matmul_peak"]["value"] == pytest.approx(30_000 * 4.586e-3 / 500)
+
+
+def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_path):
+    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
+                     "--precision", "fp32,int8", "--batch-sizes", "1,8", "--iterations", "3", "--rounds", "1",
+                     "--warmup", "0", "--no-matmul-peak", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    runtimes = {p["runtime"] for p in report["points"]}
+    assert runtimes == {"onnxruntime", "openvino", "opencv"}  # opencv opens the fp32 file only
+    assert all(p["verified"] is True for p in report["points"])
+    assert {"onnxruntime", "openvino", "opencv"} <= set(report["runtimes"])
+    assert all(r["version"] and r["settings"] for r in report["runtimes"].values())
+    ov = {(p["precision"], p["mode"], p["hint"]) for p in report["points"] if p["runtime"] == "openvino"}
+    assert ov == {("fp32", "f32", "latency"), ("fp32", "f32", "throughput"), ("fp32", "bf16", "latency"),
+                  ("fp32", "bf16", "throughput"), ("int8", "f32", "latency"), ("int8", "f32", "throughput")}
+    assert set(report["fastest"]) == {"batch 1", "throughput"} and "fastest here (throughput)" in result.stdout

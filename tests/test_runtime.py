@@ -112,3 +112,59 @@ def test_an_onnx_that_is_not_a_toolkit_model_is_refused(tmp_path, digit_pngs):
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x01garbage")
     assert "cannot load" in assert_one_line_error(run_cli("predict", "--model", tmp_path / "junk.onnx",
                                                           digit_pngs[0][0]), 2)
+
+
+def test_predict_checks_the_model_against_the_manifest_beside_it(exported_copy, digit_pngs, tmp_path):
+    paths = digit_pngs[0][:2]
+    app = exported_copy / "model.app.onnx"
+    assert run_cli("predict", "--model", app, *paths).exit_code == 0
+    data = bytearray(app.read_bytes())
+    data[-1] ^= 1  # one bit of the last initializer
+    app.write_bytes(bytes(data))
+    assert "changed since export" in assert_one_line_error(run_cli("predict", "--model", app, *paths), 2)
+    stray = exported_copy / "other.onnx"
+    stray.write_bytes((exported_copy / "model.onnx").read_bytes())
+    assert "not listed" in assert_one_line_error(run_cli("predict", "--model", stray, *paths), 2)
+    loose = tmp_path / "loose" / "model.onnx"  # no manifest beside it: accepted as it is
+    loose.parent.mkdir()
+    loose.write_bytes(stray.read_bytes())
+    assert run_cli("predict", "--model", loose, *paths).exit_code == 0
+
+
+def _toolkit_onnx(path, nodes, classes=10):
+    """A model with toolkit metadata and the normalized input, computing `nodes` (which end in log_probs)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                                                             ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("log_probs", onnx.TensorProto.FLOAT, ["batch", classes])],
+                              [numpy_helper.from_array(np.array(v, np.int64), name)
+                               for name, v in (("zero", [0]), ("end", [classes]), ("one", [1]))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in {"toolkit.format_version": "1", "mean": "0.1307", "std": "0.3081"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def _row_means(classes):
+    """[N, 1, 28, 28] -> [N, classes]: mean |pixel| of the first rows (never 0: the background is not 0)."""
+    from onnx import helper
+
+    return [helper.make_node("Abs", ["image"], ["abs"]),
+            helper.make_node("ReduceMean", ["abs"], ["rows"], axes=[1, 3], keepdims=0),
+            helper.make_node("Slice", ["rows", "zero", "end", "one"], ["first"])]
+
+
+def test_predict_checks_the_output_contract(tmp_path, digit_pngs):
+    from onnx import helper
+
+    paths = digit_pngs[0][:2]
+    three = tmp_path / "three.onnx"  # three classes, not ten
+    _toolkit_onnx(three, _row_means(3) + [helper.make_node("Identity", ["first"], ["log_probs"])], classes=3)
+    assert "not a 10-class" in assert_one_line_error(run_cli("predict", "--model", three, *paths), 2)
+    nan = tmp_path / "nan.onnx"  # log of a negative number: NaN log-probabilities
+    _toolkit_onnx(nan, _row_means(10) + [helper.make_node("Neg", ["first"], ["negative"]),
+                                         helper.make_node("Log", ["negative"], ["log_probs"])])
+    result = run_cli("predict", "--json", "--model", nan, *paths)
+    assert "NaN" in assert_one_line_error(result, 2) and "NaN" not in result.stdout

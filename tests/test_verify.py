@@ -38,10 +38,11 @@ def _perturb_weights(path, scale):
 
 def test_perturbed_weights_fail_verification_naming_the_artifact(exported_copy, mnist_dir, tmp_path):
     _perturb_weights(exported_copy / "model.onnx", 0.05)
+    _relist(exported_copy, "model.onnx")  # as if exported like that: the numbers, not the hash, must catch it
     result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
                      "--precision", "fp32,int8", "--json", tmp_path / "v.json")
     line = assert_one_line_error(result, 1)
-    assert "model.onnx" in line and "max |diff|" in line and "changed since export" in line
+    assert "model.onnx" in line and "max |diff|" in line
     assert "model.int8.onnx:" not in line
     rows = {r["artifact"]: r for r in json.loads((tmp_path / "v.json").read_text())["results"]}
     assert rows["model.onnx"]["passed"] is False and rows["model.onnx"]["max_abs_diff"] > 1e-4
@@ -50,6 +51,7 @@ def test_perturbed_weights_fail_verification_naming_the_artifact(exported_copy, 
 
 def test_a_tiny_perturbation_is_still_caught(exported_copy, mnist_dir):
     _perturb_weights(exported_copy / "model.onnx", 1e-3)  # small enough to keep most predictions
+    _relist(exported_copy, "model.onnx")
     result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
                      "--precision", "fp32", "--tolerance", "fp32.min_agreement=0")
     assert "max |diff|" in assert_one_line_error(result, 1)
@@ -60,7 +62,11 @@ def test_truncated_onnx_is_a_clear_error(exported_copy, mnist_dir):
     path.write_bytes(path.read_bytes()[:5000])
     result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
                      "--precision", "fp32")
-    assert "model.onnx" in assert_one_line_error(result)
+    assert "model.onnx: not run: model.onnx changed since export" in assert_one_line_error(result, 1)
+    _relist(exported_copy, "model.onnx")  # listed as it is now: loading it fails, as that artifact's failure
+    result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
+                     "--precision", "fp32")
+    assert "model.onnx: not run: ONNX Runtime cannot load" in assert_one_line_error(result, 1)
 
 
 def _onnx_with_wrong_input(path):
@@ -73,11 +79,64 @@ def _onnx_with_wrong_input(path):
     onnx.save(model, str(path))
 
 
-def test_onnx_whose_input_does_not_fit_is_a_clear_error(exported_copy, mnist_dir):
+def _relist(folder, name):
+    """Update the manifest's hash of `name`, as if the changed file had been exported like that."""
+    from toolkit.fileio import file_digest
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["file"] == name:
+            entry["sha256"] = file_digest(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_onnx_whose_input_does_not_fit_is_that_artifacts_failure(exported_copy, mnist_dir):
     _onnx_with_wrong_input(exported_copy / "model.onnx")
+    _relist(exported_copy, "model.onnx")
     result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
-                     "--precision", "fp32")
-    assert "[N,1,28,28]" in assert_one_line_error(result, 2)
+                     "--precision", "fp32,int8")
+    line = assert_one_line_error(result, 1)
+    assert "1 of 2" in line and "model.onnx: not run:" in line and "[N,1,28,28]" in line
+
+
+def test_a_graph_that_crashes_while_running_is_reported_with_the_others(exported_copy, mnist_dir, tmp_path):
+    path = exported_copy / "model.onnx"
+    model = onnx.load(str(path))
+    shape = numpy_helper.from_array(np.array([3, -1], np.int64), "bad_shape")  # 10,000 x 784 is not a multiple of 3
+    model.graph.initializer.append(shape)
+    first = model.graph.node[0]
+    model.graph.node.insert(0, helper.make_node("Reshape", [first.input[0], "bad_shape"], ["reshaped"]))
+    model.graph.node.insert(1, helper.make_node("Reshape", ["reshaped", "back_shape"], ["restored"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 1, 28, 28], np.int64), "back_shape"))
+    for node in model.graph.node[2:]:
+        node.input[:] = ["restored" if i == first.input[0] else i for i in node.input]
+    onnx.save(model, str(path))
+    _relist(exported_copy, "model.onnx")
+    result = run_cli("verify", "--artifacts", exported_copy, "--data-dir", mnist_dir, "--format", "onnx",
+                     "--precision", "fp32,int8", "--batch1-images", "5", "--json", tmp_path / "v.json")
+    line = assert_one_line_error(result, 1)
+    assert "model.onnx: not run:" in line and "failed while running on onnxruntime" in line
+    rows = {r["artifact"]: r for r in json.loads((tmp_path / "v.json").read_text())["results"]}
+    assert rows["model.int8.onnx"]["passed"] is True and rows["model.onnx"]["passed"] is False
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "opencv"])
+def test_other_runtimes_agree_on_every_test_image(exported, mnist_dir, tmp_path, runtime):
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", runtime,
+                     "--batch1-images", "20", "--json", tmp_path / "v.json")
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert result.exit_code == 0, result.stderr
+    assert set(report["runtimes"]) == {runtime} and report["runtimes"][runtime]
+    rows = {(r["artifact"], r["mode"]): r for r in report["results"]}
+    for name in ("model.onnx", "model.app.onnx"):
+        row = rows[(name, "f32")]
+        assert row["runtime"] == runtime and row["agreement"] == 10000 and row["max_abs_diff"] <= 1e-4
+    if runtime == "openvino":  # bf16 is its own row, judged as bf16, and it costs something measurable
+        bf16 = rows[("model.onnx", "bf16")]
+        assert bf16["judged_as"] == "bf16" and bf16["max_abs_diff"] > 1e-4
+        assert rows[("model.int8.onnx", "f32")]["judged_as"] == "int8"
+    else:
+        assert set(rows) == {("model.onnx", "f32"), ("model.app.onnx", "f32")}  # fp32 files only
 
 
 def test_missing_manifest_and_unknown_provider(tmp_path, exported, mnist_dir):
@@ -113,6 +172,27 @@ def test_tolerance_overrides():
     tolerances = parse_tolerance_overrides(["fp16.min_agreement=0.99", "int8.max_accuracy_change=0.5"])
     assert tolerances["fp16"].min_agreement == 0.99 and tolerances["int8"].max_accuracy_change == 0.5
     assert tolerances["fp32"].max_abs_diff == 1e-4
-    for bad in ("fp64.min_agreement=1", "fp16.speed=2", "fp16.min_agreement", "fp16.min_agreement=high"):
+    for bad in ("fp64.min_agreement=1", "fp16.speed=2", "fp16.min_agreement", "fp16.min_agreement=high",
+                "fp32.min_agreement=nan", "fp32.min_agreement=1.5", "fp32.max_abs_diff=inf", "fp32.max_abs_diff=-1",
+                "int8.max_accuracy_change=nan", "fp32.max_batch_diff=-0.1"):
         with pytest.raises(ConfigError):
             parse_tolerance_overrides([bad])
+
+
+def test_a_nan_tolerance_cannot_switch_the_check_off(exported, mnist_dir):
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--tolerance", "fp32.min_agreement=nan")
+    assert "finite" in assert_one_line_error(result, 2)
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--batch1-images", "-1")
+    assert "batch1-images" in assert_one_line_error(result, 2)
+
+
+def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
+    from dataclasses import replace
+
+    from toolkit import backends
+
+    monkeypatch.setitem(backends.RUNTIMES, "opencv", replace(backends.RUNTIMES["opencv"], module="no_such_cv2_module"))
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "opencv")
+    assert "runtime opencv is not installed" in assert_one_line_error(result, 2)
+    selection = backends.select_runtimes(["all"])
+    assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]

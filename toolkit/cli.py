@@ -310,43 +310,50 @@ def export(
     out.print(f"wrote {result.manifest}")
 
 
+def _config(cls: Any, **given: Any) -> Any:
+    """A library config from the options the user gave; the rest keep the dataclass's own defaults."""
+    return cls(**{k: v for k, v in given.items() if v is not None and v != ()})
+
+
 @_command
 def verify(
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = Path("exported"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Reference checkpoint (default: the one the artifacts came from).")] = None,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu, cuda or tensorrt.")] = "cpu",
+    runtime: Annotated[Optional[list[str]], typer.Option(help="Runtimes: onnxruntime, torchscript, openvino, opencv or all (default: each file's own, onnxruntime and torchscript).")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Device: cpu, cuda or tensorrt.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help="Override a tolerance: PRECISION.FIELD=VALUE, e.g. fp16.min_agreement=0.998.")] = None,
-    batch1_images: Annotated[int, typer.Option(help="Test images also run one at a time.")] = 2000,
+    batch1_images: Annotated[Optional[int], typer.Option(help="How many test images also run one at a time.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through PyTorch and every artifact; exit 1 if any artifact fails."""
-    from toolkit.errors import ConfigError
     from toolkit.verify import VerifyConfig, parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
-    if batch1_images < 0:
-        raise ConfigError("batch1-images must not be negative")
-    config = VerifyConfig(artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
-                          data_dir=str(data_dir), provider=provider, formats=tuple(_csv(format)),
-                          precisions=tuple(_csv(precision)), batch1_images=batch1_images,
-                          tolerances=parse_tolerance_overrides(_csv(tolerance)))
+    config = _config(VerifyConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
+                     data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
+                     formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
+                     tolerances=parse_tolerance_overrides(_csv(tolerance)))
     with _status("verifying") as status:
-        report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.artifact}"))
+        report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
     table = Table(title=f"parity with PyTorch on {report.n:,} MNIST test images "
                         f"(PyTorch accuracy {report.reference_accuracy:.2f}%, provider {report.provider})")
-    for col in ("artifact", "format", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
+    for col in ("artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
                 "Δ acc", "batch-1 |diff|", "result"):
-        table.add_column(col, justify="right" if col not in ("artifact", "format", "precision", "result") else "left")
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "precision", "result") else "right")
     for r in report.results:
-        table.add_row(r.artifact, r.format, r.precision, f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}",
-                      f"{r.agreement:,}/{r.n:,}", f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}",
-                      f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
+        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
+                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
+                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
+                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
                       _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
     out.print(table)
-    out.print(f"verified in {report.seconds:.1f} s")
+    for name, reason in report.skipped.items():
+        out.print(f"skipped runtime {name}: {reason}")
+    out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
+              highlight=False)
     if json_path:
         _write_json(json_path, report.to_json())
     report.raise_for_failures()
@@ -354,60 +361,49 @@ def verify(
 
 @_command
 def bench(
+    runtime: Annotated[Optional[list[str]], typer.Option(help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = Path("exported"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint for the PyTorch eager baseline (default: the artifacts' source).")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
-    batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes (default 1,8,64,256,1024).")] = None,
+    batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes, e.g. 1,64,256.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,
-    seconds: Annotated[float, typer.Option(help="Time budget per point.")] = 1.0,
-    warmup: Annotated[int, typer.Option(help="Untimed calls before each timed block.")] = 5,
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds over all runtimes.")] = 3,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per point, in seconds.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls before each timed block.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Interleaved rounds over all configurations.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads on the CPU (default: the runtimes' own).")] = None,
     optimization: Annotated[Optional[list[str]], typer.Option(help="ONNX Runtime graph optimization levels to compare: all, extended, basic, none.")] = None,
     concurrency: Annotated[Optional[list[str]], typer.Option(help="ONNX Runtime CPU: calls in flight at once to compare, e.g. 1,2 (each gets cores/N threads).")] = None,
-    cuda_graph: Annotated[bool, typer.Option(help="Also time ONNX Runtime CUDA with CUDA graphs.")] = False,
-    matmul_peak: Annotated[bool, typer.Option(help="Measure the CPU's float32 matmul peak (for the efficiency target).")] = True,
+    mode: Annotated[Optional[list[str]], typer.Option(help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only).")] = None,
+    hint: Annotated[Optional[list[str]], typer.Option(help="OpenVINO performance hints: latency, throughput.")] = None,
+    cuda_graph: Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="Also time ONNX Runtime CUDA with CUDA graphs.")] = None,
+    verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Check each configuration on the test set first (fastest names verified ones only).")] = None,
+    matmul_peak: Annotated[Optional[bool], typer.Option("--matmul-peak/--no-matmul-peak", help="Measure the CPU's float32 and int8 matmul peaks (for the efficiency targets).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Latency percentiles and throughput per runtime, precision and batch size."""
+    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from toolkit import bench as bench_lib
 
-    config = bench_lib.BenchConfig(
-        artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None, data_dir=str(data_dir),
-        providers=tuple(_csv(provider) or ["cpu"]), formats=tuple(_csv(format)), precisions=tuple(_csv(precision)),
-        batch_sizes=tuple(_ints(batch_sizes, "batch sizes") or bench_lib.DEFAULT_BATCH_SIZES),
-        warmup=warmup, iterations=iterations, seconds=seconds, rounds=rounds, threads=threads,
-        optimizations=tuple(_csv(optimization) or ["all"]),
-        concurrency=tuple(_ints(concurrency, "concurrency") or [1]), cuda_graph=cuda_graph, matmul_peak=matmul_peak)
+    config = _config(
+        bench_lib.BenchConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
+        data_dir=str(data_dir), runtimes=tuple(_csv(runtime)), providers=tuple(_csv(provider)),
+        formats=tuple(_csv(format)), precisions=tuple(_csv(precision)),
+        batch_sizes=tuple(_ints(batch_sizes, "batch sizes")), warmup=warmup, iterations=iterations, seconds=seconds,
+        rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
+        concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
+        cuda_graph=cuda_graph, verify=verify, matmul_peak=matmul_peak)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("benchmarking", total=None)
         report = bench_lib.bench(config, on_progress=lambda done, total, what: progress.update(
             task, completed=done, total=total, description=what))
-    gpu = report.machine.get("gpu")
-    table = Table(title=f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
-                        + (f" + {gpu['name']}" if gpu else ""))
-    for col in ("runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s"):
-        table.add_column(col, justify="left" if col in ("runtime", "provider", "I/O") else "right")
-    for p in report.points:
-        table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
-                      f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}")
-    out.print(table)
-    for name, reason in report.skipped.items():
-        out.print(f"skipped provider {name}: {reason}")
-    if report.matmul_peak_gflops:
-        out.print(f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s; model: "
-                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image")
-    for name, t in report.targets.items():
-        out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
-                                f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))
+    _print_bench(report, bench_lib)
     if json_path:
         _write_json(json_path, report.to_json())
     if markdown:
@@ -418,10 +414,34 @@ def bench(
         bench_lib.plot(report, plot)
 
 
+def _print_bench(report: Any, bench_lib: Any) -> None:
+    gpu = report.machine.get("gpu")
+    table = Table(title=f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
+                        + (f" + {gpu['name']}" if gpu else ""))
+    for col in ("runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s", "verified"):
+        table.add_column(col, justify="left" if col in ("runtime", "provider", "I/O", "verified") else "right")
+    for p in report.points:
+        table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
+                      f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}",
+                      {True: "yes", False: _styled("FAILED", "red"), None: "-"}[p.verified])
+    out.print(table)
+    for name, reason in report.skipped.items():
+        out.print(f"skipped {name}: {reason}")
+    for regime, f in report.fastest.items():
+        out.print(f"fastest here ({regime}): {bench_lib.fastest_line(f)}")
+    if report.matmul_peak_gflops:
+        out.print(f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s; int8: "
+                  f"{report.int8_matmul_peak_gops or 0:.1f} GOP/s; model: "
+                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image")
+    for name, t in report.targets.items():
+        out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
+                                f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))
+
+
 @_command
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
-    model: Annotated[Optional[Path], typer.Option(help="A toolkit .onnx (default: exported/model.app.onnx, else exported/model.onnx).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A toolkit .onnx (default: exported/model.app.onnx, else exported/model.onnx); checked against the manifest.json beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option("--invert/--no-invert", help="Force (or forbid) inverting dark-on-light images; default: detect.")] = None,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -434,7 +454,7 @@ def predict(
         model = next((c for c in candidates if c.is_file()), candidates[0])
     predictions = predict_files(images, model, invert=invert, provider=provider)
     if as_json:
-        out.print_json(json.dumps([p.__dict__ for p in predictions]))
+        out.print_json(json.dumps([p.__dict__ for p in predictions], allow_nan=False))
         return
     table = Table(title=f"predictions by {model}")
     for col in ("file", "digit", "probability"):

@@ -246,14 +246,18 @@ class _Float16(nn.Module):
 
 
 class _AppModel(nn.Module):
-    """Raw uint8 pixels in; probabilities and the predicted digit out. Normalization is inside the graph."""
+    """Raw uint8 pixels in; probabilities and the predicted digit out. Normalization is inside the graph.
+
+    The channel axis is added by a Reshape to [-1, 1, 28, 28], not an Unsqueeze: OpenCV's classic ONNX
+    importer (its default in 4.x) mis-sizes an Unsqueeze at any batch above 1, and every engine reads Reshape.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval()
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (pixels.float().unsqueeze(1) / 255.0 - mnist.MEAN) / mnist.STD
+        x = (pixels.float().reshape(-1, 1, 28, 28) / 255.0 - mnist.MEAN) / mnist.STD
         probabilities = self.model(x).exp()
         return probabilities, probabilities.argmax(dim=1)
 

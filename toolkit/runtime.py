@@ -167,20 +167,54 @@ def normalize(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 
 class Classifier:
-    """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out."""
+    """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out.
+
+    The file is read once and its bytes loaded (see `read_model_file`: checked against a manifest beside it).
+    """
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None) -> None:
+        from toolkit.backends import OnnxRuntimeRunner, RunnerOptions
+
         self.path = Path(path)
-        self.session = create_session(self.path, provider, threads=threads)
-        self.info = describe(self.session, self.path)
+        self.runner = OnnxRuntimeRunner(read_model_file(self.path), str(self.path),
+                                        RunnerOptions(device=provider, threads=threads))
+        self.session, self.info = self.runner.session, self.runner.info
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10]."""
+        """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10].
+
+        ArtifactError when the model does not keep the toolkit's contract (10 finite probabilities per image).
+        """
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
-        if self.info.kind == "app":
-            return self.session.run([self.info.output_names[0]], {self.info.input_name: pixels})[0]
-        x = normalize(pixels, self.info.mean, self.info.std)
-        return np.exp(self.session.run(None, {self.info.input_name: x})[0])
+        out = self.runner.run(pixels)
+        probs = out["probabilities"] if "probabilities" in out else np.exp(out["log_probs"])
+        if probs.shape != (len(pixels), 10):
+            raise ArtifactError(f"{self.path} returned outputs of shape {tuple(probs.shape)}, not "
+                                f"[{len(pixels)}, 10]: not a 10-class digit model")
+        if not np.isfinite(probs).all():
+            raise ArtifactError(f"{self.path} returned NaN or infinite probabilities; export it again")
+        return probs
+
+
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a .onnx to load. When its folder holds a manifest.json, the file must be listed there and
+    match its SHA-256 (checked before anything parses it); a loose .onnx with no manifest beside it is read as is.
+    """
+    from toolkit.artifacts import MANIFEST_NAME, read_manifest, read_verified
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+    if not (path.parent / MANIFEST_NAME).is_file():
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    listed = [a for a in read_manifest(path.parent) if a.file == path.name]
+    if not listed:
+        raise ArtifactError(f"{path} is not listed in the {MANIFEST_NAME} beside it; refusing to load it, "
+                            "export again or move it out of that folder")
+    return read_verified(listed[0])
 
 
 def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarray:

@@ -1,14 +1,14 @@
 """Prove that exported artifacts compute what PyTorch computes, on all 10,000 MNIST test images.
 
-Every artifact is run on the whole test set at once and image by image; its outputs are compared with the
-checkpoint's PyTorch outputs; each failure is collected, and the report names all of them.
+Every artifact is run, in each runtime asked for, on the whole test set at once and image by image; its
+outputs are compared with the checkpoint's PyTorch outputs; each failure is collected (a file that will not
+load or crashes while running included), and the report names all of them.
 """
 
 from __future__ import annotations
 
-import io
+import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,11 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import backends
 from toolkit import data as mnist
 from toolkit import fileio, sysinfo
-from toolkit.artifacts import Artifact, find_checkpoint, check_files, read_manifest, read_verified, select
+from toolkit.artifacts import Artifact, check_files, find_checkpoint, read_manifest, select
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
-from toolkit.runtime import check_provider, create_session, describe, normalize
+from toolkit.runtime import check_provider, normalize
+
+MAX_BATCH1_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,19 @@ class Tolerance:
     max_accuracy_change: float | None  # |accuracy - PyTorch accuracy| in points; None: not judged
     max_batch_diff: float  # batch 1 vs full batch, max |difference| of outputs
 
+    def __post_init__(self) -> None:
+        # a NaN limit would make every comparison false, i.e. switch the check off
+        for name, value in asdict(self).items():
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"tolerance {name} must be a finite number >= 0, not {value!r}")
+        if self.min_agreement > 1:
+            raise ConfigError(f"tolerance min_agreement is a fraction in [0, 1], not {self.min_agreement!r}")
+
 
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(max_abs_diff=1e-4, min_agreement=1.0, max_accuracy_change=None, max_batch_diff=1e-4),
     "fp16": Tolerance(max_abs_diff=None, min_agreement=0.999, max_accuracy_change=0.1, max_batch_diff=1e-2),
+    "bf16": Tolerance(max_abs_diff=None, min_agreement=0.999, max_accuracy_change=0.1, max_batch_diff=5e-2),
     "int8": Tolerance(max_abs_diff=None, min_agreement=0.99, max_accuracy_change=0.3, max_batch_diff=1e-2),
 }
 
@@ -63,10 +75,16 @@ class VerifyConfig:
     checkpoint: str | None = None  # default: the checkpoint the manifest names
     data_dir: str = "data"
     provider: str = "cpu"
+    runtimes: tuple[str, ...] = ()  # empty: each artifact's own (onnxruntime, torchscript); 'all': every installed
     formats: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
     batch1_images: int = 2000  # how many test images also go through one at a time
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.batch1_images <= MAX_BATCH1_IMAGES:
+            raise ConfigError(f"batch1-images must be between 0 and {MAX_BATCH1_IMAGES}")
+        check_provider(self.provider)
 
 
 @dataclass
@@ -87,6 +105,14 @@ class ArtifactCheck:
     seconds: float
     passed: bool
     failures: list[str]
+    runtime: str = "onnxruntime"
+    mode: str = "f32"  # the runtime's compute precision (OpenVINO: f32 or bf16)
+    judged_as: str = ""  # the tolerance applied: the lower of the file's precision and the mode's
+
+    @property
+    def name(self) -> str:
+        """The artifact, and the runtime (and mode) it ran in."""
+        return f"{self.artifact} on {self.runtime}" + (f" {self.mode}" if self.mode != "f32" else "")
 
 
 @dataclass
@@ -100,6 +126,8 @@ class VerifyReport:
     tolerances: dict[str, dict[str, Any]]
     versions: dict[str, str]
     seconds: float
+    runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -110,59 +138,12 @@ class VerifyReport:
 
     def raise_for_failures(self) -> None:
         """Raise VerificationFailed naming every failing artifact and why."""
-        failing = [f"{r.artifact}: {'; '.join(r.failures)}" for r in self.results if not r.passed]
+        failing = [f"{r.artifact}{'' if r.runtime in backends.NATIVE_RUNTIMES else f' on {r.runtime}'}"
+                   f"{'' if r.mode == 'f32' else f' {r.mode}'}: {'; '.join(r.failures)}"
+                   for r in self.results if not r.passed]
         if failing:
             raise VerificationFailed(f"{len(failing)} of {len(self.results)} artifact(s) failed verification: "
                                      + " | ".join(failing))
-
-
-# A runner maps uint8 images [N, 28, 28] to (outputs comparable to the reference, predicted classes).
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def _onnx_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]:
-    session = create_session(read_verified(artifact), provider, label=artifact.file)
-    info = describe(session, artifact.file)
-    expected = "app" if artifact.format == "onnx-app" else "normalized"
-    if info.kind != expected:
-        raise ArtifactError(f"{artifact.file}: manifest says {artifact.format} but its input is {info.kind}")
-    if info.kind == "app":
-        def run_app(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            probs, digit = session.run(None, {info.input_name: pixels})
-            return probs, digit
-        return run_app, "probabilities"
-
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = session.run(None, {info.input_name: normalize(pixels, mnist.MEAN, mnist.STD)})[0]
-        return out, out.argmax(1)
-    return run, "log_probs"
-
-
-def _torchscript_runner(artifact: Artifact, provider: str) -> tuple[Runner, str]:
-    import torch
-
-    device = "cuda" if provider in ("cuda", "tensorrt") else "cpu"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-            module = torch.jit.load(io.BytesIO(read_verified(artifact)), map_location=device)
-    except Exception as e:  # torch.jit raises RuntimeError and others for damaged archives
-        raise ArtifactError(f"{artifact.file} is not a loadable TorchScript file "
-                            f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
-
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD)).to(device)
-            out = module(x).float().cpu().numpy()
-        return out, out.argmax(1)
-    return run, "log_probs"
-
-
-RUNNERS: dict[str, Callable[[Artifact, str], tuple[Runner, str]]] = {
-    "onnx": _onnx_runner,
-    "onnx-app": _onnx_runner,
-    "torchscript": _torchscript_runner,
-}
 
 
 def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
@@ -177,88 +158,151 @@ def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
         return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
 
 
-def check_artifact(artifact: Artifact, provider: str, pixels: np.ndarray, labels: np.ndarray,
-                   reference: np.ndarray, tolerance: Tolerance, batch1_images: int) -> ArtifactCheck:
-    """Run one artifact on every image, at full batch and image by image, and judge it."""
-    t0 = time.perf_counter()
-    if artifact.format not in RUNNERS:
-        raise ArtifactError(f"{artifact.file}: unknown format {artifact.format!r}")
-    runner, compared = RUNNERS[artifact.format](artifact, provider)
-    outputs, predicted = runner(pixels)
-    expected = np.exp(reference) if compared == "probabilities" else reference
-    if outputs.shape != expected.shape:
-        raise ArtifactError(f"{artifact.file} returned shape {outputs.shape}, expected {expected.shape}")
-    diff = np.abs(outputs.astype(np.float64) - expected)
-    ref_pred = reference.argmax(1)
-    agreement = int((predicted == ref_pred).sum())
-    accuracy = 100.0 * float((predicted == labels).mean())
-    ref_accuracy = 100.0 * float((ref_pred == labels).mean())
+def _comparable(runner: backends.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(outputs comparable to the reference, predicted classes, what was compared) for one batch."""
+    out = runner.run(pixels)
+    n = len(pixels)
+    if "log_probs" in out:
+        values, predicted, compared = out["log_probs"], None, "log_probs"
+    else:
+        values, predicted, compared = out["probabilities"], out["digit"].reshape(-1), "probabilities"
+        if predicted.shape != (n,):
+            raise ArtifactError(f"{runner.label} returned {predicted.size} digits for {n} images")
+    if values.shape != (n, 10):
+        raise ArtifactError(f"{runner.label} returned shape {values.shape}, expected {(n, 10)}")
+    return values, (values.argmax(1) if predicted is None else predicted), compared
 
-    k = min(batch1_images, len(pixels))
-    single = np.concatenate([runner(pixels[i:i + 1])[0] for i in range(k)]) if k else outputs[:0]
+
+@dataclass(frozen=True)
+class Reference:
+    """The test set and PyTorch's answers on it: what every runner is judged against."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    log_probs: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * float((self.log_probs.argmax(1) == self.labels).mean())
+
+
+def check_runner(runner: backends.Runner, ref: Reference, tolerance: Tolerance, batch1_images: int) -> dict[str, Any]:
+    """Run `runner` on every image, at full batch and image by image; the measured fields and failures."""
+    outputs, predicted, compared = _comparable(runner, ref.pixels)
+    expected = np.exp(ref.log_probs) if compared == "probabilities" else ref.log_probs
+    diff = np.abs(outputs.astype(np.float64) - expected)
+    agreement = int((predicted == ref.log_probs.argmax(1)).sum())
+    accuracy = 100.0 * float((predicted == ref.labels).mean())
+    k = min(batch1_images, len(ref.pixels))
+    single = np.concatenate([_comparable(runner, ref.pixels[i:i + 1])[0] for i in range(k)]) if k else outputs[:0]
     batch1_diff = float(np.abs(single - outputs[:k]).max()) if k else 0.0
+    n, max_diff = len(ref.pixels), float(diff.max())
 
     failures = []
-    n = len(pixels)
-    max_diff = float(diff.max())
     if not np.isfinite(outputs).all():
         failures.append("outputs contain NaN or infinity")
     if tolerance.max_abs_diff is not None and not max_diff <= tolerance.max_abs_diff:
         failures.append(f"max |diff| {max_diff:.3g} > {tolerance.max_abs_diff:g}")
     if agreement < tolerance.min_agreement * n:
         failures.append(f"agreement {agreement}/{n} < {tolerance.min_agreement:.2%}")
-    if tolerance.max_accuracy_change is not None and abs(accuracy - ref_accuracy) > tolerance.max_accuracy_change:
-        failures.append(f"accuracy changed by {accuracy - ref_accuracy:+.2f} points "
-                        f"(limit {tolerance.max_accuracy_change:g})")
+    change = accuracy - ref.accuracy
+    if tolerance.max_accuracy_change is not None and abs(change) > tolerance.max_accuracy_change:
+        failures.append(f"accuracy changed by {change:+.2f} points (limit {tolerance.max_accuracy_change:g})")
     if not batch1_diff <= tolerance.max_batch_diff:
         failures.append(f"batch 1 vs batch {n}: max |diff| {batch1_diff:.3g} > {tolerance.max_batch_diff:g}")
-    return ArtifactCheck(
-        artifact=artifact.file, format=artifact.format, precision=artifact.precision, provider=provider,
-        compared=compared, n=n, max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()), agreement=agreement,
-        accuracy=accuracy, accuracy_delta=accuracy - ref_accuracy, batch1_n=k, batch1_max_diff=batch1_diff,
-        seconds=time.perf_counter() - t0, passed=not failures, failures=failures)
+    return dict(compared=compared, n=n, max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
+                agreement=agreement, accuracy=accuracy, accuracy_delta=change, batch1_n=k,
+                batch1_max_diff=batch1_diff, passed=not failures, failures=failures)
 
 
-def _not_run(artifact: Artifact, provider: str, n: int, why: str) -> ArtifactCheck:
+@dataclass(frozen=True)
+class Job:
+    """One artifact in one runtime and compute mode."""
+
+    runtime: str
+    artifact: Artifact
+    mode: str = "f32"
+
+    @property
+    def judged_as(self) -> str:
+        return backends.judged_precision(self.artifact.precision, self.mode)
+
+
+def plan(artifacts: list[Artifact], runtimes: list[str], device: str) -> tuple[list[Job], dict[str, str]]:
+    """Every (runtime, artifact, mode) to check; runtimes that cannot run on `device` are skipped with a note.
+    A runtime's extra compute modes (OpenVINO bf16) apply to the fp32 files, where they change something."""
+    jobs, skipped = [], {}
+    for name in runtimes:
+        spec = backends.RUNTIMES[name]
+        if device not in spec.devices:
+            skipped[name] = f"runs on {', '.join(spec.devices)}, not {device}"
+            continue
+        for a in artifacts:
+            if spec.opens(a.format, a.precision):
+                jobs += [Job(name, a, mode) for mode in (spec.modes if a.precision == "fp32" else spec.modes[:1])]
+    return jobs, skipped
+
+
+def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int) -> ArtifactCheck:
+    """Open the job's runner from the hash-checked bytes and judge it; what it raises is its own failure."""
+    t0 = time.perf_counter()
+    try:
+        runner = backends.open_runner(job.runtime, job.artifact,
+                                      backends.RunnerOptions(device=device, precision=job.mode))
+        fields = check_runner(runner, ref, tolerance, batch1_images)
+    except ArtifactError as e:
+        return _not_run(job, device, len(ref.pixels), str(e))
+    return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,
+                         provider=device, seconds=time.perf_counter() - t0, runtime=job.runtime, mode=job.mode,
+                         judged_as=job.judged_as, **fields)
+
+
+def _not_run(job: Job, provider: str, n: int, why: str) -> ArtifactCheck:
     nan = float("nan")
-    return ArtifactCheck(artifact=artifact.file, format=artifact.format, precision=artifact.precision,
+    return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,
                          provider=provider, compared="-", n=n, max_abs_diff=nan, mean_abs_diff=nan, agreement=0,
                          accuracy=nan, accuracy_delta=nan, batch1_n=0, batch1_max_diff=nan, seconds=0.0,
-                         passed=False, failures=[f"not run: {why}"])
+                         passed=False, failures=[f"not run: {why}"], runtime=job.runtime, mode=job.mode,
+                         judged_as=job.judged_as)
+
+
+def load_reference(checkpoint: str, data_dir: str) -> Reference:
+    pixels, labels = mnist.load_split(data_dir, "test")
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels))
 
 
 def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None) -> VerifyReport:
-    """Verify every selected artifact in `config.artifacts` against its source checkpoint."""
+    """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint."""
     t0 = time.perf_counter()
-    check_provider(config.provider)
+    selection = backends.select_runtimes(config.runtimes, default=backends.NATIVE_RUNTIMES)
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
-    if not artifacts:
-        raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for")
+    jobs, skipped = plan(artifacts, selection.runtimes, config.provider)
+    if not jobs:
+        raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for "
+                            f"in runtime(s) {', '.join(selection.runtimes) or 'none'}")
     checkpoint = find_checkpoint(folder, artifacts, config.checkpoint)
     checkpoint_sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    pixels, labels = mnist.load_split(config.data_dir, "test")
-    reference = reference_outputs(checkpoint, pixels)
-    problems = check_files(artifacts)
+    ref = load_reference(checkpoint, config.data_dir)
+    problems = check_files([job.artifact for job in jobs])
 
     results = []
-    for artifact in artifacts:
-        tolerance = config.tolerances[artifact.precision]
-        if artifact.file in problems:  # never load a file that is not what was exported (TorchScript is code)
-            result = _not_run(artifact, config.provider, len(pixels), problems[artifact.file])
+    for job in jobs:
+        if job.artifact.file in problems:  # never load a file that is not what was exported (TorchScript is code)
+            result = _not_run(job, config.provider, len(ref.pixels), problems[job.artifact.file])
         else:
-            result = check_artifact(artifact, config.provider, pixels, labels, reference, tolerance,
-                                    config.batch1_images)
-            if artifact.source_sha256 != checkpoint_sha:
+            result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images)
+            if job.artifact.source_sha256 != checkpoint_sha:
                 result.failures.append("exported from a different checkpoint than the one verified against")
             result.passed = not result.failures
         results.append(result)
         if on_artifact:
             on_artifact(result)
-    ref_accuracy = 100.0 * float((reference.argmax(1) == labels).mean())
+    used = sorted({job.runtime for job in jobs}, key=list(backends.RUNTIMES).index)
     return VerifyReport(
-        checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_sha, reference_accuracy=ref_accuracy,
-        n=len(pixels), provider=config.provider, results=results,
+        checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_sha, reference_accuracy=ref.accuracy,
+        n=len(ref.pixels), provider=config.provider, results=results,
         tolerances={k: asdict(v) for k, v in config.tolerances.items()},
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, runtimes=backends.runtime_versions(used),
+        skipped={**selection.skipped, **skipped})

@@ -1,0 +1,106 @@
+"""The runner layer on real exported files: every runtime opens them from hash-checked bytes and agrees."""
+
+import numpy as np
+import pytest
+
+from toolkit import backends
+from toolkit.artifacts import read_manifest
+from toolkit.data import load_split
+from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
+
+
+@pytest.fixture(scope="module")
+def manifest(exported):
+    return {a.file: a for a in read_manifest(exported)}
+
+
+@pytest.fixture(scope="module")
+def pixels(mnist_dir):
+    return load_split(mnist_dir, "test")[0][:64]
+
+
+@pytest.fixture(scope="module")
+def reference(manifest, pixels):
+    """ONNX Runtime's answers, the runtime the toolkit's other checks already compare with PyTorch."""
+    return {name: backends.open_runner("onnxruntime", manifest[name]).run(pixels)
+            for name in ("model.onnx", "model.app.onnx")}
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "opencv"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.app.onnx"])
+def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, manifest, pixels, reference):
+    runner = backends.open_runner(runtime, manifest[name])
+    for n in (1, 5, 64):  # batch 1 and above: the app graph must import everywhere at any batch
+        out = runner.run(pixels[:n])
+        assert set(out) == set(reference[name])
+        for key, value in out.items():
+            np.testing.assert_allclose(value.astype(np.float64), reference[name][key][:n], atol=1e-4, rtol=0)
+
+
+def test_torch_runners_agree(manifest, pixels, reference, exported):
+    scripted = backends.open_runner("torchscript", manifest["model.ts.pt"]).run(pixels)
+    eager = backends.open_runner("pytorch", manifest["model.onnx"].source_checkpoint).run(pixels)
+    np.testing.assert_allclose(scripted["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
+    np.testing.assert_allclose(eager["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
+
+
+def test_openvino_bf16_and_int8_modes(manifest, pixels, reference):
+    bf16 = backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(precision="bf16"))
+    out = bf16.run(pixels)["log_probs"]
+    assert bf16.settings()["inference_precision"] == "bf16"
+    assert 1e-4 < np.abs(out - reference["model.onnx"]["log_probs"]).max() < 1.0  # really bf16, still close
+    int8 = backends.open_runner("openvino", manifest["model.int8.onnx"]).run(pixels)["log_probs"]
+    assert (int8.argmax(1) == reference["model.onnx"]["log_probs"].argmax(1)).mean() >= 0.95
+    assert backends.judged_precision("fp32", "bf16") == "bf16" and backends.judged_precision("int8", "bf16") == "int8"
+
+
+def test_throughput_hint_keeps_several_requests_in_flight(manifest, pixels):
+    runner = backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(hint="throughput"))
+    timed = runner.timed([pixels[:8], pixels[8:16]])
+    assert timed.batches_per_call == runner.in_flight >= 1
+    timed.call(0)
+
+
+def test_a_tampered_file_is_never_loaded(exported_copy):
+    artifact = next(a for a in read_manifest(exported_copy) if a.file == "model.onnx")
+    (exported_copy / "model.onnx").write_bytes(b"\x08\x01" + (exported_copy / "model.onnx").read_bytes()[2:])
+    for runtime in ("onnxruntime", "openvino", "opencv"):
+        with pytest.raises(ArtifactError, match="changed since export"):
+            backends.open_runner(runtime, artifact)
+
+
+def test_what_a_runtime_cannot_open_or_run_on(manifest):
+    with pytest.raises(ArtifactError, match="does not open onnx/int8"):
+        backends.open_runner("opencv", manifest["model.int8.onnx"])
+    with pytest.raises(ProviderUnavailable, match="runs on cpu"):
+        backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(device="cuda"))
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        backends.select_runtimes(["tensorflow"])
+    assert backends.select_runtimes([]).runtimes == [r for r in backends.RUNTIMES if backends.RUNTIMES[r].installed()]
+
+
+def test_an_allocation_failure_is_a_one_line_config_error(manifest):
+    runner = backends.open_runner("onnxruntime", manifest["model.onnx"])
+
+    def fail(native):
+        raise MemoryError
+
+    runner._infer = fail
+    with pytest.raises(ConfigError, match="not enough memory"):
+        runner.run(np.zeros((2, 28, 28), np.uint8))
+
+
+def test_the_app_graph_uses_ops_every_engine_imports(manifest, pixels, reference):
+    import cv2
+    import onnx
+
+    from toolkit.artifacts import read_verified
+
+    data = read_verified(manifest["model.app.onnx"])
+    ops = [node.op_type for node in onnx.load_from_string(data).graph.node]
+    assert "Unsqueeze" not in ops and ops[:2] == ["Cast", "Reshape"]  # the channel axis comes from a Reshape
+    if hasattr(cv2.dnn, "ENGINE_CLASSIC"):  # OpenCV 5 keeps the 4.x importer as its classic engine
+        net = cv2.dnn.readNetFromONNX(np.frombuffer(data, np.uint8), cv2.dnn.ENGINE_CLASSIC)
+        net.setInput(pixels[:16])
+        probabilities, _ = net.forward(["probabilities", "digit"])
+        np.testing.assert_allclose(probabilities, reference["model.app.onnx"]["probabilities"][:16], atol=1e-5)
