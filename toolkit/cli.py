@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -113,14 +114,36 @@ def _status(text: str) -> Iterator[Any]:
         yield status
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _outputs(*paths: Path | None) -> None:
+    """Check output paths before any work starts, so a long run never fails at its last step.
+
+    `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
+    """
     from toolkit.errors import ConfigError
+
+    for path in paths:
+        if path is None:
+            continue
+        if str(path) == "-":
+            out.quiet = True
+            continue
+        if path.is_dir():
+            raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+
+
+def _write_json(path: Path, obj: Any) -> None:
     from toolkit.fileio import write_json
 
-    try:
-        write_json(path, obj)
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    if str(path) == "-":
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    write_json(path, obj)  # OutputError (one line) if the disk or folder refuses
 
 
 def _print_version(value: bool) -> None:
@@ -329,6 +352,7 @@ def verify(
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through PyTorch and every artifact; exit 1 if any artifact fails."""
+    _outputs(json_path)
     from toolkit.verify import VerifyConfig, parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
@@ -386,6 +410,7 @@ def bench(
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified."""
+    _outputs(json_path, markdown, plot)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from toolkit import bench as bench_lib
