@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
-from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact, read_manifest,
-                               write_manifest)
+from toolkit import fileio, golden, sysinfo
+from toolkit.artifacts import (GOLDEN_NAME, MANIFEST_NAME, META_KEY, ONNX_SUFFIX, TORCHSCRIPT_SUFFIX, Artifact,
+                               GoldenEntry, read_golden_entry, read_manifest, write_manifest)
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.runtime import normalize
@@ -74,6 +74,7 @@ class ExportResult:
     artifacts: list[Artifact]
     manifest: str
     removed: list[str] = field(default_factory=list)
+    golden: GoldenEntry | None = None  # the reference outputs' manifest entry, when written or kept
 
 
 def artifact_file(fmt: str, precision: str) -> str:
@@ -332,13 +333,49 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ctx = _Context(str(Path(config.checkpoint).resolve()), ckpt_sha256, ckpt)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
+    reference = _golden_outputs(module, config.data_dir, log)
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
-        return _export_locked(config, pairs, ckpt, module, out_dir, ctx, log)
+        return _export_locked(config, pairs, ckpt, module, out_dir, ctx, log, reference)
+
+
+def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
+    """(log-probabilities, labels) of the checkpoint's model on the test set, computed before any artifact is
+    built; None (said in the log) when the test set is not in `data_dir`."""
+    if not golden.has_test_set(data_dir):
+        log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
+            "checkpoint); run `toolkit data` and export with --data-dir to write them")
+        return None
+    pixels, labels = mnist.load_split(data_dir, "test")
+    return golden.reference_log_probs(module, pixels), labels
+
+
+def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, ctx: _Context,
+                          log: Log) -> GoldenEntry | None:
+    """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint."""
+    if reference is not None:
+        entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
+                                    source_sha256=ctx.checkpoint_sha256)
+        log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
+        return entry
+    try:
+        previous = read_golden_entry(out_dir) if (out_dir / MANIFEST_NAME).is_file() else None
+    except ArtifactError:
+        previous = None  # a damaged entry is not kept; its file goes below
+    if previous is not None and previous.source_sha256 == ctx.checkpoint_sha256:
+        return previous
+    stale = out_dir / GOLDEN_NAME
+    if stale.exists() or stale.is_symlink():
+        try:
+            stale.unlink()  # a symlink is removed itself, never what it points to
+        except OSError as e:
+            raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
+        log(f"removed {GOLDEN_NAME}: it was computed from another checkpoint")
+    return None
 
 
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dict[str, Any], module,
-                   out_dir: Path, ctx: _Context, log: Log) -> ExportResult:
+                   out_dir: Path, ctx: _Context, log: Log, reference: tuple[Any, Any] | None) -> ExportResult:
     kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, {artifact_file(f, p) for f, p in pairs})
     for name in removed:
         log(f"removed {name}: it was exported from another checkpoint")
@@ -374,13 +411,14 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         built.append(artifact)
         log(f"wrote {name} ({artifact.size_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
 
+    golden_entry = _write_or_keep_golden(out_dir, reference, ctx, log)
     manifest = write_manifest(out_dir, kept + built, {
         "toolkit_version": sysinfo.versions()["toolkit"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": ctx.checkpoint_path,
         "checkpoint_sha256": ctx.checkpoint_sha256,
-    })
-    return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed)
+    }, golden=golden_entry)
+    return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed, golden=golden_entry)
 
 
 def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str]) -> tuple[list[Artifact], list[str]]:
