@@ -29,4 +29,4 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png .cache
+	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png exported/*.npy .cache
