@@ -341,16 +341,14 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
 
 def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
     """(log-probabilities, labels) of the checkpoint's model on the test set, computed before any artifact is
-    built; None (said in the log) when the test set is not in `data_dir`."""
+    built; None when the test set is not in `data_dir` (said in the log once the export has succeeded)."""
     if not golden.has_test_set(data_dir):
-        log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
-            "checkpoint); run `toolkit data` and export with --data-dir to write them")
         return None
     pixels, labels = mnist.load_split(data_dir, "test")
     return golden.reference_log_probs(module, pixels), labels
 
 
-def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, ctx: _Context,
+def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: _Context,
                           log: Log) -> GoldenEntry | None:
     """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint."""
     if reference is not None:
@@ -362,8 +360,12 @@ def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, ctx:
         previous = read_golden_entry(out_dir) if (out_dir / MANIFEST_NAME).is_file() else None
     except ArtifactError:
         previous = None  # a damaged entry is not kept; its file goes below
-    if previous is not None and previous.source_sha256 == ctx.checkpoint_sha256:
+    if (previous is not None and previous.source_sha256 == ctx.checkpoint_sha256
+            and Path(previous.path).is_file() and not Path(previous.path).is_symlink()):
+        log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
         return previous
+    log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
+        "checkpoint); run `toolkit data` and export with --data-dir to write them")
     stale = out_dir / GOLDEN_NAME
     if stale.exists() or stale.is_symlink():
         try:
@@ -411,7 +413,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         built.append(artifact)
         log(f"wrote {name} ({artifact.size_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
 
-    golden_entry = _write_or_keep_golden(out_dir, reference, ctx, log)
+    golden_entry = _write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
     manifest = write_manifest(out_dir, kept + built, {
         "toolkit_version": sysinfo.versions()["toolkit"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
