@@ -11,7 +11,7 @@ PYTHON ?= python3
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
 	touch $(STAMP)
 
 main: $(STAMP)
@@ -29,4 +29,4 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png .cache
+	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png exported/*.npy .cache

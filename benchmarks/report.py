@@ -153,10 +153,29 @@ def quantization(r: dict) -> list[str]:
     return lines
 
 
+def env_size(r: dict) -> list[str]:
+    envs = r["environments"]
+    system = r["machine"]["platform"].split("-")[0]
+    lines = [f"### The inference-only install (`benchmarks/env_size.py`, {system} {r['machine']['machine']}, "
+             f"Python {r['machine']['python']}, pip {r['pip']})", "",
+             "| ONNX Runtime package | environment on disk | its biggest packages | torch importable |",
+             "|---|---:|---|---|"]
+    for env in envs.values():
+        biggest = ", ".join(f"{p['name']} {p['bytes'] / 1e6:.0f} MB" for p in env["packages"][:4])
+        lines.append(f"| {env['onnxruntime_package']} | {env['bytes_on_disk'] / 1e6:.0f} MB | {biggest} | "
+                     f"{'yes' if env['importable']['torch'] else 'no'} |")
+    gpu = envs["gpu"]
+    lines += ["", f"Target for {r['target_applies_to']}: at most {r['target_bytes'] / 1e6:.0f} MB; "
+                  f"{'met' if r['target_met'] else 'missed'} ({gpu['bytes_on_disk'] / 1e6:.0f} MB, of which "
+                  f"{gpu['empty_venv_bytes'] / 1e6:.0f} MB is the empty environment with pip and setuptools)."]
+    return lines
+
+
 def main() -> None:
     sections = []
     for name, render in (("train_speed.json", training), ("cnn_vs_mlp.json", cnn_vs_mlp),
-                         ("verify.json", artifacts), ("quantization.json", quantization)):
+                         ("verify.json", artifacts), ("quantization.json", quantization),
+                         ("env_size.json", env_size)):
         r = load(name)
         if r:
             sections.append("\n".join(render(r)))

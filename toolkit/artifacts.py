@@ -96,13 +96,7 @@ def _check_entry(folder: Path, entry: Any) -> Artifact:
     return artifact
 
 
-def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
-    """The artifacts listed in `<folder>/manifest.json`, each confined to the folder, with resolved paths.
-
-    Every entry is checked (plain file names, known formats and precisions, well-formed hashes); anything
-    else makes the whole manifest a bad one (ArtifactError), never a path to follow.
-    """
-    folder = Path(folder)
+def _manifest_bytes(folder: Path) -> tuple[Path, bytes]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"no {MANIFEST_NAME} in {folder}/; run `toolkit export` first")
@@ -113,6 +107,17 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
         raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a toolkit manifest")
+    return path, raw
+
+
+def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
+    """The artifacts listed in `<folder>/manifest.json`, each confined to the folder, with resolved paths.
+
+    Every entry is checked (plain file names, known formats and precisions, well-formed hashes); anything
+    else makes the whole manifest a bad one (ArtifactError), never a path to follow.
+    """
+    folder = Path(folder)
+    path, raw = _manifest_bytes(folder)
     try:
         entries = json.loads(raw.decode("utf-8"))["artifacts"]
         if not isinstance(entries, list):
@@ -151,10 +156,101 @@ def read_verified(artifact: Artifact) -> bytes:
     return data
 
 
-def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any]) -> Path:
+def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],
+                   golden: GoldenEntry | None = None) -> Path:
     path = Path(folder) / MANIFEST_NAME
-    fileio.write_json(path, {**extra, "artifacts": [a.to_json() for a in artifacts]})
+    listed = {**extra, "artifacts": [a.to_json() for a in artifacts]}
+    if golden is not None:
+        listed[GOLDEN_KEY] = golden.to_json()
+    fileio.write_json(path, listed)
     return path
+
+
+GOLDEN_KEY = "golden"  # the manifest's entry for the reference outputs
+GOLDEN_NAME = "golden.npy"  # the only name export gives the file
+MAX_GOLDEN_BYTES = 16 << 20  # 10,000 x 10 float32 is 400 KB; nothing larger is read
+MAX_GOLDEN_ROWS = 1_000_000
+
+
+@dataclass
+class GoldenEntry:
+    """The manifest's description of the golden outputs: the source checkpoint's PyTorch outputs for the
+    test images, so that artifacts can be verified where neither torch nor the checkpoint is present."""
+
+    file: str  # relative to the manifest's folder
+    what: str
+    shape: list[int]
+    dtype: str
+    size_bytes: int
+    sha256: str
+    data: dict[str, Any]  # split, and the MD5 of each file the outputs were computed from
+    source_checkpoint: str
+    source_sha256: str
+    reference_accuracy: float
+    device: str
+    versions: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # resolved absolute path, filled in when read; not stored
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+
+def _check_golden(folder: Path, entry: Any) -> GoldenEntry:
+    if not isinstance(entry, dict):
+        raise TypeError("the golden entry is not an object")
+    golden = GoldenEntry(**entry)
+    confined_file(folder, golden.file)
+    if not isinstance(golden.sha256, str) or not _SHA256.fullmatch(golden.sha256):
+        raise ValueError(f"{golden.file}: sha256 is not 64 hex digits")
+    if (not isinstance(golden.shape, list) or len(golden.shape) != 2
+            or not all(type(d) is int for d in golden.shape)
+            or not 1 <= golden.shape[0] <= MAX_GOLDEN_ROWS or golden.shape[1] != 10):
+        raise ValueError(f"{golden.file}: shape {str(golden.shape)[:40]} is not [N, 10]")
+    if golden.dtype != "float32":
+        raise ValueError(f"{golden.file}: dtype {str(golden.dtype)[:20]!r} is not float32")
+    if not isinstance(golden.data, dict) or not isinstance(golden.source_sha256, str):
+        raise ValueError(f"{golden.file}: data or source_sha256 is malformed")
+    return golden
+
+
+def read_golden_entry(folder: str | os.PathLike) -> GoldenEntry | None:
+    """The golden-output entry of `<folder>/manifest.json` (checked like an artifact entry), or None when the
+    export did not write one."""
+    folder = Path(folder)
+    path, raw = _manifest_bytes(folder)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+        if not isinstance(manifest, dict):
+            raise TypeError("the manifest is not an object")
+        if manifest.get(GOLDEN_KEY) is None:
+            return None
+        golden = _check_golden(folder, manifest[GOLDEN_KEY])
+    except ArtifactError:
+        raise
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} is not UTF-8 text; not a toolkit manifest, export again") from None
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path} has a bad golden-output entry ({str(e)[:200]}); export again") from None
+    golden.path = str((folder / golden.file).absolute())
+    return golden
+
+
+def read_verified_golden(golden: GoldenEntry) -> bytes:
+    """The bytes of the golden-output file, read no further than MAX_GOLDEN_BYTES, after checking them against
+    the manifest's SHA-256: nothing parses them before the hash matched."""
+    try:
+        with open(golden.path, "rb") as f:
+            data = f.read(MAX_GOLDEN_BYTES + 1)
+    except FileNotFoundError:
+        raise ArtifactError(f"{golden.file} is listed in the manifest but missing; export again") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {golden.file}: {e.strerror or e}") from None
+    if len(data) > MAX_GOLDEN_BYTES or fileio.digest(data) != golden.sha256:
+        raise ArtifactError(f"{golden.file} changed since export (SHA-256 differs from the manifest); "
+                            "refusing to load it, export again")
+    return data
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -52,6 +52,10 @@ DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
                                        help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
 
 
+# Modules outside the base (inference-only) install, and the extra that brings each one.
+EXTRA_FOR_MODULE = {name: "train" for name in ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")}
+
+
 def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Register a command whose typed errors become one line on stderr and a non-zero exit code."""
 
@@ -59,6 +63,13 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ModuleNotFoundError as e:
+            module = (e.name or "").partition(".")[0]
+            if module not in EXTRA_FOR_MODULE or _state["debug"]:
+                raise
+            _error(f"toolkit {fn.__name__} needs {module}, which is not installed; "
+                   f"pip install 'toolkit[{EXTRA_FOR_MODULE[module]}]'")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except ToolkitError as e:
             if _state["debug"]:
                 raise

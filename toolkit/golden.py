@@ -1,0 +1,87 @@
+"""Golden outputs: the source checkpoint's PyTorch outputs for the 10,000 MNIST test images, kept beside the
+exported artifacts so that they can be verified on a machine that has neither torch nor the checkpoint.
+
+Export computes them (torch); everything else here is torch-free. The file is a plain .npy of float32
+log-probabilities [N, 10], listed in manifest.json with its SHA-256; it is read only after the hash matched,
+and parsed without pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import data as mnist
+from toolkit import fileio, sysinfo
+from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
+from toolkit.errors import ArtifactError
+from toolkit.runtime import normalize
+
+WHAT = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
+        "one row per MNIST test image in file order")
+BATCH = 2000  # the batch verify's reference uses: the same batches give the same float32 sums
+
+
+def reference_log_probs(model, pixels: np.ndarray) -> np.ndarray:
+    """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for uint8 images [N, 28, 28]."""
+    import torch
+
+    x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD))
+    with torch.inference_mode():
+        return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+
+
+def has_test_set(data_dir: str | os.PathLike) -> bool:
+    """Whether both MNIST test files are there (plain or .gz); whether they are intact is load_split's check."""
+    raw = mnist.raw_dir(data_dir)
+    return all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in mnist.SPLITS["test"])
+
+
+def npy_bytes(log_probs: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(log_probs, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_golden(folder: str | os.PathLike, log_probs: np.ndarray, labels: np.ndarray, *,
+                 source_checkpoint: str, source_sha256: str) -> GoldenEntry:
+    """Atomically write `<folder>/golden.npy` and return its manifest entry."""
+    data = npy_bytes(log_probs)
+    fileio.write_bytes(Path(folder) / GOLDEN_NAME, data)
+    return GoldenEntry(
+        file=GOLDEN_NAME, what=WHAT, shape=list(log_probs.shape), dtype="float32", size_bytes=len(data),
+        sha256=fileio.digest(data),
+        data={"split": "test", "md5": {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}},
+        source_checkpoint=source_checkpoint, source_sha256=source_sha256,
+        reference_accuracy=100.0 * float((log_probs.argmax(1) == labels).mean()), device="cpu",
+        versions=sysinfo.versions("torch", "numpy"), path=str((Path(folder) / GOLDEN_NAME).absolute()))
+
+
+def parse_golden(data: bytes, golden: GoldenEntry) -> np.ndarray:
+    """The array in hash-checked .npy bytes, refused unless it is the finite float32 [N, 10] the entry says."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{golden.file} is not a readable .npy file ({str(e)[:200]}); export again") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or list(array.shape) != golden.shape:
+        raise ArtifactError(f"{golden.file} holds {getattr(array, 'dtype', '?')} {getattr(array, 'shape', '?')}, "
+                            f"the manifest says float32 {tuple(golden.shape)}; export again")
+    if not np.isfinite(array).all():
+        raise ArtifactError(f"{golden.file} contains NaN or infinity; export again")
+    return array
+
+
+def load_reference(folder: str | os.PathLike) -> tuple[np.ndarray, GoldenEntry]:
+    """The golden log-probabilities of the export in `folder` and their description, torch-free.
+
+    ArtifactError when the manifest lists none, the file is missing, or its bytes are not the ones whose
+    SHA-256 the manifest holds (checked before anything parses them).
+    """
+    golden = read_golden_entry(folder)
+    if golden is None:
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs; export again with the "
+                            "MNIST test set present (toolkit data, then toolkit export --data-dir ...)")
+    return parse_golden(read_verified_golden(golden), golden), golden
