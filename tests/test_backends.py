@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from toolkit import backends
-from toolkit.artifacts import read_manifest
+from toolkit.artifacts import find_checkpoint, read_manifest
 from toolkit.data import load_split
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 
@@ -39,7 +39,8 @@ def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, mani
 
 def test_torch_runners_agree(manifest, pixels, reference, exported):
     scripted = backends.open_runner("torchscript", manifest["model.ts.pt"]).run(pixels)
-    eager = backends.open_runner("pytorch", manifest["model.onnx"].source_checkpoint).run(pixels)
+    checkpoint = find_checkpoint(exported, [manifest["model.onnx"]])
+    eager = backends.open_runner("pytorch", str(checkpoint)).run(pixels)
     np.testing.assert_allclose(scripted["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
     np.testing.assert_allclose(eager["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
 
