@@ -161,6 +161,13 @@ def test_verify_on_the_device_refuses_an_altered_golden_file(device_python, on_d
     assert "golden.npy changed since export" in line
 
 
+def test_torchscript_alone_on_the_device_is_a_clear_error(device_python, on_device, mnist_dir):
+    result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format", "torchscript",
+                    "--data-dir", mnist_dir)
+    line = assert_one_line_error(result, 2)
+    assert "runtime torchscript not installed" in line and "not verified: model.ts.pt" in line
+
+
 def test_bench_on_the_device(device_python, on_device, mnist_dir, tmp_path):
     result = device(device_python, "-m", "toolkit", "bench", "--artifacts", on_device, "--format", "onnx",
                     "--precision", "fp32", "--batch-sizes", "1,8", "--iterations", "5", "--warmup", "1",
@@ -205,3 +212,9 @@ def test_a_copied_export_folder_verifies_and_benchmarks_without_its_checkpoint(e
     result = run_cli(*verify, "--reference", "golden")  # asked for by name, even with the checkpoint here
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "v.json").read_text())["reference"].startswith(f"{GOLDEN_NAME} sha256=")
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["golden"]["source_sha256"] = "0" * 64  # golden outputs of another checkpoint than the artifacts'
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli(*verify, "--reference", "golden")
+    assert "different checkpoint" in assert_one_line_error(result, 1)
