@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import platform
 import shutil
@@ -22,12 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, assert_one_line_error
+from tests.conftest import REPO, assert_one_line_error, run_cli
 from toolkit.artifacts import GOLDEN_NAME
 from toolkit.data import load_split
+from toolkit.fileio import file_digest
 
 TORCH_SIDE = ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")
-PHASE_2 = pytest.mark.xfail(strict=True, reason="phase 2: verify/bench torch-free")
 
 
 def _build(venv: Path) -> None:
@@ -104,8 +105,6 @@ def test_predict_on_the_device_agrees_with_the_golden_outputs(device_python, on_
     result = device(device_python, "-m", "toolkit", "predict", "--json", "--model", on_device / "model.app.onnx",
                     *pngs)
     assert result.returncode == 0, result.stderr
-    import json
-
     digits = [p["digit"] for p in json.loads(result.stdout)]
     golden = np.load(on_device / GOLDEN_NAME, allow_pickle=False)
     assert digits == golden[:20].argmax(1).tolist()  # what PyTorch said for these images on the training machine
@@ -132,18 +131,24 @@ def test_golden_outputs_load_on_the_device_and_a_changed_file_is_refused(device_
     assert "golden.npy changed since export" in refused.stderr.strip().splitlines()[-1]
 
 
-@PHASE_2
 def test_verify_on_the_device_checks_every_onnx_artifact_against_the_golden_outputs(device_python, on_device,
-                                                                                   mnist_dir):
-    result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format", "onnx,onnx-app",
-                    "--data-dir", mnist_dir, timeout=600)
+                                                                                   mnist_dir, tmp_path):
+    result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format",
+                    "onnx,onnx-app,torchscript", "--data-dir", mnist_dir, "--json", tmp_path / "verify.json",
+                    timeout=600)
     assert result.returncode == 0, result.stderr
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.app.onnx"):
         assert name in result.stdout
     assert GOLDEN_NAME in result.stdout  # it says which reference it used
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["passed"] and report["reference"].startswith(f"{GOLDEN_NAME} sha256=")
+    assert {r["artifact"] for r in report["results"]} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx",
+                                                         "model.app.onnx"}
+    # no torch: the TorchScript file is left out with a note, not failed
+    assert "not verified: model.ts.pt" in report["skipped"]["torchscript"]
+    assert "model.ts.pt" in result.stdout
 
 
-@PHASE_2
 def test_verify_on_the_device_refuses_an_altered_golden_file(device_python, on_device, mnist_dir, tmp_path):
     altered = tmp_path / "altered"
     shutil.copytree(on_device, altered)
@@ -156,10 +161,60 @@ def test_verify_on_the_device_refuses_an_altered_golden_file(device_python, on_d
     assert "golden.npy changed since export" in line
 
 
-@PHASE_2
+def test_torchscript_alone_on_the_device_is_a_clear_error(device_python, on_device, mnist_dir):
+    result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format", "torchscript",
+                    "--data-dir", mnist_dir)
+    line = assert_one_line_error(result, 2)
+    assert "runtime torchscript not installed" in line and "not verified: model.ts.pt" in line
+
+
 def test_bench_on_the_device(device_python, on_device, mnist_dir, tmp_path):
     result = device(device_python, "-m", "toolkit", "bench", "--artifacts", on_device, "--format", "onnx",
                     "--precision", "fp32", "--batch-sizes", "1,8", "--iterations", "5", "--warmup", "1",
                     "--rounds", "1", "--no-matmul-peak", "--json", tmp_path / "bench.json", "--data-dir", mnist_dir)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "bench.json").is_file()
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {(p["runtime"], p["format"], p["precision"]) for p in report["points"]} == {("onnxruntime", "onnx", "fp32")}
+    assert sorted(p["batch_size"] for p in report["points"]) == [1, 8]
+    assert all(p["verified"] is True and p["p50_ms"] > 0 for p in report["points"])
+    assert report["settings"]["reference"].startswith(f"{GOLDEN_NAME} sha256=")  # verified against the golden file
+    assert report["model_flops_per_image"] == 4_586_000  # as export recorded it; no torch here to count it
+    assert report["matmul_peak_gflops"] is None and "torch" not in report["versions"]
+
+
+def test_a_copied_export_folder_verifies_and_benchmarks_without_its_checkpoint(exported, trained, mnist_dir,
+                                                                              tmp_path):
+    folder = tmp_path / "relocated"  # the checkpoint's recorded relative path does not lead anywhere from here
+    shutil.copytree(exported, folder)
+    verify = ["verify", "--artifacts", folder, "--format", "onnx,onnx-app", "--precision", "fp32",
+              "--batch1-images", "100", "--data-dir", mnist_dir, "--json", tmp_path / "v.json"]
+    result = run_cli(*verify)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["passed"] and report["reference"].startswith(f"{GOLDEN_NAME} sha256=")
+    assert GOLDEN_NAME in result.stdout
+    assert report["checkpoint_sha256"] == file_digest(trained / "checkpoint.pt")  # whose outputs they are
+
+    bench = run_cli("bench", "--artifacts", folder, "--format", "onnx", "--precision", "fp32", "--batch-sizes", "1,8",
+                    "--iterations", "5", "--warmup", "1", "--rounds", "1", "--no-matmul-peak", "--data-dir", mnist_dir,
+                    "--json", tmp_path / "b.json")
+    assert bench.exit_code == 0, bench.stderr
+    timed = json.loads((tmp_path / "b.json").read_text())
+    assert timed["points"] and {p["format"] for p in timed["points"]} == {"onnx"}
+    assert all(p["verified"] is True for p in timed["points"])
+    assert timed["settings"]["reference"].startswith(f"{GOLDEN_NAME} sha256=")
+
+    shutil.copy(trained / "checkpoint.pt", folder / "checkpoint.pt")  # now it is beside the manifest
+    result = run_cli(*verify)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["reference"] == f"checkpoint {folder / 'checkpoint.pt'}" and report["passed"]
+    result = run_cli(*verify, "--reference", "golden")  # asked for by name, even with the checkpoint here
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "v.json").read_text())["reference"].startswith(f"{GOLDEN_NAME} sha256=")
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["golden"]["source_sha256"] = "0" * 64  # golden outputs of another checkpoint than the artifacts'
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli(*verify, "--reference", "golden")
+    assert "different checkpoint" in assert_one_line_error(result, 1)

@@ -137,6 +137,20 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
     return artifacts
 
 
+MAX_MODEL_FLOPS = 10 ** 15
+
+
+def read_model_flops(folder: str | os.PathLike) -> int | None:
+    """The FLOPs per image export recorded in `<folder>/manifest.json` (a multiply-add counted as 2), or None
+    when it recorded none (an older export) or the value is not a plausible whole number."""
+    _, raw = _manifest_bytes(Path(folder))
+    try:
+        value = json.loads(raw.decode("utf-8")).get("model_flops_per_image")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+        return None
+    return value if type(value) is int and 0 < value <= MAX_MODEL_FLOPS else None
+
+
 def read_verified(artifact: Artifact) -> bytes:
     """The bytes of an artifact's file, after checking them against the manifest's SHA-256.
 

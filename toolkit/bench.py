@@ -10,7 +10,9 @@ bench.bench is three steps: validate (BenchConfig itself), build the candidates,
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +23,9 @@ import numpy as np
 
 from toolkit import backends, sysinfo
 from toolkit import data as mnist
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, select
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_flops, select
 from toolkit.backends import IO_MODES, RUNTIMES, Runner, RunnerOptions, Timed
-from toolkit.errors import ArtifactError, ConfigError
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.runtime import PROVIDERS, check_provider
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
@@ -143,7 +145,7 @@ class BenchReport:
     versions: dict[str, str]
     settings: dict[str, Any]
     session_options: dict[str, Any]
-    model_flops_per_image: int
+    model_flops_per_image: int | None  # None: unknown here (no torch or checkpoint, and none in the manifest)
     matmul_peak_gflops: float | None
     points: list[BenchPoint]
     load_ms: dict[str, float]
@@ -269,6 +271,9 @@ def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str,
             skipped[p] = f"{PROVIDERS[p]} is not in this onnxruntime build"
             continue
         if p != "cpu":
+            if not _has_torch():
+                skipped[p] = "cannot look for a CUDA device without torch; name the provider to try it"
+                continue
             import torch
 
             if not torch.cuda.is_available():
@@ -466,42 +471,86 @@ def _first_call(timed: Timed) -> _Series:
 
 # --- the whole run --------------------------------------------------------------------------------------
 
-def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
-    """Measure every selected configuration at every batch size; see the module docstring for the method."""
-    t_start = time.perf_counter()
-    import torch
+def _has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
+
+def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: backends.Selection,
+                     skipped: dict[str, str]) -> str | None:
+    """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
+    the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
+    if not _has_torch():
+        return None
+    try:
+        return str(find_checkpoint(config.artifacts, manifest, config.checkpoint))
+    except CheckpointError as e:
+        if "pytorch" in config.runtimes or "pytorch" in config.formats:
+            raise
+        if "pytorch" in selection.runtimes:
+            selection.runtimes.remove("pytorch")
+            if not config.formats and (not config.precisions or "fp32" in config.precisions):
+                skipped["runtime pytorch"] = str(e)
+        return None
+
+
+def _model_flops(config: BenchConfig, checkpoint: str | None) -> int | None:
+    """FLOPs of one image's forward pass: as export recorded them in the manifest, else counted on the
+    checkpoint's model (an older export) where torch and the checkpoint are here; None when neither is known."""
+    recorded = read_model_flops(config.artifacts)
+    if recorded is not None or checkpoint is None:
+        return recorded
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
     from toolkit.model import forward_flops
 
-    if config.threads:
+    return forward_flops(model_from_checkpoint(load_checkpoint(checkpoint)))
+
+
+def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
+    """Measure every selected configuration at every batch size; see the module docstring for the method.
+
+    torch is imported only for what needs it (the PyTorch and TorchScript runtimes, the matmul peaks): an
+    ONNX-only run needs neither torch nor the checkpoint, and verifies against the golden outputs then.
+    """
+    t_start = time.perf_counter()
+    if config.threads and _has_torch():
+        import torch
+
         torch.set_num_threads(config.threads)
     selection = backends.select_runtimes(config.runtimes)
     devices, skipped = _resolve_providers(config.providers)
     manifest = read_manifest(config.artifacts)
-    checkpoint = find_checkpoint(config.artifacts, manifest, config.checkpoint)
-    candidates = build_candidates(config, selection.runtimes, devices, manifest, checkpoint)
+    checkpoint = _find_checkpoint(config, manifest, selection, skipped)
+    candidates = build_candidates(config, selection.runtimes, devices, manifest, checkpoint or "")
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
-    from toolkit.verify import load_reference
+    from toolkit.verify import resolve_reference
 
-    opener = _Opener(load_reference(checkpoint, config.data_dir) if config.verify else None)
+    ref = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
+           if config.verify else None)
+    opener = _Opener(ref)
     pixels, _ = mnist.load_split(config.data_dir, "test")
     series = time_rounds(config, candidates, opener, pixels, on_progress)
 
     points = [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, opener.verified(c))
               for c in candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
+    flops = _model_flops(config, checkpoint)
     cpu = config.matmul_peak and "cpu" in devices
+    if cpu and not _has_torch():
+        cpu, skipped["matmul peak"] = False, "measured with torch, which is not installed (--no-matmul-peak)"
+    elif cpu and flops is None:
+        cpu, skipped["matmul peak"] = False, ("the model's FLOPs are unknown here (no checkpoint, none in the "
+                                              "manifest): the efficiency targets need them")
     versions = backends.runtime_versions(list(opener.settings))
     report = BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, devices),
-        session_options=_session_options(config), model_flops_per_image=forward_flops(
-            model_from_checkpoint(load_checkpoint(checkpoint))),
+        session_options=_session_options(config), model_flops_per_image=flops,
         matmul_peak_gflops=matmul_peak_gflops() if cpu else None, points=points, load_ms=opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in selection.skipped.items()}},
         int8_matmul_peak_gops=int8_matmul_peak_gops() if cpu else None,
         runtimes={name: {"version": versions[name], "settings": opener.settings[name]} for name in opener.settings},
         verification={f"{k[0]} {k[1]}/{k[2]} {_options_words(k[3])}": v for k, v in opener.verdicts.items()})
+    if ref is not None:
+        report.settings["reference"] = ref.name
     report.fastest = fastest(report.points)
     report.targets = targets(report)
     report.seconds = time.perf_counter() - t_start
@@ -509,12 +558,11 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
 
 
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
-    import torch
-
     s = asdict(config)
     s["providers"] = providers
     s["rotate_batches"] = ROTATE
-    s["torch_threads"] = torch.get_num_threads()
+    torch = sys.modules.get("torch")  # only where this run imported it
+    s["torch_threads"] = torch.get_num_threads() if torch is not None else None
     return s
 
 

@@ -360,9 +360,10 @@ def verify(
     tolerance: Annotated[Optional[list[str]], typer.Option(help="Override a tolerance: PRECISION.FIELD=VALUE, e.g. fp16.min_agreement=0.998.")] = None,
     batch1_images: Annotated[Optional[int], typer.Option(help="How many test images also run one at a time.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or auto (checkpoint when torch and the checkpoint are here, else golden).")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Run all 10,000 MNIST test images through PyTorch and every artifact; exit 1 if any artifact fails."""
+    """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; exit 1 if any fails."""
     _outputs(json_path)
     from toolkit.verify import VerifyConfig, parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
@@ -370,10 +371,10 @@ def verify(
     config = _config(VerifyConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
                      data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
                      formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
-                     tolerances=parse_tolerance_overrides(_csv(tolerance)))
+                     tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference)
     with _status("verifying") as status:
         report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
-    table = Table(title=f"parity with PyTorch on {report.n:,} MNIST test images "
+    table = Table(title=f"parity with PyTorch ({report.reference}) on {report.n:,} MNIST test images "
                         f"(PyTorch accuracy {report.reference_accuracy:.2f}%, provider {report.provider})")
     for col in ("artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
                 "Δ acc", "batch-1 |diff|", "result"):

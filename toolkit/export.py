@@ -28,6 +28,7 @@ from toolkit.artifacts import (GOLDEN_NAME, MANIFEST_NAME, META_KEY, ONNX_SUFFIX
                                Artifact, GoldenEntry, read_golden_entry, read_manifest, write_manifest)
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
+from toolkit.model import forward_flops
 from toolkit.runtime import normalize
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -439,6 +440,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": ctx.checkpoint_path,  # relative to this folder
         "checkpoint_sha256": ctx.checkpoint_sha256,
+        "model_flops_per_image": forward_flops(module),  # for bench's efficiency targets where torch is absent
     }
     triton_models = []
     if config.triton:

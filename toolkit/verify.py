@@ -1,12 +1,15 @@
 """Prove that exported artifacts compute what PyTorch computes, on all 10,000 MNIST test images.
 
 Every artifact is run, in each runtime asked for, on the whole test set at once and image by image; its
-outputs are compared with the checkpoint's PyTorch outputs; each failure is collected (a file that will not
-load or crashes while running included), and the report names all of them.
+outputs are compared with the checkpoint's PyTorch outputs (computed here with torch from the checkpoint, or,
+where torch or the checkpoint is absent, read from the golden outputs export wrote beside the artifacts); each
+failure is collected (a file that will not load or crashes while running included), and the report names all
+of them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections.abc import Callable
@@ -18,12 +21,15 @@ import numpy as np
 
 from toolkit import backends
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
-from toolkit.artifacts import Artifact, check_files, find_checkpoint, read_manifest, select
-from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
+from toolkit import fileio, golden, sysinfo
+from toolkit.artifacts import (GOLDEN_NAME, Artifact, check_files, find_checkpoint, read_golden_entry, read_manifest,
+                               select)
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.runtime import check_provider, normalize
 
 MAX_BATCH1_IMAGES = 10_000
+# auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
+REFERENCES = ("auto", "checkpoint", "golden")
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,10 @@ class VerifyConfig:
     precisions: tuple[str, ...] = ()
     batch1_images: int = 2000  # how many test images also go through one at a time
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    reference: str = "auto"  # one of REFERENCES
 
     def __post_init__(self) -> None:
+        check_reference(self.reference)
         if not 0 <= self.batch1_images <= MAX_BATCH1_IMAGES:
             raise ConfigError(f"batch1-images must be between 0 and {MAX_BATCH1_IMAGES}")
         check_provider(self.provider)
@@ -128,6 +136,7 @@ class VerifyReport:
     seconds: float
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version
     skipped: dict[str, str] = field(default_factory=dict)
+    reference: str = ""  # what the outputs were compared with: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
 
     @property
     def passed(self) -> bool:
@@ -180,6 +189,9 @@ class Reference:
     pixels: np.ndarray
     labels: np.ndarray
     log_probs: np.ndarray
+    name: str = ""  # where the answers came from: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
+    checkpoint: str = ""  # the checkpoint they are the outputs of (for golden outputs: its recorded path)
+    source_sha256: str = ""  # that checkpoint's SHA-256, compared with each artifact's source_sha256
 
     @property
     def accuracy(self) -> float:
@@ -266,24 +278,86 @@ def _not_run(job: Job, provider: str, n: int, why: str) -> ArtifactCheck:
                          judged_as=job.judged_as)
 
 
+def check_reference(choice: str) -> None:
+    if choice not in REFERENCES:
+        raise ConfigError(f"unknown reference {str(choice)[:40]!r}; use {', '.join(REFERENCES)}")
+
+
 def load_reference(checkpoint: str, data_dir: str) -> Reference:
+    """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
     pixels, labels = mnist.load_split(data_dir, "test")
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels))
+    sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
+                     checkpoint=str(checkpoint), source_sha256=sha)
+
+
+def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
+    """The golden outputs export wrote beside the artifacts, with the test set they answer; torch-free.
+
+    A golden file changed since export is an ArtifactError for the whole run (golden.load_reference).
+    """
+    log_probs, entry = golden.load_reference(folder)
+    pixels, labels = mnist.load_split(data_dir, "test")
+    if entry.data.get("md5") != {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}:
+        raise ArtifactError(f"{entry.file} was not computed from the official MNIST test files; export again")
+    if len(log_probs) != len(pixels):
+        raise ArtifactError(f"{entry.file} holds {len(log_probs)} rows for {len(pixels)} test images; export again")
+    return Reference(pixels, labels, log_probs, name=f"{entry.file} sha256={entry.sha256[:12]}",
+                     checkpoint=entry.source_checkpoint, source_sha256=entry.source_sha256)
+
+
+def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint: str | None, choice: str,
+                      data_dir: str) -> Reference:
+    """The reference `choice` names. auto: the checkpoint's outputs when torch is installed and the checkpoint is
+    found (given, at its recorded path, or beside the manifest), else the golden outputs; without either, the
+    error says what is needed."""
+    check_reference(choice)
+    if choice == "golden":
+        return load_golden_reference(folder, data_dir)
+    if choice == "checkpoint":
+        return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
+    has_golden = read_golden_entry(folder) is not None
+    if importlib.util.find_spec("torch") is None:
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch is not "
+                            "installed to compute the reference from the checkpoint; export again with the MNIST test "
+                            "set present, or pip install 'toolkit[train]'")
+    try:
+        found = find_checkpoint(folder, artifacts, checkpoint)
+    except CheckpointError:
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise
+    return load_reference(str(found), data_dir)
+
+
+def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: list[Job]) -> dict[str, str]:
+    """Each skipped runtime's note, naming the selected files that no other runtime checks (TorchScript without
+    torch): left out with a note, not failed."""
+    checked = {job.artifact.file for job in jobs}
+    notes = {}
+    for name, why in skipped.items():
+        spec = backends.RUNTIMES.get(name)
+        left = [a.file for a in artifacts if spec and spec.opens(a.format, a.precision) and a.file not in checked]
+        notes[name] = why + (f"; not verified: {', '.join(left)}" if left else "")
+    return notes
 
 
 def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None) -> VerifyReport:
-    """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint."""
+    """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint's
+    PyTorch outputs (see resolve_reference for where they come from)."""
     t0 = time.perf_counter()
     selection = backends.select_runtimes(config.runtimes, default=backends.NATIVE_RUNTIMES)
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     jobs, skipped = plan(artifacts, selection.runtimes, config.provider)
+    skipped = {**_unverified_notes(selection.skipped, artifacts, jobs), **skipped}
     if not jobs:
+        notes = "".join(f"; runtime {name} {why}" for name, why in skipped.items())
         raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for "
-                            f"in runtime(s) {', '.join(selection.runtimes) or 'none'}")
-    checkpoint = find_checkpoint(folder, artifacts, config.checkpoint)
-    checkpoint_sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    ref = load_reference(checkpoint, config.data_dir)
+                            f"in runtime(s) {', '.join(selection.runtimes) or 'none'}{notes}")
+    ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
     problems = check_files([job.artifact for job in jobs])
 
     results = []
@@ -292,7 +366,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
             result = _not_run(job, config.provider, len(ref.pixels), problems[job.artifact.file])
         else:
             result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images)
-            if job.artifact.source_sha256 != checkpoint_sha:
+            if job.artifact.source_sha256 != ref.source_sha256:
                 result.failures.append("exported from a different checkpoint than the one verified against")
             result.passed = not result.failures
         results.append(result)
@@ -300,9 +374,9 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
             on_artifact(result)
     used = sorted({job.runtime for job in jobs}, key=list(backends.RUNTIMES).index)
     return VerifyReport(
-        checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_sha, reference_accuracy=ref.accuracy,
+        checkpoint=ref.checkpoint, checkpoint_sha256=ref.source_sha256, reference_accuracy=ref.accuracy,
         n=len(ref.pixels), provider=config.provider, results=results,
         tolerances={k: asdict(v) for k, v in config.tolerances.items()},
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
         seconds=time.perf_counter() - t0, runtimes=backends.runtime_versions(used),
-        skipped={**selection.skipped, **skipped})
+        skipped=skipped, reference=ref.name)
