@@ -151,6 +151,6 @@ def test_golden_outputs_follow_the_checkpoint(tmp_path, trained, mnist_dir):
     other["state_dict"] = {k: v + 0.001 for k, v in other["state_dict"].items()}
     save_checkpoint(tmp_path / "other.pt", {k: v for k, v in other.items() if k not in ("format", "format_version")})
     result = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--format", "torchscript", "--out", out,
-                     "--data-dir", no_data)
+                     "--data-dir", no_data, "--overwrite")
     assert result.exit_code == 0 and "removed golden.npy" in result.stderr
     assert read_golden_entry(out) is None and not (out / GOLDEN_NAME).exists()
