@@ -384,6 +384,67 @@ def verify(
 
 
 @_command
+def compare(
+    a: Annotated[Path, typer.Argument(help="The reference model: .onnx or TorchScript.")],
+    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx or TorchScript.")],
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none switches one off).")] = None,
+    judge_as: Annotated[str, typer.Option(help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
+    compare_as: Annotated[str, typer.Option("--as", help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, else log-softmax), log_probs, probabilities, raw.")] = "auto",
+    mean: Annotated[float, typer.Option(help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = 0.1307,
+    std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = 0.3081,
+    layout: Annotated[str, typer.Option(help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc [N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
+    provider: Annotated[str, typer.Option(help="Device: cpu or cuda.")] = "cpu",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here (- for stdout).")] = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
+
+    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
+    wrote, so give only files you trust like a script you would run.
+    """
+    _outputs(json_path)
+    from toolkit.compare import CompareConfig, parse_tolerance
+    from toolkit.errors import ConfigError
+    from toolkit.compare import compare as run_compare
+    from toolkit.foreign import Preprocessing
+
+    layouts = _csv([layout]) or ["auto"]
+    if len(layouts) > 2:
+        raise ConfigError(f"--layout takes one layout or two (A,B), not {layout!r}")
+    prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
+    config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a, prep_b=prep_b,
+                           as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as), limit=limit)
+    with _status("comparing"):
+        report = run_compare(config)
+    out.print(_compare_table(report))
+    out.print(f"compared {report.compared} on {report.n:,} MNIST test images in {report.seconds:.1f} s", highlight=False)
+    if json_path:
+        _write_json(json_path, report.to_json())
+    report.raise_for_failures()
+
+
+def _compare_table(report: Any) -> Any:
+    table = Table(title=f"B against A on {report.n:,} MNIST test images")
+    for col in ("", "file", "runtime", "outputs", "accuracy %"):
+        table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
+    for tag, side in (("A", report.a), ("B", report.b)):
+        table.add_row(tag, side.file, side.runtime, side.outputs + ("" if side.toolkit_model else " (input by options)"),
+                      f"{side.accuracy:.2f}")
+    t = report.tolerance
+    verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
+    summary = Table(show_header=True, title=f"compared as {report.compared}")
+    for col in ("max |diff|", "mean |diff|", "agreement", "Δ acc", "result"):
+        summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
+    summary.add_row(f"{report.max_abs_diff:.2e}" + (f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""),
+                    f"{report.mean_abs_diff:.2e}", f"{report.agreement:,}/{report.n:,}",
+                    f"{report.accuracy_delta:+.2f}", verdict)
+    from rich.console import Group
+
+    return Group(table, summary)
+
+
+@_command
 def bench(
     runtime: Annotated[Optional[list[str]], typer.Option(help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
