@@ -446,6 +446,7 @@ def _compare_table(report: Any) -> Any:
 
 @_command
 def bench(
+    file: Annotated[Optional[Path], typer.Argument(help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = Path("exported"),
@@ -468,9 +469,17 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
+    mean: Annotated[float, typer.Option(help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = 0.1307,
+    std: Annotated[float, typer.Option(help="With FILE: see --mean.")] = 0.3081,
+    layout: Annotated[str, typer.Option(help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
+    shape: Annotated[Optional[list[str]], typer.Option(help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified."""
+    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
+
+    With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
+    MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
+    """
     _outputs(json_path, markdown, plot)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -487,8 +496,15 @@ def bench(
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("benchmarking", total=None)
-        report = bench_lib.bench(config, on_progress=lambda done, total, what: progress.update(
-            task, completed=done, total=total, description=what))
+        def on_progress(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=what)
+        if file is None:
+            report = bench_lib.bench(config, on_progress=on_progress)
+        else:
+            from toolkit.foreign import Preprocessing, parse_shapes
+
+            report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
+                                          parse_shapes(_csv(shape)), on_progress=on_progress)
     _print_bench(report, bench_lib)
     if json_path:
         _write_json(json_path, report.to_json())
