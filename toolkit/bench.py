@@ -162,6 +162,13 @@ class BenchReport:
             p["label"] = point.label
         return d
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchReport:
+        """A report read back from `to_json`'s dict (to redraw its plot or tables)."""
+        point_fields = set(BenchPoint.__dataclass_fields__)
+        points = [BenchPoint(**{k: v for k, v in p.items() if k in point_fields}) for p in d["points"]]
+        return cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
+
 
 @dataclass(frozen=True)
 class _Candidate:

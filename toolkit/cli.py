@@ -25,9 +25,12 @@ from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
-# Piped output is not cut to 80 columns: tables stay readable in logs and CI. Markup is off: file names and
-# messages are text (a file called "d[x].png" prints as itself); styles are applied with Text objects.
-out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+# Piped output is 200 columns wide (tables stay whole in logs and CI) unless COLUMNS says otherwise; tables
+# that do not fit drop their less important columns and fold (never cut) the names that tell rows apart.
+# Markup is off: file names and messages are text (a file called "d[x].png" prints as itself); styles are
+# applied with Text objects.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 200
+out = Console(width=_WIDTH, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
 
@@ -47,6 +50,32 @@ def _error(message: str, label: str = "error:") -> None:
 
 def _styled(text: str, style: str) -> Text:
     return Text(text, style=style)
+
+
+def _table(title: str, columns: list[str], names: tuple[str, ...] = (), left: tuple[str, ...] = ()) -> Table:
+    """A table whose `names` columns (what tells rows apart) fold instead of being cut with an ellipsis."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in names or col in left else "right",
+                         overflow="fold" if col in names or col in left else "ellipsis",
+                         no_wrap=col not in names and col not in left)
+    return table
+
+
+def _print_table(table: Table, optional: tuple[str, ...] = (), console: Console | None = None) -> None:
+    """Print `table`, first dropping `optional` columns (in that order) while it is wider than the console."""
+    console = console or out
+
+    def natural_width() -> int:  # measured without the console's own limit
+        return console.measure(table, options=console.options.update(max_width=100_000)).maximum
+
+    for name in optional:
+        if natural_width() <= console.width:
+            break
+        table.columns = [c for c in table.columns if c.header != name]
+    if natural_width() > console.width:
+        table.show_lines = True  # names will fold onto several lines: rule the rows apart
+    console.print(table)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
                                        help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
@@ -317,9 +346,9 @@ def export(
                           triton_max_batch_size=triton_max_batch_size)
     with _status("exporting"):
         result = run_export(config, pairs, log=lambda m: err.print(m))
-    table = Table(title=f"artifacts from {config.checkpoint}")
-    for col in ("file", "format", "precision", "size KiB", "sha256", "input", "outputs"):
-        table.add_column(col)
+    table = _table(f"artifacts from {config.checkpoint}",
+                   ["file", "format", "precision", "size KiB", "sha256", "input", "outputs"],
+                   names=("file", "format", "precision"), left=("sha256", "input", "outputs"))
 
     def io(specs: list[dict]) -> str:
         return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
@@ -327,7 +356,7 @@ def export(
     for a in result.artifacts:
         table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
-    out.print(table)
+    _print_table(table, ("outputs", "sha256", "input"))
     if result.triton_models:
         out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
     out.print(f"wrote {result.manifest}")
@@ -362,18 +391,7 @@ def verify(
                      tolerances=parse_tolerance_overrides(_csv(tolerance)))
     with _status("verifying") as status:
         report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
-    table = Table(title=f"parity with PyTorch on {report.n:,} MNIST test images "
-                        f"(PyTorch accuracy {report.reference_accuracy:.2f}%, provider {report.provider})")
-    for col in ("artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
-                "Δ acc", "batch-1 |diff|", "result"):
-        table.add_column(col, justify="left" if col in ("artifact", "runtime", "precision", "result") else "right")
-    for r in report.results:
-        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
-                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
-                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
-                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
-                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
-    out.print(table)
+    _print_table(*_verify_table(report))
     for name, reason in report.skipped.items():
         out.print(f"skipped runtime {name}: {reason}")
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
@@ -442,6 +460,21 @@ def _compare_table(report: Any) -> Any:
     from rich.console import Group
 
     return Group(table, summary)
+
+
+def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The verify table and the columns it may drop, least important first."""
+    table = _table(f"parity with PyTorch on {report.n:,} MNIST test images (PyTorch accuracy "
+                   f"{report.reference_accuracy:.2f}%, provider {report.provider})",
+                   ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
+                    "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
+    for r in report.results:
+        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
+                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
+                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
+                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
+                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
+    return table, ("batch-1 |diff|", "mean |diff|", "Δ acc", "accuracy %")
 
 
 @_command
@@ -516,17 +549,25 @@ def bench(
         bench_lib.plot(report, plot)
 
 
-def _print_bench(report: Any, bench_lib: Any) -> None:
+def _bench_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The bench table and the columns it may drop: the tail percentiles first, then provider and I/O when
+    every row shares them (they then tell no rows apart)."""
     gpu = report.machine.get("gpu")
-    table = Table(title=f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
-                        + (f" + {gpu['name']}" if gpu else ""))
-    for col in ("runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s", "verified"):
-        table.add_column(col, justify="left" if col in ("runtime", "provider", "I/O", "verified") else "right")
+    table = _table(f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
+                   + (f" + {gpu['name']}" if gpu else ""),
+                   ["runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                    "verified"], names=("runtime", "provider", "I/O"), left=("verified",))
     for p in report.points:
         table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
                       f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}",
                       {True: "yes", False: _styled("FAILED", "red"), None: "-"}[p.verified])
-    out.print(table)
+    constant = tuple(col for col, attr in (("I/O", "io"), ("provider", "provider"))
+                     if len({getattr(p, attr) for p in report.points}) <= 1)
+    return table, ("p99 ms", "p90 ms", "first ms", *constant)
+
+
+def _print_bench(report: Any, bench_lib: Any) -> None:
+    _print_table(*_bench_table(report))
     for name, reason in report.skipped.items():
         out.print(f"skipped {name}: {reason}")
     for regime, f in report.fastest.items():
