@@ -59,6 +59,7 @@ def _table(title: str, columns: list[str], names: tuple[str, ...] = (), left: tu
         table.add_column(col, justify="left" if col in names or col in left else "right",
                          overflow="fold" if col in names or col in left else "ellipsis",
                          no_wrap=col not in names and col not in left)
+    table.names = names  # type: ignore[attr-defined]  # read by _print_table
     return table
 
 
@@ -73,6 +74,12 @@ def _print_table(table: Table, optional: tuple[str, ...] = (), console: Console 
         if natural_width() <= console.width:
             break
         table.columns = [c for c in table.columns if c.header != name]
+    names = [c for c in table.columns if c.header in getattr(table, "names", ())]
+    for cap in range(30, 6, -1):  # names stay whole as far as the width allows; other text columns fold first
+        for c in names:
+            c.min_width = min(cap, max((len(str(cell)) for cell in c._cells), default=0))
+        if console.measure(table, options=console.options.update(max_width=100_000)).minimum <= console.width:
+            break
     if natural_width() > console.width:
         table.show_lines = True  # names will fold onto several lines: rule the rows apart
     console.print(table)
