@@ -65,3 +65,24 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
     assert [(r[0], r[1].replace(" ", "")) for r in rows] == expected
     assert "FAIL:agreement9000/10000<100.00%" in rows[3][-1].replace(" ", "") and rows[0][-1] == "pass"
     assert "…" not in text
+
+
+def test_bench_plot_is_small_multiples_from_the_committed_results(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (figures.append(self),
+                                                                                     original(self, *a, **k)))
+    from toolkit.bench import plot
+
+    plot(report, tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = figures[0].axes
+    titles = [ax.get_title() for ax in axes]
+    assert len(axes) == 5 and "fp32 files" in titles and "int8 files" in titles
+    assert "batch 1, one call at a time" in titles
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "8", "64", "256", "1024"]
+    legend = figures[0].legends[0]
+    assert {t.get_text() for t in legend.get_texts()} >= {"onnxruntime", "openvino", "pytorch"}
