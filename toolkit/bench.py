@@ -690,3 +690,75 @@ def plot(report: BenchReport, path: str | Path) -> None:
     gpu = report.machine.get("gpu")
     plot_bench(series, latency, path, title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}"
                f" ({report.machine['cpu_cores']} cores): each line the best configuration per batch size")
+
+
+# --- one model file, toolkit-made or not ----------------------------------------------------------------
+
+def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
+               on_progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
+    """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
+    layout (see foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
+    no reference), so no targets are computed."""
+    from toolkit import foreign
+
+    t_start = time.perf_counter()
+    prep = prep or foreign.Preprocessing()
+    if set(config.providers) - {"cpu"}:
+        raise ConfigError("bench FILE times the file on the CPU only; drop --provider")
+    wanted = set(config.runtimes) - {"all"}
+    if wanted - {"onnxruntime"}:
+        raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
+    first = foreign.open_file(path, RunnerOptions(), prep, shapes)  # fails early on a file it cannot feed
+    if foreign.is_torchscript(foreign.read_file(path)):
+        raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
+    takes_images = getattr(first, "takes_images", True)
+    dtype = next((i.type for i in first.session.get_inputs()), "")
+    del first
+    spec = RUNTIMES["onnxruntime"]
+    candidates = []
+    for v in _variants(config, spec, "cpu", "fp32"):
+        concurrency = v.pop("concurrency", 1)
+        v.pop("io", None)
+        threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
+        candidates.append(_Candidate("onnxruntime", str(path), Path(path).name, dtype.removeprefix("tensor(")
+                                     .rstrip(")"), RunnerOptions(device="cpu", threads=threads, **v), "host",
+                                     concurrency))
+    opener = _FileOpener(prep, shapes)
+    # the batch count comes from the pixels; a model that takes no MNIST image gets random data instead
+    pixels = mnist.load_split(config.data_dir, "test")[0] if takes_images else np.zeros((10_000, 28, 28), np.uint8)
+    if not takes_images:
+        pixels[:, 0, :10] = np.arange(10_000)[:, None] % 251  # distinct per batch: the random data's seed
+    series = time_rounds(config, candidates, opener, pixels, on_progress)
+    points = [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, None)
+              for c in candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
+    settings = {**_settings(config, ["cpu"]), "file": str(path), "inputs": opener.inputs}
+    report = BenchReport(
+        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
+        session_options=_session_options(config), model_flops_per_image=0,
+        matmul_peak_gflops=matmul_peak_gflops() if config.matmul_peak else None, points=points,
+        load_ms=opener.load_ms, skipped={},
+        runtimes={"onnxruntime": {"version": spec.version() or "unknown", "settings": opener.settings}})
+    report.fastest = fastest(report.points)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+class _FileOpener:
+    """Opens the file's runner for each round, recording the first opening's time."""
+
+    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None) -> None:
+        self.prep, self.shapes = prep, shapes
+        self.load_ms: dict[str, float] = {}
+        self.settings: list[dict[str, Any]] = []
+        self.inputs = ""
+
+    def __call__(self, c: _Candidate) -> Runner:
+        from toolkit import foreign
+
+        t0 = time.perf_counter()
+        runner = foreign.open_file(c.source, c.options, self.prep, self.shapes)
+        self.load_ms.setdefault(f"{c.format} {_options_words(c.options)}", (time.perf_counter() - t0) * 1e3)
+        if runner.settings() not in self.settings:
+            self.settings.append(runner.settings())
+        self.inputs = runner.settings().get("input", "MNIST test images")
+        return runner
