@@ -25,12 +25,11 @@ from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
-# Piped output is 200 columns wide (tables stay whole in logs and CI) unless COLUMNS says otherwise; tables
-# that do not fit drop their less important columns and fold (never cut) the names that tell rows apart.
+# Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
+# drop their less important columns and fold (never cut) the names that tell rows apart (see _print_table).
 # Markup is off: file names and messages are text (a file called "d[x].png" prints as itself); styles are
 # applied with Text objects.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 200
-out = Console(width=_WIDTH, markup=False)
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
 
