@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,6 +163,13 @@ class BenchReport:
         for p, point in zip(d["points"], self.points):
             p["label"] = point.label
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchReport:
+        """A report read back from `to_json`'s dict (to redraw its plot or tables)."""
+        point_fields = set(BenchPoint.__dataclass_fields__)
+        points = [BenchPoint(**{k: v for k, v in p.items() if k in point_fields}) for p in d["points"]]
+        return cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
 
 
 @dataclass(frozen=True)
@@ -701,17 +709,104 @@ def fastest_line(f: dict[str, Any]) -> str:
 
 
 def plot(report: BenchReport, path: str | Path) -> None:
-    """Throughput against batch size: per runtime, file and compute mode, its best configuration's line."""
-    from toolkit.plots import plot_throughput
+    """Small multiples: throughput against batch size, one panel per precision (as judged: the file's, or the
+    lower compute precision of an OpenVINO bf16 mode), a line per runtime and file kind drawing its best
+    configuration at each batch size, with the spread of call times shaded; beside them, batch-1 latency."""
+    from toolkit.plots import plot_bench
 
-    series: dict[str, list[tuple[int, float]]] = {}
+    panels: dict[str, dict[tuple[str, str], dict[int, tuple[float, float, float]]]] = {}
     for p in report.points:
-        series.setdefault(p.label, []).append((p.batch_size, p.throughput))
-    best: dict[str, str] = {}  # group -> the label whose best point is highest
+        if p.provider != "cpu" and p.io != "host":
+            continue
+        kind = "app" if p.format == "onnx-app" else "model"
+        # the throughput this point would have at its slowest (p90) and fastest (min) call times
+        spread = (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
+        line = panels.setdefault(p.judged_as if p.precision in backends.PRECISION_ORDER else p.precision, {})
+        best = line.setdefault((p.runtime, kind), {})
+        if p.batch_size not in best or p.throughput > best[p.batch_size][1]:
+            best[p.batch_size] = spread
+    order = [*backends.PRECISION_ORDER, *sorted(set(panels) - set(backends.PRECISION_ORDER))]
+    series = {precision: {key: [(b, t, lo, hi) for b, (lo, t, hi) in pts.items()] for key, pts in panels[precision].items()}
+              for precision in order if precision in panels}
+    single: dict[str, BenchPoint] = {}
     for p in report.points:
-        group = f"{p.runtime} {p.format}/{p.precision} {p.mode} {p.provider} {p.io}"
-        if group not in best or max(t for _, t in series[p.label]) > max(t for _, t in series[best[group]]):
-            best[group] = p.label
+        if p.batch_size == 1 and p.concurrency == 1:
+            key = f"{p.runtime} {p.format}/{p.precision}" + (f" {p.mode}" if p.mode not in ("-", "f32") else "")
+            if key not in single or p.p50_ms < single[key].p50_ms:
+                single[key] = p
+    latency = [(key, p.runtime, p.p50_ms, p.min_ms, p.p90_ms) for key, p in single.items()]
     gpu = report.machine.get("gpu")
-    plot_throughput({label: series[label] for label in best.values()}, path,
-                    title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}")
+    plot_bench(series, latency, path, title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}"
+               f" ({report.machine['cpu_cores']} cores): each line the best configuration per batch size")
+
+
+# --- one model file, toolkit-made or not ----------------------------------------------------------------
+
+def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
+               on_progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
+    """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
+    layout (see foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
+    no reference), so no targets are computed."""
+    from toolkit import foreign
+
+    t_start = time.perf_counter()
+    prep = prep or foreign.Preprocessing()
+    if set(config.providers) - {"cpu"}:
+        raise ConfigError("bench FILE times the file on the CPU only; drop --provider")
+    wanted = set(config.runtimes) - {"all"}
+    if wanted - {"onnxruntime"}:
+        raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
+    first = foreign.open_file(path, RunnerOptions(), prep, shapes)  # fails early on a file it cannot feed
+    if foreign.is_torchscript(foreign.read_file(path)):
+        raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
+    takes_images = getattr(first, "takes_images", True)
+    dtype = next((i.type for i in first.session.get_inputs()), "")
+    del first
+    spec = RUNTIMES["onnxruntime"]
+    candidates = []
+    for v in _variants(config, spec, "cpu", "fp32"):
+        concurrency = v.pop("concurrency", 1)
+        v.pop("io", None)
+        threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
+        candidates.append(_Candidate("onnxruntime", str(path), Path(path).name, dtype.removeprefix("tensor(")
+                                     .rstrip(")"), RunnerOptions(device="cpu", threads=threads, **v), "host",
+                                     concurrency))
+    opener = _FileOpener(prep, shapes)
+    # the batch count comes from the pixels; a model that takes no MNIST image gets random data instead
+    pixels = mnist.load_split(config.data_dir, "test")[0] if takes_images else np.zeros((10_000, 28, 28), np.uint8)
+    if not takes_images:
+        pixels[:, 0, :10] = np.arange(10_000)[:, None] % 251  # distinct per batch: the random data's seed
+    series = time_rounds(config, candidates, opener, pixels, on_progress)
+    points = [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, None)
+              for c in candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
+    settings = {**_settings(config, ["cpu"]), "file": str(path), "inputs": opener.inputs}
+    report = BenchReport(
+        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
+        session_options=_session_options(config), model_flops_per_image=0,
+        matmul_peak_gflops=matmul_peak_gflops() if config.matmul_peak else None, points=points,
+        load_ms=opener.load_ms, skipped={},
+        runtimes={"onnxruntime": {"version": spec.version() or "unknown", "settings": opener.settings}})
+    report.fastest = fastest(report.points)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+class _FileOpener:
+    """Opens the file's runner for each round, recording the first opening's time."""
+
+    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None) -> None:
+        self.prep, self.shapes = prep, shapes
+        self.load_ms: dict[str, float] = {}
+        self.settings: list[dict[str, Any]] = []
+        self.inputs = ""
+
+    def __call__(self, c: _Candidate) -> Runner:
+        from toolkit import foreign
+
+        t0 = time.perf_counter()
+        runner = foreign.open_file(c.source, c.options, self.prep, self.shapes)
+        self.load_ms.setdefault(f"{c.format} {_options_words(c.options)}", (time.perf_counter() - t0) * 1e3)
+        if runner.settings() not in self.settings:
+            self.settings.append(runner.settings())
+        self.inputs = runner.settings().get("input", "MNIST test images")
+        return runner

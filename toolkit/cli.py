@@ -25,8 +25,10 @@ from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
-# Piped output is not cut to 80 columns: tables stay readable in logs and CI. Markup is off: file names and
-# messages are text (a file called "d[x].png" prints as itself); styles are applied with Text objects.
+# Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
+# drop their less important columns and fold (never cut) the names that tell rows apart (see _print_table).
+# Markup is off: file names and messages are text (a file called "d[x].png" prints as itself); styles are
+# applied with Text objects.
 out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
@@ -47,6 +49,39 @@ def _error(message: str, label: str = "error:") -> None:
 
 def _styled(text: str, style: str) -> Text:
     return Text(text, style=style)
+
+
+def _table(title: str, columns: list[str], names: tuple[str, ...] = (), left: tuple[str, ...] = ()) -> Table:
+    """A table whose `names` columns (what tells rows apart) fold instead of being cut with an ellipsis."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in names or col in left else "right",
+                         overflow="fold" if col in names or col in left else "ellipsis",
+                         no_wrap=col not in names and col not in left)
+    table.names = names  # type: ignore[attr-defined]  # read by _print_table
+    return table
+
+
+def _print_table(table: Table, optional: tuple[str, ...] = (), console: Console | None = None) -> None:
+    """Print `table`, first dropping `optional` columns (in that order) while it is wider than the console."""
+    console = console or out
+
+    def natural_width() -> int:  # measured without the console's own limit
+        return console.measure(table, options=console.options.update(max_width=100_000)).maximum
+
+    for name in optional:
+        if natural_width() <= console.width:
+            break
+        table.columns = [c for c in table.columns if c.header != name]
+    names = [c for c in table.columns if c.header in getattr(table, "names", ())]
+    for cap in range(30, 6, -1):  # names stay whole as far as the width allows; other text columns fold first
+        for c in names:
+            c.min_width = min(cap, max((len(str(cell)) for cell in c._cells), default=0))
+        if console.measure(table, options=console.options.update(max_width=100_000)).minimum <= console.width:
+            break
+    if natural_width() > console.width:
+        table.show_lines = True  # names will fold onto several lines: rule the rows apart
+    console.print(table)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
                                        help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
@@ -328,9 +363,9 @@ def export(
                           triton_max_batch_size=triton_max_batch_size)
     with _status("exporting"):
         result = run_export(config, pairs, log=lambda m: err.print(m))
-    table = Table(title=f"artifacts from {config.checkpoint}")
-    for col in ("file", "format", "precision", "size KiB", "sha256", "input", "outputs"):
-        table.add_column(col)
+    table = _table(f"artifacts from {config.checkpoint}",
+                   ["file", "format", "precision", "size KiB", "sha256", "input", "outputs"],
+                   names=("file", "format", "precision"), left=("sha256", "input", "outputs"))
 
     def io(specs: list[dict]) -> str:
         return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
@@ -338,7 +373,7 @@ def export(
     for a in result.artifacts:
         table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
-    out.print(table)
+    _print_table(table, ("outputs", "sha256", "input"))
     if result.triton_models:
         out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
     out.print(f"wrote {result.manifest}")
@@ -374,18 +409,7 @@ def verify(
                      tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference)
     with _status("verifying") as status:
         report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
-    table = Table(title=f"parity with PyTorch ({report.reference}) on {report.n:,} MNIST test images "
-                        f"(PyTorch accuracy {report.reference_accuracy:.2f}%, provider {report.provider})")
-    for col in ("artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
-                "Δ acc", "batch-1 |diff|", "result"):
-        table.add_column(col, justify="left" if col in ("artifact", "runtime", "precision", "result") else "right")
-    for r in report.results:
-        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
-                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
-                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
-                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
-                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
-    out.print(table)
+    _print_table(*_verify_table(report))
     for name, reason in report.skipped.items():
         out.print(f"skipped runtime {name}: {reason}")
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
@@ -396,7 +420,84 @@ def verify(
 
 
 @_command
+def compare(
+    a: Annotated[Path, typer.Argument(help="The reference model: .onnx or TorchScript.")],
+    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx or TorchScript.")],
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none switches one off).")] = None,
+    judge_as: Annotated[str, typer.Option(help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
+    compare_as: Annotated[str, typer.Option("--as", help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, else log-softmax), log_probs, probabilities, raw.")] = "auto",
+    mean: Annotated[float, typer.Option(help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = 0.1307,
+    std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = 0.3081,
+    layout: Annotated[str, typer.Option(help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc [N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
+    provider: Annotated[str, typer.Option(help="Device: cpu or cuda.")] = "cpu",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here (- for stdout).")] = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
+
+    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
+    wrote, so give only files you trust like a script you would run.
+    """
+    _outputs(json_path)
+    from toolkit.compare import CompareConfig, parse_tolerance
+    from toolkit.errors import ConfigError
+    from toolkit.compare import compare as run_compare
+    from toolkit.foreign import Preprocessing
+
+    layouts = _csv([layout]) or ["auto"]
+    if len(layouts) > 2:
+        raise ConfigError(f"--layout takes one layout or two (A,B), not {layout!r}")
+    prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
+    config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a, prep_b=prep_b,
+                           as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as), limit=limit)
+    with _status("comparing"):
+        report = run_compare(config)
+    out.print(_compare_table(report))
+    out.print(f"compared {report.compared} on {report.n:,} MNIST test images in {report.seconds:.1f} s", highlight=False)
+    if json_path:
+        _write_json(json_path, report.to_json())
+    report.raise_for_failures()
+
+
+def _compare_table(report: Any) -> Any:
+    table = Table(title=f"B against A on {report.n:,} MNIST test images")
+    for col in ("", "file", "runtime", "outputs", "accuracy %"):
+        table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
+    for tag, side in (("A", report.a), ("B", report.b)):
+        table.add_row(tag, side.file, side.runtime, side.outputs + ("" if side.toolkit_model else " (input by options)"),
+                      f"{side.accuracy:.2f}")
+    t = report.tolerance
+    verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
+    summary = Table(show_header=True, title=f"compared as {report.compared}")
+    for col in ("max |diff|", "mean |diff|", "agreement", "Δ acc", "result"):
+        summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
+    summary.add_row(f"{report.max_abs_diff:.2e}" + (f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""),
+                    f"{report.mean_abs_diff:.2e}", f"{report.agreement:,}/{report.n:,}",
+                    f"{report.accuracy_delta:+.2f}", verdict)
+    from rich.console import Group
+
+    return Group(table, summary)
+
+
+def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The verify table and the columns it may drop, least important first."""
+    table = _table(f"parity with PyTorch ({report.reference}) on {report.n:,} MNIST test images (PyTorch accuracy "
+                   f"{report.reference_accuracy:.2f}%, provider {report.provider})",
+                   ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
+                    "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
+    for r in report.results:
+        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
+                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
+                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
+                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
+                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
+    return table, ("batch-1 |diff|", "mean |diff|", "Δ acc", "accuracy %")
+
+
+@_command
 def bench(
+    file: Annotated[Optional[Path], typer.Argument(help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = Path("exported"),
@@ -419,9 +520,17 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
+    mean: Annotated[float, typer.Option(help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = 0.1307,
+    std: Annotated[float, typer.Option(help="With FILE: see --mean.")] = 0.3081,
+    layout: Annotated[str, typer.Option(help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
+    shape: Annotated[Optional[list[str]], typer.Option(help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified."""
+    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
+
+    With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
+    MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
+    """
     _outputs(json_path, markdown, plot)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -438,8 +547,15 @@ def bench(
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("benchmarking", total=None)
-        report = bench_lib.bench(config, on_progress=lambda done, total, what: progress.update(
-            task, completed=done, total=total, description=what))
+        def on_progress(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=what)
+        if file is None:
+            report = bench_lib.bench(config, on_progress=on_progress)
+        else:
+            from toolkit.foreign import Preprocessing, parse_shapes
+
+            report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
+                                          parse_shapes(_csv(shape)), on_progress=on_progress)
     _print_bench(report, bench_lib)
     if json_path:
         _write_json(json_path, report.to_json())
@@ -451,17 +567,25 @@ def bench(
         bench_lib.plot(report, plot)
 
 
-def _print_bench(report: Any, bench_lib: Any) -> None:
+def _bench_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The bench table and the columns it may drop: the tail percentiles first, then provider and I/O when
+    every row shares them (they then tell no rows apart)."""
     gpu = report.machine.get("gpu")
-    table = Table(title=f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
-                        + (f" + {gpu['name']}" if gpu else ""))
-    for col in ("runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s", "verified"):
-        table.add_column(col, justify="left" if col in ("runtime", "provider", "I/O", "verified") else "right")
+    table = _table(f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
+                   + (f" + {gpu['name']}" if gpu else ""),
+                   ["runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                    "verified"], names=("runtime", "provider", "I/O"), left=("verified",))
     for p in report.points:
         table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
                       f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}",
                       {True: "yes", False: _styled("FAILED", "red"), None: "-"}[p.verified])
-    out.print(table)
+    constant = tuple(col for col, attr in (("I/O", "io"), ("provider", "provider"))
+                     if len({getattr(p, attr) for p in report.points}) <= 1)
+    return table, ("p99 ms", "p90 ms", "first ms", *constant)
+
+
+def _print_bench(report: Any, bench_lib: Any) -> None:
+    _print_table(*_bench_table(report))
     for name, reason in report.skipped.items():
         out.print(f"skipped {name}: {reason}")
     for regime, f in report.fastest.items():

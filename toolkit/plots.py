@@ -1,4 +1,4 @@
-"""PNG plots: the notebook's train/validation error curve, and throughput against batch size."""
+"""PNG plots: the notebook's train/validation error curve, and the bench results as small multiples."""
 
 from __future__ import annotations
 
@@ -53,28 +53,84 @@ def _percent_ticks(ax, values: Sequence[float]) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_throughput(series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> None:
-    """Images/s against batch size, one line per runtime label, log-log, written atomically to `path`."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(11, 5), dpi=120)
-    colors = plt.get_cmap("tab20").colors
-    for i, (label, points) in enumerate(sorted(series.items())):
-        points = sorted(points)
-        ax.plot([b for b, _ in points], [t for _, t in points], marker="os^D"[i // 10 % 4],
-                linestyle="-" if i < 10 else "--", color=colors[i % len(colors)], label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (images/s)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title(title or "throughput")
-    _save(plt, fig, path)
 
 
 def _save(plt, fig, path: str | Path) -> None:
     """Lay out, write the PNG atomically, and free the figure."""
     fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+RUNTIME_COLORS = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "opencv": "tab:green",
+                  "pytorch": "tab:red", "torchscript": "tab:orange"}
+
+
+def plot_bench(panels: dict[str, dict[tuple[str, str], list[tuple[int, float, float, float]]]],
+               latency: list[tuple[str, str, float, float, float]], path: str | Path, title: str = "") -> None:
+    """Small multiples: one throughput-vs-batch panel per precision, a line per (runtime, file kind) with its
+    spread shaded, and a panel of batch-1 latency (p50 bar, min to p90 whisker); written atomically.
+
+    panels: precision -> (runtime, kind) -> [(batch, images/s, low, high)]; kind "app" is dashed.
+    latency: [(label, runtime, p50 ms, min ms, p90 ms)].
+    """
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    n = len(panels)
+    cols = min(n, 2) or 1
+    rows = (n + cols - 1) // cols
+    fig = plt.figure(figsize=(13, 3.3 * rows + 1.2), dpi=110)
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [1.25])
+    batches = sorted({b for lines in panels.values() for pts in lines.values() for b, *_ in pts})
+    top = max((hi for lines in panels.values() for pts in lines.values() for *_, hi in pts), default=1)
+    low = min((lo for lines in panels.values() for pts in lines.values() for _, _, lo, _ in pts), default=1)
+    axes = []
+    for i, (precision, lines) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[i // cols, i % cols], sharey=axes[0] if axes else None)
+        axes.append(ax)
+        for (runtime, kind), pts in sorted(lines.items()):
+            pts = sorted(pts)
+            xs = [p[0] for p in pts]
+            color = RUNTIME_COLORS.get(runtime, "tab:gray")
+            ax.plot(xs, [p[1] for p in pts], marker="o", ms=3, color=color, linestyle="--" if kind == "app" else "-")
+            ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color=color, alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(batches))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(low / 1.3, top * 1.3)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title({"bf16": "bf16 (OpenVINO bf16 mode on fp32 files)"}.get(precision, f"{precision} files"),
+                     fontsize=10)
+        if i // cols == rows - 1:
+            ax.set_xlabel("batch size")
+        if i % cols == 0:
+            ax.set_ylabel("images/s")
+    bars = fig.add_subplot(grid[:, cols])
+    latency = sorted(latency, key=lambda r: r[2], reverse=True)
+    ys = range(len(latency))
+    bars.barh(ys, [r[2] for r in latency], color=[RUNTIME_COLORS.get(r[1], "tab:gray") for r in latency], alpha=0.8)
+    bars.errorbar([r[2] for r in latency], ys, xerr=[[r[2] - r[3] for r in latency], [r[4] - r[2] for r in latency]],
+                  fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    bars.set_yticks(list(ys), [r[0] for r in latency], fontsize=7)
+    bars.set_xscale("log")
+    bars.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bars.set_xlabel("ms per call (bar p50, whisker min to p90)")
+    bars.set_title("batch 1, one call at a time", fontsize=10)
+    bars.grid(True, axis="x", which="both", alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=r) for r, c in RUNTIME_COLORS.items()
+               if any(r == rt for lines in panels.values() for rt, _ in lines)]
+    handles += [Line2D([], [], color="gray", linestyle="--", label="app model (uint8 in)"),
+                plt.Rectangle((0, 0), 1, 1, color="gray", alpha=0.15, label="spread (p90 to min call time)")]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.965))
+    fig.suptitle(title or "throughput and latency", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

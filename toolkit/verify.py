@@ -198,6 +198,23 @@ class Reference:
         return 100.0 * float((self.log_probs.argmax(1) == self.labels).mean())
 
 
+def judge(tolerance: Tolerance, *, finite: bool, max_diff: float, agreement: int, n: int,
+          accuracy_change: float, batch1_diff: float | None = None) -> list[str]:
+    """Why measured outputs fail `tolerance` (empty: they pass); batch1_diff None: not judged."""
+    failures = []
+    if not finite:
+        failures.append("outputs contain NaN or infinity")
+    if tolerance.max_abs_diff is not None and not max_diff <= tolerance.max_abs_diff:
+        failures.append(f"max |diff| {max_diff:.3g} > {tolerance.max_abs_diff:g}")
+    if agreement < tolerance.min_agreement * n:
+        failures.append(f"agreement {agreement}/{n} < {tolerance.min_agreement:.2%}")
+    if tolerance.max_accuracy_change is not None and abs(accuracy_change) > tolerance.max_accuracy_change:
+        failures.append(f"accuracy changed by {accuracy_change:+.2f} points (limit {tolerance.max_accuracy_change:g})")
+    if batch1_diff is not None and not batch1_diff <= tolerance.max_batch_diff:
+        failures.append(f"batch 1 vs batch {n}: max |diff| {batch1_diff:.3g} > {tolerance.max_batch_diff:g}")
+    return failures
+
+
 def check_runner(runner: backends.Runner, ref: Reference, tolerance: Tolerance, batch1_images: int) -> dict[str, Any]:
     """Run `runner` on every image, at full batch and image by image; the measured fields and failures."""
     outputs, predicted, compared = _comparable(runner, ref.pixels)
@@ -210,18 +227,9 @@ def check_runner(runner: backends.Runner, ref: Reference, tolerance: Tolerance, 
     batch1_diff = float(np.abs(single - outputs[:k]).max()) if k else 0.0
     n, max_diff = len(ref.pixels), float(diff.max())
 
-    failures = []
-    if not np.isfinite(outputs).all():
-        failures.append("outputs contain NaN or infinity")
-    if tolerance.max_abs_diff is not None and not max_diff <= tolerance.max_abs_diff:
-        failures.append(f"max |diff| {max_diff:.3g} > {tolerance.max_abs_diff:g}")
-    if agreement < tolerance.min_agreement * n:
-        failures.append(f"agreement {agreement}/{n} < {tolerance.min_agreement:.2%}")
     change = accuracy - ref.accuracy
-    if tolerance.max_accuracy_change is not None and abs(change) > tolerance.max_accuracy_change:
-        failures.append(f"accuracy changed by {change:+.2f} points (limit {tolerance.max_accuracy_change:g})")
-    if not batch1_diff <= tolerance.max_batch_diff:
-        failures.append(f"batch 1 vs batch {n}: max |diff| {batch1_diff:.3g} > {tolerance.max_batch_diff:g}")
+    failures = judge(tolerance, finite=bool(np.isfinite(outputs).all()), max_diff=max_diff, agreement=agreement,
+                     n=n, accuracy_change=change, batch1_diff=batch1_diff)
     return dict(compared=compared, n=n, max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
                 agreement=agreement, accuracy=accuracy, accuracy_delta=change, batch1_n=k,
                 batch1_max_diff=batch1_diff, passed=not failures, failures=failures)

@@ -1,0 +1,108 @@
+"""`toolkit compare A B`: two model files, toolkit-made or not, judged like verify on the MNIST test set."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def _foreign_onnx(checkpoint, path, *, shift=5.0, noise=0.0):
+    """The checkpoint's model as someone else might export it: flat [N,784] input, logits out (log-probs
+    plus a constant), other names, no toolkit metadata; `noise` perturbs the first conv's weights."""
+    import torch
+
+    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    if noise:
+        with torch.no_grad():
+            first = next(p for p in model.parameters() if p.dim() == 4)
+            first += noise * torch.randn(first.shape, generator=torch.Generator().manual_seed(0))
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(x.reshape(-1, 1, 28, 28)) + shift
+
+    torch.onnx.export(Flat(), torch.zeros(2, 784), str(path), input_names=["pixels"], output_names=["scores"],
+                      dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}}, dynamo=False)
+    import onnx
+
+    assert not onnx.load(str(path)).metadata_props  # really foreign
+    return path
+
+
+def test_two_toolkit_files_agree(exported, mnist_dir, tmp_path):
+    result = run_cli("compare", exported / "model.onnx", exported / "model.ts.pt", "--data-dir", mnist_dir,
+                     "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["passed"] and report["n"] == 10000 and report["agreement"] == 10000
+    assert report["compared"] == "log_probs" and report["max_abs_diff"] <= 1e-4
+    assert report["a"]["toolkit_model"] and report["a"]["runtime"] == "onnxruntime"
+    assert report["b"]["runtime"] == "torchscript"
+    assert report["a"]["accuracy"] == pytest.approx(report["b"]["accuracy"])
+
+
+def test_foreign_onnx_against_a_toolkit_file(trained, exported, mnist_dir, tmp_path):
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx")
+    result = run_cli("compare", exported / "model.app.onnx", foreign, "--data-dir", mnist_dir, "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)  # --json - : the JSON alone on stdout
+    assert report["b"]["toolkit_model"] is False and report["b"]["outputs"] == "logits"
+    assert report["b"]["preprocessing"] == {"mean": 0.1307, "std": 0.3081, "layout": "auto"}
+    assert report["a"]["outputs"] == "probabilities" and report["compared"] == "probabilities"
+    assert report["agreement"] == 10000 and report["max_abs_diff"] <= 1e-4
+    # asked for raw values, the constant shift of the logits shows
+    raw = run_cli("compare", exported / "model.onnx", foreign, "--data-dir", mnist_dir, "--as", "raw",
+                  "--limit", "500", "--tolerance", "max_abs_diff=none", "--json", "-")
+    assert raw.exit_code == 0, raw.stderr
+    assert json.loads(raw.stdout)["mean_abs_diff"] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_a_perturbed_model_fails_with_one_error_line(trained, exported, mnist_dir, tmp_path):
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "noisy.onnx", noise=0.05)
+    result = run_cli("compare", exported / "model.onnx", foreign, "--data-dir", mnist_dir, "--limit", "2000",
+                     "--json", tmp_path / "c.json")
+    line = assert_one_line_error(result, 1)
+    assert "noisy.onnx" in line and "max |diff|" in line
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["passed"] is False and report["max_abs_diff"] > 1e-4 and report["n"] == 2000
+
+
+def test_wrong_layout_and_bad_options_are_one_line_errors(trained, exported, mnist_dir, tmp_path):
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx")
+    line = assert_one_line_error(run_cli("compare", exported / "model.onnx", foreign, "--data-dir", mnist_dir,
+                                         "--layout", "nchw"), 2)
+    assert "[N,784]" in line and "nchw" in line
+    for args, message in ((("--std", "0"), "--std"), (("--std", "nan"), "--std"),
+                          (("--tolerance", "speed=1"), "bad tolerance"), (("--as", "odd"), "--as")):
+        line = assert_one_line_error(run_cli("compare", exported / "model.onnx", foreign, "--data-dir", mnist_dir,
+                                             *args), 2)
+        assert message in line
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, mnist_dir):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 784 * 40)
+    w = numpy_helper.from_array(np.zeros((784, 10), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", str(784 * 40))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 784])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    (tmp_path / "sub").mkdir()
+    onnx.save(model, str(tmp_path / "sub" / "m.onnx"))
+    result = run_cli("compare", tmp_path / "sub" / "m.onnx", tmp_path / "sub" / "m.onnx", "--data-dir", mnist_dir)
+    assert "escapes model directory" in assert_one_line_error(result, 2)

@@ -1,0 +1,160 @@
+"""Compare two model files on all 10,000 MNIST test images: does B compute what A computes?
+
+Either file may be ONNX or TorchScript, toolkit-made or not (see foreign.py for how a foreign file is fed).
+A is the reference: B is judged against it with verify's tolerances and verify's judgement (max and mean
+|diff| of the compared outputs, argmax agreement, accuracy change), and each one's accuracy is reported.
+
+What is compared is said in the report: both files' class scores as the same kind of values. By default
+(`as_="auto"`) scores of the same kind are compared as given; otherwise both are turned into probabilities
+when either gives probabilities, else into log-probabilities (log-softmax of logits).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import backends, sysinfo
+from toolkit import data as mnist
+from toolkit.errors import ConfigError, VerificationFailed
+from toolkit.foreign import Preprocessing, open_file, scores
+from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
+
+COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
+_OPTIONAL = ("max_abs_diff", "max_accuracy_change")  # may be switched off with "none"
+
+
+def parse_tolerance(items: list[str], preset: str = "fp32") -> Tolerance:
+    """verify's tolerance for `preset` with 'FIELD=VALUE' overrides (VALUE 'none' switches a limit off)."""
+    if preset not in DEFAULT_TOLERANCES:
+        raise ConfigError(f"unknown --judge-as {preset!r}; use {', '.join(DEFAULT_TOLERANCES)}")
+    fields = asdict(DEFAULT_TOLERANCES[preset])
+    names = [n for n in fields if n != "max_batch_diff"]
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            if name not in names:
+                raise KeyError(name)
+            fields[name] = None if value.strip().lower() == "none" and name in _OPTIONAL else float(value)
+        except (ValueError, KeyError):
+            raise ConfigError(f"bad tolerance {item!r}; use FIELD=NUMBER with FIELD in {', '.join(names)} "
+                              f"(none switches off {' or '.join(_OPTIONAL)})") from None
+    return Tolerance(**fields)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    a: str
+    b: str
+    data_dir: str = "data"
+    provider: str = "cpu"
+    prep_a: Preprocessing = Preprocessing()
+    prep_b: Preprocessing = Preprocessing()
+    as_: str = "auto"
+    tolerance: Tolerance = DEFAULT_TOLERANCES["fp32"]
+    limit: int | None = None  # the first N test images only (None: all 10,000)
+
+    def __post_init__(self) -> None:
+        if self.as_ not in COMPARE_AS:
+            raise ConfigError(f"unknown --as {self.as_!r}; use {', '.join(COMPARE_AS)}")
+        if self.limit is not None and not 1 <= self.limit <= 10_000:
+            raise ConfigError("--limit must be between 1 and 10000")
+        for path in (self.a, self.b):
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: no such file")
+
+
+@dataclass
+class Side:
+    file: str
+    runtime: str
+    toolkit_model: bool  # a toolkit .onnx read as itself (its own normalization); else preprocessing applies
+    outputs: str  # what the file gives: log_probs, probabilities or logits
+    accuracy: float
+    preprocessing: dict[str, Any]
+
+
+@dataclass
+class CompareReport:
+    a: Side
+    b: Side
+    n: int
+    compared: str  # the kind of values both were turned into before |diff|
+    max_abs_diff: float
+    mean_abs_diff: float
+    agreement: int
+    accuracy_delta: float  # B - A, in points
+    tolerance: dict[str, Any]
+    failures: list[str]
+    seconds: float
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            raise VerificationFailed(f"{self.b.file} differs from {self.a.file}: {'; '.join(self.failures)}")
+
+
+def convert(values: np.ndarray, kind: str, to: str) -> np.ndarray:
+    """Class scores of `kind` as `to` (log_probs or probabilities)."""
+    if kind == to:
+        return values
+    if kind == "probabilities":  # -> log_probs
+        return np.log(np.maximum(values, np.finfo(np.float64).tiny))
+    shifted = values - values.max(1, keepdims=True)  # logits or log_probs
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return np.exp(log_probs) if to == "probabilities" else log_probs
+
+
+def target_kind(a: str, b: str, as_: str) -> str:
+    if as_ == "raw" or (as_ == "auto" and a == b):
+        return a if a == b else "raw"
+    if as_ != "auto":
+        return as_
+    return "probabilities" if "probabilities" in (a, b) else "log_probs"
+
+
+def compare(config: CompareConfig) -> CompareReport:
+    t0 = time.perf_counter()
+    pixels, labels = mnist.load_split(config.data_dir, "test")
+    if config.limit:
+        pixels, labels = pixels[:config.limit], labels[:config.limit]
+    options = backends.RunnerOptions(device=config.provider)
+    measured = []
+    for path, prep in ((config.a, config.prep_a), (config.b, config.prep_b)):
+        runner = open_file(path, options, prep)
+        values, kind = scores(runner, pixels)
+        toolkit_model = runner.kind in ("normalized", "app")
+        side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
+                    accuracy=100.0 * float((values.argmax(1) == labels).mean()),
+                    preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+                                   if toolkit_model else asdict(prep)))
+        measured.append((side, values, kind))
+        del runner
+    (a, va, ka), (b, vb, kb) = measured
+    compared = target_kind(ka, kb, config.as_)
+    if compared != "raw":
+        va, vb = convert(va, ka, compared), convert(vb, kb, compared)
+    diff = np.abs(va - vb)
+    finite = bool(np.isfinite(va).all() and np.isfinite(vb).all())
+    max_diff = float(diff.max()) if finite else math.nan
+    agreement = int((va.argmax(1) == vb.argmax(1)).sum())
+    change = b.accuracy - a.accuracy
+    failures = judge(config.tolerance, finite=finite, max_diff=max_diff, agreement=agreement, n=len(pixels),
+                     accuracy_change=change)
+    return CompareReport(a=a, b=b, n=len(pixels), compared=compared if compared != "raw" else f"raw ({ka} vs {kb})",
+                         max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()) if finite else math.nan,
+                         agreement=agreement, accuracy_delta=change, tolerance=asdict(config.tolerance),
+                         failures=failures, seconds=time.perf_counter() - t0,
+                         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"))

@@ -1,0 +1,264 @@
+"""Runners for model files the toolkit did not make: any ONNX or TorchScript digit classifier.
+
+A foreign file has no manifest and no toolkit metadata, so what it expects is given by options
+(`Preprocessing`: mean, std, layout) and read from the file itself (the ONNX input's declared shape and
+type). Its outputs: the first output of shape [N, 10] is taken as the class scores, whatever they are
+(log-probabilities, logits or probabilities); `scores_kind` tells which.
+
+A TorchScript file is code: loading it runs what its author wrote. Only give files you trust like a script.
+An ONNX file is loaded from its path, so ONNX Runtime resolves external data (refusing paths that leave the
+model's folder); the toolkit's own files are read through their manifest's hash check.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import data as mnist
+from toolkit.backends import OnnxRuntimeRunner, Runner, RunnerOptions, TorchRunner, _check_torch_device
+from toolkit.errors import ArtifactError, ConfigError
+
+LAYOUTS = ("auto", "nchw", "nhwc", "nhw", "flat")
+_SHAPES = {"nchw": (1, 28, 28), "nhwc": (28, 28, 1), "nhw": (28, 28), "flat": (784,)}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+           "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+SCORES = "scores"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How MNIST pixels become a foreign model's input: (pixel / 255 - mean) / std, in `layout`.
+    uint8 inputs get the raw pixels."""
+
+    mean: float = mnist.MEAN
+    std: float = mnist.STD
+    layout: str = "auto"  # auto: from the declared input shape
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ConfigError(f"--{name} must be a finite number, not {value!r}")
+        if not self.std > 0:
+            raise ConfigError(f"--std must be > 0, not {self.std!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; use {', '.join(LAYOUTS)}")
+
+
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """'NAME=3x224x224' (the dims after the batch) -> {NAME: (3, 224, 224)}."""
+    shapes = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(not 1 <= d <= 65_536 for d in shape):
+            raise ConfigError(f"bad --shape {item!r}; use INPUT=DxDx... (the dimensions after the batch)")
+        shapes[name] = shape
+    return shapes
+
+
+def is_torchscript(data: bytes) -> bool:
+    return data[:4] == b"PK\x03\x04"  # a TorchScript archive is a zip; an ONNX file is a protobuf
+
+
+def read_file(path: str | Path) -> bytes:
+    from toolkit.runtime import read_model_file
+
+    return read_model_file(path)  # checked against a manifest beside it, if there is one
+
+
+def scores_kind(scores: np.ndarray) -> str:
+    """'log_probs', 'probabilities' or 'logits', from the values themselves (every row must fit)."""
+    x = np.asarray(scores, np.float64)
+    if not np.isfinite(x).all() or not len(x):
+        return "logits"
+    if (x >= 0).all() and (x <= 1).all() and np.allclose(x.sum(1), 1, atol=1e-3):
+        return "probabilities"
+    if (x <= 1e-6).all() and np.allclose(np.log(np.exp(x).sum(1)), 0, atol=1e-3):
+        return "log_probs"
+    return "logits"
+
+
+class _Input:
+    """One declared ONNX input and how bench/compare fill it."""
+
+    def __init__(self, name: str, onnx_type: str, shape: list[Any], shapes: dict[str, tuple[int, ...]],
+                 label: str = "") -> None:
+        if onnx_type not in _DTYPES:
+            raise ArtifactError(f"{label}: input {name!r} has type {onnx_type}, which the toolkit cannot feed")
+        self.name, self.dtype = name, _DTYPES[onnx_type]
+        self.batch_fixed = shape[0] if shape and isinstance(shape[0], int) else None
+        rest = shapes.get(name) or tuple(shape[1:])
+        if any(not isinstance(d, int) or d < 1 for d in rest):
+            raise ArtifactError(f"{label}: input {name!r} has dynamic dimensions {list(shape)}; pass --shape "
+                                f"{name}=Dx... with the dimensions after the batch")
+        self.rest = tuple(int(d) for d in rest)
+        self.layout = next((k for k, v in _SHAPES.items() if v == self.rest), None)
+
+    def random(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        shape = (n, *self.rest)
+        if self.dtype == np.bool_:
+            return rng.integers(0, 2, shape).astype(bool)
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            return rng.integers(max(info.min, 0), min(info.max, 255), shape, endpoint=True).astype(self.dtype)
+        return rng.standard_normal(shape).astype(self.dtype)
+
+
+def _pixels_as(pixels: np.ndarray, layout: str, dtype: Any, prep: Preprocessing) -> np.ndarray:
+    x = np.asarray(pixels)
+    if dtype != np.uint8:
+        x = ((x.astype(np.float32) / 255.0 - prep.mean) / prep.std).astype(dtype)
+    return x.reshape(len(x), *_SHAPES[layout])
+
+
+class ForeignOnnxRunner(OnnxRuntimeRunner):
+    """A foreign .onnx in ONNX Runtime: MNIST pixels in when its input fits, random data otherwise."""
+
+    def __init__(self, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+        from toolkit.runtime import create_session
+
+        self.path, self.prep = Path(path), prep
+        self.session = create_session(self.path, options.device, threads=options.threads,
+                                      optimization=options.optimization, label=str(path))
+        Runner.__init__(self, str(path), "foreign", options)
+        self.inputs = [_Input(i.name, i.type, list(i.shape), shapes or {}, str(path)) for i in self.session.get_inputs()]
+        unknown = set(shapes or {}) - {i.name for i in self.inputs}
+        if unknown:
+            raise ConfigError(f"--shape names no input of {path}: {', '.join(sorted(unknown))}; its inputs are "
+                              f"{', '.join(i.name for i in self.inputs)}")
+        self.image = self._image_input()
+        outputs = self.session.get_outputs()
+        tens = [o for o in outputs if len(o.shape) == 2 and (o.shape[-1] == 10 or not isinstance(o.shape[-1], int))]
+        self.output_name = (tens or outputs)[0].name
+        self.info = None  # no toolkit metadata
+
+    def _image_input(self) -> _Input | None:
+        """The input MNIST images go into: the only input, when its shape fits a layout (or the one asked for)."""
+        if len(self.inputs) != 1 or self.inputs[0].dtype == np.bool_:
+            if self.prep.layout != "auto":
+                raise ArtifactError(f"{self.label} has {len(self.inputs)} inputs; --layout needs one image input")
+            return None
+        inp = self.inputs[0]
+        if self.prep.layout != "auto" and inp.layout != self.prep.layout:
+            raise ArtifactError(f"{self.label}: input {inp.name!r} has shape [N,{','.join(map(str, inp.rest))}], "
+                                f"not layout {self.prep.layout} [N,{','.join(map(str, _SHAPES[self.prep.layout]))}]")
+        return inp if inp.layout else None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (SCORES,)
+
+    @property
+    def takes_images(self) -> bool:
+        return self.image is not None
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "file": self.label, "mean": self.prep.mean, "std": self.prep.std,
+                "input": "MNIST test images" if self.image else "random data",
+                "layout": self.image.layout if self.image else "-"}
+
+    def _feed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(pixels)
+        for inp in self.inputs:
+            if inp.batch_fixed is not None and inp.batch_fixed != n:
+                raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}; "
+                                  f"use --batch-sizes {inp.batch_fixed}")
+        if self.image is not None:
+            return {self.image.name: _pixels_as(pixels, self.image.layout, self.image.dtype, self.prep)}
+        seed = int(np.asarray(pixels).reshape(n, -1)[:, :10].sum()) if n else 0  # differs per rotated batch
+        return {inp.name: inp.random(n, seed + k) for k, inp in enumerate(self.inputs)}
+
+    def _infer(self, native: dict[str, np.ndarray]) -> list[Any]:
+        return self.session.run([self.output_name], native)
+
+    def timed(self, batches: list[np.ndarray], io: str = "host"):
+        if self.options.device != "cpu":
+            raise ConfigError("a foreign file is timed on the CPU only")
+        return Runner.timed(self, batches, io)
+
+
+class ForeignTorchRunner(TorchRunner):
+    """A TorchScript file (toolkit-made or not): runs its author's code. Input float32 in `prep.layout`
+    (auto: [N,1,28,28]); the output is taken as the class scores."""
+
+    def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing) -> None:
+        super().__init__(module, label, "torchscript", options)
+        self.kind, self.prep = "foreign", prep
+        self.layout = "nchw" if prep.layout == "auto" else prep.layout
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (SCORES,)
+
+    @property
+    def takes_images(self) -> bool:
+        return True
+
+    def _feed(self, pixels: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(_pixels_as(pixels, self.layout, np.float32, self.prep)).to(self.device)
+
+
+def open_file(path: str | Path, options: RunnerOptions = RunnerOptions(), prep: Preprocessing = Preprocessing(),
+              shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
+    """A runner for any .onnx or TorchScript file. A toolkit .onnx (with its metadata) runs as itself, its
+    own normalization read from the file; anything else as a foreign file with `prep`."""
+    data = read_file(path)
+    if is_torchscript(data):
+        import torch
+
+        _check_torch_device(options.device)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu" if options.device == "cpu" else "cuda")
+        except Exception as e:  # torch.jit raises RuntimeError and others for what is not an archive
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{path} is neither ONNX nor a loadable TorchScript file ({first})") from None
+        return ForeignTorchRunner(module, str(path), options, prep)
+    toolkit_made = _has_toolkit_metadata(data)
+    if toolkit_made:
+        return OnnxRuntimeRunner(data, str(path), options)
+    return ForeignOnnxRunner(path, options, prep, shapes)
+
+
+def _has_toolkit_metadata(data: bytes) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)  # external data is not loaded from bytes
+    except Exception:  # not a protobuf: ONNX Runtime will say so when it tries
+        return False
+    return any(p.key == "toolkit.format_version" for p in model.metadata_props)
+
+
+def scores(runner: Runner, pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """A runner's class scores [N, 10] for MNIST pixels, and what they are (log_probs, probabilities, logits)."""
+    out = runner.run(pixels)
+    if SCORES in out:
+        values = np.asarray(out[SCORES]).reshape(len(pixels), -1) if out[SCORES].size == len(pixels) * 10 \
+            else out[SCORES]
+        kind = scores_kind(values)
+    elif "log_probs" in out:
+        values, kind = out["log_probs"], "log_probs"
+    else:
+        values, kind = out["probabilities"], "probabilities"
+    if values.shape != (len(pixels), 10):
+        raise ArtifactError(f"{runner.label} returned shape {tuple(values.shape)}, not [{len(pixels)}, 10]: "
+                            "not a 10-class digit classifier")
+    return values.astype(np.float64), kind
