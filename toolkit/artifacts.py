@@ -59,6 +59,13 @@ KNOWN_FORMATS = ("onnx", "onnx-app", "torchscript")  # export.FORMATS' keys (exp
 KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
 MAX_MANIFEST_BYTES = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIELD_TYPES: dict[str, Any] = {
+    "size_bytes": int, "inputs": list, "outputs": list, "source_checkpoint": str, "test_accuracy": (int, float, type(None)),
+    "opset": (int, type(None)), "settings": dict, "versions": dict, "export_seconds": (int, float, type(None)),
+}
+_FIELD_WORDS = {name: "a number" if name in ("size_bytes", "test_accuracy", "opset", "export_seconds") else
+                "text" if name == "source_checkpoint" else "a list" if name in ("inputs", "outputs") else "an object"
+                for name in _FIELD_TYPES}
 
 
 def confined_file(folder: str | os.PathLike, name: Any) -> Path:
@@ -93,6 +100,19 @@ def _check_entry(folder: Path, entry: Any) -> Artifact:
         raise ValueError(f"{artifact.file}: sha256 is not 64 hex digits")
     if not isinstance(artifact.source_sha256, str):
         raise ValueError(f"{artifact.file}: source_sha256 is not text")
+    # every other field is read somewhere (tables, Triton configs, the checkpoint search): wrong types are refused
+    # here, once, instead of failing later as a bug
+    for name, kinds in _FIELD_TYPES.items():
+        value = getattr(artifact, name)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ValueError(f"{artifact.file}: {name} is not {_FIELD_WORDS[name]}")
+    for spec in artifact.inputs + artifact.outputs:
+        if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dtype"), str)
+                or not isinstance(spec.get("shape"), list)
+                or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"])):
+            raise ValueError(f"{artifact.file}: an input or output is not {{name, dtype, shape}}")
+    if artifact.path:
+        raise ValueError(f"{artifact.file}: 'path' is not a manifest field")
     return artifact
 
 
