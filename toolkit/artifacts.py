@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ def confined_file(folder: str | os.PathLike, name: Any) -> Path:
     folder = Path(folder)
     path = folder / name
     if path.is_symlink():
-        target = path.resolve()
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            raise ArtifactError(f"bad manifest in {folder}/: {name} is a symbolic link that leads nowhere") from None
         if not target.is_relative_to(folder.resolve()):
             raise ArtifactError(f"bad manifest in {folder}/: {name} is a symbolic link leading out of the folder")
     return path
@@ -125,6 +129,8 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ArtifactError(f"{path} is not a regular file; not a toolkit manifest, export again")
         raise ArtifactError(f"no {MANIFEST_NAME} in {folder}/; run `toolkit export` first")
     try:
         with open(path, "rb") as f:
@@ -160,7 +166,16 @@ def read_verified(artifact: Artifact) -> bytes:
     """
     path = Path(artifact.path)
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: a FIFO planted under an artifact's name must not block the open; only a regular file of the
+        # recorded size is read (a huge or sparse file is refused before it fills memory)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ArtifactError(f"{artifact.file} is not a regular file; export again")
+            if st.st_size != artifact.size_bytes:
+                raise ArtifactError(f"{artifact.file} changed since export (its size is not the manifest's); "
+                                    "refusing to load it, export again")
+            data = f.read()
     except FileNotFoundError:
         raise ArtifactError(f"{artifact.file} is listed in the manifest but missing; export again") from None
     except OSError as e:
