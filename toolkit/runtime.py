@@ -205,7 +205,8 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
-    if not (path.parent / MANIFEST_NAME).is_file():
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.exists() and not manifest.is_symlink():  # a manifest.json that is no file is refused, not skipped
         try:
             return path.read_bytes()
         except OSError as e:
