@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,13 @@ KNOWN_FORMATS = ("onnx", "onnx-app", "torchscript")  # export.FORMATS' keys (exp
 KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
 MAX_MANIFEST_BYTES = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIELD_TYPES: dict[str, Any] = {
+    "size_bytes": int, "inputs": list, "outputs": list, "source_checkpoint": str, "test_accuracy": (int, float, type(None)),
+    "opset": (int, type(None)), "settings": dict, "versions": dict, "export_seconds": (int, float, type(None)),
+}
+_FIELD_WORDS = {name: "a number" if name in ("size_bytes", "test_accuracy", "opset", "export_seconds") else
+                "text" if name == "source_checkpoint" else "a list" if name in ("inputs", "outputs") else "an object"
+                for name in _FIELD_TYPES}
 
 
 def confined_file(folder: str | os.PathLike, name: Any) -> Path:
@@ -74,7 +82,10 @@ def confined_file(folder: str | os.PathLike, name: Any) -> Path:
     folder = Path(folder)
     path = folder / name
     if path.is_symlink():
-        target = path.resolve()
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            raise ArtifactError(f"bad manifest in {folder}/: {name} is a symbolic link that leads nowhere") from None
         if not target.is_relative_to(folder.resolve()):
             raise ArtifactError(f"bad manifest in {folder}/: {name} is a symbolic link leading out of the folder")
     return path
@@ -93,12 +104,27 @@ def _check_entry(folder: Path, entry: Any) -> Artifact:
         raise ValueError(f"{artifact.file}: sha256 is not 64 hex digits")
     if not isinstance(artifact.source_sha256, str):
         raise ValueError(f"{artifact.file}: source_sha256 is not text")
+    # every other field is read somewhere (tables, Triton configs, the checkpoint search): wrong types are refused
+    # here, once, instead of failing later as a bug
+    for name, kinds in _FIELD_TYPES.items():
+        value = getattr(artifact, name)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ValueError(f"{artifact.file}: {name} is not {_FIELD_WORDS[name]}")
+    for spec in artifact.inputs + artifact.outputs:
+        if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dtype"), str)
+                or not isinstance(spec.get("shape"), list)
+                or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"])):
+            raise ValueError(f"{artifact.file}: an input or output is not {{name, dtype, shape}}")
+    if artifact.path:
+        raise ValueError(f"{artifact.file}: 'path' is not a manifest field")
     return artifact
 
 
 def _manifest_bytes(folder: Path) -> tuple[Path, bytes]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ArtifactError(f"{path} is not a regular file; not a toolkit manifest, export again")
         raise ArtifactError(f"no {MANIFEST_NAME} in {folder}/; run `toolkit export` first")
     try:
         with open(path, "rb") as f:
@@ -159,7 +185,16 @@ def read_verified(artifact: Artifact) -> bytes:
     """
     path = Path(artifact.path)
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: a FIFO planted under an artifact's name must not block the open; only a regular file of the
+        # recorded size is read (a huge or sparse file is refused before it fills memory)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ArtifactError(f"{artifact.file} is not a regular file; export again")
+            if st.st_size != artifact.size_bytes:
+                raise ArtifactError(f"{artifact.file} changed since export (its size is not the manifest's); "
+                                    "refusing to load it, export again")
+            data = f.read()
     except FileNotFoundError:
         raise ArtifactError(f"{artifact.file} is listed in the manifest but missing; export again") from None
     except OSError as e:

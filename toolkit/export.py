@@ -131,6 +131,11 @@ def _validate(config: ExportConfig) -> None:
     if not 1 <= config.calibration_size <= MAX_CALIBRATION_IMAGES:
         raise ConfigError(f"calibration-size must be between 1 and {MAX_CALIBRATION_IMAGES} (the training set), "
                           f"got {config.calibration_size}")
+    from toolkit.triton import MAX_MAX_BATCH_SIZE  # checked here too, so no artifact is built before it fails
+
+    if not 1 <= config.triton_max_batch_size <= MAX_MAX_BATCH_SIZE:
+        raise ConfigError(f"Triton max batch size must be between 1 and {MAX_MAX_BATCH_SIZE}, "
+                          f"got {config.triton_max_batch_size}")
 
 
 @dataclass

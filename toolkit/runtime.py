@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ PROVIDERS = {
 }
 _PROVIDER_LIBS = {"cuda": "libonnxruntime_providers_cuda.so", "tensorrt": "libonnxruntime_providers_tensorrt.so"}
 MAX_IMAGE_PIXELS = 40_000_000  # refuse larger images before decoding them (a decompression bomb guard)
+IMAGE_FORMATS = ("PNG", "JPEG")
 
 
 def _ort():
@@ -205,7 +207,8 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
-    if not (path.parent / MANIFEST_NAME).is_file():
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.exists() and not manifest.is_symlink():  # a manifest.json that is no file is refused, not skipped
         try:
             return path.read_bytes()
         except OSError as e:
@@ -232,7 +235,12 @@ def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarra
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file, not an image")
     try:
-        with Image.open(path) as img:
+        # PNG and JPEG only: Pillow would otherwise hand EPS/PDF files to Ghostscript; our own size check below
+        # replaces Pillow's bomb warning (a second stderr line)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=IMAGE_FORMATS)
+        with img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{path}: {img.width}x{img.height} is too large "
                                  f"(limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
@@ -241,11 +249,14 @@ def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarra
                 rgba = img.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, rgba)
-            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit gray: convert("L") would clip at 255
+                gray = np.rint(np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257).astype(np.uint8)
+            else:
+                gray = np.asarray(img.convert("L"), dtype=np.uint8)
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
+        raise ImageError(f"{path}: not a readable image ({e}; PNG or JPEG only)") from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed files
         raise ImageError(f"{path}: cannot decode image ({e})") from None
     if invert is None:
