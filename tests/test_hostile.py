@@ -453,3 +453,9 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(ct
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "checkpoint" in lines[0], done.stderr
     assert sorted(p.name for p in out.iterdir()) == []  # no checkpoint, no half-written temporary file
+
+
+def test_control_characters_in_names_never_reach_the_terminal(ctx):
+    result = run_main("predict", "--model", ctx.exported / "model.app.onnx", "ctl\x1b[31mred.png")
+    assert result.exit_code == 2 and "\x1b" not in result.stderr
+    assert "ctl\\x1b[31mred.png" in result.stderr  # shown as an escape, readable

@@ -42,9 +42,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _printable(text: str) -> str:
+    """User-supplied text (file names above all) made safe for a terminal: control characters such as ESC are
+    shown as escapes (\\x1b), never sent, so a file name cannot recolour or rewrite the screen."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
 def _error(message: str, label: str = "error:") -> None:
     """One line on stderr: the label in bold red, then the message as plain text (never markup)."""
-    err.print(Text.assemble((label, "bold red"), " ", " ".join(str(message).split())), soft_wrap=True)
+    err.print(Text.assemble((label, "bold red"), " ", _printable(" ".join(str(message).split()))), soft_wrap=True)
 
 
 def _styled(text: str, style: str) -> Text:
@@ -621,7 +627,7 @@ def predict(
     for col in ("file", "digit", "probability"):
         table.add_column(col)
     for p in predictions:
-        table.add_row(p.file, str(p.digit), f"{p.probability:.4f}")
+        table.add_row(_printable(p.file), str(p.digit), f"{p.probability:.4f}")
     out.print(table)
 
 

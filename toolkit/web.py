@@ -122,7 +122,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if target is None:
             self.send_error(404, "Not Found")
             return
-        data = target.read_bytes()
+        try:
+            data = target.read_bytes()
+        except OSError:  # removed or unreadable since it was resolved: a 404, never a traceback on the console
+            self.send_error(404, "Not Found")
+            return
         self.send_response(200)
         self.send_header("Content-Type", MIME_TYPES.get(target.suffix, "application/octet-stream"))
         self.send_header("Content-Length", str(len(data)))
