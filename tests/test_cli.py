@@ -36,3 +36,16 @@ def test_quiet_prints_nothing_but_errors(tmp_path, mnist_dir, python):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     failed = run_process(python, "-m", "toolkit", "-q", "train", "--lr", "nan", "--out", tmp_path / "x")
     assert failed.returncode == 2 and failed.stdout == "" and failed.stderr.startswith("error: lr must be")
+
+
+def test_json_dash_prints_the_json_alone_on_stdout(exported, mnist_dir, python):
+    import json
+
+    done = run_process(python, "-m", "toolkit", "bench", "--artifacts", exported, "--runtime", "onnxruntime",
+                       "--format", "onnx", "--precision", "fp32", "--batch-sizes", "1", "--iterations", "3",
+                       "--rounds", "1", "--warmup", "1", "--no-matmul-peak", "--no-verify", "--json", "-",
+                       "--data-dir", mnist_dir)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # nothing but the JSON: no table, no notes
+    assert [p["batch_size"] for p in report["points"]] == [1]
+    assert not (exported / "-").exists()
