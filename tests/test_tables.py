@@ -58,7 +58,8 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
                                failures=[] if passed else ["agreement 9000/10000 < 100.00%"])
     results = [row("model.onnx", "onnxruntime"), row("model.onnx", "openvino"), row("model.onnx", "openvino", "bf16"),
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
-    report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu", results=results)
+    report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu", reference="golden.npy sha256=0123456789ab",
+                             results=results)
     text = _render(*cli._verify_table(report))
     rows = _rows(text)
     expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)) for r in results]
