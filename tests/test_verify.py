@@ -80,13 +80,14 @@ def _onnx_with_wrong_input(path):
 
 
 def _relist(folder, name):
-    """Update the manifest's hash of `name`, as if the changed file had been exported like that."""
+    """Update the manifest's hash and size of `name`, as if the changed file had been exported like that."""
     from toolkit.fileio import file_digest
 
     manifest = json.loads((folder / "manifest.json").read_text())
     for entry in manifest["artifacts"]:
         if entry["file"] == name:
             entry["sha256"] = file_digest(folder / name)
+            entry["size_bytes"] = (folder / name).stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
