@@ -83,8 +83,8 @@ def test_a_pickle_in_place_of_the_golden_file_is_never_unpickled(exported_copy, 
     buf = io.BytesIO()
     np.save(buf, np.array([_Boom(str(marker))], dtype=object), allow_pickle=True)
     (exported_copy / GOLDEN_NAME).write_bytes(buf.getvalue())
-    digest = file_digest(exported_copy / GOLDEN_NAME)
-    _rewrite_manifest(exported_copy, lambda m: m["golden"].update(sha256=digest))
+    digest, size = file_digest(exported_copy / GOLDEN_NAME), (exported_copy / GOLDEN_NAME).stat().st_size
+    _rewrite_manifest(exported_copy, lambda m: m["golden"].update(sha256=digest, size_bytes=size))
     with pytest.raises(ArtifactError, match="golden.npy"):
         golden.load_reference(exported_copy)
     assert not marker.exists()
@@ -124,7 +124,8 @@ def test_a_shape_that_differs_from_the_manifest_is_refused(exported_copy):
     np.save(buf, np.zeros((10, 10), np.float32))
     (exported_copy / GOLDEN_NAME).write_bytes(buf.getvalue())
     digest = file_digest(exported_copy / GOLDEN_NAME)
-    _rewrite_manifest(exported_copy, lambda m: m["golden"].update(sha256=digest))
+    size = (exported_copy / GOLDEN_NAME).stat().st_size
+    _rewrite_manifest(exported_copy, lambda m: m["golden"].update(sha256=digest, size_bytes=size))
     with pytest.raises(ArtifactError, match=r"the manifest says float32 \(10000, 10\)"):
         golden.load_reference(exported_copy)
 

@@ -177,32 +177,38 @@ def read_model_flops(folder: str | os.PathLike) -> int | None:
     return value if type(value) is int and 0 < value <= MAX_MODEL_FLOPS else None
 
 
+def _read_recorded(path: str | os.PathLike, file: str, size_bytes: Any, sha256: str) -> bytes:
+    """The bytes of a file the manifest records, after checking them against its size and SHA-256.
+
+    O_NONBLOCK: a FIFO planted under the file's name must not block the open; only a regular file of the
+    recorded size is read (a huge or sparse file is refused before it fills memory).
+    """
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ArtifactError(f"{file} is not a regular file; export again")
+            if st.st_size != size_bytes:
+                raise ArtifactError(f"{file} changed since export (its size is not the manifest's); "
+                                    "refusing to load it, export again")
+            data = f.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"{file} is listed in the manifest but missing; export again") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {file}: {e.strerror or e}") from None
+    if fileio.digest(data) != sha256:
+        raise ArtifactError(f"{file} changed since export (SHA-256 differs from the manifest); "
+                            "refusing to load it, export again")
+    return data
+
+
 def read_verified(artifact: Artifact) -> bytes:
     """The bytes of an artifact's file, after checking them against the manifest's SHA-256.
 
     Loaders take these bytes, never the path: what runs is exactly what was hashed, so a file changed after
     export (TorchScript is code) is refused before anything parses it.
     """
-    path = Path(artifact.path)
-    try:
-        # O_NONBLOCK: a FIFO planted under an artifact's name must not block the open; only a regular file of the
-        # recorded size is read (a huge or sparse file is refused before it fills memory)
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ArtifactError(f"{artifact.file} is not a regular file; export again")
-            if st.st_size != artifact.size_bytes:
-                raise ArtifactError(f"{artifact.file} changed since export (its size is not the manifest's); "
-                                    "refusing to load it, export again")
-            data = f.read()
-    except FileNotFoundError:
-        raise ArtifactError(f"{artifact.file} is listed in the manifest but missing; export again") from None
-    except OSError as e:
-        raise ArtifactError(f"cannot read {artifact.file}: {e.strerror or e}") from None
-    if fileio.digest(data) != artifact.sha256:
-        raise ArtifactError(f"{artifact.file} changed since export (SHA-256 differs from the manifest); "
-                            "refusing to load it, export again")
-    return data
+    return _read_recorded(artifact.path, artifact.file, artifact.size_bytes, artifact.sha256)
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],
@@ -287,19 +293,12 @@ def read_golden_entry(folder: str | os.PathLike) -> GoldenEntry | None:
 
 
 def read_verified_golden(golden: GoldenEntry) -> bytes:
-    """The bytes of the golden-output file, read no further than MAX_GOLDEN_BYTES, after checking them against
-    the manifest's SHA-256: nothing parses them before the hash matched."""
-    try:
-        with open(golden.path, "rb") as f:
-            data = f.read(MAX_GOLDEN_BYTES + 1)
-    except FileNotFoundError:
-        raise ArtifactError(f"{golden.file} is listed in the manifest but missing; export again") from None
-    except OSError as e:
-        raise ArtifactError(f"cannot read {golden.file}: {e.strerror or e}") from None
-    if len(data) > MAX_GOLDEN_BYTES or fileio.digest(data) != golden.sha256:
-        raise ArtifactError(f"{golden.file} changed since export (SHA-256 differs from the manifest); "
-                            "refusing to load it, export again")
-    return data
+    """The bytes of the golden-output file, no larger than MAX_GOLDEN_BYTES, after checking them against
+    the manifest's size and SHA-256: nothing parses them before the hash matched."""
+    if not isinstance(golden.size_bytes, int) or not 0 < golden.size_bytes <= MAX_GOLDEN_BYTES:
+        raise ArtifactError(f"{golden.file}: the manifest gives it {str(golden.size_bytes)[:20]} bytes, not 1 to "
+                            f"{MAX_GOLDEN_BYTES} (10,000 x 10 float32 is 400 KB); export again")
+    return _read_recorded(golden.path, golden.file, golden.size_bytes, golden.sha256)
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
