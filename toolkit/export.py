@@ -464,13 +464,9 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], ckpt: dic
 
 def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:
     """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
-    import shutil
+    from toolkit.triton import ARTIFACTS, REPOSITORY, remove_repository
 
-    from toolkit.triton import ARTIFACTS, REPOSITORY
-
-    repo = out_dir / REPOSITORY
-    if repo.is_dir() and not repo.is_symlink() and rebuilt & {artifact_file(f, p) for f, p in ARTIFACTS}:
-        shutil.rmtree(repo)
+    if rebuilt & {artifact_file(f, p) for f, p in ARTIFACTS} and remove_repository(out_dir):
         log(f"removed {REPOSITORY}/: its models were exported again (add --format triton to lay it out anew)")
 
 
@@ -495,16 +491,13 @@ def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[s
                           "to replace it (its verify and bench results there go too), or choose another --out")
     kept, removed = [], []
     if others:
-        import shutil
-
-        from toolkit.triton import REPOSITORY
+        from toolkit.triton import REPOSITORY, remove_repository
 
         for name in RESULT_FILES:
             if (out_dir / name).is_file() or (out_dir / name).is_symlink():
                 (out_dir / name).unlink()
                 removed.append(name)
-        if (out_dir / REPOSITORY).is_dir() and not (out_dir / REPOSITORY).is_symlink():
-            shutil.rmtree(out_dir / REPOSITORY)
+        if remove_repository(out_dir):
             removed.append(f"{REPOSITORY}/")
     for a in previous:
         if a.file in rebuilding:

@@ -73,6 +73,18 @@ def model_config(artifact: Artifact, max_batch_size: int) -> TritonModel:
     return TritonModel(name, artifact.file, platform, text)
 
 
+def remove_repository(out_dir: str | os.PathLike) -> bool:
+    """Remove `<out_dir>/triton/` if it is a real folder (a symlink there is never followed); True if removed."""
+    target = Path(out_dir) / REPOSITORY
+    if not target.is_dir() or target.is_symlink():
+        return False
+    try:
+        shutil.rmtree(target)
+    except OSError as e:
+        raise OutputError(f"cannot remove {target}: {e.strerror or e}") from None
+    return True
+
+
 def write_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> list[TritonModel]:
     """Lay out `<out_dir>/triton/` for the served artifacts (ARTIFACTS), replacing any earlier repository."""
