@@ -344,14 +344,3 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     raise CheckpointError(f"the checkpoint these artifacts were exported from (SHA-256 {sha[:16]}...) is not at "
                           f"{candidates[0] if candidates else 'the recorded path'} nor beside {folder / MANIFEST_NAME}; "
                           "pass it with --checkpoint or copy it next to the manifest")
-
-
-def check_files(artifacts: list[Artifact]) -> dict[str, str]:
-    """{file: problem} for manifest entries whose file is missing, unreadable or changed since export."""
-    problems = {}
-    for a in artifacts:
-        try:
-            read_verified(a)
-        except ArtifactError as e:
-            problems[a.file] = str(e)
-    return problems
