@@ -1,10 +1,14 @@
-"""Training speed: the 2019 notebook's own pipeline against toolkit's default recipe, on one machine, in one go.
+"""Training speed and accuracy: the 2019 notebook's own pipeline against toolkit's `fast` and `best` recipes.
 
 The notebook pipeline is rebuilt as the notebook wrote it: torchvision `datasets.MNIST` with per-sample
 `ToTensor` + `Normalize` transforms, a `DataLoader` (batch 64, shuffled), plain SGD lr 0.01, float32, the
 test set evaluated after every epoch. It runs until it reaches 98.8% test accuracy (or --notebook-epochs).
-The default recipe runs through `toolkit.train.train` for several seeds. Every time is wall-clock from the
-start of the run (data set construction included) to the end of the epoch that first reached the target.
+
+Each recipe runs once per seed, each run in a fresh process, through `toolkit.train.train`. Every time is
+wall-clock from the start of the run (`train()` called: data loading and everything torch loads on first use
+included; the Python and torch imports before it are not) to the end of the epoch, its test evaluation
+included. The targets: `fast` reaches 99.0% within 10 s (median of the seeds) and every seed ends at 99.0% or
+more; `best` averages at least 99.5% over the seeds, none below 99.45%.
 
     python benchmarks/train_speed.py --data-dir data --out benchmarks/results/train_speed.json
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -25,7 +30,11 @@ from toolkit import fileio, sysinfo
 from toolkit.model import ConvNet
 from toolkit.train import make_config, resolve_device, train
 
-NOTEBOOK_TARGET, RECIPE_TARGET = 98.8, 99.0
+NOTEBOOK_TARGET = 98.8
+TARGETS = {  # recipe -> (test accuracy to reach, seconds to reach it by, lowest final accuracy, lowest mean final)
+    "fast": {"reach": 99.0, "within_seconds": 10.0, "min_final": 99.0},
+    "best": {"min_final": 99.45, "mean_final": 99.5},
+}
 
 
 def notebook_pipeline(data_dir: str, max_epochs: int, device: str, seed: int = 0) -> dict:
@@ -64,7 +73,8 @@ def notebook_pipeline(data_dir: str, max_epochs: int, device: str, seed: int = 0
     return {"epochs": epochs, **_time_to(epochs, NOTEBOOK_TARGET)}
 
 
-def default_recipe(data_dir: str, seed: int, device: str) -> dict:
+def recipe_run(data_dir: str, recipe: str, seed: int, device: str) -> dict:
+    """One seed of a recipe; meant to run in a fresh process, so nothing is warm from an earlier run."""
     epochs = []
     t0 = time.perf_counter()
 
@@ -73,11 +83,10 @@ def default_recipe(data_dir: str, seed: int, device: str) -> dict:
                        "elapsed_seconds": time.perf_counter() - t0})
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(make_config(seed=seed, device=device), data_dir, Path(tmp) / "run", on_epoch=on_epoch)
+        result = train(make_config(recipe, seed=seed, device=device), data_dir, Path(tmp) / "run", on_epoch=on_epoch)
     wall = time.perf_counter() - t0
-    print(f"default recipe seed {seed}: {result.test_accuracy:.2f}% in {wall:.1f} s", flush=True)
     return {"seed": seed, "epochs": epochs, "final_test_accuracy": result.test_accuracy, "wall_seconds": wall,
-            "bf16": result.bf16, "config": result.config, **_time_to(epochs, RECIPE_TARGET)}
+            "bf16": result.bf16, "config": result.config}
 
 
 def _time_to(epochs: list[dict], target: float) -> dict:
@@ -87,41 +96,93 @@ def _time_to(epochs: list[dict], target: float) -> dict:
             "epochs_to_target": hit["epoch"] if hit else None}
 
 
+def judge(recipe: str, runs: list[dict]) -> dict:
+    """The recipe's figures over its seeds, and whether it meets its TARGETS."""
+    goal = TARGETS[recipe]
+    finals = [r["final_test_accuracy"] for r in runs]
+    out = {"seeds": len(runs), "mean_test_accuracy": statistics.mean(finals), "min_test_accuracy": min(finals),
+           "mean_wall_seconds": statistics.mean(r["wall_seconds"] for r in runs),
+           "mean_epoch_seconds": statistics.mean(e["epoch_seconds"] for r in runs for e in r["epochs"])}
+    met = [out["min_test_accuracy"] >= goal["min_final"]]
+    if "mean_final" in goal:
+        met.append(out["mean_test_accuracy"] >= goal["mean_final"])
+    if "reach" in goal:
+        times = [_time_to(r["epochs"], goal["reach"])["seconds_to_target"] for r in runs]
+        reached = [t for t in times if t is not None]
+        # a seed that never reached the target counts as slower than any that did
+        out["seconds_to_target_each"] = times
+        out["median_seconds_to_target"] = statistics.median(t if t is not None else float("inf") for t in times)
+        met.append(len(reached) * 2 > len(times) and out["median_seconds_to_target"] <= goal["within_seconds"])
+    out["targets"] = goal
+    out["targets_met"] = all(met)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Test accuracy against wall-clock seconds, one line per recipe (the mean over seeds at each epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    lines = {f"{name} (mean of {len(runs)} seeds)": runs for name, runs in result["recipes"].items()}
+    lines["notebook pipeline"] = [result["notebook_pipeline"]]
+    for (label, runs), marker in zip(lines.items(), "os^"):
+        n = min(len(r["epochs"]) for r in runs)
+        x = [statistics.mean(r["epochs"][i]["elapsed_seconds"] for r in runs) for i in range(n)]
+        y = [statistics.mean(r["epochs"][i]["test_accuracy"] for r in runs) for i in range(n)]
+        ax.plot(x, y, marker + "-", label=label, markersize=4)
+    for level in (99.0, 99.5):
+        ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+    ax.axvline(10, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds from the start of the run (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(97.0, 100.0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(f"MNIST ConvNet on {result['machine']['cpu']} ({result['machine']['cpu_cores']} cores), {result['device']}")
+    fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--notebook-epochs", type=int, default=15)
+    parser.add_argument("--recipes", default="fast,best")
+    parser.add_argument("--notebook-epochs", type=int, default=15, help="0: leave the notebook pipeline out")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
 
-    recipe_runs = [default_recipe(args.data_dir, int(s), device) for s in args.seeds.split(",")]
-    notebook = notebook_pipeline(args.data_dir, args.notebook_epochs, device)
+    recipes: dict[str, list[dict]] = {}
+    spawn = multiprocessing.get_context("spawn")
+    for recipe in args.recipes.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            with spawn.Pool(1) as pool:  # a fresh process per run: first-use costs are paid every time
+                run = pool.apply(recipe_run, (args.data_dir, recipe, seed, device))
+            recipes.setdefault(recipe, []).append(run)
+            print(f"{recipe} recipe, seed {seed}: {run['final_test_accuracy']:.2f}% in {run['wall_seconds']:.1f} s",
+                  flush=True)
+    notebook = notebook_pipeline(args.data_dir, args.notebook_epochs, device) if args.notebook_epochs else None
 
-    finals = [r["final_test_accuracy"] for r in recipe_runs]
-    times = [r["seconds_to_target"] for r in recipe_runs if r["reached"]]
-    summary = {
-        "default_recipe_mean_test_accuracy": statistics.mean(finals),
-        "default_recipe_min_test_accuracy": min(finals),
-        "default_recipe_mean_wall_seconds": statistics.mean(r["wall_seconds"] for r in recipe_runs),
-        "default_recipe_mean_epoch_seconds": statistics.mean(e["epoch_seconds"] for r in recipe_runs for e in r["epochs"]),
-        "default_recipe_median_seconds_to_99_0": statistics.median(times) if len(times) == len(recipe_runs) else None,
-        "notebook_mean_epoch_seconds": statistics.mean(e["epoch_seconds"] for e in notebook["epochs"]),
-        "notebook_seconds_to_98_8": notebook["seconds_to_target"],
-        "notebook_reached_98_8": notebook["reached"],
-        "notebook_best_test_accuracy": max(e["test_accuracy"] for e in notebook["epochs"]),
-    }
-    if summary["default_recipe_median_seconds_to_99_0"]:
+    summary = {name: judge(name, runs) for name, runs in recipes.items()}
+    if notebook and "fast" in summary and summary["fast"]["median_seconds_to_target"] != float("inf"):
         # if the notebook never reached 98.8%, its whole run is a lower bound on its time to get there
         notebook_time = notebook["seconds_to_target"] or notebook["epochs"][-1]["elapsed_seconds"]
-        summary["speedup"] = notebook_time / summary["default_recipe_median_seconds_to_99_0"]
+        summary["fast_speedup_over_notebook"] = notebook_time / summary["fast"]["median_seconds_to_target"]
         summary["speedup_is_lower_bound"] = not notebook["reached"]
     result = {"benchmark": "train_speed", "device": device, "machine": sysinfo.machine(),
               "versions": sysinfo.versions("torch", "torchvision", "numpy"), "torch_threads": torch.get_num_threads(),
-              "summary": summary, "default_recipe": recipe_runs, "notebook_pipeline": notebook}
+              "summary": summary, "recipes": recipes, "notebook_pipeline": notebook}
     fileio.write_json(args.out, result)
+    if notebook:
+        plot(result, Path(args.out).with_suffix(".png"))
     print(json.dumps(summary, indent=2))
 
 

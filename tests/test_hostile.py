@@ -222,6 +222,18 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("resume-nan-lr", lambda c: (c.work / "runs/r").mkdir(parents=True) or shutil.move(
         c.checkpoint_with(lambda k: k["config"].update(lr=float("nan"))), c.work / "runs/r/checkpoint.pt") and
      ["train", "--resume", "--out", "runs/r", "--data-dir", c.mnist], 2, "lr"),
+    ("train-holdout-negative", lambda c: ["train", "--holdout", "-5", "--out", "runs/x"], 2, "holdout"),
+    ("train-holdout-everything", lambda c: ["train", "--holdout", "30000", "--train-limit", "100", "--out", "runs/x",
+                                            "--data-dir", c.mnist], 2, "holdout"),
+    ("resume-nan-ema", lambda c: (c.work / "runs/r").mkdir(parents=True) or shutil.move(
+        c.checkpoint_with(lambda k: k["config"].update(ema=float("nan"))), c.work / "runs/r/checkpoint.pt") and
+     ["train", "--resume", "--out", "runs/r", "--data-dir", c.mnist], 2, "ema"),
+    ("resume-unknown-optimizer", lambda c: (c.work / "runs/r").mkdir(parents=True) or shutil.move(
+        c.checkpoint_with(lambda k: k["config"].update(optimizer="rmsprop")), c.work / "runs/r/checkpoint.pt") and
+     ["train", "--resume", "--out", "runs/r", "--data-dir", c.mnist], 2, "optimizer"),
+    ("resume-averaging-without-raw-weights", lambda c: (c.work / "runs/r").mkdir(parents=True) or shutil.move(
+        c.checkpoint_with(lambda k: k["config"].update(ema=0.99, epochs=5)), c.work / "runs/r/checkpoint.pt") and
+     ["train", "--resume", "--out", "runs/r", "--data-dir", c.mnist], 2, "cannot resume"),
     ("resume-malicious-pickle", lambda c: (c.work / "runs/r").mkdir(parents=True) or shutil.move(
         _pickle_bomb_checkpoint(c), c.work / "runs/r/checkpoint.pt") and
      ["train", "--resume", "--out", "runs/r", "--data-dir", c.mnist], 2, "not a readable checkpoint"),

