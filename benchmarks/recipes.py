@@ -11,6 +11,7 @@ evaluated by the trainer as always, but this script records none of it: choosing
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -22,18 +23,19 @@ from toolkit import fileio, sysinfo
 from toolkit.train import RECIPES, make_config, train
 
 NO_AUGMENTATION = dict(rotate=0.0, scale=0.0, shift=0.0, elastic=0.0)
-# name -> (recipe, what is changed, why it is a question)
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "best": ("best", {}),
-    "best without augmentation": ("best", NO_AUGMENTATION),
-    "best with elastic distortion (1.5 px)": ("best", dict(elastic=1.5)),
-    "best without label smoothing": ("best", dict(label_smoothing=0.0)),
-    "best with weight averaging (EMA 0.999)": ("best", dict(ema=0.999)),
-    "best with half the epochs": ("best", dict(epochs=RECIPES["best"]["epochs"] // 2)),
-    "fast": ("fast", {}),
-    "fast without label smoothing": ("fast", dict(label_smoothing=0.0)),
-    "fast with batch 256": ("fast", dict(batch_size=256)),
-    "fast with SGD (Nesterov, lr 0.1)": ("fast", dict(optimizer="sgd", lr=0.1, nesterov=True, weight_decay=5e-4)),
+# name -> (recipe, what is changed, whether the change takes an ingredient of the recipe out or adds one it lacks)
+VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "best": ("best", {}, ""),
+    "best without augmentation": ("best", NO_AUGMENTATION, "takes out"),
+    "best with elastic distortion (1.5 px)": ("best", dict(elastic=1.5), "adds"),
+    "best without label smoothing": ("best", dict(label_smoothing=0.0), "takes out"),
+    "best with weight averaging (EMA 0.999)": ("best", dict(ema=0.999), "adds"),
+    "best with half the epochs": ("best", dict(epochs=RECIPES["best"]["epochs"] // 2), "takes out"),
+    "fast": ("fast", {}, ""),
+    "fast without label smoothing": ("fast", dict(label_smoothing=0.0), "takes out"),
+    "fast with batch 256": ("fast", dict(batch_size=256), "takes out"),
+    "fast with SGD (Nesterov, lr 0.1)": ("fast", dict(optimizer="sgd", lr=0.1, nesterov=True, weight_decay=5e-4),
+                                         "takes out"),
 }
 
 
@@ -53,19 +55,21 @@ def run(recipe: str, overrides: dict, seed: int, data_dir: str, holdout: int) ->
 
 
 def summarize(variants: dict) -> dict:
-    """Mean validation accuracy of each variant, and its difference from the recipe it varies."""
+    """Mean validation accuracy of each variant, its difference from the recipe it varies, and the verdict: an
+    ingredient the recipe has pays when taking it out loses accuracy; one it lacks pays when adding it gains."""
     means = {name: statistics.mean(r["val_accuracy"] for r in v["runs"]) for name, v in variants.items() if v["runs"]}
     out = {}
     for name, mean in means.items():
-        recipe = variants[name]["recipe"]
+        recipe, kind = variants[name]["recipe"], VARIANTS[name][2]
         row = {"mean_val_accuracy": mean, "min_val_accuracy": min(r["val_accuracy"] for r in variants[name]["runs"]),
                "mean_wall_seconds": statistics.mean(r["wall_seconds"] for r in variants[name]["runs"]),
-               "seeds": len(variants[name]["runs"])}
-        if name != recipe and recipe in means:
-            # positive: the recipe as it is beats this variant, so what the variant takes out (or the way it
-            # differs) pays
-            row["recipe_minus_variant"] = means[recipe] - mean
-            row["ingredient_pays"] = means[recipe] > mean
+               "seeds": len(variants[name]["runs"]), "change": kind}
+        if kind and recipe in means:
+            row["recipe_minus_variant"] = means[recipe] - mean  # positive: the recipe as it is does better
+            pays = row["recipe_minus_variant"] > 0 if kind == "takes out" else row["recipe_minus_variant"] < 0
+            row["verdict"] = {("takes out", True): "the recipe's choice pays",
+                              ("takes out", False): "the recipe's choice does not pay",
+                              ("adds", True): "would pay", ("adds", False): "does not pay: left out"}[kind, pays]
         out[name] = row
     return out
 
@@ -78,14 +82,20 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=10000)
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--out", default="benchmarks/results/recipes.json")
+    parser.add_argument("--summarize-only", action="store_true", help="recompute the summary of --out's runs")
     args = parser.parse_args()
+    if args.summarize_only:
+        result = json.loads(Path(args.out).read_text())
+        result["summary"] = summarize(result["variants"])
+        fileio.write_json(args.out, result)
+        return
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
 
     result = {"benchmark": "recipes", "holdout": args.holdout, "machine": sysinfo.machine(),
               "versions": sysinfo.versions("torch", "numpy"), "torch_threads": torch.get_num_threads(),
               "recipes": {name: RECIPES[name] for name in ("fast", "best")}, "variants": {}}
     for name in names:
-        recipe, overrides = VARIANTS[name]
+        recipe, overrides, _ = VARIANTS[name]
         seeds = args.fast_seeds if recipe == "fast" else args.seeds
         entry = result["variants"].setdefault(name, {"recipe": recipe, "changes": overrides, "runs": []})
         for seed in map(int, seeds.split(",")):

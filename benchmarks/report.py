@@ -67,13 +67,12 @@ def recipes(r: dict) -> list[str]:
     lines = [f"### What each ingredient adds (`benchmarks/recipes.py`, {machine(r['machine'])})", "",
              f"Validation accuracy on the last {r['holdout']:,} training images, held out of training; the test "
              "set is not looked at.", "",
-             "| variant | seeds | mean validation accuracy | lowest | recipe minus variant (points) | taken out: does it pay? |",
+             "| variant | seeds | mean validation accuracy | lowest | recipe minus variant (points) | verdict |",
              "|---|---:|---:|---:|---:|---|"]
     for name, row in r["summary"].items():
         delta = f"{row['recipe_minus_variant']:+.3f}" if "recipe_minus_variant" in row else ""
-        pays = ("yes" if row["ingredient_pays"] else "no") if "ingredient_pays" in row else ""
         lines.append(f"| {name} | {row['seeds']} | {row['mean_val_accuracy']:.3f}% | {row['min_val_accuracy']:.2f}% | "
-                     f"{delta} | {pays} |")
+                     f"{delta} | {row.get('verdict', 'the recipe')} |")
     return lines
 
 
