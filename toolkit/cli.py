@@ -286,7 +286,7 @@ def train(
                               on_epoch=on_epoch, on_batch=on_batch)
     out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}"
               f"{', bf16 autocast' if result.bf16 else ''}; test accuracy {result.test_accuracy:.2f}% "
-              f"after {len(result.history)} epochs ({result.train_seconds:.1f} s"
+              f"after {len(result.history)} epoch{'s' * (len(result.history) != 1)} ({result.train_seconds:.1f} s"
               f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})")
     out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
               f"{Path(result.run_dir) / 'errors.png'}")
