@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from toolkit import data as mnist
 from toolkit import fileio, sysinfo
 from toolkit.augment import distort
+from toolkit.bench import matmul_peak_gflops
 from toolkit.model import ConvNet, forward_flops
-from toolkit.train import _build, bf16_supported, evaluate, make_config, training_loss
+from toolkit.train import _build, _Step, bf16_supported, evaluate, make_config, training_loss
 
 
 class ReluThenPool(ConvNet):
@@ -96,53 +97,39 @@ def operator_table(config, steps: int = 50) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     model, optimizer, scheduler, average = _build(config, "cpu", 10_000)
-    x = torch.randn(config.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (config.batch_size,))
-    step = _stepper(model, optimizer, x, y, config.bf16 and bf16_supported("cpu"), config.label_smoothing)
+    step = _Step(config, model, optimizer, scheduler, average, torch.Generator(), config.bf16 and bf16_supported("cpu"))
+    x, y = _batch(config)
     for _ in range(10):
-        step()
+        step(x, y)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
-            step()
+            step(x, y)
     rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in rows)
     return [{"operator": e.key, "input_shapes": str(e.input_shapes)[:120], "self_ms_per_step": e.self_cpu_time_total
              / 1000 / steps, "share": e.self_cpu_time_total / total} for e in rows[:12]]
 
 
-def _stepper(model, optimizer, x, y, bf16: bool, label_smoothing: float):
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x).float()
-        loss = training_loss(out, y, label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times) / 1e9
+def _batch(config):
+    """A random batch of the recipe's size and memory format."""
+    x = torch.randn(config.batch_size, 1, 28, 28)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (config.batch_size,))
 
 
 def compare_steps(config, rounds: int, steps: int) -> dict:
     """Median step time of each variant; variants alternate within each round, so drift hits all alike."""
-    x = torch.randn(config.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (config.batch_size,))
+    x, y = _batch(config)
     bf16 = config.bf16 and bf16_supported("cpu")
 
     def variant(model_cls, fused):
+        """The trainer's own step, on this model class and AdamW kernel, without schedule or augmentation."""
         model = model_cls().to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused)
-        return _stepper(model, optimizer, x, y, bf16, config.label_smoothing)
+        step = _Step(dataclasses.replace(config, rotate=0.0, scale=0.0, shift=0.0, elastic=0.0), model, optimizer,
+                     None, None, None, bf16)
+        return lambda: step(x, y)
 
     variants = {"relu then pool, multi-tensor AdamW (before)": variant(ReluThenPool, False),
                 "pool then relu, multi-tensor AdamW": variant(ConvNet, False),
@@ -179,7 +166,7 @@ def main() -> None:
     ops = operator_table(config)
     comparison = compare_steps(config, args.rounds, steps=20)
     bf16 = epoch["bf16"]
-    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    peak = matmul_peak_gflops(torch.bfloat16 if bf16 else torch.float32)
     # a training step costs about three forward passes (backward: gradients for inputs and weights), less the
     # first convolution's input gradient, which nobody needs
     model = ConvNet()

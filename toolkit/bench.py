@@ -398,12 +398,13 @@ def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, A
     return best
 
 
-def matmul_peak_gflops() -> float:
-    """Best float32 matrix-multiply rate of this CPU through torch (MKL/oneDNN), in GFLOP/s, on torch's
-    current thread count (bench sets it from --threads)."""
+def matmul_peak_gflops(dtype: Any = None) -> float:
+    """Best matrix-multiply rate of this CPU through torch (MKL/oneDNN), in GFLOP/s, on torch's current thread
+    count (bench sets it from --threads); float32 unless `dtype` (a torch dtype, e.g. torch.bfloat16) says."""
     import torch
 
-    return _best_rate(lambda a, b: a @ b, lambda n: (torch.randn(n, n), torch.randn(n, n)))
+    dtype = dtype or torch.float32
+    return _best_rate(lambda a, b: a @ b, lambda n: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)))
 
 
 def int8_matmul_peak_gops() -> float | None:
