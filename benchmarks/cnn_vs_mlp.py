@@ -15,6 +15,7 @@ from pathlib import Path
 
 from toolkit import fileio, sysinfo
 from toolkit.model import build_model, count_parameters
+from toolkit.plots import pyplot, save_figure
 from toolkit.train import make_config, train
 
 
@@ -46,11 +47,7 @@ def main() -> None:
 
 
 def _plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for row in runs:
         errors = row["validation_error_per_epoch"]
@@ -63,7 +60,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("ConvNet vs MLP of similar size")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(plt, fig, path)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from typing import Any
 from toolkit import fileio
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display needed
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -20,7 +21,7 @@ def _pyplot():
 
 def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> None:
     """Train and evaluation error (%) per epoch, as the notebook asked for, written atomically to `path`."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row.epoch for row in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(epochs, [row.train_error for row in history], "o-", label="train error")
@@ -33,7 +34,8 @@ def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> No
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title or "error per epoch")
-    _save(plt, fig, path)
+    fig.tight_layout()
+    save_figure(plt, fig, path)
 
 
 def _percent_ticks(ax, values: Sequence[float]) -> None:
@@ -55,9 +57,8 @@ def _percent_ticks(ax, values: Sequence[float]) -> None:
 
 
 
-def _save(plt, fig, path: str | Path) -> None:
-    """Lay out, write the PNG atomically, and free the figure."""
-    fig.tight_layout()
+def save_figure(plt, fig, path: str | Path) -> None:
+    """Write the (laid out) figure as a PNG, atomically, and free it."""
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -75,7 +76,7 @@ def plot_bench(panels: dict[str, dict[tuple[str, str], list[tuple[int, float, fl
     panels: precision -> (runtime, kind) -> [(batch, images/s, low, high)]; kind "app" is dashed.
     latency: [(label, runtime, p50 ms, min ms, p90 ms)].
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
@@ -131,6 +132,4 @@ def plot_bench(panels: dict[str, dict[tuple[str, str], list[tuple[int, float, fl
                bbox_to_anchor=(0.5, 0.965))
     fig.suptitle(title or "throughput and latency", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(plt, fig, path)
