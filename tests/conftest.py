@@ -39,6 +39,24 @@ def run_process(*args: str | os.PathLike, timeout: float = 300, **kwargs) -> sub
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def train_cut_after_first_epoch_then_resumed(config, data_dir: Path, run_dir: Path):
+    """Train `config` into `run_dir`, stopped (as by Ctrl-C) after its first epoch, then resumed to the end;
+    returns the resumed run's result."""
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.train import train
+
+    def interrupt_after_first(stats, total):
+        if stats.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_dir, run_dir, on_epoch=interrupt_after_first)
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    resumed = train(config, data_dir, run_dir, resume=True)
+    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == config.epochs
+    return resumed
+
+
 def assert_one_line_error(result, code: int | None = None) -> str:
     """A user error: non-zero exit, one 'error:' line on stderr, and no traceback anywhere."""
     stderr = result.stderr.strip()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, train_cut_after_first_epoch_then_resumed
 from toolkit import data as mnist
 from toolkit.augment import Distortion, distort
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
@@ -99,15 +99,7 @@ def test_held_out_images_are_never_trained_on(tmp_path, mnist_dir):
 def test_weight_averaging_saves_the_average_and_resumes_exactly(tmp_path, mnist_dir):
     config = _best(holdout=500, ema=0.999)  # measured by benchmarks/recipes.py; no recipe keeps it
     train(config, mnist_dir, tmp_path / "straight")
-
-    def interrupt_after_first(stats, total):
-        if stats.epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, mnist_dir, tmp_path / "cut", on_epoch=interrupt_after_first)
-    resumed = train(config, mnist_dir, tmp_path / "cut", resume=True)
-    assert resumed.resumed_from_epoch == 1
+    train_cut_after_first_epoch_then_resumed(config, mnist_dir, tmp_path / "cut")
     straight, cut = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "cut"))
     for key in ("state_dict", "training_state_dict"):
         assert all(torch.equal(straight[key][k], cut[key][k]) for k in straight[key])

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process, train_cut_after_first_epoch_then_resumed
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.data import load_split, to_tensor
 from toolkit.train import evaluate, make_config, train
@@ -48,16 +48,7 @@ def test_same_seed_on_the_cpu_gives_the_same_result(tmp_path, mnist_dir):
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, mnist_dir):
     config = make_config(epochs=3, train_limit=3000, device="cpu")
     train(config, mnist_dir, tmp_path / "straight")
-
-    def interrupt_after_first(stats, total):
-        if stats.epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, mnist_dir, tmp_path / "cut", on_epoch=interrupt_after_first)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    resumed = train(config, mnist_dir, tmp_path / "cut", resume=True)
-    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
+    train_cut_after_first_epoch_then_resumed(config, mnist_dir, tmp_path / "cut")
     straight, cut = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
     assert all(torch.equal(straight[k], cut[k]) for k in straight)
 
