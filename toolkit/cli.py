@@ -297,9 +297,8 @@ def _epoch_display(header: str, validation: bool) -> Iterator[tuple[Callable[...
     """(on_epoch, on_batch) callbacks: a live table and progress bar on a terminal, else one plain line per
     epoch, printed as it finishes (so `toolkit train | tee log` shows progress). `validation`: the run holds
     out a validation split, shown in its own column."""
-    columns = ("epoch", "train loss", "train acc %", "test loss", "test acc %", "lr", "seconds")
-
-    columns = columns[:3] + ("val acc %",) * validation + columns[3:]
+    columns = ("epoch", "train loss", "train acc %", *(("val acc %",) if validation else ()), "test loss",
+               "test acc %", "lr", "seconds")
 
     def cells(s: Any, total: int) -> tuple[str, ...]:
         val = (f"{s.val_accuracy:.2f}",) if validation else ()
