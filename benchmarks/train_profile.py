@@ -29,6 +29,7 @@ from toolkit import fileio, sysinfo
 from toolkit.augment import distort
 from toolkit.bench import matmul_peak_gflops
 from toolkit.model import ConvNet, forward_flops
+from toolkit.preprocess import BACKGROUND
 from toolkit.train import _build, _Step, bf16_supported, evaluate, make_config, training_loss
 
 
@@ -70,7 +71,7 @@ def phases(config, data_dir: str) -> dict:
         x, y = timed("shuffling and batch gathering", lambda: (X[order[start:start + config.batch_size]],
                                                               Y[order[start:start + config.batch_size]]))
         if config.distortion.active:
-            x = timed("augmentation", lambda: distort(x, config.distortion, rng, mnist.BACKGROUND)
+            x = timed("augmentation", lambda: distort(x, config.distortion, rng, BACKGROUND)
                       .contiguous(memory_format=torch.channels_last))
 
         def forward():

@@ -1,7 +1,7 @@
 """The Node.js example embeds the same .onnx and must see and predict exactly what the Python runtime does.
 
 examples/node/classify.js turns images into model input with examples/web/mnist-preprocess.mjs, the module
-the web page uses; these tests hold it to toolkit/runtime.py's load_image on real and photo-like images.
+the web page uses; these tests hold it to toolkit/preprocess.py's load_image on real and photo-like images.
 """
 
 import json
@@ -16,7 +16,8 @@ from PIL import Image
 
 from tests.conftest import REPO
 from toolkit.data import load_split
-from toolkit.runtime import Classifier, load_image, predict_files
+from toolkit.preprocess import load_image
+from toolkit.runtime import Classifier, predict_files
 
 NODE_DIR = REPO / "examples" / "node"
 # Pillow 13 chose the order of its two resampling passes by shape; the module follows Pillow 13 and earlier

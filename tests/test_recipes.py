@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tests.conftest import assert_one_line_error, run_cli, train_cut_after_first_epoch_then_resumed
 from toolkit import data as mnist
 from toolkit.augment import Distortion, distort
+from toolkit.preprocess import BACKGROUND
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.model import ConvNet
 from toolkit.train import RECIPES, config_from_checkpoint, evaluate, make_config, train, training_loss
@@ -40,7 +41,7 @@ def test_pooling_before_relu_gives_the_notebook_orders_values_and_gradients_exac
 def test_no_distortion_leaves_the_images_as_they_are(mnist_dir):
     images, _ = mnist.load_split(mnist_dir, "test")
     x = mnist.to_tensor(images[:64])
-    out = distort(x, Distortion(), torch.Generator().manual_seed(0), mnist.BACKGROUND)
+    out = distort(x, Distortion(), torch.Generator().manual_seed(0), BACKGROUND)
     assert torch.allclose(out, x, atol=1e-5)
 
 
@@ -48,15 +49,15 @@ def test_no_distortion_leaves_the_images_as_they_are(mnist_dir):
 def test_distortion_is_reproducible_from_its_generator_and_pads_with_background(mnist_dir, distortion):
     images, _ = mnist.load_split(mnist_dir, "test")
     x = mnist.to_tensor(images[:64])
-    a = distort(x, distortion, torch.Generator().manual_seed(5), mnist.BACKGROUND)
-    b = distort(x, distortion, torch.Generator().manual_seed(5), mnist.BACKGROUND)
-    c = distort(x, distortion, torch.Generator().manual_seed(6), mnist.BACKGROUND)
+    a = distort(x, distortion, torch.Generator().manual_seed(5), BACKGROUND)
+    b = distort(x, distortion, torch.Generator().manual_seed(5), BACKGROUND)
+    c = distort(x, distortion, torch.Generator().manual_seed(6), BACKGROUND)
     assert torch.equal(a, b) and not torch.equal(a, c)
     # every image is changed, and the corners (always background in MNIST) stay background, not zero
     assert ((a - x).abs().amax(dim=(1, 2, 3)) > 0.5).all()
-    assert torch.allclose(a[:, :, 0, 0], torch.full_like(a[:, :, 0, 0], mnist.BACKGROUND), atol=1e-5)
-    blank = torch.full((4, 1, 28, 28), mnist.BACKGROUND)
-    assert torch.allclose(distort(blank, distortion, torch.Generator(), mnist.BACKGROUND), blank, atol=1e-5)
+    assert torch.allclose(a[:, :, 0, 0], torch.full_like(a[:, :, 0, 0], BACKGROUND), atol=1e-5)
+    blank = torch.full((4, 1, 28, 28), BACKGROUND)
+    assert torch.allclose(distort(blank, distortion, torch.Generator(), BACKGROUND), blank, atol=1e-5)
 
 
 def test_distorted_digits_still_read_as_their_label(trained, mnist_dir):
@@ -66,7 +67,7 @@ def test_distorted_digits_still_read_as_their_label(trained, mnist_dir):
     images, labels = mnist.load_split(mnist_dir, "test")
     x, y = mnist.to_tensor(images[:2000]), torch.from_numpy(labels[:2000])
     _, plain = evaluate(model, x, y)
-    _, distorted = evaluate(model, distort(x, BEST_DISTORTION, torch.Generator().manual_seed(0), mnist.BACKGROUND), y)
+    _, distorted = evaluate(model, distort(x, BEST_DISTORTION, torch.Generator().manual_seed(0), BACKGROUND), y)
     assert 90.0 < distorted < plain, (plain, distorted)
 
 

@@ -23,7 +23,8 @@ from PIL import Image
 from tests.conftest import REPO, assert_one_line_error, run_cli
 from toolkit.chromium import Chromium, find_chromium
 from toolkit.data import load_split
-from toolkit.runtime import Classifier, load_image
+from toolkit.preprocess import load_image
+from toolkit.runtime import Classifier
 from toolkit.web import Background, Mount, WebConfig
 
 WEB_DIR = REPO / "examples" / "web"

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import data as mnist
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
-from toolkit.runtime import check_provider, create_session, describe, normalize
+from toolkit.preprocess import MEAN, STD, normalize
+from toolkit.runtime import check_provider, create_session, describe
 
 LOG_PROBS = ("log_probs",)
 APP_OUTPUTS = ("probabilities", "digit")
@@ -68,7 +68,7 @@ class Runner:
         self.label = label  # the file (or checkpoint) it was opened from, for messages
         self.kind = kind  # "normalized" (log_probs) or "app" (probabilities, digit)
         self.options = options
-        self.mean, self.std = mnist.MEAN, mnist.STD
+        self.mean, self.std = MEAN, STD
 
     @property
     def outputs(self) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
+from toolkit.preprocess import MEAN, STD
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
@@ -440,8 +441,8 @@ def compare(
     tolerance: Annotated[Optional[list[str]], typer.Option(help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none switches one off).")] = None,
     judge_as: Annotated[str, typer.Option(help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
     compare_as: Annotated[str, typer.Option("--as", help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, else log-softmax), log_probs, probabilities, raw.")] = "auto",
-    mean: Annotated[float, typer.Option(help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = 0.1307,
-    std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = 0.3081,
+    mean: Annotated[float, typer.Option(help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = MEAN,
+    std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc [N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
     provider: Annotated[str, typer.Option(help="Device: cpu or cuda.")] = "cpu",
     limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
@@ -534,8 +535,8 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
-    mean: Annotated[float, typer.Option(help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = 0.1307,
-    std: Annotated[float, typer.Option(help="With FILE: see --mean.")] = 0.3081,
+    mean: Annotated[float, typer.Option(help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = MEAN,
+    std: Annotated[float, typer.Option(help="With FILE: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
     data_dir: DataDir = Path("data"),

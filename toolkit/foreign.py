@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import data as mnist
 from toolkit.backends import OnnxRuntimeRunner, Runner, RunnerOptions, TorchRunner, _check_torch_device
 from toolkit.errors import ArtifactError, ConfigError
+from toolkit.preprocess import MEAN, STD
 
 LAYOUTS = ("auto", "nchw", "nhwc", "nhw", "flat")
 _SHAPES = {"nchw": (1, 28, 28), "nhwc": (28, 28, 1), "nhw": (28, 28), "flat": (784,)}
@@ -38,8 +38,8 @@ class Preprocessing:
     """How MNIST pixels become a foreign model's input: (pixel / 255 - mean) / std, in `layout`.
     uint8 inputs get the raw pixels."""
 
-    mean: float = mnist.MEAN
-    std: float = mnist.STD
+    mean: float = MEAN
+    std: float = STD
     layout: str = "auto"  # auto: from the declared input shape
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from toolkit import data as mnist
 from toolkit import fileio, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
 from toolkit.errors import ArtifactError
-from toolkit.runtime import normalize
+from toolkit.preprocess import MEAN, STD, normalize
 
 WHAT = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
         "one row per MNIST test image in file order")
@@ -29,7 +29,7 @@ def reference_log_probs(model, pixels: np.ndarray) -> np.ndarray:
     """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for uint8 images [N, 28, 28]."""
     import torch
 
-    x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD))
+    x = torch.from_numpy(normalize(pixels, MEAN, STD))
     with torch.inference_mode():
         return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
 

@@ -22,6 +22,7 @@ from toolkit.augment import Distortion, distort
 from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
 from toolkit.model import MODELS, build_model, count_parameters
+from toolkit.preprocess import BACKGROUND
 
 # `seed` is the 2019 notebook; `fast` passes 99.0% in one epoch; `best` is the most accurate in a few minutes.
 # Each setting of `fast` and `best` was chosen on a validation split held out of the training set, never on the
@@ -424,7 +425,7 @@ class _Step:
         import torch
 
         if self.distortion.active:
-            x = distort(x, self.distortion, self.augment_rng, background=mnist.BACKGROUND)
+            x = distort(x, self.distortion, self.augment_rng, background=BACKGROUND)
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):

@@ -25,7 +25,8 @@ from toolkit import fileio, golden, sysinfo
 from toolkit.artifacts import (GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest,
                                select)
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
-from toolkit.runtime import check_provider, normalize
+from toolkit.preprocess import MEAN, STD, normalize
+from toolkit.runtime import check_provider
 
 MAX_BATCH1_IMAGES = 10_000
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -162,7 +163,7 @@ def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    x = torch.from_numpy(normalize(pixels, mnist.MEAN, mnist.STD))
+    x = torch.from_numpy(normalize(pixels, MEAN, STD))
     with torch.inference_mode():
         return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
 

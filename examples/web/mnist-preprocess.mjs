@@ -1,6 +1,6 @@
 // Any RGBA image -> the 28x28 uint8 digit (white on black) that toolkit's model.app.onnx takes.
 //
-// The same steps as toolkit/runtime.py's load_image, so a page, a Node program and `toolkit predict`
+// The same steps as toolkit/preprocess.py's load_image, so a page, a Node program and `toolkit predict`
 // feed the model the same pixels: alpha composited onto white, Pillow's grayscale, a dark digit on a
 // light background inverted, then (unless the image is already 28x28) the digit's bounding box scaled to
 // 20x20 with Pillow's Lanczos filter and placed in 28x28 by its centre of mass. Integer arithmetic follows

@@ -1,0 +1,71 @@
+"""The toolkit's vocabulary: every exported format and precision, in one table.
+
+export, verify, bench, compare, predict and the CLI read this table and nothing else to know what a format
+is called, what its file is named, which precisions it has, what its input is and which runtime runs it
+natively. Adding a format is one row here plus one module in `toolkit/exporters/`; a runtime states which
+of these formats it opens in its own row (`toolkit/runners/__init__.py`).
+
+Torch-free and import-free: the bottom floor, read by apps that never import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Precisions a file can have, from the most exact to the least. A run is judged at the lower of its file's
+# precision and the runtime's compute mode (OpenVINO's bf16 mode makes an fp32 file a bf16 run), and the
+# tolerance it must meet is that precision's.
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # what export writes (bf16 only ever comes from a runtime's mode)
+
+# Runtime compute modes (OpenVINO's inference precision hint) and the precision each amounts to.
+MODE_PRECISION = {"f32": "fp32", "bf16": "bf16"}
+MODES = tuple(MODE_PRECISION)
+DEFAULT_MODE = "f32"
+
+# Input kinds: what a toolkit model takes and what it returns.
+NORMALIZED = "normalized"  # float32 [N, 1, 28, 28] normalized with the file's mean/std -> log_probs [N, 10]
+APP = "app"  # raw uint8 pixels [N, 28, 28] -> probabilities [N, 10], digit [N]
+OUTPUTS = {NORMALIZED: ("log_probs",), APP: ("probabilities", "digit")}
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of FORMATS."""
+
+    name: str
+    suffix: str  # the file name is "model" + (".<precision>" unless fp32) + suffix
+    precisions: tuple[str, ...]
+    kind: str  # NORMALIZED or APP
+    native_runtime: str  # the runtime verify proves it in unless told otherwise
+    description: str
+    is_code: bool = False  # loading the file runs code it carries (TorchScript): only load files you trust
+
+    def file_name(self, precision: str) -> str:
+        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt."""
+        return "model" + ("" if precision == "fp32" else f".{precision}") + self.suffix
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return OUTPUTS[self.kind]
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", ".onnx", ("fp32", "fp16", "int8"), NORMALIZED, "onnxruntime",
+           "normalized float32 image [N,1,28,28] -> log-probabilities [N,10]"),
+    Format("torchscript", ".ts.pt", ("fp32",), NORMALIZED, "torchscript",
+           "frozen TorchScript, same I/O as onnx", is_code=True),
+    Format("onnx-app", ".app.onnx", ("fp32",), APP, "onnxruntime",
+           "raw uint8 pixels [N,28,28] -> probabilities [N,10], digit [N]"),
+)}
+ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))
+
+
+def judged_precision(file_precision: str, mode: str = DEFAULT_MODE) -> str:
+    """The precision a run is judged at: the lower of the file's and the runtime's compute mode's."""
+    return max(file_precision, MODE_PRECISION.get(mode, "fp32"), key=PRECISION_ORDER.index)
+
+
+def kind_of(fmt: str) -> str:
+    """The input kind of a format's files (NORMALIZED or APP)."""
+    return FORMATS[fmt].kind
