@@ -18,8 +18,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "env_size.json"

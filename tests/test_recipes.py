@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from tests.conftest import assert_one_line_error, run_cli, train_cut_after_first_epoch_then_resumed
 from toolkit import data as mnist
 from toolkit.augment import Distortion, distort
-from toolkit.preprocess import BACKGROUND
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.model import ConvNet
+from toolkit.preprocess import BACKGROUND
 from toolkit.train import RECIPES, config_from_checkpoint, evaluate, make_config, train, training_loss
 
 BEST_DISTORTION = Distortion(**{k: RECIPES["best"].get(k, 0.0) for k in ("rotate", "scale", "shift", "elastic")})

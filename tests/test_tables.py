@@ -2,7 +2,6 @@
 
 import io
 import json
-import re
 from types import SimpleNamespace
 
 from rich.console import Console

@@ -456,8 +456,8 @@ def compare(
     """
     _outputs(json_path)
     from toolkit.compare import CompareConfig, parse_tolerance
-    from toolkit.errors import ConfigError
     from toolkit.compare import compare as run_compare
+    from toolkit.errors import ConfigError
     from toolkit.foreign import Preprocessing
 
     layouts = _csv([layout]) or ["auto"]

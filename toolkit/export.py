@@ -24,8 +24,19 @@ from torch import nn
 
 from toolkit import data as mnist
 from toolkit import fileio, golden, sysinfo
-from toolkit.artifacts import (GOLDEN_NAME, MANIFEST_NAME, META_KEY, ONNX_SUFFIX, RESULT_FILES, TORCHSCRIPT_SUFFIX,
-                               Artifact, GoldenEntry, read_golden_entry, read_manifest, write_manifest)
+from toolkit.artifacts import (
+    GOLDEN_NAME,
+    MANIFEST_NAME,
+    META_KEY,
+    ONNX_SUFFIX,
+    RESULT_FILES,
+    TORCHSCRIPT_SUFFIX,
+    Artifact,
+    GoldenEntry,
+    read_golden_entry,
+    read_manifest,
+    write_manifest,
+)
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.model import forward_flops
@@ -273,8 +284,14 @@ def _quantize_int8(fp32_model, config: ExportConfig, ctx: _Context, workdir: Pat
     """ONNX Runtime static quantization, calibrated on training images only."""
     import numpy as np
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     images, _ = mnist.load_split(config.data_dir, "train")
     rng = np.random.default_rng(config.seed)

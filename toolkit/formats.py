@@ -38,6 +38,7 @@ class Format:
     precisions: tuple[str, ...]
     kind: str  # NORMALIZED or APP
     native_runtime: str  # the runtime verify proves it in unless told otherwise
+    exporter: str  # the module of toolkit.exporters that builds it (imported only when exporting: needs torch)
     description: str
     is_code: bool = False  # loading the file runs code it carries (TorchScript): only load files you trust
 
@@ -51,11 +52,11 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("onnx", ".onnx", ("fp32", "fp16", "int8"), NORMALIZED, "onnxruntime",
+    Format("onnx", ".onnx", ("fp32", "fp16", "int8"), NORMALIZED, "onnxruntime", "onnx",
            "normalized float32 image [N,1,28,28] -> log-probabilities [N,10]"),
-    Format("torchscript", ".ts.pt", ("fp32",), NORMALIZED, "torchscript",
+    Format("torchscript", ".ts.pt", ("fp32",), NORMALIZED, "torchscript", "torchscript",
            "frozen TorchScript, same I/O as onnx", is_code=True),
-    Format("onnx-app", ".app.onnx", ("fp32",), APP, "onnxruntime",
+    Format("onnx-app", ".app.onnx", ("fp32",), APP, "onnxruntime", "onnx_app",
            "raw uint8 pixels [N,28,28] -> probabilities [N,10], digit [N]"),
 )}
 ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))

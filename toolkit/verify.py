@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import backends
+from toolkit import backends, fileio, golden, sysinfo
 from toolkit import data as mnist
-from toolkit import fileio, golden, sysinfo
-from toolkit.artifacts import (GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest,
-                               select)
+from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.preprocess import MEAN, STD, normalize
 from toolkit.runtime import check_provider
