@@ -1,4 +1,9 @@
-"""Atomic writes and checksums shared by every stage."""
+"""Atomic writes, the one JSON encoder and checksums shared by every stage.
+
+Every file the toolkit writes goes through `atomic_path`: it writes a regular file where the path is absent or
+already a regular file, and refuses anything else (a device such as /dev/null, a FIFO, a socket, a symbolic
+link, a folder) in one line, leaving it as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
+        _check_target(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
@@ -42,15 +48,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink(missing_ok=True)
 
 
+def _check_target(path: Path) -> None:
+    """Refuse to replace what is not a regular file: renaming over /dev/null or a FIFO would destroy it."""
+    from toolkit.errors import OutputError
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory")
+    kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    raise OutputError(f"cannot write {path}: it is {kind}, not a regular file; give the path of a new or "
+                      "regular file (or - for standard output where the option allows it)")
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Atomically write `data` to `path`."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """`obj` as strict JSON: NaN and infinities, which JSON has no words for, become null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as indented JSON."""
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Atomically write `obj` as indented strict JSON (see `json_text`)."""
+    write_bytes(path, (json_text(obj) + "\n").encode())
 
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:

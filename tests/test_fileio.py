@@ -1,0 +1,56 @@
+"""The one writer: outputs land as regular files, atomically, and nothing else at the path is replaced."""
+
+import json
+import math
+import os
+import stat
+
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli
+from toolkit import fileio
+from toolkit.errors import OutputError
+
+
+def test_a_regular_file_is_replaced_whole(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    fileio.write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling-symlink"])
+def test_what_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, kind):
+    target = tmp_path / "out.json"
+    keep = tmp_path / "kept.txt"
+    keep.write_text("precious")
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(keep if kind == "symlink" else tmp_path / "nowhere")
+    before = os.lstat(target)
+    with pytest.raises(OutputError, match="not a regular file"):
+        fileio.write_json(target, {"a": 1})
+    after = os.lstat(target)
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
+    assert keep.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "out.json"]
+
+
+def test_json_never_holds_nan_or_infinity():
+    text = fileio.json_text({"x": math.nan, "y": [math.inf, -math.inf, 1.5], "z": {"w": 2}})
+
+    def refuse(word):
+        raise ValueError(word)
+
+    assert json.loads(text, parse_constant=refuse) == {"x": None, "y": [None, None, 1.5], "z": {"w": 2}}
+
+
+def test_the_cli_refuses_a_fifo_as_json_output(tmp_path, exported, mnist_dir):
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    model = exported / "model.onnx"
+    result = run_cli("compare", model, model, "--json", fifo, "--data-dir", mnist_dir)
+    assert "not a regular file" in assert_one_line_error(result, 2)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
