@@ -37,6 +37,7 @@ VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one
 MAX_BATCH_SIZE = 65_536
 LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256}
 MAX_SECONDS = 3_600.0
+_APP_FORMATS = tuple(name for name, row in formats.FORMATS.items() if row.kind == formats.APP)  # plotted apart
 
 
 @dataclass(frozen=True)
@@ -684,7 +685,7 @@ def plot(report: BenchReport, path: str | Path) -> None:
     for p in report.points:
         if p.provider != "cpu" and p.io != "host":
             continue
-        kind = "app" if p.format == "onnx-app" else "model"
+        kind = "app" if p.format in _APP_FORMATS else "model"
         # the throughput this point would have at its slowest (p90) and fastest (min) call times
         spread = (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
         line = panels.setdefault(p.judged_as if p.precision in formats.PRECISION_ORDER else p.precision, {})
