@@ -190,10 +190,10 @@ def test_a_nan_tolerance_cannot_switch_the_check_off(exported, mnist_dir):
 def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     from dataclasses import replace
 
-    from toolkit import backends
+    from toolkit import runners
 
-    monkeypatch.setitem(backends.RUNTIMES, "opencv", replace(backends.RUNTIMES["opencv"], module="no_such_cv2_module"))
+    monkeypatch.setitem(runners.RUNTIMES, "opencv", replace(runners.RUNTIMES["opencv"], module="no_such_cv2_module"))
     result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "opencv")
     assert "runtime opencv is not installed" in assert_one_line_error(result, 2)
-    selection = backends.select_runtimes(["all"])
+    selection = runners.select_runtimes(["all"])
     assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]

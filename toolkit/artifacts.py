@@ -15,12 +15,11 @@ from typing import Any
 
 from toolkit import fileio
 from toolkit.errors import ArtifactError
+from toolkit.formats import FORMATS, PRECISIONS
 
 MANIFEST_NAME = "manifest.json"
 DEFAULT_EXPORT_DIR = Path("exported")
 META_KEY = "toolkit.json"  # TorchScript _extra_files entry; ONNX uses one metadata_props key per field
-ONNX_SUFFIX = ".onnx"
-TORCHSCRIPT_SUFFIX = ".ts.pt"
 # What `make main` and the README write beside the artifacts: results that describe the exported model, removed
 # with it when `export --overwrite` replaces the folder's model.
 RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for ext in ("json", "md", "png")))
@@ -31,7 +30,7 @@ class Artifact:
     """One exported file, as listed in manifest.json."""
 
     file: str  # relative to the manifest's folder
-    format: str  # a key of export.FORMATS
+    format: str  # a key of formats.FORMATS
     precision: str
     size_bytes: int
     sha256: str
@@ -56,13 +55,12 @@ class Artifact:
         return f"{self.format}/{self.precision}"
 
 
-KNOWN_FORMATS = ("onnx", "onnx-app", "torchscript")  # export.FORMATS' keys (export needs torch; this does not)
-KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
 MAX_MANIFEST_BYTES = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELD_TYPES: dict[str, Any] = {
-    "size_bytes": int, "inputs": list, "outputs": list, "source_checkpoint": str, "test_accuracy": (int, float, type(None)),
-    "opset": (int, type(None)), "settings": dict, "versions": dict, "export_seconds": (int, float, type(None)),
+    "size_bytes": int, "inputs": list, "outputs": list, "source_checkpoint": str,
+    "test_accuracy": (int, float, type(None)), "opset": (int, type(None)),
+    "settings": dict, "versions": dict, "export_seconds": (int, float, type(None)),
 }
 _FIELD_WORDS = {name: "a number" if name in ("size_bytes", "test_accuracy", "opset", "export_seconds") else
                 "text" if name == "source_checkpoint" else "a list" if name in ("inputs", "outputs") else "an object"
@@ -91,30 +89,46 @@ def confined_file(folder: str | os.PathLike, name: Any) -> Path:
     return path
 
 
-def _check_entry(folder: Path, entry: Any) -> Artifact:
-    if not isinstance(entry, dict):
-        raise TypeError("an artifact entry is not an object")
-    artifact = Artifact(**entry)
-    confined_file(folder, artifact.file)
-    if artifact.format not in KNOWN_FORMATS:
+def _check_vocabulary(artifact: Artifact) -> None:
+    if artifact.format not in FORMATS:
         raise ValueError(f"unknown format {str(artifact.format)[:40]!r}")
-    if artifact.precision not in KNOWN_PRECISIONS:
+    if artifact.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {str(artifact.precision)[:40]!r}")
+
+
+def _check_hashes(artifact: Artifact) -> None:
     if not isinstance(artifact.sha256, str) or not _SHA256.fullmatch(artifact.sha256):
         raise ValueError(f"{artifact.file}: sha256 is not 64 hex digits")
     if not isinstance(artifact.source_sha256, str):
         raise ValueError(f"{artifact.file}: source_sha256 is not text")
+
+
+def _check_field_types(artifact: Artifact) -> None:
     # every other field is read somewhere (tables, Triton configs, the checkpoint search): wrong types are refused
     # here, once, instead of failing later as a bug
     for name, kinds in _FIELD_TYPES.items():
         value = getattr(artifact, name)
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise ValueError(f"{artifact.file}: {name} is not {_FIELD_WORDS[name]}")
-    for spec in artifact.inputs + artifact.outputs:
-        if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dtype"), str)
-                or not isinstance(spec.get("shape"), list)
-                or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"])):
-            raise ValueError(f"{artifact.file}: an input or output is not {{name, dtype, shape}}")
+
+
+def _is_tensor_spec(spec: Any) -> bool:
+    """{name: text, dtype: text, shape: [int or text, ...]}"""
+    return (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("dtype"), str)
+            and isinstance(spec.get("shape"), list)
+            and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"]))
+
+
+def _check_entry(folder: Path, entry: Any) -> Artifact:
+    if not isinstance(entry, dict):
+        raise TypeError("an artifact entry is not an object")
+    artifact = Artifact(**entry)
+    confined_file(folder, artifact.file)
+    _check_vocabulary(artifact)
+    _check_hashes(artifact)
+    _check_field_types(artifact)
+    if not all(_is_tensor_spec(spec) for spec in artifact.inputs + artifact.outputs):
+        raise ValueError(f"{artifact.file}: an input or output is not {{name, dtype, shape}}")
     if artifact.path:
         raise ValueError(f"{artifact.file}: 'path' is not a manifest field")
     return artifact
@@ -209,6 +223,26 @@ def read_verified(artifact: Artifact) -> bytes:
     export (TorchScript is code) is refused before anything parses it.
     """
     return _read_recorded(artifact.path, artifact.file, artifact.size_bytes, artifact.sha256)
+
+
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a model file to load. When its folder holds a manifest.json, the file must be listed there
+    and match its SHA-256 (checked before anything parses it); a loose file with no manifest beside it is read
+    as is."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.exists() and not manifest.is_symlink():  # a manifest.json that is no file is refused, not skipped
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    listed = [a for a in read_manifest(path.parent) if a.file == path.name]
+    if not listed:
+        raise ArtifactError(f"{path} is not listed in the {MANIFEST_NAME} beside it; refusing to load it, "
+                            "export again or move it out of that folder")
+    return read_verified(listed[0])
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],
@@ -333,7 +367,7 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     folder = Path(folder)
     wanted = {a.source_sha256 for a in artifacts}
     candidates = [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
-    candidates += sorted(p for p in folder.glob("*.pt") if not p.name.endswith(TORCHSCRIPT_SUFFIX))
+    candidates += sorted(p for p in folder.glob("*.pt") if not p.name.endswith(FORMATS["torchscript"].suffix))
     for path in candidates:
         try:
             if path.is_file() and path.stat().st_size < 1 << 30 and fileio.file_digest(path) in wanted:
@@ -342,5 +376,6 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
             continue
     sha = next(iter(wanted), "")
     raise CheckpointError(f"the checkpoint these artifacts were exported from (SHA-256 {sha[:16]}...) is not at "
-                          f"{candidates[0] if candidates else 'the recorded path'} nor beside {folder / MANIFEST_NAME}; "
+                          f"{candidates[0] if candidates else 'the recorded path'} "
+                          f"nor beside {folder / MANIFEST_NAME}; "
                           "pass it with --checkpoint or copy it next to the manifest")

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import backends, sysinfo
 from toolkit import data as mnist
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_flops, select
-from toolkit.backends import IO_MODES, RUNTIMES, Runner, RunnerOptions, Timed
+from toolkit import devices, formats, runners, sysinfo
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_file, read_model_flops
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
-from toolkit.runtime import PROVIDERS, check_provider
+from toolkit.formats import MODES
+from toolkit.runners import IO_MODES, RUNTIMES, Runner, RunnerOptions, Timed
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
@@ -37,6 +37,7 @@ VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one
 MAX_BATCH_SIZE = 65_536
 LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256}
 MAX_SECONDS = 3_600.0
+_APP_FORMATS = tuple(name for name, row in formats.FORMATS.items() if row.kind == formats.APP)  # plotted apart
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class BenchConfig:
     optimizations: tuple[str, ...] = ("all",)  # ONNX Runtime graph optimization levels to compare
     concurrency: tuple[int, ...] = (1,)  # ONNX Runtime CPU: calls in flight at once, each on cores/N threads
     cuda_graph: bool = False  # also time ONNX Runtime CUDA with CUDA graphs (device-resident I/O)
-    modes: tuple[str, ...] = backends.OPENVINO_PRECISIONS  # OpenVINO inference precisions (extra ones on fp32 files)
-    hints: tuple[str, ...] = backends.OPENVINO_HINTS  # OpenVINO performance hints
+    modes: tuple[str, ...] = MODES  # OpenVINO inference precisions (extra ones on fp32 files)
+    hints: tuple[str, ...] = runners.OPENVINO_HINTS  # OpenVINO performance hints
     verify: bool = True  # check each configuration on the test set first; "fastest" names verified ones only
     matmul_peak: bool = True  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
 
@@ -73,13 +74,13 @@ class BenchConfig:
                 and 0 < self.seconds <= MAX_SECONDS):
             raise ConfigError(f"seconds per point must be a finite number in (0, {MAX_SECONDS:g}], not {self.seconds}")
         for what, values, allowed in (("optimization level", self.optimizations, OPTIMIZATION_LEVELS),
-                                      ("OpenVINO precision", self.modes, backends.OPENVINO_PRECISIONS),
-                                      ("OpenVINO hint", self.hints, backends.OPENVINO_HINTS)):
+                                      ("OpenVINO precision", self.modes, formats.MODES),
+                                      ("OpenVINO hint", self.hints, runners.OPENVINO_HINTS)):
             unknown = [v for v in values if v not in allowed] or ([] if values else ["(none)"])
             if unknown:
                 raise ConfigError(f"unknown {what} {unknown[0]!r}; use {', '.join(allowed)}")
         for p in self.providers:  # every name, also beside 'all'
-            check_provider(p, "all")
+            devices.check(p, "all")
 
 
 def _check_ints(what: str, values: tuple[int, ...], low: int, high: int) -> None:
@@ -89,7 +90,7 @@ def _check_ints(what: str, values: tuple[int, ...], low: int, high: int) -> None
 
 @dataclass
 class BenchPoint:
-    runtime: str  # a key of backends.RUNTIMES
+    runtime: str  # a key of runners.RUNTIMES
     format: str  # onnx, onnx-app, torchscript, pytorch
     precision: str
     provider: str  # cpu, cuda, tensorrt
@@ -126,7 +127,7 @@ class BenchPoint:
 
     @property
     def judged_as(self) -> str:
-        return backends.judged_precision(self.precision, self.mode)
+        return formats.judged_precision(self.precision, self.mode)
 
     @property
     def name(self) -> str:
@@ -187,7 +188,7 @@ class _Candidate:
     @property
     def key(self) -> str:
         o = self.options
-        return (f"{self.runtime} {self.format}/{self.precision} {o.device} {self.io} {o.optimization} {o.precision} "
+        return (f"{self.runtime} {self.format}/{self.precision} {o.device} {self.io} {o.optimization} {o.mode} "
                 f"{o.hint} c{self.concurrency} t{o.threads}{' cuda-graph' if o.cuda_graph else ''}")
 
     @property
@@ -206,27 +207,26 @@ class _Candidate:
             threads=self.options.threads, first_call_ms=first_ms, p50_ms=float(np.percentile(ms, 50)),
             p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
             min_ms=float(ms.min()), throughput=batch_size * batches_per_call * len(ms) / wall_s,
-            mode=self.options.precision if "mode" in tunes else "-",
+            mode=self.options.mode if "mode" in tunes else "-",
             hint=self.options.hint if "hint" in tunes else "-", verified=verified)
 
 
 # --- building the candidates ----------------------------------------------------------------------------
 
-def _axes(config: BenchConfig, spec: backends.Runtime, device: str, precision: str) -> dict[str, list[dict]]:
+def _axes(config: BenchConfig, spec: runners.Runtime, device: str, precision: str) -> dict[str, list[dict]]:
     """Each bench setting's values as option dicts; a runtime takes the product over its `tunes`."""
     cpu = device == "cpu"
-    modes = [m for m in spec.modes if m in config.modes and (precision == "fp32" or m == spec.modes[0])]
     return {
         "optimization": [{"optimization": level} for level in config.optimizations] if cpu else [{}],
         "concurrency": [{"concurrency": c} for c in config.concurrency] if cpu else [{}],
         "io": [{}] if cpu else [{"io": m} for m in IO_MODES],
         "cuda_graph": [{}],
-        "mode": [{"precision": m} for m in modes],
+        "mode": [{}],  # each run's mode comes with it (runners.runs)
         "hint": [{"hint": h} for h in config.hints],
     }
 
 
-def _variants(config: BenchConfig, spec: backends.Runtime, device: str, precision: str) -> list[dict[str, Any]]:
+def _variants(config: BenchConfig, spec: runners.Runtime, device: str, precision: str) -> list[dict[str, Any]]:
     axes = _axes(config, spec, device, precision)
     combos: list[dict[str, Any]] = [{}]
     for axis in spec.tunes:
@@ -236,63 +236,29 @@ def _variants(config: BenchConfig, spec: backends.Runtime, device: str, precisio
     return combos
 
 
-def _sources(spec: backends.Runtime, config: BenchConfig, manifest: list[Artifact],
-             checkpoint: str) -> list[tuple[Artifact | str, str, str]]:
-    """(source, format, precision) for every file (or the checkpoint) this runtime opens in the selection."""
-    wanted_format = (lambda f: not config.formats or f in config.formats)
-    wanted_precision = (lambda p: not config.precisions or p in config.precisions)
-    if "pytorch" in spec.formats:
-        return [(checkpoint, "pytorch", "fp32")] if wanted_format("pytorch") and wanted_precision("fp32") else []
-    return [(a, a.format, a.precision) for a in select(manifest, list(config.formats), list(config.precisions))
-            if spec.opens(a.format, a.precision)]
-
-
 def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
                      checkpoint: str) -> list[_Candidate]:
     """Every configuration to time: runtime x device x source x the settings that runtime takes."""
     out = []
     for device in devices:
-        for name in runtimes:
-            spec = RUNTIMES[name]
-            if device not in spec.devices:
-                continue  # the torch baselines for the GPU run under provider cuda; CPU-only runtimes on cpu
-            for source, fmt, precision in _sources(spec, config, manifest, checkpoint):
-                for v in _variants(config, spec, device, precision):
-                    concurrency = v.pop("concurrency", 1)
-                    io = v.pop("io", "host")
-                    threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1
-                                                 else None)
-                    options = RunnerOptions(device=device, threads=threads, **v)
-                    out.append(_Candidate(name, source, fmt, precision, options, io, concurrency))
+        # the torch baselines for the GPU run under provider cuda; CPU-only runtimes on cpu
+        todo, _ = runners.runs(manifest, runtimes, device, list(config.formats), list(config.precisions), checkpoint)
+        for run in todo:
+            if run.mode not in config.modes:
+                continue
+            spec = RUNTIMES[run.runtime]
+            for v in _variants(config, spec, device, run.precision):
+                concurrency = v.pop("concurrency", 1)
+                io = v.pop("io", "host")
+                threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1
+                                             else None)
+                options = RunnerOptions(device=device, threads=threads, mode=run.mode, **v)
+                out.append(_Candidate(run.runtime, run.source, run.format, run.precision, options, io, concurrency))
     return out
 
 
-def _resolve_providers(requested: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    """Expand 'all' to the providers that really load here; an explicit provider that cannot load is an error."""
-    import onnxruntime as ort
-
-    if "all" not in requested:
-        return list(dict.fromkeys(requested)), {}
-    usable, skipped = [], {}
-    for p in PROVIDERS:
-        if PROVIDERS[p] not in ort.get_available_providers():
-            skipped[p] = f"{PROVIDERS[p]} is not in this onnxruntime build"
-            continue
-        if p != "cpu":
-            if not _has_torch():
-                skipped[p] = "cannot look for a CUDA device without torch; name the provider to try it"
-                continue
-            import torch
-
-            if not torch.cuda.is_available():
-                skipped[p] = "no CUDA device visible"
-                continue
-        usable.append(p)
-    return usable, skipped
-
-
 def _options_words(o: RunnerOptions) -> str:
-    return f"opt={o.optimization} threads={o.threads} precision={o.precision} hint={o.hint}"
+    return f"opt={o.optimization} threads={o.threads} precision={o.mode} hint={o.hint}"
 
 
 def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
@@ -300,7 +266,7 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
     from toolkit import verify
 
     runtime, fmt, precision, options = key
-    judged = backends.judged_precision(precision, options.precision)
+    judged = formats.judged_precision(precision, options.mode)
     try:
         fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
     except ArtifactError as e:
@@ -320,7 +286,7 @@ class _Opener:
         self.settings: dict[str, list[dict[str, Any]]] = {}
 
     def __call__(self, c: _Candidate) -> Runner:
-        runner, ms = backends.open_timed(c.runtime, c.source, c.options)
+        runner, ms = runners.open_timed(c.runtime, c.source, c.options)
         self.load_ms.setdefault(f"{c.runtime} {c.format}/{c.precision} {c.options.device} "
                                 f"{_options_words(c.options)}", ms)
         if self.ref is not None and c.runner_key not in self.verdicts:
@@ -457,7 +423,7 @@ def time_rounds(config: BenchConfig, candidates: list[_Candidate], open_runner: 
         for c in candidates:
             runner = open_runner(c)
             for bs in config.batch_sizes:
-                with backends.run_guard(runner):
+                with runners.run_guard(runner):
                     timed = runner.timed(_batches(pixels, bs), c.io)
                     s = series.get((c.key, bs)) or _first_call(timed)
                     series[(c.key, bs)] = s
@@ -484,7 +450,7 @@ def _has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: backends.Selection,
+def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: runners.Selection,
                      skipped: dict[str, str]) -> str | None:
     """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
     the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
@@ -525,11 +491,11 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
         import torch
 
         torch.set_num_threads(config.threads)
-    selection = backends.select_runtimes(config.runtimes)
-    devices, skipped = _resolve_providers(config.providers)
+    selection = runners.select_runtimes(config.runtimes)
+    devices_used, skipped = devices.expand(config.providers)
     manifest = read_manifest(config.artifacts)
     checkpoint = _find_checkpoint(config, manifest, selection, skipped)
-    candidates = build_candidates(config, selection.runtimes, devices, manifest, checkpoint or "")
+    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "")
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
     from toolkit.verify import resolve_reference
@@ -543,15 +509,15 @@ def bench(config: BenchConfig, on_progress: Callable[[int, int, str], None] | No
     points = [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, opener.verified(c))
               for c in candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
     flops = _model_flops(config, checkpoint)
-    cpu = config.matmul_peak and "cpu" in devices
+    cpu = config.matmul_peak and "cpu" in devices_used
     if cpu and not _has_torch():
         cpu, skipped["matmul peak"] = False, "measured with torch, which is not installed (--no-matmul-peak)"
     elif cpu and flops is None:
         cpu, skipped["matmul peak"] = False, ("the model's FLOPs are unknown here (no checkpoint, none in the "
                                               "manifest): the efficiency targets need them")
-    versions = backends.runtime_versions(list(opener.settings))
+    versions = runners.runtime_versions(list(opener.settings))
     report = BenchReport(
-        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, devices),
+        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, devices_used),
         session_options=_session_options(config), model_flops_per_image=flops,
         matmul_peak_gflops=matmul_peak_gflops() if cpu else None, points=points, load_ms=opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in selection.skipped.items()}},
@@ -719,14 +685,14 @@ def plot(report: BenchReport, path: str | Path) -> None:
     for p in report.points:
         if p.provider != "cpu" and p.io != "host":
             continue
-        kind = "app" if p.format == "onnx-app" else "model"
+        kind = "app" if p.format in _APP_FORMATS else "model"
         # the throughput this point would have at its slowest (p90) and fastest (min) call times
         spread = (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
-        line = panels.setdefault(p.judged_as if p.precision in backends.PRECISION_ORDER else p.precision, {})
+        line = panels.setdefault(p.judged_as if p.precision in formats.PRECISION_ORDER else p.precision, {})
         best = line.setdefault((p.runtime, kind), {})
         if p.batch_size not in best or p.throughput > best[p.batch_size][1]:
             best[p.batch_size] = spread
-    order = [*backends.PRECISION_ORDER, *sorted(set(panels) - set(backends.PRECISION_ORDER))]
+    order = [*formats.PRECISION_ORDER, *sorted(set(panels) - set(formats.PRECISION_ORDER))]
     series = {precision: {key: [(b, t, lo, hi) for b, (lo, t, hi) in pts.items()] for key, pts in panels[precision].items()}
               for precision in order if precision in panels}
     single: dict[str, BenchPoint] = {}
@@ -746,9 +712,9 @@ def plot(report: BenchReport, path: str | Path) -> None:
 def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
                on_progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
     """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
-    layout (see foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
+    layout (see runners/foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
     no reference), so no targets are computed."""
-    from toolkit import foreign
+    from toolkit.runners import foreign
 
     t_start = time.perf_counter()
     prep = prep or foreign.Preprocessing()
@@ -758,7 +724,7 @@ def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[st
     if wanted - {"onnxruntime"}:
         raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
     first = foreign.open_file(path, RunnerOptions(), prep, shapes)  # fails early on a file it cannot feed
-    if foreign.is_torchscript(foreign.read_file(path)):
+    if foreign.is_torchscript(read_model_file(path)):
         raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
     takes_images = getattr(first, "takes_images", True)
     dtype = next((i.type for i in first.session.get_inputs()), "")
@@ -802,7 +768,7 @@ class _FileOpener:
         self.inputs = ""
 
     def __call__(self, c: _Candidate) -> Runner:
-        from toolkit import foreign
+        from toolkit.runners import foreign
 
         t0 = time.perf_counter()
         runner = foreign.open_file(c.source, c.options, self.prep, self.shapes)

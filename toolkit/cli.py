@@ -458,7 +458,7 @@ def compare(
     from toolkit.compare import CompareConfig, parse_tolerance
     from toolkit.compare import compare as run_compare
     from toolkit.errors import ConfigError
-    from toolkit.foreign import Preprocessing
+    from toolkit.runners.foreign import Preprocessing
 
     layouts = _csv([layout]) or ["auto"]
     if len(layouts) > 2:
@@ -567,7 +567,7 @@ def bench(
         if file is None:
             report = bench_lib.bench(config, on_progress=on_progress)
         else:
-            from toolkit.foreign import Preprocessing, parse_shapes
+            from toolkit.runners.foreign import Preprocessing, parse_shapes
 
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
                                           parse_shapes(_csv(shape)), on_progress=on_progress)

@@ -1,6 +1,6 @@
 """Compare two model files on all 10,000 MNIST test images: does B compute what A computes?
 
-Either file may be ONNX or TorchScript, toolkit-made or not (see foreign.py for how a foreign file is fed).
+Either file may be ONNX or TorchScript, toolkit-made or not (see runners/foreign.py for how a foreign file is fed).
 A is the reference: B is judged against it with verify's tolerances and verify's judgement (max and mean
 |diff| of the compared outputs, argmax agreement, accuracy change), and each one's accuracy is reported.
 
@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import backends, sysinfo
 from toolkit import data as mnist
+from toolkit import devices, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
-from toolkit.foreign import Preprocessing, open_file, scores
+from toolkit.runners import RunnerOptions
+from toolkit.runners.foreign import Preprocessing, open_file, scores
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
 COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
@@ -67,6 +68,7 @@ class CompareConfig:
         for path in (self.a, self.b):
             if not Path(path).is_file():
                 raise ConfigError(f"{path}: no such file")
+        devices.check(self.provider)
 
 
 @dataclass
@@ -130,12 +132,12 @@ def compare(config: CompareConfig) -> CompareReport:
     pixels, labels = mnist.load_split(config.data_dir, "test")
     if config.limit:
         pixels, labels = pixels[:config.limit], labels[:config.limit]
-    options = backends.RunnerOptions(device=config.provider)
+    options = RunnerOptions(device=config.provider)
     measured = []
     for path, prep in ((config.a, config.prep_a), (config.b, config.prep_b)):
         runner = open_file(path, options, prep)
         values, kind = scores(runner, pixels)
-        toolkit_model = runner.kind in ("normalized", "app")
+        toolkit_model = runner.kind in formats.OUTPUTS
         side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
                     accuracy=100.0 * float((values.argmax(1) == labels).mean()),
                     preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}

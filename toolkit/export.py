@@ -24,13 +24,12 @@ from torch import nn
 
 from toolkit import data as mnist
 from toolkit import fileio, golden, sysinfo
+from toolkit import formats as vocabulary
 from toolkit.artifacts import (
     GOLDEN_NAME,
     MANIFEST_NAME,
     META_KEY,
-    ONNX_SUFFIX,
     RESULT_FILES,
-    TORCHSCRIPT_SUFFIX,
     Artifact,
     GoldenEntry,
     read_golden_entry,
@@ -330,11 +329,11 @@ def _quantize_int8(fp32_model, config: ExportConfig, ctx: _Context, workdir: Pat
 
 
 FORMATS: dict[str, FormatSpec] = {
-    "onnx": FormatSpec("onnx", ONNX_SUFFIX, ("fp32", "fp16", "int8"), ("cpu", "cuda"),
+    "onnx": FormatSpec("onnx", vocabulary.FORMATS["onnx"].suffix, ("fp32", "fp16", "int8"), ("cpu", "cuda"),
                        "normalized float32 image [N,1,28,28] -> log-probabilities [N,10]", _build_onnx),
-    "torchscript": FormatSpec("torchscript", TORCHSCRIPT_SUFFIX, ("fp32",), ("cpu", "cuda"),
+    "torchscript": FormatSpec("torchscript", vocabulary.FORMATS["torchscript"].suffix, ("fp32",), ("cpu", "cuda"),
                               "frozen TorchScript, same I/O as onnx", _build_torchscript),
-    "onnx-app": FormatSpec("onnx-app", ".app" + ONNX_SUFFIX, ("fp32",), ("cpu", "cuda"),
+    "onnx-app": FormatSpec("onnx-app", vocabulary.FORMATS["onnx-app"].suffix, ("fp32",), ("cpu", "cuda"),
                            "raw uint8 pixels [N,28,28] -> probabilities [N,10], digit [N]", _build_onnx_app),
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
+from toolkit import devices, fileio, sysinfo
 from toolkit.augment import Distortion, distort
 from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
@@ -141,14 +141,11 @@ def validate(config: TrainConfig) -> None:
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without one is an error."""
-    import torch
-
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise ProviderUnavailable(f"--device cuda asked for, but torch ({built}) finds no usable GPU; "
-                                  "use --device cpu or --device auto")
+        return "cpu" if devices.torch_unavailable("cuda") else "cuda"
+    why = devices.torch_unavailable(device)
+    if why:
+        raise ProviderUnavailable(f"--device {device} asked for, but {why}; use --device cpu or --device auto")
     return device
 
 

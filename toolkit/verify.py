@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import backends, fileio, golden, sysinfo
 from toolkit import data as mnist
+from toolkit import devices, fileio, formats, golden, runners, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.preprocess import MEAN, STD, normalize
-from toolkit.runtime import check_provider
 
 MAX_BATCH1_IMAGES = 10_000
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -91,7 +90,7 @@ class VerifyConfig:
         check_reference(self.reference)
         if not 0 <= self.batch1_images <= MAX_BATCH1_IMAGES:
             raise ConfigError(f"batch1-images must be between 0 and {MAX_BATCH1_IMAGES}")
-        check_provider(self.provider)
+        devices.check(self.provider)
 
 
 @dataclass
@@ -113,13 +112,13 @@ class ArtifactCheck:
     passed: bool
     failures: list[str]
     runtime: str = "onnxruntime"
-    mode: str = "f32"  # the runtime's compute precision (OpenVINO: f32 or bf16)
+    mode: str = formats.DEFAULT_MODE  # the runtime's compute mode (formats.MODES: OpenVINO's f32 or bf16)
     judged_as: str = ""  # the tolerance applied: the lower of the file's precision and the mode's
 
     @property
     def name(self) -> str:
         """The artifact, and the runtime (and mode) it ran in."""
-        return f"{self.artifact} on {self.runtime}" + (f" {self.mode}" if self.mode != "f32" else "")
+        return f"{self.artifact} on {self.runtime}" + (f" {self.mode}" if self.mode != formats.DEFAULT_MODE else "")
 
 
 @dataclass
@@ -146,8 +145,8 @@ class VerifyReport:
 
     def raise_for_failures(self) -> None:
         """Raise VerificationFailed naming every failing artifact and why."""
-        failing = [f"{r.artifact}{'' if r.runtime in backends.NATIVE_RUNTIMES else f' on {r.runtime}'}"
-                   f"{'' if r.mode == 'f32' else f' {r.mode}'}: {'; '.join(r.failures)}"
+        failing = [f"{r.artifact}{'' if r.runtime in runners.NATIVE_RUNTIMES else f' on {r.runtime}'}"
+                   f"{'' if r.mode == formats.DEFAULT_MODE else f' {r.mode}'}: {'; '.join(r.failures)}"
                    for r in self.results if not r.passed]
         if failing:
             raise VerificationFailed(f"{len(failing)} of {len(self.results)} artifact(s) failed verification: "
@@ -166,7 +165,7 @@ def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
         return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
 
 
-def _comparable(runner: backends.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """(outputs comparable to the reference, predicted classes, what was compared) for one batch."""
     out = runner.run(pixels)
     n = len(pixels)
@@ -214,7 +213,7 @@ def judge(tolerance: Tolerance, *, finite: bool, max_diff: float, agreement: int
     return failures
 
 
-def check_runner(runner: backends.Runner, ref: Reference, tolerance: Tolerance, batch1_images: int) -> dict[str, Any]:
+def check_runner(runner: runners.Runner, ref: Reference, tolerance: Tolerance, batch1_images: int) -> dict[str, Any]:
     """Run `runner` on every image, at full batch and image by image; the measured fields and failures."""
     outputs, predicted, compared = _comparable(runner, ref.pixels)
     expected = np.exp(ref.log_probs) if compared == "probabilities" else ref.log_probs
@@ -240,34 +239,25 @@ class Job:
 
     runtime: str
     artifact: Artifact
-    mode: str = "f32"
+    mode: str = formats.DEFAULT_MODE
 
     @property
     def judged_as(self) -> str:
-        return backends.judged_precision(self.artifact.precision, self.mode)
+        return formats.judged_precision(self.artifact.precision, self.mode)
 
 
 def plan(artifacts: list[Artifact], runtimes: list[str], device: str) -> tuple[list[Job], dict[str, str]]:
     """Every (runtime, artifact, mode) to check; runtimes that cannot run on `device` are skipped with a note.
     A runtime's extra compute modes (OpenVINO bf16) apply to the fp32 files, where they change something."""
-    jobs, skipped = [], {}
-    for name in runtimes:
-        spec = backends.RUNTIMES[name]
-        if device not in spec.devices:
-            skipped[name] = f"runs on {', '.join(spec.devices)}, not {device}"
-            continue
-        for a in artifacts:
-            if spec.opens(a.format, a.precision):
-                jobs += [Job(name, a, mode) for mode in (spec.modes if a.precision == "fp32" else spec.modes[:1])]
-    return jobs, skipped
+    todo, skipped = runners.runs(artifacts, runtimes, device)
+    return [Job(run.runtime, run.source, run.mode) for run in todo], skipped
 
 
 def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int) -> ArtifactCheck:
     """Open the job's runner from the hash-checked bytes and judge it; what it raises is its own failure."""
     t0 = time.perf_counter()
     try:
-        runner = backends.open_runner(job.runtime, job.artifact,
-                                      backends.RunnerOptions(device=device, precision=job.mode))
+        runner = runners.open_runner(job.runtime, job.artifact, runners.RunnerOptions(device=device, mode=job.mode))
         fields = check_runner(runner, ref, tolerance, batch1_images)
     except ArtifactError as e:
         return _not_run(job, device, len(ref.pixels), str(e))
@@ -345,7 +335,7 @@ def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: 
     checked = {job.artifact.file for job in jobs}
     notes = {}
     for name, why in skipped.items():
-        spec = backends.RUNTIMES.get(name)
+        spec = runners.RUNTIMES.get(name)
         left = [a.file for a in artifacts if spec and spec.opens(a.format, a.precision) and a.file not in checked]
         notes[name] = why + (f"; not verified: {', '.join(left)}" if left else "")
     return notes
@@ -355,7 +345,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint's
     PyTorch outputs (see resolve_reference for where they come from)."""
     t0 = time.perf_counter()
-    selection = backends.select_runtimes(config.runtimes, default=backends.NATIVE_RUNTIMES)
+    selection = runners.select_runtimes(config.runtimes, default=runners.NATIVE_RUNTIMES)
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     jobs, skipped = plan(artifacts, selection.runtimes, config.provider)
@@ -375,11 +365,11 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         results.append(result)
         if on_artifact:
             on_artifact(result)
-    used = sorted({job.runtime for job in jobs}, key=list(backends.RUNTIMES).index)
+    used = sorted({job.runtime for job in jobs}, key=list(runners.RUNTIMES).index)
     return VerifyReport(
         checkpoint=ref.checkpoint, checkpoint_sha256=ref.source_sha256, reference_accuracy=ref.accuracy,
         n=len(ref.pixels), provider=config.provider, results=results,
         tolerances={k: asdict(v) for k, v in config.tolerances.items()},
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
-        seconds=time.perf_counter() - t0, runtimes=backends.runtime_versions(used),
+        seconds=time.perf_counter() - t0, runtimes=runners.runtime_versions(used),
         skipped=skipped, reference=ref.name)

@@ -12,18 +12,20 @@ model's folder); the toolkit's own files are read through their manifest's hash 
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.backends import OnnxRuntimeRunner, Runner, RunnerOptions, TorchRunner, _check_torch_device
+from toolkit import devices
+from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners.base import Runner, RunnerOptions, Timed
+from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
+from toolkit.runners.torch import TorchRunner, load_torchscript
 
 LAYOUTS = ("auto", "nchw", "nhwc", "nhw", "flat")
 _SHAPES = {"nchw": (1, 28, 28), "nhwc": (28, 28, 1), "nhw": (28, 28), "flat": (784,)}
@@ -31,6 +33,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(d
            "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
            "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 SCORES = "scores"
+FOREIGN = "foreign"  # a runner's kind for a file without toolkit metadata: its output is taken as the scores
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,6 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def is_torchscript(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04"  # a TorchScript archive is a zip; an ONNX file is a protobuf
-
-
-def read_file(path: str | Path) -> bytes:
-    from toolkit.runtime import read_model_file
-
-    return read_model_file(path)  # checked against a manifest beside it, if there is one
 
 
 def scores_kind(scores: np.ndarray) -> str:
@@ -129,13 +126,12 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
 
     def __init__(self, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
                  shapes: dict[str, tuple[int, ...]] | None = None) -> None:
-        from toolkit.runtime import create_session
-
         self.path, self.prep = Path(path), prep
-        self.session = create_session(self.path, options.device, threads=options.threads,
-                                      optimization=options.optimization, label=str(path))
-        Runner.__init__(self, str(path), "foreign", options)
-        self.inputs = [_Input(i.name, i.type, list(i.shape), shapes or {}, str(path)) for i in self.session.get_inputs()]
+        session = create_session(self.path, options.device, threads=options.threads,
+                                 optimization=options.optimization, label=str(path))
+        super().__init__(session, str(path), FOREIGN, options, source=self.path)  # no toolkit metadata: info None
+        self.inputs = [_Input(i.name, i.type, list(i.shape), shapes or {}, str(path))
+                       for i in self.session.get_inputs()]
         unknown = set(shapes or {}) - {i.name for i in self.inputs}
         if unknown:
             raise ConfigError(f"--shape names no input of {path}: {', '.join(sorted(unknown))}; its inputs are "
@@ -144,7 +140,6 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         outputs = self.session.get_outputs()
         tens = [o for o in outputs if len(o.shape) == 2 and (o.shape[-1] == 10 or not isinstance(o.shape[-1], int))]
         self.output_name = (tens or outputs)[0].name
-        self.info = None  # no toolkit metadata
 
     def _image_input(self) -> _Input | None:
         """The input MNIST images go into: the only input, when its shape fits a layout (or the one asked for)."""
@@ -185,8 +180,8 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
     def _infer(self, native: dict[str, np.ndarray]) -> list[Any]:
         return self.session.run([self.output_name], native)
 
-    def timed(self, batches: list[np.ndarray], io: str = "host"):
-        if self.options.device != "cpu":
+    def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
+        if self.options.device != devices.CPU:
             raise ConfigError("a foreign file is timed on the CPU only")
         return Runner.timed(self, batches, io)
 
@@ -197,7 +192,7 @@ class ForeignTorchRunner(TorchRunner):
 
     def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing) -> None:
         super().__init__(module, label, "torchscript", options)
-        self.kind, self.prep = "foreign", prep
+        self.kind, self.prep = FOREIGN, prep
         self.layout = "nchw" if prep.layout == "auto" else prep.layout
 
     @property
@@ -214,26 +209,18 @@ class ForeignTorchRunner(TorchRunner):
         return torch.from_numpy(_pixels_as(pixels, self.layout, np.float32, self.prep)).to(self.device)
 
 
-def open_file(path: str | Path, options: RunnerOptions = RunnerOptions(), prep: Preprocessing = Preprocessing(),
+def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
     """A runner for any .onnx or TorchScript file. A toolkit .onnx (with its metadata) runs as itself, its
     own normalization read from the file; anything else as a foreign file with `prep`."""
-    data = read_file(path)
+    options = options or RunnerOptions()
+    data = read_model_file(path)  # checked against a manifest beside it, if there is one
     if is_torchscript(data):
-        import torch
-
-        _check_torch_device(options.device)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(io.BytesIO(data), map_location="cpu" if options.device == "cpu" else "cuda")
-        except Exception as e:  # torch.jit raises RuntimeError and others for what is not an archive
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{path} is neither ONNX nor a loadable TorchScript file ({first})") from None
+        module = load_torchscript(data, options.device, str(path),
+                                  what="is neither ONNX nor a loadable TorchScript file")
         return ForeignTorchRunner(module, str(path), options, prep)
-    toolkit_made = _has_toolkit_metadata(data)
-    if toolkit_made:
-        return OnnxRuntimeRunner(data, str(path), options)
+    if _has_toolkit_metadata(data):
+        return OnnxRuntimeRunner.toolkit_model(data, str(path), options)
     return ForeignOnnxRunner(path, options, prep, shapes)
 
 

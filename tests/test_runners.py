@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolkit import backends
+from toolkit import formats, runners
 from toolkit.artifacts import find_checkpoint, read_manifest
 from toolkit.data import load_split
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
@@ -22,14 +22,14 @@ def pixels(mnist_dir):
 @pytest.fixture(scope="module")
 def reference(manifest, pixels):
     """ONNX Runtime's answers, the runtime the toolkit's other checks already compare with PyTorch."""
-    return {name: backends.open_runner("onnxruntime", manifest[name]).run(pixels)
+    return {name: runners.open_runner("onnxruntime", manifest[name]).run(pixels)
             for name in ("model.onnx", "model.app.onnx")}
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "opencv"])
 @pytest.mark.parametrize("name", ["model.onnx", "model.app.onnx"])
 def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, manifest, pixels, reference):
-    runner = backends.open_runner(runtime, manifest[name])
+    runner = runners.open_runner(runtime, manifest[name])
     for n in (1, 5, 64):  # batch 1 and above: the app graph must import everywhere at any batch
         out = runner.run(pixels[:n])
         assert set(out) == set(reference[name])
@@ -38,25 +38,25 @@ def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, mani
 
 
 def test_torch_runners_agree(manifest, pixels, reference, exported):
-    scripted = backends.open_runner("torchscript", manifest["model.ts.pt"]).run(pixels)
+    scripted = runners.open_runner("torchscript", manifest["model.ts.pt"]).run(pixels)
     checkpoint = find_checkpoint(exported, [manifest["model.onnx"]])
-    eager = backends.open_runner("pytorch", str(checkpoint)).run(pixels)
+    eager = runners.open_runner("pytorch", str(checkpoint)).run(pixels)
     np.testing.assert_allclose(scripted["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
     np.testing.assert_allclose(eager["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
 
 
 def test_openvino_bf16_and_int8_modes(manifest, pixels, reference):
-    bf16 = backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(precision="bf16"))
+    bf16 = runners.open_runner("openvino", manifest["model.onnx"], runners.RunnerOptions(mode="bf16"))
     out = bf16.run(pixels)["log_probs"]
     assert bf16.settings()["inference_precision"] == "bf16"
     assert 1e-4 < np.abs(out - reference["model.onnx"]["log_probs"]).max() < 1.0  # really bf16, still close
-    int8 = backends.open_runner("openvino", manifest["model.int8.onnx"]).run(pixels)["log_probs"]
+    int8 = runners.open_runner("openvino", manifest["model.int8.onnx"]).run(pixels)["log_probs"]
     assert (int8.argmax(1) == reference["model.onnx"]["log_probs"].argmax(1)).mean() >= 0.95
-    assert backends.judged_precision("fp32", "bf16") == "bf16" and backends.judged_precision("int8", "bf16") == "int8"
+    assert formats.judged_precision("fp32", "bf16") == "bf16" and formats.judged_precision("int8", "bf16") == "int8"
 
 
 def test_throughput_hint_keeps_several_requests_in_flight(manifest, pixels):
-    runner = backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(hint="throughput"))
+    runner = runners.open_runner("openvino", manifest["model.onnx"], runners.RunnerOptions(hint="throughput"))
     timed = runner.timed([pixels[:8], pixels[8:16]])
     assert timed.batches_per_call == runner.in_flight >= 1
     timed.call(0)
@@ -67,21 +67,21 @@ def test_a_tampered_file_is_never_loaded(exported_copy):
     (exported_copy / "model.onnx").write_bytes(b"\x08\x01" + (exported_copy / "model.onnx").read_bytes()[2:])
     for runtime in ("onnxruntime", "openvino", "opencv"):
         with pytest.raises(ArtifactError, match="changed since export"):
-            backends.open_runner(runtime, artifact)
+            runners.open_runner(runtime, artifact)
 
 
 def test_what_a_runtime_cannot_open_or_run_on(manifest):
     with pytest.raises(ArtifactError, match="does not open onnx/int8"):
-        backends.open_runner("opencv", manifest["model.int8.onnx"])
+        runners.open_runner("opencv", manifest["model.int8.onnx"])
     with pytest.raises(ProviderUnavailable, match="runs on cpu"):
-        backends.open_runner("openvino", manifest["model.onnx"], backends.RunnerOptions(device="cuda"))
+        runners.open_runner("openvino", manifest["model.onnx"], runners.RunnerOptions(device="cuda"))
     with pytest.raises(ConfigError, match="unknown runtime"):
-        backends.select_runtimes(["tensorflow"])
-    assert backends.select_runtimes([]).runtimes == [r for r in backends.RUNTIMES if backends.RUNTIMES[r].installed()]
+        runners.select_runtimes(["tensorflow"])
+    assert runners.select_runtimes([]).runtimes == [r for r in runners.RUNTIMES if runners.RUNTIMES[r].installed()]
 
 
 def test_an_allocation_failure_is_a_one_line_config_error(manifest):
-    runner = backends.open_runner("onnxruntime", manifest["model.onnx"])
+    runner = runners.open_runner("onnxruntime", manifest["model.onnx"])
 
     def fail(native):
         raise MemoryError
