@@ -21,6 +21,7 @@ from toolkit.errors import ArtifactError, ConfigError
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_SITE = Path(__file__).resolve().parents[1] / "examples" / "web"
+DEFAULT_MODEL = Path("exported") / "model.app.onnx"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 MODEL_URL = "/model/model.app.onnx"
 
@@ -51,7 +52,7 @@ class Mount:
 @dataclass(frozen=True)
 class WebConfig:
     site: Path = DEFAULT_SITE
-    model: Path = Path("exported") / "model.app.onnx"
+    model: Path = DEFAULT_MODEL
     host: str = HOST
     port: int = DEFAULT_PORT
     extra_mounts: tuple[Mount, ...] = field(default_factory=tuple)  # e.g. test data for the browser test
