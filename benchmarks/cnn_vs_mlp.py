@@ -16,7 +16,8 @@ from pathlib import Path
 from toolkit import fileio, sysinfo
 from toolkit.model import build_model, count_parameters
 from toolkit.plots import pyplot, save_figure
-from toolkit.train import make_config, train
+from toolkit.recipes import make_config
+from toolkit.train import train
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from toolkit import fileio, sysinfo
-from toolkit.train import RECIPES, make_config, train
+from toolkit.recipes import RECIPES, make_config
+from toolkit.train import train
 
 NO_AUGMENTATION = dict(rotate=0.0, scale=0.0, shift=0.0, elastic=0.0)
 # name -> (recipe, what is changed, whether the change takes an ingredient of the recipe out or adds one it lacks)

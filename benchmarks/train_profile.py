@@ -30,7 +30,9 @@ from toolkit.augment import distort
 from toolkit.bench import matmul_peak_gflops
 from toolkit.model import ConvNet, forward_flops
 from toolkit.preprocess import BACKGROUND
-from toolkit.train import _build, _Step, bf16_supported, evaluate, make_config, training_loss
+from toolkit.recipes import make_config
+from toolkit.train import bf16_supported, evaluate
+from toolkit.train_step import Step, build_training, training_loss
 
 
 class ReluThenPool(ConvNet):
@@ -61,7 +63,7 @@ def phases(config, data_dir: str) -> dict:
 
     X, Y, X_test, Y_test = timed("data loading", load)
     steps = math.ceil(len(X) / config.batch_size)
-    model, optimizer, scheduler, average = timed("model and optimizer set-up", _build, config, "cpu", steps)
+    model, optimizer, scheduler, average = timed("model and optimizer set-up", build_training, config, "cpu", steps)
     use_bf16 = config.bf16 and bf16_supported("cpu")
     rng, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(0)
     t_epoch = time.perf_counter()  # the epoch as `toolkit.train` times it: from shuffling to evaluation
@@ -97,8 +99,8 @@ def phases(config, data_dir: str) -> dict:
 def operator_table(config, steps: int = 50) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
-    model, optimizer, scheduler, average = _build(config, "cpu", 10_000)
-    step = _Step(config, model, optimizer, scheduler, average, torch.Generator(), config.bf16 and bf16_supported("cpu"))
+    model, optimizer, scheduler, average = build_training(config, "cpu", 10_000)
+    step = Step(config, model, optimizer, scheduler, average, torch.Generator(), config.bf16 and bf16_supported("cpu"))
     x, y = _batch(config)
     for _ in range(10):
         step(x, y)
@@ -128,7 +130,7 @@ def compare_steps(config, rounds: int, steps: int) -> dict:
         """The trainer's own step, on this model class and AdamW kernel, without schedule or augmentation."""
         model = model_cls().to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused)
-        step = _Step(dataclasses.replace(config, rotate=0.0, scale=0.0, shift=0.0, elastic=0.0), model, optimizer,
+        step = Step(dataclasses.replace(config, rotate=0.0, scale=0.0, shift=0.0, elastic=0.0), model, optimizer,
                      None, None, None, bf16)
         return lambda: step(x, y)
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from toolkit import fileio, sysinfo
 from toolkit.model import ConvNet
 from toolkit.plots import pyplot, save_figure
-from toolkit.train import make_config, resolve_device, train
+from toolkit.recipes import make_config
+from toolkit.train import resolve_device, train
 
 NOTEBOOK_TARGET = 98.8
 # recipe -> its targets: test accuracy to "reach" "within_seconds" (median of the seeds), the lowest final test

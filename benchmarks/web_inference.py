@@ -6,7 +6,7 @@ with performance.now(): one image per call (what drawing on the page does) and 1
 real test images, after warm-up, as the median of repeated runs. Writes JSON with the machine, Chromium and
 ONNX Runtime Web versions and the settings.
 
-    python benchmarks/web_inference.py --exported exported --data-dir data --out benchmarks/results/web_inference.json
+    python -m benchmarks.web_inference --exported exported --data-dir data --out benchmarks/results/web_inference.json
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.chromium import Chromium, chromium_version, find_chromium
+from tests.webserver import Background
 from toolkit import fileio, sysinfo
-from toolkit.chromium import Chromium, chromium_version, find_chromium
 from toolkit.data import load_split
-from toolkit.web import DEFAULT_SITE, Background, Mount, WebConfig
+from toolkit.web import DEFAULT_SITE, Mount, WebConfig
 
 # Runs inside the page: `calls` session.run calls of `batch` images each, `repeats` times after `warmup`
 # untimed calls; returns the per-image milliseconds of each repeat.

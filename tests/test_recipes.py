@@ -13,7 +13,9 @@ from toolkit.augment import Distortion, distort
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.model import ConvNet
 from toolkit.preprocess import BACKGROUND
-from toolkit.train import RECIPES, config_from_checkpoint, evaluate, make_config, train, training_loss
+from toolkit.recipes import RECIPES, config_from_checkpoint, make_config
+from toolkit.train import evaluate, train
+from toolkit.train_step import training_loss
 
 BEST_DISTORTION = Distortion(**{k: RECIPES["best"].get(k, 0.0) for k in ("rotate", "scale", "shift", "elastic")})
 

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from tests.conftest import REPO
-from toolkit import cli
 from toolkit.bench import BenchReport
+from toolkit.cli import tables
 
 
 def _render(table, optional, width=80):
     console = Console(width=width, file=io.StringIO(), markup=False, color_system=None)
-    cli._print_table(table, optional, console=console)
+    tables._print_table(table, optional, console=console)
     text = console.file.getvalue()
     assert max(len(line) for line in text.splitlines()) <= width
     return text
@@ -40,13 +40,13 @@ def _rows(text):
 
 def test_bench_table_at_80_columns_tells_every_row_apart():
     report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
-    table, optional = cli._bench_table(report)
+    table, optional = tables._bench_table(report)
     rows = _rows(_render(table, optional))
     assert len(rows) == len(report.points)
     assert [(r[0].replace(" ", ""), r[1]) for r in rows] == [(p.name.replace(" ", ""), str(p.batch_size)) for p in report.points]
     assert len({(r[0], r[1]) for r in rows}) == len(rows)  # no two rows look alike
-    wide = _render(*cli._bench_table(report), width=200)
-    assert "p99 ms" in wide and "p99 ms" not in _render(*cli._bench_table(report))
+    wide = _render(*tables._bench_table(report), width=200)
+    assert "p99 ms" in wide and "p99 ms" not in _render(*tables._bench_table(report))
 
 
 def test_verify_table_at_80_columns_keeps_names_and_verdicts():
@@ -59,7 +59,7 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
     report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu", reference="golden.npy sha256=0123456789ab",
                              results=results)
-    text = _render(*cli._verify_table(report))
+    text = _render(*tables._verify_table(report))
     rows = _rows(text)
     expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)) for r in results]
     assert [(r[0], r[1].replace(" ", "")) for r in rows] == expected

@@ -8,7 +8,8 @@ import torch
 from tests.conftest import REPO, assert_one_line_error, run_cli, run_process, train_cut_after_first_epoch_then_resumed
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.data import load_split, to_tensor
-from toolkit.train import evaluate, make_config, train
+from toolkit.recipes import make_config
+from toolkit.train import evaluate, train
 
 
 def test_short_real_training_run_clears_the_bar(trained):

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.chromium import Chromium, find_chromium
 from tests.conftest import REPO, assert_one_line_error, run_cli
-from toolkit.chromium import Chromium, find_chromium
+from tests.webserver import Background
 from toolkit.data import load_split
 from toolkit.preprocess import load_image
 from toolkit.runtime import Classifier
-from toolkit.web import Background, Mount, WebConfig
+from toolkit.web import Mount, WebConfig
 
 WEB_DIR = REPO / "examples" / "web"
 BATCH = 1000

@@ -298,6 +298,26 @@ def _store(raw: Path, name: str, data: bytes) -> None:
         raise DataError(f"cannot remove {stale}: {_os_reason(e)}") from None
 
 
+def _try_source(raw: Path, source_name: str, fetch: Source, wanted: list[str], log: Log,
+                progress: Progress | None) -> Attempt:
+    """Fetch `wanted` from one source and store each file whose MD5 matches; a failing source is an attempt
+    that obtained nothing, with its reason."""
+    files = list(wanted)
+    try:
+        found, detail = fetch(wanted, log, progress)
+    except DataError as e:
+        found, detail = {}, str(e)
+    obtained = []
+    for name, data in found.items():
+        actual = _md5(data)
+        if actual != MNIST_FILES[name]:
+            detail += f"; {name} failed its checksum (MD5 {actual})"
+            continue
+        _store(raw, name, data)
+        obtained.append(name)
+    return Attempt(source_name, files, obtained, detail)
+
+
 def ensure_mnist(
     data_dir: str | os.PathLike,
     *,
@@ -327,22 +347,10 @@ def ensure_mnist(
         if not missing:
             break
         log(f"trying {source_name} for {len(missing)} file(s)")
-        wanted = list(missing)
-        try:
-            found, detail = fetch(missing, log, progress)
-        except DataError as e:
-            found, detail = {}, str(e)
-        obtained = []
-        for name, data in found.items():
-            actual = _md5(data)
-            if actual != MNIST_FILES[name]:
-                detail += f"; {name} failed its checksum (MD5 {actual})"
-                continue
-            _store(raw, name, data)
-            obtained.append(name)
-        missing = [n for n in missing if n not in obtained]
-        report.attempts.append(Attempt(source_name, wanted, obtained, detail))
-        log(f"{source_name}: {detail}")
+        attempt = _try_source(raw, source_name, fetch, missing, log, progress)
+        missing = [n for n in missing if n not in attempt.obtained]
+        report.attempts.append(attempt)
+        log(f"{source_name}: {attempt.detail}")
 
     if missing:
         tried = "; ".join(f"{a.source}: {a.detail}" for a in report.attempts)

@@ -38,15 +38,19 @@ from toolkit.artifacts import (
 )
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
+from toolkit.formats import (
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    QUANT_ACTIVATIONS,
+    QUANT_FORMATS,
+)
 from toolkit.model import forward_flops
 from toolkit.preprocess import MEAN, STD, normalize
 
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 20
-MIN_OPSET, MAX_OPSET = 18, 23  # torch's exporter emits opset 18 natively; 23 is the newest it converts to
 CLASS_LABELS = [str(d) for d in range(10)]
-QUANT_FORMATS = ("qdq", "qoperator")
-QUANT_ACTIVATIONS = ("u8", "s8")
 MAX_CALIBRATION_IMAGES = 60000
 
 Log = Callable[[str], None]
@@ -63,9 +67,9 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     simplify: bool = True  # onnxslim pass over the exported graph
     data_dir: str = "data"  # training images for int8 calibration
-    calibration_size: int = 500
-    quant_format: str = "qdq"
-    quant_activation: str = "u8"  # activations u8 or s8; weights are always s8
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    quant_format: str = QUANT_FORMATS[0]
+    quant_activation: str = QUANT_ACTIVATIONS[0]  # activations u8 or s8; weights are always s8
     # per-tensor ranked fastest in benchmarks/quantization.py, with the same accuracy as per-channel
     per_channel: bool = False
     seed: int = 0  # picks the calibration images

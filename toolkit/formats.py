@@ -28,6 +28,14 @@ NORMALIZED = "normalized"  # float32 [N, 1, 28, 28] normalized with the file's m
 APP = "app"  # raw uint8 pixels [N, 28, 28] -> probabilities [N, 10], digit [N]
 OUTPUTS = {NORMALIZED: ("log_probs",), APP: ("probabilities", "digit")}
 
+# How ONNX files are written, and the defaults of `toolkit export` (here, not in export.py, so that the CLI
+# can show them without importing torch).
+DEFAULT_OPSET = 20
+MIN_OPSET, MAX_OPSET = 18, 23  # torch's exporter emits opset 18 natively; 23 is the newest it converts to
+QUANT_FORMATS = ("qdq", "qoperator")  # int8 graph forms; the first is the default
+QUANT_ACTIVATIONS = ("u8", "s8")  # int8 activation types (weights are always s8); the first is the default
+DEFAULT_CALIBRATION_SIZE = 500  # training images that calibrate int8
+
 
 @dataclass(frozen=True)
 class Format:

@@ -1,4 +1,4 @@
-"""Training: the notebook's recipe, a fast default recipe, a most-accurate recipe, checkpoints every epoch, resume.
+"""Training: runs a recipe (toolkit.recipes) epoch by epoch, checkpoints every epoch, and resumes.
 
 The whole dataset is one normalized tensor on the device: no DataLoader, no per-sample transforms. Each
 epoch shuffles with a dedicated generator whose state is checkpointed, so a resumed run continues exactly
@@ -18,125 +18,11 @@ from typing import Any
 
 from toolkit import data as mnist
 from toolkit import devices, fileio, sysinfo
-from toolkit.augment import Distortion, distort
 from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
-from toolkit.model import MODELS, build_model, count_parameters
-from toolkit.preprocess import BACKGROUND
-
-# `seed` is the 2019 notebook; `fast` passes 99.0% in one epoch; `best` is the most accurate in a few minutes.
-# Each setting of `fast` and `best` was chosen on a validation split held out of the training set, never on the
-# test set: benchmarks/recipes.py measures what each one adds.
-RECIPES: dict[str, dict[str, Any]] = {
-    "seed": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 schedule="constant", bf16=False, channels_last=False),
-    "fast": dict(epochs=1, batch_size=128, optimizer="adamw", lr=3e-3, momentum=0.9, nesterov=False,
-                 weight_decay=1e-2, schedule="onecycle", label_smoothing=0.2, bf16=True, channels_last=True),
-    "best": dict(epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, momentum=0.9, nesterov=False,
-                 weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1, rotate=10.0, scale=0.1, shift=2.0,
-                 bf16=True, channels_last=True),
-}
-DEFAULT_RECIPE = "fast"
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run. Build it with `make_config`: the fields without a default
-    come from a recipe in RECIPES, the one place their values are written down."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float  # SGD only
-    nesterov: bool  # SGD only
-    weight_decay: float
-    schedule: str  # "onecycle" or "constant"
-    bf16: bool  # bf16 autocast where the device supports it natively
-    channels_last: bool
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    label_smoothing: float = 0.0
-    rotate: float = 0.0  # augmentation (toolkit.augment): degrees
-    scale: float = 0.0  # fraction
-    shift: float = 0.0  # pixels
-    elastic: float = 0.0  # pixels
-    ema: float = 0.0  # decay per step of an exponential moving average of the weights (0: none); it is what is saved
-    holdout: int = 0  # keep the last N training images out of training, as a validation split
-    model: str = "convnet"
-    recipe: str = DEFAULT_RECIPE
-    seed: int = 0
-    device: str = "auto"
-    train_limit: int | None = None  # use only the first N training images (smoke tests)
-    eval_batch_size: int = 500
-
-    @property
-    def distortion(self) -> Distortion:
-        return Distortion(rotate=self.rotate, scale=self.scale, shift=self.shift, elastic=self.elastic)
-
-
-def make_config(recipe: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
-    """A recipe's settings with `overrides` (None values ignored), validated."""
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
-    config = TrainConfig(recipe=recipe, **values)
-    validate(config)
-    return config
-
-
-# Inclusive bounds of every numeric setting: anything outside (or NaN, or infinite) is refused.
-LIMITS: dict[str, tuple[float, float]] = {
-    "epochs": (1, 1000), "batch_size": (1, 60000), "eval_batch_size": (1, 10000), "lr": (1e-8, 10.0),
-    "momentum": (0.0, 0.999), "weight_decay": (0.0, 1.0), "seed": (0, 2**32 - 1), "train_limit": (1, 60000),
-    "label_smoothing": (0.0, 0.5), "rotate": (0.0, 45.0), "scale": (0.0, 0.5), "shift": (0.0, 8.0),
-    "elastic": (0.0, 4.0), "ema": (0.0, 0.99999), "holdout": (0, 30000),
-}
-OPTIMIZERS = ("sgd", "adamw")
-_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
-
-
-def config_from_checkpoint(saved: Any, current: TrainConfig) -> TrainConfig:
-    """The TrainConfig a checkpoint recorded, checked field by field (a checkpoint is a file, i.e. input)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if not isinstance(saved, dict):
-        raise CheckpointError("the checkpoint's settings are not a mapping; it is damaged")
-    unknown = [str(k)[:40] for k in saved if k not in fields]
-    if unknown:
-        raise CheckpointError(f"the checkpoint's settings have unknown key(s) {', '.join(unknown)}; "
-                              "it was written by another version or damaged")
-    for name, value in saved.items():
-        kind = {"int": int, "float": float, "bool": bool, "str": str, "int | None": int}[str(fields[name].type)]
-        if value is None and str(fields[name].type).endswith("None"):
-            continue
-        if not isinstance(value, _TYPES[kind]) or (kind is not bool and isinstance(value, bool)):
-            raise CheckpointError(f"the checkpoint's setting {name} is {type(value).__name__}, expected {kind.__name__}")
-    # a setting the checkpoint lacks predates it: its default is what that run used
-    defaults = {f.name: f.default for f in fields.values() if f.default is not dataclasses.MISSING}
-    try:
-        config = TrainConfig(**{**dataclasses.asdict(current), **defaults, **saved})
-        validate(config)
-    except ConfigError as e:
-        raise CheckpointError(f"the checkpoint's settings are invalid: {e}") from None
-    return config
-
-
-def validate(config: TrainConfig) -> None:
-    """Every setting of a run: known names, and numbers finite and within LIMITS."""
-    if config.model not in MODELS:
-        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
-    for name, (low, high) in LIMITS.items():
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not low <= value <= high:
-            raise ConfigError(f"{name.replace('_', '-')} must be a number from {low:g} to {high:g}, got {value}")
-    if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if config.schedule not in ("onecycle", "constant"):
-        raise ConfigError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
-    if config.device not in DEVICES:
-        raise ConfigError(f"unknown device {config.device!r}; choose one of: {', '.join(DEVICES)}")
+from toolkit.model import count_parameters
+from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
+from toolkit.train_step import Step, build_training, train_epoch
 
 
 def resolve_device(device: str) -> str:
@@ -256,31 +142,17 @@ def train(
     fileio.check_writable_dir(run_dir, "run folder")
     use_bf16 = config.bf16 and bf16_supported(device)
 
-    train_x, train_y = mnist.load_split(data_dir, "train")
-    test_x, test_y = mnist.load_split(data_dir, "test")
-    if config.train_limit:
-        train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
-    if config.holdout >= len(train_x):
-        raise ConfigError(f"holdout {config.holdout} leaves no training images of {len(train_x)}")
-    X = mnist.to_tensor(train_x, device, config.channels_last)
-    Y = torch.from_numpy(train_y).to(device)
-    X_test = mnist.to_tensor(test_x, device, config.channels_last)
-    Y_test = torch.from_numpy(test_y).to(device)
-    validation = None
-    if config.holdout:
-        validation = X[-config.holdout:], Y[-config.holdout:]
-        X, Y = X[:-config.holdout], Y[:-config.holdout]
-
+    data = _load_tensors(config, data_dir, device)
     torch.manual_seed(config.seed)
     rngs = Generators(shuffle=torch.Generator().manual_seed(config.seed),
                       augment=torch.Generator().manual_seed(config.seed + 1))
-    steps_per_epoch = math.ceil(len(X) / config.batch_size)
-    model, optimizer, scheduler, average = _build(config, device, steps_per_epoch)
+    steps_per_epoch = math.ceil(len(data.x) / config.batch_size)
+    model, optimizer, scheduler, average = build_training(config, device, steps_per_epoch)
     history: list[EpochStats] = []
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, average, rngs)
     start_epoch = len(history)
-    step = _Step(config, model, optimizer, scheduler, average, rngs.augment, use_bf16)
+    step = Step(config, model, optimizer, scheduler, average, rngs.augment, use_bf16)
     evaluated = average.module if average is not None else model
 
     result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
@@ -290,21 +162,11 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        order = torch.randperm(len(X), generator=rngs.shuffle).to(device)
-        train_loss, train_correct = _train_epoch(
-            step, X, Y, order, config.batch_size,
-            lambda batch: on_batch(epoch, batch, steps_per_epoch) if on_batch else None)
-        val_loss = val_acc = None
-        if validation is not None:
-            val_loss, val_acc = evaluate(evaluated, *validation, config.eval_batch_size)
-        test_loss, test_acc = evaluate(evaluated, X_test, Y_test, config.eval_batch_size)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        stats = EpochStats(epoch=epoch, train_loss=train_loss, train_accuracy=100.0 * train_correct / len(X),
-                           test_loss=test_loss, test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr,
-                           val_loss=val_loss, val_accuracy=val_acc)
+        def batch_done(batch: int, epoch: int = epoch) -> None:
+            if on_batch:
+                on_batch(epoch, batch, steps_per_epoch)
+
+        stats = _run_epoch(epoch, step, data, rngs.shuffle, evaluated, batch_done)
         history.append(stats)
         _save_run(run_dir, model, optimizer, scheduler, average, rngs, config, result)
         if on_epoch:
@@ -317,53 +179,64 @@ def train(
 
 
 @dataclass
+class _Tensors:
+    """A run's images (normalized) and labels on its device: training, the held-out validation split if the
+    run keeps one, and test."""
+
+    x: Any
+    y: Any
+    test_x: Any
+    test_y: Any
+    validation: tuple[Any, Any] | None = None
+
+
+def _load_tensors(config: TrainConfig, data_dir: str | Path, device: str) -> _Tensors:
+    import torch
+
+    train_x, train_y = mnist.load_split(data_dir, "train")
+    test_x, test_y = mnist.load_split(data_dir, "test")
+    if config.train_limit:
+        train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
+    if config.holdout >= len(train_x):
+        raise ConfigError(f"holdout {config.holdout} leaves no training images of {len(train_x)}")
+    X = mnist.to_tensor(train_x, device, config.channels_last)
+    Y = torch.from_numpy(train_y).to(device)
+    X_test = mnist.to_tensor(test_x, device, config.channels_last)
+    Y_test = torch.from_numpy(test_y).to(device)
+    if not config.holdout:
+        return _Tensors(X, Y, X_test, Y_test)
+    validation = X[-config.holdout:], Y[-config.holdout:]
+    return _Tensors(X[:-config.holdout], Y[:-config.holdout], X_test, Y_test, validation)
+
+
+def _run_epoch(epoch: int, step: Step, data: _Tensors, shuffle: Any, evaluated: Any,
+               on_batch: Callable[[int], None]) -> EpochStats:
+    """Train one epoch in a fresh order drawn from `shuffle`, then evaluate `evaluated` (the moving average
+    when the run keeps one) on the validation split, if any, and on the test set."""
+    import torch
+
+    config, device = step.config, data.x.device
+    t0 = time.perf_counter()
+    lr = step.optimizer.param_groups[0]["lr"]
+    order = torch.randperm(len(data.x), generator=shuffle).to(device)
+    train_loss, train_correct = train_epoch(step, data.x, data.y, order, config.batch_size, on_batch)
+    val_loss = val_acc = None
+    if data.validation is not None:
+        val_loss, val_acc = evaluate(evaluated, *data.validation, config.eval_batch_size)
+    test_loss, test_acc = evaluate(evaluated, data.test_x, data.test_y, config.eval_batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return EpochStats(epoch=epoch, train_loss=train_loss, train_accuracy=100.0 * train_correct / len(data.x),
+                      test_loss=test_loss, test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr,
+                      val_loss=val_loss, val_accuracy=val_acc)
+
+
+@dataclass
 class Generators:
     """The random streams of a run that a resumed run must continue: batch order and augmentation."""
 
     shuffle: Any
     augment: Any
-
-
-def _build(config: TrainConfig, device: str, steps_per_epoch: int):
-    """The model (on `device`, channels_last if asked), its optimizer, the one-cycle schedule if any, and the
-    moving average of its weights if any."""
-    import torch
-    from torch.optim.swa_utils import AveragedModel
-
-    model = build_model(config.model).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config.optimizer == "adamw":
-        # the fused kernel updates all parameters in one pass (benchmarks/train_profile.py measures the gain)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                      fused=device in ("cpu", "cuda"))
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    nesterov=config.nesterov and config.momentum > 0,
-                                    weight_decay=config.weight_decay)
-    scheduler = None
-    if config.schedule == "onecycle":
-        total = config.epochs * steps_per_epoch
-        if total < 4:
-            raise ConfigError(f"the one-cycle schedule needs at least 4 training steps, this run has {total}; "
-                              "train on more images, a smaller batch size or more epochs")
-        # a quarter of the run warms up; very short runs (smoke tests) need at least 2 steps for it
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=max(0.25, 2 / total), cycle_momentum=config.optimizer == "sgd")
-    average = AveragedModel(model, multi_avg_fn=_moving_average(config.ema)) if config.ema else None
-    return model, optimizer, scheduler, average
-
-
-def _moving_average(decay: float):
-    """An exponential moving average whose decay grows as (1 + n) / (10 + n) up to `decay` after n updates, so
-    that a short run is not dominated by its random initial weights."""
-    def update(averaged: list, current: list, steps) -> None:
-        n = float(steps)
-        d = min(decay, (1 + n) / (10 + n))
-        for a, c in zip(averaged, current):
-            a.lerp_(c, 1 - d)
-    return update
 
 
 def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, average, rngs: Generators,
@@ -389,72 +262,6 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, ave
         return [EpochStats(**row) for row in state["history"]]
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}") from None
-
-
-def training_loss(log_probs, y, label_smoothing: float = 0.0):
-    """Mean negative log-likelihood; with label smoothing e, the target puts 1 - e on the label and e spread
-    evenly over all classes."""
-    import torch.nn.functional as F
-
-    loss = F.nll_loss(log_probs, y)
-    if label_smoothing:
-        loss = (1 - label_smoothing) * loss - label_smoothing * log_probs.mean(1).mean()
-    return loss
-
-
-@dataclass
-class _Step:
-    """One optimization step of a run: augment, forward (bf16 autocast if on), loss, backward, update, average."""
-
-    config: TrainConfig
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    average: Any
-    augment_rng: Any
-    bf16: bool
-    distortion: Distortion = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.distortion = self.config.distortion  # built once, not at every step
-
-    def __call__(self, x, y):
-        import torch
-
-        if self.distortion.active:
-            x = distort(x, self.distortion, self.augment_rng, background=BACKGROUND)
-            if self.config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(x)
-        out = out.float()
-        loss = training_loss(out, y, self.config.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.average is not None:
-            self.average.update_parameters(self.model)
-        return out, loss
-
-
-def _train_epoch(step: _Step, X, Y, order, batch_size: int, on_batch: Callable[[int], None]) -> tuple[float, int]:
-    """One pass over X in the given order; returns (mean training loss, correct predictions)."""
-    import torch
-
-    step.model.train()
-    loss_sum = torch.zeros((), device=X.device)
-    correct = torch.zeros((), dtype=torch.long, device=X.device)
-    for batch, start in enumerate(range(0, len(X), batch_size), start=1):
-        idx = order[start:start + batch_size]
-        y = Y[idx]
-        out, loss = step(X[idx], y)
-        # accumulated on the device: a .item() per batch would stall a GPU
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        on_batch(batch)
-    return loss_sum.item() / len(X), int(correct.item())
 
 
 def _save_run(run_dir: Path, model, optimizer, scheduler, average, rngs: Generators, config: TrainConfig,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.server
 import posixpath
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from toolkit.errors import ArtifactError, ConfigError
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_SITE = Path(__file__).resolve().parents[1] / "examples" / "web"
+DEFAULT_MODEL = Path("exported") / "model.app.onnx"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 MODEL_URL = "/model/model.app.onnx"
 
@@ -51,7 +51,7 @@ class Mount:
 @dataclass(frozen=True)
 class WebConfig:
     site: Path = DEFAULT_SITE
-    model: Path = Path("exported") / "model.app.onnx"
+    model: Path = DEFAULT_MODEL
     host: str = HOST
     port: int = DEFAULT_PORT
     extra_mounts: tuple[Mount, ...] = field(default_factory=tuple)  # e.g. test data for the browser test
@@ -81,6 +81,16 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
 def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:
     """The file that `url_path` names in `table`, or None: nothing outside a mount's folder, no hidden or
     node_modules path from the site, no file type the mount does not serve."""
+    path = _request_path(url_path)
+    if path is None:
+        return None
+    mount = next((m for m in table if path.startswith(m.prefix)), None)
+    return None if mount is None else _file_in(mount, path[len(mount.prefix):])
+
+
+def _request_path(url_path: str) -> str | None:
+    """The URL's path, decoded and normalized (a folder means its index.html), or None when it has a NUL, a
+    backslash, a '.' or '..' part or a hidden name, or is not absolute."""
     path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path)
     if "\0" in path or "\\" in path or not path.startswith("/"):
         return None
@@ -89,21 +99,20 @@ def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:
     parts = path.split("/")
     if any(part in ("..", ".") or part.startswith(".") for part in parts[1:]):
         return None
-    path = posixpath.normpath(path)
-    for mount in table:
-        if not path.startswith(mount.prefix):
-            continue
-        rest = path[len(mount.prefix):]
-        if mount.file is not None and rest != mount.file:
-            return None
-        if mount.prefix == "/" and rest.split("/", 1)[0] == "node_modules":
-            return None
-        folder = mount.folder.resolve()
-        target = (folder / rest).resolve()
-        if not target.is_relative_to(folder) or not target.is_file() or target.suffix not in mount.suffixes:
-            return None
-        return target
-    return None
+    return posixpath.normpath(path)
+
+
+def _file_in(mount: Mount, rest: str) -> Path | None:
+    """The file `rest` names under `mount`, if the mount serves it and it exists."""
+    if mount.file is not None and rest != mount.file:
+        return None
+    if mount.prefix == "/" and rest.split("/", 1)[0] == "node_modules":
+        return None
+    folder = mount.folder.resolve()
+    target = (folder / rest).resolve()
+    if not target.is_relative_to(folder) or not target.is_file() or target.suffix not in mount.suffixes:
+        return None
+    return target
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -159,20 +168,3 @@ def make_server(config: WebConfig) -> http.server.ThreadingHTTPServer:
 def url(server: http.server.HTTPServer) -> str:
     host, port = server.server_address[:2]
     return f"http://{host}:{port}/"
-
-
-class Background:
-    """A server running in a thread, for tests and benchmarks: `with Background(config) as base_url: ...`."""
-
-    def __init__(self, config: WebConfig) -> None:
-        self.server = make_server(config)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return url(self.server)
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-

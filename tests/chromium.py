@@ -72,10 +72,11 @@ class Chromium:
                 "--disable-sync", "--mute-audio", "--hide-scrollbars", "about:blank"]
         if os.geteuid() == 0:
             args.insert(0, "--no-sandbox")  # Chromium refuses to run its sandbox as root
-        # bash (dash takes no fd above 9) puts the two pipe ends where Chromium expects them: fd 3 (commands in), fd 4 (replies out)
+        # bash (dash takes no fd above 9) puts the two pipe ends where Chromium expects them: fd 3 (commands in),
+        # fd 4 (replies out)
+        redirect = f"3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-"
         self._process = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-',
-             self.binary, *args],
+            ["bash", "-c", f'exec "$0" "$@" {redirect}', self.binary, *args],
             pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE)
         os.close(to_browser_r)

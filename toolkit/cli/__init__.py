@@ -1,0 +1,133 @@
+"""The `toolkit` command line: parses options, calls the library, renders results, maps errors to exit codes.
+
+This package is the only part of toolkit that imports typer or prints. `common` holds the consoles and the
+option helpers, `tables` every table and progress display, `pipeline` and `inspect` the commands; this
+module registers them on `app` and turns every failure into one line and an exit code. Library modules are
+imported inside each command so that `toolkit --help` and the torch-free `toolkit predict` stay fast and light.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.cli import inspect, pipeline
+from toolkit.cli.common import _error, _state, err, out
+from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
+
+# Modules outside the base (inference-only) install, and the extra that brings each one.
+EXTRA_FOR_MODULE = {name: "train" for name in ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every temporary file is removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a command whose typed errors become one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ModuleNotFoundError as e:
+            module = (e.name or "").partition(".")[0]
+            if module not in EXTRA_FOR_MODULE or _state["debug"]:
+                raise
+            _error(f"toolkit {fn.__name__} needs {module}, which is not installed; "
+                   f"pip install 'toolkit[{EXTRA_FOR_MODULE[module]}]'")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except ToolkitError as e:
+            if _state["debug"]:
+                raise
+            _error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(EXIT_TERMINATED) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            _error("out of memory; use a smaller batch size or fewer images")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as e:  # the environment, not toolkit: a full disk, a permission, a vanished file
+            if _state["debug"]:
+                raise
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            _error(f"{e.strerror or e}{where}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return app.command()(wrapper)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from toolkit import __version__
+
+        out.print(f"toolkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print nothing but errors (and JSON asked for with --json -).")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["quiet"] = quiet
+    out.quiet = quiet
+
+
+# in the order `toolkit --help` lists them: the pipeline's stages, then what uses their files
+for _fn in (pipeline.data, pipeline.train, pipeline.export, pipeline.verify,
+            inspect.compare, inspect.bench, inspect.predict, inspect.web):
+    _command(_fn)
+
+
+def main() -> None:
+    """Entry point: like typer's own, but every failure is one line with its own exit code (see errors.py).
+
+    Usage mistakes are one line (click prints several); SIGTERM ends a command like Ctrl-C (temporary files
+    removed, exit 143); an unexpected exception is a bug: one line and exit 3, the traceback with --debug.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = app(prog_name="toolkit", standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except Terminated:  # outside a command (e.g. while parsing options)
+        sys.exit(EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click/typer usage error
+            if not e.format_message():  # no arguments at all: the help was printed
+                sys.exit(e.exit_code)
+            command = getattr(getattr(e, "ctx", None), "command_path", "toolkit")
+            _error(f"{e.format_message()} (see `{command} --help`)")
+            sys.exit(e.exit_code)
+        if _state["debug"] or "--debug" in sys.argv[1:2]:
+            raise
+        _error(f"{type(e).__name__}: {str(e)[:300]} (run with --debug for the traceback, and please report it)",
+               label="internal error:")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)

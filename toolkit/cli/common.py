@@ -1,0 +1,109 @@
+"""What every command shares: the two consoles, one-line errors, option parsing and output-path checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+# Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
+# drop their less important columns and fold (never cut) the names that tell rows apart (see
+# tables._print_table). Markup is off: file names and messages are text (a file called "d[x].png" prints as
+# itself); styles are applied with Text objects.
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
+_state = {"debug": False, "quiet": False}
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
+                                       help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
+
+
+def _printable(text: str) -> str:
+    """User-supplied text (file names above all) made safe for a terminal: control characters such as ESC are
+    shown as escapes (\\x1b), never sent, so a file name cannot recolour or rewrite the screen."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+def _error(message: str, label: str = "error:") -> None:
+    """One line on stderr: the label in bold red, then the message as plain text (never markup)."""
+    err.print(Text.assemble((label, "bold red"), " ", _printable(" ".join(str(message).split()))), soft_wrap=True)
+
+
+def _csv(values: list[str] | None) -> list[str]:
+    """Options given as repeated flags and/or comma lists ('--format onnx,torchscript')."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _ints(values: list[str] | None, what: str) -> list[int]:
+    from toolkit.errors import ConfigError
+
+    try:
+        return [int(v) for v in _csv(values)]
+    except ValueError:
+        raise ConfigError(f"{what} must be whole numbers, e.g. 1,8,64") from None
+
+
+def _config(cls: Any, **given: Any) -> Any:
+    """A library config from the options the user gave; the rest keep the dataclass's own defaults."""
+    return cls(**{k: v for k, v in given.items() if v is not None and v != ()})
+
+
+def _default_checkpoint(checkpoint: Path | None) -> Path:
+    from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
+
+    return checkpoint or latest_checkpoint(DEFAULT_RUNS_DIR)
+
+
+class _NoStatus:
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _status(text: str) -> Iterator[Any]:
+    """A spinner on a terminal; nothing when stderr is a pipe or file (logs stay clean)."""
+    if not err.is_terminal or _state.get("quiet"):
+        yield _NoStatus()
+        return
+    with err.status(text) as status:
+        yield status
+
+
+def _outputs(*paths: Path | None) -> None:
+    """Check output paths before any work starts, so a long run never fails at its last step.
+
+    `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
+    """
+    from toolkit.errors import ConfigError
+
+    for path in paths:
+        if path is None:
+            continue
+        if str(path) == "-":
+            out.quiet = True
+            continue
+        if path.is_dir():
+            raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from toolkit.fileio import write_json
+
+    if str(path) == "-":
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    write_json(path, obj)  # OutputError (one line) if the disk or folder refuses

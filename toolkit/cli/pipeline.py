@@ -1,0 +1,177 @@
+"""The commands that make the files, in order: data, train, export, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolkit.artifacts import DEFAULT_EXPORT_DIR
+from toolkit.cli.common import (
+    DataDir,
+    _config,
+    _csv,
+    _default_checkpoint,
+    _outputs,
+    _status,
+    _write_json,
+    err,
+    out,
+)
+from toolkit.cli.tables import (
+    _artifacts_table,
+    _download_progress,
+    _epoch_display,
+    _mnist_table,
+    _print_table,
+    _verify_table,
+)
+from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
+from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
+from toolkit.triton import DEFAULT_MAX_BATCH_SIZE
+
+
+def data(data_dir: DataDir = Path("data")) -> None:
+    """Obtain the four official MNIST files, verify their MD5s, and repair any missing or corrupt one."""
+    from toolkit.data import ensure_mnist
+
+    with _download_progress() as on_progress:
+        report = ensure_mnist(data_dir, log=lambda m: err.print(m), progress=on_progress)
+    out.print(_mnist_table(report, data_dir))
+    for attempt in report.attempts:
+        out.print(f"  {attempt.source}: {attempt.detail}")
+
+
+def train(
+    model: Annotated[str, typer.Option(help="convnet or mlp.")] = DEFAULT_MODEL,
+    recipe: Annotated[str, typer.Option(help="fast (default: 99% in one epoch), best (most accurate, a few minutes) "
+                                              "or seed (the 2019 notebook).")] = DEFAULT_RECIPE,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the recipe's batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override the recipe's (peak) learning rate.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed on the CPU gives the same result.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run folder (default runs/<model>-<recipe>-seed<seed>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out (default: the latest run).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start again in a run folder that holds a checkpoint.")] = False,
+    train_limit: Annotated[Optional[int], typer.Option(help="Train on the first N images only (smoke tests).")] = None,
+    holdout: Annotated[Optional[int], typer.Option(
+        help="Keep the last N training images out of training and report accuracy on them each epoch: a "
+             "validation split for choosing settings without looking at the test set.")] = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Train a model on MNIST; writes checkpoint.pt, history.json and errors.png to the run folder."""
+    from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
+    from toolkit.errors import ConfigError
+    from toolkit.recipes import make_config
+    from toolkit.train import train as run_training
+
+    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout)
+    if resume:
+        if any(v is not None for v in overrides.values()):
+            raise ConfigError("--resume continues a run with its own settings; "
+                              "drop --epochs/--batch-size/--lr/--train-limit/--holdout")
+        run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
+        config = make_config(recipe, model=model, seed=seed, device=device)
+    else:
+        config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
+        run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
+
+    header = f"training {config.model} ({config.recipe} recipe) -> {run_dir}"
+    with _epoch_display(header, validation=config.holdout > 0) as (on_epoch, on_batch):
+        result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
+                              on_epoch=on_epoch, on_batch=on_batch)
+    epochs_run = len(result.history)
+    out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}"
+              f"{', bf16 autocast' if result.bf16 else ''}; test accuracy {result.test_accuracy:.2f}% "
+              f"after {epochs_run} epoch{'s' * (epochs_run != 1)} ({result.train_seconds:.1f} s"
+              f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})")
+    out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
+              f"{Path(result.run_dir) / 'errors.png'}")
+
+
+def export(
+    format: Annotated[Optional[list[str]], typer.Option(
+        "--format", help="onnx, torchscript, onnx-app, triton (a Triton model repository of the fp32 files) or all "
+                         "(comma list or repeated).")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Checkpoint to export (default: the latest under runs/).")] = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
+    simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxslim.")] = True,
+    calibration_size: Annotated[int, typer.Option(
+        help="Training images used to calibrate int8.")] = DEFAULT_CALIBRATION_SIZE,
+    quant_format: Annotated[str, typer.Option(help="int8 graph form: qdq or qoperator.")] = QUANT_FORMATS[0],
+    quant_activation: Annotated[str, typer.Option(
+        help="int8 activation type: u8 or s8 (weights are s8).")] = QUANT_ACTIVATIONS[0],
+    per_channel: Annotated[bool, typer.Option(
+        help="Per-channel int8 weight scales (default per-tensor: faster here, same accuracy).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace another checkpoint's export in --out (and its verify/bench results there).")] = False,
+    triton_max_batch_size: Annotated[int, typer.Option(
+        help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Export a checkpoint to ONNX and/or TorchScript, with metadata and exported/manifest.json."""
+    from toolkit.export import ExportConfig, plan
+    from toolkit.export import export as run_export
+
+    pairs = plan(_csv(format) or ["onnx"], _csv(precision) or ["fp32"])
+    config = ExportConfig(checkpoint=str(_default_checkpoint(checkpoint)), out_dir=str(out_dir), opset=opset,
+                          simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
+                          quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
+                          overwrite=overwrite, triton="triton" in _csv(format),
+                          triton_max_batch_size=triton_max_batch_size)
+    with _status("exporting"):
+        result = run_export(config, pairs, log=lambda m: err.print(m))
+    _print_table(*_artifacts_table(result, config.checkpoint))
+    if result.triton_models:
+        out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
+    out.print(f"wrote {result.manifest}")
+
+
+def verify(
+    artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Reference checkpoint (default: the one the artifacts came from).")] = None,
+    runtime: Annotated[Optional[list[str]], typer.Option(
+        help="Runtimes: onnxruntime, torchscript, openvino, opencv or all (default: each file's own, onnxruntime "
+             "and torchscript).")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="Device: cpu, cuda or tensorrt.")] = None,
+    format: Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats.")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions.")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override a tolerance: PRECISION.FIELD=VALUE, e.g. fp16.min_agreement=0.998.")] = None,
+    batch1_images: Annotated[Optional[int], typer.Option(
+        help="How many test images also run one at a time.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+    reference: Annotated[Optional[str], typer.Option(
+        help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or "
+             "auto (checkpoint when torch and the checkpoint are here, else golden).")] = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
+exit 1 if any fails."""  # one line in `toolkit --help`
+    _outputs(json_path)
+    from toolkit.verify import VerifyConfig, parse_tolerance_overrides
+    from toolkit.verify import verify as run_verify
+
+    config = _config(VerifyConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
+                     data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
+                     formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
+                     tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference)
+    with _status("verifying") as status:
+        report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
+    _print_table(*_verify_table(report))
+    for name, reason in report.skipped.items():
+        out.print(f"skipped runtime {name}: {reason}")
+    out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
+              highlight=False)
+    if json_path:
+        _write_json(json_path, report.to_json())
+    report.raise_for_failures()

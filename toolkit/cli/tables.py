@@ -1,0 +1,234 @@
+"""Every table and progress display the commands print: rich renders the library's result values here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from toolkit.cli.common import _printable, err, out
+
+
+def _styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
+
+
+def _table(title: str, columns: list[str], names: tuple[str, ...] = (), left: tuple[str, ...] = ()) -> Table:
+    """A table whose `names` columns (what tells rows apart) fold instead of being cut with an ellipsis."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in names or col in left else "right",
+                         overflow="fold" if col in names or col in left else "ellipsis",
+                         no_wrap=col not in names and col not in left)
+    table.names = names  # type: ignore[attr-defined]  # read by _print_table
+    return table
+
+
+def _print_table(table: Table, optional: tuple[str, ...] = (), console: Console | None = None) -> None:
+    """Print `table`, first dropping `optional` columns (in that order) while it is wider than the console."""
+    console = console or out
+
+    def natural_width() -> int:  # measured without the console's own limit
+        return console.measure(table, options=console.options.update(max_width=100_000)).maximum
+
+    for name in optional:
+        if natural_width() <= console.width:
+            break
+        table.columns = [c for c in table.columns if c.header != name]
+    names = [c for c in table.columns if c.header in getattr(table, "names", ())]
+    for cap in range(30, 6, -1):  # names stay whole as far as the width allows; other text columns fold first
+        for c in names:
+            c.min_width = min(cap, max((len(str(cell)) for cell in c._cells), default=0))
+        if console.measure(table, options=console.options.update(max_width=100_000)).minimum <= console.width:
+            break
+    if natural_width() > console.width:
+        table.show_lines = True  # names will fold onto several lines: rule the rows apart
+    console.print(table)
+
+
+@contextlib.contextmanager
+def _download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
+    """An on_progress(name, done, total) callback: one bar per file on a terminal, nothing in a pipe."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done)
+
+        yield on_progress
+
+
+def _mnist_table(report: Any, data_dir: Path) -> Table:
+    table = Table(title=f"MNIST in {data_dir}")
+    for col in ("file", "md5", "status"):
+        table.add_column(col)
+    for name, path in report.paths.items():
+        table.add_row(Path(path).name, report.md5[name], "verified")
+    return table
+
+
+@contextlib.contextmanager
+def _epoch_display(header: str, validation: bool) -> Iterator[tuple[Callable[..., None], Callable[..., None]]]:
+    """(on_epoch, on_batch) callbacks: a live table and progress bar on a terminal, else one plain line per
+    epoch, printed as it finishes (so `toolkit train | tee log` shows progress). `validation`: the run holds
+    out a validation split, shown in its own column."""
+    columns = ("epoch", "train loss", "train acc %", *(("val acc %",) if validation else ()), "test loss",
+               "test acc %", "lr", "seconds")
+
+    def cells(s: Any, total: int) -> tuple[str, ...]:
+        val = (f"{s.val_accuracy:.2f}",) if validation else ()
+        return (f"{s.epoch}/{total}", f"{s.train_loss:.4f}", f"{s.train_accuracy:.2f}", *val, f"{s.test_loss:.4f}",
+                f"{s.test_accuracy:.2f}", f"{s.lr:.3g}", f"{s.seconds:.1f}")
+
+    if not out.is_terminal:
+        out.print(header)
+
+        def plain_epoch(s: Any, total: int) -> None:
+            out.print("  ".join(f"{name}={value}" for name, value in zip(columns, cells(s, total))))
+            out.file.flush()
+        yield plain_epoch, lambda *a: None
+        return
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    table = Table(title=header)
+    for col in columns:
+        table.add_column(col, justify="right")
+    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err)
+    task = progress.add_task("epoch", total=None)
+    # the live table starts with the first batch, so errors found before training print alone
+    live = Live(Group(table, progress), console=out, refresh_per_second=2)  # low rate: rendering costs CPU
+
+    def on_batch(epoch: int, batch: int, total: int) -> None:
+        if not live.is_started:
+            live.start()
+        if batch == 1:
+            progress.reset(task, description=f"epoch {epoch}", total=total)
+        if batch == total or batch % 20 == 0:
+            progress.update(task, completed=batch)
+
+    try:
+        yield (lambda s, total: table.add_row(*cells(s, total))), on_batch
+    finally:
+        progress.update(task, visible=False)
+        if live.is_started:
+            live.stop()
+
+
+def _artifacts_table(result: Any, checkpoint: str) -> tuple[Table, tuple[str, ...]]:
+    """The export table and the columns it may drop, least important first."""
+    table = _table(f"artifacts from {checkpoint}",
+                   ["file", "format", "precision", "size KiB", "sha256", "input", "outputs"],
+                   names=("file", "format", "precision"), left=("sha256", "input", "outputs"))
+
+    def io(specs: list[dict]) -> str:
+        return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
+
+    for a in result.artifacts:
+        table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
+                      io(a.outputs))
+    return table, ("outputs", "sha256", "input")
+
+
+def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The verify table and the columns it may drop, least important first."""
+    table = _table(f"parity with PyTorch ({report.reference}) on {report.n:,} MNIST test images (PyTorch accuracy "
+                   f"{report.reference_accuracy:.2f}%, provider {report.provider})",
+                   ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
+                    "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
+    for r in report.results:
+        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
+                      r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
+                      f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
+                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
+                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
+    return table, ("batch-1 |diff|", "mean |diff|", "Δ acc", "accuracy %")
+
+
+def _compare_table(report: Any) -> Any:
+    table = Table(title=f"B against A on {report.n:,} MNIST test images")
+    for col in ("", "file", "runtime", "outputs", "accuracy %"):
+        table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
+    for tag, side in (("A", report.a), ("B", report.b)):
+        table.add_row(tag, side.file, side.runtime,
+                      side.outputs + ("" if side.toolkit_model else " (input by options)"), f"{side.accuracy:.2f}")
+    t = report.tolerance
+    verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
+    summary = Table(show_header=True, title=f"compared as {report.compared}")
+    for col in ("max |diff|", "mean |diff|", "agreement", "Δ acc", "result"):
+        summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
+    limit = f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""
+    summary.add_row(f"{report.max_abs_diff:.2e}" + limit, f"{report.mean_abs_diff:.2e}",
+                    f"{report.agreement:,}/{report.n:,}", f"{report.accuracy_delta:+.2f}", verdict)
+    from rich.console import Group
+
+    return Group(table, summary)
+
+
+@contextlib.contextmanager
+def _bench_progress() -> Iterator[Callable[[int, int, str], None]]:
+    """An on_progress(done, total, what) callback: a bar on a terminal, nothing in a pipe."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmarking", total=None)
+
+        def on_progress(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=what)
+
+        yield on_progress
+
+
+def _bench_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """The bench table and the columns it may drop: the tail percentiles first, then provider and I/O when
+    every row shares them (they then tell no rows apart)."""
+    gpu = report.machine.get("gpu")
+    table = _table(f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
+                   + (f" + {gpu['name']}" if gpu else ""),
+                   ["runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                    "verified"], names=("runtime", "provider", "I/O"), left=("verified",))
+    for p in report.points:
+        table.add_row(p.name, p.provider, p.io, str(p.batch_size), f"{p.first_call_ms:.2f}", f"{p.p50_ms:.3f}",
+                      f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.throughput:,.0f}",
+                      {True: "yes", False: _styled("FAILED", "red"), None: "-"}[p.verified])
+    constant = tuple(col for col, attr in (("I/O", "io"), ("provider", "provider"))
+                     if len({getattr(p, attr) for p in report.points}) <= 1)
+    return table, ("p99 ms", "p90 ms", "first ms", *constant)
+
+
+def _print_bench(report: Any, bench_lib: Any) -> None:
+    _print_table(*_bench_table(report))
+    for name, reason in report.skipped.items():
+        out.print(f"skipped {name}: {reason}")
+    for regime, f in report.fastest.items():
+        out.print(f"fastest here ({regime}): {bench_lib.fastest_line(f)}")
+    if report.matmul_peak_gflops:
+        out.print(f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s; int8: "
+                  f"{report.int8_matmul_peak_gops or 0:.1f} GOP/s; model: "
+                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image")
+    for name, t in report.targets.items():
+        out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
+                                f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))
+
+
+def _predictions_table(predictions: list[Any], model: Path) -> Table:
+    table = Table(title=f"predictions by {model}")
+    for col in ("file", "digit", "probability"):
+        table.add_column(col)
+    for p in predictions:
+        table.add_row(_printable(p.file), str(p.digit), f"{p.probability:.4f}")
+    return table
