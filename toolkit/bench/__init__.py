@@ -27,12 +27,10 @@ from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
 from toolkit.bench.pipeline import bench, bench_file
 from toolkit.bench.render import fastest_line, markdown_table, plot
 from toolkit.bench.results import GOALS, REGIMES, BenchPoint, BenchReport, fastest, target_goal, targets
-from toolkit.bench.search import build_candidates
-from toolkit.bench.timing import ROTATE, time_rounds
+from toolkit.bench.timing import ROTATE
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "GOALS", "LIMITS", "MAX_BATCH_SIZE", "MAX_SECONDS", "OPTIMIZATION_LEVELS", "REGIMES",
-    "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_file", "build_candidates", "fastest",
-    "fastest_line", "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "plot", "target_goal",
-    "targets", "time_rounds",
+    "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_file", "fastest", "fastest_line",
+    "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "plot", "target_goal", "targets",
 ]

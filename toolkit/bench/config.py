@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from toolkit.bench.search import OPENVINO_HINTS
+from toolkit.backends import OPENVINO_HINTS
 from toolkit.errors import ConfigError
 from toolkit.formats import MODES
 from toolkit.runtime import check_provider

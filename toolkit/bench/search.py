@@ -1,7 +1,8 @@
 """The configurations a bench run times (the candidates), and how each one's runner is opened.
 
-This is bench's one door to the runner layer: every runtime, option and opener it uses is named here, so
-the rest of the package sees candidates and runners only. Two sources feed the same timing: the manifest
+This is bench's door to the runner layer: every runtime, option and opener it uses is named here (only the
+OpenVINO hint names that BenchConfig checks are read in config), so the rest of the package sees candidates
+and runners only. Two sources feed the same timing: the manifest
 (every artifact, or the checkpoint, each runtime opens, times the settings that runtime takes) and one
 model file (ONNX Runtime on the CPU only, nothing to verify it against).
 """
@@ -12,7 +13,7 @@ import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,6 @@ from toolkit import sysinfo
 from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, select
 from toolkit.backends import (
     IO_MODES,
-    OPENVINO_HINTS,
     RUNTIMES,
     Runner,
     RunnerOptions,
@@ -31,15 +31,13 @@ from toolkit.backends import (
     run_guard,
     select_runtimes,
 )
+from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.formats import judged_precision
 from toolkit.runtime import PROVIDERS
 
-if TYPE_CHECKING:  # annotations only: the config module reads OPENVINO_HINTS from here
-    from toolkit.bench.config import BenchConfig
-
-__all__ = ["OPENVINO_HINTS", "Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_file", "plan_manifest",
+__all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_file", "plan_manifest",
            "run_guard"]
 
 VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one at a time too

@@ -10,16 +10,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from toolkit import data as mnist
+from toolkit.bench.config import BenchConfig
 from toolkit.bench.search import Candidate, Runner, Timed, run_guard
 from toolkit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from toolkit.bench.config import BenchConfig
 
 ROTATE = 8  # distinct input batches cycled through, so no cache holds one batch's answers
 TEST_IMAGES = 10_000
