@@ -1,0 +1,36 @@
+"""Inference latency and throughput of every runtime the toolkit knows, on every artifact it opens.
+
+Built for shared, noisy machines: every configuration and batch size is measured in several interleaved
+rounds (so drift hits all of them alike), after warm-up, on real MNIST test images rotated among several
+batches; the very first call is reported apart; results are percentiles of all timed calls. Each
+configuration is first verified on all 10,000 test images, so "fastest" only ever names one that passes.
+
+A run is one pipeline in parts, each its own module:
+- config: BenchConfig and the bounds it checks;
+- search: the candidates (runtime x device x source x settings) and opening their runners;
+- timing: warm-up, timed calls, interleaved rounds;
+- results: points, the report, the fastest configurations, the targets (one table of goals);
+- render: the markdown table, the fastest line, the plot;
+- peaks: the CPU's matmul peaks the efficiency targets divide by;
+- pipeline: `bench` (candidates from the manifest) and `bench_file` (from one file), through the same steps.
+"""
+
+from toolkit.bench.config import (
+    DEFAULT_BATCH_SIZES,
+    LIMITS,
+    MAX_BATCH_SIZE,
+    MAX_SECONDS,
+    OPTIMIZATION_LEVELS,
+    BenchConfig,
+)
+from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
+from toolkit.bench.pipeline import bench, bench_file
+from toolkit.bench.render import fastest_line, markdown_table, plot
+from toolkit.bench.results import GOALS, REGIMES, BenchPoint, BenchReport, fastest, target_goal, targets
+from toolkit.bench.timing import ROTATE
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES", "GOALS", "LIMITS", "MAX_BATCH_SIZE", "MAX_SECONDS", "OPTIMIZATION_LEVELS", "REGIMES",
+    "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_file", "fastest", "fastest_line",
+    "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "plot", "target_goal", "targets",
+]

@@ -1,0 +1,71 @@
+"""What a bench run measures, and the bounds every setting is checked against before anything runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from toolkit import devices
+from toolkit.errors import ConfigError
+from toolkit.formats import MODES
+from toolkit.runners import OPENVINO_HINTS
+
+DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
+OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
+# Upper bounds, so a typo cannot ask for a run that never ends or an allocation that cannot succeed.
+MAX_BATCH_SIZE = 65_536
+LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256}
+MAX_SECONDS = 3_600.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    artifacts: str = "exported"
+    checkpoint: str | None = None  # for the PyTorch eager baseline; default: the manifest's
+    data_dir: str = "data"
+    providers: tuple[str, ...] = ("cpu",)
+    runtimes: tuple[str, ...] = ("all",)  # every installed runtime; a missing one is skipped with a note
+    formats: tuple[str, ...] = ()  # artifact formats and/or "pytorch" (the checkpoint); empty: everything
+    precisions: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    warmup: int = 5  # untimed calls before each timed block
+    iterations: int | None = None  # timed calls per point; None: run for `seconds` per point
+    seconds: float = 1.0  # time budget per point, split over the rounds
+    rounds: int = 3
+    threads: int | None = None  # intra-op threads on the CPU; None: each runtime's default
+    optimizations: tuple[str, ...] = ("all",)  # ONNX Runtime graph optimization levels to compare
+    concurrency: tuple[int, ...] = (1,)  # ONNX Runtime CPU: calls in flight at once, each on cores/N threads
+    cuda_graph: bool = False  # also time ONNX Runtime CUDA with CUDA graphs (device-resident I/O)
+    modes: tuple[str, ...] = MODES  # OpenVINO inference precisions (extra ones on fp32 files)
+    hints: tuple[str, ...] = OPENVINO_HINTS  # OpenVINO performance hints
+    verify: bool = True  # check each configuration on the test set first; "fastest" names verified ones only
+    matmul_peak: bool = True  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
+
+    def __post_init__(self) -> None:
+        _check_ints("batch sizes", self.batch_sizes, 1, MAX_BATCH_SIZE)
+        _check_ints("concurrency", self.concurrency, 1, LIMITS["concurrency"])
+        for name in ("rounds", "warmup", "iterations", "threads"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_ints(name, (value,), 0 if name == "warmup" else 1, LIMITS[name])
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds)
+                and 0 < self.seconds <= MAX_SECONDS):
+            raise ConfigError(f"seconds per point must be a finite number in (0, {MAX_SECONDS:g}], not {self.seconds}")
+        for what, values, allowed in (("optimization level", self.optimizations, OPTIMIZATION_LEVELS),
+                                      ("OpenVINO precision", self.modes, MODES),
+                                      ("OpenVINO hint", self.hints, OPENVINO_HINTS)):
+            _check_names(what, values, allowed)
+        for p in self.providers:  # every name, also beside 'all'
+            devices.check(p, "all")
+
+
+def _check_ints(what: str, values: tuple[int, ...], low: int, high: int) -> None:
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values):
+        raise ConfigError(f"{what} must be {'positive ' if low else ''}whole numbers from {low} to {high:,}")
+
+
+def _check_names(what: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    # an empty list would time nothing at all, so it is refused like an unknown name
+    unknown = [v for v in values if v not in allowed] or ([] if values else ["(none)"])
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown[0]!r}; use {', '.join(allowed)}")

@@ -1,0 +1,137 @@
+"""A bench run end to end: a source's candidates, timed in rounds, turned into points and one report.
+
+`bench` takes its candidates from the manifest (and verifies them first); `bench_file` from one model file.
+Both then go through the same timing and the same points; their reports differ only in what the source can
+say: the file has no checkpoint to count FLOPs on and no reference, so it gets no targets.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from toolkit import sysinfo
+from toolkit.artifacts import read_model_flops
+from toolkit.bench.config import BenchConfig
+from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
+from toolkit.bench.results import BenchPoint, BenchReport, fastest, targets
+from toolkit.bench.search import Plan, has_torch, plan_file, plan_manifest
+from toolkit.bench.timing import ROTATE, bench_pixels, time_rounds
+
+Progress = Callable[[int, int, str], None]
+
+
+def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchReport:
+    """Measure every selected configuration at every batch size; see the package docstring for the method.
+
+    torch is imported only for what needs it (the PyTorch and TorchScript runtimes, the matmul peaks): an
+    ONNX-only run needs neither torch nor the checkpoint, and verifies against the golden outputs then.
+    """
+    t_start = time.perf_counter()
+    if config.threads and has_torch():
+        import torch
+
+        torch.set_num_threads(config.threads)
+    plan = plan_manifest(config)
+    report = _manifest_report(config, plan, _points(config, plan, on_progress))
+    report.targets = targets(report)
+    return _finish(report, t_start)
+
+
+def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
+               on_progress: Progress | None = None) -> BenchReport:
+    """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
+    layout (see runners/foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
+    no reference), so no targets are computed."""
+    t_start = time.perf_counter()
+    plan = plan_file(config, path, prep, shapes)
+    points = _points(config, plan, on_progress)
+    return _finish(_file_report(config, plan, points, str(path)), t_start)
+
+
+def _points(config: BenchConfig, plan: Plan, on_progress: Progress | None) -> list[BenchPoint]:
+    """Every candidate at every batch size, timed in interleaved rounds."""
+    series = time_rounds(config, plan.candidates, plan.opener, bench_pixels(config.data_dir, plan.takes_images),
+                         on_progress)
+    return [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, plan.opener.verified(c))
+            for c in plan.candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
+
+
+def _finish(report: BenchReport, t_start: float) -> BenchReport:
+    report.fastest = fastest(report.points)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) -> BenchReport:
+    # the peaks are measured after the timing, so their load cannot slow the configurations down
+    flops = _model_flops(config, plan.checkpoint)
+    skipped = dict(plan.skipped)
+    peaks = _peaks_wanted(config, plan.devices, flops, skipped)
+    report = BenchReport(
+        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, plan.devices),
+        session_options=_session_options(config), model_flops_per_image=flops,
+        matmul_peak_gflops=matmul_peak_gflops() if peaks else None, points=points, load_ms=plan.opener.load_ms,
+        skipped={**skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()}},
+        int8_matmul_peak_gops=int8_matmul_peak_gops() if peaks else None,
+        runtimes=plan.opener.runtimes(), verification=plan.opener.verification())
+    if plan.reference is not None:
+        report.settings["reference"] = plan.reference.name
+    return report
+
+
+def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint], path: str) -> BenchReport:
+    settings = {**_settings(config, plan.devices), "file": path, "inputs": plan.opener.inputs}
+    return BenchReport(
+        machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
+        session_options=_session_options(config), model_flops_per_image=0,
+        matmul_peak_gflops=matmul_peak_gflops() if config.matmul_peak else None, points=points,
+        load_ms=plan.opener.load_ms, skipped={}, runtimes=plan.opener.runtimes())
+
+
+def _peaks_wanted(config: BenchConfig, devices: list[str], flops: int | None, skipped: dict[str, str]) -> bool:
+    """Whether to measure the matmul peaks; when asked for but not possible, `skipped` says why."""
+    if not (config.matmul_peak and "cpu" in devices):
+        return False
+    if not has_torch():
+        skipped["matmul peak"] = "measured with torch, which is not installed (--no-matmul-peak)"
+        return False
+    if flops is None:
+        skipped["matmul peak"] = ("the model's FLOPs are unknown here (no checkpoint, none in the "
+                                  "manifest): the efficiency targets need them")
+        return False
+    return True
+
+
+def _model_flops(config: BenchConfig, checkpoint: str | None) -> int | None:
+    """FLOPs of one image's forward pass: as export recorded them in the manifest, else counted on the
+    checkpoint's model (an older export) where torch and the checkpoint are here; None when neither is known."""
+    recorded = read_model_flops(config.artifacts)
+    if recorded is not None or checkpoint is None:
+        return recorded
+    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.model import forward_flops
+
+    return forward_flops(model_from_checkpoint(load_checkpoint(checkpoint)))
+
+
+def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
+    s = asdict(config)
+    s["providers"] = providers
+    s["rotate_batches"] = ROTATE
+    torch = sys.modules.get("torch")  # only where this run imported it
+    s["torch_threads"] = torch.get_num_threads() if torch is not None else None
+    return s
+
+
+def _session_options(config: BenchConfig) -> dict[str, Any]:
+    return {
+        "intra_op_num_threads": config.threads or "onnxruntime default (one per physical core); "
+                                                  "cores / N with N concurrent calls",
+        "graph_optimization_levels": list(config.optimizations),
+        "execution_mode": "sequential",
+        "cpu_affinity_cores": sysinfo.usable_cores(),
+    }

@@ -1,0 +1,110 @@
+"""A report as text and pictures: the README-ready markdown table, the fastest line, the PNG plot.
+
+Library code renders to strings and files only; the CLI decides what to print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.bench.results import BenchPoint, BenchReport, target_goal
+from toolkit.formats import APP, FORMATS, PRECISION_ORDER
+
+_POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | batch | p50 ms | p90 ms "
+                  "| p99 ms | first call ms | images/s | verified |",
+                  "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+
+def _where(machine: dict[str, Any]) -> str:
+    gpu = machine.get("gpu")
+    return f"{machine['cpu']} ({machine['cpu_cores']} cores)" + (f", {gpu['name']}" if gpu else "")
+
+
+def _point_row(p: BenchPoint) -> str:
+    mode = " ".join(x for x in (p.mode, p.hint) if x != "-") or "-"
+    return (f"| {p.runtime}{' (CUDA graph)' if p.cuda_graph else ''} | {p.format}/{p.precision} | "
+            f"{p.provider} | {p.io} | {p.optimization} | {mode} | {p.concurrency} | {p.batch_size} | "
+            f"{p.p50_ms:.3f} | {p.p90_ms:.3f} | {p.p99_ms:.3f} | {p.first_call_ms:.2f} | "
+            f"{p.throughput:,.0f} | {_verdict(p.verified)} |")
+
+
+def _target_rows(found: dict[str, dict[str, Any]]) -> list[str]:
+    if not found:
+        return []
+    return ["", "| target | measured | goal | met |", "|---|---:|---:|---|"] + [
+        f"| {name} ({t['detail']}) | {t['value']:.2f} | {target_goal(name, t['target'])} "
+        f"| {'yes' if t['met'] else 'no'} |" for name, t in found.items()]
+
+
+def markdown_table(report: BenchReport) -> str:
+    """A README-ready table of every point, the fastest verified configurations and the targets."""
+    versions = ", ".join(f"{name} {r['version']}" for name, r in report.runtimes.items()) or "-"
+    lines = [f"Measured on {_where(report.machine)}; {versions}.", "", *_POINTS_HEADER]
+    lines += [_point_row(p) for p in report.points]
+    if report.fastest:
+        lines += [""] + [f"Fastest here ({regime}): {fastest_line(f)}" for regime, f in report.fastest.items()]
+    lines += _target_rows(report.targets)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(verified: bool | None) -> str:
+    return {True: "yes", False: "FAILED", None: "-"}[verified]
+
+
+def fastest_line(f: dict[str, Any]) -> str:
+    """One fastest-configuration entry as text, for the CLI and the markdown."""
+    return (f"{f['label']}, batch {f['batch_size']}: {f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s"
+            f"{'' if f['verified'] else ' (not verified in this run)'}")
+
+
+# --- the plot -------------------------------------------------------------------------------------------
+
+Series = dict[str, dict[tuple[str, str], list[tuple[int, float, float, float]]]]
+
+
+def _file_kind(fmt: str) -> str:
+    """'app' for a file that takes raw pixels (drawn dashed), 'model' otherwise (also a bench FILE's name)."""
+    return "app" if fmt in FORMATS and FORMATS[fmt].kind == APP else "model"
+
+
+def _throughput_series(points: list[BenchPoint]) -> Series:
+    """precision panel -> (runtime, file kind) -> [(batch, images/s, low, high)]: each line's best configuration
+    at each batch size. A panel is the precision as judged (an OpenVINO bf16 mode on an fp32 file is bf16)."""
+    panels: dict[str, dict[tuple[str, str], dict[int, tuple[float, float, float]]]] = {}
+    for p in points:
+        if p.provider != "cpu" and p.io != "host":
+            continue  # device-resident GPU runs are not comparable with the host-fed lines
+        # the throughput this point would have at its slowest (p90) and fastest (min) call times
+        spread = (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
+        line = panels.setdefault(p.judged_as if p.precision in PRECISION_ORDER else p.precision, {})
+        best = line.setdefault((p.runtime, _file_kind(p.format)), {})
+        if p.batch_size not in best or p.throughput > best[p.batch_size][1]:
+            best[p.batch_size] = spread
+    order = [*PRECISION_ORDER, *sorted(set(panels) - set(PRECISION_ORDER))]
+    return {precision: {key: [(b, t, lo, hi) for b, (lo, t, hi) in pts.items()]
+                        for key, pts in panels[precision].items()}
+            for precision in order if precision in panels}
+
+
+def _batch1_latency(points: list[BenchPoint]) -> list[tuple[str, str, float, float, float]]:
+    """[(label, runtime, p50 ms, min ms, p90 ms)]: the lowest-p50 batch-1 point per runtime, file and mode."""
+    single: dict[str, BenchPoint] = {}
+    for p in points:
+        if p.one_at_a_time:
+            key = f"{p.runtime} {p.format}/{p.precision}" + (f" {p.mode}" if p.mode not in ("-", "f32") else "")
+            if key not in single or p.p50_ms < single[key].p50_ms:
+                single[key] = p
+    return [(key, p.runtime, p.p50_ms, p.min_ms, p.p90_ms) for key, p in single.items()]
+
+
+def plot(report: BenchReport, path: str | Path) -> None:
+    """Small multiples: throughput against batch size, one panel per precision (as judged: the file's, or the
+    lower compute precision of an OpenVINO bf16 mode), a line per runtime and file kind drawing its best
+    configuration at each batch size, with the spread of call times shaded; beside them, batch-1 latency."""
+    from toolkit.plots import plot_bench
+
+    gpu = report.machine.get("gpu")
+    plot_bench(_throughput_series(report.points), _batch1_latency(report.points), path,
+               title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}"
+               f" ({report.machine['cpu_cores']} cores): each line the best configuration per batch size")

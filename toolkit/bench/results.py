@@ -1,0 +1,245 @@
+"""What a bench run found: its points, its report, the fastest verified configurations and the targets.
+
+Every target is a ratio of two numbers measured in the same run (never an absolute figure from a noisy,
+shared machine), and only configurations that passed verify may set one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from toolkit.formats import judged_precision
+
+
+@dataclass
+class BenchPoint:
+    runtime: str  # a runtime name, as the runner layer spells it
+    format: str  # onnx, onnx-app, torchscript, pytorch (or the file name, for bench FILE)
+    precision: str
+    provider: str  # cpu, cuda, tensorrt
+    io: str  # host or device
+    optimization: str  # ORT graph optimization level; "-" for the others
+    cuda_graph: bool
+    batch_size: int
+    concurrency: int  # calls in flight at once (caller threads, or OpenVINO's async requests)
+    iterations: int
+    threads: int | None
+    first_call_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # images per second: images of all timed calls / wall time of the timed blocks
+    mode: str = "-"  # OpenVINO inference precision (f32, bf16); "-" elsewhere
+    hint: str = "-"  # OpenVINO performance hint; "-" elsewhere
+    verified: bool | None = None  # passed verify's tolerances in this run; None: not checked
+
+    def _settings(self) -> list[str]:
+        """The non-default settings, as label words."""
+        parts = [] if self.mode in ("-", "f32") else [self.mode]
+        if self.optimization not in ("-", "all"):
+            parts.append(f"opt={self.optimization}")
+        if self.hint == "throughput":
+            parts.append(f"async x{self.concurrency}")
+        elif self.concurrency > 1:
+            parts.append(f"x{self.concurrency} concurrent")
+        if self.cuda_graph:
+            parts.append("cuda-graph")
+        return parts
+
+    @property
+    def judged_as(self) -> str:
+        return judged_precision(self.precision, self.mode)
+
+    @property
+    def name(self) -> str:
+        """Runtime, format/precision and non-default settings; provider and I/O left to their own columns."""
+        return " ".join([self.runtime, f"{self.format}/{self.precision}", *self._settings()])
+
+    @property
+    def label(self) -> str:
+        """Everything that tells this point's runtime configuration apart."""
+        io = [f"io={self.io}"] if self.provider != "cpu" else []
+        return " ".join([self.runtime, f"{self.format}/{self.precision}", self.provider, *io, *self._settings()])
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Batch 1 with one call in flight: the latency a single request sees."""
+        return self.batch_size == 1 and self.concurrency == 1
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    session_options: dict[str, Any]
+    model_flops_per_image: int | None  # None: unknown here (no torch or checkpoint, and none in the manifest)
+    matmul_peak_gflops: float | None
+    points: list[BenchPoint]
+    load_ms: dict[str, float]
+    skipped: dict[str, str]
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+    int8_matmul_peak_gops: float | None = None
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # runtime -> version and settings
+    verification: dict[str, dict[str, Any]] = field(default_factory=dict)  # configuration -> verify's verdict
+    fastest: dict[str, dict[str, Any]] = field(default_factory=dict)  # regime -> the fastest verified point
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for p, point in zip(d["points"], self.points):
+            p["label"] = point.label
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchReport:
+        """A report read back from `to_json`'s dict (to redraw its plot or tables)."""
+        point_fields = set(BenchPoint.__dataclass_fields__)
+        points = [BenchPoint(**{k: v for k, v in p.items() if k in point_fields}) for p in d["points"]]
+        return cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
+
+
+# --- the fastest configurations -------------------------------------------------------------------------
+
+REGIMES = {"batch 1": "lowest batch-1 p50 latency, one call at a time", "throughput": "highest images/s, any batch"}
+
+
+def _eligible(points: list[BenchPoint]) -> list[BenchPoint]:
+    """Points that may be named fastest: verified in this run (or not checked at all), on the CPU."""
+    return [p for p in points if p.verified is not False and p.provider == "cpu"]
+
+
+def _fastest_entry(p: BenchPoint, batch_size: int) -> dict[str, Any]:
+    return {"label": p.label, "p50_ms": p.p50_ms, "throughput": p.throughput, "batch_size": batch_size,
+            "verified": p.verified}
+
+
+def fastest(points: list[BenchPoint]) -> dict[str, dict[str, Any]]:
+    """The fastest configuration that passes verify, per regime, across every runtime and precision measured."""
+    pool = _eligible(points)
+    single = [p for p in pool if p.one_at_a_time]
+    out = {}
+    if single:
+        out["batch 1"] = _fastest_entry(min(single, key=lambda p: p.p50_ms), 1)
+    if pool:
+        p = max(pool, key=lambda p: p.throughput)
+        out["throughput"] = _fastest_entry(p, p.batch_size)
+    return out
+
+
+# --- the targets ----------------------------------------------------------------------------------------
+
+def _pools(points: list[BenchPoint]) -> dict[str, list[BenchPoint]]:
+    """The groups of CPU points the targets compare, by name."""
+    cpu = [p for p in points if p.provider == "cpu"]
+    verified = _eligible(cpu)
+    ort32, ort8 = _ort(cpu, "fp32"), _ort(cpu, "int8")
+    return {
+        "onnxruntime fp32": ort32,
+        "onnxruntime int8": ort8,
+        "onnxruntime fp32 batch 1": _one_at_a_time(ort32),
+        "eager batch 1": _one_at_a_time([p for p in cpu if p.runtime == "pytorch"]),
+        "verified batch 1": _one_at_a_time([p for p in verified if p.runtime != "pytorch"]),
+        "verified int8": [p for p in verified if p.judged_as == "int8"],
+    }
+
+
+def _ort(points: list[BenchPoint], precision: str) -> list[BenchPoint]:
+    """ONNX Runtime on the plain .onnx of one precision: the baseline every other runtime is held against."""
+    return [p for p in points if p.runtime == "onnxruntime" and p.format == "onnx" and p.precision == precision]
+
+
+def _one_at_a_time(points: list[BenchPoint]) -> list[BenchPoint]:
+    return [p for p in points if p.one_at_a_time]
+
+
+def _best(points: list[BenchPoint], min_batch: int = 1) -> BenchPoint | None:
+    eligible = [p for p in points if p.batch_size >= min_batch]
+    return max(eligible, key=lambda p: p.throughput) if eligible else None
+
+
+# A goal's measure: (value, detail) from the pools and the report, or None when a side was not measured here.
+Measure = Callable[[dict[str, list[BenchPoint]], BenchReport], tuple[float, str] | None]
+
+
+def _latency_vs_eager(pool: str) -> Measure:
+    """The lowest batch-1 p50 latency in `pool`, over PyTorch eager's."""
+    def measure(pools: dict[str, list[BenchPoint]], report: BenchReport) -> tuple[float, str] | None:
+        if not pools[pool] or not pools["eager batch 1"]:
+            return None
+        fast, eager = min(pools[pool], key=lambda p: p.p50_ms), pools["eager batch 1"][0]
+        return fast.p50_ms / eager.p50_ms, (f"{fast.p50_ms:.3f} ms ({fast.label}) / {eager.p50_ms:.3f} ms "
+                                            "(PyTorch eager)")
+    return measure
+
+
+def _throughput_ratio(top: str, base: str, note: str) -> Measure:
+    """The best throughput at batch >= 64 in `top`, over the best in `base` (small batches measure overhead)."""
+    def measure(pools: dict[str, list[BenchPoint]], report: BenchReport) -> tuple[float, str] | None:
+        a, b = _best(pools[top], 64), _best(pools[base], 64)
+        if not a or not b:
+            return None
+        return a.throughput / b.throughput, (f"{a.throughput:.0f} img/s ({a.label}, batch {a.batch_size}) / "
+                                             f"{b.throughput:.0f} img/s ({b.label}, batch {b.batch_size}); {note}")
+    return measure
+
+
+def _share_of_peak(pool: str, peak_field: str, unit: str, peak_kind: str = "") -> Measure:
+    """The operations per second the best point in `pool` achieves, over the CPU's matmul peak (`peak_field`)."""
+    def measure(pools: dict[str, list[BenchPoint]], report: BenchReport) -> tuple[float, str] | None:
+        top, peak, flops = _best(pools[pool]), getattr(report, peak_field), report.model_flops_per_image
+        if not top or not peak:
+            return None
+        achieved = top.throughput * flops / 1e9
+        return achieved / peak, (f"{top.throughput:.0f} img/s x {flops / 1e6:.2f} M{unit} = {achieved:.1f} G{unit}/s "
+                                 f"of {peak:.1f} G{unit}/s{peak_kind} ({top.label}, batch {top.batch_size})")
+    return measure
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One target: its name, the ratio it must reach, which way is better, and how the ratio is measured."""
+
+    name: str
+    target: float
+    lower_is_better: bool
+    measure: Measure
+
+
+GOALS: dict[str, Goal] = {g.name: g for g in (
+    Goal("ort_fp32_batch1_p50_vs_eager", 0.3, True, _latency_vs_eager("onnxruntime fp32 batch 1")),
+    Goal("fastest_verified_batch1_p50_vs_eager", 0.2, True, _latency_vs_eager("verified batch 1")),
+    Goal("ort_fp32_throughput_vs_matmul_peak", 0.6, False,
+         _share_of_peak("onnxruntime fp32", "matmul_peak_gflops", "FLOP")),
+    Goal("ort_int8_vs_fp32_throughput", 1.5, False,
+         _throughput_ratio("onnxruntime int8", "onnxruntime fp32", "best at batch >= 64")),
+    Goal("best_verified_int8_vs_ort_fp32_throughput", 2.0, False,
+         _throughput_ratio("verified int8", "onnxruntime fp32", "batch >= 64")),
+    Goal("best_int8_throughput_vs_int8_matmul_peak", 0.5, False,
+         _share_of_peak("verified int8", "int8_matmul_peak_gops", "OP", " int8")),
+)}
+
+
+def targets(report: BenchReport) -> dict[str, dict[str, Any]]:
+    """The CPU targets, each as a ratio of two numbers measured in this same run; a goal whose sides were not
+    both measured here is left out rather than guessed."""
+    pools = _pools(report.points)
+    out: dict[str, dict[str, Any]] = {}
+    for goal in GOALS.values():
+        measured = goal.measure(pools, report)
+        if measured is None:
+            continue
+        value, detail = measured
+        met = value <= goal.target if goal.lower_is_better else value >= goal.target
+        out[goal.name] = {"value": value, "target": goal.target, "met": bool(met), "detail": detail}
+    return out
+
+
+def target_goal(name: str, target: float) -> str:
+    """How a target reads: '<= x' where lower is better (the latency ratios against eager), '>= x' otherwise."""
+    lower = name in GOALS and GOALS[name].lower_is_better
+    return f"<= {target}" if lower else f">= {target}"

@@ -1,0 +1,298 @@
+"""The configurations a bench run times (the candidates), and how each one's runner is opened.
+
+This is bench's door to the runner layer: every runtime, option and opener it uses is named here (only the
+OpenVINO hint names that BenchConfig checks are read in config), so the rest of the package sees candidates
+and runners only. Two sources feed the same timing: the manifest
+(every artifact, or the checkpoint, each runtime opens, times the settings that runtime takes) and one
+model file (ONNX Runtime on the CPU only, nothing to verify it against).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import devices, runners, sysinfo
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_file
+from toolkit.bench.config import BenchConfig
+from toolkit.bench.results import BenchPoint
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError
+from toolkit.formats import judged_precision
+from toolkit.runners import (
+    IO_MODES,
+    RUNTIMES,
+    Runner,
+    RunnerOptions,
+    Runtime,
+    Selection,
+    Timed,
+    open_timed,
+    run_guard,
+    select_runtimes,
+)
+
+__all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_file", "plan_manifest",
+           "run_guard"]
+
+VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one at a time too
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One runtime configuration to time: a source opened in a runtime with options, and how it is called."""
+
+    runtime: str
+    source: Artifact | str  # an artifact, or a path: the checkpoint (PyTorch eager baseline) or a model file
+    format: str
+    precision: str
+    options: RunnerOptions
+    io: str = "host"
+    concurrency: int = 1  # caller threads sharing the runner
+
+    @property
+    def key(self) -> str:
+        o = self.options
+        return (f"{self.runtime} {self.format}/{self.precision} {o.device} {self.io} {o.optimization} {o.mode} "
+                f"{o.hint} c{self.concurrency} t{o.threads}{' cuda-graph' if o.cuda_graph else ''}")
+
+    @property
+    def runner_key(self) -> tuple[str, str, str, RunnerOptions]:
+        return self.runtime, self.format, self.precision, self.options
+
+    def point(self, batch_size: int, batches_per_call: int, times: list[float], wall_s: float, first_ms: float,
+              verified: bool | None) -> BenchPoint:
+        """This configuration's statistics at one batch size; settings its runtime does not take read '-'."""
+        tunes = RUNTIMES[self.runtime].tunes
+        ms = np.asarray(times) * 1e3
+        in_flight = self.concurrency * batches_per_call
+        return BenchPoint(
+            runtime=self.runtime, format=self.format, precision=self.precision, provider=self.options.device,
+            io=self.io, optimization=self.options.optimization if "optimization" in tunes else "-",
+            cuda_graph=self.options.cuda_graph, batch_size=batch_size, concurrency=in_flight, iterations=len(ms),
+            threads=self.options.threads, first_call_ms=first_ms, p50_ms=float(np.percentile(ms, 50)),
+            p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
+            min_ms=float(ms.min()), throughput=batch_size * batches_per_call * len(ms) / wall_s,
+            mode=self.options.mode if "mode" in tunes else "-",
+            hint=self.options.hint if "hint" in tunes else "-", verified=verified)
+
+
+# --- building the candidates ----------------------------------------------------------------------------
+
+def _axes(config: BenchConfig, spec: Runtime, device: str, precision: str) -> dict[str, list[dict]]:
+    """Each bench setting's values as option dicts; a runtime takes the product over its `tunes`."""
+    cpu = device == "cpu"
+    return {
+        "optimization": [{"optimization": level} for level in config.optimizations] if cpu else [{}],
+        "concurrency": [{"concurrency": c} for c in config.concurrency] if cpu else [{}],
+        "io": [{}] if cpu else [{"io": m} for m in IO_MODES],
+        "cuda_graph": [{}],
+        "mode": [{}],  # each run's mode comes with it (runners.runs)
+        "hint": [{"hint": h} for h in config.hints],
+    }
+
+
+def _variants(config: BenchConfig, spec: Runtime, device: str, precision: str) -> list[dict[str, Any]]:
+    axes = _axes(config, spec, device, precision)
+    combos: list[dict[str, Any]] = [{}]
+    for axis in spec.tunes:
+        combos = [{**c, **v} for c in combos for v in axes[axis]]
+    if "cuda_graph" in spec.tunes and config.cuda_graph and device == "cuda":
+        combos.append({"cuda_graph": True, "io": "device"})
+    return combos
+
+
+def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact | str, fmt: str,
+                   precision: str, mode: str = "f32") -> list[Candidate]:
+    """One source in one runtime on one device, at every combination of the settings that runtime takes."""
+    out = []
+    for v in _variants(config, RUNTIMES[name], device, precision):
+        concurrency = v.pop("concurrency", 1)
+        io = v.pop("io", "host")
+        # concurrent calls share the cores, so each gets its slice unless --threads says otherwise
+        threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
+        options = RunnerOptions(device=device, threads=threads, mode=mode, **v)
+        out.append(Candidate(name, source, fmt, precision, options, io, concurrency))
+    return out
+
+
+def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
+                     checkpoint: str) -> list[Candidate]:
+    """Every configuration to time: runtime x device x source x the settings that runtime takes."""
+    out = []
+    for device in devices:
+        # the torch baselines for the GPU run under provider cuda; CPU-only runtimes on cpu
+        todo, _ = runners.runs(manifest, runtimes, device, list(config.formats), list(config.precisions), checkpoint)
+        for run in todo:
+            if run.mode in config.modes:
+                out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
+    return out
+
+
+def has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: Selection,
+                     skipped: dict[str, str]) -> str | None:
+    """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
+    the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
+    if not has_torch():
+        return None
+    try:
+        return str(find_checkpoint(config.artifacts, manifest, config.checkpoint))
+    except CheckpointError as e:
+        if "pytorch" in config.runtimes or "pytorch" in config.formats:
+            raise
+        if "pytorch" in selection.runtimes:
+            selection.runtimes.remove("pytorch")
+            if not config.formats and (not config.precisions or "fp32" in config.precisions):
+                skipped["runtime pytorch"] = str(e)
+        return None
+
+
+# --- opening the runners --------------------------------------------------------------------------------
+
+def options_words(o: RunnerOptions) -> str:
+    return f"opt={o.optimization} threads={o.threads} precision={o.mode} hint={o.hint}"
+
+
+def runtime_version(name: str) -> str:
+    return RUNTIMES[name].version() or "unknown"
+
+
+def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
+    """verify's judgement of one runner, on all test images, with the default tolerances of its precision."""
+    from toolkit import verify
+
+    runtime, fmt, precision, options = key
+    judged = judged_precision(precision, options.mode)
+    try:
+        fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
+    except ArtifactError as e:
+        fields = {"passed": False, "failures": [str(e)]}
+    return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
+            **{k: fields.get(k) for k in ("passed", "agreement", "max_abs_diff", "failures")}}
+
+
+class _Opener:
+    """Opens a candidate's runner for each round (so only one runner's memory is held at a time), recording
+    the first opening's time and, when asked, verify's verdict on it."""
+
+    def __init__(self, verify_with: Any = None) -> None:
+        self.ref = verify_with
+        self.load_ms: dict[str, float] = {}
+        self.verdicts: dict[tuple, dict[str, Any]] = {}
+        self.settings: dict[str, list[dict[str, Any]]] = {}
+
+    def __call__(self, c: Candidate) -> Runner:
+        runner, ms = open_timed(c.runtime, c.source, c.options)
+        self.load_ms.setdefault(f"{c.runtime} {c.format}/{c.precision} {c.options.device} "
+                                f"{options_words(c.options)}", ms)
+        if self.ref is not None and c.runner_key not in self.verdicts:
+            self.verdicts[c.runner_key] = _verdict_of(c.runner_key, runner, self.ref)
+        known = self.settings.setdefault(c.runtime, [])
+        if runner.settings() not in known:
+            known.append(runner.settings())
+        return runner
+
+    def verified(self, c: Candidate) -> bool | None:
+        return self.verdicts[c.runner_key]["passed"] if c.runner_key in self.verdicts else None
+
+    def runtimes(self) -> dict[str, dict[str, Any]]:
+        """Each runtime opened: its version and every distinct settings its runners reported."""
+        return {name: {"version": runtime_version(name), "settings": s} for name, s in self.settings.items()}
+
+    def verification(self) -> dict[str, dict[str, Any]]:
+        return {f"{k[0]} {k[1]}/{k[2]} {options_words(k[3])}": v for k, v in self.verdicts.items()}
+
+
+class _FileOpener:
+    """Opens the file's runner for each round, recording the first opening's time; nothing is verified."""
+
+    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None) -> None:
+        self.prep, self.shapes = prep, shapes
+        self.load_ms: dict[str, float] = {}
+        self.settings: list[dict[str, Any]] = []
+        self.inputs = ""
+
+    def __call__(self, c: Candidate) -> Runner:
+        from toolkit.runners import foreign
+
+        t0 = time.perf_counter()
+        runner = foreign.open_file(c.source, c.options, self.prep, self.shapes)
+        self.load_ms.setdefault(f"{c.format} {options_words(c.options)}", (time.perf_counter() - t0) * 1e3)
+        if runner.settings() not in self.settings:
+            self.settings.append(runner.settings())
+        self.inputs = runner.settings().get("input", "MNIST test images")
+        return runner
+
+    def verified(self, c: Candidate) -> bool | None:
+        return None
+
+    def runtimes(self) -> dict[str, dict[str, Any]]:
+        return {"onnxruntime": {"version": runtime_version("onnxruntime"), "settings": self.settings}}
+
+    def verification(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+# --- the two sources ------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """What one run times, and what its report says about where the candidates came from."""
+
+    candidates: list[Candidate]
+    opener: _Opener | _FileOpener
+    devices: list[str]
+    takes_images: bool = True  # False: the model takes no MNIST image, so it is fed random data
+    checkpoint: str | None = None
+    reference: Any = None  # verify's reference, when the candidates are verified
+    skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
+    skipped_runtimes: dict[str, str] = field(default_factory=dict)
+
+
+def plan_manifest(config: BenchConfig) -> Plan:
+    """Every selected runtime on every artifact (and the checkpoint) it opens, verified first unless told not."""
+    selection = select_runtimes(config.runtimes)
+    devices_used, skipped = devices.expand(config.providers)
+    manifest = read_manifest(config.artifacts)
+    checkpoint = _find_checkpoint(config, manifest, selection, skipped)
+    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "")
+    if not candidates:
+        raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
+    from toolkit.verify import resolve_reference
+
+    ref = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
+           if config.verify else None)
+    return Plan(candidates, _Opener(ref), devices_used, checkpoint=checkpoint, reference=ref, skipped=skipped,
+                skipped_runtimes=selection.skipped)
+
+
+def plan_file(config: BenchConfig, path: str, prep: Any = None,
+              shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+    """One .onnx in ONNX Runtime on the CPU, at every ONNX Runtime CPU setting asked for; fails early on a
+    file it cannot feed."""
+    from toolkit.runners import foreign
+
+    prep = prep or foreign.Preprocessing()
+    if set(config.providers) - {"cpu"}:
+        raise ConfigError("bench FILE times the file on the CPU only; drop --provider")
+    wanted = set(config.runtimes) - {"all"}
+    if wanted - {"onnxruntime"}:
+        raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
+    first = foreign.open_file(path, RunnerOptions(), prep, shapes)
+    if foreign.is_torchscript(read_model_file(path)):
+        raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
+    takes_images = getattr(first, "takes_images", True)
+    dtype = next((i.type for i in first.session.get_inputs()), "")
+    del first
+    # the file's name stands for the format and its input type for the precision, in every table
+    candidates = _candidates_of(config, "onnxruntime", "cpu", str(path), Path(path).name,
+                                dtype.removeprefix("tensor(").rstrip(")"))
+    return Plan(candidates, _FileOpener(prep, shapes), ["cpu"], takes_images=takes_images)

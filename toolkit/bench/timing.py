@@ -1,0 +1,142 @@
+"""Timing candidates: warm-up, then timed calls in interleaved rounds, on real test images rotated among batches.
+
+Rounds interleave every candidate and batch size, so drift on a shared machine hits all of them alike; the
+very first call of each is timed apart, since it pays for lazy initialisation the later calls do not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit import data as mnist
+from toolkit.bench.config import BenchConfig
+from toolkit.bench.search import Candidate, Runner, Timed, run_guard
+from toolkit.errors import ConfigError
+
+ROTATE = 8  # distinct input batches cycled through, so no cache holds one batch's answers
+TEST_IMAGES = 10_000
+
+
+def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, seconds: float,
+             offset: int, concurrency: int = 1) -> tuple[list[float], float]:
+    """Time calls of `run` after `warmup` untimed ones; returns (per-call seconds, wall seconds).
+
+    With concurrency N, N threads call `run` at once (the runtimes release the GIL while they compute), each
+    for the same budget; the wall time then covers all of them.
+    """
+    for i in range(warmup):
+        run(offset + i)
+    calls = None if iterations is None else max(1, iterations // concurrency)
+    if concurrency == 1:
+        wall0 = time.perf_counter()
+        times = _loop(run, offset + warmup, calls, seconds, concurrency)
+        return times, time.perf_counter() - wall0
+
+    # threads are started before the clock and released together, so their start-up is not timed
+    start = threading.Barrier(concurrency + 1)
+    parts: list[list[float]] = [[] for _ in range(concurrency)]
+
+    def worker(k: int) -> None:
+        start.wait()
+        parts[k] = _loop(run, offset + warmup + k, calls, seconds, concurrency)
+
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    for w in workers:
+        w.start()
+    start.wait()
+    wall0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    return [t for part in parts for t in part], time.perf_counter() - wall0
+
+
+def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None, seconds: float,
+          stride: int) -> list[float]:
+    """One caller's timed calls: `budget_calls` of them, or as many as `seconds` allows (at least 3).
+
+    Concurrent callers start at neighbouring indices and step by their number, so no two run the same batch.
+    """
+    times = []
+    start = time.perf_counter()
+    i = start_index
+    while True:
+        t0 = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - t0)
+        i += stride
+        if budget_calls is not None:
+            if len(times) >= budget_calls:
+                return times
+        elif time.perf_counter() - start >= seconds and len(times) >= 3:
+            return times
+
+
+def bench_pixels(data_dir: str, takes_images: bool = True) -> np.ndarray:
+    """The MNIST test images; for a model that takes no MNIST image, stand-ins that only make batches differ."""
+    if takes_images:
+        return mnist.load_split(data_dir, "test")[0]
+    # the batch count comes from the pixels; the runner turns these into random data of its own shapes
+    pixels = np.zeros((TEST_IMAGES, 28, 28), np.uint8)
+    pixels[:, 0, :10] = np.arange(TEST_IMAGES)[:, None] % 251  # distinct per batch: the random data's seed
+    return pixels
+
+
+def _batches(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """ROTATE batches of real test images; past the 10,000 images they wrap around."""
+    n = len(pixels)
+    try:
+        return [np.take(pixels, np.arange(k * batch_size, (k + 1) * batch_size) % n, axis=0) for k in range(ROTATE)]
+    except MemoryError:
+        raise ConfigError(f"not enough memory for {ROTATE} batches of {batch_size:,} images; "
+                          "use smaller batch sizes") from None
+
+
+@dataclass
+class _Series:
+    """What the rounds gather for one candidate at one batch size."""
+
+    first_ms: float
+    batches_per_call: int = 1
+    times: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def time_rounds(config: BenchConfig, candidates: list[Candidate], open_runner: Callable[[Candidate], Runner],
+                pixels: np.ndarray, on_progress: Callable[[int, int, str], None] | None = None
+                ) -> dict[tuple[str, int], _Series]:
+    """Interleaved rounds over every candidate and batch size; the first call of each is timed apart.
+
+    Each round opens each candidate's runner afresh and lets it go afterwards: one runner's memory at a time.
+    """
+    series: dict[tuple[str, int], _Series] = {}
+    total, done = len(candidates) * len(config.batch_sizes) * config.rounds, 0
+    per_round = None if config.iterations is None else max(1, config.iterations // config.rounds)
+    for rnd in range(config.rounds):
+        for c in candidates:
+            runner = open_runner(c)
+            for bs in config.batch_sizes:
+                with run_guard(runner):
+                    timed = runner.timed(_batches(pixels, bs), c.io)
+                    s = series.get((c.key, bs)) or _first_call(timed)
+                    series[(c.key, bs)] = s
+                    block, wall = _measure(timed.call, config.warmup, per_round, config.seconds / config.rounds,
+                                           offset=rnd, concurrency=c.concurrency)
+                s.times.extend(block)
+                s.wall_s += wall
+                done += 1
+                if on_progress:
+                    on_progress(done, total, f"{c.runtime} {c.format}/{c.precision} {c.options.device} batch {bs}")
+            del runner, timed
+    return series
+
+
+def _first_call(timed: Timed) -> _Series:
+    t0 = time.perf_counter()
+    timed.call(0)
+    return _Series((time.perf_counter() - t0) * 1e3, timed.batches_per_call)
