@@ -27,9 +27,9 @@ from toolkit.cli.tables import (
     _print_table,
     _verify_table,
 )
+from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
 from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
-from toolkit.triton import DEFAULT_MAX_BATCH_SIZE
 
 
 def data(data_dir: DataDir = Path("data")) -> None:

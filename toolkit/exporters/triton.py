@@ -3,6 +3,7 @@
 `<out>/triton/<model>/config.pbtxt` and `<out>/triton/<model>/1/model.onnx` (or `model.pt` for Triton's
 PyTorch backend), one model per artifact, with names, data types and dims taken from the artifact's manifest
 entry. The repository is built beside the old one and swapped in, so a reader never sees half of it.
+Not a format of its own (formats.py has no row for it): it serves copies of the fp32 files built beside it.
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ from pathlib import Path
 
 from toolkit.artifacts import Artifact
 from toolkit.errors import ConfigError, OutputError
+from toolkit.formats import FORMATS
 
 REPOSITORY = "triton"
 DEFAULT_MAX_BATCH_SIZE = 1024
 MAX_MAX_BATCH_SIZE = 65536
 PREFERRED_BATCH_SIZES = (64, 256)
 MAX_QUEUE_DELAY_US = 100
-ARTIFACTS = (("onnx", "fp32"), ("onnx-app", "fp32"), ("torchscript", "fp32"))  # what the repository serves
+# The Triton model name of each format the repository serves (its fp32 file), in the repository's order.
+_MODEL_NAMES = {"onnx": "mnist_convnet", "onnx-app": "mnist_convnet_app", "torchscript": "mnist_convnet_torchscript"}
+ARTIFACTS = tuple((fmt, "fp32") for fmt in _MODEL_NAMES)  # what the repository serves
 
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
-# (platform, file name in the version folder) per artifact format
-_BACKENDS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "onnx-app": ("onnxruntime_onnx", "model.onnx"),
-             "torchscript": ("pytorch_libtorch", "model.pt")}
+_TORCH_PLATFORM = "pytorch_libtorch"  # Triton's PyTorch backend, which names tensors by position
+# (Triton platform, file name in the version folder) per native runtime of a served format
+_PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "torchscript": (_TORCH_PLATFORM, "model.pt")}
 
 
 @dataclass
@@ -38,8 +42,12 @@ class TritonModel:
 
 
 def model_name(artifact: Artifact) -> str:
-    return {"onnx": "mnist_convnet", "onnx-app": "mnist_convnet_app",
-            "torchscript": "mnist_convnet_torchscript"}[artifact.format]
+    return _MODEL_NAMES[artifact.format]
+
+
+def _platform(artifact: Artifact) -> tuple[str, str]:
+    """(Triton platform, file name in the version folder) of an artifact's format."""
+    return _PLATFORMS[FORMATS[artifact.format].native_runtime]
 
 
 def _tensor(spec: dict, torchscript_index: int | None) -> str:
@@ -58,8 +66,8 @@ def _tensor(spec: dict, torchscript_index: int | None) -> str:
 
 def model_config(artifact: Artifact, max_batch_size: int) -> TritonModel:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for one artifact."""
-    platform, _ = _BACKENDS[artifact.format]
-    ts = artifact.format == "torchscript"
+    platform, _ = _platform(artifact)
+    ts = platform == _TORCH_PLATFORM
     inputs = ",\n".join(_tensor(s, i if ts else None) for i, s in enumerate(artifact.inputs))
     outputs = ",\n".join(_tensor(s, i if ts else None) for i, s in enumerate(artifact.outputs))
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size]
@@ -100,7 +108,7 @@ def write_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
             for model, artifact in zip(models, served):
                 version = staging / model.name / "1"
                 version.mkdir(parents=True)
-                shutil.copyfile(out_dir / artifact.file, version / _BACKENDS[artifact.format][1])
+                shutil.copyfile(out_dir / artifact.file, version / _platform(artifact)[1])
                 (staging / model.name / "config.pbtxt").write_text(model.config)
             os.chmod(staging, 0o755)
             old = None
