@@ -1,4 +1,4 @@
-"""Serve the web demo (examples/web) and an exported model.app.onnx on 127.0.0.1.
+"""Serve the web demo (examples/web, installed as the package toolkit.web_page) and a model.app.onnx on 127.0.0.1.
 
 A stdlib HTTP server with the headers multi-threaded WebAssembly needs: Cross-Origin-Opener-Policy and
 Cross-Origin-Embedder-Policy make the page cross-origin isolated, which is what lets ONNX Runtime Web use
@@ -10,6 +10,7 @@ Every request path is confined to its mount's folder and to the file types that 
 from __future__ import annotations
 
 import http.server
+import json
 import posixpath
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ from toolkit.errors import ArtifactError, ConfigError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_SITE = Path(__file__).resolve().parents[1] / "examples" / "web"
+# The page has one source, examples/web; pyproject.toml installs that folder as toolkit/web_page, so an
+# installed toolkit (any extras or none) finds it beside this module and a source checkout finds it in place.
+_INSTALLED_SITE = Path(__file__).resolve().parent / "web_page"
+DEFAULT_SITE = _INSTALLED_SITE if (_INSTALLED_SITE / "index.html").is_file() else (
+    Path(__file__).resolve().parents[1] / "examples" / "web")
 DEFAULT_MODEL = Path("exported") / "model.app.onnx"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 MODEL_URL = "/model/model.app.onnx"
@@ -52,6 +57,7 @@ class Mount:
 class WebConfig:
     site: Path = DEFAULT_SITE
     model: Path = DEFAULT_MODEL
+    ort: Path | None = None  # onnxruntime-web's dist folder; None: the site's node_modules, else the working folder's
     host: str = HOST
     port: int = DEFAULT_PORT
     extra_mounts: tuple[Mount, ...] = field(default_factory=tuple)  # e.g. test data for the browser test
@@ -62,9 +68,7 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
     site = Path(config.site).resolve()
     if not (site / "index.html").is_file():
         raise ConfigError(f"{config.site} has no index.html; pass --site pointing at the repository's examples/web")
-    ort = site / ORT_DIST
-    if not (ort / "ort.wasm.min.mjs").is_file():
-        raise ConfigError(f"ONNX Runtime Web is not installed in {site}; run `npm ci --ignore-scripts` there")
+    ort = find_ort(site, config.ort)
     model = Path(config.model)
     if not model.is_file():
         raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
@@ -76,6 +80,26 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
         *config.extra_mounts,
         Mount("/", site),
     )
+
+
+def ort_version(site: Path) -> str:
+    """The onnxruntime-web version the page is tested with (its package.json), for the install hint."""
+    try:
+        return json.loads((site / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "latest"
+
+
+def find_ort(site: Path, given: Path | None) -> Path:
+    """onnxruntime-web's dist folder: `given` (the folder itself or one holding node_modules), else the site's
+    node_modules (a source checkout after `npm ci`), else the working folder's; ConfigError says how to get it."""
+    candidates = [given, given / ORT_DIST] if given is not None else [site / ORT_DIST, Path.cwd() / ORT_DIST]
+    for folder in candidates:
+        if folder is not None and (folder / "ort.wasm.min.mjs").is_file():
+            return folder.resolve()
+    where = f"in {given}" if given is not None else f"in {site} or {Path.cwd()}"
+    raise ConfigError(f"ONNX Runtime Web (the page's runtime, from npm) is not {where}; run "
+                      f"`npm install onnxruntime-web@{ort_version(site)}` here, or pass --ort FOLDER")
 
 
 def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+from toolkit.devices import CPU
 
 # Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
 # drop their less important columns and fold (never cut) the names that tell rows apart (see
@@ -22,8 +22,22 @@ out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
 
-DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
-                                       help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", metavar="FOLDER",
+                                       help="Folder holding MNIST/raw/.")]
+# One spelling per idea across the commands: --device (as train says it; --provider, the name the inference
+# commands used first, stays an alias) and --json PATH, where - is stdout.
+DeviceOption = Annotated[Optional[str], typer.Option(
+    "--device", "--provider", metavar="DEVICE", show_default=CPU, help="cpu, cuda or tensorrt.")]
+JsonOption = Annotated[Optional[Path], typer.Option(
+    "--json", metavar="PATH", help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
+
+
+def default_of(cls: Any, name: str) -> str:
+    """A config dataclass's default for `name` as --help shows it (tuples as comma lists): the one source."""
+    import dataclasses
+
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _printable(text: str) -> str:
@@ -60,21 +74,6 @@ def _default_checkpoint(checkpoint: Path | None) -> Path:
     from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
 
     return checkpoint or latest_checkpoint(DEFAULT_RUNS_DIR)
-
-
-class _NoStatus:
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _status(text: str) -> Iterator[Any]:
-    """A spinner on a terminal; nothing when stderr is a pipe or file (logs stay clean)."""
-    if not err.is_terminal or _state.get("quiet"):
-        yield _NoStatus()
-        return
-    with err.status(text) as status:
-        yield status
 
 
 def _outputs(*paths: Path | None) -> None:
