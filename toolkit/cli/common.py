@@ -12,8 +12,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from toolkit.devices import CPU
-
 # Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
 # drop their less important columns and fold (never cut) the names that tell rows apart (see
 # tables._print_table). Markup is off: file names and messages are text (a file called "d[x].png" prints as
@@ -26,18 +24,18 @@ DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", 
                                        help="Folder holding MNIST/raw/.")]
 # One spelling per idea across the commands: --device (as train says it; --provider, the name the inference
 # commands used first, stays an alias) and --json PATH, where - is stdout.
-DeviceOption = Annotated[Optional[str], typer.Option(
-    "--device", "--provider", metavar="DEVICE", show_default=CPU, help="cpu, cuda or tensorrt.")]
+DeviceOption = Annotated[str, typer.Option("--device", "--provider", metavar="DEVICE", help="cpu, cuda or tensorrt.")]
 JsonOption = Annotated[Optional[Path], typer.Option(
     "--json", metavar="PATH", help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
 
 
-def default_of(cls: Any, name: str) -> str:
-    """A config dataclass's default for `name` as --help shows it (tuples as comma lists): the one source."""
+def defaults(cls: Any) -> dict[str, Any]:
+    """A config dataclass's defaults as option defaults (tuples as lists of strings): --help shows the library's
+    own values, and no second copy of them can drift."""
     import dataclasses
 
-    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return {f.name: [str(v) for v in f.default] if isinstance(f.default, tuple) else f.default
+            for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def _printable(text: str) -> str:

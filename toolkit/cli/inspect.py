@@ -18,7 +18,7 @@ from toolkit.cli.common import (
     _ints,
     _outputs,
     _write_json,
-    default_of,
+    defaults,
     out,
 )
 from toolkit.cli.progress import stage
@@ -30,9 +30,7 @@ from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
-def _flag(cls: type, name: str) -> str:
-    """A --x/--no-x flag's default as --help shows it."""
-    return name.replace("_", "-") if default_of(cls, name) == "True" else f"no-{name.replace('_', '-')}"
+BENCH = defaults(BenchConfig)
 
 
 def compare(
@@ -95,8 +93,8 @@ def bench(
         metavar="RUNTIMES", show_default="every installed one",
         help="onnxruntime, pytorch, torchscript, openvino, opencv or all.")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
-        "--device", "--provider", metavar="DEVICES", show_default=default_of(BenchConfig, "providers"),
-        help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
+        "--device", "--provider", metavar="DEVICES",
+        help="cpu, cuda, tensorrt or all (comma list or repeated).")] = BENCH["providers"],
     artifacts: Annotated[Path, typer.Option(
         metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
@@ -108,40 +106,40 @@ def bench(
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="all", help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(
-        metavar="SIZES", show_default=default_of(BenchConfig, "batch_sizes"), help="Batch sizes.")] = None,
+        metavar="SIZES", help="Batch sizes.")] = BENCH["batch_sizes"],
     iterations: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="by --seconds", help="Timed calls per point (instead of --seconds).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(
-        metavar="SECONDS", show_default=default_of(BenchConfig, "seconds"), help="Time budget per point.")] = None,
-    warmup: Annotated[Optional[int], typer.Option(
-        metavar="N", show_default=default_of(BenchConfig, "warmup"),
-        help="Untimed calls before each timed block.")] = None,
-    rounds: Annotated[Optional[int], typer.Option(
-        metavar="N", show_default=default_of(BenchConfig, "rounds"),
-        help="Interleaved rounds over all configurations.")] = None,
+    seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Time budget per point.")] = BENCH["seconds"],
+    warmup: Annotated[int, typer.Option(
+        metavar="N",
+        help="Untimed calls before each timed block.")] = BENCH["warmup"],
+    rounds: Annotated[int, typer.Option(
+        metavar="N",
+        help="Interleaved rounds over all configurations.")] = BENCH["rounds"],
     threads: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="the runtimes' own", help="Intra-op threads on the CPU.")] = None,
     optimization: Annotated[Optional[list[str]], typer.Option(
-        metavar="LEVELS", show_default=default_of(BenchConfig, "optimizations"),
-        help="ONNX Runtime graph optimization levels to compare: all, extended, basic, none.")] = None,
+        metavar="LEVELS", help="ONNX Runtime graph optimization levels to compare: all, extended, basic, "
+                               "none.")] = BENCH["optimizations"],
     concurrency: Annotated[Optional[list[str]], typer.Option(
-        metavar="COUNTS", show_default=default_of(BenchConfig, "concurrency"),
-        help="ONNX Runtime CPU: calls in flight at once to compare, e.g. 1,2 (each gets cores/N threads).")] = None,
+        metavar="COUNTS", help="ONNX Runtime CPU: calls in flight at once to compare, e.g. 1,2 (each gets "
+                               "cores/N threads).")] = BENCH["concurrency"],
     mode: Annotated[Optional[list[str]], typer.Option(
-        metavar="MODES", show_default=default_of(BenchConfig, "modes"),
-        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only).")] = None,
+        metavar="MODES",
+        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only).")] = BENCH["modes"],
     hint: Annotated[Optional[list[str]], typer.Option(
-        metavar="HINTS", show_default=default_of(BenchConfig, "hints"),
-        help="OpenVINO performance hints: latency, throughput.")] = None,
-    cuda_graph: Annotated[Optional[bool], typer.Option(
-        "--cuda-graph/--no-cuda-graph", show_default=_flag(BenchConfig, "cuda_graph"),
-        help="Also time ONNX Runtime CUDA with CUDA graphs.")] = None,
-    verify: Annotated[Optional[bool], typer.Option(
-        "--verify/--no-verify", show_default=_flag(BenchConfig, "verify"),
-        help="Check each configuration on the test set first (fastest names verified ones only).")] = None,
-    matmul_peak: Annotated[Optional[bool], typer.Option(
-        "--matmul-peak/--no-matmul-peak", show_default=_flag(BenchConfig, "matmul_peak"),
-        help="Measure the CPU's float32 and int8 matmul peaks (for the efficiency targets).")] = None,
+        metavar="HINTS",
+        help="OpenVINO performance hints: latency, throughput.")] = BENCH["hints"],
+    cuda_graph: Annotated[bool, typer.Option(
+        "--cuda-graph/--no-cuda-graph",
+        help="Also time ONNX Runtime CUDA with CUDA graphs.")] = BENCH["cuda_graph"],
+    verify: Annotated[bool, typer.Option(
+        "--verify/--no-verify",
+        help="Check each configuration on the test set first (fastest names verified ones only).")] = BENCH["verify"],
+    matmul_peak: Annotated[bool, typer.Option(
+        "--matmul-peak/--no-matmul-peak",
+        help="Measure the CPU's float32 and int8 matmul peaks (for the efficiency targets).")] = BENCH["matmul_peak"],
     json_path: JsonOption = None,
     markdown: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(

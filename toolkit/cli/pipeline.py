@@ -17,7 +17,7 @@ from toolkit.cli.common import (
     _default_checkpoint,
     _outputs,
     _write_json,
-    default_of,
+    defaults,
     err,
     out,
 )
@@ -27,6 +27,8 @@ from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
 from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
 from toolkit.verify import VerifyConfig
+
+VERIFY = defaults(VerifyConfig)
 
 
 def data(data_dir: DataDir = Path("data")) -> None:
@@ -150,21 +152,20 @@ def verify(
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default="each file's own: onnxruntime, torchscript",
         help="onnxruntime, torchscript, openvino, opencv or all.")] = None,
-    provider: DeviceOption = None,
+    provider: DeviceOption = VERIFY["provider"],
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="all", help="Only these formats.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="all", help="Only these precisions.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISION.FIELD=VALUE", help="Override a tolerance, e.g. fp16.min_agreement=0.998.")] = None,
-    batch1_images: Annotated[Optional[int], typer.Option(
-        metavar="N", show_default=default_of(VerifyConfig, "batch1_images"),
-        help="How many test images also run one at a time.")] = None,
+    batch1_images: Annotated[int, typer.Option(
+        metavar="N", help="How many test images also run one at a time.")] = VERIFY["batch1_images"],
     json_path: JsonOption = None,
-    reference: Annotated[Optional[str], typer.Option(
-        metavar="REFERENCE", show_default=default_of(VerifyConfig, "reference"),
+    reference: Annotated[str, typer.Option(
+        metavar="REFERENCE",
         help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or "
-             "auto (checkpoint when torch and the checkpoint are here, else golden).")] = None,
+             "auto (checkpoint when torch and the checkpoint are here, else golden).")] = VERIFY["reference"],
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \

@@ -1,9 +1,10 @@
 """Progress for every long stage, shown the same way by every command.
 
 On a terminal: a rich bar with the stage's description, a count (M/N, or bytes for downloads), the time
-elapsed and an ETA. In a pipe or a file: a plain line with the same facts when the stage starts, at most every
+elapsed and an ETA. In a pipe or a file: a plain line with the same facts once the stage has run 2 s, then every
 10 s while it runs (whether or not the library reported anything new, so a log never goes quiet for minutes),
-and at the end. `-q` shows nothing. The library only calls `update(done, total, what)`; nothing here decides
+and one at the end; a stage over within 2 s prints nothing (a mistake found at once stays a one-line error).
+`-q` shows nothing. The library only calls `update(done, total, what)`; nothing here decides
 what a stage is.
 """
 
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from toolkit.cli.common import _printable, _state, err, out
 
+PIPE_FIRST_S = 2.0
 PIPE_INTERVAL_S = 10.0
 
 
@@ -58,11 +60,12 @@ class _TimesColumn(ProgressColumn):
 
 
 def columns(as_bytes: bool = False) -> tuple[ProgressColumn, ...]:
-    """The bar's columns. The description is plain text (markup=False: a file name is never read as markup) and
-    is cut with an ellipsis when the line is short, so the count and the times always show."""
+    """The bar's columns. The description is plain text (markup=False: a file name is never read as markup); it
+    and the bar share what the count and the times leave (3:1), the description cut with an ellipsis when the
+    line is short, so the facts always show."""
     return (TextColumn("{task.description}", markup=False,
-                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)),
-            BarColumn(bar_width=20, table_column=Column(no_wrap=True)),
+                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=3, min_width=12)),
+            BarColumn(bar_width=None, table_column=Column(no_wrap=True, ratio=1, min_width=6)),
             (DownloadColumn if as_bytes else MofNCompleteColumn)(table_column=Column(no_wrap=True)),
             _TimesColumn(table_column=Column(no_wrap=True)))
 
@@ -73,18 +76,21 @@ class StageProgress:
     `console`: where it shows (stderr by default). `above`: a renderable kept over the bar while it runs (train's
     epoch table); the bar then shares one live display with it. `lazy`: start showing at the first update, not
     at entry (data shows nothing when every file is already there; train's errors before the first batch print
-    alone). `interval_s`: the pipe's line interval.
+    alone). `first_s`, `interval_s`: when the pipe's first line comes, and how often the next ones.
     """
 
     def __init__(self, description: str, *, console: Console | None = None, as_bytes: bool = False,
                  above: RenderableType | None = None, lazy: bool = False,
-                 interval_s: float = PIPE_INTERVAL_S, quiet: bool | None = None) -> None:
+                 first_s: float = PIPE_FIRST_S, interval_s: float = PIPE_INTERVAL_S,
+                 quiet: bool | None = None) -> None:
         self.console = console or err
         self.description = description
         self.as_bytes = as_bytes
         self.above = above
         self.lazy = lazy
+        self.first_s = first_s
         self.interval_s = interval_s
+        self.lines = 0  # printed in a pipe
         self.quiet = _state.get("quiet", False) if quiet is None else quiet
         self.terminal = self.console.is_terminal
         self.done: float = 0
@@ -144,10 +150,13 @@ class StageProgress:
     def _emit(self, final: bool = False) -> None:
         self.console.print(self.line(final), markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()
+        self.lines += 1
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = self.first_s
+        while not self._stop.wait(wait):
             self._emit()
+            wait = self.interval_s
 
     # lifetime
     def _start(self) -> None:
@@ -155,7 +164,6 @@ class StageProgress:
         if self.quiet:
             return
         if not self.terminal:
-            self._emit()
             self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
             self._ticker.start()
             return
@@ -179,7 +187,7 @@ class StageProgress:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
-            if exc_type is None:
+            if exc_type is None and self.lines:
                 self._emit(final=True)
         if self._bar is not None:
             if self._live is not None:
