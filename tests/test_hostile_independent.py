@@ -177,7 +177,7 @@ def test_a_16_bit_png_gives_the_same_digit_as_its_8_bit_twin(exported, tmp_path)
     sixteen = tmp_path / "sixteen.png"
     Image.fromarray(np.asarray(Image.open(eight)).astype(np.uint16) * 257).save(sixteen)
     assert Image.open(sixteen).mode.startswith("I")
-    result = _cli("predict", "--json", eight, sixteen, "--model", exported / "model.app.onnx", cwd=tmp_path)
+    result = _cli("predict", "--json", "-", eight, sixteen, "--model", exported / "model.app.onnx", cwd=tmp_path)
     _check(result, 0)
     a, b = json.loads(result.stdout)
     assert a["probabilities"] == b["probabilities"]

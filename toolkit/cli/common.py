@@ -87,6 +87,8 @@ def _outputs(*paths: Path | None) -> None:
         if str(path) == "-":
             out.quiet = True
             continue
+        if str(path).startswith("-"):  # `--json --model m.onnx` would otherwise write a file called --model
+            raise ConfigError(f"{path} looks like an option, not a file to write; give a path, or - for stdout")
         if path.is_dir():
             raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
         parent = path.parent

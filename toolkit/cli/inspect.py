@@ -150,7 +150,7 @@ def bench(
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
-        metavar="INPUT=DxD", help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
+        metavar="INPUT=DIMS", help="With FILE: an input's dynamic dimensions after the batch, e.g. x=3x16.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
