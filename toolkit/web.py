@@ -68,10 +68,10 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
     site = Path(config.site).resolve()
     if not (site / "index.html").is_file():
         raise ConfigError(f"{config.site} has no index.html; pass --site pointing at the repository's examples/web")
-    ort = find_ort(site, config.ort)
     model = Path(config.model)
     if not model.is_file():
         raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
+    ort = find_ort(site, config.ort)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {config.port}")
     return (

@@ -231,8 +231,11 @@ def web(
     """Serve the draw-a-digit page on 127.0.0.1 (cross-origin isolated for multi-threaded wasm) until Ctrl-C."""
     from toolkit.web import DEFAULT_SITE, WebConfig, make_server, url
 
-    server = make_server(WebConfig(site=site or DEFAULT_SITE, model=model, port=port, ort=ort))
-    out.print(f"serving {model} and the demo page at {url(server)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    config = WebConfig(site=site or DEFAULT_SITE, model=model, port=port, ort=ort)
+    server = make_server(config)
+    out.print(f"serving {model} and the demo page ({config.site}) at {url(server)} (Ctrl-C to stop)",
+              highlight=False, soft_wrap=True)
+    out.file.flush()
     try:
         server.serve_forever()
     finally:
