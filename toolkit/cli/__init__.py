@@ -55,7 +55,10 @@ def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     extra = EXTRA_FOR_COMMAND.get(fn.__name__)
     if extra is None:
         return doc, summary + "."
-    missing = importlib.util.find_spec("torch") is None
+    try:
+        missing = importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):  # a broken or blocked install counts as none
+        missing = True
     note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
     return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 
