@@ -49,10 +49,18 @@ class Format:
     exporter: str  # the module of toolkit.exporters that builds it (imported only when exporting: needs torch)
     description: str
     is_code: bool = False  # loading the file runs code it carries (TorchScript): only load files you trust
+    # suffixes of the files that come with the main one (OpenVINO IR: the .bin weights beside the .xml graph);
+    # each is named like the main file and listed in the manifest with its own size and SHA-256
+    companions: tuple[str, ...] = ()
 
     def file_name(self, precision: str) -> str:
-        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt."""
+        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt, model.xml."""
         return "model" + ("" if precision == "fp32" else f".{precision}") + self.suffix
+
+    def companion_names(self, precision: str) -> tuple[str, ...]:
+        """The companion files of `file_name(precision)`: model.bin beside model.xml."""
+        stem = self.file_name(precision)[:-len(self.suffix)]
+        return tuple(stem + suffix for suffix in self.companions)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -66,8 +74,16 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "frozen TorchScript, same I/O as onnx", is_code=True),
     Format("onnx-app", ".app.onnx", ("fp32",), APP, "onnxruntime", "onnx_app",
            "raw uint8 pixels [N,28,28] -> probabilities [N,10], digit [N]"),
+    Format("openvino", ".xml", ("fp32", "int8"), NORMALIZED, "openvino", "openvino",
+           "OpenVINO IR (.xml graph + .bin weights), same I/O as onnx", companions=(".bin",)),
 )}
 ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))
+
+
+def format_of_file(name: str) -> str | None:
+    """The format whose files end like `name` (the longest suffix wins: .app.onnx before .onnx), or None."""
+    fits = [f for f in FORMATS.values() if name.endswith(f.suffix)]
+    return max(fits, key=lambda f: len(f.suffix)).name if fits else None
 
 
 def judged_precision(file_precision: str, mode: str = DEFAULT_MODE) -> str:

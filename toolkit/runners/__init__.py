@@ -76,8 +76,9 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             "PyTorch eager, from the checkpoint", _torch.open_eager),
     Runtime("torchscript", "torch", ("torch",), ("torchscript",), formats.FORMATS["torchscript"].precisions,
             ("cpu", "cuda"), _F32, ("io",), "the TorchScript archive in torch", _torch.open_scripted),
-    Runtime("openvino", "openvino", ("openvino",), formats.ONNX_FORMATS, formats.PRECISIONS, ("cpu",), formats.MODES,
-            ("mode", "hint"), "OpenVINO on the CPU, reading the .onnx", _openvino.open_artifact),
+    Runtime("openvino", "openvino", ("openvino",), (*formats.ONNX_FORMATS, _openvino.IR), formats.PRECISIONS, ("cpu",),
+            formats.MODES, ("mode", "hint"), "OpenVINO on the CPU, reading its IR or the .onnx",
+            _openvino.open_artifact),
     Runtime("opencv", "cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
             formats.ONNX_FORMATS, ("fp32",), ("cpu",), _F32, (), "OpenCV DNN on the CPU", _opencv.open_artifact),
 )}

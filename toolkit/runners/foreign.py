@@ -22,7 +22,9 @@ import numpy as np
 from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
+from toolkit.formats import format_of_file
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners import openvino
 from toolkit.runners.base import Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
@@ -211,9 +213,12 @@ class ForeignTorchRunner(TorchRunner):
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
-    """A runner for any .onnx or TorchScript file. A toolkit .onnx (with its metadata) runs as itself, its
-    own normalization read from the file; anything else as a foreign file with `prep`."""
+    """A runner for any .onnx or TorchScript file, or a toolkit OpenVINO IR (.xml). A toolkit .onnx (with its
+    metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
+    `prep`."""
     options = options or RunnerOptions()
+    if format_of_file(Path(path).name) == openvino.IR:  # the graph and its .bin, both checked like one file
+        return openvino.open_file(str(path), options)
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
     if is_torchscript(data):
         module = load_torchscript(data, options.device, str(path),
