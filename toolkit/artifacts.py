@@ -279,20 +279,15 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
     hash-checked against the manifest beside it when there is one, else read as they are."""
     path = Path(path)
     data = read_model_file(path)
-    manifest = path.parent / MANIFEST_NAME
-    if manifest.exists() or manifest.is_symlink():  # read_model_file found it listed there
-        listed = next(a for a in read_manifest(path.parent) if a.file == path.name)
-        return data, read_verified_parts(listed)
-    fmt = format_of_file(path.name)
-    stem = path.name[:-len(FORMATS[fmt].suffix)] if fmt else path.stem
-    parts = []
-    for suffix in FORMATS[fmt].companions if fmt else ():
-        part = path.parent / (stem + suffix)
-        try:
-            parts.append(part.read_bytes())
-        except OSError as e:
-            raise ArtifactError(f"cannot read {part} (the companion of {path.name}): {e.strerror or e}") from None
-    return data, parts
+    if (path.parent / MANIFEST_NAME).exists():  # read_model_file found the file listed there
+        return data, read_verified_parts(next(a for a in read_manifest(path.parent) if a.file == path.name))
+    fmt = FORMATS.get(format_of_file(path.name) or "")
+    parts = [path.with_name(path.name[:-len(fmt.suffix)] + suffix) for suffix in fmt.companions] if fmt else []
+    try:
+        return data, [part.read_bytes() for part in parts]
+    except OSError as e:
+        raise ArtifactError(f"cannot read the companion of {path.name} ({', '.join(map(str, parts))}): "
+                            f"{e.strerror or e}") from None
 
 
 def read_model_file(path: str | os.PathLike) -> bytes:
