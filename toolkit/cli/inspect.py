@@ -11,13 +11,14 @@ import typer
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
 from toolkit.cli.common import DataDir, _config, _csv, _ints, _outputs, _status, _write_json, out
 from toolkit.cli.tables import _bench_progress, _compare_table, _predictions_table, _print_bench
+from toolkit.formats import FORMATS
 from toolkit.preprocess import MEAN, STD
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(help="The reference model: .onnx or TorchScript.")],
-    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx or TorchScript.")],
+    a: Annotated[Path, typer.Argument(help="The reference model: .onnx, TorchScript or a toolkit IR .xml.")],
+    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx, TorchScript or a toolkit IR .xml.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
         help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -77,7 +78,7 @@ def bench(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Checkpoint for the PyTorch eager baseline (default: the artifacts' source).")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
+        "--format", help=f"Narrow to these: {', '.join(FORMATS)}, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes, e.g. 1,64,256.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,
@@ -151,14 +152,15 @@ def bench(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
-        help="A toolkit .onnx (default: exported/model.app.onnx, else exported/model.onnx); checked against the "
-             "manifest.json beside it, if any.")] = None,
+        help="A toolkit .onnx, or OpenVINO IR .xml with its .bin beside it (default: exported/model.app.onnx, else "
+             "exported/model.onnx); checked against the manifest.json beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
         "--invert/--no-invert", help="Force (or forbid) inverting dark-on-light images; default: detect.")] = None,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime provider.")] = "cpu",
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider (an IR runs in OpenVINO on the cpu).")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch)."""
+    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch), or an IR
+    (OpenVINO, no torch)."""
     from toolkit.runtime import predict_files
 
     if model is None:

@@ -8,6 +8,7 @@ IR's rt_info under "toolkit", one entry per key.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from toolkit.errors import ConfigError
 from toolkit.exporters import BuildOptions, Built, ExportContext, int8, quiet, scratch_path
 from toolkit.exporters import onnx as onnx_graph
 from toolkit.formats import FORMATS, NORMALIZED, OUTPUTS
@@ -28,6 +30,7 @@ PRESET = "performance"  # NNCF's symmetric int8 weights and activations: what th
 def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportContext, tmp: Path,
           metadata: dict[str, str]) -> Built:
     """Write the IR of `module` at `precision`: the graph to `tmp`, its weights to the one part."""
+    _check_installed("openvino", *(("nncf",) if precision == "int8" else ()))
     import openvino as ov
 
     if ctx.fp32_onnx is None:
@@ -45,6 +48,13 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
     weights = scratch_path(tmp, FORMATS["openvino"].companions[0])
     _save(model, tmp, weights)
     return Built(settings=settings, parts=[weights])
+
+
+def _check_installed(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"exporting OpenVINO IR needs {' and '.join(missing)}: pip install 'toolkit[openvino]' "
+                          "(or leave out --format openvino)")
 
 
 def _example():
