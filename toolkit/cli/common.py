@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -77,33 +76,52 @@ def _status(text: str) -> Iterator[Any]:
         yield status
 
 
-def _outputs(*paths: Path | None) -> None:
-    """Check output paths before any work starts, so a long run never fails at its last step.
+def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Check output paths before any work starts, so a long run never fails at its last step and never
+    replaces what is not a result file: a device, a FIFO, a link, a folder, or one of the command's inputs.
 
     `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
     """
-    from toolkit.errors import ConfigError
+    from toolkit.errors import ConfigError, OutputError
+    from toolkit.fileio import check_target
 
-    for path in paths:
-        if path is None:
-            continue
-        if str(path) == "-":
-            out.quiet = True
-            continue
-        if path.is_dir():
+    given = [p for p in paths if p is not None and str(p) != "-"]
+    if any(p is not None and str(p) == "-" for p in paths):
+        out.quiet = True
+    for path in given:
+        if path.is_dir() and not path.is_symlink():
             raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+        try:
+            check_target(path)
+        except OutputError as e:
+            raise ConfigError(str(e)) from None
+        for other in inputs:
+            if other is not None and path.exists() and other.exists() and os.path.samefile(path, other):
+                raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({other})")
         parent = path.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+    resolved = [os.path.abspath(p) for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("two outputs name the same file; give each its own")
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from toolkit.fileio import write_json
+    from toolkit.fileio import json_text, write_json
 
     if str(path) == "-":
-        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.write(json_text(obj) + "\n")
         sys.stdout.flush()
         return
     write_json(path, obj)  # OutputError (one line) if the disk or folder refuses
+
+
+def _print_result(renderable: Any) -> None:
+    """Print what the user asked for on stdout, under --quiet too (quiet silences everything else)."""
+    quiet, out.quiet = out.quiet, False
+    try:
+        out.print(renderable)
+    finally:
+        out.quiet = quiet

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
-from toolkit.cli.common import DataDir, _config, _csv, _ints, _outputs, _status, _write_json, out
+from toolkit.cli.common import DataDir, _config, _csv, _ints, _outputs, _print_result, _status, _write_json, out
 from toolkit.cli.tables import _bench_progress, _compare_table, _predictions_table, _print_bench
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
+
+TimeLimit = Annotated[float, typer.Option(
+    "--time-limit", help="Seconds one model call may run before it is stopped (exit 2): a file the toolkit did "
+                         f"not write may never finish. Default {DEFAULT_TIME_LIMIT_S:g}.")]
 
 
 def compare(
@@ -36,6 +40,7 @@ def compare(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", help="Write the report as JSON here (- for stdout).")] = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
@@ -43,7 +48,7 @@ def compare(
     Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
     wrote, so give only files you trust like a script you would run.
     """
-    _outputs(json_path)
+    _outputs(json_path, inputs=(a, b))
     from toolkit.compare import CompareConfig, parse_tolerance
     from toolkit.compare import compare as run_compare
     from toolkit.errors import ConfigError
@@ -55,12 +60,12 @@ def compare(
     prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
-                           limit=limit)
+                           limit=limit, time_limit_s=time_limit)
     with _status("comparing"):
         report = run_compare(config)
     out.print(_compare_table(report))
-    out.print(f"compared {report.compared} on {report.n:,} MNIST test images in {report.seconds:.1f} s",
-              highlight=False)
+    on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
+    out.print(f"compared {report.compared} on {report.n:,} {on} in {report.seconds:.1f} s", highlight=False)
     if json_path:
         _write_json(json_path, report.to_json())
     report.raise_for_failures()
@@ -111,6 +116,7 @@ def bench(
         help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
         help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
@@ -118,9 +124,11 @@ def bench(
     With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
     MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
     """
-    _outputs(json_path, markdown, plot)
+    _outputs(json_path, markdown, plot, inputs=(file, *_model_files(artifacts)))
     from toolkit import bench as bench_lib
+    from toolkit.runners.base import check_time_limit
 
+    check_time_limit(time_limit)
     config = _config(
         bench_lib.BenchConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
         data_dir=str(data_dir), runtimes=tuple(_csv(runtime)), providers=tuple(_csv(provider)),
@@ -136,7 +144,8 @@ def bench(
             from toolkit.runners.foreign import Preprocessing, parse_shapes
 
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
-                                          parse_shapes(_csv(shape)), on_progress=on_progress)
+                                          parse_shapes(_csv(shape)), on_progress=on_progress,
+                                          time_limit_s=time_limit)
     _print_bench(report, bench_lib)
     if json_path:
         _write_json(json_path, report.to_json())
@@ -148,6 +157,18 @@ def bench(
         bench_lib.plot(report, plot)
 
 
+def _model_files(folder: Path) -> tuple[Path, ...]:
+    """The manifest and model files of an export folder: bench's inputs, which its outputs may not replace."""
+    from toolkit.formats import FORMATS
+
+    suffixes = {f.suffix for f in FORMATS.values()}
+    try:
+        return tuple(p for p in folder.iterdir()
+                     if p.name == "manifest.json" or any(p.name.endswith(s) for s in suffixes))
+    except OSError:
+        return ()
+
+
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
@@ -157,18 +178,21 @@ def predict(
         "--invert/--no-invert", help="Force (or forbid) inverting dark-on-light images; default: detect.")] = None,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
 ) -> None:
     """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch)."""
+    from toolkit.runners.base import check_time_limit
     from toolkit.runtime import predict_files
 
+    check_time_limit(time_limit)
     if model is None:
         candidates = [Path("exported/model.app.onnx"), Path("exported/model.onnx")]
         model = next((c for c in candidates if c.is_file()), candidates[0])
-    predictions = predict_files(images, model, invert=invert, provider=provider)
+    predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if as_json:
-        out.print_json(json.dumps([p.__dict__ for p in predictions], allow_nan=False))
+        _write_json(Path("-"), [p.__dict__ for p in predictions])
         return
-    out.print(_predictions_table(predictions, model))
+    _print_result(_predictions_table(predictions, model))
 
 
 def web(
