@@ -17,6 +17,7 @@ DEFAULT_LABELS = tuple(str(d) for d in range(10))
 SCORE_KINDS = ("log_probs", "probabilities", "logits")
 MAX_LABEL_CHARS = 100
 MAX_STD = 1e6
+MIN_STD = 1e-6  # below it, (pixel / 255 - mean) / std overflows float32 or means nothing
 MAX_ABS_MEAN = 1e6
 
 
@@ -76,8 +77,8 @@ def read_normalization(meta: dict[str, str], label: str) -> Normalization:
     mean, std = _number(meta, "mean", label), _number(meta, "std", label)
     if not abs(mean) <= MAX_ABS_MEAN:
         raise ArtifactError(f"{label}: metadata 'mean' is {mean!r}, outside [-{MAX_ABS_MEAN:g}, {MAX_ABS_MEAN:g}]")
-    if not 0 < std <= MAX_STD:
-        raise ArtifactError(f"{label}: metadata 'std' is {std!r}; it must be > 0 (and at most {MAX_STD:g})")
+    if not MIN_STD <= std <= MAX_STD:
+        raise ArtifactError(f"{label}: metadata 'std' is {std!r}; it must be > 0 (from {MIN_STD:g} to {MAX_STD:g})")
     return Normalization(mean, std, _labels(meta, label), _scores(meta, label))
 
 

@@ -59,8 +59,8 @@ class Classifier:
 def _as_probabilities(values: np.ndarray, kind: str) -> np.ndarray:
     if kind == "probabilities":
         return values
-    if not np.isfinite(values).all():
-        return values  # refused by the contract check, before any arithmetic turns it into something else
+    if np.isnan(values).any() or np.isposinf(values).any() or np.isneginf(values).all(1).any():
+        return np.full_like(values, np.nan)  # refused by the contract check, not turned into something that passes
     if kind == "log_probs":
         return np.exp(values)
     shifted = values - values.max(1, keepdims=True)  # logits: a numerically safe softmax

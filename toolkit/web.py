@@ -118,7 +118,9 @@ def loopback_host(host_header: str | None) -> bool:
         return True
     host = host_header.strip().lower()
     if host.startswith("["):  # [::1]:8000
-        host = host[1:].partition("]")[0]
+        host, closed, port = host[1:].partition("]")
+        if not closed or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return False
     elif host.count(":") == 1:
         host = host.partition(":")[0]
     if host in LOOPBACK_NAMES or host.endswith(".localhost"):
