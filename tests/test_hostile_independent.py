@@ -557,3 +557,20 @@ def test_web_is_quiet_when_clients_go_away(web, capsys):
         s.close()
     time.sleep(0.5)
     assert "Traceback" not in capsys.readouterr().err
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("command", ["export", "train-resume"])
+def test_a_code_running_checkpoint_is_refused_in_words_of_its_own(tmp_path, mnist_dir, command):
+    import pickle
+
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(pickle.dumps({"format": "toolkit-checkpoint", "x": _RunsCode()}))
+    args = (["export", "--checkpoint", bad, "--out", tmp_path / "out"] if command == "export"
+            else ["train", "--out", tmp_path, "--resume"])
+    line = _one_error(*_inproc(*args, "--data-dir", mnist_dir))
+    assert "would run code from the file" in line and "weights_only" not in line

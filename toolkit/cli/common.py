@@ -82,30 +82,36 @@ def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
 
     `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
     """
-    from toolkit.errors import ConfigError, OutputError
-    from toolkit.fileio import check_target
+    from toolkit.errors import ConfigError
 
     given = [p for p in paths if p is not None and str(p) != "-"]
     if any(p is not None and str(p) == "-" for p in paths):
         out.quiet = True
     for path in given:
-        if path.is_dir() and not path.is_symlink():
-            raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
-        try:
-            check_target(path)
-        except OutputError as e:
-            raise ConfigError(str(e)) from None
-        for other in inputs:
-            if other is not None and path.exists() and other.exists() and os.path.samefile(path, other):
-                raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({other})")
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+        _check_output(path, [i for i in inputs if i is not None])
     resolved = [os.path.abspath(p) for p in given]
     if len(set(resolved)) != len(resolved):
         raise ConfigError("two outputs name the same file; give each its own")
+
+
+def _check_output(path: Path, inputs: list[Path]) -> None:
+    from toolkit.errors import ConfigError, OutputError
+    from toolkit.fileio import check_target
+
+    if path.is_dir() and not path.is_symlink():
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        check_target(path)
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
+    same = next((i for i in inputs if path.exists() and i.exists() and os.path.samefile(path, i)), None)
+    if same is not None:
+        raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
 
 
 def _write_json(path: Path, obj: Any) -> None:
