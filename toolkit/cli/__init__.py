@@ -113,7 +113,8 @@ def _print_version(value: bool) -> None:
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Print nothing but errors (and JSON asked for with --json -).")] = False,
+        "--quiet", "-q", help="Print nothing but errors and the results asked for (predict's digits, JSON on "
+                              "stdout): no tables, progress or notes.")] = False,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:

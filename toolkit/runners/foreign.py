@@ -23,7 +23,7 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
-from toolkit.runners.base import Runner, RunnerOptions, Timed
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
@@ -158,6 +158,10 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         return (SCORES,)
 
     @property
+    def time_limit_s(self) -> float:
+        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
+
+    @property
     def takes_images(self) -> bool:
         return self.image is not None
 
@@ -170,15 +174,15 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         n = len(pixels)
         for inp in self.inputs:
             if inp.batch_fixed is not None and inp.batch_fixed != n:
-                raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}; "
-                                  f"use --batch-sizes {inp.batch_fixed}")
+                raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}, "
+                                  f"not {n}; bench it with --batch-sizes {inp.batch_fixed}")
         if self.image is not None:
             return {self.image.name: _pixels_as(pixels, self.image.layout, self.image.dtype, self.prep)}
         seed = int(np.asarray(pixels).reshape(n, -1)[:, :10].sum()) if n else 0  # differs per rotated batch
         return {inp.name: inp.random(n, seed + k) for k, inp in enumerate(self.inputs)}
 
     def _infer(self, native: dict[str, np.ndarray]) -> list[Any]:
-        return self.session.run([self.output_name], native)
+        return self.session.run([self.output_name], native, self.run_options)
 
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.options.device != devices.CPU:
@@ -198,6 +202,10 @@ class ForeignTorchRunner(TorchRunner):
     @property
     def outputs(self) -> tuple[str, ...]:
         return (SCORES,)
+
+    @property
+    def time_limit_s(self) -> float:
+        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
 
     @property
     def takes_images(self) -> bool:
@@ -234,9 +242,22 @@ def _has_toolkit_metadata(data: bytes) -> bool:
     return any(p.key == "toolkit.format_version" for p in model.metadata_props)
 
 
+def _run_in_batches(runner: Runner, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    fixed = next((i.batch_fixed for i in getattr(runner, "inputs", []) if i.batch_fixed), None)
+    if not fixed or fixed == len(pixels):
+        return runner.run(pixels)
+    parts = []
+    for start in range(0, len(pixels), fixed):
+        chunk = pixels[start:start + fixed]
+        padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        parts.append({k: v[:len(chunk)] if v.ndim and len(v) == fixed else v for k, v in runner.run(padded).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def scores(runner: Runner, pixels: np.ndarray) -> tuple[np.ndarray, str]:
-    """A runner's class scores [N, 10] for MNIST pixels, and what they are (log_probs, probabilities, logits)."""
-    out = runner.run(pixels)
+    """A runner's class scores [N, 10] for MNIST pixels, and what they are (log_probs, probabilities, logits).
+    A file whose input has a fixed batch is run that many images at a time (the last batch padded)."""
+    out = _run_in_batches(runner, pixels)
     if SCORES in out:
         values = np.asarray(out[SCORES]).reshape(len(pixels), -1) if out[SCORES].size == len(pixels) * 10 \
             else out[SCORES]
