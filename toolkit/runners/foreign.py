@@ -24,8 +24,8 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
-from toolkit.runners.base import Runner, RunnerOptions, Timed
 from toolkit.runners import torch_export
+from toolkit.runners.base import Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
@@ -223,8 +223,9 @@ class ForeignTorchRunner(TorchRunner):
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
-    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file. A toolkit .onnx (with its metadata) runs as itself, its
-    own normalization read from the file; anything else as a foreign file with `prep`."""
+    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file. A toolkit .onnx (with its
+    metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
+    `prep`."""
     options = options or RunnerOptions()
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
     kind = torch_export.archive_kind(data)
