@@ -21,7 +21,8 @@ from toolkit.cli.common import _error, _state, err, out
 from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
+                  help="Train the MNIST ConvNet, export it to ONNX/TorchScript/torch.export/AOTInductor, prove parity, "
+                       "and benchmark it.")
 
 # Modules outside the base (inference-only) install, and the extra that brings each one.
 EXTRA_FOR_MODULE = {name: "train" for name in ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")}

@@ -16,8 +16,8 @@ from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(help="The reference model: .onnx or TorchScript.")],
-    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx or TorchScript.")],
+    a: Annotated[Path, typer.Argument(help="The reference model: .onnx, TorchScript, .pt2 or .aoti.pt2.")],
+    b: Annotated[Path, typer.Argument(help="The model judged against A: like A.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
         help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -30,7 +30,7 @@ def compare(
         help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = MEAN,
     std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
-        help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc "
+        help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
              "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
     provider: Annotated[str, typer.Option(help="Device: cpu or cuda.")] = "cpu",
     limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
@@ -40,8 +40,9 @@ def compare(
 ) -> None:
     """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
 
-    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
-    wrote, so give only files you trust like a script you would run.
+    Either may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
+    shared library) files are code: loading one runs whatever its author put in it, so give only files you
+    trust like a script you would run.
     """
     _outputs(json_path)
     from toolkit.compare import CompareConfig, parse_tolerance
@@ -70,14 +71,15 @@ def bench(
     file: Annotated[Optional[Path], typer.Argument(
         help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
+        help="onnxruntime, pytorch, torchscript, torch-export, aoti, openvino, opencv or all (default: every "
+             "installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
         help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Checkpoint for the PyTorch eager baseline (default: the artifacts' source).")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
+        "--format", help="Narrow to these: onnx, onnx-app, torchscript, pt2, aoti, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes, e.g. 1,64,256.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,

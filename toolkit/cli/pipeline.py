@@ -28,8 +28,10 @@ from toolkit.cli.tables import (
     _verify_table,
 )
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
-from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
+from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, FORMATS, QUANT_ACTIVATIONS, QUANT_FORMATS
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
+
+CODE_FORMATS = [name for name, f in FORMATS.items() if f.is_code]  # loading one runs what it carries
 
 
 def data(data_dir: DataDir = Path("data")) -> None:
@@ -94,8 +96,9 @@ def train(
 
 def export(
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="onnx, torchscript, onnx-app, triton (a Triton model repository of the fp32 files) or all "
-                         "(comma list or repeated).")] = None,
+        "--format", help=f"{', '.join(FORMATS)}, triton (a Triton model repository of the fp32 files) or all "
+                         f"(comma list or repeated). {', '.join(CODE_FORMATS)} files are code (aoti is a compiled "
+                         "shared library): load only files you trust.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
@@ -117,7 +120,7 @@ def export(
         help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Export a checkpoint to ONNX and/or TorchScript, with metadata and exported/manifest.json."""
+    """Export a checkpoint to ONNX, TorchScript, torch.export or AOTInductor, with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
 
@@ -140,8 +143,8 @@ def verify(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reference checkpoint (default: the one the artifacts came from).")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="Runtimes: onnxruntime, torchscript, openvino, opencv or all (default: each file's own, onnxruntime "
-             "and torchscript).")] = None,
+        help="Runtimes: onnxruntime, torchscript, torch-export, aoti, openvino, opencv or all (default: each "
+             "file's own: onnxruntime, torchscript, torch-export, aoti).")] = None,
     provider: Annotated[Optional[str], typer.Option(help="Device: cpu, cuda or tensorrt.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions.")] = None,
