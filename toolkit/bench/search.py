@@ -287,9 +287,10 @@ def plan_file(config: BenchConfig, path: str, prep: Any = None,
     wanted = set(config.runtimes) - {"all"}
     if wanted - {"onnxruntime"}:
         raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
+    archive = foreign.archive_name(read_model_file(path))
+    if archive:  # refused before it is loaded: loading a torch archive runs its code
+        raise ConfigError(f"{path} is {archive}; bench FILE times .onnx files (use toolkit compare for it)")
     first = foreign.open_file(path, RunnerOptions(), prep, shapes)
-    if foreign.is_torchscript(read_model_file(path)):
-        raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
     takes_images = getattr(first, "takes_images", True)
     dtype = next((i.dtype for i in first.inputs), None)
     del first

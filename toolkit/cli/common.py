@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from toolkit.runners import RUNTIMES
+
 # Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
 # drop their less important columns and fold (never cut) the names that tell rows apart (see
 # tables._print_table). Markup is off: file names and messages are text (a file called "d[x].png" prints as
@@ -130,3 +132,6 @@ def _print_result(renderable: Any) -> None:
         out.print(renderable)
     finally:
         out.quiet = quiet
+
+
+RUNTIME_NAMES = tuple(RUNTIMES)  # for help texts: every runtime the toolkit has, from its table

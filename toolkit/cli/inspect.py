@@ -10,6 +10,7 @@ import typer
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
 from toolkit.bench.config import BenchConfig
 from toolkit.cli.common import (
+    RUNTIME_NAMES,
     DataDir,
     DeviceOption,
     JsonOption,
@@ -25,6 +26,7 @@ from toolkit.cli.common import (
 from toolkit.cli.progress import stage
 from toolkit.cli.tables import _compare_table, _predictions_table, _print_bench
 from toolkit.devices import CPU
+from toolkit.formats import FORMATS
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
@@ -40,8 +42,8 @@ TimeLimit = Annotated[float, typer.Option(
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(metavar="A", help="The reference model: .onnx or TorchScript.")],
-    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: .onnx or TorchScript.")],
+    a: Annotated[Path, typer.Argument(metavar="A", help="The reference model: .onnx, TorchScript, .pt2 or .aoti.pt2.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -56,7 +58,7 @@ def compare(
     std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
-        help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc "
+        help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
              "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
     provider: DeviceOption = CPU,
     limit: Annotated[Optional[int], typer.Option(
@@ -67,8 +69,9 @@ def compare(
 ) -> None:
     """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
 
-    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
-    wrote, so give only files you trust like a script you would run.
+    Either may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
+    shared library) files are code: loading one runs whatever its author put in it, so give only files you
+    trust like a script you would run.
     """
     _outputs(json_path, inputs=(a, b))
     from toolkit.compare import CompareConfig, parse_tolerance
@@ -98,7 +101,7 @@ def bench(
         metavar="FILE", help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default="every installed one",
-        help="onnxruntime, pytorch, torchscript, openvino, opencv or all.")] = None,
+        help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
         "--device", "--provider", metavar="DEVICES",
         help="cpu, cuda, tensorrt or all (comma list or repeated).")] = BENCH["providers"],
@@ -109,7 +112,7 @@ def bench(
         help="Checkpoint for the PyTorch eager baseline.")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="all",
-        help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
+        help=f"Narrow to these: {', '.join(FORMATS)}, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="all", help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(

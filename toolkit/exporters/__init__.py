@@ -16,6 +16,7 @@ import copy
 import importlib
 import io
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,11 +91,15 @@ def builder(fmt: str) -> Build:
 
 
 def quiet() -> contextlib.ExitStack:
-    """Silence the exporters' progress prints and deprecation warnings (they are not the user's concern)."""
+    """Silence the exporters' progress prints, deprecation warnings and torch's log warnings (AOTInductor's
+    compiler notes): they are not the user's concern; a failure still raises."""
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    torch_log = logging.getLogger("torch")
+    stack.callback(torch_log.setLevel, torch_log.level)
+    torch_log.setLevel(logging.ERROR)
     return stack
 
 

@@ -26,6 +26,7 @@ from toolkit.runners import onnxruntime as _ort
 from toolkit.runners import opencv as _opencv
 from toolkit.runners import openvino as _openvino
 from toolkit.runners import torch as _torch
+from toolkit.runners import torch_export as _torch_export
 from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_guard
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner", "RunnerOptions", "Runtime",
@@ -76,6 +77,10 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             "PyTorch eager, from the checkpoint", _torch.open_eager),
     Runtime("torchscript", "torch", ("torch",), ("torchscript",), formats.FORMATS["torchscript"].precisions,
             ("cpu", "cuda"), _F32, ("io",), "the TorchScript archive in torch", _torch.open_scripted),
+    Runtime("torch-export", "torch", ("torch",), ("pt2",), formats.FORMATS["pt2"].precisions, ("cpu", "cuda"), _F32,
+            ("io",), "the torch.export program (.pt2) in torch", _torch_export.open_exported),
+    Runtime("aoti", "torch", ("torch",), ("aoti",), formats.FORMATS["aoti"].precisions, ("cpu", "cuda"), _F32,
+            ("io",), "the AOTInductor package's compiled model, loaded by torch", _torch_export.open_aoti),
     Runtime("openvino", "openvino", ("openvino",), formats.ONNX_FORMATS, formats.PRECISIONS, ("cpu",), formats.MODES,
             ("mode", "hint"), "OpenVINO on the CPU, reading the .onnx", _openvino.open_artifact),
     Runtime("opencv", "cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),

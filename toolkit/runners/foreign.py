@@ -1,11 +1,12 @@
-"""Runners for model files the toolkit did not make: any ONNX or TorchScript digit classifier.
+"""Runners for model files the toolkit did not make: any ONNX, TorchScript, pt2 or aoti digit classifier.
 
 A foreign file has no manifest and no toolkit metadata, so what it expects is given by options
 (`Preprocessing`: mean, std, layout) and read from the file itself (the ONNX input's declared shape and
 type). Its outputs: the first output of shape [N, 10] is taken as the class scores, whatever they are
 (log-probabilities, logits or probabilities); `scores_kind` tells which.
 
-A TorchScript file is code: loading it runs what its author wrote. Only give files you trust like a script.
+A TorchScript file is code: loading it runs what its author wrote, and so are a torch.export program (its
+loader unpickles) and an AOTInductor package (a shared library). Only give files you trust like a script.
 An ONNX file is loaded from its path, so ONNX Runtime resolves external data (refusing paths that leave the
 model's folder); the toolkit's own files are read through their manifest's hash check.
 """
@@ -23,6 +24,7 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners import torch_export
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
@@ -72,7 +74,16 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def is_torchscript(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04"  # a TorchScript archive is a zip; an ONNX file is a protobuf
+    # a TorchScript archive is a zip, and so is a PT2 archive (told apart by archive_kind); ONNX is a protobuf
+    return data[:4] == b"PK\x03\x04" and torch_export.archive_kind(data) is None
+
+
+def archive_name(data: bytes) -> str | None:
+    """What kind of torch archive `data` is, in words ("TorchScript", ...), or None for a file that is no zip."""
+    if data[:4] != b"PK\x03\x04":
+        return None
+    return {torch_export.PT2: "a torch.export program (pt2)",
+            torch_export.AOTI: "an AOTInductor package (aoti)"}.get(torch_export.archive_kind(data), "TorchScript")
 
 
 def scores_kind(scores: np.ndarray) -> str:
@@ -191,11 +202,12 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
 
 
 class ForeignTorchRunner(TorchRunner):
-    """A TorchScript file (toolkit-made or not): runs its author's code. Input float32 in `prep.layout`
-    (auto: [N,1,28,28]); the output is taken as the class scores."""
+    """A TorchScript file, torch.export program or AOTInductor package (toolkit-made or not): runs its author's
+    code. Input float32 in `prep.layout` (auto: [N,1,28,28]); the output is taken as the class scores."""
 
-    def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing) -> None:
-        super().__init__(module, label, "torchscript", options)
+    def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing,
+                 runtime: str = "torchscript") -> None:
+        super().__init__(module, label, runtime, options)
         self.kind, self.prep = FOREIGN, prep
         self.layout = "nchw" if prep.layout == "auto" else prep.layout
 
@@ -219,10 +231,18 @@ class ForeignTorchRunner(TorchRunner):
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
-    """A runner for any .onnx or TorchScript file. A toolkit .onnx (with its metadata) runs as itself, its
-    own normalization read from the file; anything else as a foreign file with `prep`."""
+    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file. A toolkit .onnx (with its
+    metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
+    `prep`."""
     options = options or RunnerOptions()
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
+    kind = torch_export.archive_kind(data)
+    if kind == torch_export.PT2:
+        module = torch_export.load_exported(data, options.device, str(path))
+        return ForeignTorchRunner(module, str(path), options, prep, runtime="torch-export")
+    if kind == torch_export.AOTI:
+        module = torch_export.load_aoti(data, options.device, str(path))
+        return ForeignTorchRunner(module, str(path), options, prep, runtime="aoti")
     if is_torchscript(data):
         module = load_torchscript(data, options.device, str(path),
                                   what="is neither ONNX nor a loadable TorchScript file")
