@@ -1,13 +1,14 @@
 # Two entry points, each setting up what it needs on a fresh machine:
 #   make main   data -> train -> export -> verify -> bench (CPU; CUDA too when a GPU is present)
 #   make test   the test suite
+#   make lint   ruff over the code, tests and benchmarks
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TOOLKIT := $(VENV)/bin/toolkit
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: main test clean
+.PHONY: main test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ main: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check toolkit tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png exported/*.npy .cache

@@ -97,7 +97,7 @@ def build(venv: Path, variant: str) -> dict:
     on_disk, apparent, files = disk_usage(venv)
     dists = json.loads(run(py, "-c", PER_DIST))
     importable = json.loads(run(py, "-c", "import importlib.util, json; print(json.dumps({n: "
-                                "importlib.util.find_spec(n) is not None for n in %r}))" % (NOT_WANTED,)))
+                                f"importlib.util.find_spec(n) is not None for n in {NOT_WANTED!r}}}))"))
     help_ok = subprocess.run([venv / "bin" / "toolkit", "--help"], capture_output=True).returncode == 0
     biggest = sorted(dists.items(), key=lambda kv: -kv[1]["bytes"])
     return {

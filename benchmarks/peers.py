@@ -54,7 +54,8 @@ def main() -> None:
     report = bench(BenchConfig(
         artifacts=args.artifacts, data_dir=args.data_dir, runtimes=("onnxruntime", "openvino", "opencv"),
         formats=("onnx",), precisions=("fp32", "int8"), batch_sizes=(1, *THROUGHPUT_BATCHES),
-        concurrency=(1, 2), optimizations=("all", "extended"), seconds=args.seconds, rounds=args.rounds, matmul_peak=True))
+        concurrency=(1, 2), optimizations=("all", "extended"), seconds=args.seconds, rounds=args.rounds,
+        matmul_peak=True))
     table = rows(report.points, report.verification)
     base = next(r for r in table if r["configuration"] == "onnxruntime onnx/fp32")
     for r in table:

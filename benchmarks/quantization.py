@@ -40,7 +40,8 @@ def main() -> None:
                                   quant_format=quant_format, quant_activation=activation, per_channel=per_channel)
             export(config, [("onnx", "fp32"), ("onnx", "int8")])
             check = verify(VerifyConfig(artifacts=tmp, data_dir=args.data_dir, precisions=("int8",))).results[0]
-            report = bench(BenchConfig(artifacts=tmp, data_dir=args.data_dir, formats=("onnx",), runtimes=("onnxruntime",),
+            report = bench(BenchConfig(artifacts=tmp, data_dir=args.data_dir, formats=("onnx",),
+                                       runtimes=("onnxruntime",),
                                        batch_sizes=(64, 256), concurrency=(1, 2), optimizations=("all", "extended"),
                                        seconds=args.seconds, rounds=4,
                                        matmul_peak=False))

@@ -35,7 +35,8 @@ def training(r: dict) -> list[str]:
         target = goal.get("reach") or goal.get("mean_final")
         for run in runs:
             hit = next((e for e in run["epochs"] if target and e["test_accuracy"] >= target), None)
-            when = f"{target}% after {hit['elapsed_seconds']:.1f} s" if hit else f"ends after {run['wall_seconds']:.0f} s"
+            when = (f"{target}% after {hit['elapsed_seconds']:.1f} s" if hit
+                    else f"ends after {run['wall_seconds']:.0f} s")
             lines.append(f"| toolkit `{recipe}`, seed {run['seed']} | {len(run['epochs'])} | "
                          f"{statistics.mean(e['epoch_seconds'] for e in run['epochs']):.1f} | "
                          f"{run['final_test_accuracy']:.2f}% | {when} |")
@@ -53,7 +54,8 @@ def training(r: dict) -> list[str]:
                 f"{j['min_test_accuracy']:.2f}%), {j['mean_wall_seconds']:.1f} s per run including data loading")
         if "reach" in goal:
             text += (f"; {goal['reach']}% reached after a median {j['median_seconds_to_target']:.1f} s "
-                     f"(target: within {goal['within_seconds']:g} s, every seed ending at {goal['min_final']}% or more)")
+                     f"(target: within {goal['within_seconds']:g} s, every seed ending at "
+                     f"{goal['min_final']}% or more)")
         else:
             text += f" (target: mean at least {goal['mean_final']}%, lowest at least {goal['min_final']}%)"
         lines.append(f"- {text}: **{'met' if j['targets_met'] else 'missed'}**.")
@@ -203,7 +205,8 @@ def quantization(r: dict) -> list[str]:
              "speed-up vs best fp32, median (each run) |", "|---|---|---|---:|---:|---:|"]
     for v in r["variants"]:
         runs = ", ".join(f"{x:.2f}" for x in v["speedups"])
-        lines.append(f"| {v['quant_format']} | {v['activations']} | s8 {'per-channel' if v['per_channel'] else 'per-tensor'} "
+        weights = "per-channel" if v["per_channel"] else "per-tensor"
+        lines.append(f"| {v['quant_format']} | {v['activations']} | s8 {weights} "
                      f"| {v['accuracy']:.2f}% ({v['accuracy_delta']:+.2f}) | {v['int8_best_throughput']:,.0f} | "
                      f"x{v['speedup_vs_fp32']:.2f} ({runs}) |")
     best = r.get("fastest_holding_accuracy")

@@ -142,7 +142,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylim(97.0, 100.0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower left")
-    ax.set_title(f"MNIST ConvNet on {result['machine']['cpu']} ({result['machine']['cpu_cores']} cores), {result['device']}")
+    machine = result["machine"]
+    ax.set_title(f"MNIST ConvNet on {machine['cpu']} ({machine['cpu_cores']} cores), {result['device']}")
     fig.tight_layout()
     save_figure(plt, fig, path)
 

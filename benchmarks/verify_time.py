@@ -30,7 +30,8 @@ def main() -> None:
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--artifacts", args.artifacts,
-                                   "--data-dir", args.data_dir, "--json", f"{tmp}/v.json"], capture_output=True, text=True)
+                                   "--data-dir", args.data_dir, "--json", f"{tmp}/v.json"],
+                                  capture_output=True, text=True)
             walls.append(time.perf_counter() - t0)
             if done.returncode != 0:
                 sys.exit(f"toolkit verify failed: {done.stderr.strip()}")

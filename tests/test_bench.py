@@ -118,7 +118,8 @@ def test_bad_bench_options(exported, mnist_dir, args, message):
 
 
 def test_fixed_iteration_count_is_honoured(exported, mnist_dir, tmp_path):
-    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx", "--precision", "fp32",
+    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
+                     "--precision", "fp32",
                      "--batch-sizes", "4", "--iterations", "9", "--rounds", "3", "--warmup", "0", "--no-matmul-peak",
                      "--runtime", "onnxruntime",
                      "--json", tmp_path / "b.json")

@@ -89,7 +89,8 @@ def test_held_out_images_are_never_trained_on(tmp_path, mnist_dir):
     """Holding out the last 500 of 3,000 images trains exactly as training on the first 2,500 does."""
     held = train(_best(holdout=500), mnist_dir, tmp_path / "held")
     short = train(dataclasses.replace(_best(), train_limit=2500), mnist_dir, tmp_path / "short")
-    a, b = (torch.load(p / "checkpoint.pt", weights_only=True)["state_dict"] for p in (tmp_path / "held", tmp_path / "short"))
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True)["state_dict"]
+            for p in (tmp_path / "held", tmp_path / "short"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(row.val_accuracy is not None for row in held.history)
     assert all(row.val_accuracy is None for row in short.history)
@@ -107,7 +108,8 @@ def test_weight_averaging_saves_the_average_and_resumes_exactly(tmp_path, mnist_
     for key in ("state_dict", "training_state_dict"):
         assert all(torch.equal(straight[key][k], cut[key][k]) for k in straight[key])
     # what is evaluated and exported is the average, not the last step's weights
-    assert not torch.equal(straight["state_dict"]["fc_layer1.weight"], straight["training_state_dict"]["fc_layer1.weight"])
+    averaged, raw = straight["state_dict"], straight["training_state_dict"]
+    assert not torch.equal(averaged["fc_layer1.weight"], raw["fc_layer1.weight"])
     assert straight["averaged_steps"] == 3 * 20  # 2,500 images in batches of 128, three epochs
 
 

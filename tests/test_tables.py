@@ -43,7 +43,8 @@ def test_bench_table_at_80_columns_tells_every_row_apart():
     table, optional = tables._bench_table(report)
     rows = _rows(_render(table, optional))
     assert len(rows) == len(report.points)
-    assert [(r[0].replace(" ", ""), r[1]) for r in rows] == [(p.name.replace(" ", ""), str(p.batch_size)) for p in report.points]
+    expected = [(p.name.replace(" ", ""), str(p.batch_size)) for p in report.points]
+    assert [(r[0].replace(" ", ""), r[1]) for r in rows] == expected
     assert len({(r[0], r[1]) for r in rows}) == len(rows)  # no two rows look alike
     wide = _render(*tables._bench_table(report), width=200)
     assert "p99 ms" in wide and "p99 ms" not in _render(*tables._bench_table(report))
@@ -57,7 +58,8 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
                                failures=[] if passed else ["agreement 9000/10000 < 100.00%"])
     results = [row("model.onnx", "onnxruntime"), row("model.onnx", "openvino"), row("model.onnx", "openvino", "bf16"),
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
-    report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu", reference="golden.npy sha256=0123456789ab",
+    report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu",
+                             reference="golden.npy sha256=0123456789ab",
                              results=results)
     text = _render(*tables._verify_table(report))
     rows = _rows(text)

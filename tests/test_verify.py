@@ -181,7 +181,8 @@ def test_tolerance_overrides():
 
 
 def test_a_nan_tolerance_cannot_switch_the_check_off(exported, mnist_dir):
-    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--tolerance", "fp32.min_agreement=nan")
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir,
+                     "--tolerance", "fp32.min_agreement=nan")
     assert "finite" in assert_one_line_error(result, 2)
     result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--batch1-images", "-1")
     assert "batch1-images" in assert_one_line_error(result, 2)

@@ -68,8 +68,9 @@ def parse_tolerance_overrides(items: list[str]) -> dict[str, Tolerance]:
                 raise KeyError(name)
             tolerances[precision] = Tolerance(**{**asdict(current), name: float(value)})
         except (ValueError, KeyError):
+            fields = ", ".join(asdict(DEFAULT_TOLERANCES["fp32"]))
             raise ConfigError(f"bad tolerance {item!r}; use PRECISION.FIELD=NUMBER with PRECISION in "
-                              f"{', '.join(DEFAULT_TOLERANCES)} and FIELD in {', '.join(asdict(DEFAULT_TOLERANCES['fp32']))}") from None
+                              f"{', '.join(DEFAULT_TOLERANCES)} and FIELD in {fields}") from None
     return tolerances
 
 
@@ -317,9 +318,9 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
     if importlib.util.find_spec("torch") is None:
         if has_golden:
             return load_golden_reference(folder, data_dir)
-        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch is not "
-                            "installed to compute the reference from the checkpoint; export again with the MNIST test "
-                            "set present, or pip install 'toolkit[train]'")
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch "
+                            "is not installed to compute the reference from the checkpoint; export again with the "
+                            "MNIST test set present, or pip install 'toolkit[train]'")
     try:
         found = find_checkpoint(folder, artifacts, checkpoint)
     except CheckpointError:
