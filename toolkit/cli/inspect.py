@@ -70,14 +70,15 @@ def bench(
     file: Annotated[Optional[Path], typer.Argument(
         help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
+        help="onnxruntime, pytorch, torchscript, openvino, opencv, executorch, litert or all "
+             "(default: every installed one).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
         help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
     artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Checkpoint for the PyTorch eager baseline (default: the artifacts' source).")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
+        "--format", help="Narrow to these: onnx, onnx-app, torchscript, executorch, tflite, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes, e.g. 1,64,256.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,

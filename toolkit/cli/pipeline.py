@@ -140,8 +140,8 @@ def verify(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reference checkpoint (default: the one the artifacts came from).")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="Runtimes: onnxruntime, torchscript, openvino, opencv or all (default: each file's own, onnxruntime "
-             "and torchscript).")] = None,
+        help="Runtimes: onnxruntime, torchscript, openvino, opencv, executorch, litert or all (default: each "
+             "file's own: onnxruntime, torchscript, executorch, litert).")] = None,
     provider: Annotated[Optional[str], typer.Option(help="Device: cpu, cuda or tensorrt.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions.")] = None,

@@ -17,7 +17,7 @@ from torch import nn
 
 from toolkit.artifacts import META_KEY
 from toolkit.errors import ArtifactError
-from toolkit.exporters import BuildOptions, Built, ExportContext, int8, quiet
+from toolkit.exporters import BuildOptions, Built, ExportContext, fixed_io, int8, quiet
 
 BATCH = 1  # what phones run: one image per call
 CALIBRATION_BATCH = 100
@@ -42,7 +42,7 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
         else:
             model = litert_torch.convert(module.eval(), example)
     tmp.write_bytes(with_metadata(bytes(model.model_content()), json.dumps(metadata)))
-    return Built(settings=settings)
+    return Built(settings=settings, io=fixed_io("tflite", BATCH, "int8" if precision == "int8" else "float32"))
 
 
 def _quantized(module: nn.Module, options: BuildOptions, ctx: ExportContext):

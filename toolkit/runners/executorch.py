@@ -75,12 +75,19 @@ class ExecuTorchRunner(Runner):
         return [parts[0] if len(parts) == 1 else np.concatenate(parts)]
 
 
+IDENTIFIER = b"ET12"  # the flatbuffer file identifier of an ExecuTorch program, at bytes 4..8
+
+
+def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format: str | None = None) -> ExecuTorchRunner:
+    """A toolkit .pte from its (hash-checked) bytes; with `declared_format`, its metadata must say that format."""
+    program = load_program(data, label)
+    metadata = read_metadata(program, label)
+    if declared_format and metadata.get("artifact_format") != declared_format:
+        raise ArtifactError(f"{label}: its metadata says {metadata.get('artifact_format')!r}, "
+                            f"the manifest {declared_format}")
+    return ExecuTorchRunner(program, data, label, options, metadata)
+
+
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> ExecuTorchRunner:
     """A manifest artifact in ExecuTorch, from its hash-checked bytes."""
-    data = read_verified(artifact)
-    program = load_program(data, artifact.file)
-    metadata = read_metadata(program, artifact.file)
-    if metadata.get("artifact_format") != artifact.format:
-        raise ArtifactError(f"{artifact.file}: its metadata says {metadata.get('artifact_format')!r}, "
-                            f"the manifest {artifact.format}")
-    return ExecuTorchRunner(program, data, artifact.file, options, metadata)
+    return open_bytes(read_verified(artifact), artifact.file, options, artifact.format)

@@ -23,6 +23,8 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners import executorch as _executorch
+from toolkit.runners import litert as _litert
 from toolkit.runners.base import Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
@@ -215,6 +217,8 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
     own normalization read from the file; anything else as a foreign file with `prep`."""
     options = options or RunnerOptions()
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
+    if data[4:8] in _EDGE_OPENERS:  # a toolkit .pte or .tflite: its metadata is in the file
+        return _EDGE_OPENERS[data[4:8]](data, str(path), options)
     if is_torchscript(data):
         module = load_torchscript(data, options.device, str(path),
                                   what="is neither ONNX nor a loadable TorchScript file")
@@ -222,6 +226,9 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
     if _has_toolkit_metadata(data):
         return OnnxRuntimeRunner.toolkit_model(data, str(path), options)
     return ForeignOnnxRunner(path, options, prep, shapes)
+
+
+_EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIFIER: _litert.open_bytes}
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:

@@ -93,11 +93,18 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
+IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of a .tflite model, at bytes 4..8
+
+
+def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format: str | None = None) -> LiteRtRunner:
+    """A toolkit .tflite from its (hash-checked) bytes; with `declared_format`, its metadata must say that format."""
+    metadata = read_metadata(data, label)
+    if declared_format and metadata.get("artifact_format") != declared_format:
+        raise ArtifactError(f"{label}: its metadata says {metadata.get('artifact_format')!r}, "
+                            f"the manifest {declared_format}")
+    return LiteRtRunner(load_interpreter(data, options, label), data, label, options, metadata)
+
+
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> LiteRtRunner:
     """A manifest artifact in LiteRT, from its hash-checked bytes."""
-    data = read_verified(artifact)
-    metadata = read_metadata(data, artifact.file)
-    if metadata.get("artifact_format") != artifact.format:
-        raise ArtifactError(f"{artifact.file}: its metadata says {metadata.get('artifact_format')!r}, "
-                            f"the manifest {artifact.format}")
-    return LiteRtRunner(load_interpreter(data, options, artifact.file), data, artifact.file, options, metadata)
+    return open_bytes(read_verified(artifact), artifact.file, options, artifact.format)
