@@ -6,7 +6,12 @@ for a largest batch (read from the program itself); larger batches are fed that 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,13 +24,29 @@ from toolkit.runners.base import Runner, RunnerOptions, load_error
 RUNTIME = "executorch"
 
 
+@contextlib.contextmanager
+def _native_logs_silenced() -> Iterator[None]:
+    """ExecuTorch's runtime logs its CPU probing (cpuinfo_utils.cpp) to stderr when it first runs; a user's
+    stderr carries errors only, so that is dropped (at the file descriptor and in Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def load_program(data: bytes, label: str) -> Any:
     """The ExecuTorch program in the (hash-checked) bytes. The program reads them in place: whoever holds the
     program must hold the bytes too (ExecuTorchRunner does)."""
-    from executorch.runtime import Runtime
-
     try:
-        return Runtime.get().load_program(data)
+        with _native_logs_silenced():  # importing it logs a torch deprecation warning, too
+            from executorch.runtime import Runtime
+
+            return Runtime.get().load_program(data)
     except Exception as e:  # the runtime raises RuntimeError/ValueError for what it cannot read
         raise load_error(label, RUNTIME, e) from None
 
@@ -51,7 +72,8 @@ class ExecuTorchRunner(Runner):
         super().__init__(label, formats.NORMALIZED, options)
         self._program, self._data = program, data  # the method runs from both: freeing either crashes it
         try:
-            self.method = program.load_method("forward")
+            with _native_logs_silenced():
+                self.method = program.load_method("forward")
             sizes = list(program.metadata("forward").input_tensor_meta(0).sizes())
         except Exception as e:  # a program without a usable forward method
             raise load_error(label, RUNTIME, e) from None
