@@ -88,8 +88,10 @@ def trained(tmp_path_factory, mnist_dir) -> Path:
     return run_dir
 
 
-# Formats left out of the shared export because compiling them takes long; their own tests export them.
-SLOW_FORMATS = ("aoti",)  # AOTInductor compiles C++: 20-60 s on 2 cores
+# Formats left out of the shared export because building them takes long; their own tests export them
+# (test_torch_export.py, test_edge_formats.py).
+SLOW_FORMATS = ("aoti", "executorch", "tflite")  # AOTInductor compiles C++: 20-60 s on 2 cores; the
+# on-device formats take a minute more
 
 
 @pytest.fixture(scope="session")

@@ -237,7 +237,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
         except Exception as e:  # an exporter failure is reported, never half-written
             raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
-        inputs, outputs = exporters.io_spec(fmt, tmp)
+        inputs, outputs = built.io or exporters.io_spec(fmt, tmp)
         seconds = time.perf_counter() - t0
         artifact = Artifact(
             file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,

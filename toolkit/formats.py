@@ -74,6 +74,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("aoti", ".aoti.pt2", ("fp32",), NORMALIZED, "aoti", "aoti",
            "AOTInductor package: a shared library compiled for this CPU (and CUDA), same I/O as onnx",
            is_code=True),
+    # metadata inside the file: a constant method returning JSON (a .pte has no metadata section)
+    Format("executorch", ".pte", ("fp32", "int8"), NORMALIZED, "executorch", "executorch",
+           "ExecuTorch program, XNNPACK delegate, batch 1..1024; same I/O as onnx"),
+    # metadata inside the file: a flatbuffer metadata entry; fixed batch (litert-torch lowers no symbolic batch)
+    Format("tflite", ".tflite", ("fp32", "int8"), NORMALIZED, "litert", "tflite",
+           "LiteRT flatbuffer, batch 1, NCHW; same I/O as onnx (int8: int8 in and out)"),
 )}
 ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))
 

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 from toolkit import devices, formats
 from toolkit.artifacts import Artifact, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
+from toolkit.runners import executorch as _executorch
+from toolkit.runners import litert as _litert
 from toolkit.runners import onnxruntime as _ort
 from toolkit.runners import opencv as _opencv
 from toolkit.runners import openvino as _openvino
@@ -85,6 +87,10 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             ("mode", "hint"), "OpenVINO on the CPU, reading the .onnx", _openvino.open_artifact),
     Runtime("opencv", "cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
             formats.ONNX_FORMATS, ("fp32",), ("cpu",), _F32, (), "OpenCV DNN on the CPU", _opencv.open_artifact),
+    Runtime("executorch", "executorch", ("executorch",), ("executorch",), ("fp32", "int8"), ("cpu",), _F32,
+            (), "ExecuTorch with the XNNPACK delegate, on the CPU", _executorch.open_artifact),
+    Runtime("litert", "ai_edge_litert", ("ai-edge-litert",), ("tflite",), ("fp32", "int8"), ("cpu",),
+            _F32, (), "LiteRT's interpreter (XNNPACK) on the CPU", _litert.open_artifact),
 )}
 # what verify uses unless told: each artifact's own runtime (formats.FORMATS[f].native_runtime)
 NATIVE_RUNTIMES = tuple(dict.fromkeys(f.native_runtime for f in formats.FORMATS.values()))

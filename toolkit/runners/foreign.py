@@ -24,6 +24,8 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners import executorch as _executorch
+from toolkit.runners import litert as _litert
 from toolkit.runners import torch_export
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
@@ -236,6 +238,8 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
     `prep`."""
     options = options or RunnerOptions()
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
+    if data[4:8] in _EDGE_OPENERS:  # a toolkit .pte or .tflite: its metadata is in the file
+        return _EDGE_OPENERS[data[4:8]](data, str(path), options)
     kind = torch_export.archive_kind(data)
     if kind == torch_export.PT2:
         module = torch_export.load_exported(data, options.device, str(path))
@@ -250,6 +254,9 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
     if _has_toolkit_metadata(data):
         return OnnxRuntimeRunner.toolkit_model(data, str(path), options)
     return ForeignOnnxRunner(path, options, prep, shapes)
+
+
+_EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIFIER: _litert.open_bytes}
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:
