@@ -14,6 +14,6 @@ if [ "$provider" = cpu ]; then
 else
   extra=(--cuda-graph)
 fi
-"$toolkit" bench --provider "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 "${extra[@]}" \
+"$toolkit" bench --device "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 "${extra[@]}" \
   --json "$results/inference_$provider.json" --markdown "$results/inference_$provider.md" \
   --plot "$results/inference_$provider.png"

@@ -17,7 +17,7 @@ from toolkit.fileio import file_digest
 
 EXPECTED = {("onnx", "fp32"): "model.onnx", ("onnx", "fp16"): "model.fp16.onnx", ("onnx", "int8"): "model.int8.onnx",
             ("torchscript", "fp32"): "model.ts.pt", ("onnx-app", "fp32"): "model.app.onnx",
-            ("openvino", "fp32"): "model.xml", ("openvino", "int8"): "model.int8.xml"}
+            ("pt2", "fp32"): "model.pt2", ("openvino", "fp32"): "model.xml", ("openvino", "int8"): "model.int8.xml"}
 
 
 def test_manifest_lists_every_artifact_with_checksums(exported, trained):

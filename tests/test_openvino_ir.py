@@ -154,7 +154,7 @@ def test_predict_on_an_ir_runs_without_torch(exported, mnist_dir, tmp_path, pyth
     golden = np.load(exported / "golden.npy", allow_pickle=False)[:20].argmax(1).tolist()
     for xml in ("model.xml", "model.int8.xml"):
         script = BLOCK_TORCH + textwrap.dedent(f"""
-            sys.argv = ["toolkit", "predict", "--json", "--model", {str(exported / xml)!r},
+            sys.argv = ["toolkit", "predict", "--json", "-", "--model", {str(exported / xml)!r},
                         *{[str(p) for p in paths]!r}]
             from toolkit.cli import main
             try:
@@ -176,7 +176,7 @@ def test_a_loose_ir_needs_its_bin_beside_it(exported, mnist_dir, tmp_path):
     missing = run_cli("predict", "--model", loose / "model.xml", png)
     assert "model.bin" in assert_one_line_error(missing)
     shutil.copyfile(exported / "model.bin", loose / "model.bin")
-    found = run_cli("predict", "--json", "--model", loose / "model.xml", png)
+    found = run_cli("predict", "--json", "-", "--model", loose / "model.xml", png)
     assert found.exit_code == 0, found.stderr
     assert json.loads(found.stdout)[0]["digit"] == int(np.load(exported / "golden.npy")[0].argmax())
 

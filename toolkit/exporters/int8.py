@@ -1,5 +1,5 @@
 """int8 quantization of the onnx format's fp32 graph: ONNX Runtime static quantization, calibrated on
-training images only (never the test set that verify judges it on). `calibration_images` is the one choice of
+training images only (never the test set that verify judges it on). `calibration_set` is the one choice of
 those images, shared with the other int8 exporters (OpenVINO IR via NNCF)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from toolkit.exporters import BuildOptions, ExportContext, quiet
 from toolkit.preprocess import MEAN, STD, normalize
 
 
-def calibration_images(options: BuildOptions, ctx: ExportContext):
-    """`options.calibration_size` training images picked with `options.seed`, normalized: float32 [N,1,28,28]."""
+def calibration_set(options: BuildOptions, ctx: ExportContext):
+    """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
+    whichever format is quantized); records their number in `ctx`."""
     import numpy as np
 
     images, _ = mnist.load_split(options.data_dir, "train")
@@ -38,7 +39,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
         quantize_static,
     )
 
-    calib = calibration_images(options, ctx)
+    calib = calibration_set(options, ctx)
     input_name = fp32_model.graph.input[0].name
 
     class Reader(CalibrationDataReader):

@@ -2,7 +2,7 @@
 
 fp32 is the onnx format's fp32 graph read by OpenVINO's ONNX frontend and saved as IR without fp16 weight
 compression; int8 is that IR quantized by NNCF post-training quantization, calibrated on the same training
-images as the ONNX int8 file (int8.calibration_images). The metadata every artifact carries is stored in the
+images as the ONNX int8 file (int8.calibration_set). The metadata every artifact carries is stored in the
 IR's rt_info under "toolkit", one entry per key.
 """
 
@@ -67,7 +67,7 @@ def _quantize(model: Any, options: BuildOptions, ctx: ExportContext) -> Any:
     """NNCF post-training quantization of the IR, one calibration image per statistics sample."""
     import nncf
 
-    calib = int8.calibration_images(options, ctx)
+    calib = int8.calibration_set(options, ctx)
     nncf.set_log_level(logging.ERROR)
     with quiet():
         return nncf.quantize(model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
