@@ -55,7 +55,7 @@ class Classifier:
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
         out = self.runner.run(pixels)
         default = "probabilities" if "probabilities" in out else "log_probs"
-        kind = self.info.scores or default
+        kind = (self.info.scores if self.info else None) or default  # an IR: what its input kind gives
         values = np.asarray(out[default], dtype=np.float64)
         if values.shape != (len(pixels), 10):
             raise ArtifactError(f"{self.path} returned outputs of shape {tuple(values.shape)}, not "
