@@ -246,7 +246,8 @@ def predict(
     predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])
-    _print_result(_predictions_table(predictions, model))
+    if json_path is None or str(json_path) != "-":  # with --json -, the JSON is all there is on stdout
+        _print_result(_predictions_table(predictions, model))
 
 
 def web(
