@@ -234,12 +234,65 @@ def env_size(r: dict) -> list[str]:
     return lines
 
 
+_CELL_TEXT = {"cannot open": "cannot open", "not offered": "-", "not run": "not installed"}
+
+
+def compat(r: dict) -> list[str]:
+    """The engine x file grid of `benchmarks/compat.py`: where verify passed each exported file."""
+    m = r["machine"]
+    files = [f["file"] for f in r["files"]]
+    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {m['cpu']}, {m['cpu_cores']} cores)", "",
+             "| engine | " + " | ".join(f"`{f}`" for f in files) + " |", "|---|" + "---|" * len(files)]
+    cells = {(c["runtime"], c["mode"], c["artifact"]): c for c in r["cells"]}
+    for e in r["engines"]:
+        row = []
+        for f in files:
+            c = cells[(e["runtime"], e["mode"], f)]
+            if c["status"] in ("pass", "fail"):
+                row.append(f"{c['status']} {c['agreement']:,}/{c['n']:,}"
+                           + ("" if c["judged_as"] == next(x["precision"] for x in r["files"] if x["file"] == f)
+                              else f" (as {c['judged_as']})"))
+            else:
+                row.append(_CELL_TEXT[c["status"]])
+        mode = "" if e["mode"] == "f32" else f" {e['mode']}"
+        lines.append(f"| {e['runtime']}{mode} {e['version'] or ''} | " + " | ".join(row) + " |")
+    tol = r["settings"]["tolerances"]
+    lines += ["", f"Each cell: verify's judgement on all {r['n']:,} test images at full batch and "
+                  f"{r['settings']['batch1_images']:,} one at a time (agreement with PyTorch shown), with the default "
+                  f"tolerances (fp32: every prediction equal, |diff| <= {tol['fp32']['max_abs_diff']:g}; int8: at "
+                  f"least {tol['int8']['min_agreement']:.0%} agreement, accuracy within "
+                  f"{tol['int8']['max_accuracy_change']:g} points). \"cannot open\": the engine does not read that "
+                  "format; \"-\": the mode applies to fp32 files only. Files: "
+                  + ", ".join(f"`{f['file']}`" + "".join(f" + `{p}`" for p in f["parts"]) + f" ({f['format']} "
+                              f"{f['precision']})" for f in r["files"]) + "."]
+    return lines
+
+
+def torch_export(r: dict) -> list[str]:
+    lines = [f"### pt2 and aoti beside ONNX (`benchmarks/torch_export.py`, {machine(r['machine'])})", "",
+             f"torch {r['versions']['torch']}, onnxruntime {r['versions'].get('onnxruntime', '?')}; one interleaved "
+             "bench run; each command a fresh process; AOTInductor compiled with an empty compiler cache.", "",
+             "| file | export s | size KiB | verify: agreement (full batch / one at a time) | max abs diff | "
+             "batch-1 p50 ms | batch-256 images/s |", "|---|---:|---:|---|---:|---:|---:|"]
+    points = {(p["format"], p["batch_size"]): p for p in r["bench"]}
+    for check in r["verify"]:
+        fmt = check["format"]
+        b1, b256 = points.get((fmt, 1)), points.get((fmt, 256))
+        lines.append(f"| {check['artifact']} ({check['runtime']}) | {r['export_seconds'][fmt]:.1f} | "
+                     f"{r['size_bytes'][fmt] / 1024:,.0f} | {check['agreement']:,}/{check['n']:,} / "
+                     f"{check['batch1_n']:,} images, |diff| {check['batch1_max_diff']:.1e} | "
+                     f"{check['max_abs_diff']:.1e} | {b1['p50_ms']:.3f} | {b256['throughput']:,.0f} |")
+    lines += ["", f"`toolkit verify` of the three on all 10,000 images at full batch and one at a time: "
+                  f"{r['verify_wall_seconds']:.0f} s; building `examples/cpp`: {r['cpp_build_wall_seconds']:.0f} s."]
+    return lines
+
+
 def main() -> None:
     sections = []
     for name, render in (("train_speed.json", training), ("recipes.json", recipes),
                          ("train_profile.json", train_profile), ("cnn_vs_mlp.json", cnn_vs_mlp),
                          ("verify.json", artifacts), ("verify_best.json", best_artifacts),
-                         ("quantization.json", quantization),
+                         ("quantization.json", quantization), ("compat.json", compat),
                          ("env_size.json", env_size)):
         r = load(name)
         if r:
@@ -247,6 +300,9 @@ def main() -> None:
     r = load("peers.json")
     if r:
         sections.append("\n".join(peers(r)))
+    r = load("torch_export.json")
+    if r:
+        sections.append("\n".join(torch_export(r)))
     for provider in ("cpu", "cuda"):
         r = load(f"inference_{provider}.json")
         if r:

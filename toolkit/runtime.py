@@ -1,8 +1,9 @@
-"""The torch-free app API: a toolkit .onnx used from numpy, and digits for image files.
+"""The torch-free app API: a toolkit .onnx (or OpenVINO IR) used from numpy, and digits for image files.
 
 This is what an app that embeds the exported .onnx needs: it imports only onnxruntime, numpy and Pillow
 (never torch), and reads everything it must know (normalization, layout, labels) from the file itself.
-The session itself is built by `toolkit.runners.onnxruntime` (on exactly the device asked for).
+The session itself is built by `toolkit.runners.onnxruntime` (on exactly the device asked for); an IR (.xml,
+with its .bin beside it) runs in OpenVINO on the CPU instead (`toolkit.runners.openvino`, also torch-free).
 """
 
 from __future__ import annotations
@@ -14,40 +15,78 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.artifacts import read_model_file
-from toolkit.errors import ArtifactError
+from toolkit.errors import ArtifactError, ConfigError
+from toolkit.formats import format_of_file
 from toolkit.preprocess import load_image
-from toolkit.runners import RunnerOptions
+from toolkit.runners import Runner, RunnerOptions, openvino
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.runners.onnxruntime import ModelInfo, OnnxRuntimeRunner
 
 __all__ = ["Classifier", "ModelInfo", "Prediction", "predict_files"]
 
 
 class Classifier:
-    """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out.
+    """A toolkit .onnx or IR, used from numpy: raw 28x28 uint8 digits in, probabilities out.
 
     The file is read once and its bytes loaded (see `read_model_file`: checked against a manifest beside it).
+    `session` and `info` are ONNX Runtime's (None for an IR).
     """
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         self.path = Path(path)
-        self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path),
-                                                      RunnerOptions(device=provider, threads=threads))
-        self.session, self.info = self.runner.session, self.runner.info
+        options = RunnerOptions(device=provider, threads=threads, time_limit_s=time_limit_s)
+        if format_of_file(self.path.name) == openvino.IR:
+            if provider != "cpu":
+                raise ConfigError(f"{self.path} is an OpenVINO IR, which runs on the CPU only, not {provider}")
+            self.runner: Runner = openvino.open_file(str(self.path), options)
+            self.session, self.info = None, None
+        else:
+            self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)
+            self.session, self.info = self.runner.session, self.runner.info
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10].
 
-        ArtifactError when the model does not keep the toolkit's contract (10 finite probabilities per image).
+        The model's first output is read as what its metadata declares (log-probabilities, logits or
+        probabilities; by default what its input kind gives) and converted to probabilities; ArtifactError when
+        the result does not keep the contract: ten values in [0, 1] per image, summing to 1 within 1e-3.
         """
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
         out = self.runner.run(pixels)
-        probs = out["probabilities"] if "probabilities" in out else np.exp(out["log_probs"])
-        if probs.shape != (len(pixels), 10):
-            raise ArtifactError(f"{self.path} returned outputs of shape {tuple(probs.shape)}, not "
+        default = "probabilities" if "probabilities" in out else "log_probs"
+        kind = (self.info.scores if self.info else None) or default  # an IR: what its input kind gives
+        values = np.asarray(out[default], dtype=np.float64)
+        if values.shape != (len(pixels), 10):
+            raise ArtifactError(f"{self.path} returned outputs of shape {tuple(values.shape)}, not "
                                 f"[{len(pixels)}, 10]: not a 10-class digit model")
-        if not np.isfinite(probs).all():
-            raise ArtifactError(f"{self.path} returned NaN or infinite probabilities; export it again")
-        return probs
+        probs = _as_probabilities(values, kind)
+        check_probabilities(probs, f"{self.path} (its output read as {kind})")
+        return probs.astype(np.float32)
+
+
+def _as_probabilities(values: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "probabilities":
+        return values
+    if np.isnan(values).any() or np.isposinf(values).any() or np.isneginf(values).all(1).any():
+        return np.full_like(values, np.nan)  # refused by the contract check, not turned into something that passes
+    if kind == "log_probs":
+        return np.exp(values)
+    shifted = values - values.max(1, keepdims=True)  # logits: a numerically safe softmax
+    e = np.exp(shifted)
+    return e / e.sum(1, keepdims=True)
+
+
+def check_probabilities(probs: np.ndarray, what: str) -> None:
+    """ArtifactError unless every row is ten finite values in [0, 1] that sum to 1 within 1e-3."""
+    if not np.isfinite(probs).all():
+        raise ArtifactError(f"{what} gives NaN or infinite values, not probabilities; it is not a usable model")
+    low, high = float(probs.min()), float(probs.max())
+    sums = probs.sum(1)
+    worst = float(sums[np.abs(sums - 1).argmax()]) if len(sums) else 1.0
+    if low < 0 or high > 1 or abs(worst - 1) > 1e-3:
+        raise ArtifactError(f"{what} gives values from {low:.4g} to {high:.4g} with a row summing to {worst:.4g}: "
+                            "not probabilities (ten values in [0, 1] summing to 1); not a usable digit model")
 
 
 @dataclass
@@ -59,10 +98,10 @@ class Prediction:
 
 
 def predict_files(paths: list[str | os.PathLike], model: str | os.PathLike, invert: bool | None = None,
-                  provider: str = "cpu") -> list[Prediction]:
+                  provider: str = "cpu", time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> list[Prediction]:
     """Classify image files with a toolkit .onnx: every image is read first, so a bad file fails fast."""
     pixels = np.stack([load_image(p, invert) for p in paths])
-    probs = Classifier(model, provider).predict_proba(pixels)
+    probs = Classifier(model, provider, time_limit_s=time_limit_s).predict_proba(pixels)
     return [Prediction(file=str(p), digit=int(row.argmax()), probability=_rounded(row.max()),
                        probabilities=[_rounded(v) for v in row]) for p, row in zip(paths, probs)]
 

@@ -27,7 +27,8 @@ from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT
 # width; defaults show as [default: ...], values as named placeholders (SIZES, PATH).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                  help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
+                  help="Train the MNIST ConvNet, export it to ONNX/TorchScript/torch.export/AOTInductor, prove parity, "
+                       "and benchmark it.")
 
 # An argument's help names its value by its metavar (A, FILE, IMAGES); typer would add the Python type too
 # (<list[Path]>), which says nothing to a user.
@@ -47,6 +48,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it (an import hook that refuses it counts as
+    missing: it would refuse the real import too)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     """(help, short help) of a command: its docstring, and for one that needs an extra, which one and whether
     it is installed here."""
@@ -55,10 +65,7 @@ def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     extra = EXTRA_FOR_COMMAND.get(fn.__name__)
     if extra is None:
         return doc, summary + "."
-    try:
-        missing = importlib.util.find_spec("torch") is None
-    except (ImportError, ValueError):  # a broken or blocked install counts as none
-        missing = True
+    missing = not _installed("torch")
     note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
     return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 
@@ -116,7 +123,8 @@ def _print_version(value: bool) -> None:
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Print nothing but errors (and JSON asked for with --json -).")] = False,
+        "--quiet", "-q", help="Print nothing but errors and the results asked for (predict's digits, JSON on "
+                              "stdout): no tables, progress or notes.")] = False,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:

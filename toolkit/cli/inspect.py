@@ -10,6 +10,7 @@ import typer
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
 from toolkit.bench.config import BenchConfig
 from toolkit.cli.common import (
+    RUNTIME_NAMES,
     DataDir,
     DeviceOption,
     JsonOption,
@@ -17,6 +18,7 @@ from toolkit.cli.common import (
     _csv,
     _ints,
     _outputs,
+    _print_result,
     _write_json,
     defaults,
     out,
@@ -24,18 +26,25 @@ from toolkit.cli.common import (
 from toolkit.cli.progress import stage
 from toolkit.cli.tables import _compare_table, _predictions_table, _print_bench
 from toolkit.devices import CPU
+from toolkit.formats import FORMATS
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 BENCH = defaults(BenchConfig)
+TimeLimit = Annotated[float, typer.Option(
+    "--time-limit", metavar="SECONDS",
+    help="Seconds one model call may run before it is stopped (exit 2): a file the toolkit did not write may never "
+         "finish.")]
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(metavar="A", help="The reference model: .onnx or TorchScript.")],
-    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: .onnx or TorchScript.")],
+    a: Annotated[Path, typer.Argument(
+        metavar="A", help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -50,20 +59,22 @@ def compare(
     std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
-        help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc "
+        help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
              "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
     provider: DeviceOption = CPU,
     limit: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="all 10,000", help="Only the first N test images.")] = None,
     json_path: JsonOption = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
 
-    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
-    wrote, so give only files you trust like a script you would run.
+    Either may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
+    shared library) files are code: loading one runs whatever its author put in it, so give only files you
+    trust like a script you would run.
     """
-    _outputs(json_path)
+    _outputs(json_path, inputs=(a, b))
     from toolkit.compare import CompareConfig, parse_tolerance
     from toolkit.compare import compare as run_compare
     from toolkit.errors import ConfigError
@@ -75,12 +86,12 @@ def compare(
     prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
-                           limit=limit)
+                           limit=limit, time_limit_s=time_limit)
     with stage("comparing"):  # one step: the bar shows the time it has taken so far
         report = run_compare(config)
     out.print(_compare_table(report))
-    out.print(f"compared {report.compared} on {report.n:,} MNIST test images in {report.seconds:.1f} s",
-              highlight=False)
+    on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
+    out.print(f"compared {report.compared} on {report.n:,} {on} in {report.seconds:.1f} s", highlight=False)
     if json_path:
         _write_json(json_path, report.to_json())
     report.raise_for_failures()
@@ -91,7 +102,7 @@ def bench(
         metavar="FILE", help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default="every installed one",
-        help="onnxruntime, pytorch, torchscript, openvino, opencv or all.")] = None,
+        help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
         "--device", "--provider", metavar="DEVICES",
         help="cpu, cuda, tensorrt or all (comma list or repeated).")] = BENCH["providers"],
@@ -102,7 +113,7 @@ def bench(
         help="Checkpoint for the PyTorch eager baseline.")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="all",
-        help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
+        help=f"Narrow to these: {', '.join(FORMATS)}, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="all", help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(
@@ -151,6 +162,7 @@ def bench(
         metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
         metavar="INPUT=DIMS", help="With FILE: an input's dynamic dimensions after the batch, e.g. x=3x16.")] = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
@@ -158,9 +170,11 @@ def bench(
     With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
     MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
     """
-    _outputs(json_path, markdown, plot)
+    _outputs(json_path, markdown, plot, inputs=(file, *_model_files(artifacts)))
     from toolkit import bench as bench_lib
+    from toolkit.runners.base import check_time_limit
 
+    check_time_limit(time_limit)
     config = _config(
         bench_lib.BenchConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
         data_dir=str(data_dir), runtimes=tuple(_csv(runtime)), providers=tuple(_csv(provider)),
@@ -176,7 +190,8 @@ def bench(
             from toolkit.runners.foreign import Preprocessing, parse_shapes
 
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
-                                          parse_shapes(_csv(shape)), on_progress=on_progress)
+                                          parse_shapes(_csv(shape)), on_progress=on_progress,
+                                          time_limit_s=time_limit)
     _print_bench(report, bench_lib)
     if json_path:
         _write_json(json_path, report.to_json())
@@ -188,21 +203,38 @@ def bench(
         bench_lib.plot(report, plot)
 
 
+def _model_files(folder: Path) -> tuple[Path, ...]:
+    """The manifest and model files of an export folder: bench's inputs, which its outputs may not replace."""
+    from toolkit.formats import FORMATS
+
+    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)}
+    try:
+        return tuple(p for p in folder.iterdir()
+                     if p.name == "manifest.json" or any(p.name.endswith(s) for s in suffixes))
+    except OSError:
+        return ()
+
+
 def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
         metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
-        help="A toolkit .onnx; checked against the manifest.json beside it, if any.")] = None,
+        help="A toolkit .onnx, or OpenVINO IR .xml with its .bin beside it; checked against the manifest.json "
+             "beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
         "--invert/--no-invert", show_default="detect",
         help="Force (or forbid) inverting dark-on-light images.")] = None,
     provider: DeviceOption = CPU,
     json_path: JsonOption = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
 ) -> None:
-    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch)."""
+    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch), or an IR
+    (OpenVINO, no torch)."""
     from toolkit.errors import ConfigError
+    from toolkit.runners.base import check_time_limit
     from toolkit.runtime import predict_files
 
+    check_time_limit(time_limit)
     if json_path is not None and str(json_path) != "-" and (
             json_path.suffix.lower() in IMAGE_SUFFIXES or any(json_path.resolve() == i.resolve() for i in images)):
         # `--json` used to be a flag: `predict --json digit.png` must not overwrite the image with JSON
@@ -211,10 +243,11 @@ def predict(
     if model is None:
         candidates = [Path("exported/model.app.onnx"), Path("exported/model.onnx")]
         model = next((c for c in candidates if c.is_file()), candidates[0])
-    predictions = predict_files(images, model, invert=invert, provider=provider)
+    predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])
-    out.print(_predictions_table(predictions, model))
+    if json_path is None or str(json_path) != "-":  # with --json -, the JSON is all there is on stdout
+        _print_result(_predictions_table(predictions, model))
 
 
 def web(

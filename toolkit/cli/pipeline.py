@@ -9,6 +9,7 @@ import typer
 
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
 from toolkit.cli.common import (
+    RUNTIME_NAMES,
     DataDir,
     DeviceOption,
     JsonOption,
@@ -24,11 +25,14 @@ from toolkit.cli.common import (
 from toolkit.cli.progress import download_progress, epoch_display, stage
 from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_table, _verify_table
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
-from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
+from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, FORMATS, QUANT_ACTIVATIONS, QUANT_FORMATS
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
+from toolkit.runners import NATIVE_RUNTIMES
 from toolkit.verify import VerifyConfig
 
 VERIFY = defaults(VerifyConfig)
+
+CODE_FORMATS = [name for name, f in FORMATS.items() if f.is_code]  # loading one runs what it carries
 
 
 def data(data_dir: DataDir = Path("data")) -> None:
@@ -102,8 +106,9 @@ def train(
 def export(
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="onnx",
-        help="onnx, torchscript, onnx-app, triton (a Triton model repository of the fp32 files) or all "
-             "(comma list or repeated).")] = None,
+        help=f"{', '.join(FORMATS)}, triton (a Triton model repository of the fp32 files) or all "
+             f"(comma list or repeated). {', '.join(CODE_FORMATS)} files are code (aoti is a compiled "
+             "shared library): load only files you trust.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="fp32", help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
@@ -126,7 +131,7 @@ def export(
         metavar="N", help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Export a checkpoint to ONNX and/or TorchScript, with metadata and exported/manifest.json."""
+    """Export a checkpoint to ONNX, TorchScript, torch.export or AOTInductor, with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
 
@@ -150,8 +155,8 @@ def verify(
     checkpoint: Annotated[Optional[Path], typer.Option(
         metavar="PATH", show_default="the one the artifacts came from", help="Reference checkpoint.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        metavar="RUNTIMES", show_default="each file's own: onnxruntime, torchscript",
-        help="onnxruntime, torchscript, openvino, opencv or all.")] = None,
+        metavar="RUNTIMES", show_default=f"each file's own: {', '.join(NATIVE_RUNTIMES)}",
+        help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
     provider: DeviceOption = VERIFY["provider"],
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="all", help="Only these formats.")] = None,

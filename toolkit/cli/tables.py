@@ -68,7 +68,8 @@ def _artifacts_table(result: Any, checkpoint: str) -> tuple[Table, tuple[str, ..
         return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
 
     for a in result.artifacts:
-        table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
+        name = a.file + "".join(f" + {p.file}" for p in a.parts)  # an IR's .bin is listed with its .xml
+        table.add_row(name, a.format, a.precision, f"{a.total_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
     return table, ("outputs", "sha256", "input")
 
@@ -89,12 +90,13 @@ def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
 
 
 def _compare_table(report: Any) -> Any:
-    table = Table(title=f"B against A on {report.n:,} MNIST test images")
+    table = Table(title=f"B against A on {report.n:,} {report.inputs}")
     for col in ("", "file", "runtime", "outputs", "accuracy %"):
         table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
     for tag, side in (("A", report.a), ("B", report.b)):
         table.add_row(tag, side.file, side.runtime,
-                      side.outputs + ("" if side.toolkit_model else " (input by options)"), f"{side.accuracy:.2f}")
+                      side.outputs + ("" if side.toolkit_model else " (input by options)"),
+                      "-" if side.accuracy is None else f"{side.accuracy:.2f}")
     t = report.tolerance
     verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
     summary = Table(show_header=True, title=f"compared as {report.compared}")
@@ -102,7 +104,8 @@ def _compare_table(report: Any) -> Any:
         summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
     limit = f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""
     summary.add_row(f"{report.max_abs_diff:.2e}" + limit, f"{report.mean_abs_diff:.2e}",
-                    f"{report.agreement:,}/{report.n:,}", f"{report.accuracy_delta:+.2f}", verdict)
+                    f"{report.agreement:,}/{report.n:,}",
+                    "-" if report.accuracy_delta is None else f"{report.accuracy_delta:+.2f}", verdict)
     from rich.console import Group
 
     return Group(table, summary)
@@ -132,9 +135,12 @@ def _print_bench(report: Any, bench_lib: Any) -> None:
     for regime, f in report.fastest.items():
         out.print(f"fastest here ({regime}): {bench_lib.fastest_line(f)}")
     if report.matmul_peak_gflops:
-        out.print(f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s; int8: "
-                  f"{report.int8_matmul_peak_gops or 0:.1f} GOP/s; model: "
-                  f"{report.model_flops_per_image / 1e6:.2f} MFLOP per image")
+        parts = [f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s"]
+        if report.int8_matmul_peak_gops:
+            parts.append(f"int8: {report.int8_matmul_peak_gops:.1f} GOP/s")
+        if report.model_flops_per_image:
+            parts.append(f"model: {report.model_flops_per_image / 1e6:.2f} MFLOP per image")
+        out.print("; ".join(parts))
     for name, t in report.targets.items():
         out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
                                 f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))

@@ -1,5 +1,6 @@
 """int8 quantization of the onnx format's fp32 graph: ONNX Runtime static quantization, calibrated on
-training images only (never the test set that verify judges it on)."""
+training images only (never the test set that verify judges it on). `calibration_set` is the one choice of
+those images, shared with the other int8 exporters (OpenVINO IR via NNCF)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from typing import Any
 from toolkit import data as mnist
 from toolkit.exporters import BuildOptions, ExportContext, quiet
 from toolkit.preprocess import MEAN, STD, normalize
+
+
+def calibration_set(options: BuildOptions, ctx: ExportContext):
+    """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
+    whichever format is quantized); records their number in `ctx`."""
+    import numpy as np
+
+    images, _ = mnist.load_split(options.data_dir, "train")
+    rng = np.random.default_rng(options.seed)
+    pick = rng.choice(len(images), size=min(options.calibration_size, len(images)), replace=False)
+    calib = normalize(images[np.sort(pick)], MEAN, STD)
+    ctx.calibration_images = len(calib)
+    return calib
 
 
 def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
@@ -25,11 +39,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
         quantize_static,
     )
 
-    images, _ = mnist.load_split(options.data_dir, "train")
-    rng = np.random.default_rng(options.seed)
-    pick = rng.choice(len(images), size=min(options.calibration_size, len(images)), replace=False)
-    calib = normalize(images[np.sort(pick)], MEAN, STD)
-    ctx.calibration_images = len(calib)
+    calib = calibration_set(options, ctx)
     input_name = fp32_model.graph.input[0].name
 
     class Reader(CalibrationDataReader):
