@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 import torch
 
-from tests.conftest import Result
+from tests.conftest import PROGRESS_LINE, Result
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.fileio import file_digest
 
@@ -351,7 +351,7 @@ def test_hostile_input_is_refused_cleanly(ctx, setup, code, fragment):
     output = result.stdout + result.stderr
     assert result.exit_code == code, output
     assert "Traceback" not in output and "internal error" not in output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0], lines[0]
     assert fingerprint(*watched) == before, "a file outside the working folder changed"
@@ -461,7 +461,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(ct
                            "--out", out, "--data-dir", ctx.mnist], capture_output=True, text=True, timeout=300,
                           preexec_fn=small_disk)
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+    lines = [line for line in done.stderr.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "checkpoint" in lines[0], done.stderr
     assert sorted(p.name for p in out.iterdir()) == []  # no checkpoint, no half-written temporary file
 

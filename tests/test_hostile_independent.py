@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +21,11 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# A stage that runs over 2 s prints plain progress lines on stderr in a pipe before any error (cli/progress.py);
+# they are no part of the error. Written here from the documented format, apart from conftest's copy.
+_CLOCK = r"\d+:\d\d(:\d\d)?"
+PROGRESS_LINE = re.compile(rf"^(?!error:)\S.*(, {_CLOCK} elapsed, ETA ({_CLOCK}|-:--)|: done(, .+)? in {_CLOCK}"
+                           rf"|: started {_CLOCK} ago)$")
 
 
 def _cli(*args, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -36,7 +42,7 @@ def _check(result: subprocess.CompletedProcess, code: int) -> str:
     both = result.stdout + result.stderr
     assert "Traceback" not in both, both
     assert result.returncode == code, both
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     errors = [line for line in lines if line.startswith("error: ")]
     if code == 0:
         assert not errors, result.stderr
@@ -234,7 +240,7 @@ def _inproc(*args) -> tuple[int, str, str]:
 def _one_error(code: int, stdout: str, stderr: str, expected: int = 2) -> str:
     assert code == expected, stderr + stdout
     assert "Traceback" not in stdout + stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     return lines[0]
 
