@@ -79,7 +79,9 @@ def bench(
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
-    batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes, e.g. 1,64,256.")] = None,
+    batch_sizes: Annotated[Optional[list[str]], typer.Option(
+        help="The batch ladder for throughput, e.g. 8,64,256 (batch 1 is always timed; with --sweep: exactly "
+             "these).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Time budget per point, in seconds.")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed calls before each timed block.")] = None,
@@ -87,12 +89,19 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(
         help="Intra-op threads on the CPU (default: the runtimes' own).")] = None,
     optimization: Annotated[Optional[list[str]], typer.Option(
-        help="ONNX Runtime graph optimization levels to compare: all, extended, basic, none.")] = None,
+        help="ONNX Runtime graph optimization levels to try: all, extended, basic, none (default: all,extended).")
+    ] = None,
     concurrency: Annotated[Optional[list[str]], typer.Option(
-        help="ONNX Runtime CPU: calls in flight at once to compare, e.g. 1,2 (each gets cores/N threads).")] = None,
+        help="ONNX Runtime CPU: calls in flight at once to try, e.g. 1,2 (each gets cores/N threads; default: 1,2).")
+    ] = None,
     mode: Annotated[Optional[list[str]], typer.Option(
-        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only).")] = None,
-    hint: Annotated[Optional[list[str]], typer.Option(help="OpenVINO performance hints: latency, throughput.")] = None,
+        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only; default: f32, and bf16 where the "
+             "CPU has it natively).")] = None,
+    hint: Annotated[Optional[list[str]], typer.Option(
+        help="OpenVINO performance hints to try: latency, throughput (default: both).")] = None,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Time every combination of the settings above at every batch size, and print every point, "
+                        "instead of each runtime and file at the best settings a short search finds.")] = False,
     cuda_graph: Annotated[Optional[bool], typer.Option(
         "--cuda-graph/--no-cuda-graph", help="Also time ONNX Runtime CUDA with CUDA graphs.")] = None,
     verify: Annotated[Optional[bool], typer.Option(
@@ -100,7 +109,8 @@ def bench(
         help="Check each configuration on the test set first (fastest names verified ones only).")] = None,
     matmul_peak: Annotated[Optional[bool], typer.Option(
         "--matmul-peak/--no-matmul-peak",
-        help="Measure the CPU's float32 and int8 matmul peaks (for the efficiency targets).")] = None,
+        help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the JSON).")
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
@@ -113,10 +123,12 @@ def bench(
         help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
+    """What to deploy here: each runtime and file at its best settings (found by a short search), its batch-1
+    latency and most images/s, and the fastest verified configuration for latency and for throughput.
 
-    With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
-    MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
+    Every point goes to --json and --markdown; --sweep times every combination of settings instead. With FILE:
+    that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an MNIST layout,
+    else random data of its declared shapes and types (not verified: there is no reference).
     """
     _outputs(json_path, markdown, plot)
     from toolkit import bench as bench_lib
@@ -128,7 +140,7 @@ def bench(
         batch_sizes=tuple(_ints(batch_sizes, "batch sizes")), warmup=warmup, iterations=iterations, seconds=seconds,
         rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
-        cuda_graph=cuda_graph, verify=verify, matmul_peak=matmul_peak)
+        cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak)
     with _bench_progress() as on_progress:
         if file is None:
             report = bench_lib.bench(config, on_progress=on_progress)
@@ -137,7 +149,7 @@ def bench(
 
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
                                           parse_shapes(_csv(shape)), on_progress=on_progress)
-    _print_bench(report, bench_lib)
+    _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())
     if markdown:
