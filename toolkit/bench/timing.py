@@ -38,10 +38,12 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
         run(offset + warmed)
         warmed += 1
     offset += warmed
-    calls = None if iterations is None else max(1, iterations // concurrency)
+    # a fixed count is shared out so the callers' calls add up to it (each makes one at least)
+    calls = [None if iterations is None else max(1, iterations // concurrency + (k < iterations % concurrency))
+             for k in range(concurrency)]
     if concurrency == 1:
         wall0 = time.perf_counter()
-        times = _loop(run, offset, calls, seconds, concurrency)
+        times = _loop(run, offset, calls[0], seconds, concurrency)
         return times, time.perf_counter() - wall0
 
     # threads are started before the clock and released together, so their start-up is not timed
@@ -50,7 +52,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
 
     def worker(k: int) -> None:
         start.wait()
-        parts[k] = _loop(run, offset + k, calls, seconds, concurrency)
+        parts[k] = _loop(run, offset + k, calls[k], seconds, concurrency)
 
     workers = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for w in workers:

@@ -43,15 +43,18 @@ def groups(candidates: list[Candidate]) -> dict[str, list[Candidate]]:
 
 
 def probe_batch(ladder: tuple[int, ...]) -> int:
-    """The batch the throughput probes run at: the ladder's largest size up to PROBE_BATCH, else its smallest."""
-    below = [b for b in ladder if b <= PROBE_BATCH]
-    return max(below) if below else min(ladder)
+    """The batch the throughput probes run at: the ladder's largest size up to PROBE_BATCH, else its smallest
+    (batch 1 only when the ladder has nothing else)."""
+    sizes = [b for b in ladder if b != 1] or list(ladder)
+    below = [b for b in sizes if b <= PROBE_BATCH]
+    return max(below) if below else min(sizes)
 
 
 def probe_budget(budget: Budget) -> Budget:
     """A probe's budget: a share of a point's, in at most PROBE_ROUNDS rounds."""
-    iterations = None if budget.iterations is None else max(1, int(budget.iterations * PROBE_SHARE))
-    return Budget(min(PROBE_ROUNDS, budget.rounds), budget.seconds * PROBE_SHARE, budget.warmup, iterations)
+    rounds = min(PROBE_ROUNDS, budget.rounds)
+    iterations = None if budget.iterations is None else max(rounds, int(budget.iterations * PROBE_SHARE))
+    return Budget(rounds, budget.seconds * PROBE_SHARE, budget.warmup, iterations)
 
 
 def _latency_pool(group: list[Candidate]) -> list[Candidate]:

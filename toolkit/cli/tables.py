@@ -213,23 +213,31 @@ def _points_table(report: Any) -> tuple[Table, tuple[str, ...]]:
     return table, ("p99 ms", "p90 ms", "first ms", *constant)
 
 
-# the summary's columns, as their headers read (two lines where that keeps the table narrow)
+# the summary's columns as their headers read: two lines where that keeps the table narrow, and the best rate
+# with its batch in one cell
 _SUMMARY_HEADERS = {"runtime": "runtime", "file": "file", "precision": "precision", "batch-1 p50 ms": "batch-1\np50 ms",
-                    "batch-1 p99 ms": "batch-1\np99 ms", "best images/s": "best\nimages/s", "at batch": "at\nbatch",
+                    "batch-1 p99 ms": "batch-1\np99 ms", "best images/s": "best images/s\n(at batch)",
                     "setting": "setting\n(batch 1 / best)", "agreement": "agreement", "verified": "verified"}
 
 
 def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]:
     """One row per runtime and file at its best settings, and the columns it may drop when narrow."""
     headers = _SUMMARY_HEADERS
-    table = _table(f"best setting per runtime and file, on {_where(report)}", list(headers.values()),
+    every = {row["verified"] for row in report.summary} == {True}
+    table = _table(f"best setting per runtime and file, on {_where(report)}"
+                   + (f" (each verified on {report.summary[0]['checked_images']:,} test images)"
+                      if every and report.summary[0]["checked_images"] else ""), list(headers.values()),
                    names=(headers["runtime"], headers["file"], headers["precision"]),
                    left=(headers["setting"], headers["verified"]))
     for row in report.summary:
         cells = bench_lib.summary_cells(row)
+        cells["best images/s"] += f" ({cells['at batch']})"
         verdict = {"FAILED": _styled("FAILED", "red")}.get(cells["verified"], cells["verified"])
         table.add_row(*[cells[c] for c in headers if c != "verified"], verdict)
-    return table, (headers["setting"], headers["agreement"], headers["batch-1 p99 ms"])
+    # the verdict column may go last when every row has the same one (it then tells no rows apart)
+    same = len({row["verified"] for row in report.summary}) <= 1
+    return table, (headers["setting"], headers["agreement"], headers["batch-1 p99 ms"],
+                   *((headers["verified"],) if same else ()))
 
 
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
