@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import toolkit.bench.tuning as tuning
 from toolkit import sysinfo
 from toolkit.artifacts import read_model_flops
-from toolkit.bench import tuning
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
