@@ -171,8 +171,8 @@ def test_int8_targets_use_the_best_verified_int8_configuration():
 
 
 def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_path):
-    result = run_cli("bench", "--sweep", "--mode", "f32,bf16", "--artifacts", exported, "--data-dir", mnist_dir,
-                     "--format", "onnx",
+    result = run_cli("bench", "--sweep", "--mode", "f32,bf16", "--optimization", "all", "--concurrency", "1",
+                     "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
                      "--precision", "fp32,int8", "--batch-sizes", "1,8", "--iterations", "3", "--rounds", "1",
                      "--warmup", "0", "--no-matmul-peak", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
@@ -205,7 +205,7 @@ def searched(tmp_path_factory, exported, mnist_dir):
     with pytest.MonkeyPatch.context() as mp:
         _flags(mp, NO_BF16)
         result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--batch-sizes", "1,64",
-                         "--seconds", "0.2", "--rounds", "2", "--warmup", "1", "--json", out / "b.json")
+                         "--seconds", "0.1", "--rounds", "2", "--warmup", "1", "--json", out / "b.json")
     assert result.exit_code == 0, result.stderr
     return json.loads((out / "b.json").read_text()), result.stdout
 

@@ -1,9 +1,11 @@
-"""Inference latency and throughput of every runtime the toolkit knows, on every artifact it opens.
+"""What to deploy on this machine: latency and throughput of every runtime the toolkit knows, on every artifact
+it opens, each at the settings a short search finds best (or, with `sweep`, at every combination of them).
 
 Built for shared, noisy machines: every configuration and batch size is measured in several interleaved
 rounds (so drift hits all of them alike), after warm-up, on real MNIST test images rotated among several
 batches; the very first call is reported apart; results are percentiles of all timed calls. Each
-configuration is first verified on all 10,000 test images, so "fastest" only ever names one that passes.
+configuration timed is first verified on all 10,000 test images (once per graph, device and compute mode:
+threads and hints only schedule it), so "fastest" only ever names one that passes.
 
 A run is one pipeline in parts, each its own module:
 - config: BenchConfig and the bounds it checks;

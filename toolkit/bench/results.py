@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from toolkit.formats import FORMATS, judged_precision
+from toolkit.formats import FORMATS, PRECISION_ORDER, judged_precision
 
 
 @dataclass
@@ -55,7 +55,8 @@ class BenchPoint:
 
     @property
     def judged_as(self) -> str:
-        return judged_precision(self.precision, self.mode)
+        """The precision this point is judged at; a bench FILE's input type stands as it is."""
+        return judged_precision(self.precision, self.mode) if self.precision in PRECISION_ORDER else self.precision
 
     @property
     def name(self) -> str:
