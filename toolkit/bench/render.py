@@ -39,7 +39,8 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
     setting = row["best_setting"] if row["batch1_setting"] in (None, row["best_setting"]) \
         else f"{row['batch1_setting']} / {row['best_setting']}"
     agreement = f"{row['agreement']:,}/{row['checked_images']:,}" if row["agreement"] is not None else "-"
-    values = (row["runtime"], row["file"], _precision(row["precision"], row["mode"]),
+    runtime = row["runtime"] + ("" if row["provider"] == "cpu" else f" ({row['provider']})")
+    values = (runtime, row["file"], _precision(row["precision"], row["mode"]),
               f"{row['batch1_p50_ms']:.3f}" if b1 else "-", f"{row['batch1_p99_ms']:.3f}" if b1 else "-",
               f"{row['best_images_per_s']:,.0f}", str(row["best_batch_size"]), setting, agreement,
               _verdict(row["verified"]))

@@ -22,10 +22,13 @@ from toolkit.errors import ConfigError
 ROTATE = 8  # distinct input batches cycled through, so no cache holds one batch's answers
 TEST_IMAGES = 10_000
 WARMUP_SHARE = 0.5  # of a timed block's budget, at most, spent warming up
+# timed calls per point at least, shared over its rounds: a slow call (batch 1024 in PyTorch eager) would
+# otherwise cost several times its budget
+MIN_CALLS = 3
 
 
 def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, seconds: float,
-             offset: int, concurrency: int = 1) -> tuple[list[float], float]:
+             offset: int, concurrency: int = 1, min_calls: int = MIN_CALLS) -> tuple[list[float], float]:
     """Time calls of `run` after up to `warmup` untimed ones; returns (per-call seconds, wall seconds).
 
     Warm-up stops early, after at least one call, once it has taken WARMUP_SHARE of the block's `seconds`: a
@@ -43,7 +46,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
              for k in range(concurrency)]
     if concurrency == 1:
         wall0 = time.perf_counter()
-        times = _loop(run, offset, calls[0], seconds, concurrency)
+        times = _loop(run, offset, calls[0], seconds, concurrency, min_calls)
         return times, time.perf_counter() - wall0
 
     # threads are started before the clock and released together, so their start-up is not timed
@@ -52,7 +55,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
 
     def worker(k: int) -> None:
         start.wait()
-        parts[k] = _loop(run, offset + k, calls[k], seconds, concurrency)
+        parts[k] = _loop(run, offset + k, calls[k], seconds, concurrency, min_calls)
 
     workers = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for w in workers:
@@ -65,8 +68,8 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
 
 
 def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None, seconds: float,
-          stride: int) -> list[float]:
-    """One caller's timed calls: `budget_calls` of them, or as many as `seconds` allows (at least 3).
+          stride: int, min_calls: int = MIN_CALLS) -> list[float]:
+    """One caller's timed calls: `budget_calls` of them, or as many as `seconds` allows (at least `min_calls`).
 
     Concurrent callers start at neighbouring indices and step by their number, so no two run the same batch.
     """
@@ -81,7 +84,7 @@ def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None,
         if budget_calls is not None:
             if len(times) >= budget_calls:
                 return times
-        elif time.perf_counter() - start >= seconds and len(times) >= 3:
+        elif time.perf_counter() - start >= seconds and len(times) >= min_calls:
             return times
 
 
@@ -147,6 +150,7 @@ def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner], pix
     series: dict[tuple[str, int], Series] = {}
     done = 0
     per_round = None if budget.iterations is None else max(1, budget.iterations // budget.rounds)
+    min_calls = -(-MIN_CALLS // budget.rounds)  # per round and caller
     for rnd in range(budget.rounds):
         for c, sizes in jobs:
             runner = open_runner(c)
@@ -156,7 +160,7 @@ def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner], pix
                     s = series.get((c.key, bs)) or _first_call(timed)
                     series[(c.key, bs)] = s
                     block, wall = _measure(timed.call, budget.warmup, per_round, budget.seconds / budget.rounds,
-                                           offset=rnd, concurrency=c.concurrency)
+                                           offset=rnd, concurrency=c.concurrency, min_calls=min_calls)
                 s.times.extend(block)
                 s.wall_s += wall
                 done += 1
