@@ -22,8 +22,8 @@ main: $(STAMP)
 	$(TOOLKIT) verify --json exported/verify.json
 	$(TOOLKIT) bench --json exported/bench-cpu.json --markdown exported/bench-cpu.md --plot exported/bench-cpu.png
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
-		$(TOOLKIT) bench --provider cuda --cuda-graph --json exported/bench-cuda.json --markdown exported/bench-cuda.md --plot exported/bench-cuda.png; \
-	else echo "no CUDA device: skipping bench --provider cuda"; fi
+		$(TOOLKIT) bench --device cuda --cuda-graph --json exported/bench-cuda.json --markdown exported/bench-cuda.md --plot exported/bench-cuda.png; \
+	else echo "no CUDA device: skipping bench --device cuda"; fi
 
 test: $(STAMP)
 	$(PY) -m pytest

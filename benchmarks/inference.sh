@@ -16,7 +16,7 @@ else
 fi
 # --sweep: every combination of settings at every batch size (not the default search's choices), and the
 # compute modes named, so bf16 is timed on any CPU and the results stay comparable from run to run
-"$toolkit" bench --sweep --provider "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 \
+"$toolkit" bench --sweep --device "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 \
   --matmul-peak "${extra[@]}" \
   --json "$results/inference_$provider.json" --markdown "$results/inference_$provider.md" \
   --plot "$results/inference_$provider.png"

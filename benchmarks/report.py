@@ -237,6 +237,25 @@ def env_size(r: dict) -> list[str]:
     return lines
 
 
+def torch_export(r: dict) -> list[str]:
+    lines = [f"### pt2 and aoti beside ONNX (`benchmarks/torch_export.py`, {machine(r['machine'])})", "",
+             f"torch {r['versions']['torch']}, onnxruntime {r['versions'].get('onnxruntime', '?')}; one interleaved "
+             "bench run; each command a fresh process; AOTInductor compiled with an empty compiler cache.", "",
+             "| file | export s | size KiB | verify: agreement (full batch / one at a time) | max abs diff | "
+             "batch-1 p50 ms | batch-256 images/s |", "|---|---:|---:|---|---:|---:|---:|"]
+    points = {(p["format"], p["batch_size"]): p for p in r["bench"]}
+    for check in r["verify"]:
+        fmt = check["format"]
+        b1, b256 = points.get((fmt, 1)), points.get((fmt, 256))
+        lines.append(f"| {check['artifact']} ({check['runtime']}) | {r['export_seconds'][fmt]:.1f} | "
+                     f"{r['size_bytes'][fmt] / 1024:,.0f} | {check['agreement']:,}/{check['n']:,} / "
+                     f"{check['batch1_n']:,} images, |diff| {check['batch1_max_diff']:.1e} | "
+                     f"{check['max_abs_diff']:.1e} | {b1['p50_ms']:.3f} | {b256['throughput']:,.0f} |")
+    lines += ["", f"`toolkit verify` of the three on all 10,000 images at full batch and one at a time: "
+                  f"{r['verify_wall_seconds']:.0f} s; building `examples/cpp`: {r['cpp_build_wall_seconds']:.0f} s."]
+    return lines
+
+
 def main() -> None:
     sections = []
     for name, render in (("train_speed.json", training), ("recipes.json", recipes),
@@ -250,6 +269,9 @@ def main() -> None:
     r = load("peers.json")
     if r:
         sections.append("\n".join(peers(r)))
+    r = load("torch_export.json")
+    if r:
+        sections.append("\n".join(torch_export(r)))
     for provider in ("cpu", "cuda"):
         r = load(f"inference_{provider}.json")
         if r:

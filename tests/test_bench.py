@@ -220,7 +220,8 @@ def test_default_bench_prints_one_screen(searched):
     rows = [line for line in lines if line.startswith("│")]
     files = {(p["runtime"], p["format"], p["precision"], p["mode"]) for p in report["points"]}
     assert len(rows) == len(report["summary"]) == len(files) <= 20  # one row per runtime and file
-    assert {"onnxruntime", "openvino", "opencv", "pytorch", "torchscript"} == {r["runtime"] for r in report["summary"]}
+    runtimes = {r["runtime"] for r in report["summary"]}
+    assert runtimes == {p["runtime"] for p in report["points"]} >= {"onnxruntime", "openvino", "opencv", "pytorch"}
     assert len(lines) <= len(rows) + 12  # title, header, rules, notes and two recommendations
     assert not any(name in stdout for name in GOALS) and "missed" not in stdout and "target" not in stdout
     assert report["targets"]  # still computed, for benchmarks/

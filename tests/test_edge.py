@@ -102,7 +102,7 @@ def test_predict_on_the_device_agrees_with_the_golden_outputs(device_python, on_
     for i in range(20):
         pngs.append(tmp_path / f"digit{i:02d}.png")
         Image.fromarray(pixels[i]).save(pngs[-1])
-    result = device(device_python, "-m", "toolkit", "predict", "--json", "--model", on_device / "model.app.onnx",
+    result = device(device_python, "-m", "toolkit", "predict", "--json", "-", "--model", on_device / "model.app.onnx",
                     *pngs)
     assert result.returncode == 0, result.stderr
     digits = [p["digit"] for p in json.loads(result.stdout)]

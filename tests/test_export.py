@@ -16,7 +16,8 @@ from toolkit.data import load_split
 from toolkit.fileio import file_digest
 
 EXPECTED = {("onnx", "fp32"): "model.onnx", ("onnx", "fp16"): "model.fp16.onnx", ("onnx", "int8"): "model.int8.onnx",
-            ("torchscript", "fp32"): "model.ts.pt", ("onnx-app", "fp32"): "model.app.onnx"}
+            ("torchscript", "fp32"): "model.ts.pt", ("onnx-app", "fp32"): "model.app.onnx",
+            ("pt2", "fp32"): "model.pt2"}
 
 
 def test_manifest_lists_every_artifact_with_checksums(exported, trained):

@@ -35,7 +35,7 @@ def digit_pngs(tmp_path_factory, mnist_dir):
 def test_predict_runs_without_torch(exported, digit_pngs, python):
     paths, labels, _ = digit_pngs
     script = BLOCK_TORCH + textwrap.dedent(f"""
-        sys.argv = ["toolkit", "predict", "--json", "--model", {str(exported / 'model.app.onnx')!r},
+        sys.argv = ["toolkit", "predict", "--json", "-", "--model", {str(exported / 'model.app.onnx')!r},
                     *{[str(p) for p in paths[:20]]!r}]
         from toolkit.cli import main
         try:
@@ -58,7 +58,7 @@ def test_predict_runs_without_torch(exported, digit_pngs, python):
 @pytest.mark.parametrize("model", ["model.app.onnx", "model.onnx", "model.int8.onnx"])
 def test_every_toolkit_onnx_classifies_real_digits(exported, digit_pngs, model):
     paths, labels, pixels = digit_pngs
-    result = run_cli("predict", "--json", "--model", exported / model, *paths)
+    result = run_cli("predict", "--json", "-", "--model", exported / model, *paths)
     assert result.exit_code == 0, result.stderr
     digits = np.array([p["digit"] for p in json.loads(result.stdout)])
     assert (digits == labels).mean() >= 0.97
@@ -77,7 +77,7 @@ def test_dark_on_light_and_large_colour_images_are_converted(tmp_path, digit_png
     Image.fromarray(np.kron(255 - pixels[1], np.ones((10, 10), np.uint8))).convert("RGB").save(big, quality=90)
     small = load_image(big)
     assert small.shape == (28, 28) and small.dtype == np.uint8
-    result = run_cli("predict", "--json", "--model", exported / "model.app.onnx", big, inverted)
+    result = run_cli("predict", "--json", "-", "--model", exported / "model.app.onnx", big, inverted)
     assert [p["digit"] for p in json.loads(result.stdout)] == [labels[1], labels[0]]
 
 
@@ -172,5 +172,5 @@ def test_predict_checks_the_output_contract(tmp_path, digit_pngs):
     nan = tmp_path / "nan.onnx"  # log of a negative number: NaN log-probabilities
     _toolkit_onnx(nan, _row_means(10) + [helper.make_node("Neg", ["first"], ["negative"]),
                                          helper.make_node("Log", ["negative"], ["log_probs"])])
-    result = run_cli("predict", "--json", "--model", nan, *paths)
+    result = run_cli("predict", "--json", "-", "--model", nan, *paths)
     assert "NaN" in assert_one_line_error(result, 2) and "NaN" not in result.stdout

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.chromium import Chromium, find_chromium
-from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
 from tests.webserver import Background
 from toolkit.data import load_split
 from toolkit.preprocess import load_image
@@ -200,3 +200,52 @@ def test_screenshot_of_a_drawn_digit(page, exported, tmp_path):
         assert len(img.convert("RGB").getcolors(1 << 16) or []) > 50  # a rendered page, not a blank one
     if os.environ.get("TOOLKIT_WEB_SCREENSHOT"):
         shutil.copy(shot, os.environ["TOOLKIT_WEB_SCREENSHOT"])
+
+
+def test_every_package_is_in_the_wheel(python):
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "toolkit").rglob("__init__.py")}
+    assert listed == found | {"toolkit.web_page"}
+
+
+def test_an_install_without_extras_serves_the_page_it_ships(web_site, exported, tmp_path, python):
+    """The wheel, installed alone (no extras, torch unimportable, no repository around), serves the page from
+    inside the package, byte for byte examples/web, with ONNX Runtime Web from npm in the working folder."""
+    source = tmp_path / "source"  # build from a copy, so the checkout gets no build/ or egg-info
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "node_modules")
+    shutil.copytree(REPO / "toolkit", source / "toolkit", ignore=ignore)
+    shutil.copytree(WEB_DIR, source / "examples" / "web", ignore=ignore)
+    built = run_process(python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        tmp_path / "dist", source)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("toolkit-*.whl")
+    target = tmp_path / "installed"
+    done = run_process(python, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel)
+    assert done.returncode == 0, done.stderr
+    no_torch = tmp_path / "no-torch"
+    no_torch.mkdir()
+    (no_torch / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    work = tmp_path / "work"  # where a user ran `npm install onnxruntime-web`
+    work.mkdir()
+    (work / "node_modules").symlink_to(web_site / "node_modules")
+    env = {**os.environ, "PYTHONPATH": f"{no_torch}{os.pathsep}{target}"}
+    proc = subprocess.Popen([python, "-m", "toolkit", "web", "--model", str(exported / "model.app.onnx"),
+                             "--port", "0"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"({target / 'toolkit' / 'web_page'})" in line, (line, proc.stderr.read() if proc.poll() else "")
+        base = line.split(" at ", 1)[1].split()[0]
+        for name in ("index.html", "app.mjs", "mnist-preprocess.mjs", "style.css"):
+            status, _, body = get(base + name)
+            assert status == 200 and body == (WEB_DIR / name).read_bytes(), name
+        assert get(base)[2] == (WEB_DIR / "index.html").read_bytes()
+        assert get(base + "ort/ort.wasm.min.mjs")[0] == 200
+        assert get(base + "model/model.app.onnx")[2] == (exported / "model.app.onnx").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

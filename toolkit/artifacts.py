@@ -20,6 +20,7 @@ from toolkit.formats import FORMATS, PRECISIONS
 MANIFEST_NAME = "manifest.json"
 DEFAULT_EXPORT_DIR = Path("exported")
 META_KEY = "toolkit.json"  # TorchScript _extra_files entry; ONNX uses one metadata_props key per field
+PTE_METADATA_METHOD = "toolkit_metadata"  # ExecuTorch constant method returning the metadata as JSON text
 # What `make main` and the README write beside the artifacts: results that describe the exported model, removed
 # with it when `export --overwrite` replaces the folder's model.
 RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for ext in ("json", "md", "png")))

@@ -40,6 +40,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     primitives only), so the hash that artifacts record is the hash of what was loaded.
     """
     import io
+    import warnings
 
     import torch
 
@@ -55,10 +56,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with `toolkit train`")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -68,6 +70,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
     return ckpt, fileio.digest(data)
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch refused a file, in a few words. A weights-only refusal names the unpickler's reason and says
+    plainly that loading it fully would run code from the file (torch's own text suggests doing just that)."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        reason = text.partition("WeightsUnpickler error:")[2].strip().split("\n\n")[0].strip()
+        return (f"it holds objects a weights-only load refuses{': ' + ' '.join(reason.split())[:120] if reason else ''}"
+                "; loading it fully would run code from the file, which the toolkit never does")
+    return " ".join(text.splitlines()[0].split())[:200] if text else type(e).__name__
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

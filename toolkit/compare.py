@@ -23,9 +23,11 @@ from toolkit import data as mnist
 from toolkit import devices, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
 from toolkit.runners import RunnerOptions
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.runners.foreign import Preprocessing, open_file, scores
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
+MNIST_INPUT = "MNIST test images"
 COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
 _OPTIONAL = ("max_abs_diff", "max_accuracy_change")  # may be switched off with "none"
 
@@ -59,11 +61,14 @@ class CompareConfig:
     as_: str = "auto"
     tolerance: Tolerance = DEFAULT_TOLERANCES["fp32"]
     limit: int | None = None  # the first N test images only (None: all 10,000)
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
 
     def __post_init__(self) -> None:
+        check_time_limit(self.time_limit_s)
         if self.as_ not in COMPARE_AS:
             raise ConfigError(f"unknown --as {self.as_!r}; use {', '.join(COMPARE_AS)}")
-        if self.limit is not None and not 1 <= self.limit <= 10_000:
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or not 1 <= self.limit <= 10_000):
             raise ConfigError("--limit must be between 1 and 10000")
         for path in (self.a, self.b):
             if not Path(path).is_file():
@@ -77,8 +82,9 @@ class Side:
     runtime: str
     toolkit_model: bool  # a toolkit .onnx read as itself (its own normalization); else preprocessing applies
     outputs: str  # what the file gives: log_probs, probabilities or logits
-    accuracy: float
+    accuracy: float | None  # None: the file was fed random data (its input is not MNIST-shaped)
     preprocessing: dict[str, Any]
+    input: str = MNIST_INPUT  # what it was fed: MNIST test images, or random data of its declared inputs
 
 
 @dataclass
@@ -90,11 +96,12 @@ class CompareReport:
     max_abs_diff: float
     mean_abs_diff: float
     agreement: int
-    accuracy_delta: float  # B - A, in points
+    accuracy_delta: float | None  # B - A, in points; None on random data
     tolerance: dict[str, Any]
     failures: list[str]
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
+    inputs: str = MNIST_INPUT  # what both files were fed
 
     @property
     def passed(self) -> bool:
@@ -128,22 +135,42 @@ def target_kind(a: str, b: str, as_: str) -> str:
 
 
 def compare(config: CompareConfig) -> CompareReport:
+    """Run A and B on the same inputs and judge B against A; on random data (a file whose input is not
+    MNIST-shaped) there is no accuracy, and both must then take the same inputs."""
     t0 = time.perf_counter()
     pixels, labels = mnist.load_split(config.data_dir, "test")
     if config.limit:
         pixels, labels = pixels[:config.limit], labels[:config.limit]
-    options = RunnerOptions(device=config.provider)
-    measured = []
+    options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
+    measured, feeds = [], []
     for path, prep in ((config.a, config.prep_a), (config.b, config.prep_b)):
         runner = open_file(path, options, prep)
+        feeds.append(_feed_of(runner))
         values, kind = scores(runner, pixels)
         toolkit_model = runner.kind in formats.OUTPUTS
+        images = feeds[-1] == MNIST_INPUT
         side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
-                    accuracy=100.0 * float((values.argmax(1) == labels).mean()),
+                    accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
                     preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
-                                   if toolkit_model else asdict(prep)))
+                                   if toolkit_model else asdict(prep)),
+                    input=MNIST_INPUT if images else "random data")
         measured.append((side, values, kind))
         del runner
+    if feeds[0] != feeds[1]:
+        raise ConfigError(f"A and B do not take the same inputs (A: {feeds[0]}; B: {feeds[1]}): there is nothing "
+                          "to compare them on")
+    return _judged(config, measured, len(pixels), t0)
+
+
+def _feed_of(runner: Any) -> str:
+    """What a runner is fed: MNIST images, or random data of its declared inputs (named, to match A and B)."""
+    if getattr(runner, "takes_images", True):
+        return MNIST_INPUT
+    return "random data for " + ", ".join(f"{i.name} {np.dtype(i.dtype).name}[N,{','.join(map(str, i.rest))}]"
+                                          for i in runner.inputs)
+
+
+def _judged(config: CompareConfig, measured: list, n: int, t0: float) -> CompareReport:
     (a, va, ka), (b, vb, kb) = measured
     compared = target_kind(ka, kb, config.as_)
     if compared != "raw":
@@ -152,11 +179,12 @@ def compare(config: CompareConfig) -> CompareReport:
     finite = bool(np.isfinite(va).all() and np.isfinite(vb).all())
     max_diff = float(diff.max()) if finite else math.nan
     agreement = int((va.argmax(1) == vb.argmax(1)).sum())
-    change = b.accuracy - a.accuracy
-    failures = judge(config.tolerance, finite=finite, max_diff=max_diff, agreement=agreement, n=len(pixels),
-                     accuracy_change=change)
-    return CompareReport(a=a, b=b, n=len(pixels), compared=compared if compared != "raw" else f"raw ({ka} vs {kb})",
+    change = None if a.accuracy is None else b.accuracy - a.accuracy
+    failures = judge(config.tolerance, finite=finite, max_diff=max_diff, agreement=agreement, n=n,
+                     accuracy_change=change or 0.0)
+    return CompareReport(a=a, b=b, n=n, compared=compared if compared != "raw" else f"raw ({ka} vs {kb})",
                          max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()) if finite else math.nan,
                          agreement=agreement, accuracy_delta=change, tolerance=asdict(config.tolerance),
                          failures=failures, seconds=time.perf_counter() - t0,
-                         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"))
+                         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
+                         inputs=a.input if a.input == b.input else f"{a.input} / {b.input}")

@@ -46,6 +46,7 @@ from toolkit.model import forward_flops
 MAX_CALIBRATION_IMAGES = 60000
 
 Log = Callable[[str], None]
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,18 @@ def _validate(config: ExportConfig) -> None:
                           f"got {config.triton_max_batch_size}")
 
 
-def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda m: None) -> ExportResult:
+def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda m: None,
+           on_progress: Progress | None = None) -> ExportResult:
     """Build every (format, precision) in `pairs` from the checkpoint into `config.out_dir`.
 
     Artifacts from an earlier export of the same checkpoint that are not rebuilt stay listed; those from
-    another checkpoint are deleted, so the folder never mixes models.
+    another checkpoint are deleted, so the folder never mixes models. on_progress(done, total, what) says which
+    step starts next: the golden outputs, then each file.
     """
+    def progress(done: int, what: str) -> None:
+        if on_progress:
+            on_progress(done, len(pairs) + 1, what)
+
     _validate(config)
     ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint)
     module = model_from_checkpoint(ckpt)
@@ -142,10 +149,11 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
+    progress(0, "golden outputs on the test set")
     reference = _golden_outputs(module, config.data_dir, log)
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
-        return _export_locked(config, pairs, module, out_dir, ctx, log, reference)
+        return _export_locked(config, pairs, module, out_dir, ctx, log, reference, progress)
 
 
 def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
@@ -186,14 +194,19 @@ def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data
 
 
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path,
-                   ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None) -> ExportResult:
+                   ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
+                   progress: Callable[[int, str], None]) -> ExportResult:
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
     kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, rebuilding, config.overwrite)
     for name in removed:
         log(f"removed {name}: it described another checkpoint's model")
     for a in kept:
         a.source_checkpoint = ctx.checkpoint_path
-    built = [_build(config, fmt, precision, module, out_dir, ctx, log) for fmt, precision in pairs]
+    built = []
+    for i, (fmt, precision) in enumerate(pairs, 1):
+        progress(i, f"{fmt} {precision}")
+        built.append(_build(config, fmt, precision, module, out_dir, ctx, log))
+    progress(len(pairs) + 1, "manifest")
 
     golden_entry = _write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
     extra: dict[str, Any] = {
@@ -224,7 +237,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
         except Exception as e:  # an exporter failure is reported, never half-written
             raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
-        inputs, outputs = exporters.io_spec(fmt, tmp)
+        inputs, outputs = built.io or exporters.io_spec(fmt, tmp)
         seconds = time.perf_counter() - t0
         artifact = Artifact(
             file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,

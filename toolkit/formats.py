@@ -48,10 +48,10 @@ class Format:
     native_runtime: str  # the runtime verify proves it in unless told otherwise
     exporter: str  # the module of toolkit.exporters that builds it (imported only when exporting: needs torch)
     description: str
-    is_code: bool = False  # loading the file runs code it carries (TorchScript): only load files you trust
+    is_code: bool = False  # loading the file can run code it carries (TorchScript, pt2, aoti): load only trusted ones
 
     def file_name(self, precision: str) -> str:
-        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt."""
+        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt, model.pt2, model.aoti.pt2."""
         return "model" + ("" if precision == "fp32" else f".{precision}") + self.suffix
 
     @property
@@ -66,6 +66,20 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "frozen TorchScript, same I/O as onnx", is_code=True),
     Format("onnx-app", ".app.onnx", ("fp32",), APP, "onnxruntime", "onnx_app",
            "raw uint8 pixels [N,28,28] -> probabilities [N,10], digit [N]"),
+    # code: torch.export.load unpickles parts of the archive (torch's own docs: "uses pickle under the hood ...
+    # never load data from an untrusted source"; weights marked use_pickle go through torch.load(weights_only=False))
+    Format("pt2", ".pt2", ("fp32",), NORMALIZED, "torch-export", "pt2",
+           "torch.export ExportedProgram (dynamic batch), same I/O as onnx", is_code=True),
+    # code: the package's model is a compiled shared library that loading dlopens
+    Format("aoti", ".aoti.pt2", ("fp32",), NORMALIZED, "aoti", "aoti",
+           "AOTInductor package: a shared library compiled for this CPU (and CUDA), same I/O as onnx",
+           is_code=True),
+    # metadata inside the file: a constant method returning JSON (a .pte has no metadata section)
+    Format("executorch", ".pte", ("fp32", "int8"), NORMALIZED, "executorch", "executorch",
+           "ExecuTorch program, XNNPACK delegate, batch 1..1024; same I/O as onnx"),
+    # metadata inside the file: a flatbuffer metadata entry; fixed batch (litert-torch lowers no symbolic batch)
+    Format("tflite", ".tflite", ("fp32", "int8"), NORMALIZED, "litert", "tflite",
+           "LiteRT flatbuffer, batch 1, NCHW; same I/O as onnx (int8: int8 in and out)"),
 )}
 ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))
 

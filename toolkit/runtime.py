@@ -17,6 +17,7 @@ from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError
 from toolkit.preprocess import load_image
 from toolkit.runners import RunnerOptions
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.runners.onnxruntime import ModelInfo, OnnxRuntimeRunner
 
 __all__ = ["Classifier", "ModelInfo", "Prediction", "predict_files"]
@@ -28,26 +29,55 @@ class Classifier:
     The file is read once and its bytes loaded (see `read_model_file`: checked against a manifest beside it).
     """
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         self.path = Path(path)
-        self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path),
-                                                      RunnerOptions(device=provider, threads=threads))
+        options = RunnerOptions(device=provider, threads=threads, time_limit_s=time_limit_s)
+        self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)
         self.session, self.info = self.runner.session, self.runner.info
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10].
 
-        ArtifactError when the model does not keep the toolkit's contract (10 finite probabilities per image).
+        The model's first output is read as what its metadata declares (log-probabilities, logits or
+        probabilities; by default what its input kind gives) and converted to probabilities; ArtifactError when
+        the result does not keep the contract: ten values in [0, 1] per image, summing to 1 within 1e-3.
         """
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
         out = self.runner.run(pixels)
-        probs = out["probabilities"] if "probabilities" in out else np.exp(out["log_probs"])
-        if probs.shape != (len(pixels), 10):
-            raise ArtifactError(f"{self.path} returned outputs of shape {tuple(probs.shape)}, not "
+        default = "probabilities" if "probabilities" in out else "log_probs"
+        kind = self.info.scores or default
+        values = np.asarray(out[default], dtype=np.float64)
+        if values.shape != (len(pixels), 10):
+            raise ArtifactError(f"{self.path} returned outputs of shape {tuple(values.shape)}, not "
                                 f"[{len(pixels)}, 10]: not a 10-class digit model")
-        if not np.isfinite(probs).all():
-            raise ArtifactError(f"{self.path} returned NaN or infinite probabilities; export it again")
-        return probs
+        probs = _as_probabilities(values, kind)
+        check_probabilities(probs, f"{self.path} (its output read as {kind})")
+        return probs.astype(np.float32)
+
+
+def _as_probabilities(values: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "probabilities":
+        return values
+    if np.isnan(values).any() or np.isposinf(values).any() or np.isneginf(values).all(1).any():
+        return np.full_like(values, np.nan)  # refused by the contract check, not turned into something that passes
+    if kind == "log_probs":
+        return np.exp(values)
+    shifted = values - values.max(1, keepdims=True)  # logits: a numerically safe softmax
+    e = np.exp(shifted)
+    return e / e.sum(1, keepdims=True)
+
+
+def check_probabilities(probs: np.ndarray, what: str) -> None:
+    """ArtifactError unless every row is ten finite values in [0, 1] that sum to 1 within 1e-3."""
+    if not np.isfinite(probs).all():
+        raise ArtifactError(f"{what} gives NaN or infinite values, not probabilities; it is not a usable model")
+    low, high = float(probs.min()), float(probs.max())
+    sums = probs.sum(1)
+    worst = float(sums[np.abs(sums - 1).argmax()]) if len(sums) else 1.0
+    if low < 0 or high > 1 or abs(worst - 1) > 1e-3:
+        raise ArtifactError(f"{what} gives values from {low:.4g} to {high:.4g} with a row summing to {worst:.4g}: "
+                            "not probabilities (ten values in [0, 1] summing to 1); not a usable digit model")
 
 
 @dataclass
@@ -59,10 +89,10 @@ class Prediction:
 
 
 def predict_files(paths: list[str | os.PathLike], model: str | os.PathLike, invert: bool | None = None,
-                  provider: str = "cpu") -> list[Prediction]:
+                  provider: str = "cpu", time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> list[Prediction]:
     """Classify image files with a toolkit .onnx: every image is read first, so a bad file fails fast."""
     pixels = np.stack([load_image(p, invert) for p in paths])
-    probs = Classifier(model, provider).predict_proba(pixels)
+    probs = Classifier(model, provider, time_limit_s=time_limit_s).predict_proba(pixels)
     return [Prediction(file=str(p), digit=int(row.argmax()), probability=_rounded(row.max()),
                        probabilities=[_rounded(v) for v in row]) for p, row in zip(paths, probs)]
 

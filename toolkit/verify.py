@@ -342,9 +342,17 @@ def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: 
     return notes
 
 
-def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None) -> VerifyReport:
+def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None,
+           on_progress: Callable[[int, int, str], None] | None = None) -> VerifyReport:
     """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint's
-    PyTorch outputs (see resolve_reference for where they come from)."""
+    PyTorch outputs (see resolve_reference for where they come from).
+
+    on_artifact(result) follows each finished check; on_progress(done, total, what) says what starts next,
+    the reference's outputs being the first of the steps."""
+    def progress(done: int, what: str) -> None:
+        if on_progress:
+            on_progress(done, len(jobs) + 1, what)
+
     t0 = time.perf_counter()
     selection = runners.select_runtimes(config.runtimes, default=runners.NATIVE_RUNTIMES)
     folder = Path(config.artifacts)
@@ -355,9 +363,12 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         notes = "".join(f"; runtime {name} {why}" for name, why in skipped.items())
         raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for "
                             f"in runtime(s) {', '.join(selection.runtimes) or 'none'}{notes}")
+    progress(0, f"reference outputs ({config.reference or 'auto'})")
     ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
     results = []
-    for job in jobs:
+    for i, job in enumerate(jobs, 1):
+        mode = "" if job.mode == formats.DEFAULT_MODE else f" {job.mode}"
+        progress(i, f"{job.artifact.file} in {job.runtime}{mode}")
         # the runner opens the hash-checked bytes: a file that is not what was exported is "not run", never loaded
         result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images)
         if job.artifact.source_sha256 != ref.source_sha256:
@@ -366,6 +377,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         results.append(result)
         if on_artifact:
             on_artifact(result)
+    progress(len(jobs) + 1, "done")
     used = sorted({job.runtime for job in jobs}, key=list(runners.RUNTIMES).index)
     return VerifyReport(
         checkpoint=ref.checkpoint, checkpoint_sha256=ref.source_sha256, reference_accuracy=ref.accuracy,

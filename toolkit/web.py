@@ -1,4 +1,4 @@
-"""Serve the web demo (examples/web) and an exported model.app.onnx on 127.0.0.1.
+"""Serve the web demo (examples/web, installed as the package toolkit.web_page) and a model.app.onnx on 127.0.0.1.
 
 A stdlib HTTP server with the headers multi-threaded WebAssembly needs: Cross-Origin-Opener-Policy and
 Cross-Origin-Embedder-Policy make the page cross-origin isolated, which is what lets ONNX Runtime Web use
@@ -10,7 +10,12 @@ Every request path is confined to its mount's folder and to the file types that 
 from __future__ import annotations
 
 import http.server
+import ipaddress
+import json
 import posixpath
+import socket
+import sys
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +24,11 @@ from toolkit.errors import ArtifactError, ConfigError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_SITE = Path(__file__).resolve().parents[1] / "examples" / "web"
+# The page has one source, examples/web; pyproject.toml installs that folder as toolkit/web_page, so an
+# installed toolkit (any extras or none) finds it beside this module and a source checkout finds it in place.
+_INSTALLED_SITE = Path(__file__).resolve().parent / "web_page"
+DEFAULT_SITE = _INSTALLED_SITE if (_INSTALLED_SITE / "index.html").is_file() else (
+    Path(__file__).resolve().parents[1] / "examples" / "web")
 DEFAULT_MODEL = Path("exported") / "model.app.onnx"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 MODEL_URL = "/model/model.app.onnx"
@@ -36,6 +45,10 @@ MIME_TYPES = {
     ".bin": "application/octet-stream",
 }
 SITE_TYPES = frozenset({".html", ".mjs", ".css", ".png", ".svg"})
+REQUEST_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped
+CONNECTION_TIMEOUT_S = 60.0  # no connection is held longer, however slowly it trickles
+MAX_WORKERS = 32  # connections served at once; more get 503 at once instead of a thread each
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Mount:
 class WebConfig:
     site: Path = DEFAULT_SITE
     model: Path = DEFAULT_MODEL
+    ort: Path | None = None  # onnxruntime-web's dist folder; None: the site's node_modules, else the working folder's
     host: str = HOST
     port: int = DEFAULT_PORT
     extra_mounts: tuple[Mount, ...] = field(default_factory=tuple)  # e.g. test data for the browser test
@@ -62,12 +76,10 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
     site = Path(config.site).resolve()
     if not (site / "index.html").is_file():
         raise ConfigError(f"{config.site} has no index.html; pass --site pointing at the repository's examples/web")
-    ort = site / ORT_DIST
-    if not (ort / "ort.wasm.min.mjs").is_file():
-        raise ConfigError(f"ONNX Runtime Web is not installed in {site}; run `npm ci --ignore-scripts` there")
     model = Path(config.model)
     if not model.is_file():
         raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
+    ort = find_ort(site, config.ort)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {config.port}")
     return (
@@ -76,6 +88,26 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
         *config.extra_mounts,
         Mount("/", site),
     )
+
+
+def ort_version(site: Path) -> str:
+    """The onnxruntime-web version the page is tested with (its package.json), for the install hint."""
+    try:
+        return json.loads((site / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "latest"
+
+
+def find_ort(site: Path, given: Path | None) -> Path:
+    """onnxruntime-web's dist folder: `given` (the folder itself or one holding node_modules), else the site's
+    node_modules (a source checkout after `npm ci`), else the working folder's; ConfigError says how to get it."""
+    candidates = [given, given / ORT_DIST] if given is not None else [site / ORT_DIST, Path.cwd() / ORT_DIST]
+    for folder in candidates:
+        if folder is not None and (folder / "ort.wasm.min.mjs").is_file():
+            return folder.resolve()
+    where = f"in {given}" if given is not None else f"in {site} or {Path.cwd()}"
+    raise ConfigError(f"ONNX Runtime Web (the page's runtime, from npm) is not {where}; run "
+                      f"`npm install onnxruntime-web@{ort_version(site)}` here, or pass --ort FOLDER")
 
 
 def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:
@@ -102,6 +134,27 @@ def _request_path(url_path: str) -> str | None:
     return posixpath.normpath(path)
 
 
+def loopback_host(host_header: str | None) -> bool:
+    """Whether a request's Host names this machine's loopback (a name or an address, with any port); a page
+    from elsewhere that rebinds its DNS name to 127.0.0.1 still sends its own name and is refused. A request
+    without Host (HTTP/1.0) comes from no browser page and is served."""
+    if host_header is None:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host, closed, port = host[1:].partition("]")
+        if not closed or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return False
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _file_in(mount: Mount, rest: str) -> Path | None:
     """The file `rest` names under `mount`, if the mount serves it and it exists."""
     if mount.file is not None and rest != mount.file:
@@ -119,6 +172,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     table: tuple[Mount, ...] = ()
     server_version = "toolkit-web"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler puts it on the socket: every read and write is bounded
+
+    def setup(self) -> None:
+        super().setup()
+        # the whole connection is bounded too: past the limit the socket is shut, which ends any read or write
+        self._deadline = threading.Timer(CONNECTION_TIMEOUT_S, self._shut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _shut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:  # the client went away: nothing to flush to
+            pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._send(body=True)
@@ -127,6 +201,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(body=False)
 
     def _send(self, body: bool) -> None:
+        if not loopback_host(self.headers.get("Host")):
+            self.send_error(421, "Misdirected Request: this server answers only to localhost")
+            return
         target = resolve(self.table, self.path)
         if target is None:
             self.send_error(404, "Not Found")
@@ -153,15 +230,50 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """At most MAX_WORKERS connections at once (more are answered 503 and closed); a client that goes away
+    or times out ends its connection quietly, and any other failure is one line on stderr, not a traceback."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.workers = threading.BoundedSemaphore(MAX_WORKERS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.workers.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.workers.release()
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (OSError, TimeoutError)):  # reset, broken pipe, timed out: the client's doing
+            return
+        print(f"toolkit web: request from {client_address[0]} failed: {type(error).__name__}: {error}"[:300],
+              file=sys.stderr)
+
+
 def make_server(config: WebConfig) -> http.server.ThreadingHTTPServer:
     """A server bound to config.host:config.port (0 picks a free port), not yet serving."""
     table = mounts(config)
     handler = type("Handler", (_Handler,), {"table": table})
     try:
-        server = http.server.ThreadingHTTPServer((config.host, config.port), handler)
+        server = _Server((config.host, config.port), handler)
     except OSError as e:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}") from None
-    server.daemon_threads = True
     return server
 
 

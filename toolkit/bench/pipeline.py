@@ -46,12 +46,12 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
 
 
 def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
-               on_progress: Progress | None = None) -> BenchReport:
+               on_progress: Progress | None = None, time_limit_s: float | None = None) -> BenchReport:
     """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
     layout (see runners/foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
     no reference), so no targets are computed."""
     t_start = time.perf_counter()
-    plan = plan_file(config, path, prep, shapes)
+    plan = plan_file(config, path, prep, shapes, time_limit_s)
     points, search = _points(config, plan, on_progress)
     return _finish(_file_report(config, plan, points, str(path)), search, t_start)
 
@@ -118,12 +118,16 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
 
 
 def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint], path: str) -> BenchReport:
-    settings = {**_settings(config, plan.devices), "file": path, "inputs": plan.opener.inputs}
+    # what this run really did: one runtime, nothing verified (there is no reference), FLOPs not counted
+    settings = {**_settings(config, plan.devices), "file": path, "inputs": plan.opener.inputs,
+                "runtimes": ["onnxruntime"], "verify": False, "formats": [], "precisions": [],
+                "time_limit_s": plan.opener.time_limit_s}
     return BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
-        session_options=_session_options(config), model_flops_per_image=0,
-        matmul_peak_gflops=matmul_peak_gflops() if config.matmul_peak else None, points=points,
-        load_ms=plan.opener.load_ms, skipped={}, runtimes=plan.opener.runtimes())
+        session_options=_session_options(config), model_flops_per_image=None,
+        matmul_peak_gflops=None, points=points, load_ms=plan.opener.load_ms,
+        skipped={"matmul peak": "not measured for a file: its FLOPs are unknown"} if config.matmul_peak else {},
+        runtimes=plan.opener.runtimes())
 
 
 def _peaks_wanted(config: BenchConfig, devices: list[str], flops: int | None, skipped: dict[str, str]) -> bool:

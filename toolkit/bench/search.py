@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +269,8 @@ class _Opener:
 class _FileOpener:
     """Opens the file's runner for each round, recording the first opening's time; nothing is verified."""
 
-    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None) -> None:
-        self.prep, self.shapes = prep, shapes
+    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None, time_limit_s: float | None) -> None:
+        self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
         self.load_ms: dict[str, float] = {}
         self.settings: list[dict[str, Any]] = []
         self.inputs = ""
@@ -279,7 +279,8 @@ class _FileOpener:
         from toolkit.runners import foreign
 
         t0 = time.perf_counter()
-        runner = foreign.open_file(c.source, c.options, self.prep, self.shapes)
+        runner = foreign.open_file(c.source, replace(c.options, time_limit_s=self.time_limit_s), self.prep,
+                                   self.shapes)
         self.load_ms.setdefault(f"{c.format} {options_words(c.options)}", (time.perf_counter() - t0) * 1e3)
         if runner.settings() not in self.settings:
             self.settings.append(runner.settings())
@@ -332,7 +333,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
 
 
 def plan_file(config: BenchConfig, path: str, prep: Any = None,
-              shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+              shapes: dict[str, tuple[int, ...]] | None = None, time_limit_s: float | None = None) -> Plan:
     """One .onnx in ONNX Runtime on the CPU, at every ONNX Runtime CPU setting asked for; fails early on a
     file it cannot feed."""
     from toolkit.runners import foreign
@@ -343,13 +344,14 @@ def plan_file(config: BenchConfig, path: str, prep: Any = None,
     wanted = set(config.runtimes) - {"all"}
     if wanted - {"onnxruntime"}:
         raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
+    archive = foreign.archive_name(read_model_file(path))
+    if archive:  # refused before it is loaded: loading a torch archive runs its code
+        raise ConfigError(f"{path} is {archive}; bench FILE times .onnx files (use toolkit compare for it)")
     first = foreign.open_file(path, RunnerOptions(), prep, shapes)
-    if foreign.is_torchscript(read_model_file(path)):
-        raise ConfigError(f"{path} is TorchScript; bench FILE times .onnx files (use toolkit compare for it)")
     takes_images = getattr(first, "takes_images", True)
-    dtype = next((i.type for i in first.session.get_inputs()), "")
+    dtype = next((i.dtype for i in first.inputs), None)
     del first
-    # the file's name stands for the format and its input type for the precision, in every table
+    # the file's name stands for the format; its precision is not known, only its input's type, which is said
     candidates = _candidates_of(config, "onnxruntime", "cpu", str(path), Path(path).name,
-                                dtype.removeprefix("tensor(").rstrip(")"))
-    return Plan(candidates, _FileOpener(prep, shapes), ["cpu"], takes_images=takes_images)
+                                f"{np.dtype(dtype).name} input" if dtype is not None else "no input")
+    return Plan(candidates, _FileOpener(prep, shapes, time_limit_s), ["cpu"], takes_images=takes_images)

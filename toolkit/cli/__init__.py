@@ -9,22 +9,35 @@ imported inside each command so that `toolkit --help` and the torch-free `toolki
 from __future__ import annotations
 
 import functools
+import importlib.util
+import inspect as inspect_module
 import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from toolkit.cli import inspect, pipeline
 from toolkit.cli.common import _error, _state, err, out
 from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it.")
+# Plain (click) help rather than rich panels: it wraps the help text and never cuts an option's name, at any
+# width; defaults show as [default: ...], values as named placeholders (SIZES, PATH).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                  help="Train the MNIST ConvNet, export it to ONNX/TorchScript/torch.export/AOTInductor, prove parity, "
+                       "and benchmark it.")
+
+# An argument's help names its value by its metavar (A, FILE, IMAGES); typer would add the Python type too
+# (<list[Path]>), which says nothing to a user.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
 # Modules outside the base (inference-only) install, and the extra that brings each one.
 EXTRA_FOR_MODULE = {name: "train" for name in ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")}
+# Commands that cannot run on the base install: --help says which extra they need.
+EXTRA_FOR_COMMAND = {"train": "train", "export": "train"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -33,6 +46,19 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
+
+
+def _help(fn: Callable[..., Any]) -> tuple[str, str]:
+    """(help, short help) of a command: its docstring, and for one that needs an extra, which one and whether
+    it is installed here."""
+    doc = inspect_module.cleandoc(fn.__doc__ or "")
+    summary = doc.split("\n\n", 1)[0].replace("\n", " ").rstrip(".")
+    extra = EXTRA_FOR_COMMAND.get(fn.__name__)
+    if extra is None:
+        return doc, summary + "."
+    missing = importlib.util.find_spec("torch") is None
+    note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
+    return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 
 
 def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,7 +98,8 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _error(f"{e.strerror or e}{where}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
-    return app.command()(wrapper)
+    help_text, short_help = _help(fn)
+    return app.command(help=help_text, short_help=short_help)(wrapper)
 
 
 def _print_version(value: bool) -> None:
@@ -87,7 +114,8 @@ def _print_version(value: bool) -> None:
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Print nothing but errors (and JSON asked for with --json -).")] = False,
+        "--quiet", "-q", help="Print nothing but errors and the results asked for (predict's digits, JSON on "
+                              "stdout): no tables, progress or notes.")] = False,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+from toolkit.runners import RUNTIMES
 
 # Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
 # drop their less important columns and fold (never cut) the names that tell rows apart (see
@@ -22,8 +21,22 @@ out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
 
-DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR",
-                                       help="Folder holding MNIST/raw/ (env TOOLKIT_DATA_DIR).")]
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", metavar="FOLDER",
+                                       help="Folder holding MNIST/raw/.")]
+# One spelling per idea across the commands: --device (as train says it; --provider, the name the inference
+# commands used first, stays an alias) and --json PATH, where - is stdout.
+DeviceOption = Annotated[str, typer.Option("--device", "--provider", metavar="DEVICE", help="cpu, cuda or tensorrt.")]
+JsonOption = Annotated[Optional[Path], typer.Option(
+    "--json", metavar="PATH", help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
+
+
+def defaults(cls: Any) -> dict[str, Any]:
+    """A config dataclass's defaults as option defaults (tuples as lists of strings): --help shows the library's
+    own values, and no second copy of them can drift."""
+    import dataclasses
+
+    return {f.name: [str(v) for v in f.default] if isinstance(f.default, tuple) else f.default
+            for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def _printable(text: str) -> str:
@@ -62,48 +75,63 @@ def _default_checkpoint(checkpoint: Path | None) -> Path:
     return checkpoint or latest_checkpoint(DEFAULT_RUNS_DIR)
 
 
-class _NoStatus:
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _status(text: str) -> Iterator[Any]:
-    """A spinner on a terminal; nothing when stderr is a pipe or file (logs stay clean)."""
-    if not err.is_terminal or _state.get("quiet"):
-        yield _NoStatus()
-        return
-    with err.status(text) as status:
-        yield status
-
-
-def _outputs(*paths: Path | None) -> None:
-    """Check output paths before any work starts, so a long run never fails at its last step.
+def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Check output paths before any work starts, so a long run never fails at its last step and never
+    replaces what is not a result file: a device, a FIFO, a link, a folder, or one of the command's inputs.
 
     `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
     """
     from toolkit.errors import ConfigError
 
-    for path in paths:
-        if path is None:
-            continue
-        if str(path) == "-":
-            out.quiet = True
-            continue
-        if path.is_dir():
-            raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+    given = [p for p in paths if p is not None and str(p) != "-"]
+    if any(p is not None and str(p) == "-" for p in paths):
+        out.quiet = True
+    for path in given:
+        if str(path).startswith("-"):  # `--json --model m.onnx` would otherwise write a file called --model
+            raise ConfigError(f"{path} looks like an option, not a file to write; give a path, or - for stdout")
+        _check_output(path, [i for i in inputs if i is not None])
+    resolved = [os.path.abspath(p) for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("two outputs name the same file; give each its own")
+
+
+def _check_output(path: Path, inputs: list[Path]) -> None:
+    from toolkit.errors import ConfigError, OutputError
+    from toolkit.fileio import check_target
+
+    if path.is_dir() and not path.is_symlink():
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        check_target(path)
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
+    same = next((i for i in inputs if path.exists() and i.exists() and os.path.samefile(path, i)), None)
+    if same is not None:
+        raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from toolkit.fileio import write_json
+    from toolkit.fileio import json_text, write_json
 
     if str(path) == "-":
-        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.write(json_text(obj) + "\n")
         sys.stdout.flush()
         return
     write_json(path, obj)  # OutputError (one line) if the disk or folder refuses
+
+
+def _print_result(renderable: Any) -> None:
+    """Print what the user asked for on stdout, under --quiet too (quiet silences everything else)."""
+    quiet, out.quiet = out.quiet, False
+    try:
+        out.print(renderable)
+    finally:
+        out.quiet = quiet
+
+
+RUNTIME_NAMES = tuple(RUNTIMES)  # for help texts: every runtime the toolkit has, from its table

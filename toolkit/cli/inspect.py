@@ -2,48 +2,78 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
-from toolkit.cli.common import DataDir, _config, _csv, _ints, _outputs, _status, _write_json, out
-from toolkit.cli.tables import _bench_progress, _compare_table, _predictions_table, _print_bench
+from toolkit.bench.config import BenchConfig
+from toolkit.cli.common import (
+    RUNTIME_NAMES,
+    DataDir,
+    DeviceOption,
+    JsonOption,
+    _config,
+    _csv,
+    _ints,
+    _outputs,
+    _print_result,
+    _write_json,
+    defaults,
+    out,
+)
+from toolkit.cli.progress import stage
+from toolkit.cli.tables import _compare_table, _predictions_table, _print_bench
+from toolkit.devices import CPU
+from toolkit.formats import FORMATS
 from toolkit.preprocess import MEAN, STD
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+BENCH = defaults(BenchConfig)
+TimeLimit = Annotated[float, typer.Option(
+    "--time-limit", metavar="SECONDS",
+    help="Seconds one model call may run before it is stopped (exit 2): a file the toolkit did not write may never "
+         "finish.")]
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(help="The reference model: .onnx or TorchScript.")],
-    b: Annotated[Path, typer.Argument(help="The model judged against A: .onnx or TorchScript.")],
+    a: Annotated[Path, typer.Argument(metavar="A", help="The reference model: .onnx, TorchScript, .pt2 or .aoti.pt2.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
-        help="FIELD=VALUE over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
+        metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
     judge_as: Annotated[str, typer.Option(
-        help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
+        metavar="PRECISION", help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
     compare_as: Annotated[str, typer.Option(
-        "--as", help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, "
-                     "else log-softmax), log_probs, probabilities, raw.")] = "auto",
+        "--as", metavar="KIND",
+        help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, "
+             "else log-softmax), log_probs, probabilities, raw.")] = "auto",
     mean: Annotated[float, typer.Option(
-        help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = MEAN,
-    std: Annotated[float, typer.Option(help="Foreign files: see --mean.")] = STD,
+        metavar="MEAN", help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = MEAN,
+    std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
-        help="Foreign files: auto (ONNX: from the input's shape; TorchScript: nchw), nchw [N,1,28,28], nhwc "
+        metavar="LAYOUT",
+        help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
              "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
-    provider: Annotated[str, typer.Option(help="Device: cpu or cuda.")] = "cpu",
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N test images.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the report as JSON here (- for stdout).")] = None,
+    provider: DeviceOption = CPU,
+    limit: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="all 10,000", help="Only the first N test images.")] = None,
+    json_path: JsonOption = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
 
-    Either may be toolkit-made or not. A TorchScript file is code: loading it runs whatever its author
-    wrote, so give only files you trust like a script you would run.
+    Either may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
+    shared library) files are code: loading one runs whatever its author put in it, so give only files you
+    trust like a script you would run.
     """
-    _outputs(json_path)
+    _outputs(json_path, inputs=(a, b))
     from toolkit.compare import CompareConfig, parse_tolerance
     from toolkit.compare import compare as run_compare
     from toolkit.errors import ConfigError
@@ -55,12 +85,12 @@ def compare(
     prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
-                           limit=limit)
-    with _status("comparing"):
+                           limit=limit, time_limit_s=time_limit)
+    with stage("comparing"):  # one step: the bar shows the time it has taken so far
         report = run_compare(config)
     out.print(_compare_table(report))
-    out.print(f"compared {report.compared} on {report.n:,} MNIST test images in {report.seconds:.1f} s",
-              highlight=False)
+    on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
+    out.print(f"compared {report.compared} on {report.n:,} {on} in {report.seconds:.1f} s", highlight=False)
     if json_path:
         _write_json(json_path, report.to_json())
     report.raise_for_failures()
@@ -68,59 +98,76 @@ def compare(
 
 def bench(
     file: Annotated[Optional[Path], typer.Argument(
-        help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
+        metavar="FILE", help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="onnxruntime, pytorch, torchscript, openvino, opencv or all (default: every installed one).")] = None,
+        metavar="RUNTIMES", show_default="every installed one",
+        help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(
-        help="cpu, cuda, tensorrt or all (comma list or repeated).")] = None,
-    artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
+        "--device", "--provider", metavar="DEVICES",
+        help="cpu, cuda, tensorrt or all (comma list or repeated).")] = BENCH["providers"],
+    artifacts: Annotated[Path, typer.Option(
+        metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Checkpoint for the PyTorch eager baseline (default: the artifacts' source).")] = None,
+        metavar="PATH", show_default="the artifacts' source",
+        help="Checkpoint for the PyTorch eager baseline.")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="Narrow to these: onnx, onnx-app, torchscript, pytorch.")] = None,
-    precision: Annotated[Optional[list[str]], typer.Option(help="Narrow to these precisions.")] = None,
+        "--format", metavar="FORMATS", show_default="all",
+        help=f"Narrow to these: {', '.join(FORMATS)}, pytorch.")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        metavar="PRECISIONS", show_default="all", help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(
-        help="The batch ladder for throughput, e.g. 8,64,256 (batch 1 is always timed; with --sweep: exactly "
-             "these).")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Timed calls per point (instead of --seconds).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Time budget per point, in seconds.")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls before each timed block.")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Interleaved rounds over all configurations.")] = None,
+        metavar="SIZES", help="The batch ladder for throughput (batch 1 is always timed too; with --sweep: exactly "
+                              "these).")] = BENCH["batch_sizes"],
+    iterations: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="by --seconds", help="Timed calls per point (instead of --seconds).")] = None,
+    seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Time budget per point.")] = BENCH["seconds"],
+    warmup: Annotated[int, typer.Option(
+        metavar="N",
+        help="Untimed calls before each timed block.")] = BENCH["warmup"],
+    rounds: Annotated[int, typer.Option(
+        metavar="N",
+        help="Interleaved rounds over all configurations.")] = BENCH["rounds"],
     threads: Annotated[Optional[int], typer.Option(
-        help="Intra-op threads on the CPU (default: the runtimes' own).")] = None,
+        metavar="N", show_default="the runtimes' own", help="Intra-op threads on the CPU.")] = None,
     optimization: Annotated[Optional[list[str]], typer.Option(
-        help="ONNX Runtime graph optimization levels to try: all, extended, basic, none (default: all,extended).")
-    ] = None,
+        metavar="LEVELS", help="ONNX Runtime graph optimization levels to try: all, extended, basic, "
+                               "none.")] = BENCH["optimizations"],
     concurrency: Annotated[Optional[list[str]], typer.Option(
-        help="ONNX Runtime CPU: calls in flight at once to try, e.g. 1,2 (each gets cores/N threads; default: 1,2).")
-    ] = None,
+        metavar="COUNTS", help="ONNX Runtime CPU: calls in flight at once to try, e.g. 1,2 (each gets "
+                               "cores/N threads).")] = BENCH["concurrency"],
     mode: Annotated[Optional[list[str]], typer.Option(
-        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only; default: f32, and bf16 where the "
-             "CPU has it natively).")] = None,
+        metavar="MODES", show_default="f32, and bf16 where the CPU computes it natively",
+        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only; one this CPU only emulates is "
+             "timed when named).")] = None,
     hint: Annotated[Optional[list[str]], typer.Option(
-        help="OpenVINO performance hints to try: latency, throughput (default: both).")] = None,
+        metavar="HINTS",
+        help="OpenVINO performance hints to try: latency, throughput.")] = BENCH["hints"],
     sweep: Annotated[bool, typer.Option(
         "--sweep", help="Time every combination of the settings above at every batch size, and print every point, "
                         "instead of each runtime and file at the best settings a short search finds.")] = False,
-    cuda_graph: Annotated[Optional[bool], typer.Option(
-        "--cuda-graph/--no-cuda-graph", help="Also time ONNX Runtime CUDA with CUDA graphs.")] = None,
-    verify: Annotated[Optional[bool], typer.Option(
+    cuda_graph: Annotated[bool, typer.Option(
+        "--cuda-graph/--no-cuda-graph",
+        help="Also time ONNX Runtime CUDA with CUDA graphs.")] = BENCH["cuda_graph"],
+    verify: Annotated[bool, typer.Option(
         "--verify/--no-verify",
-        help="Check each configuration on the test set first (fastest names verified ones only).")] = None,
-    matmul_peak: Annotated[Optional[bool], typer.Option(
+        help="Check each configuration on the test set first (fastest names verified ones only).")] = BENCH["verify"],
+    matmul_peak: Annotated[bool, typer.Option(
         "--matmul-peak/--no-matmul-peak",
-        help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the JSON).")
-    ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full results as JSON here.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Write a markdown table here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size here.")] = None,
+        help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the "
+             "JSON).")] = BENCH["matmul_peak"],
+    json_path: JsonOption = None,
+    markdown: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Write a markdown table here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        metavar="PATH", help="Write a PNG of throughput against batch size here.")] = None,
     mean: Annotated[float, typer.Option(
-        help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = MEAN,
-    std: Annotated[float, typer.Option(help="With FILE: see --mean.")] = STD,
+        metavar="MEAN", help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = MEAN,
+    std: Annotated[float, typer.Option(metavar="STD", help="With FILE: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
-        help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
+        metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
-        help="With FILE: INPUT=DxD... for an input's dynamic dimensions after the batch.")] = None,
+        metavar="INPUT=DIMS", help="With FILE: an input's dynamic dimensions after the batch, e.g. x=3x16.")] = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """What to deploy here: each runtime and file at its best settings (found by a short search), its batch-1
@@ -130,9 +177,11 @@ def bench(
     that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an MNIST layout,
     else random data of its declared shapes and types (not verified: there is no reference).
     """
-    _outputs(json_path, markdown, plot)
+    _outputs(json_path, markdown, plot, inputs=(file, *_model_files(artifacts)))
     from toolkit import bench as bench_lib
+    from toolkit.runners.base import check_time_limit
 
+    check_time_limit(time_limit)
     config = _config(
         bench_lib.BenchConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
         data_dir=str(data_dir), runtimes=tuple(_csv(runtime)), providers=tuple(_csv(provider)),
@@ -141,14 +190,15 @@ def bench(
         rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
         cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak)
-    with _bench_progress() as on_progress:
+    with stage("benchmarking") as on_progress:
         if file is None:
             report = bench_lib.bench(config, on_progress=on_progress)
         else:
             from toolkit.runners.foreign import Preprocessing, parse_shapes
 
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
-                                          parse_shapes(_csv(shape)), on_progress=on_progress)
+                                          parse_shapes(_csv(shape)), on_progress=on_progress,
+                                          time_limit_s=time_limit)
     _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())
@@ -160,41 +210,69 @@ def bench(
         bench_lib.plot(report, plot)
 
 
+def _model_files(folder: Path) -> tuple[Path, ...]:
+    """The manifest and model files of an export folder: bench's inputs, which its outputs may not replace."""
+    from toolkit.formats import FORMATS
+
+    suffixes = {f.suffix for f in FORMATS.values()}
+    try:
+        return tuple(p for p in folder.iterdir()
+                     if p.name == "manifest.json" or any(p.name.endswith(s) for s in suffixes))
+    except OSError:
+        return ()
+
+
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
-        help="A toolkit .onnx (default: exported/model.app.onnx, else exported/model.onnx); checked against the "
-             "manifest.json beside it, if any.")] = None,
+        metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
+        help="A toolkit .onnx; checked against the manifest.json beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
-        "--invert/--no-invert", help="Force (or forbid) inverting dark-on-light images; default: detect.")] = None,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime provider.")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        "--invert/--no-invert", show_default="detect",
+        help="Force (or forbid) inverting dark-on-light images.")] = None,
+    provider: DeviceOption = CPU,
+    json_path: JsonOption = None,
+    time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
 ) -> None:
     """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch)."""
+    from toolkit.errors import ConfigError
+    from toolkit.runners.base import check_time_limit
     from toolkit.runtime import predict_files
 
+    check_time_limit(time_limit)
+    if json_path is not None and str(json_path) != "-" and (
+            json_path.suffix.lower() in IMAGE_SUFFIXES or any(json_path.resolve() == i.resolve() for i in images)):
+        # `--json` used to be a flag: `predict --json digit.png` must not overwrite the image with JSON
+        raise ConfigError(f"--json takes the path to write the JSON to (- for stdout), not the image {json_path}")
+    _outputs(json_path)
     if model is None:
         candidates = [Path("exported/model.app.onnx"), Path("exported/model.onnx")]
         model = next((c for c in candidates if c.is_file()), candidates[0])
-    predictions = predict_files(images, model, invert=invert, provider=provider)
-    if as_json:
-        out.print_json(json.dumps([p.__dict__ for p in predictions], allow_nan=False))
-        return
-    out.print(_predictions_table(predictions, model))
+    predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
+    if json_path is not None:
+        _write_json(json_path, [p.__dict__ for p in predictions])
+    _print_result(_predictions_table(predictions, model))
 
 
 def web(
     model: Annotated[Path, typer.Option(
-        help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = DEFAULT_PORT,
+        metavar="PATH", help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1 (0 picks a free one).")] = DEFAULT_PORT,
+    ort: Annotated[Optional[Path], typer.Option(
+        metavar="FOLDER", show_default="node_modules/onnxruntime-web/dist here",
+        help="ONNX Runtime Web's dist folder (npm install onnxruntime-web), or a folder holding node_modules.")] = None,
     site: Annotated[Optional[Path], typer.Option(
-        help="The page's folder (default: the repository's examples/web).")] = None,
+        metavar="FOLDER", show_default="the page installed with toolkit",
+        help="Serve another copy of the page.")] = None,
 ) -> None:
     """Serve the draw-a-digit page on 127.0.0.1 (cross-origin isolated for multi-threaded wasm) until Ctrl-C."""
     from toolkit.web import DEFAULT_SITE, WebConfig, make_server, url
 
-    server = make_server(WebConfig(site=site or DEFAULT_SITE, model=model, port=port))
-    out.print(f"serving {model} and the demo page at {url(server)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    config = WebConfig(site=site or DEFAULT_SITE, model=model, port=port, ort=ort)
+    server = make_server(config)
+    out.print(f"serving {model} and the demo page ({config.site}) at {url(server)} (Ctrl-C to stop)",
+              highlight=False, soft_wrap=True)
+    out.file.flush()
     try:
         server.serve_forever()
     finally:

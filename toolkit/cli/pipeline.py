@@ -9,34 +9,37 @@ import typer
 
 from toolkit.artifacts import DEFAULT_EXPORT_DIR
 from toolkit.cli.common import (
+    RUNTIME_NAMES,
     DataDir,
+    DeviceOption,
+    JsonOption,
     _config,
     _csv,
     _default_checkpoint,
     _outputs,
-    _status,
     _write_json,
+    defaults,
     err,
     out,
 )
-from toolkit.cli.tables import (
-    _artifacts_table,
-    _download_progress,
-    _epoch_display,
-    _mnist_table,
-    _print_table,
-    _verify_table,
-)
+from toolkit.cli.progress import download_progress, epoch_display, stage
+from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_table, _verify_table
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
-from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, QUANT_ACTIVATIONS, QUANT_FORMATS
+from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, FORMATS, QUANT_ACTIVATIONS, QUANT_FORMATS
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
+from toolkit.runners import NATIVE_RUNTIMES
+from toolkit.verify import VerifyConfig
+
+VERIFY = defaults(VerifyConfig)
+
+CODE_FORMATS = [name for name, f in FORMATS.items() if f.is_code]  # loading one runs what it carries
 
 
 def data(data_dir: DataDir = Path("data")) -> None:
-    """Obtain the four official MNIST files, verify their MD5s, and repair any missing or corrupt one."""
+    """Get the four official MNIST files, check their MD5s, and repair any missing or corrupt one."""
     from toolkit.data import ensure_mnist
 
-    with _download_progress() as on_progress:
+    with download_progress() as on_progress:
         report = ensure_mnist(data_dir, log=lambda m: err.print(m), progress=on_progress)
     out.print(_mnist_table(report, data_dir))
     for attempt in report.attempts:
@@ -44,20 +47,28 @@ def data(data_dir: DataDir = Path("data")) -> None:
 
 
 def train(
-    model: Annotated[str, typer.Option(help="convnet or mlp.")] = DEFAULT_MODEL,
-    recipe: Annotated[str, typer.Option(help="fast (default: 99% in one epoch), best (most accurate, a few minutes) "
-                                              "or seed (the 2019 notebook).")] = DEFAULT_RECIPE,
-    epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override the recipe's batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Override the recipe's (peak) learning rate.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed on the CPU gives the same result.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    model: Annotated[str, typer.Option(metavar="MODEL", help="convnet or mlp.")] = DEFAULT_MODEL,
+    recipe: Annotated[str, typer.Option(
+        metavar="RECIPE", help="fast (99% in one epoch), best (most accurate, a few minutes) or seed (the 2019 "
+                               "notebook).")] = DEFAULT_RECIPE,
+    epochs: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="the recipe's", help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="the recipe's", help="Override the recipe's batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        metavar="LR", show_default="the recipe's", help="Override the recipe's (peak) learning rate.")] = None,
+    seed: Annotated[int, typer.Option(
+        metavar="SEED", help="Random seed; the same seed on the CPU gives the same result.")] = 0,
+    device: Annotated[str, typer.Option(
+        "--device", "--provider", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
     out_dir: Annotated[Optional[Path], typer.Option(
-        "--out", help="Run folder (default runs/<model>-<recipe>-seed<seed>).")] = None,
+        "--out", metavar="FOLDER", show_default="runs/<model>-<recipe>-seed<seed>", help="Run folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out (default: the latest run).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again in a run folder that holds a checkpoint.")] = False,
-    train_limit: Annotated[Optional[int], typer.Option(help="Train on the first N images only (smoke tests).")] = None,
+    train_limit: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="all 60,000", help="Train on the first N images only (smoke tests).")] = None,
     holdout: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default="the recipe's",
         help="Keep the last N training images out of training and report accuracy on them each epoch: a "
              "validation split for choosing settings without looking at the test set.")] = None,
     data_dir: DataDir = Path("data"),
@@ -80,7 +91,7 @@ def train(
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
 
     header = f"training {config.model} ({config.recipe} recipe) -> {run_dir}"
-    with _epoch_display(header, validation=config.holdout > 0) as (on_epoch, on_batch):
+    with epoch_display(header, config.epochs, validation=config.holdout > 0) as (on_epoch, on_batch):
         result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
                               on_epoch=on_epoch, on_batch=on_batch)
     epochs_run = len(result.history)
@@ -94,30 +105,33 @@ def train(
 
 def export(
     format: Annotated[Optional[list[str]], typer.Option(
-        "--format", help="onnx, torchscript, onnx-app, triton (a Triton model repository of the fp32 files) or all "
-                         "(comma list or repeated).")] = None,
+        "--format", metavar="FORMATS", show_default="onnx",
+        help=f"{', '.join(FORMATS)}, triton (a Triton model repository of the fp32 files) or all "
+             f"(comma list or repeated). {', '.join(CODE_FORMATS)} files are code (aoti is a compiled "
+             "shared library): load only files you trust.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
-        help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
+        metavar="PRECISIONS", show_default="fp32", help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Checkpoint to export (default: the latest under runs/).")] = None,
+        metavar="PATH", show_default="the latest under runs/", help="Checkpoint to export.")] = None,
     out_dir: Annotated[Path, typer.Option(
-        "--out", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
+        "--out", metavar="FOLDER", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
+    opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = DEFAULT_OPSET,
     simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxslim.")] = True,
     calibration_size: Annotated[int, typer.Option(
-        help="Training images used to calibrate int8.")] = DEFAULT_CALIBRATION_SIZE,
-    quant_format: Annotated[str, typer.Option(help="int8 graph form: qdq or qoperator.")] = QUANT_FORMATS[0],
+        metavar="N", help="Training images used to calibrate int8.")] = DEFAULT_CALIBRATION_SIZE,
+    quant_format: Annotated[str, typer.Option(
+        metavar="FORM", help="int8 graph form: qdq or qoperator.")] = QUANT_FORMATS[0],
     quant_activation: Annotated[str, typer.Option(
-        help="int8 activation type: u8 or s8 (weights are s8).")] = QUANT_ACTIVATIONS[0],
+        metavar="TYPE", help="int8 activation type: u8 or s8 (weights are s8).")] = QUANT_ACTIVATIONS[0],
     per_channel: Annotated[bool, typer.Option(
         help="Per-channel int8 weight scales (default per-tensor: faster here, same accuracy).")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace another checkpoint's export in --out (and its verify/bench results there).")] = False,
     triton_max_batch_size: Annotated[int, typer.Option(
-        help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
+        metavar="N", help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Export a checkpoint to ONNX and/or TorchScript, with metadata and exported/manifest.json."""
+    """Export a checkpoint to ONNX, TorchScript, torch.export or AOTInductor, with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
 
@@ -127,8 +141,8 @@ def export(
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
                           overwrite=overwrite, triton="triton" in _csv(format),
                           triton_max_batch_size=triton_max_batch_size)
-    with _status("exporting"):
-        result = run_export(config, pairs, log=lambda m: err.print(m))
+    with stage("exporting") as on_progress:
+        result = run_export(config, pairs, log=lambda m: err.print(m), on_progress=on_progress)
     _print_table(*_artifacts_table(result, config.checkpoint))
     if result.triton_models:
         out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
@@ -136,37 +150,41 @@ def export(
 
 
 def verify(
-    artifacts: Annotated[Path, typer.Option(help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
+    artifacts: Annotated[Path, typer.Option(
+        metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Reference checkpoint (default: the one the artifacts came from).")] = None,
+        metavar="PATH", show_default="the one the artifacts came from", help="Reference checkpoint.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
-        help="Runtimes: onnxruntime, torchscript, openvino, opencv or all (default: each file's own, onnxruntime "
-             "and torchscript).")] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Device: cpu, cuda or tensorrt.")] = None,
-    format: Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats.")] = None,
-    precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions.")] = None,
+        metavar="RUNTIMES", show_default=f"each file's own: {', '.join(NATIVE_RUNTIMES)}",
+        help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
+    provider: DeviceOption = VERIFY["provider"],
+    format: Annotated[Optional[list[str]], typer.Option(
+        "--format", metavar="FORMATS", show_default="all", help="Only these formats.")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        metavar="PRECISIONS", show_default="all", help="Only these precisions.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
-        help="Override a tolerance: PRECISION.FIELD=VALUE, e.g. fp16.min_agreement=0.998.")] = None,
-    batch1_images: Annotated[Optional[int], typer.Option(
-        help="How many test images also run one at a time.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
-    reference: Annotated[Optional[str], typer.Option(
+        metavar="PRECISION.FIELD=VALUE", help="Override a tolerance, e.g. fp16.min_agreement=0.998.")] = None,
+    batch1_images: Annotated[int, typer.Option(
+        metavar="N", help="How many test images also run one at a time.")] = VERIFY["batch1_images"],
+    json_path: JsonOption = None,
+    reference: Annotated[str, typer.Option(
+        metavar="REFERENCE",
         help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or "
-             "auto (checkpoint when torch and the checkpoint are here, else golden).")] = None,
+             "auto (checkpoint when torch and the checkpoint are here, else golden).")] = VERIFY["reference"],
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
 exit 1 if any fails."""  # one line in `toolkit --help`
     _outputs(json_path)
-    from toolkit.verify import VerifyConfig, parse_tolerance_overrides
+    from toolkit.verify import parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
     config = _config(VerifyConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
                      data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
                      formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
                      tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference)
-    with _status("verifying") as status:
-        report = run_verify(config, on_artifact=lambda r: status.update(f"verified {r.name}"))
+    with stage("verifying") as on_progress:
+        report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
     for name, reason in report.skipped.items():
         out.print(f"skipped runtime {name}: {reason}")

@@ -1,9 +1,7 @@
-"""Every table and progress display the commands print: rich renders the library's result values here."""
+"""Every table the commands print: rich renders the library's result values here (progress is in progress.py)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from toolkit.cli.common import _printable, err, out
+from toolkit.cli.common import _printable, out
 
 
 def _styled(text: str, style: str) -> Text:
@@ -51,23 +49,6 @@ def _print_table(table: Table, optional: tuple[str, ...] = (), console: Console 
     console.print(table)
 
 
-@contextlib.contextmanager
-def _download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
-    """An on_progress(name, done, total) callback: one bar per file on a terminal, nothing in a pipe."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(name: str, done: int, total: int | None) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total)
-            progress.update(tasks[name], completed=done)
-
-        yield on_progress
-
-
 def _mnist_table(report: Any, data_dir: Path) -> Table:
     table = Table(title=f"MNIST in {data_dir}")
     for col in ("file", "md5", "status"):
@@ -75,57 +56,6 @@ def _mnist_table(report: Any, data_dir: Path) -> Table:
     for name, path in report.paths.items():
         table.add_row(Path(path).name, report.md5[name], "verified")
     return table
-
-
-@contextlib.contextmanager
-def _epoch_display(header: str, validation: bool) -> Iterator[tuple[Callable[..., None], Callable[..., None]]]:
-    """(on_epoch, on_batch) callbacks: a live table and progress bar on a terminal, else one plain line per
-    epoch, printed as it finishes (so `toolkit train | tee log` shows progress). `validation`: the run holds
-    out a validation split, shown in its own column."""
-    columns = ("epoch", "train loss", "train acc %", *(("val acc %",) if validation else ()), "test loss",
-               "test acc %", "lr", "seconds")
-
-    def cells(s: Any, total: int) -> tuple[str, ...]:
-        val = (f"{s.val_accuracy:.2f}",) if validation else ()
-        return (f"{s.epoch}/{total}", f"{s.train_loss:.4f}", f"{s.train_accuracy:.2f}", *val, f"{s.test_loss:.4f}",
-                f"{s.test_accuracy:.2f}", f"{s.lr:.3g}", f"{s.seconds:.1f}")
-
-    if not out.is_terminal:
-        out.print(header)
-
-        def plain_epoch(s: Any, total: int) -> None:
-            out.print("  ".join(f"{name}={value}" for name, value in zip(columns, cells(s, total))))
-            out.file.flush()
-        yield plain_epoch, lambda *a: None
-        return
-
-    from rich.console import Group
-    from rich.live import Live
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    table = Table(title=header)
-    for col in columns:
-        table.add_column(col, justify="right")
-    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err)
-    task = progress.add_task("epoch", total=None)
-    # the live table starts with the first batch, so errors found before training print alone
-    live = Live(Group(table, progress), console=out, refresh_per_second=2)  # low rate: rendering costs CPU
-
-    def on_batch(epoch: int, batch: int, total: int) -> None:
-        if not live.is_started:
-            live.start()
-        if batch == 1:
-            progress.reset(task, description=f"epoch {epoch}", total=total)
-        if batch == total or batch % 20 == 0:
-            progress.update(task, completed=batch)
-
-    try:
-        yield (lambda s, total: table.add_row(*cells(s, total))), on_batch
-    finally:
-        progress.update(task, visible=False)
-        if live.is_started:
-            live.stop()
 
 
 def _artifacts_table(result: Any, checkpoint: str) -> tuple[Table, tuple[str, ...]]:
@@ -159,12 +89,13 @@ def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
 
 
 def _compare_table(report: Any) -> Any:
-    table = Table(title=f"B against A on {report.n:,} MNIST test images")
+    table = Table(title=f"B against A on {report.n:,} {report.inputs}")
     for col in ("", "file", "runtime", "outputs", "accuracy %"):
         table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
     for tag, side in (("A", report.a), ("B", report.b)):
         table.add_row(tag, side.file, side.runtime,
-                      side.outputs + ("" if side.toolkit_model else " (input by options)"), f"{side.accuracy:.2f}")
+                      side.outputs + ("" if side.toolkit_model else " (input by options)"),
+                      "-" if side.accuracy is None else f"{side.accuracy:.2f}")
     t = report.tolerance
     verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
     summary = Table(show_header=True, title=f"compared as {report.compared}")
@@ -172,25 +103,11 @@ def _compare_table(report: Any) -> Any:
         summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
     limit = f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""
     summary.add_row(f"{report.max_abs_diff:.2e}" + limit, f"{report.mean_abs_diff:.2e}",
-                    f"{report.agreement:,}/{report.n:,}", f"{report.accuracy_delta:+.2f}", verdict)
+                    f"{report.agreement:,}/{report.n:,}",
+                    "-" if report.accuracy_delta is None else f"{report.accuracy_delta:+.2f}", verdict)
     from rich.console import Group
 
     return Group(table, summary)
-
-
-@contextlib.contextmanager
-def _bench_progress() -> Iterator[Callable[[int, int, str], None]]:
-    """An on_progress(done, total, what) callback: a bar on a terminal, nothing in a pipe."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmarking", total=None)
-
-        def on_progress(done: int, total: int, what: str) -> None:
-            progress.update(task, completed=done, total=total, description=what)
-
-        yield on_progress
 
 
 def _where(report: Any) -> str:

@@ -16,6 +16,7 @@ import copy
 import importlib
 import io
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Built:
 
     settings: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None  # None for a format that is not an ONNX graph
+    io: tuple[list[dict], list[dict]] | None = None  # (inputs, outputs) when not the input kind's own (io_spec)
 
 
 Build = Callable[[Any, str, BuildOptions, ExportContext, Path, dict], Built]
@@ -90,11 +92,15 @@ def builder(fmt: str) -> Build:
 
 
 def quiet() -> contextlib.ExitStack:
-    """Silence the exporters' progress prints and deprecation warnings (they are not the user's concern)."""
+    """Silence the exporters' progress prints, deprecation warnings and torch's log warnings (AOTInductor's
+    compiler notes): they are not the user's concern; a failure still raises."""
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    torch_log = logging.getLogger("torch")
+    stack.callback(torch_log.setLevel, torch_log.level)
+    torch_log.setLevel(logging.ERROR)
     return stack
 
 
@@ -120,6 +126,14 @@ def metadata(ctx: ExportContext, fmt: str, precision: str) -> dict[str, str]:
         "torch_version": v.get("torch", ""),
         "onnx_version": v.get("onnx", ""),
     }
+
+
+def fixed_io(fmt: str, batch: int, dtype: str = "float32") -> tuple[list[dict], list[dict]]:
+    """The input kind's I/O with the batch fixed at `batch` and tensors of `dtype` (a file of fixed shape)."""
+    inputs, outputs = copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
+    for spec in inputs + outputs:
+        spec["shape"][0], spec["dtype"] = batch, dtype
+    return inputs, outputs
 
 
 def io_spec(fmt: str, path: Path) -> tuple[list[dict], list[dict]]:

@@ -12,6 +12,19 @@ from toolkit.exporters import BuildOptions, ExportContext, quiet
 from toolkit.preprocess import MEAN, STD, normalize
 
 
+def calibration_set(options: BuildOptions, ctx: ExportContext):
+    """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
+    whichever format is quantized); records their number in `ctx`."""
+    import numpy as np
+
+    images, _ = mnist.load_split(options.data_dir, "train")
+    rng = np.random.default_rng(options.seed)
+    pick = rng.choice(len(images), size=min(options.calibration_size, len(images)), replace=False)
+    calib = normalize(images[np.sort(pick)], MEAN, STD)
+    ctx.calibration_images = len(calib)
+    return calib
+
+
 def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
     """The int8 ModelProto of `fp32_model`; its scratch files go in `workdir` and are removed."""
     import numpy as np
@@ -25,11 +38,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
         quantize_static,
     )
 
-    images, _ = mnist.load_split(options.data_dir, "train")
-    rng = np.random.default_rng(options.seed)
-    pick = rng.choice(len(images), size=min(options.calibration_size, len(images)), replace=False)
-    calib = normalize(images[np.sort(pick)], MEAN, STD)
-    ctx.calibration_images = len(calib)
+    calib = calibration_set(options, ctx)
     input_name = fp32_model.graph.input[0].name
 
     class Reader(CalibrationDataReader):

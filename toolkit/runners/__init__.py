@@ -22,10 +22,13 @@ from typing import Any, NamedTuple
 from toolkit import devices, formats
 from toolkit.artifacts import Artifact, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
+from toolkit.runners import executorch as _executorch
+from toolkit.runners import litert as _litert
 from toolkit.runners import onnxruntime as _ort
 from toolkit.runners import opencv as _opencv
 from toolkit.runners import openvino as _openvino
 from toolkit.runners import torch as _torch
+from toolkit.runners import torch_export as _torch_export
 from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_guard
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner", "RunnerOptions", "Runtime",
@@ -76,10 +79,18 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             "PyTorch eager, from the checkpoint", _torch.open_eager),
     Runtime("torchscript", "torch", ("torch",), ("torchscript",), formats.FORMATS["torchscript"].precisions,
             ("cpu", "cuda"), _F32, ("io",), "the TorchScript archive in torch", _torch.open_scripted),
+    Runtime("torch-export", "torch", ("torch",), ("pt2",), formats.FORMATS["pt2"].precisions, ("cpu", "cuda"), _F32,
+            ("io",), "the torch.export program (.pt2) in torch", _torch_export.open_exported),
+    Runtime("aoti", "torch", ("torch",), ("aoti",), formats.FORMATS["aoti"].precisions, ("cpu", "cuda"), _F32,
+            ("io",), "the AOTInductor package's compiled model, loaded by torch", _torch_export.open_aoti),
     Runtime("openvino", "openvino", ("openvino",), formats.ONNX_FORMATS, formats.PRECISIONS, ("cpu",), formats.MODES,
             ("mode", "hint"), "OpenVINO on the CPU, reading the .onnx", _openvino.open_artifact),
     Runtime("opencv", "cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
             formats.ONNX_FORMATS, ("fp32",), ("cpu",), _F32, (), "OpenCV DNN on the CPU", _opencv.open_artifact),
+    Runtime("executorch", "executorch", ("executorch",), ("executorch",), ("fp32", "int8"), ("cpu",), _F32,
+            (), "ExecuTorch with the XNNPACK delegate, on the CPU", _executorch.open_artifact),
+    Runtime("litert", "ai_edge_litert", ("ai-edge-litert",), ("tflite",), ("fp32", "int8"), ("cpu",),
+            _F32, (), "LiteRT's interpreter (XNNPACK) on the CPU", _litert.open_artifact),
 )}
 # what verify uses unless told: each artifact's own runtime (formats.FORMATS[f].native_runtime)
 NATIVE_RUNTIMES = tuple(dict.fromkeys(f.native_runtime for f in formats.FORMATS.values()))

@@ -1,11 +1,12 @@
-"""Runners for model files the toolkit did not make: any ONNX or TorchScript digit classifier.
+"""Runners for model files the toolkit did not make: any ONNX, TorchScript, pt2 or aoti digit classifier.
 
 A foreign file has no manifest and no toolkit metadata, so what it expects is given by options
 (`Preprocessing`: mean, std, layout) and read from the file itself (the ONNX input's declared shape and
 type). Its outputs: the first output of shape [N, 10] is taken as the class scores, whatever they are
 (log-probabilities, logits or probabilities); `scores_kind` tells which.
 
-A TorchScript file is code: loading it runs what its author wrote. Only give files you trust like a script.
+A TorchScript file is code: loading it runs what its author wrote, and so are a torch.export program (its
+loader unpickles) and an AOTInductor package (a shared library). Only give files you trust like a script.
 An ONNX file is loaded from its path, so ONNX Runtime resolves external data (refusing paths that leave the
 model's folder); the toolkit's own files are read through their manifest's hash check.
 """
@@ -23,7 +24,10 @@ from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.preprocess import MEAN, STD
-from toolkit.runners.base import Runner, RunnerOptions, Timed
+from toolkit.runners import executorch as _executorch
+from toolkit.runners import litert as _litert
+from toolkit.runners import torch_export
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
@@ -72,7 +76,16 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def is_torchscript(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04"  # a TorchScript archive is a zip; an ONNX file is a protobuf
+    # a TorchScript archive is a zip, and so is a PT2 archive (told apart by archive_kind); ONNX is a protobuf
+    return data[:4] == b"PK\x03\x04" and torch_export.archive_kind(data) is None
+
+
+def archive_name(data: bytes) -> str | None:
+    """What kind of torch archive `data` is, in words ("TorchScript", ...), or None for a file that is no zip."""
+    if data[:4] != b"PK\x03\x04":
+        return None
+    return {torch_export.PT2: "a torch.export program (pt2)",
+            torch_export.AOTI: "an AOTInductor package (aoti)"}.get(torch_export.archive_kind(data), "TorchScript")
 
 
 def scores_kind(scores: np.ndarray) -> str:
@@ -158,6 +171,10 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         return (SCORES,)
 
     @property
+    def time_limit_s(self) -> float:
+        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
+
+    @property
     def takes_images(self) -> bool:
         return self.image is not None
 
@@ -170,15 +187,15 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         n = len(pixels)
         for inp in self.inputs:
             if inp.batch_fixed is not None and inp.batch_fixed != n:
-                raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}; "
-                                  f"use --batch-sizes {inp.batch_fixed}")
+                raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}, "
+                                  f"not {n}; bench it with --batch-sizes {inp.batch_fixed}")
         if self.image is not None:
             return {self.image.name: _pixels_as(pixels, self.image.layout, self.image.dtype, self.prep)}
         seed = int(np.asarray(pixels).reshape(n, -1)[:, :10].sum()) if n else 0  # differs per rotated batch
         return {inp.name: inp.random(n, seed + k) for k, inp in enumerate(self.inputs)}
 
     def _infer(self, native: dict[str, np.ndarray]) -> list[Any]:
-        return self.session.run([self.output_name], native)
+        return self.session.run([self.output_name], native, self.run_options)
 
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.options.device != devices.CPU:
@@ -187,17 +204,22 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
 
 
 class ForeignTorchRunner(TorchRunner):
-    """A TorchScript file (toolkit-made or not): runs its author's code. Input float32 in `prep.layout`
-    (auto: [N,1,28,28]); the output is taken as the class scores."""
+    """A TorchScript file, torch.export program or AOTInductor package (toolkit-made or not): runs its author's
+    code. Input float32 in `prep.layout` (auto: [N,1,28,28]); the output is taken as the class scores."""
 
-    def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing) -> None:
-        super().__init__(module, label, "torchscript", options)
+    def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing,
+                 runtime: str = "torchscript") -> None:
+        super().__init__(module, label, runtime, options)
         self.kind, self.prep = FOREIGN, prep
         self.layout = "nchw" if prep.layout == "auto" else prep.layout
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return (SCORES,)
+
+    @property
+    def time_limit_s(self) -> float:
+        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
 
     @property
     def takes_images(self) -> bool:
@@ -211,10 +233,20 @@ class ForeignTorchRunner(TorchRunner):
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
-    """A runner for any .onnx or TorchScript file. A toolkit .onnx (with its metadata) runs as itself, its
-    own normalization read from the file; anything else as a foreign file with `prep`."""
+    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file. A toolkit .onnx (with its
+    metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
+    `prep`."""
     options = options or RunnerOptions()
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
+    if data[4:8] in _EDGE_OPENERS:  # a toolkit .pte or .tflite: its metadata is in the file
+        return _EDGE_OPENERS[data[4:8]](data, str(path), options)
+    kind = torch_export.archive_kind(data)
+    if kind == torch_export.PT2:
+        module = torch_export.load_exported(data, options.device, str(path))
+        return ForeignTorchRunner(module, str(path), options, prep, runtime="torch-export")
+    if kind == torch_export.AOTI:
+        module = torch_export.load_aoti(data, options.device, str(path))
+        return ForeignTorchRunner(module, str(path), options, prep, runtime="aoti")
     if is_torchscript(data):
         module = load_torchscript(data, options.device, str(path),
                                   what="is neither ONNX nor a loadable TorchScript file")
@@ -222,6 +254,9 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
     if _has_toolkit_metadata(data):
         return OnnxRuntimeRunner.toolkit_model(data, str(path), options)
     return ForeignOnnxRunner(path, options, prep, shapes)
+
+
+_EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIFIER: _litert.open_bytes}
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:
@@ -234,9 +269,22 @@ def _has_toolkit_metadata(data: bytes) -> bool:
     return any(p.key == "toolkit.format_version" for p in model.metadata_props)
 
 
+def _run_in_batches(runner: Runner, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    fixed = next((i.batch_fixed for i in getattr(runner, "inputs", []) if i.batch_fixed), None)
+    if not fixed or fixed == len(pixels):
+        return runner.run(pixels)
+    parts = []
+    for start in range(0, len(pixels), fixed):
+        chunk = pixels[start:start + fixed]
+        padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        parts.append({k: v[:len(chunk)] if v.ndim and len(v) == fixed else v for k, v in runner.run(padded).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def scores(runner: Runner, pixels: np.ndarray) -> tuple[np.ndarray, str]:
-    """A runner's class scores [N, 10] for MNIST pixels, and what they are (log_probs, probabilities, logits)."""
-    out = runner.run(pixels)
+    """A runner's class scores [N, 10] for MNIST pixels, and what they are (log_probs, probabilities, logits).
+    A file whose input has a fixed batch is run that many images at a time (the last batch padded)."""
+    out = _run_in_batches(runner, pixels)
     if SCORES in out:
         values = np.asarray(out[SCORES]).reshape(len(pixels), -1) if out[SCORES].size == len(pixels) * 10 \
             else out[SCORES]

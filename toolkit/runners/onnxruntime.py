@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from toolkit import devices, formats
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
+from toolkit.metadata import read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, Timed, check_kind
 
 _OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
@@ -112,6 +112,7 @@ class ModelInfo:
     std: float
     labels: tuple[str, ...]
     metadata: dict[str, str]
+    scores: str | None = None  # the output kind the metadata declares (metadata.SCORE_KINDS); None: not said
 
 
 def _input_kind(inp: Any, path: str | os.PathLike) -> str:
@@ -134,12 +135,9 @@ def describe(session, path: str | os.PathLike = "") -> ModelInfo:
     if len(inputs) != 1:
         raise ArtifactError(f"{path} has {len(inputs)} inputs; toolkit models take one image tensor")
     kind = _input_kind(inputs[0], path)
-    try:
-        labels = tuple(json.loads(meta.get("labels", "[]"))) or tuple(str(d) for d in range(10))
-        mean, std = float(meta["mean"]), float(meta["std"])
-    except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{path}: toolkit metadata is incomplete ({e})") from None
-    return ModelInfo(kind, inputs[0].name, tuple(o.name for o in session.get_outputs()), mean, std, labels, meta)
+    norm = read_normalization(meta, str(path or "the model"))
+    return ModelInfo(kind, inputs[0].name, tuple(o.name for o in session.get_outputs()), norm.mean, norm.std,
+                     norm.labels, meta, norm.scores)
 
 
 class OnnxRuntimeRunner(Runner):
@@ -154,6 +152,17 @@ class OnnxRuntimeRunner(Runner):
         self.session, self.info, self._source = session, info, source
         if info is not None:
             self.mean, self.std = info.mean, info.std
+        self._uncancel()
+
+    def _cancel(self) -> bool:
+        self.run_options.terminate = True  # ONNX Runtime checks it between nodes, Loop iterations included
+        return True
+
+    def _uncancel(self) -> None:
+        import onnxruntime as ort
+
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4  # a cancelled run is reported once, by run_guard
 
     @classmethod
     def toolkit_model(cls, model: bytes, label: str, options: RunnerOptions,
@@ -172,7 +181,7 @@ class OnnxRuntimeRunner(Runner):
                 "threads": self.options.threads}
 
     def _infer(self, native: Any) -> list[Any]:
-        return self.session.run(None, {self.info.input_name: native})
+        return self.session.run(None, {self.info.input_name: native}, self.run_options)
 
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.options.cuda_graph:
@@ -199,7 +208,7 @@ class OnnxRuntimeRunner(Runner):
             binding.bind_ortvalue_output(output.name, buffer)
 
         def run_graph(i: int) -> Any:
-            session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding, self.run_options)
             binding.synchronize_outputs()
         return Timed(run_graph)
 
@@ -212,7 +221,7 @@ def _timed_host(runner: OnnxRuntimeRunner, binding: Any, inputs: list[np.ndarray
         binding.bind_cpu_input(name, inputs[i % len(inputs)])
         for out in outputs:
             binding.bind_output(out, "cpu")
-        runner.session.run_with_iobinding(binding)
+        runner.session.run_with_iobinding(binding, runner.run_options)
         return binding.copy_outputs_to_cpu()
     return Timed(run_host)
 
@@ -228,7 +237,7 @@ def _timed_device(runner: OnnxRuntimeRunner, binding: Any, inputs: list[np.ndarr
 
     def run_device(i: int) -> Any:
         binding.bind_ortvalue_input(name, resident[i % len(resident)])
-        runner.session.run_with_iobinding(binding)
+        runner.session.run_with_iobinding(binding, runner.run_options)
         binding.synchronize_outputs()
     return Timed(run_device)
 

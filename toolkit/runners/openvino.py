@@ -56,6 +56,10 @@ class OpenVinoRunner(Runner):
             return 1
         return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
+    def _cancel(self) -> bool:
+        self.request.cancel()  # stops a queued request; a running one may finish its node first
+        return True
+
     def _infer(self, native: Any) -> list[Any]:
         result = self.request.infer([native])
         return [result[out] for out in self.compiled.outputs]

@@ -1,0 +1,101 @@
+"""The run guard: every model run stops on Ctrl-C (exit 130) and SIGTERM (exit 143) within seconds, and a file
+the toolkit did not write is stopped at --time-limit (exit 2, one line), even inside ONNX Runtime's C++ code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.onnx_models import endless_loop, toolkit_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def loops(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("loops")
+    return {"random": endless_loop(folder / "endless.onnx"),
+            "toolkit": endless_loop(folder / "endless-toolkit.onnx", image=True, metadata=toolkit_metadata())}
+
+
+def _commands(loops: dict[str, Path], mnist_dir: Path, png: Path) -> dict[str, list]:
+    return {"compare": ["compare", loops["random"], loops["random"], "--limit", "10", "--data-dir", mnist_dir],
+            "bench": ["bench", loops["random"], "--batch-sizes", "1", "--data-dir", mnist_dir],
+            "predict": ["predict", png, "--model", loops["toolkit"]]}
+
+
+def _start(args: list, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    path = tmp_path / "d.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["compare", "bench", "predict"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_a_signal_stops_an_endless_model_within_two_seconds(loops, mnist_dir, png, tmp_path, command, signum, code):
+    proc = _start(_commands(loops, mnist_dir, png)[command], tmp_path)
+    try:
+        time.sleep(4)  # long enough to be inside the endless Loop (imports and session creation take ~2 s)
+        assert proc.poll() is None, proc.communicate()
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=10)
+        assert time.monotonic() - sent < 2.0
+        assert proc.returncode == code, err
+        assert "Traceback" not in out + err and "error:" not in err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("command", ["compare", "bench", "predict"])
+def test_the_time_limit_stops_an_endless_model(loops, mnist_dir, png, tmp_path, command):
+    proc = _start([*_commands(loops, mnist_dir, png)[command], "--time-limit", "1"], tmp_path)
+    try:
+        out, err = proc.communicate(timeout=30)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 2, err
+        assert len(lines) == 1 and "ran longer than the time limit of 1 s" in lines[0], err
+        assert "Traceback" not in out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_time_limit_is_stated_in_help():
+    import typer
+
+    from toolkit.cli import app
+
+    commands = typer.main.get_command(app).commands
+    for command in ("compare", "bench", "predict"):
+        option = next(p for p in commands[command].params if "--time-limit" in p.opts)
+        assert option.default == 60 and "Default 60" in option.help
+
+
+def test_the_guard_cancels_onnx_runtime_in_process(loops):
+    """In-process too: the watcher thread stops the call at the time limit and the runner reports it."""
+    from toolkit.errors import ArtifactError
+    from toolkit.runners import RunnerOptions
+    from toolkit.runners.foreign import open_file
+
+    runner = open_file(loops["random"], RunnerOptions(time_limit_s=0.5))
+    t0 = time.monotonic()
+    with pytest.raises(ArtifactError, match="time limit of 0.5 s"):
+        runner.run(np.zeros((2, 28, 28), np.uint8))
+    assert time.monotonic() - t0 < 3

@@ -1,0 +1,106 @@
+"""--help as a person reads it at 80 columns, and one spelling per idea across the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import typer.core
+import typer.main
+
+from tests.conftest import assert_one_line_error, run_cli, run_process
+from toolkit.cli import app
+
+Option = typer.core.TyperOption  # typer carries its own copy of click
+COMMANDS = ["data", "train", "export", "verify", "compare", "bench", "predict", "web"]
+# options whose absence means "do not": nothing is written, nothing overridden; they have no default to show
+NOTHING_UNLESS_GIVEN = {"json_path", "markdown", "plot", "tolerance", "shape", "help"}
+
+
+def command(name: str) -> typer.core.TyperCommand:
+    return typer.main.get_command(app).commands[name]
+
+
+def help_at_80(python, *args: str) -> str:
+    done = run_process(python, "-m", "toolkit", *args, "--help", env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def helps(python) -> dict[str, str]:
+    return {name: help_at_80(python, *([name] if name else [])) for name in ["", *COMMANDS]}
+
+
+def test_help_fits_80_columns_and_cuts_no_option_name(helps):
+    for name, text in helps.items():
+        assert all(len(line) <= 80 for line in text.splitlines()), name
+        assert "…" not in text, name
+        if name:
+            for param in command(name).params:
+                shown = param.opts + param.secondary_opts if isinstance(param, Option) else [param.metavar]
+                for opt in shown:
+                    assert re.search(rf"(^|[ ,/]){re.escape(opt)}([ ,]|$)", text, re.M), (name, opt)
+
+
+def test_placeholders_name_the_value_and_defaults_show(helps):
+    for name in COMMANDS:
+        text = helps[name]
+        assert not re.search(r"<(list|bool|str|int|float|path)", text, re.I), (name, text)
+        ctx = typer.core._click.Context(command(name), info_name=name)
+        for param in command(name).params:
+            names, help_text = param.get_help_record(ctx) or ("", "")
+            if isinstance(param, Option) and not param.is_flag:
+                assert re.search(r" [A-Z][A-Z.=_]*$", names), (name, names)  # --batch-sizes SIZES
+            if isinstance(param, Option) and param.name not in NOTHING_UNLESS_GIVEN:
+                assert "[default: " in help_text or "default: " in help_text, (name, names, help_text)
+
+
+def test_the_extras_a_command_needs_are_in_its_help(helps):
+    for name in ("train", "export"):
+        assert "pip install 'toolkit[train]'" in helps[name]
+        entry = re.search(rf"^  {name} (.*?)(?=^  \w|\Z)", helps[""], re.M | re.S).group(1)  # its wrapped lines
+        assert "[needs toolkit[train]" in " ".join(entry.split()), entry
+    for name in ("verify", "bench", "predict", "web", "data", "compare"):
+        assert "toolkit[" not in helps[name]
+
+
+def test_one_spelling_per_idea_across_commands():
+    for name in COMMANDS:
+        for param in command(name).params:
+            if "--json" in param.opts:  # a path everywhere, - for stdout
+                assert isinstance(param, Option) and not param.is_flag and param.metavar == "PATH", name
+            if "--provider" in param.opts or "--device" in param.opts:  # the one name, the other an alias
+                assert param.opts[:2] == ["--device", "--provider"], (name, param.opts)
+
+
+def test_provider_stays_an_alias_of_device(exported, mnist_dir, tmp_path):
+    for spelling in ("--device", "--provider"):
+        result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
+                         "--precision", "fp32", "--batch1-images", "10", spelling, "cpu",
+                         "--json", tmp_path / "v.json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads((tmp_path / "v.json").read_text())["provider"] == "cpu"
+
+
+def test_predict_json_takes_a_path_and_never_overwrites_an_image(exported, tmp_path, mnist_dir):
+    from PIL import Image
+
+    from toolkit.data import load_split
+
+    pixels, labels = load_split(mnist_dir, "test")
+    image = tmp_path / "digit.png"
+    Image.fromarray(pixels[0]).save(image)
+    before = image.read_bytes()
+    model = exported / "model.app.onnx"
+    result = run_cli("predict", "--model", model, "--json", tmp_path / "p.json", image)
+    assert result.exit_code == 0, result.stderr
+    assert [p["digit"] for p in json.loads((tmp_path / "p.json").read_text())] == [int(labels[0])]
+    assert "predictions by" in result.stdout  # a file asked for: the table still prints
+    # the old flag spelling: the image is not taken for the output, nor an option for a file name
+    assert "not the image" in assert_one_line_error(run_cli("predict", "--model", model, "--json", image, image), 2)
+    assert image.read_bytes() == before
+    line = assert_one_line_error(run_cli("predict", "--json", "--model", model, image), 2)
+    assert "--model looks like an option" in line and not (tmp_path / "--model").exists()
