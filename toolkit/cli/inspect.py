@@ -144,8 +144,8 @@ def bench(
         metavar="HINTS",
         help="OpenVINO performance hints to try: latency, throughput.")] = BENCH["hints"],
     sweep: Annotated[bool, typer.Option(
-        "--sweep", help="Time every combination of the settings above at every batch size, and print every point, "
-                        "instead of each runtime and file at the best settings a short search finds.")] = False,
+        help="Time every combination of the settings above at every batch size, and print every point, instead "
+             "of each runtime and file at the best settings a short search finds.")] = BENCH["sweep"],
     cuda_graph: Annotated[bool, typer.Option(
         "--cuda-graph/--no-cuda-graph",
         help="Also time ONNX Runtime CUDA with CUDA graphs.")] = BENCH["cuda_graph"],
