@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from toolkit.bench import target_goal
+from toolkit.bench import fastest_line, target_goal
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -166,8 +166,11 @@ def inference(r: dict, provider: str) -> list[str]:
         lines.append(f"| {name} | {mode} | {latency} | {best['throughput']:,.0f} | {best['batch_size']} | "
                      f"{_setting(best)} | {verified} |")
     for regime, f in r.get("fastest", {}).items():
-        lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}: "
-                  f"{f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s."]
+        if "images_per_s_from" in f:  # each rate says whether it is the p50's or the measured one
+            lines += ["", f"Fastest here that passes verify, {fastest_line(f, regime)}."]
+        else:
+            lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}: "
+                      f"{f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s."]
     if r.get("targets"):
         lines += ["", "| target (ratio measured in this run) | measured | goal | met |", "|---|---:|---:|---|"]
         for name, t in r["targets"].items():
