@@ -31,6 +31,7 @@ PROVENANCE = {
     "quantization.json": f"Measured {EARLIER_CHECKPOINT}.",
     "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
+    "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
                         "for them.",
 }
