@@ -356,23 +356,21 @@ def headline() -> list[str]:
 def install() -> list[str]:
     """The README's install table: each profile's size from env_size.json / env_size_all.json."""
     small, full = load("env_size.json"), load("env_size_all.json")
-    rows = ["| profile | command | fresh environment on disk | torch |", "|---|---|---:|---|"]
-    if small:
-        envs = small["environments"]
-        for env in envs.values():
-            rows.append(f"| inference only, with {env['onnxruntime_package']} | `pip install .` "
-                        + ("(on Linux x86_64) " if env["onnxruntime_package"] == "onnxruntime-gpu" else
-                           "(elsewhere) ")
-                        + f"| {env['bytes_on_disk'] / 1e6:,.0f} MB | "
-                        f"{'yes' if env['importable']['torch'] else 'no'} |")
-    else:
-        rows.append("| inference only | `pip install .` | not measured | no |")
-    if full:
-        env = full["environments"]["all"]
-        rows.append(f"| everything | `pip install '.[all]'` | {env['bytes_on_disk'] / 1e6:,.0f} MB | "
+    rows = ["| profile | command | fresh environment on disk | its biggest packages | torch |",
+            "|---|---|---:|---|---|"]
+
+    def row(profile: str, command: str, env: dict | None, torch: str) -> None:
+        if env is None:
+            rows.append(f"| {profile} | {command} | not measured | | {torch} |")
+            return
+        biggest = ", ".join(f"{p['name']} {p['bytes'] / 1e6:,.0f} MB" for p in env["packages"][:3])
+        rows.append(f"| {profile} | {command} | {env['bytes_on_disk'] / 1e6:,.0f} MB | {biggest} | "
                     f"{'yes' if env['importable']['torch'] else 'no'} |")
-    else:
-        rows.append("| everything | `pip install '.[all]'` | not measured | yes |")
+
+    envs = small["environments"] if small else {}
+    row("inference only", "`pip install .` (Linux x86_64: onnxruntime-gpu)", envs.get("gpu"), "no")
+    row("inference only", "`pip install .` (elsewhere: onnxruntime)", envs.get("plain"), "no")
+    row("everything", "`pip install '.[all]'`", full["environments"]["all"] if full else None, "yes")
     where = (small or full or {}).get("machine")
     if where:
         rows += ["", f"Measured by `benchmarks/env_size.py` (`--profile all` for the full one) on "
