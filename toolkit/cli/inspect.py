@@ -243,6 +243,8 @@ def predict(
     predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])
+        if str(json_path) == "-":  # the JSON is then the only output on stdout
+            return
     _print_result(_predictions_table(predictions, model))
 
 
