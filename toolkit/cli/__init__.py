@@ -48,6 +48,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it (an import hook that refuses it counts as
+    missing: it would refuse the real import too)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     """(help, short help) of a command: its docstring, and for one that needs an extra, which one and whether
     it is installed here."""
@@ -56,7 +65,7 @@ def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     extra = EXTRA_FOR_COMMAND.get(fn.__name__)
     if extra is None:
         return doc, summary + "."
-    missing = importlib.util.find_spec("torch") is None
+    missing = not _installed("torch")
     note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
     return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 
