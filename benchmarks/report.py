@@ -5,7 +5,7 @@
     python benchmarks/report.py --write README.md benchmarks/README.md
 
 `--write` replaces, in each file, the text between `<!-- report.py NAME -->` and `<!-- /report.py -->` with
-block NAME (headline, install or sections); tests/test_readme.py checks that the committed files match.
+block NAME (headline, install, compat or sections); tests/test_readme.py checks that the committed files match.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ PROVENANCE = {
     "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
+    "compat.json": "Measured before the pt2, aoti, executorch and tflite formats were in the grid, so it has no "
+                   "columns for them.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
                         "for them.",
 }
@@ -280,6 +282,40 @@ def web_inference(r: dict) -> list[str]:
     return lines
 
 
+_CELL_TEXT = {"cannot open": "cannot open", "not offered": "-", "not run": "not installed"}
+
+
+def compat(r: dict) -> list[str]:
+    """The engine x file grid of `benchmarks/compat.py`: where verify passed each exported file."""
+    m = r["machine"]
+    files = [f["file"] for f in r["files"]]
+    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {m['cpu']}, {m['cpu_cores']} cores)", "",
+             "| engine | " + " | ".join(f"`{f}`" for f in files) + " |", "|---|" + "---|" * len(files)]
+    cells = {(c["runtime"], c["mode"], c["artifact"]): c for c in r["cells"]}
+    for e in r["engines"]:
+        row = []
+        for f in files:
+            c = cells[(e["runtime"], e["mode"], f)]
+            if c["status"] in ("pass", "fail"):
+                row.append(f"{c['status']} {c['agreement']:,}/{c['n']:,}"
+                           + ("" if c["judged_as"] == next(x["precision"] for x in r["files"] if x["file"] == f)
+                              else f" (as {c['judged_as']})"))
+            else:
+                row.append(_CELL_TEXT[c["status"]])
+        mode = "" if e["mode"] == "f32" else f" {e['mode']}"
+        lines.append(f"| {e['runtime']}{mode} {e['version'] or ''} | " + " | ".join(row) + " |")
+    tol = r["settings"]["tolerances"]
+    lines += ["", f"Each cell: verify's judgement on all {r['n']:,} test images at full batch and "
+                  f"{r['settings']['batch1_images']:,} one at a time (agreement with PyTorch shown), with the default "
+                  f"tolerances (fp32: every prediction equal, |diff| <= {tol['fp32']['max_abs_diff']:g}; int8: at "
+                  f"least {tol['int8']['min_agreement']:.0%} agreement, accuracy within "
+                  f"{tol['int8']['max_accuracy_change']:g} points). \"cannot open\": the engine does not read that "
+                  "format; \"-\": the mode applies to fp32 files only. Files: "
+                  + ", ".join(f"`{f['file']}`" + "".join(f" + `{p}`" for p in f["parts"]) + f" ({f['format']} "
+                              f"{f['precision']})" for f in r["files"]) + "."]
+    return lines
+
+
 def torch_export(r: dict) -> list[str]:
     lines = [f"### pt2 and aoti beside ONNX (`benchmarks/torch_export.py`, {machine(r['machine'])})", "",
              f"torch {r['versions']['torch']}, onnxruntime {r['versions'].get('onnxruntime', '?')}; one interleaved "
@@ -383,7 +419,8 @@ def sections() -> list[str]:
     out = []
     renders = [("train_speed.json", training), ("recipes.json", recipes), ("train_profile.json", train_profile),
                ("cnn_vs_mlp.json", cnn_vs_mlp), ("verify.json", artifacts), ("verify_best.json", best_artifacts),
-               ("quantization.json", quantization), ("env_size.json", env_size), ("env_size_all.json", env_size_all),
+               ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
+               ("env_size_all.json", env_size_all),
                ("peers.json", peers), ("torch_export.json", torch_export),
                ("web_inference.json", web_inference),
                ("inference_cpu.json", lambda r: inference(r, "cpu")),
@@ -398,7 +435,19 @@ def sections() -> list[str]:
     return out
 
 
+def compat_grid() -> list[str]:
+    """The engine x file grid alone (no heading, no legend), for the README."""
+    r = load("compat.json")
+    if not r:
+        return ["Not measured yet: `python benchmarks/compat.py`."]
+    lines = compat(r)
+    grid = lines[2:lines.index("", 2)]
+    note = PROVENANCE.get("compat.json")
+    return grid + (["", note] if note else [])
+
+
 BLOCKS = {"headline": lambda: "\n".join(headline()), "install": lambda: "\n".join(install()),
+          "compat": lambda: "\n".join(compat_grid()),
           "sections": lambda: "\n\n".join(sections())}
 BLOCK = re.compile(r"(<!-- report\.py (\w+) -->\n)(.*?)(<!-- /report\.py -->)", re.S)
 

@@ -17,7 +17,7 @@ from toolkit.fileio import file_digest
 
 EXPECTED = {("onnx", "fp32"): "model.onnx", ("onnx", "fp16"): "model.fp16.onnx", ("onnx", "int8"): "model.int8.onnx",
             ("torchscript", "fp32"): "model.ts.pt", ("onnx-app", "fp32"): "model.app.onnx",
-            ("pt2", "fp32"): "model.pt2"}
+            ("pt2", "fp32"): "model.pt2", ("openvino", "fp32"): "model.xml", ("openvino", "int8"): "model.int8.xml"}
 
 
 def test_manifest_lists_every_artifact_with_checksums(exported, trained):
@@ -28,7 +28,7 @@ def test_manifest_lists_every_artifact_with_checksums(exported, trained):
         assert a.sha256 == file_digest(exported / a.file)
         assert a.size_bytes == (exported / a.file).stat().st_size
         assert a.source_sha256 == source_sha and a.versions["torch"] == torch.__version__.split("+")[0]
-    int8 = next(a for a in artifacts if a.precision == "int8")
+    int8 = next(a for a in artifacts if a.format == "onnx" and a.precision == "int8")
     assert int8.settings["calibration_split"] == "train" and int8.settings["per_channel"] is False
     assert not [p for p in exported.iterdir() if p.name.startswith(".")]  # no temporary files left
 

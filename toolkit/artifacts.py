@@ -15,7 +15,7 @@ from typing import Any
 
 from toolkit import fileio
 from toolkit.errors import ArtifactError
-from toolkit.formats import FORMATS, PRECISIONS
+from toolkit.formats import FORMATS, PRECISIONS, format_of_file
 
 MANIFEST_NAME = "manifest.json"
 DEFAULT_EXPORT_DIR = Path("exported")
@@ -27,8 +27,17 @@ RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for
 
 
 @dataclass
+class Part:
+    """A file that comes with an artifact's main file (OpenVINO IR: model.bin beside model.xml), checked like it."""
+
+    file: str  # relative to the manifest's folder
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
 class Artifact:
-    """One exported file, as listed in manifest.json."""
+    """One exported file (and its companion parts, if its format has any), as listed in manifest.json."""
 
     file: str  # relative to the manifest's folder
     format: str  # a key of formats.FORMATS
@@ -44,16 +53,28 @@ class Artifact:
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     export_seconds: float | None = None
+    parts: list[Part] = field(default_factory=list)  # the companion files, each hashed on its own
     path: str = ""  # resolved absolute path, filled in when read; not stored
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("path")
+        if not self.parts:
+            d.pop("parts")  # formats without companions keep the manifest entry they always had
         return d
 
     @property
     def label(self) -> str:
         return f"{self.format}/{self.precision}"
+
+    @property
+    def files(self) -> list[str]:
+        """The main file and its parts: everything this artifact is on disk."""
+        return [self.file, *(p.file for p in self.parts)]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.size_bytes + sum(p.size_bytes for p in self.parts)
 
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -120,6 +141,27 @@ def _is_tensor_spec(spec: Any) -> bool:
             and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"]))
 
 
+def _check_parts(folder: Path, artifact: Artifact) -> list[Part]:
+    """The entry's parts as Part values: exactly the companions its format names, each confined and hashed."""
+    if not isinstance(artifact.parts, list):
+        raise ValueError(f"{artifact.file}: parts is not a list")
+    parts = []
+    for entry in artifact.parts:
+        if not isinstance(entry, dict) or set(entry) != {"file", "size_bytes", "sha256"}:
+            raise ValueError(f"{artifact.file}: a part is not {{file, size_bytes, sha256}}")
+        part = Part(**entry)
+        confined_file(folder, part.file)
+        if type(part.size_bytes) is not int or part.size_bytes < 0:
+            raise ValueError(f"{part.file}: size_bytes is not a whole number")
+        if not isinstance(part.sha256, str) or not _SHA256.fullmatch(part.sha256):
+            raise ValueError(f"{part.file}: sha256 is not 64 hex digits")
+        parts.append(part)
+    expected = FORMATS[artifact.format].companion_names(artifact.precision)
+    if tuple(p.file for p in parts) != expected:
+        raise ValueError(f"{artifact.file}: its parts are not {', '.join(expected) or 'none'}")
+    return parts
+
+
 def _check_entry(folder: Path, entry: Any) -> Artifact:
     if not isinstance(entry, dict):
         raise TypeError("an artifact entry is not an object")
@@ -132,6 +174,7 @@ def _check_entry(folder: Path, entry: Any) -> Artifact:
         raise ValueError(f"{artifact.file}: an input or output is not {{name, dtype, shape}}")
     if artifact.path:
         raise ValueError(f"{artifact.file}: 'path' is not a manifest field")
+    artifact.parts = _check_parts(folder, artifact)
     return artifact
 
 
@@ -170,7 +213,7 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
         raise ArtifactError(f"{path} is not UTF-8 text; not a toolkit manifest, export again") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
         raise ArtifactError(f"{path} is not a toolkit manifest ({str(e)[:200]}); export again") from None
-    names = [a.file for a in artifacts]
+    names = [name for a in artifacts for name in a.files]
     if len(set(names)) != len(names):
         raise ArtifactError(f"{path} lists a file twice; export again")
     for artifact in artifacts:
@@ -224,6 +267,28 @@ def read_verified(artifact: Artifact) -> bytes:
     export (TorchScript is code) is refused before anything parses it.
     """
     return _read_recorded(artifact.path, artifact.file, artifact.size_bytes, artifact.sha256)
+
+
+def read_verified_parts(artifact: Artifact) -> list[bytes]:
+    """The bytes of each of an artifact's parts (in manifest order), each checked against its own SHA-256."""
+    folder = Path(artifact.path).parent
+    return [_read_recorded(folder / p.file, p.file, p.size_bytes, p.sha256) for p in artifact.parts]
+
+
+def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
+    """`read_model_file`, with the bytes of the file's companions (its format's, e.g. model.bin beside model.xml):
+    hash-checked against the manifest beside it when there is one, else read as they are."""
+    path = Path(path)
+    data = read_model_file(path)
+    if (path.parent / MANIFEST_NAME).exists():  # read_model_file found the file listed there
+        return data, read_verified_parts(next(a for a in read_manifest(path.parent) if a.file == path.name))
+    fmt = FORMATS.get(format_of_file(path.name) or "")
+    parts = [path.with_name(path.name[:-len(fmt.suffix)] + suffix) for suffix in fmt.companions] if fmt else []
+    try:
+        return data, [part.read_bytes() for part in parts]
+    except OSError as e:
+        raise ArtifactError(f"cannot read the companion of {path.name} ({', '.join(map(str, parts))}): "
+                            f"{e.strerror or e}") from None
 
 
 def read_model_file(path: str | os.PathLike) -> bytes:

@@ -23,13 +23,14 @@ from toolkit.artifacts import (
     RESULT_FILES,
     Artifact,
     GoldenEntry,
+    Part,
     read_golden_entry,
     read_manifest,
     write_manifest,
 )
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
-from toolkit.exporters import ExportContext, triton
+from toolkit.exporters import Built, ExportContext, triton
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE as DEFAULT_TRITON_MAX_BATCH_SIZE
 from toolkit.formats import (
     DEFAULT_CALIBRATION_SIZE,
@@ -224,19 +225,24 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
 
 def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path, ctx: ExportContext,
            log: Log) -> Artifact:
-    """Build one file with its format's exporter and describe it for the manifest."""
+    """Build one file (and its companions) with its format's exporter and describe it for the manifest."""
     name = FORMATS[fmt].file_name(precision)
     meta = exporters.metadata(ctx, fmt, precision)
     build = exporters.builder(fmt)
     t0 = time.perf_counter()
     with fileio.atomic_path(out_dir / name) as tmp:
+        built = Built()
         try:
             built = build(module, precision, config, ctx, tmp, meta)
+            parts = _place_parts(out_dir, FORMATS[fmt].companion_names(precision), built.parts)
         except ToolkitError:
             raise
         except Exception as e:  # an exporter failure is reported, never half-written
             raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+        finally:
+            for scratch in built.parts:
+                scratch.unlink(missing_ok=True)
         inputs, outputs = built.io or exporters.io_spec(fmt, tmp)
         seconds = time.perf_counter() - t0
         artifact = Artifact(
@@ -245,10 +251,23 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
             source_checkpoint=ctx.checkpoint_path, source_sha256=ctx.checkpoint_sha256,
             test_accuracy=ctx.ckpt.get("metrics", {}).get("test_accuracy"),
             opset=built.opset, settings=built.settings,
-            versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim"),
-            export_seconds=round(seconds, 3), path=str((out_dir / name).resolve()))
-    log(f"wrote {name} ({artifact.size_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
+            versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim",
+                                      *(("openvino", "nncf") if parts else ())),
+            export_seconds=round(seconds, 3), parts=parts, path=str((out_dir / name).resolve()))
+    log(f"wrote {', '.join(artifact.files)} ({artifact.total_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
     return artifact
+
+
+def _place_parts(out_dir: Path, names: tuple[str, ...], written: list[Path]) -> list[Part]:
+    """Hash each companion file the builder wrote and rename it to its name (before the main file is renamed:
+    until the manifest is written, the old manifest's hashes refuse the new files)."""
+    assert len(written) == len(names), f"the exporter wrote {len(written)} companion files, not {len(names)}"
+    parts = []
+    for scratch, name in zip(written, names):
+        parts.append(Part(file=name, size_bytes=scratch.stat().st_size, sha256=fileio.file_digest(scratch)))
+        with fileio.atomic_path(out_dir / name) as tmp:
+            os.replace(scratch, tmp)
+    return parts
 
 
 def _lay_out_triton(config: ExportConfig, out_dir: Path, kept: list[Artifact], built: list[Artifact],
@@ -289,12 +308,13 @@ def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[s
     for a in previous:
         if a.file in rebuilding:
             continue
-        path = out_dir / a.file
-        if a.source_sha256 == checkpoint_sha256 and path.is_file() and not path.is_symlink():
+        on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
+        if a.source_sha256 == checkpoint_sha256 and on_disk:
             kept.append(a)
         else:
-            _remove_artifact(out_dir, a.file)
-            removed.append(a.file)
+            for file in a.files:
+                _remove_artifact(out_dir, file)
+                removed.append(file)
     return kept, removed
 
 
@@ -322,7 +342,8 @@ def _remove_results(out_dir: Path) -> list[str]:
 
 def _remove_artifact(out_dir: Path, file: str) -> None:
     """Remove a listed file that is not kept, provided it is a name this exporter writes."""
-    exported_names = {f.file_name(p) for f in FORMATS.values() for p in f.precisions}
+    exported_names = {name for f in FORMATS.values() for p in f.precisions
+                      for name in (f.file_name(p), *f.companion_names(p))}
     path = out_dir / file
     if file not in exported_names:
         raise ArtifactError(f"bad manifest in {out_dir}/: {file} is not a file toolkit exports; "

@@ -49,10 +49,19 @@ class Format:
     exporter: str  # the module of toolkit.exporters that builds it (imported only when exporting: needs torch)
     description: str
     is_code: bool = False  # loading the file can run code it carries (TorchScript, pt2, aoti): load only trusted ones
+    # suffixes of the files that come with the main one (OpenVINO IR: the .bin weights beside the .xml graph);
+    # each is named like the main file and listed in the manifest with its own size and SHA-256
+    companions: tuple[str, ...] = ()
 
     def file_name(self, precision: str) -> str:
-        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt, model.pt2, model.aoti.pt2."""
+        """model.onnx, model.fp16.onnx, model.int8.onnx, model.app.onnx, model.ts.pt, model.pt2, model.aoti.pt2,
+        model.xml."""
         return "model" + ("" if precision == "fp32" else f".{precision}") + self.suffix
+
+    def companion_names(self, precision: str) -> tuple[str, ...]:
+        """The companion files of `file_name(precision)`: model.bin beside model.xml."""
+        stem = self.file_name(precision)[:-len(self.suffix)]
+        return tuple(stem + suffix for suffix in self.companions)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -80,8 +89,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # metadata inside the file: a flatbuffer metadata entry; fixed batch (litert-torch lowers no symbolic batch)
     Format("tflite", ".tflite", ("fp32", "int8"), NORMALIZED, "litert", "tflite",
            "LiteRT flatbuffer, batch 1, NCHW; same I/O as onnx (int8: int8 in and out)"),
+    # metadata inside the file: the IR's rt_info; two files, the .bin a part of the .xml's manifest entry
+    Format("openvino", ".xml", ("fp32", "int8"), NORMALIZED, "openvino", "openvino",
+           "OpenVINO IR (.xml graph + .bin weights), same I/O as onnx", companions=(".bin",)),
 )}
 ONNX_FORMATS = tuple(name for name, f in FORMATS.items() if f.suffix.endswith(".onnx"))
+
+
+def format_of_file(name: str) -> str | None:
+    """The format whose files end like `name` (the longest suffix wins: .app.onnx before .onnx), or None."""
+    fits = [f for f in FORMATS.values() if name.endswith(f.suffix)]
+    return max(fits, key=lambda f: len(f.suffix)).name if fits else None
 
 
 def judged_precision(file_precision: str, mode: str = DEFAULT_MODE) -> str:

@@ -1,8 +1,9 @@
-"""The torch-free app API: a toolkit .onnx used from numpy, and digits for image files.
+"""The torch-free app API: a toolkit .onnx (or OpenVINO IR) used from numpy, and digits for image files.
 
 This is what an app that embeds the exported .onnx needs: it imports only onnxruntime, numpy and Pillow
 (never torch), and reads everything it must know (normalization, layout, labels) from the file itself.
-The session itself is built by `toolkit.runners.onnxruntime` (on exactly the device asked for).
+The session itself is built by `toolkit.runners.onnxruntime` (on exactly the device asked for); an IR (.xml,
+with its .bin beside it) runs in OpenVINO on the CPU instead (`toolkit.runners.openvino`, also torch-free).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.artifacts import read_model_file
-from toolkit.errors import ArtifactError
+from toolkit.errors import ArtifactError, ConfigError
+from toolkit.formats import format_of_file
 from toolkit.preprocess import load_image
-from toolkit.runners import RunnerOptions
+from toolkit.runners import Runner, RunnerOptions, openvino
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.runners.onnxruntime import ModelInfo, OnnxRuntimeRunner
 
@@ -24,17 +26,24 @@ __all__ = ["Classifier", "ModelInfo", "Prediction", "predict_files"]
 
 
 class Classifier:
-    """A toolkit .onnx, used from numpy: raw 28x28 uint8 digits in, probabilities out.
+    """A toolkit .onnx or IR, used from numpy: raw 28x28 uint8 digits in, probabilities out.
 
     The file is read once and its bytes loaded (see `read_model_file`: checked against a manifest beside it).
+    `session` and `info` are ONNX Runtime's (None for an IR).
     """
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         self.path = Path(path)
         options = RunnerOptions(device=provider, threads=threads, time_limit_s=time_limit_s)
-        self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)
-        self.session, self.info = self.runner.session, self.runner.info
+        if format_of_file(self.path.name) == openvino.IR:
+            if provider != "cpu":
+                raise ConfigError(f"{self.path} is an OpenVINO IR, which runs on the CPU only, not {provider}")
+            self.runner: Runner = openvino.open_file(str(self.path), options)
+            self.session, self.info = None, None
+        else:
+            self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)
+            self.session, self.info = self.runner.session, self.runner.info
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10].
@@ -46,7 +55,7 @@ class Classifier:
         pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
         out = self.runner.run(pixels)
         default = "probabilities" if "probabilities" in out else "log_probs"
-        kind = self.info.scores or default
+        kind = (self.info.scores if self.info else None) or default  # an IR: what its input kind gives
         values = np.asarray(out[default], dtype=np.float64)
         if values.shape != (len(pixels), 10):
             raise ArtifactError(f"{self.path} returned outputs of shape {tuple(values.shape)}, not "

@@ -80,7 +80,7 @@ class VerifyConfig:
     checkpoint: str | None = None  # default: the checkpoint the manifest names
     data_dir: str = "data"
     provider: str = "cpu"
-    runtimes: tuple[str, ...] = ()  # empty: each artifact's own (onnxruntime, torchscript); 'all': every installed
+    runtimes: tuple[str, ...] = ()  # empty: each artifact in its own runtime only; "all": every installed
     formats: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
     batch1_images: int = 2000  # how many test images also go through one at a time
@@ -358,6 +358,8 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     jobs, skipped = plan(artifacts, selection.runtimes, config.provider)
+    if not config.runtimes:  # by default each file in its own runtime only (OpenVINO opens .onnx files too)
+        jobs = [j for j in jobs if j.runtime == formats.FORMATS[j.artifact.format].native_runtime]
     skipped = {**_unverified_notes(selection.skipped, artifacts, jobs), **skipped}
     if not jobs:
         notes = "".join(f"; runtime {name} {why}" for name, why in skipped.items())

@@ -42,7 +42,8 @@ TimeLimit = Annotated[float, typer.Option(
 
 
 def compare(
-    a: Annotated[Path, typer.Argument(metavar="A", help="The reference model: .onnx, TorchScript, .pt2 or .aoti.pt2.")],
+    a: Annotated[Path, typer.Argument(
+        metavar="A", help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
@@ -206,7 +207,7 @@ def _model_files(folder: Path) -> tuple[Path, ...]:
     """The manifest and model files of an export folder: bench's inputs, which its outputs may not replace."""
     from toolkit.formats import FORMATS
 
-    suffixes = {f.suffix for f in FORMATS.values()}
+    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)}
     try:
         return tuple(p for p in folder.iterdir()
                      if p.name == "manifest.json" or any(p.name.endswith(s) for s in suffixes))
@@ -218,7 +219,8 @@ def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
         metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
-        help="A toolkit .onnx; checked against the manifest.json beside it, if any.")] = None,
+        help="A toolkit .onnx, or OpenVINO IR .xml with its .bin beside it; checked against the manifest.json "
+             "beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
         "--invert/--no-invert", show_default="detect",
         help="Force (or forbid) inverting dark-on-light images.")] = None,
@@ -226,7 +228,8 @@ def predict(
     json_path: JsonOption = None,
     time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
 ) -> None:
-    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch)."""
+    """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch), or an IR
+    (OpenVINO, no torch)."""
     from toolkit.errors import ConfigError
     from toolkit.runners.base import check_time_limit
     from toolkit.runtime import predict_files
@@ -243,9 +246,8 @@ def predict(
     predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])
-        if str(json_path) == "-":  # the JSON is then the only output on stdout
-            return
-    _print_result(_predictions_table(predictions, model))
+    if json_path is None or str(json_path) != "-":  # with --json -, the JSON is all there is on stdout
+        _print_result(_predictions_table(predictions, model))
 
 
 def web(

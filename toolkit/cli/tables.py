@@ -68,7 +68,8 @@ def _artifacts_table(result: Any, checkpoint: str) -> tuple[Table, tuple[str, ..
         return ", ".join(f"{s['name']} {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
 
     for a in result.artifacts:
-        table.add_row(a.file, a.format, a.precision, f"{a.size_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
+        name = a.file + "".join(f" + {p.file}" for p in a.parts)  # an IR's .bin is listed with its .xml
+        table.add_row(name, a.format, a.precision, f"{a.total_bytes / 1024:.0f}", a.sha256[:12], io(a.inputs),
                       io(a.outputs))
     return table, ("outputs", "sha256", "input")
 

@@ -80,10 +80,18 @@ class Built:
 
     settings: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None  # None for a format that is not an ONNX graph
+    # the companion files written beside `tmp` (in the order of the format's companions), which the export
+    # stage hashes and renames into place with the main file
+    parts: list[Path] = field(default_factory=list)
     io: tuple[list[dict], list[dict]] | None = None  # (inputs, outputs) when not the input kind's own (io_spec)
 
 
 Build = Callable[[Any, str, BuildOptions, ExportContext, Path, dict], Built]
+
+
+def scratch_path(tmp: Path, suffix: str) -> Path:
+    """A not-yet-existing path beside `tmp` for a companion file the builder writes (removed if left over)."""
+    return tmp.with_name(f"{tmp.name}{suffix}")
 
 
 def builder(fmt: str) -> Build:
@@ -105,7 +113,8 @@ def quiet() -> contextlib.ExitStack:
 
 
 def metadata(ctx: ExportContext, fmt: str, precision: str) -> dict[str, str]:
-    """The self-description stored in every artifact (ONNX metadata_props / TorchScript extra file)."""
+    """The self-description stored in every artifact (ONNX metadata_props / TorchScript extra file / OpenVINO
+    rt_info)."""
     text = _IO_TEXT[FORMATS[fmt].kind]
     v = sysinfo.versions("torch", "onnx")
     return {

@@ -1,5 +1,6 @@
 """int8 quantization of the onnx format's fp32 graph: ONNX Runtime static quantization, calibrated on
-training images only (never the test set that verify judges it on)."""
+training images only (never the test set that verify judges it on). `calibration_set` is the one choice of
+those images, shared with the other int8 exporters (OpenVINO IR via NNCF)."""
 
 from __future__ import annotations
 

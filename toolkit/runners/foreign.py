@@ -23,10 +23,11 @@ import numpy as np
 from toolkit import devices
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
+from toolkit.formats import format_of_file
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
-from toolkit.runners import torch_export
+from toolkit.runners import openvino, torch_export
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
@@ -233,10 +234,13 @@ class ForeignTorchRunner(TorchRunner):
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
-    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file. A toolkit .onnx (with its
+    """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file, or a toolkit OpenVINO IR
+    (.xml, its .bin beside it). A toolkit .onnx (with its
     metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
     `prep`."""
     options = options or RunnerOptions()
+    if format_of_file(Path(path).name) == openvino.IR:  # the graph and its .bin, both checked like one file
+        return openvino.open_file(str(path), options)
     data = read_model_file(path)  # checked against a manifest beside it, if there is one
     if data[4:8] in _EDGE_OPENERS:  # a toolkit .pte or .tflite: its metadata is in the file
         return _EDGE_OPENERS[data[4:8]](data, str(path), options)

@@ -1,4 +1,9 @@
-"""OpenVINO on the CPU, reading the .onnx directly: f32 for parity, bf16 as its own compute mode."""
+"""OpenVINO on the CPU, reading the .onnx directly or its own IR (.xml + .bin): f32 for parity, bf16 as its own
+compute mode.
+
+Both are loaded from hash-checked bytes: the IR's graph and weights are each checked against the manifest and
+handed to OpenVINO from memory, so nothing is read from disk after hashing. Torch-free.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,72 @@ from typing import Any
 import numpy as np
 
 from toolkit import formats
-from toolkit.artifacts import Artifact, read_verified
+from toolkit.artifacts import Artifact, read_model_bundle, read_verified, read_verified_parts
+from toolkit.errors import ArtifactError
 from toolkit.runners.base import Runner, RunnerOptions, Timed, check_kind, load_error
 
 HINTS = ("latency", "throughput")  # OpenVINO's performance hints
 RUNTIME = "openvino"
+IR = "openvino"  # the format of the toolkit's IR files (formats.FORMATS)
+RT_INFO_KEY = "toolkit"  # the rt_info section export writes the metadata into
 
 
-def compile_onnx(data: bytes, options: RunnerOptions, label: str) -> Any:
-    """The .onnx bytes compiled for the CPU with the options' compute mode, hint and threads."""
+def read_onnx(data: bytes, label: str) -> Any:
+    """An ov.Model from .onnx bytes."""
     import openvino as ov
 
-    core = ov.Core()
+    try:
+        return ov.Core().read_model(model=io.BytesIO(data))
+    except Exception as e:  # OpenVINO raises RuntimeError (and others) for what it cannot read
+        raise load_error(label, RUNTIME, e) from None
+
+
+def read_ir(xml: bytes, weights: bytes, label: str) -> Any:
+    """An ov.Model from the IR's .xml bytes and its .bin bytes, both already in memory."""
+    import openvino as ov
+
+    try:
+        return ov.Core().read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+    except Exception as e:
+        raise load_error(label, RUNTIME, e) from None
+
+
+def ir_metadata(model: Any) -> dict[str, str]:
+    """The toolkit metadata an IR carries in its rt_info ({} when it has none)."""
+    try:
+        section = model.get_rt_info()[RT_INFO_KEY]
+        return {str(k): section[k].astype(str) for k in section}
+    except Exception:  # no such section, or not a map of texts: not a toolkit IR
+        return {}
+
+
+def toolkit_normalization(model: Any, label: str) -> tuple[float, float]:
+    """(mean, std) of a toolkit IR, from its rt_info; ArtifactError when it is not one."""
+    meta = ir_metadata(model)
+    if "toolkit.format_version" not in meta:
+        raise ArtifactError(f"{label} is not a toolkit model (no toolkit rt_info); export one with `toolkit export`")
+    try:
+        return float(meta["mean"]), float(meta["std"])
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{label}: toolkit metadata is incomplete ({e})") from None
+
+
+def compile_model(model: Any, options: RunnerOptions, label: str) -> Any:
+    """An ov.Model compiled for the CPU with the options' compute mode, hint and threads."""
+    import openvino as ov
+
     props: dict[str, Any] = {"PERFORMANCE_HINT": options.hint.upper(), "INFERENCE_PRECISION_HINT": options.mode}
     if options.threads:
         props["INFERENCE_NUM_THREADS"] = options.threads
     try:
-        return core.compile_model(core.read_model(model=io.BytesIO(data)), "CPU", props)
-    except Exception as e:  # OpenVINO raises RuntimeError (and others) for what it cannot read or compile
+        return ov.Core().compile_model(model, "CPU", props)
+    except Exception as e:  # OpenVINO raises RuntimeError (and others) for what it cannot compile
         raise load_error(label, RUNTIME, e) from None
+
+
+def compile_onnx(data: bytes, options: RunnerOptions, label: str) -> Any:
+    """The .onnx bytes compiled for the CPU with the options' compute mode, hint and threads."""
+    return compile_model(read_onnx(data, label), options, label)
 
 
 def input_kind(compiled: Any) -> str:
@@ -39,8 +91,11 @@ class OpenVinoRunner(Runner):
 
     runtime = RUNTIME
 
-    def __init__(self, compiled: Any, label: str, options: RunnerOptions) -> None:
+    def __init__(self, compiled: Any, label: str, options: RunnerOptions,
+                 normalization: tuple[float, float] | None = None) -> None:
         super().__init__(label, input_kind(compiled), options)
+        if normalization is not None:
+            self.mean, self.std = normalization
         self.compiled = compiled
         self.request = compiled.create_infer_request()
 
@@ -81,6 +136,26 @@ class OpenVinoRunner(Runner):
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> OpenVinoRunner:
-    compiled = compile_onnx(read_verified(artifact), options, artifact.file)
-    check_kind(artifact.file, artifact.format, input_kind(compiled))
-    return OpenVinoRunner(compiled, artifact.file, options)
+    """A manifest artifact (.onnx, or IR with its .bin part), from its hash-checked bytes."""
+    data = read_verified(artifact)
+    if artifact.format != IR:
+        compiled = compile_onnx(data, options, artifact.file)
+        check_kind(artifact.file, artifact.format, input_kind(compiled))
+        return OpenVinoRunner(compiled, artifact.file, options)
+    (weights,) = read_verified_parts(artifact)  # read_manifest made sure the entry lists exactly the .bin
+    return _ir_runner(read_ir(data, weights, artifact.file), artifact.file, options, artifact.format)
+
+
+def open_file(path: str, options: RunnerOptions) -> OpenVinoRunner:
+    """A toolkit IR from its .xml path, its .bin beside it (both checked against a manifest there, if any)."""
+    xml, parts = read_model_bundle(path)
+    if len(parts) != 1:
+        raise ArtifactError(f"{path}: an OpenVINO IR needs its .bin weights beside it")
+    return _ir_runner(read_ir(xml, parts[0], path), path, options, IR)
+
+
+def _ir_runner(model: Any, label: str, options: RunnerOptions, declared_format: str) -> OpenVinoRunner:
+    normalization = toolkit_normalization(model, label)
+    compiled = compile_model(model, options, label)
+    check_kind(label, declared_format, input_kind(compiled))
+    return OpenVinoRunner(compiled, label, options, normalization)
