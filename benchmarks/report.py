@@ -443,7 +443,7 @@ def compat_grid() -> list[str]:
     lines = compat(r)
     grid = lines[2:lines.index("", 2)]
     note = PROVENANCE.get("compat.json")
-    return grid + (["", note] if note else [])
+    return grid + ["", f"On {_cpu(r)}, `benchmarks/results/compat.json`." + (f" {note}" if note else "")]
 
 
 BLOCKS = {"headline": lambda: "\n".join(headline()), "install": lambda: "\n".join(install()),
