@@ -5,7 +5,8 @@
     python benchmarks/report.py --write README.md benchmarks/README.md
 
 `--write` replaces, in each file, the text between `<!-- report.py NAME -->` and `<!-- /report.py -->` with
-block NAME (headline, install, compat or sections); tests/test_readme.py checks that the committed files match.
+block NAME (headline, install, compat, tour_bench or sections); tests/test_readme.py checks that the
+committed files match.
 """
 
 from __future__ import annotations
@@ -449,7 +450,19 @@ def compat_grid() -> list[str]:
     return grid + ["", f"On {_cpu(r)}, `benchmarks/results/compat.json`." + (f" {note}" if note else "")]
 
 
+def tour_bench() -> list[str]:
+    """What the README tour's bench command printed (benchmarks/tour_bench.sh), verbatim, and where it ran."""
+    r, text = load("tour_bench.json"), RESULTS / "tour_bench.txt"
+    if not r or not text.exists():
+        return ["Not measured yet: `benchmarks/tour_bench.sh`."]
+    return [f"What it printed in one run (`benchmarks/tour_bench.sh`, {machine(r['machine'])}, shared with other "
+            "work), on the artifacts the test suite exports from the default recipe (int8 calibrated on 300 "
+            "images, not 500):", "", "```text", *[line.rstrip() for line in text.read_text().strip("\n").splitlines()],
+            "```"]
+
+
 BLOCKS = {"headline": lambda: "\n".join(headline()), "install": lambda: "\n".join(install()),
+          "tour_bench": lambda: "\n".join(tour_bench()),
           "compat": lambda: "\n".join(compat_grid()),
           "sections": lambda: "\n\n".join(sections())}
 BLOCK = re.compile(r"(<!-- report\.py (\w+) -->\n)(.*?)(<!-- /report\.py -->)", re.S)
