@@ -1,11 +1,14 @@
-"""Size on disk of the inference-only install (`pip install toolkit`, no extras), as a device would get it.
+"""Size on disk of a fresh install of toolkit: the inference-only one a device gets, or the full one.
 
-Builds two fresh virtual environments in a temporary folder and measures each:
+`--profile inference` (the default) builds two fresh virtual environments in a temporary folder and measures each:
   gpu    `pip install <repo>`: on Linux x86_64 that brings onnxruntime-gpu (the package's choice there)
   plain  the same dependencies with the plain `onnxruntime` package instead (what other platforms get)
 and checks in each that torch is not importable and that `toolkit --help` runs.
+`--profile all` builds one, `pip install '<repo>[all]'` (train, export, every runtime and on-device format),
+measured the same way, and checks that torch is importable there and that `toolkit --help` runs.
 
-    python benchmarks/env_size.py            # writes benchmarks/results/env_size.json
+    python benchmarks/env_size.py                  # writes benchmarks/results/env_size.json
+    python benchmarks/env_size.py --profile all    # writes benchmarks/results/env_size_all.json
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT = Path(__file__).parent / "results" / "env_size.json"
+RESULTS = Path(__file__).parent / "results"
+RESULT = {"inference": RESULTS / "env_size.json", "all": RESULTS / "env_size_all.json"}
 TARGET_BYTES = 500 * 10**6  # the issue's target for the GPU build on Linux x86_64
 NOT_WANTED = ("torch", "torchvision", "onnx", "matplotlib", "triton")
 
@@ -91,6 +95,8 @@ def build(venv: Path, variant: str) -> dict:
     pip = [py, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
     if variant == "gpu":
         run(*pip, REPO)
+    elif variant == "all":
+        run(*pip, f"{REPO}[all]")
     else:
         run(*pip, "--no-deps", REPO)
         run(*pip, *plain_dependencies())
@@ -99,6 +105,7 @@ def build(venv: Path, variant: str) -> dict:
     importable = json.loads(run(py, "-c", "import importlib.util, json; print(json.dumps({n: "
                                 f"importlib.util.find_spec(n) is not None for n in {NOT_WANTED!r}}}))"))
     help_ok = subprocess.run([venv / "bin" / "toolkit", "--help"], capture_output=True).returncode == 0
+    version = run(py, "-m", "pip", "--version").split()[1]
     biggest = sorted(dists.items(), key=lambda kv: -kv[1]["bytes"])
     return {
         "variant": variant,
@@ -110,13 +117,15 @@ def build(venv: Path, variant: str) -> dict:
         "packages": [{"name": n, "version": d["version"], "bytes": d["bytes"]} for n, d in biggest],
         "importable": importable,
         "toolkit_help_ok": help_ok,
+        "pip": version,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+def machine() -> dict:
+    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version()}
+
+
+def inference_report() -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="toolkit-env-size-") as tmp:
         for variant in ("gpu", "plain"):
@@ -125,19 +134,43 @@ def main() -> None:
     for r in results.values():
         if any(r["importable"].values()) or not r["toolkit_help_ok"]:
             sys.exit(f"the {r['variant']} environment is not inference-only or toolkit does not run: {r}")
-    report = {
+    return {
         "what": "size on disk of a fresh virtual environment with `pip install toolkit` (no extras)",
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "pip": run(sys.executable, "-m", "pip", "--version").split()[1],
         "target_bytes": TARGET_BYTES,
         "target_applies_to": "gpu (Linux x86_64, onnxruntime-gpu)",
         "target_met": results["gpu"]["bytes_on_disk"] <= TARGET_BYTES,
         "environments": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for r in results.values():
+
+
+def full_report() -> dict:
+    with tempfile.TemporaryDirectory(prefix="toolkit-env-size-") as tmp:
+        print("building the full environment (.[all]) ...", file=sys.stderr)
+        result = build(Path(tmp) / "all", "all")
+    if not result["importable"]["torch"] or not result["toolkit_help_ok"]:
+        sys.exit(f"the full environment lacks torch or toolkit does not run: {result}")
+    return {
+        "what": "size on disk of a fresh virtual environment with `pip install 'toolkit[all]'`",
+        "machine": machine(),
+        "pip": result["pip"],
+        "extras": tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["all"],
+        "environments": {"all": result},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(RESULT), default="inference",
+                        help="inference: `pip install .` (two variants); all: `pip install '.[all]'`")
+    parser.add_argument("--out", type=Path, help="where to write the JSON (default: results/ by profile)")
+    args = parser.parse_args()
+    report = inference_report() if args.profile == "inference" else full_report()
+    out = args.out or RESULT[args.profile]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for r in report["environments"].values():
         print(f"{r['variant']}: {r['bytes_on_disk'] / 1e6:.0f} MB ({r['onnxruntime_package']})", file=sys.stderr)
 
 

@@ -18,7 +18,7 @@ python3 benchmarks/train_speed.py --data-dir "$data" --device cuda --notebook-ep
 python3 -m toolkit train --device cuda --data-dir "$data" --out "$work/run" --overwrite
 python3 -m toolkit export --checkpoint "$work/run"/checkpoint.pt --format all --precision all --data-dir "$data" --out "$work/exported"
 python3 -m toolkit verify --artifacts "$work/exported" --device cuda --data-dir "$data" --json "$out/verify_cuda.json" || true
-python3 -m toolkit bench --device cuda --cuda-graph --artifacts "$work/exported" --data-dir "$data" \
+python3 -m toolkit bench --sweep --device cuda --cuda-graph --artifacts "$work/exported" --data-dir "$data" \
   --batch-sizes 1,8,64,256,1024,4096 --seconds 1 --rounds 3 \
   --json "$out/inference_cuda.json" --markdown "$out/inference_cuda.md" --plot "$out/inference_cuda.png"
 python3 -c "

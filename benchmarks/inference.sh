@@ -10,10 +10,13 @@ toolkit="${TOOLKIT:-toolkit}"
 mkdir -p "$results"
 extra=()
 if [ "$provider" = cpu ]; then
-  extra=(--optimization all,extended --concurrency 1,2)
+  extra=(--optimization all,extended --concurrency 1,2 --mode f32,bf16 --hint latency,throughput)
 else
   extra=(--cuda-graph)
 fi
-"$toolkit" bench --device "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 "${extra[@]}" \
+# --sweep: every combination of settings at every batch size (not the default search's choices), and the
+# compute modes named, so bf16 is timed on any CPU and the results stay comparable from run to run
+"$toolkit" bench --sweep --device "$provider" --batch-sizes 1,8,64,256,1024 --seconds 2 --rounds 4 \
+  --matmul-peak "${extra[@]}" \
   --json "$results/inference_$provider.json" --markdown "$results/inference_$provider.md" \
   --plot "$results/inference_$provider.png"

@@ -43,8 +43,7 @@ def main() -> None:
             report = bench(BenchConfig(artifacts=tmp, data_dir=args.data_dir, formats=("onnx",),
                                        runtimes=("onnxruntime",),
                                        batch_sizes=(64, 256), concurrency=(1, 2), optimizations=("all", "extended"),
-                                       seconds=args.seconds, rounds=4,
-                                       matmul_peak=False))
+                                       sweep=True, seconds=args.seconds, rounds=4, matmul_peak=False))
         best = {p: max((pt for pt in report.points if pt.precision == p), key=lambda pt: pt.throughput)
                 for p in ("fp32", "int8")}
         row = {"quant_format": quant_format, "activations": activation, "weights": "s8",

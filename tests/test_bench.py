@@ -4,16 +4,21 @@ import pytest
 import torch
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolkit.bench import BenchPoint, BenchReport, targets
+from toolkit import sysinfo
+from toolkit.bench import GOALS, BenchPoint, BenchReport, targets, tuning
+from toolkit.bench.search import Candidate
+from toolkit.bench.timing import Series
+from toolkit.runners import RunnerOptions
 
 
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory, exported, mnist_dir):
     out = tmp_path_factory.mktemp("bench")
-    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx,pytorch,torchscript",
-                     "--runtime", "onnxruntime,pytorch,torchscript",
+    # --sweep: every combination of the settings (here ONNX Runtime's 1 or 2 concurrent calls) at every batch size
+    result = run_cli("bench", "--sweep", "--artifacts", exported, "--data-dir", mnist_dir,
+                     "--format", "onnx,pytorch,torchscript", "--runtime", "onnxruntime,pytorch,torchscript",
                      "--precision", "fp32,int8", "--batch-sizes", "1,16", "--seconds", "0.3", "--rounds", "2",
-                     "--warmup", "1", "--concurrency", "1,2", "--no-matmul-peak",
+                     "--warmup", "1", "--optimization", "all", "--concurrency", "1,2", "--no-matmul-peak",
                      "--json", out / "b.json", "--markdown", out / "b.md", "--plot", out / "b.png")
     assert result.exit_code == 0, result.stderr
     return json.loads((out / "b.json").read_text()), out, result.stdout
@@ -31,13 +36,14 @@ def test_json_describes_machine_versions_and_settings(bench_json):
 def test_every_point_is_sane(bench_json):
     report, _, _ = bench_json
     points = report["points"]
+    assert len(points) == 6 * 2 and {p["batch_size"] for p in points} == {1, 16}  # the whole cross product
     kinds = {(p["runtime"], p["precision"], p["concurrency"]) for p in points}
     assert kinds == {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("onnxruntime", "int8", 1),
                      ("onnxruntime", "int8", 2), ("pytorch", "fp32", 1), ("torchscript", "fp32", 1)}
     for p in points:
         for key in ("format", "precision", "provider", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput"):
             assert key in p
-        assert p["provider"] == "cpu" and p["iterations"] >= 2 * 3  # at least 3 timed calls per round
+        assert p["provider"] == "cpu" and p["iterations"] >= 3  # at least 3 timed calls, over the rounds
         assert 0 < p["min_ms"] <= p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
         assert p["first_call_ms"] > 0
         # throughput counts wall time, so it can only fall short of what the latencies allow, and not by much
@@ -53,13 +59,16 @@ def test_batch_one_target_is_computed_from_this_run(bench_json):
     eager1 = next(p["p50_ms"] for p in report["points"] if p["runtime"] == "pytorch" and p["batch_size"] == 1)
     assert target["value"] == pytest.approx(ort1 / eager1)
     assert "ort_fp32_throughput_vs_matmul_peak" not in report["targets"]  # no peak measured: no claim
-    assert "ort_fp32_batch1_p50_vs_eager" in stdout
+    # the targets are the project's goals, for benchmarks/: in the JSON, never printed to the user
+    assert "ort_fp32_batch1_p50_vs_eager" not in stdout and "missed" not in stdout and "target" not in stdout
 
 
 def test_markdown_and_plot_are_written(bench_json):
     _, out, _ = bench_json
     md = (out / "b.md").read_text()
-    assert md.count("\n| onnxruntime") == 8 and "| pytorch |" in md and "Fastest here (throughput)" in md
+    summary, points = md.split("Every point measured:")
+    assert points.count("\n| onnxruntime") == 8 and "| pytorch |" in points  # every point, in its own table
+    assert summary.count("\n| onnxruntime") == 2 and "- most throughput: " in summary and "target" not in md
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -119,13 +128,12 @@ def test_bad_bench_options(exported, mnist_dir, args, message):
 
 def test_fixed_iteration_count_is_honoured(exported, mnist_dir, tmp_path):
     result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
-                     "--precision", "fp32",
-                     "--batch-sizes", "4", "--iterations", "9", "--rounds", "3", "--warmup", "0", "--no-matmul-peak",
-                     "--runtime", "onnxruntime",
-                     "--json", tmp_path / "b.json")
+                     "--precision", "fp32", "--batch-sizes", "4", "--iterations", "9", "--rounds", "3",
+                     "--warmup", "0", "--no-matmul-peak", "--runtime", "onnxruntime", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
-    (point,) = json.loads((tmp_path / "b.json").read_text())["points"]
-    assert point["iterations"] == 9 and point["batch_size"] == 4
+    points = json.loads((tmp_path / "b.json").read_text())["points"]
+    # batch 1 for latency, then the ladder; a fixed count holds also for concurrent calls (shared out among them)
+    assert [p["batch_size"] for p in points] == [1, 4] and all(p["iterations"] == 9 for p in points)
 
 
 def test_format_pytorch_narrows_the_run_to_that_runtime(exported, mnist_dir, tmp_path):
@@ -134,7 +142,8 @@ def test_format_pytorch_narrows_the_run_to_that_runtime(exported, mnist_dir, tmp
                      "--no-verify", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
     points = json.loads((tmp_path / "b.json").read_text())["points"]
-    assert [(p["runtime"], p["format"]) for p in points] == [("pytorch", "pytorch")]
+    assert [(p["runtime"], p["format"], p["batch_size"]) for p in points] == [("pytorch", "pytorch", 1),
+                                                                            ("pytorch", "pytorch", 2)]
 
 
 def test_fastest_names_only_verified_configurations():
@@ -145,8 +154,8 @@ def test_fastest_names_only_verified_configurations():
               _point(runtime="openvino", batch_size=256, throughput=70_000, verified=True, hint="throughput",
                      concurrency=2)]
     best = fastest(points)
-    assert best["batch 1"]["p50_ms"] == 0.08
-    assert best["throughput"]["throughput"] == 70_000 and "async x2" in best["throughput"]["label"]
+    assert best["lowest latency"]["p50_ms"] == 0.08
+    assert best["most throughput"]["images_per_s"] == 70_000 and "async x2" in best["most throughput"]["label"]
 
 
 def test_int8_targets_use_the_best_verified_int8_configuration():
@@ -162,7 +171,8 @@ def test_int8_targets_use_the_best_verified_int8_configuration():
 
 
 def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_path):
-    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
+    result = run_cli("bench", "--sweep", "--mode", "f32,bf16", "--optimization", "all", "--concurrency", "1",
+                     "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
                      "--precision", "fp32,int8", "--batch-sizes", "1,8", "--iterations", "3", "--rounds", "1",
                      "--warmup", "0", "--no-matmul-peak", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
@@ -175,4 +185,154 @@ def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_
     ov = {(p["precision"], p["mode"], p["hint"]) for p in report["points"] if p["runtime"] == "openvino"}
     assert ov == {("fp32", "f32", "latency"), ("fp32", "f32", "throughput"), ("fp32", "bf16", "latency"),
                   ("fp32", "bf16", "throughput"), ("int8", "f32", "latency"), ("int8", "f32", "throughput")}
-    assert set(report["fastest"]) == {"batch 1", "throughput"} and "fastest here (throughput)" in result.stdout
+    assert set(report["fastest"]) == {"lowest latency", "most throughput"} and "most throughput: " in result.stdout
+
+
+# --- the default run: a short search, a summary, one recommendation per regime -----------------------------
+
+NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 VNNI, no bf16
+
+
+def _flags(monkeypatch_or_context, flags):
+    monkeypatch_or_context.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, exported, mnist_dir):
+    """`toolkit bench` at its defaults (every runtime, every file, the search) on a CPU without native bf16,
+    shortened in time only."""
+    out = tmp_path_factory.mktemp("searched")
+    with pytest.MonkeyPatch.context() as mp:
+        _flags(mp, NO_BF16)
+        result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--batch-sizes", "1,64",
+                         "--seconds", "0.1", "--rounds", "2", "--warmup", "1", "--json", out / "b.json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads((out / "b.json").read_text()), result.stdout
+
+
+def _group(p):
+    return f"{p['runtime']} {p['format']}/{p['precision']} {p['provider']} {'f32' if p['mode'] == '-' else p['mode']}"
+
+
+def test_default_bench_prints_one_screen(searched):
+    report, stdout = searched
+    lines = stdout.splitlines()
+    rows = [line for line in lines if line.startswith("│")]
+    files = {(p["runtime"], p["format"], p["precision"], p["mode"]) for p in report["points"]}
+    assert len(rows) == len(report["summary"]) == len(files) <= 20  # one row per runtime and file
+    runtimes = {r["runtime"] for r in report["summary"]}
+    assert runtimes == {p["runtime"] for p in report["points"]} >= {"onnxruntime", "openvino", "opencv", "pytorch"}
+    assert len(lines) <= len(rows) + 12  # title, header, rules, notes and two recommendations
+    assert not any(name in stdout for name in GOALS) and "missed" not in stdout and "target" not in stdout
+    assert report["targets"]  # still computed, for benchmarks/
+    assert sum(line.startswith(("lowest latency: ", "most throughput: ")) for line in lines) == 2
+
+
+def test_bf16_is_skipped_with_a_note_where_the_cpu_only_emulates_it(searched):
+    report, stdout = searched
+    notes = [line for line in stdout.splitlines() if "bf16" in line]
+    assert len(notes) == 1 and notes[0].startswith("skipped openvino bf16: this CPU has no native bf16")
+    assert report["settings"]["modes_timed"] == ["f32"] and not report["machine"]["native_bf16"]
+    assert all(p["mode"] != "bf16" for p in report["points"])
+
+
+def test_the_search_keeps_the_best_setting_by_its_rule(searched):
+    report, _ = searched
+    search = report["search"]
+    assert search["probe_batch"] == 64 and search["rules"] == tuning.RULES
+    for name, g in search["groups"].items():
+        points = [p for p in report["points"] if _group(p) == name]
+        assert [p["batch_size"] for p in points] == [1, 64], name  # batch 1, then the ladder
+        assert points[0]["setting"] == g["latency"]["setting"] and points[1]["setting"] == g["throughput"]["setting"]
+        single = [p for p in g["probes"] if p["batch_size"] == 1]
+        wide = [p for p in g["probes"] if p["batch_size"] == 64]
+        if name.startswith("onnxruntime"):  # optimization level x calls in flight
+            assert g["settings"] == ["opt=all calls=1", "opt=all calls=2", "opt=extended calls=1",
+                                     "opt=extended calls=2"]
+            assert [p["setting"] for p in single] == ["opt=all calls=1", "opt=extended calls=1"] and len(wide) == 4
+        elif name.startswith("openvino"):
+            assert g["settings"] == ["hint=latency", "hint=throughput"] and not single and len(wide) == 2
+            assert g["latency"] == {"setting": "hint=latency", "why": "the only setting to choose from"}
+        else:
+            assert g["settings"] == ["-"] and not g["probes"]
+        if single:
+            assert g["latency"]["setting"] == min(single, key=lambda p: p["p50_ms"])["setting"]
+        if wide:
+            assert g["throughput"]["setting"] == max(wide, key=lambda p: p["images_per_s"])["setting"]
+            assert g["throughput"]["why"] == tuning.RULES["throughput"]
+
+
+def test_recommendations_agree_with_their_own_numbers(searched):
+    report, stdout = searched
+    fast, slow = report["fastest"]["lowest latency"], report["fastest"]["most throughput"]
+    eligible = [p for p in report["points"] if p["verified"]]
+    single = min((p for p in eligible if p["batch_size"] == 1 and p["concurrency"] == 1), key=lambda p: p["p50_ms"])
+    assert (fast["p50_ms"], fast["setting"]) == (single["p50_ms"], single["setting"])
+    # the rate beside a p50 is that p50's rate, and the line says so
+    assert fast["images_per_s_from"] == "p50" and fast["images_per_s"] == pytest.approx(1e3 / fast["p50_ms"])
+    assert (f"p50 {fast['p50_ms']:.3f} ms" in stdout
+            and f"(= {fast['images_per_s']:,.0f} images/s at that p50, one at a time)" in stdout)
+    # the throughput pick's rate is the one measured over all its calls, and the line says that
+    top = max(eligible, key=lambda p: p["throughput"])
+    assert slow["images_per_s_from"] == "measured" and slow["images_per_s"] == top["throughput"]
+    assert f"batch {top['batch_size']}" in stdout and f"{top['throughput']:,.0f} images/s measured" in stdout
+    row = next(r for r in report["summary"] if r["runtime"] == top["runtime"] and r["format"] == top["format"]
+               and r["precision"] == top["precision"] and r["mode"] == top["mode"])
+    assert row["best_images_per_s"] == top["throughput"] and row["verified"] is True
+    assert row["agreement"] >= 9_900 and row["checked_images"] == 10_000
+
+
+@pytest.mark.parametrize("flags, args, timed", [
+    (NO_BF16, ["--mode", "f32,bf16"], True),  # named: timed although emulated
+    (NO_BF16 | {"amx_bf16"}, [], True),  # native: timed by default
+    (NO_BF16 | {"avx512_bf16"}, [], True),
+    (NO_BF16, [], False),
+])
+def test_bf16_is_timed_when_named_or_native(exported, mnist_dir, tmp_path, monkeypatch, flags, args, timed):
+    _flags(monkeypatch, flags)
+    result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "openvino",
+                     "--format", "onnx", "--precision", "fp32", "--hint", "latency", "--batch-sizes", "1",
+                     "--iterations", "3", "--rounds", "1", "--warmup", "0", "--no-verify", *args,
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    modes = [p["mode"] for p in json.loads((tmp_path / "b.json").read_text())["points"]]
+    assert modes == (["f32", "bf16"] if timed else ["f32"])
+    assert ("skipped openvino bf16" in result.stdout) is not timed
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    flags = sysinfo.cpu_flags(str(cpuinfo))
+    assert flags == {"fpu", "avx2", "avx512f", "avx512_vnni"} and not sysinfo.native_bf16(flags)
+    assert sysinfo.native_bf16(flags | {"amx_bf16"}) and sysinfo.native_bf16({"avx512_bf16"})
+    assert sysinfo.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def _series(p50_ms, images_per_s, batch):
+    """A probe's series: calls of `p50_ms` each whose wall time gives `images_per_s` at `batch`."""
+    calls = 10
+    return Series(first_ms=1.0, times=[p50_ms / 1e3] * calls, wall_s=calls * batch / images_per_s)
+
+
+def test_search_rule_picks_the_lowest_p50_and_the_most_images_per_second():
+    opts = [RunnerOptions(optimization=o, threads=t) for o in ("all", "extended") for t in (None, 1)]
+    group = [Candidate("onnxruntime", "m.onnx", "onnx", "fp32", o, concurrency=1 if o.threads is None else 2)
+             for o in opts]
+    grouped = tuning.groups(group)
+    assert list(grouped) == ["onnxruntime onnx/fp32 cpu f32"]
+    jobs = tuning.probe_jobs(grouped, 256)
+    assert [(c.setting, sizes) for c, sizes in jobs] == [
+        ("opt=all calls=1", (1, 256)), ("opt=all calls=2", (256,)), ("opt=extended calls=1", (1, 256)),
+        ("opt=extended calls=2", (256,))]
+    series = {(group[0].key, 1): _series(0.2, 1_000, 1), (group[2].key, 1): _series(0.1, 1_000, 1)}
+    for c, rate in zip(group, (10_000, 30_000, 20_000, 25_000)):
+        series[(c.key, 256)] = _series(1.0, rate, 256)
+    (choice,) = tuning.choose(grouped, series, 256)
+    assert (choice.latency.setting, choice.throughput.setting) == ("opt=extended calls=1", "opt=all calls=2")
+    final = tuning.final_jobs([choice], (1, 8, 64, 256, 1024))
+    assert [(c.setting, sizes) for c, sizes in final] == [("opt=extended calls=1", (1,)),
+                                                         ("opt=all calls=2", (8, 64, 256, 1024))]
+    assert tuning.probe_batch((1, 8, 64, 256, 1024)) == 256 and tuning.probe_batch((1, 512)) == 512
+    assert tuning.probe_batch((1,)) == 1

@@ -47,5 +47,5 @@ def test_json_dash_prints_the_json_alone_on_stdout(exported, mnist_dir, python):
                        "--data-dir", mnist_dir)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)  # nothing but the JSON: no table, no notes
-    assert [p["batch_size"] for p in report["points"]] == [1]
+    assert {p["batch_size"] for p in report["points"]} == {1}
     assert not (exported / "-").exists()

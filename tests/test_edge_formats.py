@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
 from toolkit import runners
 from toolkit.artifacts import read_manifest
 from toolkit.errors import ArtifactError
@@ -164,3 +164,26 @@ def test_export_without_its_package_names_the_extra(trained, mnist_dir, tmp_path
                      "--out", tmp_path / "out", "--data-dir", mnist_dir)
     assert f"toolkit[{extra}" in assert_one_line_error(result)
     assert not (tmp_path / "out" / f"model{'.pte' if fmt == 'executorch' else '.tflite'}").exists()
+
+
+def test_predict_runs_tflite_without_torch_and_refuses_pte_in_one_line(edge_exported, mnist_dir, tmp_path, python):
+    from PIL import Image
+
+    from tests.test_runtime import BLOCK_TORCH
+    from toolkit.data import load_split
+
+    images, labels = load_split(mnist_dir, "test")
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    script = BLOCK_TORCH + (
+        f"sys.argv = ['toolkit', 'predict', '--json', '-', '--model', {str(edge_exported / 'model.tflite')!r}, "
+        f"*{[str(p) for p in paths]!r}]\n"
+        "from toolkit.cli import main\n"
+        "try:\n    main()\nfinally:\n    assert 'torch' not in sys.modules\n")
+    done = run_process(python, "-c", script, cwd=REPO)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    assert [p["digit"] for p in json.loads(done.stdout)] == list(labels[:5])
+    result = run_cli("predict", "--model", edge_exported / "model.pte", paths[0])
+    assert "needs torch" in assert_one_line_error(result, 2)

@@ -172,7 +172,7 @@ def test_bad_checkpoints_are_one_line_errors_and_write_nothing(tmp_path, trained
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--format", "tflite"], "unknown format"),
+    (["--format", "coreml"], "unknown format"),
     (["--precision", "int4"], "unknown precision"),
     (["--format", "torchscript", "--precision", "int8"], "supports precision fp32 only"),
     (["--opset", "7"], "opset 7 is out of range"),

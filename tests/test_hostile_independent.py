@@ -1,5 +1,5 @@
 """Hostile files and values, built independently of test_hostile.py: each case plants one thing in a private copy
-of the real export (or a hostile image or option), runs the real CLI in a subprocess, and checks the README's
+of the real export (or a hostile image or option), runs the real CLI in a subprocess, and checks docs/trust.md's
 promise: a documented exit code, one `error:` line, no traceback, no hang, nothing outside the folder touched.
 """
 

@@ -144,17 +144,18 @@ def test_node_reports_bad_input_in_one_line(node_example, exported, tmp_path, co
 
 
 def readme_snippets() -> dict[str, str]:
-    """The JavaScript blocks of the README's "Embedding the model" section, by their first comment line."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Embedding the model", 1)[1].split("\n## ", 1)[0]
+    """The JavaScript blocks of docs/embedding.md's "From Node.js" section, by their first comment line."""
+    text = (REPO / "docs" / "embedding.md").read_text()
+    section = text.split("\n## From Node.js\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```js\n(.*?)```", section, flags=re.S)
     return {block.splitlines()[0]: block for block in blocks}
 
 
 @pytest.mark.parametrize("kind, suffix", [("ES module", ".mjs"), ("CommonJS", ".cjs")])
 def test_readme_node_snippets_run(node_example, exported, tmp_path, kind, suffix):
-    """Each README snippet, saved as the file its first line names, prints Python's answer for a blank digit."""
+    """Each documented snippet, saved as the file its first line names, prints Python's answer for a blank digit."""
     snippets = readme_snippets()
+    assert len(snippets) == 2, list(snippets)
     [code] = [code for first, code in snippets.items() if kind in first]
     # beside examples/node/node_modules, so `onnxruntime-node` resolves as in a user's project
     script = NODE_DIR / f".readme-snippet-{tmp_path.name}{suffix}"

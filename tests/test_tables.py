@@ -38,16 +38,36 @@ def _rows(text):
     return rows
 
 
-def test_bench_table_at_80_columns_tells_every_row_apart():
+def test_bench_points_table_at_80_columns_tells_every_row_apart():  # bench --sweep
     report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
-    table, optional = tables._bench_table(report)
+    table, optional = tables._points_table(report)
     rows = _rows(_render(table, optional))
     assert len(rows) == len(report.points)
     expected = [(p.name.replace(" ", ""), str(p.batch_size)) for p in report.points]
     assert [(r[0].replace(" ", ""), r[1]) for r in rows] == expected
     assert len({(r[0], r[1]) for r in rows}) == len(rows)  # no two rows look alike
-    wide = _render(*tables._bench_table(report), width=200)
-    assert "p99 ms" in wide and "p99 ms" not in _render(*tables._bench_table(report))
+    wide = _render(*tables._points_table(report), width=200)
+    assert "p99 ms" in wide and "p99 ms" not in _render(*tables._points_table(report))
+
+
+def test_bench_summary_at_80_columns_names_every_runtime_and_file():
+    from toolkit import bench
+
+    report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
+    assert report.summary  # a report from before the summary existed gets one derived from its points
+    rows = _rows(_render(*tables._summary_table(report, bench)))
+    assert len(rows) == len(report.summary) <= 20  # one row per runtime and file, whatever was swept
+    expected = [(r["runtime"], r["file"], r["precision"] + ("" if r["mode"] in ("-", "f32") else f"as{r['mode']}"))
+                for r in report.summary]
+    assert [(r[0], r[1], r[2].replace(" ", "")) for r in rows] == expected
+    assert len(set(expected)) == len(expected)
+    assert [r[4] for r in rows] == [f"{r['best_images_per_s']:,.0f} ({r['best_batch_size']})" for r in report.summary]
+    best = {(r["runtime"], r["file"], r["precision"], r["mode"]): r["best_images_per_s"] for r in report.summary}
+    for p in report.points:  # each row's best is the most images/s of any of its points
+        assert p.throughput <= best[(p.runtime, bench.file_name(p.format, p.precision), p.precision, p.mode)]
+    wide = _render(*tables._summary_table(report, bench), width=200)
+    assert "agreement" in wide and "(batch 1 / best)" in wide and "agreement" not in _render(
+        *tables._summary_table(report, bench))
 
 
 def test_verify_table_at_80_columns_keeps_names_and_verdicts():

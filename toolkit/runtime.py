@@ -1,9 +1,10 @@
-"""The torch-free app API: a toolkit .onnx (or OpenVINO IR) used from numpy, and digits for image files.
+"""The torch-free app API: a toolkit .onnx (or OpenVINO IR, or .tflite) used from numpy, and digits for images.
 
 This is what an app that embeds the exported .onnx needs: it imports only onnxruntime, numpy and Pillow
 (never torch), and reads everything it must know (normalization, layout, labels) from the file itself.
 The session itself is built by `toolkit.runners.onnxruntime` (on exactly the device asked for); an IR (.xml,
-with its .bin beside it) runs in OpenVINO on the CPU instead (`toolkit.runners.openvino`, also torch-free).
+with its .bin beside it) runs in OpenVINO on the CPU instead (`toolkit.runners.openvino`, also torch-free), and
+a .tflite in LiteRT's interpreter on the CPU (`toolkit.runners.litert`, numpy only).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
-from toolkit.formats import format_of_file
+from toolkit.formats import ONNX_FORMATS, format_of_file
 from toolkit.preprocess import load_image
-from toolkit.runners import Runner, RunnerOptions, openvino
+from toolkit.runners import Runner, RunnerOptions, litert, openvino
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.runners.onnxruntime import ModelInfo, OnnxRuntimeRunner
 
@@ -36,10 +37,15 @@ class Classifier:
                  time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         self.path = Path(path)
         options = RunnerOptions(device=provider, threads=threads, time_limit_s=time_limit_s)
-        if format_of_file(self.path.name) == openvino.IR:
+        fmt = format_of_file(self.path.name)
+        if fmt is not None and fmt not in (*ONNX_FORMATS, openvino.IR, litert.FORMAT):
+            raise ConfigError(f"{self.path} is a {fmt} file, which needs torch to run; predict runs .onnx, OpenVINO "
+                              "IR (.xml) and .tflite files (use toolkit verify or compare for the others)")
+        if fmt in (openvino.IR, litert.FORMAT):
             if provider != "cpu":
-                raise ConfigError(f"{self.path} is an OpenVINO IR, which runs on the CPU only, not {provider}")
-            self.runner: Runner = openvino.open_file(str(self.path), options)
+                raise ConfigError(f"{self.path} is a {fmt} file, which runs on the CPU only, not {provider}")
+            self.runner: Runner = (openvino.open_file(str(self.path), options) if fmt == openvino.IR
+                                   else litert.open_bytes(read_model_file(self.path), str(self.path), options, fmt))
             self.session, self.info = None, None
         else:
             self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)

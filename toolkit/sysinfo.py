@@ -34,6 +34,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags (Linux /proc/cpuinfo) that mean bf16 arithmetic in hardware; without them OpenVINO emulates bf16,
+# slower than f32, so nobody would deploy that mode there.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them; empty where there is no such file (not Linux)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); `flags` defaults to this CPU's."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -44,6 +67,7 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_cores": usable_cores(),
+        "native_bf16": native_bf16(),
         "platform": platform.platform(),
         "gpu": None,
     }

@@ -30,16 +30,21 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     warmup: int = 5  # untimed calls before each timed block
     iterations: int | None = None  # timed calls per point; None: run for `seconds` per point
-    seconds: float = 1.0  # time budget per point, split over the rounds
+    seconds: float = 0.5  # time budget per point, split over the rounds (a search probe gets a share)
     rounds: int = 3
     threads: int | None = None  # intra-op threads on the CPU; None: each runtime's default
-    optimizations: tuple[str, ...] = ("all",)  # ONNX Runtime graph optimization levels to compare
-    concurrency: tuple[int, ...] = (1,)  # ONNX Runtime CPU: calls in flight at once, each on cores/N threads
+    # The settings each runtime is tried at. By default a short search keeps each one's best (see tuning.py);
+    # `sweep` times every combination at every batch size instead.
+    optimizations: tuple[str, ...] = ("all", "extended")  # ONNX Runtime graph optimization levels
+    concurrency: tuple[int, ...] = (1, 2)  # ONNX Runtime CPU: calls in flight at once, each on cores/N threads
     cuda_graph: bool = False  # also time ONNX Runtime CUDA with CUDA graphs (device-resident I/O)
-    modes: tuple[str, ...] = MODES  # OpenVINO inference precisions (extra ones on fp32 files)
+    # OpenVINO inference precisions; empty: f32, plus bf16 where the CPU computes bf16 natively (a mode this CPU
+    # only emulates is timed only when named)
+    modes: tuple[str, ...] = ()
     hints: tuple[str, ...] = OPENVINO_HINTS  # OpenVINO performance hints
+    sweep: bool = False  # time the whole cross product of settings x batch sizes, not the search's choices
     verify: bool = True  # check each configuration on the test set first; "fastest" names verified ones only
-    matmul_peak: bool = True  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
+    matmul_peak: bool = False  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
 
     def __post_init__(self) -> None:
         _check_ints("batch sizes", self.batch_sizes, 1, MAX_BATCH_SIZE)
@@ -52,7 +57,7 @@ class BenchConfig:
                 and 0 < self.seconds <= MAX_SECONDS):
             raise ConfigError(f"seconds per point must be a finite number in (0, {MAX_SECONDS:g}], not {self.seconds}")
         for what, values, allowed in (("optimization level", self.optimizations, OPTIMIZATION_LEVELS),
-                                      ("OpenVINO precision", self.modes, MODES),
+                                      ("OpenVINO precision", self.modes or MODES[:1], MODES),
                                       ("OpenVINO hint", self.hints, OPENVINO_HINTS)):
             _check_names(what, values, allowed)
         for p in self.providers:  # every name, also beside 'all'

@@ -1,4 +1,5 @@
-"""A bench run end to end: a source's candidates, timed in rounds, turned into points and one report.
+"""A bench run end to end: a source's candidates, searched (or swept) and timed in rounds, turned into points
+and one report.
 
 `bench` takes its candidates from the manifest (and verifies them first); `bench_file` from one model file.
 Both then go through the same timing and the same points; their reports differ only in what the source can
@@ -13,19 +14,21 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import toolkit.bench.tuning as tuning
 from toolkit import sysinfo
 from toolkit.artifacts import read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
-from toolkit.bench.results import BenchPoint, BenchReport, fastest, targets
-from toolkit.bench.search import Plan, has_torch, plan_file, plan_manifest
-from toolkit.bench.timing import ROTATE, bench_pixels, time_rounds
+from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
+from toolkit.bench.search import Plan, has_torch, modes_to_time, plan_file, plan_manifest
+from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, steps, time_rounds
 
 Progress = Callable[[int, int, str], None]
 
 
 def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchReport:
-    """Measure every selected configuration at every batch size; see the package docstring for the method.
+    """Each selected runtime and file at its best settings (a short search), at batch 1 and over the batch ladder;
+    with `config.sweep`, every combination of settings at every batch size. See the package docstring.
 
     torch is imported only for what needs it (the PyTorch and TorchScript runtimes, the matmul peaks): an
     ONNX-only run needs neither torch nor the checkpoint, and verifies against the golden outputs then.
@@ -36,9 +39,10 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
 
         torch.set_num_threads(config.threads)
     plan = plan_manifest(config)
-    report = _manifest_report(config, plan, _points(config, plan, on_progress))
+    points, search = _points(config, plan, on_progress)
+    report = _manifest_report(config, plan, points)
     report.targets = targets(report)
-    return _finish(report, t_start)
+    return _finish(report, search, t_start)
 
 
 def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
@@ -48,19 +52,49 @@ def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[st
     no reference), so no targets are computed."""
     t_start = time.perf_counter()
     plan = plan_file(config, path, prep, shapes, time_limit_s)
-    points = _points(config, plan, on_progress)
-    return _finish(_file_report(config, plan, points, str(path)), t_start)
+    points, search = _points(config, plan, on_progress)
+    return _finish(_file_report(config, plan, points, str(path)), search, t_start)
 
 
-def _points(config: BenchConfig, plan: Plan, on_progress: Progress | None) -> list[BenchPoint]:
-    """Every candidate at every batch size, timed in interleaved rounds."""
-    series = time_rounds(config, plan.candidates, plan.opener, bench_pixels(config.data_dir, plan.takes_images),
-                         on_progress)
-    return [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, plan.opener.verified(c))
-            for c in plan.candidates for bs in config.batch_sizes for s in [series[(c.key, bs)]]]
+def _points(config: BenchConfig, plan: Plan, on_progress: Progress | None) -> tuple[list[BenchPoint], dict]:
+    """The points to report, and the search's record: with `sweep`, every candidate at every batch size; else
+    the short search's choices (see tuning.py), batch 1 with each group's latency setting and the ladder with
+    its throughput setting. Each phase in interleaved rounds."""
+    pixels = bench_pixels(config.data_dir, plan.takes_images)
+    budget = Budget.of(config)
+    if config.sweep:
+        jobs = [(c, config.batch_sizes) for c in plan.candidates]
+        series = time_rounds(jobs, plan.opener, pixels, budget, _progress(on_progress, 0, steps(jobs, budget)))
+        return _made(jobs, series, plan), {}
+    grouped = tuning.groups(plan.candidates)
+    batch, probing = tuning.probe_batch(config.batch_sizes), tuning.probe_budget(budget)
+    probes = tuning.probe_jobs(grouped, batch)
+    # the final phase's size, before the probes decide it: batch 1 and the ladder per group
+    probe_steps = steps(probes, probing)
+    estimate = probe_steps + len(grouped) * len({1, *config.batch_sizes}) * budget.rounds
+    found = time_rounds(probes, plan.opener.unverified, pixels, probing, _progress(on_progress, 0, estimate))
+    choices = tuning.choose(grouped, found, batch)
+    jobs = tuning.final_jobs(choices, config.batch_sizes)
+    series = time_rounds(jobs, plan.opener, pixels, budget,
+                         _progress(on_progress, probe_steps, probe_steps + steps(jobs, budget)))
+    return _made(jobs, series, plan), tuning.record(choices, found, batch, probing)
 
 
-def _finish(report: BenchReport, t_start: float) -> BenchReport:
+def _made(jobs: list[Job], series: dict[tuple[str, int], Series], plan: Plan) -> list[BenchPoint]:
+    return [c.point(bs, s.batches_per_call, s.times, s.wall_s, s.first_ms, plan.opener.verdict(c))
+            for c, sizes in jobs for bs in sizes for s in [series[(c.key, bs)]]]
+
+
+def _progress(on_progress: Progress | None, offset: int, total: int) -> Callable[[int, str], None] | None:
+    """A phase's progress as steps of the whole run."""
+    if on_progress is None:
+        return None
+    return lambda done, what: on_progress(offset + done, total, what)
+
+
+def _finish(report: BenchReport, search: dict[str, Any], t_start: float) -> BenchReport:
+    report.search = search
+    report.summary = summarize(report.points)
     report.fastest = fastest(report.points)
     report.seconds = time.perf_counter() - t_start
     return report
@@ -125,6 +159,7 @@ def _model_flops(config: BenchConfig, checkpoint: str | None) -> int | None:
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
     s = asdict(config)
     s["providers"] = providers
+    s["modes_timed"] = list(modes_to_time(config))
     s["rotate_batches"] = ROTATE
     torch = sys.modules.get("torch")  # only where this run imported it
     s["torch_threads"] = torch.get_num_threads() if torch is not None else None

@@ -1,4 +1,4 @@
-"""A report as text and pictures: the README-ready markdown table, the fastest line, the PNG plot.
+"""A report as text and pictures: the README-ready markdown tables, the recommendation lines, the PNG plot.
 
 Library code renders to strings and files only; the CLI decides what to print.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.bench.results import BenchPoint, BenchReport, target_goal
+from toolkit.bench.results import BenchPoint, BenchReport
 from toolkit.formats import APP, FORMATS, PRECISION_ORDER
 
 _POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | batch | p50 ms | p90 ms "
@@ -29,22 +29,43 @@ def _point_row(p: BenchPoint) -> str:
             f"{p.throughput:,.0f} | {_verdict(p.verified)} |")
 
 
-def _target_rows(found: dict[str, dict[str, Any]]) -> list[str]:
-    if not found:
-        return []
-    return ["", "| target | measured | goal | met |", "|---|---:|---:|---|"] + [
-        f"| {name} ({t['detail']}) | {t['value']:.2f} | {target_goal(name, t['target'])} "
-        f"| {'yes' if t['met'] else 'no'} |" for name, t in found.items()]
+SUMMARY_COLUMNS = ("runtime", "file", "precision", "batch-1 p50 ms", "batch-1 p99 ms", "best images/s", "at batch",
+                   "setting", "agreement", "verified")
+
+
+def summary_cells(row: dict[str, Any]) -> dict[str, str]:
+    """One summary row as text, by SUMMARY_COLUMNS: the setting reads 'batch-1 one / best one' where they differ."""
+    b1 = row["batch1_p50_ms"] is not None
+    setting = row["best_setting"] if row["batch1_setting"] in (None, row["best_setting"]) \
+        else f"{row['batch1_setting']} / {row['best_setting']}"
+    agreement = f"{row['agreement']:,}/{row['checked_images']:,}" if row["agreement"] is not None else "-"
+    runtime = row["runtime"] + ("" if row["provider"] == "cpu" else f" ({row['provider']})")
+    values = (runtime, row["file"], _precision(row["precision"], row["mode"]),
+              f"{row['batch1_p50_ms']:.3f}" if b1 else "-", f"{row['batch1_p99_ms']:.3f}" if b1 else "-",
+              f"{row['best_images_per_s']:,.0f}", str(row["best_batch_size"]), setting, agreement,
+              _verdict(row["verified"]))
+    return dict(zip(SUMMARY_COLUMNS, values))
+
+
+def _precision(precision: str, mode: str) -> str:
+    """The file's precision, and the runtime's compute mode where it lowers it (an fp32 file run as bf16)."""
+    return precision if mode in ("-", "f32") else f"{precision} as {mode}"
+
+
+def _summary_rows(report: BenchReport) -> list[str]:
+    rows = [summary_cells(r) for r in report.summary]
+    return [f"| {' | '.join(SUMMARY_COLUMNS)} |", "|---|---|---|---:|---:|---:|---:|---|---:|---|",
+            *(f"| {' | '.join(r.values())} |" for r in rows)]
 
 
 def markdown_table(report: BenchReport) -> str:
-    """A README-ready table of every point, the fastest verified configurations and the targets."""
+    """README-ready tables: the summary (a row per runtime and file), the recommendation per regime, and every
+    point measured. The targets are left to benchmarks/report.py, which renders them from the JSON."""
     versions = ", ".join(f"{name} {r['version']}" for name, r in report.runtimes.items()) or "-"
-    lines = [f"Measured on {_where(report.machine)}; {versions}.", "", *_POINTS_HEADER]
-    lines += [_point_row(p) for p in report.points]
+    lines = [f"Measured on {_where(report.machine)}; {versions}.", "", *_summary_rows(report)]
     if report.fastest:
-        lines += [""] + [f"Fastest here ({regime}): {fastest_line(f)}" for regime, f in report.fastest.items()]
-    lines += _target_rows(report.targets)
+        lines += [""] + [f"- {fastest_line(f, regime)}" for regime, f in report.fastest.items()]
+    lines += ["", "Every point measured:", "", *_POINTS_HEADER, *(_point_row(p) for p in report.points)]
     return "\n".join(lines) + "\n"
 
 
@@ -52,10 +73,22 @@ def _verdict(verified: bool | None) -> str:
     return {True: "yes", False: "FAILED", None: "-"}[verified]
 
 
-def fastest_line(f: dict[str, Any]) -> str:
-    """One fastest-configuration entry as text, for the CLI and the markdown."""
-    return (f"{f['label']}, batch {f['batch_size']}: {f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s"
-            f"{'' if f['verified'] else ' (not verified in this run)'}")
+def fastest_line(f: dict[str, Any], regime: str = "") -> str:
+    """One recommendation as a line: the rate beside a p50 is that p50's (one image per call), the rate of the
+    throughput pick is the one measured over all its calls; each says which."""
+    head = f"{regime}: " if regime else ""
+    if "images_per_s_from" not in f:  # a report from before recommendations said where their rate came from
+        return (f"{head}{f['label']}, batch {f['batch_size']}: {f['p50_ms']:.3f} ms p50, "
+                f"{f['throughput']:,.0f} images/s measured")
+    what = f"{f['runtime']} {f['file']}" + ("" if f["mode"] in ("-", "f32") else f" as {f['mode']}") \
+        + ("" if f["setting"] == "-" else f" ({f['setting']})")
+    unverified = "" if f["verified"] else " (not verified in this run)"
+    if f["images_per_s_from"] == "p50":
+        return (f"{head}{what}, batch 1: p50 {f['p50_ms']:.3f} ms, p99 {f['p99_ms']:.3f} ms "
+                f"(= {f['images_per_s']:,.0f} images/s at that p50, one at a time){unverified}")
+    in_flight = f" x {f['calls_in_flight']} in flight" if f["calls_in_flight"] > 1 else ""
+    return (f"{head}{what}, batch {f['batch_size']}{in_flight}: {f['images_per_s']:,.0f} images/s measured "
+            f"(p50 {f['p50_ms']:.2f} ms a call){unverified}")
 
 
 # --- the plot -------------------------------------------------------------------------------------------

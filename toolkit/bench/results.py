@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from toolkit.formats import judged_precision
+from toolkit.formats import FORMATS, PRECISION_ORDER, judged_precision
 
 
 @dataclass
@@ -36,6 +36,9 @@ class BenchPoint:
     mode: str = "-"  # OpenVINO inference precision (f32, bf16); "-" elsewhere
     hint: str = "-"  # OpenVINO performance hint; "-" elsewhere
     verified: bool | None = None  # passed verify's tolerances in this run; None: not checked
+    agreement: int | None = None  # test images whose digit matched the reference's, when verified
+    checked_images: int | None = None  # test images verified on
+    setting: str = "-"  # the settings a search chooses between (opt=, calls=, hint=, io=), as words
 
     def _settings(self) -> list[str]:
         """The non-default settings, as label words."""
@@ -52,7 +55,8 @@ class BenchPoint:
 
     @property
     def judged_as(self) -> str:
-        return judged_precision(self.precision, self.mode)
+        """The precision this point is judged at; a bench FILE's input type stands as it is."""
+        return judged_precision(self.precision, self.mode) if self.precision in PRECISION_ORDER else self.precision
 
     @property
     def name(self) -> str:
@@ -88,6 +92,8 @@ class BenchReport:
     runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # runtime -> version and settings
     verification: dict[str, dict[str, Any]] = field(default_factory=dict)  # configuration -> verify's verdict
     fastest: dict[str, dict[str, Any]] = field(default_factory=dict)  # regime -> the fastest verified point
+    summary: list[dict[str, Any]] = field(default_factory=list)  # one row per runtime and file: see summarize
+    search: dict[str, Any] = field(default_factory=dict)  # what the short search tried and kept, and why
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,12 +106,22 @@ class BenchReport:
         """A report read back from `to_json`'s dict (to redraw its plot or tables)."""
         point_fields = set(BenchPoint.__dataclass_fields__)
         points = [BenchPoint(**{k: v for k, v in p.items() if k in point_fields}) for p in d["points"]]
-        return cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
+        report = cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
+        report.summary = report.summary or summarize(points)  # older reports had none: derive it
+        return report
 
 
-# --- the fastest configurations -------------------------------------------------------------------------
+# --- the summary and the recommendations ----------------------------------------------------------------
 
-REGIMES = {"batch 1": "lowest batch-1 p50 latency, one call at a time", "throughput": "highest images/s, any batch"}
+REGIMES = {"lowest latency": "lowest batch-1 p50, one call at a time",
+           "most throughput": "most images/s measured, any batch"}
+
+
+def file_name(fmt: str, precision: str) -> str:
+    """The file a point ran: the artifact's name, the checkpoint for PyTorch eager, or bench FILE's own name."""
+    if fmt in FORMATS:
+        return FORMATS[fmt].file_name(precision)
+    return "checkpoint.pt" if fmt == "pytorch" else fmt
 
 
 def _eligible(points: list[BenchPoint]) -> list[BenchPoint]:
@@ -113,21 +129,60 @@ def _eligible(points: list[BenchPoint]) -> list[BenchPoint]:
     return [p for p in points if p.verified is not False and p.provider == "cpu"]
 
 
-def _fastest_entry(p: BenchPoint, batch_size: int) -> dict[str, Any]:
-    return {"label": p.label, "p50_ms": p.p50_ms, "throughput": p.throughput, "batch_size": batch_size,
+def _batch1(points: list[BenchPoint]) -> BenchPoint | None:
+    """The lowest batch-1 p50: one call at a time where any was timed, else any call at batch 1."""
+    single = [p for p in points if p.one_at_a_time] or [p for p in points if p.batch_size == 1]
+    return min(single, key=lambda p: p.p50_ms) if single else None
+
+
+def _verdict(points: list[BenchPoint]) -> bool | None:
+    """False if any configuration failed verify, True if all passed, None if none was checked."""
+    verdicts = {p.verified for p in points}
+    return False if False in verdicts else (True if verdicts == {True} else None)
+
+
+def summarize(points: list[BenchPoint]) -> list[dict[str, Any]]:
+    """One row per runtime, file, device and compute mode: its lowest batch-1 latency and its most images/s, each
+    with the setting that gave it, and the verdict of every configuration in the row."""
+    groups: dict[tuple, list[BenchPoint]] = {}
+    for p in points:
+        groups.setdefault((p.runtime, p.format, p.precision, p.provider, p.mode), []).append(p)
+    rows = []
+    for (runtime, fmt, precision, provider, mode), pts in groups.items():
+        b1, best = _batch1(pts), max(pts, key=lambda p: p.throughput)
+        shown = [p for p in (b1, best) if p is not None]
+        agreements = [p.agreement for p in shown if p.agreement is not None]
+        rows.append({
+            "runtime": runtime, "file": file_name(fmt, precision), "format": fmt, "precision": precision,
+            "mode": mode, "judged_as": best.judged_as, "provider": provider,
+            "batch1_p50_ms": b1.p50_ms if b1 else None, "batch1_p99_ms": b1.p99_ms if b1 else None,
+            "batch1_setting": b1.setting if b1 else None, "batch1_calls_in_flight": b1.concurrency if b1 else None,
+            "best_images_per_s": best.throughput, "best_batch_size": best.batch_size, "best_setting": best.setting,
+            "agreement": min(agreements) if agreements else None,
+            "checked_images": next((p.checked_images for p in shown if p.checked_images), None),
+            "verified": _verdict(shown)})
+    return rows
+
+
+def _recommendation(p: BenchPoint, images_per_s: float, basis: str) -> dict[str, Any]:
+    return {"label": p.label, "runtime": p.runtime, "file": file_name(p.format, p.precision), "judged_as": p.judged_as,
+            "mode": p.mode, "setting": p.setting, "batch_size": p.batch_size, "calls_in_flight": p.concurrency,
+            "p50_ms": p.p50_ms, "p99_ms": p.p99_ms, "images_per_s": images_per_s, "images_per_s_from": basis,
             "verified": p.verified}
 
 
 def fastest(points: list[BenchPoint]) -> dict[str, dict[str, Any]]:
-    """The fastest configuration that passes verify, per regime, across every runtime and precision measured."""
+    """The configuration to deploy per regime, among those that pass verify on the CPU: the lowest batch-1 p50
+    (its rate is that p50's: one image per p50) and the most images/s measured (over all its timed calls)."""
     pool = _eligible(points)
     single = [p for p in pool if p.one_at_a_time]
     out = {}
     if single:
-        out["batch 1"] = _fastest_entry(min(single, key=lambda p: p.p50_ms), 1)
+        p = min(single, key=lambda p: p.p50_ms)
+        out["lowest latency"] = _recommendation(p, 1e3 / p.p50_ms, "p50")
     if pool:
         p = max(pool, key=lambda p: p.throughput)
-        out["throughput"] = _fastest_entry(p, p.batch_size)
+        out["most throughput"] = _recommendation(p, p.throughput, "measured")
     return out
 
 

@@ -9,6 +9,7 @@ model file (ONNX Runtime on the CPU only, nothing to verify it against).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_mod
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
-from toolkit.formats import judged_precision
+from toolkit.formats import DEFAULT_MODE, MODES, judged_precision
 from toolkit.runners import (
     IO_MODES,
     RUNTIMES,
@@ -64,10 +65,40 @@ class Candidate:
     def runner_key(self) -> tuple[str, str, str, RunnerOptions]:
         return self.runtime, self.format, self.precision, self.options
 
+    @property
+    def verify_key(self) -> tuple[str, str, str, RunnerOptions]:
+        """What a verdict holds for: the runner with its thread count and OpenVINO hint left out, since those
+        schedule the same computation (the graph, the device and the compute mode decide what is computed)."""
+        return (self.runtime, self.format, self.precision,
+                dataclasses.replace(self.options, threads=None, hint=RunnerOptions.hint))
+
+    @property
+    def group(self) -> str:
+        """What the search keeps the best settings of: the runtime, the source, the device and the compute mode."""
+        return f"{self.runtime} {self.format}/{self.precision} {self.options.device} {self.options.mode}"
+
+    @property
+    def setting(self) -> str:
+        """The settings the search chooses between, as words ('-' where the runtime takes none)."""
+        tunes, o, cpu = RUNTIMES[self.runtime].tunes, self.options, self.options.device == "cpu"
+        words = [f"opt={o.optimization}"] if "optimization" in tunes and cpu else []
+        words += [f"calls={self.concurrency}"] if "concurrency" in tunes and cpu else []
+        words += [f"hint={o.hint}"] if "hint" in tunes else []
+        words += [f"io={self.io}"] if "io" in tunes and not cpu else []
+        words += ["cuda-graph"] if o.cuda_graph else []
+        return " ".join(words) or "-"
+
+    @property
+    def one_call_at_a_time(self) -> bool:
+        """Whether one request is in flight at a time (no concurrent callers, no OpenVINO async queue)."""
+        queued = "hint" in RUNTIMES[self.runtime].tunes and self.options.hint == "throughput"
+        return self.concurrency == 1 and not queued
+
     def point(self, batch_size: int, batches_per_call: int, times: list[float], wall_s: float, first_ms: float,
-              verified: bool | None) -> BenchPoint:
+              verdict: dict[str, Any] | None) -> BenchPoint:
         """This configuration's statistics at one batch size; settings its runtime does not take read '-'."""
         tunes = RUNTIMES[self.runtime].tunes
+        verdict = verdict or {}
         ms = np.asarray(times) * 1e3
         in_flight = self.concurrency * batches_per_call
         return BenchPoint(
@@ -78,7 +109,8 @@ class Candidate:
             p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
             min_ms=float(ms.min()), throughput=batch_size * batches_per_call * len(ms) / wall_s,
             mode=self.options.mode if "mode" in tunes else "-",
-            hint=self.options.hint if "hint" in tunes else "-", verified=verified)
+            hint=self.options.hint if "hint" in tunes else "-", verified=verdict.get("passed"),
+            agreement=verdict.get("agreement"), checked_images=verdict.get("n"), setting=self.setting)
 
 
 # --- building the candidates ----------------------------------------------------------------------------
@@ -120,16 +152,30 @@ def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact
     return out
 
 
+NO_NATIVE_BF16 = (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be "
+                  "emulated, slower than f32; --mode f32,bf16 times it anyway")
+
+
+def modes_to_time(config: BenchConfig) -> tuple[str, ...]:
+    """The compute modes named, else f32 plus every mode this CPU computes natively (bf16 with AVX512-BF16/AMX)."""
+    if config.modes:
+        return config.modes
+    return MODES if sysinfo.native_bf16() else (DEFAULT_MODE,)
+
+
 def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
-                     checkpoint: str) -> list[Candidate]:
-    """Every configuration to time: runtime x device x source x the settings that runtime takes."""
-    out = []
+                     checkpoint: str, skipped: dict[str, str] | None = None) -> list[Candidate]:
+    """Every configuration to time: runtime x device x source x the settings that runtime takes. A compute mode
+    left out because this CPU only emulates it gets a note in `skipped`."""
+    out, modes = [], modes_to_time(config)
     for device in devices:
         # the torch baselines for the GPU run under provider cuda; CPU-only runtimes on cpu
         todo, _ = runners.runs(manifest, runtimes, device, list(config.formats), list(config.precisions), checkpoint)
         for run in todo:
-            if run.mode in config.modes:
+            if run.mode in modes:
                 out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
+            elif not config.modes and skipped is not None:
+                skipped[f"{run.runtime} {run.mode}"] = NO_NATIVE_BF16
     return out
 
 
@@ -176,7 +222,7 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
     except ArtifactError as e:
         fields = {"passed": False, "failures": [str(e)]}
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
-            **{k: fields.get(k) for k in ("passed", "agreement", "max_abs_diff", "failures")}}
+            **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")}}
 
 
 class _Opener:
@@ -190,25 +236,34 @@ class _Opener:
         self.settings: dict[str, list[dict[str, Any]]] = {}
 
     def __call__(self, c: Candidate) -> Runner:
+        return self.open(c, verify=True)
+
+    def unverified(self, c: Candidate) -> Runner:
+        """The runner, not verified yet (the search's probes: only the settings it keeps are verified)."""
+        return self.open(c, verify=False)
+
+    def open(self, c: Candidate, verify: bool) -> Runner:
         runner, ms = open_timed(c.runtime, c.source, c.options)
         self.load_ms.setdefault(f"{c.runtime} {c.format}/{c.precision} {c.options.device} "
                                 f"{options_words(c.options)}", ms)
-        if self.ref is not None and c.runner_key not in self.verdicts:
-            self.verdicts[c.runner_key] = _verdict_of(c.runner_key, runner, self.ref)
+        if verify and self.ref is not None and c.verify_key not in self.verdicts:
+            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, self.ref),
+                                           "verified_with": options_words(c.options)}
         known = self.settings.setdefault(c.runtime, [])
         if runner.settings() not in known:
             known.append(runner.settings())
         return runner
 
-    def verified(self, c: Candidate) -> bool | None:
-        return self.verdicts[c.runner_key]["passed"] if c.runner_key in self.verdicts else None
+    def verdict(self, c: Candidate) -> dict[str, Any] | None:
+        return self.verdicts.get(c.verify_key)
 
     def runtimes(self) -> dict[str, dict[str, Any]]:
         """Each runtime opened: its version and every distinct settings its runners reported."""
         return {name: {"version": runtime_version(name), "settings": s} for name, s in self.settings.items()}
 
     def verification(self) -> dict[str, dict[str, Any]]:
-        return {f"{k[0]} {k[1]}/{k[2]} {options_words(k[3])}": v for k, v in self.verdicts.items()}
+        return {f"{k[0]} {k[1]}/{k[2]} {k[3].device} opt={k[3].optimization} precision={k[3].mode}": v
+                for k, v in self.verdicts.items()}
 
 
 class _FileOpener:
@@ -232,7 +287,9 @@ class _FileOpener:
         self.inputs = runner.settings().get("input", "MNIST test images")
         return runner
 
-    def verified(self, c: Candidate) -> bool | None:
+    unverified = __call__  # nothing is verified here
+
+    def verdict(self, c: Candidate) -> dict[str, Any] | None:
         return None
 
     def runtimes(self) -> dict[str, dict[str, Any]]:
@@ -264,7 +321,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
     devices_used, skipped = devices.expand(config.providers)
     manifest = read_manifest(config.artifacts)
     checkpoint = _find_checkpoint(config, manifest, selection, skipped)
-    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "")
+    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "", skipped)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
     from toolkit.verify import resolve_reference

@@ -21,21 +21,32 @@ from toolkit.errors import ConfigError
 
 ROTATE = 8  # distinct input batches cycled through, so no cache holds one batch's answers
 TEST_IMAGES = 10_000
+WARMUP_SHARE = 0.5  # of a timed block's budget, at most, spent warming up
+# timed calls per point at least, shared over its rounds: a slow call (batch 1024 in PyTorch eager) would
+# otherwise cost several times its budget
+MIN_CALLS = 3
 
 
 def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, seconds: float,
-             offset: int, concurrency: int = 1) -> tuple[list[float], float]:
-    """Time calls of `run` after `warmup` untimed ones; returns (per-call seconds, wall seconds).
+             offset: int, concurrency: int = 1, min_calls: int = MIN_CALLS) -> tuple[list[float], float]:
+    """Time calls of `run` after up to `warmup` untimed ones; returns (per-call seconds, wall seconds).
 
-    With concurrency N, N threads call `run` at once (the runtimes release the GIL while they compute), each
-    for the same budget; the wall time then covers all of them.
+    Warm-up stops early, after at least one call, once it has taken WARMUP_SHARE of the block's `seconds`: a
+    slow call (a large batch in a slow runtime) is warm after one, and five of them would cost more than the
+    timing. With concurrency N, N threads call `run` at once (the runtimes release the GIL while they compute),
+    each for the same budget; the wall time then covers all of them.
     """
-    for i in range(warmup):
-        run(offset + i)
-    calls = None if iterations is None else max(1, iterations // concurrency)
+    warm0, warmed = time.perf_counter(), 0
+    while warmed < warmup and (warmed == 0 or time.perf_counter() - warm0 < WARMUP_SHARE * seconds):
+        run(offset + warmed)
+        warmed += 1
+    offset += warmed
+    # a fixed count is shared out so the callers' calls add up to it (each makes one at least)
+    calls = [None if iterations is None else max(1, iterations // concurrency + (k < iterations % concurrency))
+             for k in range(concurrency)]
     if concurrency == 1:
         wall0 = time.perf_counter()
-        times = _loop(run, offset + warmup, calls, seconds, concurrency)
+        times = _loop(run, offset, calls[0], seconds, concurrency, min_calls)
         return times, time.perf_counter() - wall0
 
     # threads are started before the clock and released together, so their start-up is not timed
@@ -44,7 +55,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
 
     def worker(k: int) -> None:
         start.wait()
-        parts[k] = _loop(run, offset + warmup + k, calls, seconds, concurrency)
+        parts[k] = _loop(run, offset + k, calls[k], seconds, concurrency, min_calls)
 
     workers = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for w in workers:
@@ -57,8 +68,8 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
 
 
 def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None, seconds: float,
-          stride: int) -> list[float]:
-    """One caller's timed calls: `budget_calls` of them, or as many as `seconds` allows (at least 3).
+          stride: int, min_calls: int = MIN_CALLS) -> list[float]:
+    """One caller's timed calls: `budget_calls` of them, or as many as `seconds` allows (at least `min_calls`).
 
     Concurrent callers start at neighbouring indices and step by their number, so no two run the same batch.
     """
@@ -73,7 +84,7 @@ def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None,
         if budget_calls is not None:
             if len(times) >= budget_calls:
                 return times
-        elif time.perf_counter() - start >= seconds and len(times) >= 3:
+        elif time.perf_counter() - start >= seconds and len(times) >= min_calls:
             return times
 
 
@@ -97,8 +108,22 @@ def _batches(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
                           "use smaller batch sizes") from None
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long each point is timed: rounds, and per point either `iterations` calls or `seconds` in all."""
+
+    rounds: int
+    seconds: float
+    warmup: int
+    iterations: int | None = None
+
+    @classmethod
+    def of(cls, config: BenchConfig) -> Budget:
+        return cls(config.rounds, config.seconds, config.warmup, config.iterations)
+
+
 @dataclass
-class _Series:
+class Series:
     """What the rounds gather for one candidate at one batch size."""
 
     first_ms: float
@@ -107,36 +132,45 @@ class _Series:
     wall_s: float = 0.0
 
 
-def time_rounds(config: BenchConfig, candidates: list[Candidate], open_runner: Callable[[Candidate], Runner],
-                pixels: np.ndarray, on_progress: Callable[[int, int, str], None] | None = None
-                ) -> dict[tuple[str, int], _Series]:
-    """Interleaved rounds over every candidate and batch size; the first call of each is timed apart.
+Job = tuple[Candidate, tuple[int, ...]]  # a candidate and the batch sizes to time it at
+
+
+def steps(jobs: list[Job], budget: Budget) -> int:
+    """How many timed blocks `time_rounds` runs: the unit of its progress."""
+    return sum(len(sizes) for _, sizes in jobs) * budget.rounds
+
+
+def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner], pixels: np.ndarray, budget: Budget,
+                on_progress: Callable[[int, str], None] | None = None) -> dict[tuple[str, int], Series]:
+    """Interleaved rounds over every job's candidate and batch sizes; the first call of each is timed apart.
 
     Each round opens each candidate's runner afresh and lets it go afterwards: one runner's memory at a time.
+    `on_progress(steps done, what)` follows each timed block.
     """
-    series: dict[tuple[str, int], _Series] = {}
-    total, done = len(candidates) * len(config.batch_sizes) * config.rounds, 0
-    per_round = None if config.iterations is None else max(1, config.iterations // config.rounds)
-    for rnd in range(config.rounds):
-        for c in candidates:
+    series: dict[tuple[str, int], Series] = {}
+    done = 0
+    per_round = None if budget.iterations is None else max(1, budget.iterations // budget.rounds)
+    min_calls = -(-MIN_CALLS // budget.rounds)  # per round and caller
+    for rnd in range(budget.rounds):
+        for c, sizes in jobs:
             runner = open_runner(c)
-            for bs in config.batch_sizes:
+            for bs in sizes:
                 with run_guard(runner):
                     timed = runner.timed(_batches(pixels, bs), c.io)
                     s = series.get((c.key, bs)) or _first_call(timed)
                     series[(c.key, bs)] = s
-                    block, wall = _measure(timed.call, config.warmup, per_round, config.seconds / config.rounds,
-                                           offset=rnd, concurrency=c.concurrency)
+                    block, wall = _measure(timed.call, budget.warmup, per_round, budget.seconds / budget.rounds,
+                                           offset=rnd, concurrency=c.concurrency, min_calls=min_calls)
                 s.times.extend(block)
                 s.wall_s += wall
                 done += 1
                 if on_progress:
-                    on_progress(done, total, f"{c.runtime} {c.format}/{c.precision} {c.options.device} batch {bs}")
+                    on_progress(done, f"{c.runtime} {c.format}/{c.precision} {c.options.device} batch {bs}")
             del runner, timed
     return series
 
 
-def _first_call(timed: Timed) -> _Series:
+def _first_call(timed: Timed) -> Series:
     t0 = time.perf_counter()
     timed.call(0)
-    return _Series((time.perf_counter() - t0) * 1e3, timed.batches_per_call)
+    return Series((time.perf_counter() - t0) * 1e3, timed.batches_per_call)

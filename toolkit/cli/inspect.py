@@ -117,7 +117,8 @@ def bench(
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="all", help="Narrow to these precisions.")] = None,
     batch_sizes: Annotated[Optional[list[str]], typer.Option(
-        metavar="SIZES", help="Batch sizes.")] = BENCH["batch_sizes"],
+        metavar="SIZES", help="The batch ladder for throughput (batch 1 is always timed too; with --sweep: exactly "
+                              "these).")] = BENCH["batch_sizes"],
     iterations: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="by --seconds", help="Timed calls per point (instead of --seconds).")] = None,
     seconds: Annotated[float, typer.Option(
@@ -131,17 +132,21 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="the runtimes' own", help="Intra-op threads on the CPU.")] = None,
     optimization: Annotated[Optional[list[str]], typer.Option(
-        metavar="LEVELS", help="ONNX Runtime graph optimization levels to compare: all, extended, basic, "
+        metavar="LEVELS", help="ONNX Runtime graph optimization levels to try: all, extended, basic, "
                                "none.")] = BENCH["optimizations"],
     concurrency: Annotated[Optional[list[str]], typer.Option(
-        metavar="COUNTS", help="ONNX Runtime CPU: calls in flight at once to compare, e.g. 1,2 (each gets "
+        metavar="COUNTS", help="ONNX Runtime CPU: calls in flight at once to try, e.g. 1,2 (each gets "
                                "cores/N threads).")] = BENCH["concurrency"],
     mode: Annotated[Optional[list[str]], typer.Option(
-        metavar="MODES",
-        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only).")] = BENCH["modes"],
+        metavar="MODES", show_default="f32, and bf16 where the CPU computes it natively",
+        help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only; one this CPU only emulates is "
+             "timed when named).")] = None,
     hint: Annotated[Optional[list[str]], typer.Option(
         metavar="HINTS",
-        help="OpenVINO performance hints: latency, throughput.")] = BENCH["hints"],
+        help="OpenVINO performance hints to try: latency, throughput.")] = BENCH["hints"],
+    sweep: Annotated[bool, typer.Option(
+        help="Time every combination of the settings above at every batch size, and print every point, instead "
+             "of each runtime and file at the best settings a short search finds.")] = BENCH["sweep"],
     cuda_graph: Annotated[bool, typer.Option(
         "--cuda-graph/--no-cuda-graph",
         help="Also time ONNX Runtime CUDA with CUDA graphs.")] = BENCH["cuda_graph"],
@@ -150,7 +155,8 @@ def bench(
         help="Check each configuration on the test set first (fastest names verified ones only).")] = BENCH["verify"],
     matmul_peak: Annotated[bool, typer.Option(
         "--matmul-peak/--no-matmul-peak",
-        help="Measure the CPU's float32 and int8 matmul peaks (for the efficiency targets).")] = BENCH["matmul_peak"],
+        help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the "
+             "JSON).")] = BENCH["matmul_peak"],
     json_path: JsonOption = None,
     markdown: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(
@@ -165,10 +171,12 @@ def bench(
     time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Latency percentiles and throughput per runtime, precision and batch size; names the fastest verified.
+    """What to deploy here: each runtime and file at its best settings (found by a short search), its batch-1
+    latency and most images/s, and the fastest verified configuration for latency and for throughput.
 
-    With FILE: that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an
-    MNIST layout, else random data of its declared shapes and types (not verified: there is no reference).
+    Every point goes to --json and --markdown; --sweep times every combination of settings instead. With FILE:
+    that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an MNIST layout,
+    else random data of its declared shapes and types (not verified: there is no reference).
     """
     _outputs(json_path, markdown, plot, inputs=(file, *_model_files(artifacts)))
     from toolkit import bench as bench_lib
@@ -182,7 +190,7 @@ def bench(
         batch_sizes=tuple(_ints(batch_sizes, "batch sizes")), warmup=warmup, iterations=iterations, seconds=seconds,
         rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
-        cuda_graph=cuda_graph, verify=verify, matmul_peak=matmul_peak)
+        cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak)
     with stage("benchmarking") as on_progress:
         if file is None:
             report = bench_lib.bench(config, on_progress=on_progress)
@@ -192,7 +200,7 @@ def bench(
             report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
                                           parse_shapes(_csv(shape)), on_progress=on_progress,
                                           time_limit_s=time_limit)
-    _print_bench(report, bench_lib)
+    _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())
     if markdown:

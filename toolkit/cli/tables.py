@@ -111,12 +111,15 @@ def _compare_table(report: Any) -> Any:
     return Group(table, summary)
 
 
-def _bench_table(report: Any) -> tuple[Table, tuple[str, ...]]:
-    """The bench table and the columns it may drop: the tail percentiles first, then provider and I/O when
-    every row shares them (they then tell no rows apart)."""
+def _where(report: Any) -> str:
     gpu = report.machine.get("gpu")
-    table = _table(f"inference on {report.machine['cpu']} ({report.machine['cpu_cores']} cores)"
-                   + (f" + {gpu['name']}" if gpu else ""),
+    return f"{report.machine['cpu']} ({report.machine['cpu_cores']} cores)" + (f" + {gpu['name']}" if gpu else "")
+
+
+def _points_table(report: Any) -> tuple[Table, tuple[str, ...]]:
+    """Every point (bench --sweep) and the columns it may drop: the tail percentiles first, then provider and
+    I/O when every row shares them (they then tell no rows apart)."""
+    table = _table(f"every point measured on {_where(report)}",
                    ["runtime", "provider", "I/O", "batch", "first ms", "p50 ms", "p90 ms", "p99 ms", "images/s",
                     "verified"], names=("runtime", "provider", "I/O"), left=("verified",))
     for p in report.points:
@@ -128,22 +131,43 @@ def _bench_table(report: Any) -> tuple[Table, tuple[str, ...]]:
     return table, ("p99 ms", "p90 ms", "first ms", *constant)
 
 
-def _print_bench(report: Any, bench_lib: Any) -> None:
-    _print_table(*_bench_table(report))
+# the summary's columns as their headers read: two lines where that keeps the table narrow, and the best rate
+# with its batch in one cell
+_SUMMARY_HEADERS = {"runtime": "runtime", "file": "file", "precision": "precision", "batch-1 p50 ms": "batch-1\np50 ms",
+                    "batch-1 p99 ms": "batch-1\np99 ms", "best images/s": "best images/s\n(at batch)",
+                    "setting": "setting\n(batch 1 / best)", "agreement": "agreement", "verified": "verified"}
+
+
+def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]:
+    """One row per runtime and file at its best settings, and the columns it may drop when narrow."""
+    headers = _SUMMARY_HEADERS
+    every = {row["verified"] for row in report.summary} == {True}
+    table = _table(f"best setting per runtime and file, on {_where(report)}"
+                   + (f" (each verified on {report.summary[0]['checked_images']:,} test images)"
+                      if every and report.summary[0]["checked_images"] else ""), list(headers.values()),
+                   names=(headers["runtime"], headers["file"], headers["precision"]),
+                   left=(headers["setting"], headers["verified"]))
+    for row in report.summary:
+        cells = bench_lib.summary_cells(row)
+        cells["best images/s"] += f" ({cells['at batch']})"
+        verdict = {"FAILED": _styled("FAILED", "red")}.get(cells["verified"], cells["verified"])
+        table.add_row(*[cells[c] for c in headers if c != "verified"], verdict)
+    # the verdict column may go last when every row has the same one (it then tells no rows apart)
+    same = len({row["verified"] for row in report.summary}) <= 1
+    return table, (headers["setting"], headers["agreement"], headers["batch-1 p99 ms"],
+                   *((headers["verified"],) if same else ()))
+
+
+def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
+    """The summary table, what was left out and why, and one recommendation per regime; with `sweep`, every
+    point first. The targets are not printed: they are the project's goals, rendered by benchmarks/report.py."""
+    if sweep:
+        _print_table(*_points_table(report))
+    _print_table(*_summary_table(report, bench_lib))
     for name, reason in report.skipped.items():
-        out.print(f"skipped {name}: {reason}")
+        out.print(f"skipped {name}: {reason}", highlight=False)
     for regime, f in report.fastest.items():
-        out.print(f"fastest here ({regime}): {bench_lib.fastest_line(f)}")
-    if report.matmul_peak_gflops:
-        parts = [f"float32 matmul peak: {report.matmul_peak_gflops:.1f} GFLOP/s"]
-        if report.int8_matmul_peak_gops:
-            parts.append(f"int8: {report.int8_matmul_peak_gops:.1f} GOP/s")
-        if report.model_flops_per_image:
-            parts.append(f"model: {report.model_flops_per_image / 1e6:.2f} MFLOP per image")
-        out.print("; ".join(parts))
-    for name, t in report.targets.items():
-        out.print(Text.assemble(("met", "green") if t["met"] else ("missed", "red"),
-                                f" {name}: {t['value']:.2f} (target {t['target']}) — {t['detail']}"))
+        out.print(bench_lib.fastest_line(f, regime), highlight=False)
 
 
 def _predictions_table(predictions: list[Any], model: Path) -> Table:

@@ -6,12 +6,7 @@ for a largest batch (read from the program itself); larger batches are fed that 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,31 +14,16 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import PTE_METADATA_METHOD, Artifact, read_verified
 from toolkit.errors import ArtifactError
-from toolkit.runners.base import Runner, RunnerOptions, load_error
+from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "executorch"
-
-
-@contextlib.contextmanager
-def _native_logs_silenced() -> Iterator[None]:
-    """ExecuTorch's runtime logs its CPU probing (cpuinfo_utils.cpp) to stderr when it first runs; a user's
-    stderr carries errors only, so that is dropped (at the file descriptor and in Python)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(io.StringIO()):
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def load_program(data: bytes, label: str) -> Any:
     """The ExecuTorch program in the (hash-checked) bytes. The program reads them in place: whoever holds the
     program must hold the bytes too (ExecuTorchRunner does)."""
     try:
-        with _native_logs_silenced():  # importing it logs a torch deprecation warning, too
+        with native_logs_silenced():  # importing it logs a torch deprecation warning, too
             from executorch.runtime import Runtime
 
             return Runtime.get().load_program(data)
@@ -72,7 +52,7 @@ class ExecuTorchRunner(Runner):
         super().__init__(label, formats.NORMALIZED, options)
         self._program, self._data = program, data  # the method runs from both: freeing either crashes it
         try:
-            with _native_logs_silenced():
+            with native_logs_silenced():
                 self.method = program.load_method("forward")
             sizes = list(program.metadata("forward").input_tensor_meta(0).sizes())
         except Exception as e:  # a program without a usable forward method

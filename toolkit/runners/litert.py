@@ -15,7 +15,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError
-from toolkit.runners.base import Runner, RunnerOptions, load_error
+from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "litert"
 
@@ -40,8 +40,9 @@ def load_interpreter(data: bytes, options: RunnerOptions, label: str) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interpreter = Interpreter(model_content=data, num_threads=options.threads)
-        interpreter.allocate_tensors()
+        with native_logs_silenced():  # the XNNPACK delegate announces itself on stderr
+            interpreter = Interpreter(model_content=data, num_threads=options.threads)
+            interpreter.allocate_tensors()
     except Exception as e:  # LiteRT raises ValueError/RuntimeError for what it cannot read
         raise load_error(label, RUNTIME, e) from None
     return interpreter
@@ -93,6 +94,7 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
+FORMAT = "tflite"  # the format of formats.FORMATS this runtime opens
 IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of a .tflite model, at bytes 4..8
 
 

@@ -1,0 +1,136 @@
+"""The README holds: its tour runs as written after `make main`, its figures are what the committed JSON renders,
+its links and pictures exist, and its commands are the ones CI and the Makefile use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+from toolkit.data import load_split
+
+README = REPO / "README.md"
+TOUR_TIMEOUT_S = 300  # per block; the whole tour takes well under two minutes on 2 cores
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the `## heading` section of a markdown text."""
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def make_main_run_folder() -> str:
+    """Where `make main` trains: its train line sets no folder, so train's default for its default options."""
+    import typer.main
+
+    from toolkit.cli import app
+
+    main_recipe = re.search(r"^main:.*?\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M).group(1)
+    [train_line] = [line for line in main_recipe.splitlines() if re.search(r"\btrain\b", line)]
+    assert not re.search(r"--(out|model|recipe|seed)\b", train_line), train_line
+    command = typer.main.get_command(app).commands["train"]
+    default = {p.name: p.default for p in command.params}
+    return f"runs/{default['model']}-{default['recipe']}-seed{default['seed']}"
+
+
+def test_the_tour_assumes_the_folder_make_main_trains_into():
+    folder = make_main_run_folder()
+    assert f"`{folder}/`" in section(README.read_text(), "Two commands")
+
+
+def test_the_readme_test_commands_are_what_ci_runs():
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
+    assert ci, "no make command in .ci/run"
+    shown = [line.split("#")[0].strip() for block in bash_blocks(section(README.read_text(), "Two commands"))
+             for line in block.splitlines()]
+    for command in ci:
+        assert command in shown, f".ci/run calls {command!r}; the README does not show it"
+
+
+@pytest.mark.parametrize("path", [README, REPO / "benchmarks" / "README.md"], ids=lambda p: p.parent.name or "root")
+def test_the_rendered_blocks_match_the_committed_json(path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    text = path.read_text()
+    assert report.BLOCK.search(text), f"{path.name} has no report.py block"
+    assert report.filled(text) == text, (f"{path.relative_to(REPO)} differs from what the JSON renders; run "
+                                         "python benchmarks/report.py --write README.md benchmarks/README.md")
+
+
+@pytest.mark.parametrize("doc", [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_link_and_picture_exists(doc):
+    text = doc.read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert local, f"{doc.name} links to nothing"
+    for link in local:
+        assert (doc.parent / link).exists(), f"{doc.relative_to(REPO)} links to {link}, which does not exist"
+
+
+def test_the_shipped_digits_are_the_mnist_test_images_they_are_named_after(mnist_dir):
+    x, _ = load_split(mnist_dir, "test")
+    digits = sorted((REPO / "examples" / "digits").glob("mnist-test-*.png"))
+    assert len(digits) == 3
+    for path in digits:
+        index = int(re.fullmatch(r"mnist-test-(\d+)\.png", path.name).group(1))
+        with Image.open(path) as img:
+            np.testing.assert_array_equal(np.asarray(img.convert("L")), x[index])
+
+
+@pytest.fixture
+def after_make_main(tmp_path, trained, exported, mnist_dir) -> Path:
+    """A scratch folder laid out as `make main` leaves the repository: the checkpoint in its run folder, the
+    export in exported/, MNIST in data/, and the files the tour reads from the checkout (examples/digits)."""
+    root = tmp_path / "checkout"
+    run = root / make_main_run_folder()
+    run.mkdir(parents=True)
+    shutil.copy(trained / "checkpoint.pt", run / "checkpoint.pt")
+    shutil.copytree(exported, root / "exported")
+    (root / "data").symlink_to(mnist_dir)
+    shutil.copytree(REPO / "examples" / "digits", root / "examples" / "digits")
+    # The shared export names its checkpoint where the session fixture trained it (relative to the manifest);
+    # a link there makes the copied manifest true of this layout, as it is of make main's own.
+    recorded = json.loads((root / "exported" / "manifest.json").read_text())["checkpoint"]
+    where = (root / "exported" / recorded).resolve()
+    if where != (run / "checkpoint.pt").resolve():
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.symlink_to(run / "checkpoint.pt")
+    return root
+
+
+def test_the_tour_runs_in_order_after_make_main(after_make_main):
+    blocks = bash_blocks(section(README.read_text(), "Tour"))
+    assert len(blocks) >= 5, "the tour lost its blocks"
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_DATA_DIR"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as `. .venv/bin/activate`
+    env["PYTHONPATH"] = str(REPO)  # this checkout's toolkit, whichever one the environment installed
+    for i, block in enumerate(blocks, 1):
+        start = time.monotonic()
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=after_make_main, env=env,
+                              capture_output=True, text=True, timeout=TOUR_TIMEOUT_S)
+        took = time.monotonic() - start
+        assert done.returncode == 0, f"tour block {i} exited {done.returncode} after {took:.0f} s:\n{block}\n" \
+                                     f"{done.stderr[-3000:]}"
+        assert "error:" not in done.stderr, f"tour block {i}:\n{block}\n{done.stderr[-3000:]}"
+    # what the tour says it leaves: a second run and its export, each in its own folder
+    assert (after_make_main / "runs" / "mlp" / "checkpoint.pt").is_file()
+    manifest = json.loads((after_make_main / "exported" / "mlp" / "manifest.json").read_text())
+    assert {a["file"] for a in manifest["artifacts"]} == {"model.onnx"}
