@@ -269,7 +269,7 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
      "calibration-size"),
     ("export-calibration-huge", lambda c: ["export", "--checkpoint", c.checkpoint, "--calibration-size",
                                            "99999999999"], 2, "calibration-size"),
-    ("export-unknown-format", lambda c: ["export", "--checkpoint", c.checkpoint, "--format", "tflite"], 2, "format"),
+    ("export-unknown-format", lambda c: ["export", "--checkpoint", c.checkpoint, "--format", "coreml"], 2, "format"),
     # --- verify: nothing is loaded before its hash is checked; tolerances cannot be switched off
     ("verify-tampered-torchscript", lambda c: ["verify", "--artifacts", _other_torchscript(c), "--checkpoint",
                                                c.checkpoint, "--format",

@@ -289,7 +289,14 @@ SOURCES: dict[str, Source] = {
 def _store(raw: Path, name: str, data: bytes) -> None:
     path, stale = raw / name, raw / f"{name}.gz"
     try:
+        # the data folder is the toolkit's own store: a link, FIFO or socket found under an MNIST file's name is
+        # what `toolkit data` repairs, so it goes (only the link, never what it points to; a folder in the way
+        # stays a one-line error)
+        if path.is_symlink() or (path.exists() and not path.is_dir() and not path.is_file()):
+            path.unlink()
         fileio.write_bytes(path, data)
+    except OSError as e:
+        raise DataError(f"cannot replace {path}: {_os_reason(e)}") from None
     except OutputError as e:  # the OS reason, said as a data problem
         raise DataError(str(e)) from None
     try:
