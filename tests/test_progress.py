@@ -96,7 +96,8 @@ def test_train_on_a_terminal_shows_the_epoch_bar_with_count_and_eta(terminal_con
     lines = visible(result.stdout)
     assert not any("[progress." in line for line in lines + visible(result.stderr))
     bars = [line for line in lines if line.lstrip("│ ").startswith("epoch ")]
-    assert any(re.search(r"epoch 1/1 .* 8/8 .*elapsed, ETA \d+:\d\d", line) for line in bars), lines
+    # which count a frame caught depends on the machine's speed (8 batches can pass between two refreshes)
+    assert any(re.search(r"epoch 1/1 .* \d/8 .*elapsed, ETA (\d+:\d\d|-:--)", line) for line in bars), lines
     assert re.search(r"│ +1/1 │", lines[-5] + "".join(lines[-8:]))  # the epoch table's row stays
     assert all(len(line) <= 80 for line in lines)
 
@@ -109,7 +110,8 @@ def test_bench_on_a_terminal_shows_a_bar_with_count_and_eta(terminal_consoles, e
     lines = visible(result.stderr)
     assert not any("[progress." in line for line in lines)
     bars = [line for line in lines if line.startswith("benchmarking")]
-    assert any(re.search(r" \d/8 .*elapsed, ETA \d+:\d\d", line) for line in bars), lines
+    # the total is what the search plans (probes, then the batch ladder); a frame shows some count of it
+    assert any(re.search(r" \d+/\d+ .*elapsed, ETA (\d+:\d\d|-:--)", line) for line in bars), lines
 
 
 def read_with_times(argv: list[str]) -> tuple[int, list[tuple[float, str]]]:
