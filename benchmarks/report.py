@@ -33,8 +33,6 @@ PROVENANCE = {
     "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
-    "compat.json": "Measured before the pt2, aoti, executorch and tflite formats were in the grid, so it has no "
-                   "columns for them.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
                         "for them.",
 }
