@@ -176,7 +176,7 @@ class StageProgress:
             from rich.live import Live
 
             self._live = Live(Group(self.above, self._bar), console=self.console, refresh_per_second=2)
-            self._live.start()
+            self._live.start(refresh=True)  # drawn at once: a fast epoch may end before the first refresh
 
     def __enter__(self) -> StageProgress:
         if not self.lazy:
