@@ -135,7 +135,22 @@ def _pixels_as(pixels: np.ndarray, layout: str, dtype: Any, prep: Preprocessing)
     return x.reshape(len(x), *_SHAPES[layout])
 
 
-class ForeignOnnxRunner(OnnxRuntimeRunner):
+class _ForeignFile:
+    """What every runner of a file the toolkit did not write shares: one output, read as the class scores, and a
+    time limit on each call even when none was asked for (such a file may never finish)."""
+
+    options: RunnerOptions
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (SCORES,)
+
+    @property
+    def time_limit_s(self) -> float:
+        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S
+
+
+class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
     """A foreign .onnx in ONNX Runtime: MNIST pixels in when its input fits, random data otherwise."""
 
     def __init__(self, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
@@ -168,14 +183,6 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         return inp if inp.layout else None
 
     @property
-    def outputs(self) -> tuple[str, ...]:
-        return (SCORES,)
-
-    @property
-    def time_limit_s(self) -> float:
-        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
-
-    @property
     def takes_images(self) -> bool:
         return self.image is not None
 
@@ -204,7 +211,7 @@ class ForeignOnnxRunner(OnnxRuntimeRunner):
         return Runner.timed(self, batches, io)
 
 
-class ForeignTorchRunner(TorchRunner):
+class ForeignTorchRunner(_ForeignFile, TorchRunner):
     """A TorchScript file, torch.export program or AOTInductor package (toolkit-made or not): runs its author's
     code. Input float32 in `prep.layout` (auto: [N,1,28,28]); the output is taken as the class scores."""
 
@@ -213,14 +220,6 @@ class ForeignTorchRunner(TorchRunner):
         super().__init__(module, label, runtime, options)
         self.kind, self.prep = FOREIGN, prep
         self.layout = "nchw" if prep.layout == "auto" else prep.layout
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (SCORES,)
-
-    @property
-    def time_limit_s(self) -> float:
-        return self.options.time_limit_s or DEFAULT_TIME_LIMIT_S  # a file the toolkit did not write
 
     @property
     def takes_images(self) -> bool:
