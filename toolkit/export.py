@@ -223,6 +223,16 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
                         triton_models=[m.name for m in triton_models], golden=golden_entry)
 
 
+def _gist(error: Exception) -> str:
+    """One line that says why an exporter failed: its message's first line, and for a message of many lines (a
+    compiler's, as AOTInductor's CppCompileError carries) the first line that names an error as well."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    cause = next((line for line in lines[1:] if "error" in line.lower() or "killed" in line.lower()), None)
+    return (lines[0] if cause is None else f"{lines[0]}: {cause}")[:300]
+
+
 def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path, ctx: ExportContext,
            log: Log) -> Artifact:
     """Build one file (and its companions) with its format's exporter and describe it for the manifest."""
@@ -238,8 +248,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
         except ToolkitError:
             raise
         except Exception as e:  # an exporter failure is reported, never half-written
-            raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: "
-                                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+            raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: {_gist(e)}") from e
         finally:
             for scratch in built.parts:
                 scratch.unlink(missing_ok=True)

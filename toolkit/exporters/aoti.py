@@ -28,11 +28,16 @@ from toolkit.runners.torch_export import AOTI_MODELS
 
 def _compile(module: nn.Module, device: str, metadata: dict[str, str], work: Path) -> list:
     """AOTInductor's files (sources, shared library, metadata) for `module` on `device`, written under `work`."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
     program = export_program(module, device)
     args, kwargs = program.example_inputs
+    # Compiled from scratch, sharing nothing with other processes: Inductor's cache (and the precompiled
+    # headers it keeps in a global folder that no cache setting moves) outlives a killed compile, and a
+    # half-written header file there fails every later compile with "cannot read PCH file".
     options = {"aot_inductor.package": True, "aot_inductor.output_path": str(work / device),
-               "aot_inductor.metadata": dict(metadata)}
-    with quiet():
+               "aot_inductor.metadata": dict(metadata), "aot_inductor.precompile_headers": False}
+    with quiet(), temporary_cache_dir(str(work / f"cache-{device}")):
         return torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=options)
 
 
