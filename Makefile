@@ -32,4 +32,5 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check toolkit tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs exported/*.onnx exported/*.pt exported/*.json exported/*.md exported/*.png exported/*.npy .cache
+	rm -rf $(VENV) runs .cache
+	find exported -mindepth 1 ! -name README.md -exec rm -rf {} +  # every format's files, triton/ too

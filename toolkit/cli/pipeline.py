@@ -25,7 +25,14 @@ from toolkit.cli.common import (
 from toolkit.cli.progress import download_progress, epoch_display, stage
 from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_table, _verify_table
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
-from toolkit.formats import DEFAULT_CALIBRATION_SIZE, DEFAULT_OPSET, FORMATS, QUANT_ACTIVATIONS, QUANT_FORMATS
+from toolkit.formats import (
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_OPSET,
+    FORMATS,
+    PRECISIONS,
+    QUANT_ACTIVATIONS,
+    QUANT_FORMATS,
+)
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
 from toolkit.runners import NATIVE_RUNTIMES
 from toolkit.verify import VerifyConfig
@@ -33,6 +40,11 @@ from toolkit.verify import VerifyConfig
 VERIFY = defaults(VerifyConfig)
 
 CODE_FORMATS = [name for name, f in FORMATS.items() if f.is_code]  # loading one runs what it carries
+
+
+def _lower_precisions() -> str:
+    """Which formats have which precision below fp32, from the formats table: "fp16: onnx; int8: onnx, ..."."""
+    return "; ".join(f"{p}: {', '.join(n for n, f in FORMATS.items() if p in f.precisions)}" for p in PRECISIONS[1:])
 
 
 def data(data_dir: DataDir = Path("data")) -> None:
@@ -110,7 +122,8 @@ def export(
              f"(comma list or repeated). {', '.join(CODE_FORMATS)} files are code (aoti is a compiled "
              "shared library): load only files you trust.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
-        metavar="PRECISIONS", show_default="fp32", help="fp32, fp16, int8 or all (ONNX only for fp16/int8).")] = None,
+        metavar="PRECISIONS", show_default="fp32",
+        help=f"{', '.join(PRECISIONS)} or all; {_lower_precisions()}.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         metavar="PATH", show_default="the latest under runs/", help="Checkpoint to export.")] = None,
     out_dir: Annotated[Path, typer.Option(
@@ -131,7 +144,8 @@ def export(
         metavar="N", help="max_batch_size of the Triton models (with --format triton).")] = DEFAULT_MAX_BATCH_SIZE,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Export a checkpoint to ONNX, TorchScript, torch.export or AOTInductor, with metadata and manifest.json."""
+    """Export a checkpoint to ONNX, TorchScript, torch.export, AOTInductor, ExecuTorch, LiteRT or OpenVINO IR,
+    with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
 
