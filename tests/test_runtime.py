@@ -33,7 +33,7 @@ def digit_pngs(tmp_path_factory, mnist_dir):
 
 
 def test_predict_runs_without_torch(exported, digit_pngs, python):
-    paths, labels, _ = digit_pngs
+    paths, labels, pixels = digit_pngs
     script = BLOCK_TORCH + textwrap.dedent(f"""
         sys.argv = ["toolkit", "predict", "--json", "-", "--model", {str(exported / 'model.app.onnx')!r},
                     *{[str(p) for p in paths[:20]]!r}]
@@ -46,7 +46,11 @@ def test_predict_runs_without_torch(exported, digit_pngs, python):
     done = run_process(python, "-c", script, cwd=REPO)
     assert done.returncode == 0, done.stderr
     predictions = json.loads(done.stdout)
-    assert [p["digit"] for p in predictions] == list(labels[:20])
+    # the digits are what the same file gives for the same (losslessly decoded) pixels in this process: which
+    # digits the checkpoint of this CPU gets right is no part of this test, beyond being a digit classifier
+    digits = [p["digit"] for p in predictions]
+    assert digits == list(Classifier(exported / "model.app.onnx").predict_proba(pixels[:20]).argmax(1))
+    assert np.mean(np.array(digits) == labels[:20]) >= 0.9
     # the reported probability is the top one of ten that sum to 1 (a recipe with label smoothing trains the
     # model to put at most about 0.8 on a digit, so its top probability is no proof of anything by itself).
     # Both fields go through one rounding rule, so they agree exactly whatever values this CPU's model gives;
