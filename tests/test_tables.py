@@ -54,17 +54,19 @@ def test_bench_summary_at_80_columns_names_every_runtime_and_file():
     from toolkit import bench
 
     report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
-    assert report.summary  # a report from before the summary existed gets one derived from its points
+    assert report.summary  # derived from the points, whatever the report held
     rows = _rows(_render(*tables._summary_table(report, bench)))
-    assert len(rows) == len(report.summary) <= 20  # one row per runtime and file, whatever was swept
-    expected = [(r["runtime"], r["file"], r["precision"] + ("" if r["mode"] in ("-", "f32") else f"as{r['mode']}"))
+    # one row per runtime and file, whatever was swept (its OpenVINO bf16 points share the fp32 files' rows)
+    assert len(rows) == len(report.summary) == len({(p.runtime, p.format, p.precision) for p in report.points}) <= 20
+    expected = [(r["runtime"], r["file"], bench.summary_cells(r)["precision"].replace(" ", ""))
                 for r in report.summary]
     assert [(r[0], r[1], r[2].replace(" ", "")) for r in rows] == expected
-    assert len(set(expected)) == len(expected)
+    assert all(e[2].startswith(r["precision"]) for e, r in zip(expected, report.summary))
+    assert len({e[:2] for e in expected}) == len(expected)
     assert [r[4] for r in rows] == [f"{r['best_images_per_s']:,.0f} ({r['best_batch_size']})" for r in report.summary]
-    best = {(r["runtime"], r["file"], r["precision"], r["mode"]): r["best_images_per_s"] for r in report.summary}
-    for p in report.points:  # each row's best is the most images/s of any of its points
-        assert p.throughput <= best[(p.runtime, bench.file_name(p.format, p.precision), p.precision, p.mode)]
+    best = {(r["runtime"], r["file"]): r["best_images_per_s"] for r in report.summary}
+    for p in report.points:  # each row's best is the most images/s of any of its points, in any mode
+        assert p.throughput <= best[(p.runtime, bench.file_name(p.format, p.precision))]
     wide = _render(*tables._summary_table(report, bench), width=200)
     assert "agreement" in wide and "(batch 1 / best)" in wide and "agreement" not in _render(
         *tables._summary_table(report, bench))
@@ -108,3 +110,65 @@ def test_bench_plot_is_small_multiples_from_the_committed_results(tmp_path, monk
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "8", "64", "256", "1024"]
     legend = figures[0].legends[0]
     assert {t.get_text() for t in legend.get_texts()} >= {"onnxruntime", "openvino", "pytorch"}
+
+
+def _make_main_points(bf16: bool, bf16_fails: bool = False):
+    """Synthetic points for what `make main` exports (every format at every precision) and the PyTorch checkpoint,
+    in every runtime that opens them: batch 1 and a batch of 256 each, OpenVINO's fp32 files also as bf16 when
+    `bf16`. bf16 wins the throughput and f32 the batch-1 latency; with `bf16_fails`, bf16 failed verify on
+    model.app.onnx."""
+    from toolkit import runners
+    from toolkit.artifacts import Artifact
+    from toolkit.bench import BenchPoint
+    from toolkit.formats import FORMATS
+
+    artifacts = [Artifact(file=f.file_name(p), format=name, precision=p, size_bytes=1, sha256="0", inputs=[],
+                          outputs=[], source_checkpoint="checkpoint.pt", source_sha256="0", test_accuracy=None)
+                 for name, f in FORMATS.items() for p in f.precisions]
+    todo, _ = runners.runs(artifacts, list(runners.RUNTIMES), "cpu", checkpoint="checkpoint.pt")
+    points = []
+    for run in todo:
+        if run.mode == "bf16" and not bf16:
+            continue
+        ov = run.runtime == "openvino"
+        faster = 1.5 if run.mode == "bf16" else 1.0
+        for batch, p50 in ((1, 0.24 if run.mode == "bf16" else 0.2), (256, 10.0)):
+            failed = bf16_fails and run.mode == "bf16" and run.format == "onnx-app"
+            points.append(BenchPoint(
+                runtime=run.runtime, format=run.format, precision=run.precision, provider="cpu", io="host",
+                optimization="all" if run.runtime == "onnxruntime" else "-", cuda_graph=False, batch_size=batch,
+                concurrency=1, iterations=10, threads=None, first_call_ms=1.0, p50_ms=p50, p90_ms=p50, p99_ms=p50,
+                mean_ms=p50, min_ms=p50, throughput=faster * batch / p50 * 1e3, mode=run.mode if ov else "-",
+                hint="latency" if ov else "-", verified=not failed, agreement=9_990, checked_images=10_000,
+                setting="hint=latency" if ov else "-"))
+    return points
+
+
+def test_bench_summary_of_everything_make_main_exports_fits_one_screen_with_or_without_bf16():
+    from toolkit import bench
+
+    for bf16, fails in ((False, False), (True, False), (True, True)):
+        points = _make_main_points(bf16, fails)
+        report = BenchReport(machine={"cpu": "a CPU", "cpu_cores": 2}, versions={}, settings={}, session_options={},
+                             model_flops_per_image=None, matmul_peak_gflops=None, points=points, load_ms={},
+                             skipped={}, summary=bench.summarize(points), fastest=bench.fastest(points))
+        text = _render(*tables._summary_table(report, bench))
+        rows = _rows(text)
+        files = {(p.runtime, p.format, p.precision) for p in points}
+        assert len(rows) == len(report.summary) == len(files) == 20, (bf16, len(rows))  # a row per runtime and file
+        if not fails:  # a line per row: title, header and rules aside
+            assert len(text.splitlines()) <= len(rows) + 7, text
+        md = bench.markdown_table(report)
+        assert md.split("Every point measured:")[1].count("\n| ") - 1 == len(points)  # every point, header aside
+        cells = {(r[0], r[1]): r for r in rows}
+        onnx, app = cells[("openvino", "model.onnx")], cells[("openvino", "model.app.onnx")]
+        if not bf16:
+            assert onnx[2] == "fp32" and app[2] == "fp32" and "FAILED" not in text
+            continue
+        # the mode with the most images/s, both regimes in it, and the precision names it
+        assert onnx[2].replace(" ", "") == "fp32asbf16"
+        row = next(r for r in report.summary if (r["runtime"], r["file"]) == ("openvino", "model.onnx"))
+        assert (row["mode"], row["modes"], row["judged_as"]) == ("bf16", ["f32", "bf16"], "bf16")
+        assert row["batch1_p50_ms"] == 0.24 and row["best_images_per_s"] == 1.5 * 256 / 10.0 * 1e3
+        if fails:  # a mode that failed verify is not shown as the row's best, and the verdict says it failed
+            assert app[2] == "fp32" and "bf16FAILED" in "".join(app[3:]).replace(" ", "")

@@ -34,7 +34,8 @@ SUMMARY_COLUMNS = ("runtime", "file", "precision", "batch-1 p50 ms", "batch-1 p9
 
 
 def summary_cells(row: dict[str, Any]) -> dict[str, str]:
-    """One summary row as text, by SUMMARY_COLUMNS: the setting reads 'batch-1 one / best one' where they differ."""
+    """One summary row as text, by SUMMARY_COLUMNS: the setting reads 'batch-1 one / best one' where they differ;
+    the precision names the compute mode shown, the verdict the modes left out because they failed verify."""
     b1 = row["batch1_p50_ms"] is not None
     setting = row["best_setting"] if row["batch1_setting"] in (None, row["best_setting"]) \
         else f"{row['batch1_setting']} / {row['best_setting']}"
@@ -43,7 +44,7 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
     values = (runtime, row["file"], _precision(row["precision"], row["mode"]),
               f"{row['batch1_p50_ms']:.3f}" if b1 else "-", f"{row['batch1_p99_ms']:.3f}" if b1 else "-",
               f"{row['best_images_per_s']:,.0f}", str(row["best_batch_size"]), setting, agreement,
-              _verdict(row["verified"]))
+              _verdict(row["verified"]) + "".join(f"; {m} FAILED" for m in row.get("failed_modes", ())))
     return dict(zip(SUMMARY_COLUMNS, values))
 
 

@@ -107,7 +107,7 @@ class BenchReport:
         point_fields = set(BenchPoint.__dataclass_fields__)
         points = [BenchPoint(**{k: v for k, v in p.items() if k in point_fields}) for p in d["points"]]
         report = cls(**{**{k: v for k, v in d.items() if k in cls.__dataclass_fields__}, "points": points})
-        report.summary = report.summary or summarize(points)  # older reports had none: derive it
+        report.summary = summarize(points)  # derived again: an older report's summary may have been laid out otherwise
         return report
 
 
@@ -142,26 +142,41 @@ def _verdict(points: list[BenchPoint]) -> bool | None:
 
 
 def summarize(points: list[BenchPoint]) -> list[dict[str, Any]]:
-    """One row per runtime, file, device and compute mode: its lowest batch-1 latency and its most images/s, each
-    with the setting that gave it, and the verdict of every configuration in the row."""
+    """One row per runtime, file and device: its lowest batch-1 latency and its most images/s, each with the setting
+    that gave it, and the verdict of the configurations shown. A runtime's compute modes (OpenVINO's f32 and bf16)
+    share the row: it shows the mode that gave the most images/s, both regimes in that mode, and `modes` names
+    every mode timed. A configuration that failed verify is shown only where all of the row's did; the modes of
+    those left out are named in `failed_modes`."""
     groups: dict[tuple, list[BenchPoint]] = {}
     for p in points:
-        groups.setdefault((p.runtime, p.format, p.precision, p.provider, p.mode), []).append(p)
-    rows = []
-    for (runtime, fmt, precision, provider, mode), pts in groups.items():
-        b1, best = _batch1(pts), max(pts, key=lambda p: p.throughput)
-        shown = [p for p in (b1, best) if p is not None]
-        agreements = [p.agreement for p in shown if p.agreement is not None]
-        rows.append({
-            "runtime": runtime, "file": file_name(fmt, precision), "format": fmt, "precision": precision,
-            "mode": mode, "judged_as": best.judged_as, "provider": provider,
-            "batch1_p50_ms": b1.p50_ms if b1 else None, "batch1_p99_ms": b1.p99_ms if b1 else None,
-            "batch1_setting": b1.setting if b1 else None, "batch1_calls_in_flight": b1.concurrency if b1 else None,
-            "best_images_per_s": best.throughput, "best_batch_size": best.batch_size, "best_setting": best.setting,
-            "agreement": min(agreements) if agreements else None,
+        groups.setdefault((p.runtime, p.format, p.precision, p.provider), []).append(p)
+    return [_summary_row(pts) for pts in groups.values()]
+
+
+def _summary_row(points: list[BenchPoint]) -> dict[str, Any]:
+    pool = [p for p in points if p.verified is not False] or points
+    best = max(pool, key=lambda p: p.throughput)
+    b1 = _batch1([p for p in pool if p.mode == best.mode])
+    shown = [p for p in (b1, best) if p is not None]
+    return {
+        "runtime": best.runtime, "file": file_name(best.format, best.precision), "format": best.format,
+        "precision": best.precision, "mode": best.mode, "modes": list(dict.fromkeys(p.mode for p in points)),
+        "judged_as": best.judged_as, "provider": best.provider, **_batch1_columns(b1),
+        "best_images_per_s": best.throughput, "best_batch_size": best.batch_size, "best_setting": best.setting,
+        **_checked(shown), "failed_modes": list(dict.fromkeys(p.mode for p in points if p not in pool))}
+
+
+def _batch1_columns(b1: BenchPoint | None) -> dict[str, Any]:
+    values = (b1.p50_ms, b1.p99_ms, b1.setting, b1.concurrency) if b1 else (None,) * 4
+    return dict(zip(("batch1_p50_ms", "batch1_p99_ms", "batch1_setting", "batch1_calls_in_flight"), values))
+
+
+def _checked(shown: list[BenchPoint]) -> dict[str, Any]:
+    """What verify found of the configurations a row shows: the lowest agreement, on how many images, the verdict."""
+    agreements = [p.agreement for p in shown if p.agreement is not None]
+    return {"agreement": min(agreements) if agreements else None,
             "checked_images": next((p.checked_images for p in shown if p.checked_images), None),
-            "verified": _verdict(shown)})
-    return rows
+            "verified": _verdict(shown)}
 
 
 def _recommendation(p: BenchPoint, images_per_s: float, basis: str) -> dict[str, Any]:

@@ -139,7 +139,8 @@ _SUMMARY_HEADERS = {"runtime": "runtime", "file": "file", "precision": "precisio
 
 
 def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]:
-    """One row per runtime and file at its best settings, and the columns it may drop when narrow."""
+    """One row per runtime and file at its best settings (a runtime's compute modes share the row, the precision
+    naming the mode shown), and the columns it may drop when narrow."""
     headers = _SUMMARY_HEADERS
     every = {row["verified"] for row in report.summary} == {True}
     table = _table(f"best setting per runtime and file, on {_where(report)}"
@@ -150,10 +151,10 @@ def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]
     for row in report.summary:
         cells = bench_lib.summary_cells(row)
         cells["best images/s"] += f" ({cells['at batch']})"
-        verdict = {"FAILED": _styled("FAILED", "red")}.get(cells["verified"], cells["verified"])
+        verdict = _styled(cells["verified"], "red") if "FAILED" in cells["verified"] else cells["verified"]
         table.add_row(*[cells[c] for c in headers if c != "verified"], verdict)
     # the verdict column may go last when every row has the same one (it then tells no rows apart)
-    same = len({row["verified"] for row in report.summary}) <= 1
+    same = len({bench_lib.summary_cells(row)["verified"] for row in report.summary}) <= 1
     return table, (headers["setting"], headers["agreement"], headers["batch-1 p99 ms"],
                    *((headers["verified"],) if same else ()))
 
