@@ -14,7 +14,7 @@ from rich.console import Console
 
 from tests.conftest import run_cli
 from toolkit.cli import common
-from toolkit.cli.progress import PIPE_INTERVAL_S, StageProgress, download_progress
+from toolkit.cli.progress import PIPE_FIRST_S, PIPE_INTERVAL_S, StageProgress, download_progress
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 ETA = re.compile(r"ETA \d+:\d\d")
@@ -114,25 +114,65 @@ def test_bench_on_a_terminal_shows_a_bar_with_count_and_eta(terminal_consoles, e
     assert any(re.search(r" \d+/\d+ .*elapsed, ETA (\d+:\d\d|-:--)", line) for line in bars), lines
 
 
-def read_with_times(argv: list[str]) -> tuple[int, list[tuple[float, str]]]:
-    """Run argv with stdout and stderr on one pipe; each line with the moment it arrived."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_compare_on_a_terminal_counts_the_images_with_an_eta(terminal_consoles, exported, mnist_dir):
+    result = run_cli("compare", exported / "model.onnx", exported / "model.ts.pt", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    lines = visible(result.stderr)
+    bars = [line for line in lines if line.startswith("comparing")]
+    # both files' images are counted, chunk by chunk: never the unknown total of a stage that reports nothing
+    counts = [tuple(map(int, m.groups())) for line in bars if (m := re.search(r" (\d+)/(\d+) ", line))]
+    assert counts and all(total == 20_000 for _, total in counts) and counts[-1][0] == 20_000, lines
+    assert all(ELAPSED.search(line) and ETA.search(line) for line in bars if " 20000/20000 " in line), bars
+    assert not any("/?" in line or "-:--" in line for line in bars if " 20000/20000 " in line)
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_compare_reports_each_chunk_of_both_files(exported, mnist_dir):
+    from toolkit.compare import CompareConfig, compare
+
+    calls = []
+    config = CompareConfig(a=str(exported / "model.onnx"), b=str(exported / "model.ts.pt"), data_dir=str(mnist_dir),
+                           limit=2_500)
+    report = compare(config, lambda done, total, what: calls.append((done, total, what)))
+    assert report.passed and report.n == 2_500
+    assert [c[:2] for c in calls] == [(0, 5_000), (1_000, 5_000), (2_000, 5_000), (2_500, 5_000), (2_500, 5_000),
+                                      (3_500, 5_000), (4_500, 5_000), (5_000, 5_000)]
+    assert calls[0][2] == "opening A: model.onnx" and calls[1][2] == "A: model.onnx in onnxruntime"
+    assert calls[4][2] == "opening B: model.ts.pt" and calls[-1][2] == "B: model.ts.pt in torchscript"
+
+
+FIRST_S, INTERVAL_S = 0.1, 0.5  # the pipe's timing, shortened so any run shows it, whatever the machine's speed
+
+
+def read_with_times(args: list[str]) -> tuple[int, list[tuple[float, str]]]:
+    """Run `toolkit ARGS` with stdout and stderr on one pipe, the pipe's first line after FIRST_S and the next
+    every INTERVAL_S (instead of 2 s and 10 s); each line with the moment it arrived."""
+    shorten = (f"import toolkit.cli.progress as p; p.PIPE_FIRST_S, p.PIPE_INTERVAL_S = {FIRST_S}, {INTERVAL_S}; "
+               "from toolkit.cli import main; main()")
+    proc = subprocess.Popen([sys.executable, "-c", shorten, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     lines = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]
     return proc.wait(timeout=600), lines
 
 
-def test_verify_in_a_pipe_prints_a_line_at_least_every_10_s(exported, mnist_dir):
-    started = time.monotonic()
-    code, lines = read_with_times([sys.executable, "-m", "toolkit", "verify", "--artifacts", str(exported),
-                                   "--data-dir", str(mnist_dir), "--runtime", "onnxruntime",
-                                   "--precision", "fp32,int8"])
+@pytest.mark.parametrize("command, args", [
+    ("verify", ["--runtime", "onnxruntime", "--precision", "fp32,int8"]),
+    ("compare", ["{exported}/model.onnx", "{exported}/model.ts.pt"]),
+])
+def test_a_pipe_gets_a_line_at_least_every_interval(exported, mnist_dir, command, args):
+    assert (PIPE_FIRST_S, PIPE_INTERVAL_S) == (2.0, 10.0)  # what a person's pipe gets
+    if command == "verify":
+        args = [*args, "--artifacts", str(exported)]
+    code, lines = read_with_times([command, *(a.format(exported=exported) for a in args),
+                                   "--data-dir", str(mnist_dir)])
     assert code == 0, "\n".join(line for _, line in lines)
-    progress = [(t, line) for t, line in lines if line.startswith("verifying")]
-    assert progress and all(re.search(r" \d+/\d+ \(\d+%\), \d+:\d\d elapsed, ETA (\d+:\d\d|-:--)$", line)
-                            for _, line in progress[:-1]), progress
-    assert progress[-1][1].startswith("verifying: done, ")
-    times = [started] + [t for t, _ in lines]
+    label = {"verify": "verifying", "compare": "comparing"}[command]
+    progress = [(t, line) for t, line in lines if line.startswith(label)]
+    assert len(progress) >= 2, lines  # at least one line while it ran, and one at the end
+    assert all(re.search(r" \d+/\d+ \(\d+%\), \d+:\d\d elapsed, ETA (\d+:\d\d|-:--)$", line)
+               for _, line in progress[:-1]), progress
+    assert progress[-1][1].startswith(f"{label}: done, ")
+    times = [t for t, _ in progress]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    # one second of slack for a loaded machine; the first gap includes starting Python and loading the runtimes
-    assert max(gaps[1:]) <= PIPE_INTERVAL_S + 1, (gaps, [line for _, line in lines])
-    assert lines[-1][0] - started > 2 + gaps[0]  # long enough that the pipe's lines were needed at all
+    # one second of slack for a loaded machine
+    assert max(gaps, default=0) <= INTERVAL_S + 1, (gaps, progress)

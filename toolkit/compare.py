@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from toolkit import devices, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
 from toolkit.runners import RunnerOptions
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.runners.foreign import Preprocessing, open_file, scores
+from toolkit.runners.foreign import Preprocessing, open_file, scores, scores_kind
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
 MNIST_INPUT = "MNIST test images"
+CHUNK_IMAGES = 1000  # images per call, so progress can be reported as the run goes
 COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
 _OPTIONAL = ("max_abs_diff", "max_accuracy_change")  # may be switched off with "none"
 
@@ -134,19 +136,24 @@ def target_kind(a: str, b: str, as_: str) -> str:
     return "probabilities" if "probabilities" in (a, b) else "log_probs"
 
 
-def compare(config: CompareConfig) -> CompareReport:
+def compare(config: CompareConfig, on_progress: Callable[[int, int, str], None] | None = None) -> CompareReport:
     """Run A and B on the same inputs and judge B against A; on random data (a file whose input is not
-    MNIST-shaped) there is no accuracy, and both must then take the same inputs."""
+    MNIST-shaped) there is no accuracy, and both must then take the same inputs. on_progress(done, total, what)
+    follows each chunk of images: done and total count the images of both runs (each image twice)."""
     t0 = time.perf_counter()
     pixels, labels = mnist.load_split(config.data_dir, "test")
     if config.limit:
         pixels, labels = pixels[:config.limit], labels[:config.limit]
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     measured, feeds = [], []
-    for path, prep in ((config.a, config.prep_a), (config.b, config.prep_b)):
+    report = on_progress or (lambda done, total, what: None)
+    for offset, tag, path, prep in ((0, "A", config.a, config.prep_a), (len(pixels), "B", config.b, config.prep_b)):
+        report(offset, 2 * len(pixels), f"opening {tag}: {Path(path).name}")
         runner = open_file(path, options, prep)
         feeds.append(_feed_of(runner))
-        values, kind = scores(runner, pixels)
+        what = f"{tag}: {Path(path).name} in {runner.runtime}"
+        values, kind = _scores_in_chunks(
+            runner, pixels, lambda done, offset=offset, what=what: report(offset + done, 2 * len(pixels), what))
         toolkit_model = runner.kind in formats.OUTPUTS
         images = feeds[-1] == MNIST_INPUT
         side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
@@ -160,6 +167,21 @@ def compare(config: CompareConfig) -> CompareReport:
         raise ConfigError(f"A and B do not take the same inputs (A: {feeds[0]}; B: {feeds[1]}): there is nothing "
                           "to compare them on")
     return _judged(config, measured, len(pixels), t0)
+
+
+def _scores_in_chunks(runner: Any, pixels: np.ndarray, on_chunk: Callable[[int], None]) -> tuple[np.ndarray, str]:
+    """`scores` a chunk of images at a time (a multiple of a fixed batch, where the file has one), with
+    on_chunk(images done) after each; the kind is judged on all the scores together, as in one call."""
+    fixed = next((i.batch_fixed for i in getattr(runner, "inputs", []) if i.batch_fixed), None)
+    step = max(fixed, CHUNK_IMAGES // fixed * fixed) if fixed else CHUNK_IMAGES
+    parts, kinds = [], []
+    for start in range(0, len(pixels), step):
+        values, kind = scores(runner, pixels[start:start + step])
+        parts.append(values)
+        kinds.append(kind)
+        on_chunk(start + len(values))
+    values = np.concatenate(parts)
+    return values, kinds[0] if len(set(kinds)) == 1 else scores_kind(values)
 
 
 def _feed_of(runner: Any) -> str:

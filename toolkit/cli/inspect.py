@@ -87,8 +87,8 @@ def compare(
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
                            limit=limit, time_limit_s=time_limit)
-    with stage("comparing"):  # one step: the bar shows the time it has taken so far
-        report = run_compare(config)
+    with stage("comparing") as on_progress:  # counts the images run, A's then B's
+        report = run_compare(config, on_progress)
     out.print(_compare_table(report))
     on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
     out.print(f"compared {report.compared} on {report.n:,} {on} in {report.seconds:.1f} s", highlight=False)

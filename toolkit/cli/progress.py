@@ -76,20 +76,21 @@ class StageProgress:
     `console`: where it shows (stderr by default). `above`: a renderable kept over the bar while it runs (train's
     epoch table); the bar then shares one live display with it. `lazy`: start showing at the first update, not
     at entry (data shows nothing when every file is already there; train's errors before the first batch print
-    alone). `first_s`, `interval_s`: when the pipe's first line comes, and how often the next ones.
+    alone). `first_s`, `interval_s`: when the pipe's first line comes, and how often the next ones (by default
+    PIPE_FIRST_S and PIPE_INTERVAL_S).
     """
 
     def __init__(self, description: str, *, console: Console | None = None, as_bytes: bool = False,
                  above: RenderableType | None = None, lazy: bool = False,
-                 first_s: float = PIPE_FIRST_S, interval_s: float = PIPE_INTERVAL_S,
+                 first_s: float | None = None, interval_s: float | None = None,
                  quiet: bool | None = None) -> None:
         self.console = console or err
         self.description = description
         self.as_bytes = as_bytes
         self.above = above
         self.lazy = lazy
-        self.first_s = first_s
-        self.interval_s = interval_s
+        self.first_s = PIPE_FIRST_S if first_s is None else first_s  # the module's, as they are at the start
+        self.interval_s = PIPE_INTERVAL_S if interval_s is None else interval_s
         self.lines = 0  # printed in a pipe
         self.quiet = _state.get("quiet", False) if quiet is None else quiet
         self.terminal = self.console.is_terminal
