@@ -1,5 +1,7 @@
 """The run guard: every model run stops on Ctrl-C (exit 130) and SIGTERM (exit 143) within seconds, and a file
-the toolkit did not write is stopped at --time-limit (exit 2, one line), even inside ONNX Runtime's C++ code."""
+the toolkit did not write is stopped at --time-limit (exit 2, one line), even inside ONNX Runtime's C++ code.
+An export folder can be forged (a manifest and golden file that match an endless model), so verify and bench
+over a folder are bounded the same way."""
 
 from __future__ import annotations
 
@@ -21,17 +23,43 @@ from tests.onnx_models import endless_loop, toolkit_metadata
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _forged_folder(folder: Path, mnist_dir: Path) -> Path:
+    """An export folder whose manifest and golden file match an endless model with toolkit metadata."""
+    from toolkit import fileio
+    from toolkit.artifacts import Artifact, write_manifest
+    from toolkit.data import load_split
+    from toolkit.golden import write_golden
+
+    data = endless_loop(folder / "model.onnx", image=True, metadata=toolkit_metadata()).read_bytes()
+    _, labels = load_split(mnist_dir, "test")
+    sha = "0" * 64
+    golden = write_golden(folder, np.full((len(labels), 10), np.log(0.1), np.float32), labels,
+                          source_checkpoint="c.pt", source_sha256=sha)
+    artifact = Artifact("model.onnx", "onnx", "fp32", len(data), fileio.digest(data),
+                        [{"name": "x", "dtype": "float32", "shape": ["N", 1, 28, 28]}],
+                        [{"name": "log_probs", "dtype": "float32", "shape": ["N", 10]}], "c.pt", sha, 10.0, opset=17)
+    write_manifest(folder, [artifact], {"checkpoint": "c.pt"}, golden)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def loops(tmp_path_factory) -> dict[str, Path]:
+def loops(tmp_path_factory, mnist_dir) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("loops")
     return {"random": endless_loop(folder / "endless.onnx"),
-            "toolkit": endless_loop(folder / "endless-toolkit.onnx", image=True, metadata=toolkit_metadata())}
+            "toolkit": endless_loop(folder / "endless-toolkit.onnx", image=True, metadata=toolkit_metadata()),
+            "forged": _forged_folder(tmp_path_factory.mktemp("forged"), mnist_dir)}
 
 
 def _commands(loops: dict[str, Path], mnist_dir: Path, png: Path) -> dict[str, list]:
     return {"compare": ["compare", loops["random"], loops["random"], "--limit", "10", "--data-dir", mnist_dir],
             "bench": ["bench", loops["random"], "--batch-sizes", "1", "--data-dir", mnist_dir],
-            "predict": ["predict", png, "--model", loops["toolkit"]]}
+            "predict": ["predict", png, "--model", loops["toolkit"]],
+            "verify": ["verify", "--artifacts", loops["forged"], "--reference", "golden", "--data-dir", mnist_dir],
+            "bench-folder": ["bench", "--artifacts", loops["forged"], "--runtime", "onnxruntime", "--batch-sizes", "1",
+                             "--data-dir", mnist_dir]}
+
+
+COMMANDS = ["compare", "bench", "predict", "verify", "bench-folder"]
 
 
 def _start(args: list, cwd: Path) -> subprocess.Popen:
@@ -47,7 +75,7 @@ def png(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["compare", "bench", "predict"])
+@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
 def test_a_signal_stops_an_endless_model_within_two_seconds(loops, mnist_dir, png, tmp_path, command, signum, code):
     proc = _start(_commands(loops, mnist_dir, png)[command], tmp_path)
@@ -65,14 +93,17 @@ def test_a_signal_stops_an_endless_model_within_two_seconds(loops, mnist_dir, pn
         proc.wait()
 
 
-@pytest.mark.parametrize("command", ["compare", "bench", "predict"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_the_time_limit_stops_an_endless_model(loops, mnist_dir, png, tmp_path, command):
     proc = _start([*_commands(loops, mnist_dir, png)[command], "--time-limit", "1"], tmp_path)
     try:
         out, err = proc.communicate(timeout=30)
         lines = [line for line in err.splitlines() if line.strip()]
-        assert proc.returncode == 2, err
-        assert len(lines) == 1 and "ran longer than the time limit of 1 s" in lines[0], err
+        # verify goes on with the other artifacts: the stopped one fails it (exit 1), named in the one line
+        assert proc.returncode == (1 if command == "verify" else 2), err
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert "model.onnx" * (command in ("verify", "bench-folder")) in lines[0]
+        assert "ran longer than the time limit of 1 s" in lines[0], err
         assert "Traceback" not in out
     finally:
         proc.kill()
@@ -85,9 +116,10 @@ def test_the_time_limit_is_stated_in_help():
     from toolkit.cli import app
 
     commands = typer.main.get_command(app).commands
-    for command in ("compare", "bench", "predict"):
+    for command in ("compare", "bench", "predict", "verify"):
         option = next(p for p in commands[command].params if "--time-limit" in p.opts)
         assert option.default == 60 and "may never finish" in option.help
+        assert ("that artifact fails" if command == "verify" else "(exit 2)") in option.help
         text = re.sub(r"\s+", " ", run_cli(command, "--help").stdout)
         assert re.search(r"--time-limit SECONDS .*may never finish\. \[default: 60(\.0)?\]", text), text
 

@@ -427,12 +427,14 @@ def test_compare_json_never_replaces_an_input(exported_copy, mnist_dir):
 TIME_LIMITS = ["0", "-0", "0.0", "-1", "nan", "inf", "-inf", "1e309", "1e-400", "86401", "x", ""]
 
 
-@pytest.mark.parametrize("command", ["compare", "bench", "predict"])
+@pytest.mark.parametrize("command", ["compare", "bench", "predict", "verify", "bench-folder"])
 @pytest.mark.parametrize("value", TIME_LIMITS)
 def test_the_time_limit_is_checked_before_work(exported, tmp_path, mnist_dir, command, value):
     model = exported / "model.app.onnx"
     where = {"compare": ["compare", model, model, "--data-dir", mnist_dir],
              "bench": ["bench", model, "--data-dir", mnist_dir],
+             "verify": ["verify", "--artifacts", exported, "--data-dir", mnist_dir],
+             "bench-folder": ["bench", "--artifacts", exported, "--data-dir", mnist_dir],
              "predict": ["predict", _digit_png(tmp_path / "d.png"), "--model", model]}[command]
     code, stdout, stderr = _inproc(*where, "--time-limit", value)
     assert code == 2 and "Traceback" not in stdout + stderr, stderr

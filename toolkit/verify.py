@@ -24,6 +24,7 @@ from toolkit import devices, fileio, formats, golden, runners, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.preprocess import MEAN, STD, normalize
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 
 MAX_BATCH1_IMAGES = 10_000
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -86,9 +87,12 @@ class VerifyConfig:
     batch1_images: int = 2000  # how many test images also go through one at a time
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     reference: str = "auto"  # one of REFERENCES
+    # seconds one model call may run (None: no limit): a manifest can be forged, so its files may never finish
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
 
     def __post_init__(self) -> None:
         check_reference(self.reference)
+        check_time_limit(self.time_limit_s)
         if not 0 <= self.batch1_images <= MAX_BATCH1_IMAGES:
             raise ConfigError(f"batch1-images must be between 0 and {MAX_BATCH1_IMAGES}")
         devices.check(self.provider)
@@ -254,11 +258,14 @@ def plan(artifacts: list[Artifact], runtimes: list[str], device: str) -> tuple[l
     return [Job(run.runtime, run.source, run.mode) for run in todo], skipped
 
 
-def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int) -> ArtifactCheck:
-    """Open the job's runner from the hash-checked bytes and judge it; what it raises is its own failure."""
+def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int,
+              time_limit_s: float | None = None) -> ArtifactCheck:
+    """Open the job's runner from the hash-checked bytes and judge it; what it raises (running past
+    `time_limit_s` included) is its own failure."""
     t0 = time.perf_counter()
+    options = runners.RunnerOptions(device=device, mode=job.mode, time_limit_s=time_limit_s)
     try:
-        runner = runners.open_runner(job.runtime, job.artifact, runners.RunnerOptions(device=device, mode=job.mode))
+        runner = runners.open_runner(job.runtime, job.artifact, options)
         fields = check_runner(runner, ref, tolerance, batch1_images)
     except ArtifactError as e:
         return _not_run(job, device, len(ref.pixels), str(e))
@@ -372,7 +379,8 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         mode = "" if job.mode == formats.DEFAULT_MODE else f" {job.mode}"
         progress(i, f"{job.artifact.file} in {job.runtime}{mode}")
         # the runner opens the hash-checked bytes: a file that is not what was exported is "not run", never loaded
-        result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images)
+        result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images,
+                           config.time_limit_s)
         if job.artifact.source_sha256 != ref.source_sha256:
             result.failures.append("exported from a different checkpoint than the one verified against")
         result.passed = not result.failures

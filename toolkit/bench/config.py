@@ -9,6 +9,7 @@ from toolkit import devices
 from toolkit.errors import ConfigError
 from toolkit.formats import MODES
 from toolkit.runners import OPENVINO_HINTS
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
@@ -45,6 +46,8 @@ class BenchConfig:
     sweep: bool = False  # time the whole cross product of settings x batch sizes, not the search's choices
     verify: bool = True  # check each configuration on the test set first; "fastest" names verified ones only
     matmul_peak: bool = False  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
+    # seconds one model call may run: a manifest can be forged, so its files may never finish (None: no limit)
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
 
     def __post_init__(self) -> None:
         _check_ints("batch sizes", self.batch_sizes, 1, MAX_BATCH_SIZE)
@@ -62,6 +65,7 @@ class BenchConfig:
             _check_names(what, values, allowed)
         for p in self.providers:  # every name, also beside 'all'
             devices.check(p, "all")
+        check_time_limit(self.time_limit_s)
 
 
 def _check_ints(what: str, values: tuple[int, ...], low: int, high: int) -> None:

@@ -147,7 +147,7 @@ def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact
         io = v.pop("io", "host")
         # concurrent calls share the cores, so each gets its slice unless --threads says otherwise
         threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
-        options = RunnerOptions(device=device, threads=threads, mode=mode, **v)
+        options = RunnerOptions(device=device, threads=threads, mode=mode, time_limit_s=config.time_limit_s, **v)
         out.append(Candidate(name, source, fmt, precision, options, io, concurrency))
     return out
 
@@ -354,4 +354,5 @@ def plan_file(config: BenchConfig, path: str, prep: Any = None,
     # the file's name stands for the format; its precision is not known, only its input's type, which is said
     candidates = _candidates_of(config, "onnxruntime", "cpu", str(path), Path(path).name,
                                 f"{np.dtype(dtype).name} input" if dtype is not None else "no input")
-    return Plan(candidates, _FileOpener(prep, shapes, time_limit_s), ["cpu"], takes_images=takes_images)
+    limit = config.time_limit_s if time_limit_s is None else time_limit_s
+    return Plan(candidates, _FileOpener(prep, shapes, limit), ["cpu"], takes_images=takes_images)

@@ -28,6 +28,13 @@ DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", 
 DeviceOption = Annotated[str, typer.Option("--device", "--provider", metavar="DEVICE", help="cpu, cuda or tensorrt.")]
 JsonOption = Annotated[Optional[Path], typer.Option(
     "--json", metavar="PATH", help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
+# Every model run is bounded: a file the toolkit did not write (or a forged export folder) may never finish.
+_TIME_LIMIT_HELP = ("Seconds one model call may run before it is stopped ({}): a file the toolkit did not write may "
+                    "never finish.")
+TimeLimit = Annotated[float, typer.Option("--time-limit", metavar="SECONDS", help=_TIME_LIMIT_HELP.format("exit 2"))]
+# verify goes on with the other artifacts: the one stopped fails, like one that crashes
+VerifyTimeLimit = Annotated[float, typer.Option(
+    "--time-limit", metavar="SECONDS", help=_TIME_LIMIT_HELP.format("that artifact fails"))]
 
 
 def defaults(cls: Any) -> dict[str, Any]:

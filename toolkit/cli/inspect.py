@@ -14,6 +14,7 @@ from toolkit.cli.common import (
     DataDir,
     DeviceOption,
     JsonOption,
+    TimeLimit,
     _config,
     _csv,
     _ints,
@@ -35,10 +36,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".
 
 
 BENCH = defaults(BenchConfig)
-TimeLimit = Annotated[float, typer.Option(
-    "--time-limit", metavar="SECONDS",
-    help="Seconds one model call may run before it is stopped (exit 2): a file the toolkit did not write may never "
-         "finish.")]
 
 
 def compare(
@@ -190,7 +187,7 @@ def bench(
         batch_sizes=tuple(_ints(batch_sizes, "batch sizes")), warmup=warmup, iterations=iterations, seconds=seconds,
         rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
-        cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak)
+        cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak, time_limit_s=time_limit)
     with stage("benchmarking") as on_progress:
         if file is None:
             report = bench_lib.bench(config, on_progress=on_progress)

@@ -13,6 +13,7 @@ from toolkit.cli.common import (
     DataDir,
     DeviceOption,
     JsonOption,
+    VerifyTimeLimit,
     _config,
     _csv,
     _default_checkpoint,
@@ -35,6 +36,7 @@ from toolkit.formats import (
 )
 from toolkit.recipes import DEFAULT_MODEL, DEFAULT_RECIPE
 from toolkit.runners import NATIVE_RUNTIMES
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.verify import VerifyConfig
 
 VERIFY = defaults(VerifyConfig)
@@ -185,6 +187,7 @@ def verify(
         metavar="REFERENCE",
         help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or "
              "auto (checkpoint when torch and the checkpoint are here, else golden).")] = VERIFY["reference"],
+    time_limit: VerifyTimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
@@ -196,7 +199,8 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     config = _config(VerifyConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
                      data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
                      formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
-                     tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference)
+                     tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference,
+                     time_limit_s=time_limit)
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
