@@ -278,6 +278,100 @@ def test_bad_metadata_is_one_line(models, tmp_path, mnist_dir, command, changes)
     assert "metadata" in line
 
 
+@pytest.fixture(scope="module")
+def ir_base(models):
+    """A constant classifier as an OpenVINO model, without toolkit rt_info: each case adds its own."""
+    ov = pytest.importorskip("openvino")
+    from tests.onnx_models import constant_classifier
+
+    return ov.convert_model(str(constant_classifier(models / "ir-base.onnx", [np.log(0.1)] * 10)))
+
+
+@pytest.mark.parametrize("changes", [c[1] for c in METADATA_CASES], ids=[c[0] for c in METADATA_CASES])
+def test_bad_metadata_in_an_ir_is_one_line(ir_base, tmp_path, changes):
+    import openvino as ov
+
+    from tests.onnx_models import toolkit_metadata
+    from toolkit.runners.openvino import RT_INFO_KEY
+
+    model = ir_base.clone()
+    for key, value in toolkit_metadata(**changes).items():
+        model.set_rt_info(value, [RT_INFO_KEY, key])
+    ov.save_model(model, str(tmp_path / "m.xml"))
+    line = _one_error(*_inproc("predict", _digit_png(tmp_path / "d.png"), "--model", tmp_path / "m.xml"))
+    assert "metadata" in line
+
+
+def _edge_metadata(changes: dict) -> str:
+    from tests.onnx_models import toolkit_metadata
+
+    return json.dumps(toolkit_metadata(**changes)) if isinstance(changes, dict) else changes
+
+
+# the metadata of a .pte or .tflite is JSON: beside every bad field, JSON that is not an object
+EDGE_CASES = METADATA_CASES + [(f"json={v}", v) for v in ["[]", "5", "null", '"text"']] + [
+    ("mean-number-nan", '{"toolkit.format_version": "1", "mean": NaN, "std": 0.3}'),
+    ("std-number-zero", '{"toolkit.format_version": "1", "mean": 0.1, "std": 0}'),
+    ("mean-true", '{"toolkit.format_version": "1", "mean": true, "std": 0.3}'),
+    ("mean-huge-int", '{"toolkit.format_version": "1", "mean": 1' + "0" * 400 + ', "std": 0.3}')]
+
+
+def _open_pte(monkeypatch, text: str) -> str:
+    """The one-line error of ExecuTorch's runner opening a program whose metadata method returns `text` (a
+    stand-in for the program: building a real one takes a torch export)."""
+    from toolkit.errors import ArtifactError
+    from toolkit.runners import RunnerOptions
+    from toolkit.runners import executorch as et
+
+    class Method:
+        def execute(self, _):
+            return [text]
+
+    class Program:
+        method_names = {et.PTE_METADATA_METHOD, "forward"}
+
+        def load_method(self, name):
+            return Method()
+
+    monkeypatch.setattr(et, "load_program", lambda data, label: Program())
+    with pytest.raises(ArtifactError) as e:
+        et.open_bytes(b"", "m.pte", RunnerOptions())
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def _open_tflite(text: str) -> str:
+    """The one-line error of LiteRT's runner opening a flatbuffer with no graph but a metadata entry `text`."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    import flatbuffers
+
+    from toolkit.errors import ArtifactError
+    from toolkit.exporters.tflite import with_metadata
+    from toolkit.runners import RunnerOptions, litert
+
+    tree = schema.ModelT()
+    tree.version, tree.buffers = 3, [schema.BufferT()]
+    builder = flatbuffers.Builder(64)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    with pytest.raises(ArtifactError) as e:
+        litert.open_bytes(with_metadata(bytes(builder.Output()), text), "m.tflite", RunnerOptions())
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("changes", [c[1] for c in EDGE_CASES], ids=[c[0] for c in EDGE_CASES])
+def test_bad_metadata_in_a_pte_or_tflite_is_refused_in_one_line(monkeypatch, changes):
+    assert "metadata" in _open_pte(monkeypatch, _edge_metadata(changes))
+    assert "metadata" in _open_tflite(_edge_metadata(changes))
+
+
+def test_sane_edge_metadata_passes_and_a_graphless_tflite_is_refused(monkeypatch):
+    """Past the metadata check: the stand-in program has no forward method to load, and the flatbuffer no
+    graph, which LiteRT's interpreter would crash the process on."""
+    assert _open_pte(monkeypatch, _edge_metadata({})).startswith("executorch cannot load m.pte")
+    assert "not a toolkit .tflite" in _open_tflite(_edge_metadata({}))
+
+
 CONTRACT_CASES = [  # (id, the ten scores, what the metadata declares, predict's exit code)
     ("log-probs-uniform", [float(np.log(0.1))] * 10, "log_probs", 0),
     ("log-probs-zeros-sum-10", [0.0] * 10, "log_probs", 2),

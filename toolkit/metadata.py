@@ -1,7 +1,8 @@
-"""The one validator for what a model file says about itself (ONNX metadata_props, TorchScript's extra file).
+"""The one validator for what a model file says about itself (ONNX metadata_props, IR rt_info, .pte/.tflite JSON).
 
 A file's metadata is input like any other: the toolkit's own files carry sane values, but a file from
-elsewhere may say anything. Every field used is checked here, once: numbers finite, std > 0, labels a list
+elsewhere may say anything. Every runner that reads metadata (ONNX, OpenVINO IR, ExecuTorch, LiteRT) reads it
+through `read_normalization`. Every field used is checked here, once: numbers finite, std > 0, labels a list
 of ten strings, the declared output one the toolkit can read; anything else is one-line ArtifactError.
 """
 
@@ -35,11 +36,11 @@ def _number(meta: dict[str, str], key: str, label: str) -> float:
     if key not in meta:
         raise ArtifactError(f"{label}: toolkit metadata has no {key!r}; export the model again")
     text = meta[key]
-    try:
-        if not isinstance(text, str):
+    try:  # text as the toolkit writes it; a JSON number (the .pte/.tflite metadata is JSON) is taken too
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
             raise ValueError
         value = float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ArtifactError(f"{label}: metadata {key!r} is {_shown(text)}, not a number") from None
     if not math.isfinite(value):
         raise ArtifactError(f"{label}: metadata {key!r} is {_shown(text)}, not a finite number")

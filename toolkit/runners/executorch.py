@@ -14,6 +14,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import PTE_METADATA_METHOD, Artifact, read_verified
 from toolkit.errors import ArtifactError
+from toolkit.metadata import Normalization, read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "executorch"
@@ -37,9 +38,13 @@ def read_metadata(program: Any, label: str) -> dict[str, str]:
         raise ArtifactError(f"{label} is not a toolkit model (no {PTE_METADATA_METHOD} method); "
                             "export one with `toolkit export`")
     try:
-        return json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
+        metadata = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
     except Exception as e:  # a method that is not a JSON string
         raise load_error(label, RUNTIME, e) from None
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{label}: its {PTE_METADATA_METHOD} method holds {type(metadata).__name__}, "
+                            "not a JSON object of toolkit metadata")
+    return metadata
 
 
 class ExecuTorchRunner(Runner):
@@ -48,7 +53,7 @@ class ExecuTorchRunner(Runner):
     runtime = RUNTIME
 
     def __init__(self, program: Any, data: bytes, label: str, options: RunnerOptions,
-                 metadata: dict[str, str]) -> None:
+                 normalization: Normalization) -> None:
         super().__init__(label, formats.NORMALIZED, options)
         self._program, self._data = program, data  # the method runs from both: freeing either crashes it
         try:
@@ -60,7 +65,7 @@ class ExecuTorchRunner(Runner):
         if sizes[1:] != [1, 28, 28]:
             raise ArtifactError(f"{label}: input is {sizes}; toolkit .pte files take [N,1,28,28]")
         self.max_batch = int(sizes[0])
-        self.mean, self.std = float(metadata.get("mean", self.mean)), float(metadata.get("std", self.std))
+        self.mean, self.std = normalization.mean, normalization.std
 
     def settings(self) -> dict[str, Any]:
         return {"device": "cpu", "delegate": "xnnpack", "max_batch": self.max_batch}
@@ -87,7 +92,7 @@ def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format:
     if declared_format and metadata.get("artifact_format") != declared_format:
         raise ArtifactError(f"{label}: its metadata says {metadata.get('artifact_format')!r}, "
                             f"the manifest {declared_format}")
-    return ExecuTorchRunner(program, data, label, options, metadata)
+    return ExecuTorchRunner(program, data, label, options, read_normalization(metadata, label))
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> ExecuTorchRunner:

@@ -15,6 +15,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError
+from toolkit.metadata import Normalization, read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "litert"
@@ -26,13 +27,36 @@ def read_metadata(data: bytes, label: str) -> dict[str, str]:
 
     try:
         model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() == META_KEY.encode():
-                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+        entries = [model.Metadata(i) for i in range(model.MetadataLength())]
+        entry = next((e for e in entries if e.Name() == META_KEY.encode()), None)
+        if entry is not None:
+            metadata = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
     except Exception as e:  # a damaged flatbuffer raises struct/index/unicode errors
         raise load_error(label, RUNTIME, e) from None
-    raise ArtifactError(f"{label} is not a toolkit model (no {META_KEY} metadata); export one with `toolkit export`")
+    if entry is None:
+        raise ArtifactError(f"{label} is not a toolkit model (no {META_KEY} metadata); "
+                            "export one with `toolkit export`")
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{label}: its {META_KEY} metadata holds {type(metadata).__name__}, "
+                            "not a JSON object of toolkit metadata")
+    return metadata
+
+
+def check_graph(data: bytes, label: str) -> None:
+    """Refuse what LiteRT's interpreter crashes the process on instead of reporting (a flatbuffer without a
+    graph, tensor indices out of range): a toolkit .tflite is one graph of one input and at least one output."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        graphs = [model.Subgraphs(i) for i in range(model.SubgraphsLength())]
+        ends = [] if len(graphs) != 1 else [*graphs[0].InputsAsNumpy(), *graphs[0].OutputsAsNumpy()]
+        ok = (len(graphs) == 1 and graphs[0].InputsLength() == 1 and graphs[0].OutputsLength() >= 1
+              and all(0 <= int(t) < graphs[0].TensorsLength() for t in ends))
+    except Exception as e:  # a damaged flatbuffer raises struct/index errors
+        raise load_error(label, RUNTIME, e) from None
+    if not ok:
+        raise ArtifactError(f"{label}: not a toolkit .tflite (one graph with one input and its outputs)")
 
 
 def load_interpreter(data: bytes, options: RunnerOptions, label: str) -> Any:
@@ -54,7 +78,7 @@ class LiteRtRunner(Runner):
     runtime = RUNTIME
 
     def __init__(self, interpreter: Any, data: bytes, label: str, options: RunnerOptions,
-                 metadata: dict[str, str]) -> None:
+                 normalization: Normalization) -> None:
         super().__init__(label, formats.NORMALIZED, options)
         self.interpreter, self._data = interpreter, data  # kept alive as long as the interpreter that reads them
         self.input, self.output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -62,7 +86,7 @@ class LiteRtRunner(Runner):
         if len(interpreter.get_input_details()) != 1 or shape[1:] != [1, 28, 28]:
             raise ArtifactError(f"{label}: input is {shape}; toolkit .tflite files take [N,1,28,28]")
         self.batch = shape[0]
-        self.mean, self.std = float(metadata.get("mean", self.mean)), float(metadata.get("std", self.std))
+        self.mean, self.std = normalization.mean, normalization.std
 
     def settings(self) -> dict[str, Any]:
         return {"device": "cpu", "threads": self.options.threads, "file_batch": self.batch}
@@ -104,7 +128,9 @@ def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format:
     if declared_format and metadata.get("artifact_format") != declared_format:
         raise ArtifactError(f"{label}: its metadata says {metadata.get('artifact_format')!r}, "
                             f"the manifest {declared_format}")
-    return LiteRtRunner(load_interpreter(data, options, label), data, label, options, metadata)
+    normalization = read_normalization(metadata, label)  # checked before the interpreter is built
+    check_graph(data, label)
+    return LiteRtRunner(load_interpreter(data, options, label), data, label, options, normalization)
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> LiteRtRunner:

@@ -15,6 +15,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import Artifact, read_model_bundle, read_verified, read_verified_parts
 from toolkit.errors import ArtifactError
+from toolkit.metadata import read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, Timed, check_kind, load_error
 
 HINTS = ("latency", "throughput")  # OpenVINO's performance hints
@@ -53,14 +54,13 @@ def ir_metadata(model: Any) -> dict[str, str]:
 
 
 def toolkit_normalization(model: Any, label: str) -> tuple[float, float]:
-    """(mean, std) of a toolkit IR, from its rt_info; ArtifactError when it is not one."""
+    """(mean, std) of a toolkit IR, from its rt_info (checked like every file's metadata, see metadata.py);
+    ArtifactError when it is not one or its metadata is not sane."""
     meta = ir_metadata(model)
     if "toolkit.format_version" not in meta:
         raise ArtifactError(f"{label} is not a toolkit model (no toolkit rt_info); export one with `toolkit export`")
-    try:
-        return float(meta["mean"]), float(meta["std"])
-    except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{label}: toolkit metadata is incomplete ({e})") from None
+    norm = read_normalization(meta, label)
+    return norm.mean, norm.std
 
 
 def compile_model(model: Any, options: RunnerOptions, label: str) -> Any:
