@@ -52,7 +52,8 @@ def main() -> None:
     verify = json.loads((REPO / "exported" / "verify.json").read_text())
     timed = sorted({(p["runtime"], p["format"], p["precision"]) for p in bench["points"]})
     result = {
-        "benchmark": "make_main", "machine": sysinfo.machine(), "versions": sysinfo.versions("torch", "onnxruntime"),
+        "benchmark": "make_main", "machine": sysinfo.machine(),
+        "versions": sysinfo.versions("torch", "onnxruntime", "onnxruntime-gpu"),
         "total_seconds": round(total, 1), "total_lines_printed": sum(s["lines_printed"] for s in steps),
         "steps": steps,
         "verify": {"passed": verify["passed"], "artifacts": len(verify["results"]),

@@ -318,9 +318,33 @@ def compat(r: dict) -> list[str]:
     return lines
 
 
+def _ort_version(r: dict) -> str:
+    v = r["versions"]
+    return v.get("onnxruntime-gpu") or v.get("onnxruntime") or "?"
+
+
+def make_main(r: dict) -> list[str]:
+    def name(command: str) -> str:
+        if command.startswith("if "):  # the recipe's GPU check
+            return "`toolkit bench --device cuda` where torch sees a GPU"
+        return f"`{command.split(' --')[0].removeprefix('.venv/bin/')}`"
+
+    steps = [f"| {name(s['command'])} | {s['seconds']:.1f} | {s['lines_printed']} |" for s in r["steps"]]
+    b, v = r["bench"], r["verify"]
+    return [f"### `make main` once installed (`benchmarks/make_main.py`, {machine(r['machine'])})", "",
+            f"torch {r['versions']['torch']}, onnxruntime {_ort_version(r)}; output read through a pipe "
+            "(progress as plain lines).", "",
+            "| command | seconds | lines printed |", "|---|---:|---:|", *steps,
+            f"| all | {r['total_seconds']:.0f} | {r['total_lines_printed']} |", "",
+            f"verify: {v['artifacts']} artifacts on {v['images']:,} images, "
+            f"{'all passed' if v['passed'] else 'NOT all passed'}. bench: a summary of {b['summary_rows']} rows "
+            f"over {len(b['timed'])} runtime and file pairs ({b['points']} timed points in its JSON), files: "
+            + ", ".join(b["files_timed"]) + "."]
+
+
 def torch_export(r: dict) -> list[str]:
     lines = [f"### pt2 and aoti beside ONNX (`benchmarks/torch_export.py`, {machine(r['machine'])})", "",
-             f"torch {r['versions']['torch']}, onnxruntime {r['versions'].get('onnxruntime', '?')}; one interleaved "
+             f"torch {r['versions']['torch']}, onnxruntime {_ort_version(r)}; one interleaved "
              "bench run; each command a fresh process; AOTInductor compiled with an empty compiler cache.", "",
              "| file | export s | size KiB | verify: agreement (full batch / one at a time) | max abs diff | "
              "batch-1 p50 ms | batch-256 images/s |", "|---|---:|---:|---|---:|---:|---:|"]
@@ -423,7 +447,7 @@ def sections() -> list[str]:
                ("cnn_vs_mlp.json", cnn_vs_mlp), ("verify.json", artifacts), ("verify_best.json", best_artifacts),
                ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
                ("env_size_all.json", env_size_all),
-               ("peers.json", peers), ("torch_export.json", torch_export),
+               ("peers.json", peers), ("torch_export.json", torch_export), ("make_main.json", make_main),
                ("web_inference.json", web_inference),
                ("inference_cpu.json", lambda r: inference(r, "cpu")),
                ("inference_cuda.json", lambda r: inference(r, "cuda"))]

@@ -57,7 +57,8 @@ def main() -> None:
         verify = json.loads((Path(tmp) / "v.json").read_text())
         bench = json.loads((Path(tmp) / "b.json").read_text())
     result = {
-        "benchmark": "torch_export", "machine": sysinfo.machine(), "versions": sysinfo.versions("torch", "onnxruntime"),
+        "benchmark": "torch_export", "machine": sysinfo.machine(),
+        "versions": sysinfo.versions("torch", "onnxruntime", "onnxruntime-gpu"),
         "export_wall_seconds": export_wall,
         "export_seconds": {a["format"]: a["export_seconds"] for a in manifest["artifacts"]},
         "size_bytes": {a["format"]: a["size_bytes"] for a in manifest["artifacts"]},
