@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 FLOORS = (
     ("errors", "fileio", "sysinfo", "formats", "preprocess", "metadata"),
     ("artifacts", "devices", "model", "safe_pickle", "augment"),
-    ("runners", "data", "checkpoint", "recipes"),
+    ("runners", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "exporters", "train_step"),
     ("export", "verify", "compare", "bench", "train", "plots", "triton", "web"),
     ("cli", "__main__"),

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from toolkit import fileio
-from toolkit.errors import CheckpointError
+from toolkit import fileio, usermodel
+from toolkit.errors import CheckpointError, ConfigError
+from toolkit.usermodel import ModelSource
 
 FORMAT = "toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -33,8 +34,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             raise OutputError(f"cannot write checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """Read and validate a toolkit checkpoint; returns it with the SHA-256 of exactly the bytes loaded.
+def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
+                    state_dict_ok: bool = True) -> tuple[dict[str, Any], str]:
+    """Read and validate a toolkit checkpoint, or (`state_dict_ok`) a plain state_dict (see toolkit.usermodel: its
+    model found from its shapes or as `source` says); returns the checkpoint dict with the SHA-256 of exactly the
+    bytes loaded.
 
     The file is read once, hashed, and unpickled from those bytes by torch's weights-only loader (tensors and
     primitives only), so the hash that artifacts record is the hash of what was loaded.
@@ -61,8 +65,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(e)})") from None
+    source = source or ModelSource()
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with `toolkit train`")
+        if not state_dict_ok:
+            raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with "
+                                  "`toolkit train`")
+        state_dict = usermodel.find_state_dict(ckpt)
+        if state_dict is None:
+            raise CheckpointError(f"{path} is neither a toolkit checkpoint (no '{FORMAT}' tag) nor a state_dict; "
+                                  "train one with `toolkit train`, or save your model's `model.state_dict()`")
+        return usermodel.checkpoint_from_state_dict(state_dict, source, path), fileio.digest(data)
+    if source.given:
+        raise ConfigError(f"{path} is a toolkit checkpoint, which names its own model: --model, --model-code and "
+                          "--model-args are for a plain state_dict")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {str(ckpt.get('format_version'))[:20]}, "
                               f"this toolkit reads version {FORMAT_VERSION}")
@@ -84,15 +99,22 @@ def _load_failure(e: Exception) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a toolkit checkpoint, or raise CheckpointError saying what is wrong."""
-    return read_checkpoint(path)[0]
+    """Read and validate a toolkit checkpoint (a training run's, with its settings and history), or raise
+    CheckpointError saying what is wrong."""
+    return read_checkpoint(path, state_dict_ok=False)[0]
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """The model of a toolkit checkpoint or of a built-in model's plain state_dict, in eval mode."""
+    return model_from_checkpoint(read_checkpoint(path)[0])
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]):
     """Rebuild the model a checkpoint describes, load its weights, and put it in eval mode."""
-    from toolkit.errors import ConfigError
     from toolkit.model import build_model
 
+    if "_class" in ckpt:  # a class from the user's code, imported as they asked (never named by a file)
+        return usermodel.model_from_code(ckpt)
     spec = ckpt["model"]
     try:
         args = spec.get("args") or {}
