@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import exporters, fileio, golden, sysinfo
+from toolkit import exporters, fileio, golden, sysinfo, usermodel
 from toolkit.artifacts import (
     GOLDEN_NAME,
     MANIFEST_NAME,
@@ -43,6 +43,7 @@ from toolkit.formats import (
     QUANT_FORMATS,
 )
 from toolkit.model import forward_flops
+from toolkit.usermodel import ModelSource
 
 MAX_CALIBRATION_IMAGES = 60000
 
@@ -68,6 +69,11 @@ class ExportConfig:
     overwrite: bool = False  # replace another checkpoint's export in out_dir (and its verify/bench results)
     triton: bool = False  # also lay out a Triton model repository in out_dir/triton
     triton_max_batch_size: int = DEFAULT_TRITON_MAX_BATCH_SIZE
+    # for a plain state_dict: its built-in model (default: found from its shapes), or a class from the user's
+    # code (FILE.py:CLASS or package.module:CLASS: importing it runs that code) with its constructor's arguments
+    model: str | None = None
+    model_code: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,8 +149,13 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
             on_progress(done, len(pairs) + 1, what)
 
     _validate(config)
-    ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint)
+    source = ModelSource(name=config.model, code=config.model_code, args=config.model_args)
+    ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint, source)
     module = model_from_checkpoint(ckpt)
+    if ckpt["model"].get("output", "log_probs") != "log_probs":
+        log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
+            f"{'log' if ckpt['model']['output'] == 'probabilities' else 'log_softmax'}, so they return "
+            "log-probabilities as the toolkit's own models do")
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
     ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt)
@@ -152,6 +163,8 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
     progress(0, "golden outputs on the test set")
     reference = _golden_outputs(module, config.data_dir, log)
+    if reference is not None and "metrics" not in ckpt:  # a state_dict: its accuracy is the one measured here
+        ckpt["metrics"] = {"test_accuracy": 100.0 * float((reference[0].argmax(1) == reference[1]).mean())}
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
         return _export_locked(config, pairs, module, out_dir, ctx, log, reference, progress)
@@ -215,6 +228,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": ctx.checkpoint_path,  # relative to this folder
         "checkpoint_sha256": ctx.checkpoint_sha256,
+        "model": usermodel.describe(ctx.ckpt),  # how verify and bench may rebuild it (model code: never by itself)
         "model_flops_per_image": forward_flops(module),  # for bench's efficiency targets where torch is absent
     }
     triton_models = _lay_out_triton(config, out_dir, kept, built, extra, log)

@@ -127,7 +127,19 @@ def export(
         metavar="PRECISIONS", show_default="fp32",
         help=f"{', '.join(PRECISIONS)} or all; {_lower_precisions()}.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", show_default="the latest under runs/", help="Checkpoint to export.")] = None,
+        metavar="PATH", show_default="the latest under runs/",
+        help="Checkpoint to export: a toolkit checkpoint, or a plain state_dict saved with "
+             "torch.save(model.state_dict(), PATH) (read weights-only).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        metavar="NAME", show_default="found from the state_dict's names and shapes",
+        help="The built-in model of a plain state_dict: convnet or mlp.")] = None,
+    model_code: Annotated[Optional[str], typer.Option(
+        metavar="CLASS", show_default="none: a built-in model",
+        help="The class of a plain state_dict's model, from your code (FILE.py:CLASS or package.module:CLASS): "
+             "normalized images [N,1,28,28] in, [N,10] scores out. Model code is code: importing it runs the "
+             "file; name only code you trust.")] = None,
+    model_args: Annotated[Optional[str], typer.Option(
+        metavar="JSON", show_default="{}", help="Keyword arguments of the model's constructor, a JSON object.")] = None,
     out_dir: Annotated[Path, typer.Option(
         "--out", metavar="FOLDER", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
     opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = DEFAULT_OPSET,
@@ -150,9 +162,11 @@ def export(
     with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
+    from toolkit.usermodel import parse_model_args
 
     pairs = plan(_csv(format) or ["onnx"], _csv(precision) or ["fp32"])
     config = ExportConfig(checkpoint=str(_default_checkpoint(checkpoint)), out_dir=str(out_dir), opset=opset,
+                          model=model, model_code=model_code, model_args=parse_model_args(model_args),
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
                           overwrite=overwrite, triton="triton" in _csv(format),
