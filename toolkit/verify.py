@@ -21,10 +21,19 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import devices, fileio, formats, golden, runners, sysinfo
-from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
+from toolkit.artifacts import (
+    GOLDEN_NAME,
+    MANIFEST_NAME,
+    Artifact,
+    find_checkpoint,
+    read_golden_entry,
+    read_manifest,
+    select,
+)
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.preprocess import MEAN, STD, normalize
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
+from toolkit.usermodel import ModelCodeNeeded
 
 MAX_BATCH1_IMAGES = 10_000
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -162,9 +171,9 @@ def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
     """PyTorch fp32 log-probabilities of the checkpoint's model on the CPU."""
     import torch
 
-    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.checkpoint import load_model
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    model = load_model(checkpoint)
     x = torch.from_numpy(normalize(pixels, MEAN, STD))
     with torch.inference_mode():
         return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
@@ -320,6 +329,9 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
     if choice == "golden":
         return load_golden_reference(folder, data_dir)
     if choice == "checkpoint":
+        if _from_model_code(folder):
+            raise CheckpointError(f"the artifacts in {folder}/ come from model code (export's --model-code), which "
+                                  "verify never imports; compare with --reference golden, the outputs export wrote")
         return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
     has_golden = read_golden_entry(folder) is not None
     if importlib.util.find_spec("torch") is None:
@@ -334,7 +346,26 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
         if has_golden:
             return load_golden_reference(folder, data_dir)
         raise
-    return load_reference(str(found), data_dir)
+    if has_golden and _from_model_code(folder):
+        return load_golden_reference(folder, data_dir)
+    try:
+        return load_reference(str(found), data_dir)
+    except ModelCodeNeeded:  # a state_dict of a class only export's --model-code named
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise
+
+
+def _from_model_code(folder: str | Path) -> bool:
+    """Whether the manifest says the model came from the user's code: its class is imported only when the user
+    names it, never because a file does, so its reference is the golden outputs written at export."""
+    import json
+
+    try:
+        model = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("model")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(model, dict) and bool(model.get("code"))
 
 
 def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: list[Job]) -> dict[str, str]:

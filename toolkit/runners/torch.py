@@ -44,9 +44,16 @@ def load_torchscript(data: bytes, device: str, label: str, *,
 
 def load_eager(checkpoint: str, device: str) -> Any:
     """The checkpoint's model, rebuilt from the file alone, on `device`."""
-    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.checkpoint import load_model
+    from toolkit.errors import CheckpointError
+    from toolkit.usermodel import ModelCodeNeeded
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    try:
+        model = load_model(checkpoint)
+    except ModelCodeNeeded:
+        raise CheckpointError(f"{checkpoint} holds the weights of a class from model code, which the toolkit imports "
+                              "only when export is told to: the PyTorch eager baseline cannot be rebuilt; leave it "
+                              "out by naming the runtimes (e.g. --runtime onnxruntime,torch-export)") from None
     check_device(device)
     return model.to(devices.torch_device(device))
 
