@@ -1,0 +1,279 @@
+"""Weights as people save them: the notebook's own ConvNet, trained the notebook's way and saved with
+`torch.save(model.state_dict(), ...)`, exported to every format, verified and benched through the CLI; a class
+written outside the toolkit exported with --model-code; and the one-line refusals of what cannot work."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli
+from toolkit.formats import FORMATS, PRECISIONS
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+TRAIN_STEPS = 300
+
+
+# --- the notebook, as its author wrote it ----------------------------------------------------------------------
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super(ConvNet, self).__init__()  # noqa: UP008 (the notebook's own line)
+        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.fc_layer1 = nn.Linear(4*4*50, 500)
+        self.fc_layer2 = nn.Linear(500, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = x.view(-1, 4*4*50)
+        x = F.relu(self.fc_layer1(x))
+        x = self.fc_layer2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def train(model, device, train_loader, optimizer, max_steps):
+    model.train()
+    for batch_idx, (data, target) in enumerate(train_loader):
+        data, target = data.to(device), target.to(device)
+        optimizer.zero_grad()
+        output = model(data)
+        loss = F.nll_loss(output, target)
+        loss.backward()
+        optimizer.step()
+        if batch_idx + 1 == max_steps:
+            break
+    return loss.item()
+
+
+def notebook(data_root: Path, save_to: Path) -> float:
+    """The notebook's cells: load MNIST with torchvision, train with SGD, save the state_dict."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(1)
+    device = torch.device("cpu")
+    train_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(data_root, train=True, download=False,
+                       transform=transforms.Compose([
+                           transforms.ToTensor(),
+                           transforms.Normalize((0.1307,), (0.3081,))
+                       ])),
+        batch_size=64, shuffle=True)
+    model = ConvNet().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = train(model, device, train_loader, optimizer, TRAIN_STEPS)
+    torch.save(model.state_dict(), save_to)
+    return loss
+
+
+@pytest.fixture(scope="module")
+def notebook_weights(tmp_path_factory, mnist_dir) -> Path:
+    pytest.importorskip("torchvision")
+    path = tmp_path_factory.mktemp("notebook") / "mine_state.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on a shared machine: one thread is several times faster than two
+    try:
+        loss = notebook(mnist_dir, path)
+    finally:
+        torch.set_num_threads(threads)
+    assert loss < 1.0
+    return path
+
+
+@pytest.fixture(scope="module")
+def notebook_export(tmp_path_factory, notebook_weights, mnist_dir) -> Path:
+    """The notebook's weights in every format and precision, exported once for the tests below."""
+    out = tmp_path_factory.mktemp("notebook_export")
+    result = run_cli("export", "--checkpoint", notebook_weights, "--format", "all", "--precision", "all",
+                     "--out", out, "--data-dir", mnist_dir, "--calibration-size", "200")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_the_notebooks_weights_export_to_every_format(notebook_export, notebook_weights):
+    manifest = json.loads((notebook_export / "manifest.json").read_text())
+    built = {(a["format"], a["precision"]) for a in manifest["artifacts"]}
+    assert built == {(f, p) for f in FORMATS for p in PRECISIONS if p in FORMATS[f].precisions}
+    assert manifest["model"] == {"name": "convnet", "args": {}, "weights": "state_dict"}
+    from toolkit.fileio import file_digest
+
+    assert manifest["checkpoint_sha256"] == file_digest(notebook_weights)
+    assert manifest["golden"]["source_sha256"] == file_digest(notebook_weights)
+    accuracy = manifest["golden"]["reference_accuracy"]
+    assert all(a["test_accuracy"] == accuracy for a in manifest["artifacts"])  # measured at export
+    assert accuracy > 80
+
+
+def test_the_notebooks_export_verifies(notebook_export, mnist_dir, tmp_path):
+    report = verified(notebook_export, mnist_dir, tmp_path)
+    assert report["reference"].startswith("checkpoint")  # the model rebuilt from the state_dict alone
+    fp32 = [r for r in report["results"] if r["judged_as"] == "fp32"]
+    assert {r["format"] for r in fp32} == {name for name, f in FORMATS.items() if "fp32" in f.precisions}
+    assert all(r["passed"] and r["agreement"] == r["n"] == 10_000 for r in fp32), fp32
+
+
+def verified(folder: Path, mnist_dir: Path, tmp_path: Path) -> dict:
+    """verify's JSON report on `folder`. Every file is run; only the fp32 runs must pass here: after a few hundred
+    steps (or none) a model has many near-ties, which int8 and bf16 may flip past their tolerances."""
+    report_path = tmp_path / "verify.json"
+    result = run_cli("verify", "--artifacts", folder, "--data-dir", mnist_dir, "--batch1-images", "20",
+                     "--json", report_path)
+    assert result.exit_code in (0, 1), result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert not [r for r in report["results"] if any(f.startswith("not run") for f in r["failures"])], report
+    assert all(r["passed"] for r in report["results"] if r["judged_as"] == "fp32"), result.stdout
+    return report
+
+
+def test_the_notebooks_export_benches(notebook_export, mnist_dir, tmp_path):
+    result = run_cli("bench", "--artifacts", notebook_export, "--data-dir", mnist_dir, "--runtime", "onnxruntime",
+                     "--format", "onnx", "--batch-sizes", "1,64", "--seconds", "0.2", "--rounds", "1",
+                     "--json", tmp_path / "bench.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    points = json.loads((tmp_path / "bench.json").read_text())["points"]
+    assert {p["batch_size"] for p in points} == {1, 64}
+
+
+# --- a class of one's own ----------------------------------------------------------------------------------
+
+MODEL_CODE = '''
+    import torch
+    from torch import nn
+
+
+    class TinyMLP(nn.Module):
+        """Logits out, as most classifiers are written."""
+
+        def __init__(self, hidden=64):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+        def forward(self, x):
+            return self.body(x)
+
+
+    class Wrong(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(28 * 28, 7)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(x, 1))
+
+
+    class NotAModule:
+        pass
+'''
+
+
+# every format at fp32 but aoti, whose C++ compile the notebook's export above already pays for once
+OWN_MODEL_FORMATS = tuple(f for f in FORMATS if f != "aoti")
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory) -> Path:
+    """my_models.py (TinyMLP, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights) in one folder."""
+    import importlib.util
+
+    folder = tmp_path_factory.mktemp("own_model")
+    (folder / "my_models.py").write_text(textwrap.dedent(MODEL_CODE))
+    spec = importlib.util.spec_from_file_location("my_models_for_test", folder / "my_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    torch.save(module.TinyMLP(hidden=32).state_dict(), folder / "tiny.pt")
+    torch.save(module.Wrong().state_dict(), folder / "wrong.pt")
+    return folder
+
+
+def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path):
+    out = tmp_path / "exported"
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:TinyMLP", "--model-args", '{"hidden": 32}',
+                     "--format", ",".join(OWN_MODEL_FORMATS), "--out", out, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert "returns logits" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "TinyMLP" and manifest["model"]["args"] == {"hidden": 32}
+    assert manifest["model"]["output"] == "logits" and manifest["model"]["code"].endswith("my_models.py:TinyMLP")
+
+    report = verified(out, mnist_dir, tmp_path)
+    # the class is never imported because a manifest names it: the reference is the golden outputs
+    assert report["reference"].startswith("golden.npy")
+    assert {r["format"] for r in report["results"]} == set(OWN_MODEL_FORMATS)
+    assert all(r["agreement"] == 10_000 for r in report["results"] if r["judged_as"] == "fp32")
+
+
+# --- refusals: one line, exit 2, nothing written --------------------------------------------------------------
+
+@pytest.mark.parametrize("case, expected", [
+    (["--model", "mlp"], "do not fit model mlp"),
+    (["--model-code", "{dir}/my_models.py:Missing"], "has no class Missing"),
+    (["--model-code", "{dir}/my_models.py:NotAModule"], "is not a torch.nn.Module subclass"),
+    (["--model-code", "{dir}/absent.py:TinyMLP"], "does not exist"),
+    (["--model-code", "{dir}/my_models.py"], "must be FILE.py:CLASS"),
+    (["--model-code", "{dir}/my_models.py:TinyMLP"], "do not fit TinyMLP"),  # weights of hidden=32, built with 64
+    (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", "{hidden: 32}"], "not valid JSON"),
+    (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", "[32]"], "must be a JSON object"),
+    (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", '{"width": 32}'], "unexpected keyword"),
+    (["--model-args", '{"hidden": 32}'], "needs --model or --model-code"),
+    (["--model", "convnet", "--model-code", "{dir}/my_models.py:TinyMLP"], "not both"),
+], ids=["wrong-builtin", "missing-class", "not-a-module", "missing-file", "no-class", "shape-mismatch",
+        "bad-json", "json-not-object", "bad-kwarg", "args-alone", "both"])
+def test_bad_model_options_are_one_line(own_model, tmp_path, case, expected):
+    out = tmp_path / "out"
+    args = [a.replace("{dir}", str(own_model)) for a in case]
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", *args, "--out", out, "--data-dir", tmp_path)
+    assert expected in assert_one_line_error(result, 2)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_output_that_is_not_ten_scores_is_refused(own_model, tmp_path):
+    result = run_cli("export", "--checkpoint", own_model / "wrong.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:Wrong", "--out", tmp_path / "out", "--data-dir", tmp_path)
+    assert "returns float32 [3, 7]" in assert_one_line_error(result, 2)
+
+
+def test_an_unknown_state_dict_asks_for_its_class(own_model, tmp_path):
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--out", tmp_path / "out",
+                     "--data-dir", tmp_path)
+    assert "--model-code FILE.py:CLASS" in assert_one_line_error(result, 2)
+
+
+def test_a_toolkit_checkpoint_takes_no_model_options(tmp_path):
+    from toolkit.checkpoint import save_checkpoint
+    from toolkit.model import build_model
+
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {"name": "mlp", "args": {"hidden_sizes": [8]}},
+                                                 "state_dict": build_model("mlp", hidden_sizes=[8]).state_dict(),
+                                                 "config": {}, "history": []})
+    result = run_cli("export", "--checkpoint", tmp_path / "checkpoint.pt", "--model", "mlp",
+                     "--out", tmp_path / "out", "--data-dir", tmp_path)
+    assert "names its own model" in assert_one_line_error(result, 2)
+
+
+def test_a_pickled_model_is_never_unpickled(own_model, tmp_path):
+    """A whole pickled module (torch.save(model)) would run code to load: refused, not loaded."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("my_models", own_model / "my_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["my_models"] = module  # pickling a whole module looks its class up by name
+    try:
+        torch.save(module.TinyMLP(), tmp_path / "whole.pt")
+    finally:
+        del sys.modules["my_models"]
+    result = run_cli("export", "--checkpoint", tmp_path / "whole.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:TinyMLP", "--out", tmp_path / "out", "--data-dir", tmp_path)
+    assert "weights-only load refuses" in assert_one_line_error(result, 2)
