@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fileio
+from toolkit.artifacts import MANIFEST_NAME
 from toolkit.errors import CheckpointError, ConfigError
 
 # where a state_dict is often nested, in a dict saved with training state beside it
@@ -269,3 +270,13 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
     spec = {k: v for k, v in ckpt["model"].items() if k in ("name", "args", "code", "code_sha256", "output")}
     kind = "toolkit checkpoint" if ckpt.get("format") != "state_dict" else "state_dict"
     return {**spec, "weights": kind}
+
+
+def from_model_code(folder: str | Path) -> bool:
+    """Whether the manifest in `folder` says its model came from the user's code: such a class is imported only
+    when the user names it, never because a file does, so verify's reference is the golden outputs export wrote."""
+    try:
+        model = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("model")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(model, dict) and bool(model.get("code"))

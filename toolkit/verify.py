@@ -23,19 +23,11 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import devices, fileio, formats, golden, runners, sysinfo
-from toolkit.artifacts import (
-    GOLDEN_NAME,
-    MANIFEST_NAME,
-    Artifact,
-    find_checkpoint,
-    read_golden_entry,
-    read_manifest,
-    select,
-)
+from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.preprocess import MEAN, STD, normalize
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.usermodel import ModelCodeNeeded
+from toolkit.usermodel import ModelCodeNeeded, from_model_code
 
 MAX_BATCH1_IMAGES = 10_000
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -349,7 +341,7 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
     if choice == "golden":
         return load_golden_reference(folder, data_dir)
     if choice == "checkpoint":
-        if _from_model_code(folder):
+        if from_model_code(folder):
             raise CheckpointError(f"the artifacts in {folder}/ come from model code (export's --model-code), which "
                                   "verify never imports; compare with --reference golden, the outputs export wrote")
         return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
@@ -366,7 +358,7 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
         if has_golden:
             return load_golden_reference(folder, data_dir)
         raise
-    if has_golden and _from_model_code(folder):
+    if has_golden and from_model_code(folder):
         return load_golden_reference(folder, data_dir)
     try:
         return load_reference(str(found), data_dir)
@@ -374,18 +366,6 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
         if has_golden:
             return load_golden_reference(folder, data_dir)
         raise
-
-
-def _from_model_code(folder: str | Path) -> bool:
-    """Whether the manifest says the model came from the user's code: its class is imported only when the user
-    names it, never because a file does, so its reference is the golden outputs written at export."""
-    import json
-
-    try:
-        model = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("model")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
-    return isinstance(model, dict) and bool(model.get("code"))
 
 
 def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: list[Job]) -> dict[str, str]:
