@@ -33,6 +33,8 @@ PROVENANCE = {
     "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
+    "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
+                              "milliseconds.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
                         "for them.",
 }
@@ -342,6 +344,19 @@ def make_main(r: dict) -> list[str]:
             + ", ".join(b["files_timed"]) + "."]
 
 
+def inference_profile(r: dict) -> list[str]:
+    lines = [f"### Where inference time goes (`benchmarks/inference_profile.py`, {machine(r['machine'])})", "",
+             "ONNX Runtime's profiler and OpenVINO's performance counters (f32 inference precision), "
+             "each engine's default threads; the four operators that take the most time, as shares of the "
+             "operators' total.", "",
+             "| engine | file | batch | ms per call | top operators |", "|---|---|---:|---:|---|"]
+    for run in r["runs"]:
+        ms = run.get("wall_ms_per_call", run.get("wall_ms_per_call_with_counters"))
+        top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in run["ops"][:4])
+        lines.append(f"| {run['engine']} | `{run['file']}` | {run['batch_size']} | {ms:.3f} | {top} |")
+    return lines
+
+
 def torch_export(r: dict) -> list[str]:
     lines = [f"### pt2 and aoti beside ONNX (`benchmarks/torch_export.py`, {machine(r['machine'])})", "",
              f"torch {r['versions']['torch']}, onnxruntime {_ort_version(r)}; one interleaved "
@@ -448,6 +463,7 @@ def sections() -> list[str]:
                ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
                ("env_size_all.json", env_size_all),
                ("peers.json", peers), ("torch_export.json", torch_export), ("make_main.json", make_main),
+               ("inference_profile.json", inference_profile),
                ("web_inference.json", web_inference),
                ("inference_cpu.json", lambda r: inference(r, "cpu")),
                ("inference_cuda.json", lambda r: inference(r, "cuda"))]

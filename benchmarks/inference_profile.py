@@ -1,0 +1,120 @@
+"""Where inference time goes, per operator: ONNX Runtime's profiler and OpenVINO's performance counters on the
+fp32 and int8 .onnx files, at batch 1 and at a large batch, on real test images.
+
+    python benchmarks/inference_profile.py --artifacts exported --data-dir data \
+        --out benchmarks/results/inference_profile.json
+
+Each (engine, file, batch) runs `--calls` timed calls after a warm-up; the JSON keeps, per operator type (and the
+kernel that ran it), its total time and share, with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import fileio, sysinfo
+from toolkit.data import load_split
+from toolkit.preprocess import MEAN, STD, normalize
+
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def _shares(totals: dict[str, float], calls: int) -> list[dict]:
+    whole = sum(totals.values()) or 1.0
+    return [{"op": op, "us_per_call": round(us / calls, 2), "share": round(us / whole, 4)}
+            for op, us in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
+def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict:
+    """ONNX Runtime's own profile of `calls` runs: microseconds per operator type (and execution provider)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(warmup):
+            session.run(None, {name: x})
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            session.run(None, {name: x})
+        wall = time.perf_counter() - t0
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    for e in nodes[-calls * len({n["name"] for n in nodes}):]:  # the timed calls only, not the warm-up
+        totals[e["args"]["op_name"]] += e["dur"]
+    return {"wall_ms_per_call": round(1000 * wall / calls, 4), "ops": _shares(totals, calls)}
+
+
+def profile_openvino(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict:
+    """OpenVINO's performance counters summed over `calls` runs: microseconds per layer type and kernel."""
+    import openvino as ov
+
+    core = ov.Core()
+    # f32 as the toolkit's f32 mode sets it: OpenVINO's own default on a CPU with bf16 is bf16
+    compiled = core.compile_model(str(path), "CPU", {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    for _ in range(warmup):
+        request.infer({0: x})
+    totals: dict[str, float] = defaultdict(float)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        request.infer({0: x})
+        for info in request.get_profiling_info():
+            if info.real_time.total_seconds() > 0:
+                totals[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e6
+    wall = time.perf_counter() - t0  # includes reading the counters
+    return {"wall_ms_per_call_with_counters": round(1000 * wall / calls, 4), "ops": _shares(totals, calls)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", default="exported")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--batch-sizes", default="1,256")
+    parser.add_argument("--calls", type=int, default=200, help="timed calls at batch 1 (fewer at larger batches)")
+    parser.add_argument("--out", default="benchmarks/results/inference_profile.json")
+    args = parser.parse_args()
+
+    images, _ = load_split(args.data_dir, "test")
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    engines = {"onnxruntime": profile_ort}
+    try:
+        import openvino  # noqa: F401
+
+        engines["openvino"] = profile_openvino
+    except ImportError:
+        pass
+    runs = []
+    for precision, file in FILES.items():
+        for batch in batches:
+            x = np.ascontiguousarray(normalize(images[:batch], MEAN, STD))
+            calls = max(10, args.calls // batch) if batch > 1 else args.calls
+            for engine, profile in engines.items():
+                result = profile(Path(args.artifacts) / file, x, calls, warmup=max(3, calls // 10))
+                runs.append({"engine": engine, "file": file, "precision": precision, "batch_size": batch,
+                             "calls": calls, **result})
+                top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["ops"][:4])
+                print(f"{engine:12s} {precision} batch {batch:4d}: {top}", flush=True)
+    fileio.write_json(Path(args.out), {
+        "benchmark": "inference_profile", "machine": sysinfo.machine(),
+        "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
+        "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls, "threads": "each engine's default",
+                     "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32"},
+        "runs": runs})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
