@@ -213,6 +213,18 @@ def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path
     assert {r["format"] for r in report["results"]} == set(OWN_MODEL_FORMATS)
     assert all(r["agreement"] == 10_000 for r in report["results"] if r["judged_as"] == "fp32")
 
+    # bench: the PyTorch baseline cannot be rebuilt without the code, so over every runtime it is left out with
+    # that reason (the plan bench makes, without timing it); asked for by name, it is one line
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.search import plan_manifest
+
+    plan = plan_manifest(BenchConfig(artifacts=str(out), data_dir=str(mnist_dir), precisions=("fp32",), verify=False))
+    assert "your own code" in plan.skipped["runtime pytorch"] and plan.checkpoint is None
+    assert {c.runtime for c in plan.candidates} >= {"onnxruntime", "torch-export"}
+    result = run_cli("bench", "--artifacts", out, "--data-dir", mnist_dir, "--runtime", "onnxruntime,pytorch",
+                     "--batch-sizes", "1", "--seconds", "0.05", "--rounds", "1")
+    assert "your own code" in assert_one_line_error(result, 2)
+
 
 # --- refusals: one line, exit 2, nothing written --------------------------------------------------------------
 

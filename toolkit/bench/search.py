@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, runners, sysinfo
+from toolkit import devices, runners, sysinfo, usermodel
 from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_file
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
@@ -190,6 +190,10 @@ def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: S
     if not has_torch():
         return None
     try:
+        if usermodel.from_model_code(config.artifacts):
+            # the weights alone cannot rebuild the model, and a manifest never names code to import
+            raise CheckpointError("the export's model came from your own code (--model-code), which bench does not "
+                                  "import: its PyTorch baseline cannot be rebuilt")
         return str(find_checkpoint(config.artifacts, manifest, config.checkpoint))
     except CheckpointError as e:
         if "pytorch" in config.runtimes or "pytorch" in config.formats:
