@@ -1,4 +1,5 @@
-"""`toolkit bench FILE.onnx`: any .onnx timed alone, fed MNIST images when they fit, else random data."""
+"""`toolkit bench FILE...`: model files timed alone, each in every runtime that opens it, fed MNIST images when
+they fit and the data is here, else random inputs."""
 
 import json
 
@@ -6,9 +7,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.conftest import assert_one_line_error, run_cli
+from tests.onnx_models import constant_classifier
 from tests.test_compare import _foreign_onnx
 
 FAST = ("--batch-sizes", "1,8", "--iterations", "5", "--rounds", "1", "--no-matmul-peak")
+QUICK = ("--batch-sizes", "1,8", "--seconds", "0.05", "--rounds", "1", "--no-matmul-peak")
+ONNX_RUNTIMES = {"onnxruntime", "openvino", "opencv"}
 
 
 def test_bench_a_foreign_mnist_file(trained, mnist_dir, tmp_path):
@@ -18,10 +22,12 @@ def test_bench_a_foreign_mnist_file(trained, mnist_dir, tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["settings"]["file"] == str(foreign) and report["settings"]["inputs"] == "MNIST test images"
     points = report["points"]
-    assert [p["batch_size"] for p in points] == [1, 8]
-    assert all(p["runtime"] == "onnxruntime" and p["format"] == "theirs.onnx" and p["iterations"] == 5
-               and p["p50_ms"] > 0 and p["throughput"] > 0 and p["verified"] is None for p in points)
+    assert {p["runtime"] for p in points} == ONNX_RUNTIMES
+    assert [p["batch_size"] for p in points if p["runtime"] == "onnxruntime"] == [1, 8]
+    assert all(p["format"] == "theirs.onnx" and p["iterations"] == 5 and p["p50_ms"] > 0 and p["throughput"] > 0
+               and p["verified"] is None for p in points)
     assert report["runtimes"]["onnxruntime"]["settings"][0]["layout"] == "flat"
+    assert report["runtimes"]["openvino"]["settings"][0]["input"] == "MNIST test images"
     assert "theirs.onnx" in result.stdout
 
 
@@ -36,6 +42,64 @@ def test_bench_a_file_that_takes_no_image_uses_random_data(mnist_dir, tmp_path):
     result = run_cli("bench", path, *FAST, "--shape", "x=3x16", "--data-dir", mnist_dir, "--json", "-")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["settings"]["inputs"] == "random data" and len(report["points"]) == 2
+    assert report["settings"]["inputs"] == "random inputs"
+    assert {p["runtime"] for p in report["points"]} == ONNX_RUNTIMES
     assert "other.onnx" in assert_one_line_error(run_cli("bench", path, *FAST, "--shape", "y=3", "--data-dir",
                                                          mnist_dir), 2)
+
+
+def _summary_rows(report):
+    return {(row["file"], row["runtime"]) for row in report["summary"]}
+
+
+def test_two_foreign_files_on_every_runtime_in_one_run(mnist_dir, tmp_path):
+    digits = constant_classifier(tmp_path / "digits.onnx", [float(-d) for d in range(10)])
+    other = constant_classifier(tmp_path / "other.onnx", [0.0] * 10, input_shape=("N", 3, 16))
+    result = run_cli("bench", digits, other, *QUICK, "--data-dir", mnist_dir, "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert _summary_rows(report) == {(f, r) for f in ("digits.onnx", "other.onnx") for r in ONNX_RUNTIMES}
+    files = {f["name"]: f for f in report["settings"]["files"]}
+    assert files["digits.onnx"]["inputs"] == "MNIST test images"
+    assert files["other.onnx"]["inputs"] == "random inputs"
+    assert "not an MNIST image" in files["other.onnx"]["why_random"]
+    assert all(set(f["runtimes"]) == ONNX_RUNTIMES for f in files.values())
+    assert report["settings"]["verify"] is False and all(p["verified"] is None for p in report["points"])
+    assert "digits.onnx: MNIST test images" in result.stdout and "other.onnx: random inputs" in result.stdout
+
+
+def test_random_inputs_need_no_data_folder(tmp_path):
+    digits = constant_classifier(tmp_path / "digits.onnx", [float(d) for d in range(10)])
+    other = constant_classifier(tmp_path / "other.onnx", [0.0] * 10, input_shape=("N", 5))
+    result = run_cli("bench", digits, other, *QUICK, "--runtime", "onnxruntime,opencv", "--device", "cpu,cuda",
+                     "--data-dir", tmp_path / "nowhere", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {f["name"]: f["inputs"] for f in report["settings"]["files"]} == {"digits.onnx": "random inputs",
+                                                                             "other.onnx": "random inputs"}
+    assert "no MNIST test set" in report["settings"]["files"][0]["why_random"]
+    assert {p["runtime"] for p in report["points"]} == {"onnxruntime", "opencv"}
+    assert {p["provider"] for p in report["points"]} <= {"cpu", "cuda"}
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_toolkit_files_of_other_formats_run_in_their_runtimes(exported, mnist_dir, tmp_path):
+    result = run_cli("bench", exported / "model.pt2", exported / "model.xml", *QUICK, "--data-dir", mnist_dir,
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert _summary_rows(report) == {("model.pt2", "torch-export"), ("model.xml", "openvino")}
+    assert all(f["inputs"] == "MNIST test images" for f in report["settings"]["files"])
+
+
+def test_a_runtime_that_cannot_open_the_file_is_refused(exported, mnist_dir):
+    line = assert_one_line_error(run_cli("bench", exported / "model.pt2", "--runtime", "opencv", *QUICK,
+                                         "--data-dir", mnist_dir), 2)
+    assert "model.pt2" in line and "torch-export" in line
+    from toolkit import devices
+
+    if not devices.torch_unavailable("cuda"):
+        return  # a GPU is here: only cuda is then a device like any other
+    line = assert_one_line_error(run_cli("bench", exported / "model.onnx", "--device", "cuda", *QUICK,
+                                         "--data-dir", mnist_dir), 2)
+    assert "cuda" in line

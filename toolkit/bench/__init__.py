@@ -16,7 +16,8 @@ A run is one pipeline in parts, each its own module:
   targets (one table of goals, for benchmarks/);
 - render: the markdown tables, the recommendation lines, the plot;
 - peaks: the CPU's matmul peaks the efficiency targets divide by;
-- pipeline: `bench` (candidates from the manifest) and `bench_file` (from one file), through the same steps.
+- files: bench FILE...'s candidates, each file in every runtime that opens it;
+- pipeline: `bench` (candidates from the manifest) and `bench_files` (from files), through the same steps.
 """
 
 from toolkit.bench.config import (
@@ -28,7 +29,7 @@ from toolkit.bench.config import (
     BenchConfig,
 )
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
-from toolkit.bench.pipeline import bench, bench_file
+from toolkit.bench.pipeline import bench, bench_files
 from toolkit.bench.render import fastest_line, markdown_table, plot, summary_cells
 from toolkit.bench.results import (
     GOALS,
@@ -45,7 +46,7 @@ from toolkit.bench.timing import ROTATE
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "GOALS", "LIMITS", "MAX_BATCH_SIZE", "MAX_SECONDS", "OPTIMIZATION_LEVELS", "REGIMES",
-    "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_file", "fastest", "fastest_line",
+    "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_files", "fastest", "fastest_line",
     "file_name", "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "plot", "summarize",
     "summary_cells", "target_goal", "targets",
 ]

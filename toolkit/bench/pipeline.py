@@ -1,7 +1,7 @@
 """A bench run end to end: a source's candidates, searched (or swept) and timed in rounds, turned into points
 and one report.
 
-`bench` takes its candidates from the manifest (and verifies them first); `bench_file` from one model file.
+`bench` takes its candidates from the manifest (and verifies them first); `bench_files` from model files.
 Both then go through the same timing and the same points; their reports differ only in what the source can
 say: the file has no checkpoint to count FLOPs on and no reference, so it gets no targets.
 """
@@ -14,14 +14,17 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 import toolkit.bench.tuning as tuning
 from toolkit import sysinfo
 from toolkit.artifacts import read_model_flops
 from toolkit.bench.config import BenchConfig
+from toolkit.bench.files import MNIST_INPUTS, plan_files
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
-from toolkit.bench.search import Plan, has_torch, modes_to_time, plan_file, plan_manifest
-from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, steps, time_rounds
+from toolkit.bench.search import Candidate, Plan, has_torch, modes_to_time, plan_manifest
+from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, random_pixels, steps, time_rounds
 
 Progress = Callable[[int, int, str], None]
 
@@ -45,22 +48,33 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
     return _finish(report, search, t_start)
 
 
-def bench_file(config: BenchConfig, path: str, prep: Any = None, shapes: dict[str, tuple[int, ...]] | None = None,
-               on_progress: Progress | None = None, time_limit_s: float | None = None) -> BenchReport:
-    """Time one .onnx alone in ONNX Runtime on the CPU: MNIST test images when its input fits an MNIST
-    layout (see runners/foreign.py), else random data of its declared shapes and types. Nothing is verified (there is
-    no reference), so no targets are computed."""
+def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
+                shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None,
+                time_limit_s: float | None = None) -> BenchReport:
+    """Time model files alone, each in every selected runtime and device that opens it (see bench/files.py): MNIST
+    test images where a file's input fits and the data is here, else random inputs of its declared shapes.
+    Nothing is verified (there is no reference), so no targets are computed."""
     t_start = time.perf_counter()
-    plan = plan_file(config, path, prep, shapes, time_limit_s)
+    plan = plan_files(config, paths, prep, shapes, time_limit_s)
     points, search = _points(config, plan, on_progress)
-    return _finish(_file_report(config, plan, points, str(path)), search, t_start)
+    return _finish(_file_report(config, plan, points), search, t_start)
+
+
+def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate], np.ndarray]:
+    """What each candidate is fed: the MNIST test images, or for bench FILE per file, those or random pixels."""
+    if not plan.files:
+        return bench_pixels(config.data_dir, plan.takes_images)
+    mnist = bench_pixels(config.data_dir) if plan.takes_images else None
+    noise = random_pixels()
+    kinds = {f.file: f.inputs for f in plan.files}
+    return lambda c: mnist if kinds[str(c.source)] == MNIST_INPUTS and mnist is not None else noise
 
 
 def _points(config: BenchConfig, plan: Plan, on_progress: Progress | None) -> tuple[list[BenchPoint], dict]:
     """The points to report, and the search's record: with `sweep`, every candidate at every batch size; else
     the short search's choices (see tuning.py), batch 1 with each group's latency setting and the ladder with
     its throughput setting. Each phase in interleaved rounds."""
-    pixels = bench_pixels(config.data_dir, plan.takes_images)
+    pixels = _pixels(config, plan)
     budget = Budget.of(config)
     if config.sweep:
         jobs = [(c, config.batch_sizes) for c in plan.candidates]
@@ -117,16 +131,22 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
     return report
 
 
-def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint], path: str) -> BenchReport:
-    # what this run really did: one runtime, nothing verified (there is no reference), FLOPs not counted
-    settings = {**_settings(config, plan.devices), "file": path, "inputs": plan.opener.inputs,
-                "runtimes": ["onnxruntime"], "verify": False, "formats": [], "precisions": [],
-                "time_limit_s": plan.opener.time_limit_s}
+def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) -> BenchReport:
+    # what this run really did: each file's runtimes and inputs, nothing verified (no reference), no FLOPs
+    files = [asdict(f) for f in plan.files]
+    ran = list(dict.fromkeys(r for f in files for r in f["runtimes"]))
+    settings = {**_settings(config, plan.devices), "files": files, "runtimes": ran,
+                "verify": False, "formats": [], "precisions": [], "time_limit_s": plan.opener.time_limit_s}
+    if len(files) == 1:
+        settings.update(file=files[0]["file"], inputs=files[0]["inputs"])
+    skipped = {**plan.skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()},
+               **{f"{f['name']} in {k}": v for f in files for k, v in f["skipped"].items()}}
+    if config.matmul_peak:
+        skipped["matmul peak"] = "not measured for a file: its FLOPs are unknown"
     return BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
         session_options=_session_options(config), model_flops_per_image=None,
-        matmul_peak_gflops=None, points=points, load_ms=plan.opener.load_ms,
-        skipped={"matmul peak": "not measured for a file: its FLOPs are unknown"} if config.matmul_peak else {},
+        matmul_peak_gflops=None, points=points, load_ms=plan.opener.load_ms, skipped=skipped,
         runtimes=plan.opener.runtimes())
 
 

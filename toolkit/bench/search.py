@@ -4,25 +4,23 @@ This is bench's door to the runner layer: every runtime, option and opener it us
 OpenVINO hint names that BenchConfig checks are read in config), so the rest of the package sees candidates
 and runners only. Two sources feed the same timing: the manifest
 (every artifact, or the checkpoint, each runtime opens, times the settings that runtime takes) and one
-model file (ONNX Runtime on the CPU only, nothing to verify it against).
+model file (bench/files.py: every runtime that opens it, nothing to verify it against).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from toolkit import devices, runners, sysinfo, usermodel
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_model_file
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
-from toolkit.errors import ArtifactError, CheckpointError, ConfigError
+from toolkit.errors import ArtifactError, CheckpointError
 from toolkit.formats import DEFAULT_MODE, MODES, judged_precision
 from toolkit.runners import (
     IO_MODES,
@@ -37,7 +35,7 @@ from toolkit.runners import (
     select_runtimes,
 )
 
-__all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_file", "plan_manifest",
+__all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_manifest",
            "run_guard"]
 
 VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one at a time too
@@ -270,39 +268,6 @@ class _Opener:
                 for k, v in self.verdicts.items()}
 
 
-class _FileOpener:
-    """Opens the file's runner for each round, recording the first opening's time; nothing is verified."""
-
-    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None, time_limit_s: float | None) -> None:
-        self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
-        self.load_ms: dict[str, float] = {}
-        self.settings: list[dict[str, Any]] = []
-        self.inputs = ""
-
-    def __call__(self, c: Candidate) -> Runner:
-        from toolkit.runners import foreign
-
-        t0 = time.perf_counter()
-        runner = foreign.open_file(c.source, replace(c.options, time_limit_s=self.time_limit_s), self.prep,
-                                   self.shapes)
-        self.load_ms.setdefault(f"{c.format} {options_words(c.options)}", (time.perf_counter() - t0) * 1e3)
-        if runner.settings() not in self.settings:
-            self.settings.append(runner.settings())
-        self.inputs = runner.settings().get("input", "MNIST test images")
-        return runner
-
-    unverified = __call__  # nothing is verified here
-
-    def verdict(self, c: Candidate) -> dict[str, Any] | None:
-        return None
-
-    def runtimes(self) -> dict[str, dict[str, Any]]:
-        return {"onnxruntime": {"version": runtime_version("onnxruntime"), "settings": self.settings}}
-
-    def verification(self) -> dict[str, dict[str, Any]]:
-        return {}
-
-
 # --- the two sources ------------------------------------------------------------------------------------
 
 @dataclass
@@ -310,13 +275,14 @@ class Plan:
     """What one run times, and what its report says about where the candidates came from."""
 
     candidates: list[Candidate]
-    opener: _Opener | _FileOpener
+    opener: Any  # _Opener, or bench.files' FileOpener
     devices: list[str]
     takes_images: bool = True  # False: the model takes no MNIST image, so it is fed random data
     checkpoint: str | None = None
     reference: Any = None  # verify's reference, when the candidates are verified
     skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
     skipped_runtimes: dict[str, str] = field(default_factory=dict)
+    files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
 
 
 def plan_manifest(config: BenchConfig) -> Plan:
@@ -334,29 +300,3 @@ def plan_manifest(config: BenchConfig) -> Plan:
            if config.verify else None)
     return Plan(candidates, _Opener(ref), devices_used, checkpoint=checkpoint, reference=ref, skipped=skipped,
                 skipped_runtimes=selection.skipped)
-
-
-def plan_file(config: BenchConfig, path: str, prep: Any = None,
-              shapes: dict[str, tuple[int, ...]] | None = None, time_limit_s: float | None = None) -> Plan:
-    """One .onnx in ONNX Runtime on the CPU, at every ONNX Runtime CPU setting asked for; fails early on a
-    file it cannot feed."""
-    from toolkit.runners import foreign
-
-    prep = prep or foreign.Preprocessing()
-    if set(config.providers) - {"cpu"}:
-        raise ConfigError("bench FILE times the file on the CPU only; drop --provider")
-    wanted = set(config.runtimes) - {"all"}
-    if wanted - {"onnxruntime"}:
-        raise ConfigError(f"bench FILE times the file in onnxruntime only, not {', '.join(sorted(wanted))}")
-    archive = foreign.archive_name(read_model_file(path))
-    if archive:  # refused before it is loaded: loading a torch archive runs its code
-        raise ConfigError(f"{path} is {archive}; bench FILE times .onnx files (use toolkit compare for it)")
-    first = foreign.open_file(path, RunnerOptions(), prep, shapes)
-    takes_images = getattr(first, "takes_images", True)
-    dtype = next((i.dtype for i in first.inputs), None)
-    del first
-    # the file's name stands for the format; its precision is not known, only its input's type, which is said
-    candidates = _candidates_of(config, "onnxruntime", "cpu", str(path), Path(path).name,
-                                f"{np.dtype(dtype).name} input" if dtype is not None else "no input")
-    limit = config.time_limit_s if time_limit_s is None else time_limit_s
-    return Plan(candidates, _FileOpener(prep, shapes, limit), ["cpu"], takes_images=takes_images)

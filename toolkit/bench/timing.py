@@ -98,6 +98,12 @@ def bench_pixels(data_dir: str, takes_images: bool = True) -> np.ndarray:
     return pixels
 
 
+def random_pixels(seed: int = 0) -> np.ndarray:
+    """Random 28x28 pixels, seeded: what a file is fed without MNIST (a runner whose input is no image turns each
+    batch into random data of its own shapes, seeded by the batch's pixels, so batches differ)."""
+    return np.random.default_rng(seed).integers(0, 256, (TEST_IMAGES, 28, 28), dtype=np.uint8)
+
+
 def _batches(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """ROTATE batches of real test images; past the 10,000 images they wrap around."""
     n = len(pixels)
@@ -140,11 +146,13 @@ def steps(jobs: list[Job], budget: Budget) -> int:
     return sum(len(sizes) for _, sizes in jobs) * budget.rounds
 
 
-def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner], pixels: np.ndarray, budget: Budget,
+def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner],
+                pixels: np.ndarray | Callable[[Candidate], np.ndarray], budget: Budget,
                 on_progress: Callable[[int, str], None] | None = None) -> dict[tuple[str, int], Series]:
     """Interleaved rounds over every job's candidate and batch sizes; the first call of each is timed apart.
 
-    Each round opens each candidate's runner afresh and lets it go afterwards: one runner's memory at a time.
+    `pixels` are the images every candidate is fed, or a function giving each one's. Each round opens each
+    candidate's runner afresh and lets it go afterwards: one runner's memory at a time.
     `on_progress(steps done, what)` follows each timed block.
     """
     series: dict[tuple[str, int], Series] = {}
@@ -156,7 +164,7 @@ def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner], pix
             runner = open_runner(c)
             for bs in sizes:
                 with run_guard(runner):
-                    timed = runner.timed(_batches(pixels, bs), c.io)
+                    timed = runner.timed(_batches(pixels(c) if callable(pixels) else pixels, bs), c.io)
                     s = series.get((c.key, bs)) or _first_call(timed)
                     series[(c.key, bs)] = s
                     block, wall = _measure(timed.call, budget.warmup, per_round, budget.seconds / budget.rounds,

@@ -95,8 +95,10 @@ def compare(
 
 
 def bench(
-    file: Annotated[Optional[Path], typer.Argument(
-        metavar="FILE", help="Time this .onnx alone (toolkit-made or not) instead of the artifacts folder.")] = None,
+    files: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="FILE...", show_default=False,
+        help="Time these model files alone (toolkit-made or not: .onnx, .pt2, .aoti.pt2, TorchScript, .pte, .tflite, "
+             "IR .xml), each in every runtime that opens it, instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default="every installed one",
         help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
@@ -171,11 +173,13 @@ def bench(
     """What to deploy here: each runtime and file at its best settings (found by a short search), its batch-1
     latency and most images/s, and the fastest verified configuration for latency and for throughput.
 
-    Every point goes to --json and --markdown; --sweep times every combination of settings instead. With FILE:
-    that .onnx alone in ONNX Runtime on the CPU, fed MNIST test images when its input fits an MNIST layout,
-    else random data of its declared shapes and types (not verified: there is no reference).
+    Every point goes to --json and --markdown; --sweep times every combination of settings instead. With FILE...:
+    each file in every runtime and device here that opens it (an .onnx in ONNX Runtime, OpenVINO and OpenCV; any
+    other in its own runtime), side by side, fed MNIST test images when its input fits an MNIST layout and the
+    data is here, else random inputs of its declared shapes and types (not verified: there is no reference).
+    TorchScript, .pt2 and .aoti.pt2 files are code: loading one runs what its author put in it.
     """
-    _outputs(json_path, markdown, plot, inputs=(file, *_model_files(artifacts)))
+    _outputs(json_path, markdown, plot, inputs=(*(files or ()), *_model_files(artifacts)))
     from toolkit import bench as bench_lib
     from toolkit.runners.base import check_time_limit
 
@@ -189,14 +193,15 @@ def bench(
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
         cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak, time_limit_s=time_limit)
     with stage("benchmarking") as on_progress:
-        if file is None:
+        if not files:
             report = bench_lib.bench(config, on_progress=on_progress)
         else:
             from toolkit.runners.foreign import Preprocessing, parse_shapes
 
-            report = bench_lib.bench_file(config, str(file), Preprocessing(mean=mean, std=std, layout=layout),
-                                          parse_shapes(_csv(shape)), on_progress=on_progress,
-                                          time_limit_s=time_limit)
+            report = bench_lib.bench_files(config, [str(f) for f in files],
+                                           Preprocessing(mean=mean, std=std, layout=layout),
+                                           parse_shapes(_csv(shape)), on_progress=on_progress,
+                                           time_limit_s=time_limit)
     _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())

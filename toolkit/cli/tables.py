@@ -165,6 +165,9 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
     if sweep:
         _print_table(*_points_table(report))
     _print_table(*_summary_table(report, bench_lib))
+    for f in report.settings.get("files", []):  # bench FILE...: what each file was fed, and where it ran
+        why = f" ({f['why_random']})" if f["why_random"] else ""
+        out.print(f"{f['name']}: {f['inputs']}{why}; ran in {', '.join(f['runtimes'])}", highlight=False)
     for name, reason in report.skipped.items():
         out.print(f"skipped {name}: {reason}", highlight=False)
     for regime, f in report.fastest.items():

@@ -14,7 +14,7 @@ model's folder); the toolkit's own files are read through their manifest's hash 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from toolkit.formats import format_of_file
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
-from toolkit.runners import openvino, torch_export
-from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed
+from toolkit.runners import opencv, openvino, torch_export
+from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed, run_guard
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
@@ -206,9 +206,7 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         return self.session.run([self.output_name], native, self.run_options)
 
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
-        if self.options.device != devices.CPU:
-            raise ConfigError("a foreign file is timed on the CPU only")
-        return Runner.timed(self, batches, io)
+        return Runner.timed(self, batches, io)  # inputs from numpy on every device (no I/O binding by name)
 
 
 class ForeignTorchRunner(_ForeignFile, TorchRunner):
@@ -260,6 +258,108 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
 
 
 _EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIFIER: _litert.open_bytes}
+ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can read any .onnx
+
+
+def runtimes_for(path: str | Path) -> tuple[str, ...]:
+    """The runtimes that can open `path`, from its name and first bytes (nothing is loaded): ONNX Runtime,
+    OpenVINO and OpenCV for an .onnx; the one runtime of its format for anything else."""
+    if format_of_file(Path(path).name) == openvino.IR:
+        return (openvino.RUNTIME,)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] in _EDGE_OPENERS:
+        return ({_executorch.IDENTIFIER: "executorch", _litert.IDENTIFIER: "litert"}[head[4:8]],)
+    if head[:4] == b"PK\x03\x04":
+        kind = torch_export.archive_kind(read_model_file(path))
+        return ({torch_export.PT2: "torch-export", torch_export.AOTI: "aoti"}.get(kind, "torchscript"),)
+    return ONNX_RUNTIMES
+
+
+def open_in(runtime: str, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
+            shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
+    """`path` in `runtime`: the runtime `open_file` picks for it, or OpenVINO or OpenCV reading an .onnx, fed
+    as ONNX Runtime reads its inputs (a toolkit .onnx with its own normalization, any other as a foreign file)."""
+    if runtime in (openvino.RUNTIME, opencv.RUNTIME) and runtimes_for(path) == ONNX_RUNTIMES:
+        spec = open_file(path, replace(options, device=devices.CPU, threads=1), prep, shapes)
+        return OnnxElsewhere(runtime, spec, read_model_file(path), options)
+    runner = open_file(path, options, prep, shapes)
+    if runner.runtime != runtime:
+        raise ConfigError(f"{path} runs in {runner.runtime}, not {runtime}")
+    return runner
+
+
+class OnnxElsewhere(Runner):
+    """An .onnx in OpenVINO or OpenCV on the CPU. `spec`, the file opened in ONNX Runtime, says how it is fed
+    (MNIST pixels or random data) and which outputs are read."""
+
+    def __init__(self, runtime: str, spec: Runner, data: bytes, options: RunnerOptions) -> None:
+        super().__init__(spec.label, spec.kind, options)
+        self.runtime, self.spec = runtime, spec
+        self.mean, self.std = spec.mean, spec.std
+        session = spec.session  # type: ignore[attr-defined]
+        self.input_names = [i.name for i in session.get_inputs()]
+        names = [o.name for o in session.get_outputs()]
+        wanted = [spec.output_name] if spec.kind == FOREIGN else names[:len(spec.outputs)]  # type: ignore
+        self.output_index = [names.index(n) for n in wanted]
+        self.output_names = wanted
+        if runtime == openvino.RUNTIME:
+            self.compiled = openvino.compile_onnx(data, options, spec.label)
+            self.request = self.compiled.create_infer_request()
+        else:
+            self.net = opencv.read_net(data, options.threads, spec.label)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.spec.outputs
+
+    @property
+    def time_limit_s(self) -> float | None:
+        return self.spec.time_limit_s if self.spec.kind == FOREIGN else self.options.time_limit_s
+
+    @property
+    def takes_images(self) -> bool:
+        return getattr(self.spec, "takes_images", True)
+
+    def settings(self) -> dict[str, Any]:
+        words = ({"inference_precision": self.options.mode, "performance_hint": self.options.hint}
+                 if self.runtime == openvino.RUNTIME else {})
+        fed = {k: v for k, v in self.spec.settings().items() if k in ("file", "input", "layout", "mean", "std")}
+        return {"device": "cpu", "threads": self.options.threads, **words, **fed}
+
+    def _feed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        fed = self.spec._feed(pixels)
+        return fed if isinstance(fed, dict) else {self.input_names[0]: fed}
+
+    def _cancel(self) -> bool:
+        if self.runtime != openvino.RUNTIME:
+            return False  # OpenCV cannot stop a call: the guard ends the process instead
+        self.request.cancel()
+        return True
+
+    def _infer(self, native: dict[str, np.ndarray]) -> list[Any]:
+        if self.runtime == openvino.RUNTIME:
+            result = self.request.infer(native)
+            return [result[self.compiled.outputs[i]] for i in self.output_index]
+        for name, value in native.items():
+            self.net.setInput(value, name)
+        return list(self.net.forward(self.output_names))
+
+    def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
+        if self.runtime != openvino.RUNTIME or self.options.hint != "throughput":
+            return super().timed(batches, io)
+        import openvino as ov
+
+        with run_guard(self):
+            inputs = [self._feed(b) for b in batches]
+        n = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        queue = ov.AsyncInferQueue(self.compiled, n)
+
+        def run_queue(i: int) -> None:  # n batches in flight at once, then wait for all
+            for k in range(n):
+                queue.start_async(inputs[(i * n + k) % len(inputs)])
+            queue.wait_all()
+        return Timed(run_queue, batches_per_call=n)
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:

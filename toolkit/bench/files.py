@@ -1,0 +1,197 @@
+"""`bench FILE...`: model files timed alone, each in every runtime (and device) here that opens it.
+
+An .onnx runs in ONNX Runtime, OpenVINO and OpenCV; a .pt2, .aoti.pt2, TorchScript, .pte, .tflite or IR .xml in
+its own runtime (runners/foreign.py says which). A file whose input is an MNIST image gets the MNIST test images
+when the data folder holds them; any other file, or any file without the data, gets random inputs of its
+declared shapes, and the report says which per file. Nothing is verified: a file has no reference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import devices
+from toolkit.bench.config import BenchConfig
+from toolkit.bench.search import Candidate, Plan, _candidates_of, modes_to_time, options_words, runtime_version
+from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
+from toolkit.runners import RUNTIMES, Runner, RunnerOptions, select_runtimes
+
+MNIST_INPUTS = "MNIST test images"
+RANDOM_INPUTS = "random inputs"
+
+
+@dataclass
+class BenchFile:
+    """One file of the run: what it was timed in, on which inputs, and what was left out and why."""
+
+    file: str
+    name: str  # how its rows are labelled (its file name, or the path where two files share a name)
+    runtimes: list[str] = field(default_factory=list)
+    inputs: str = MNIST_INPUTS
+    why_random: str = ""  # the reason for random inputs, when the inputs are random
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class FileOpener:
+    """Opens a candidate's runner for each round, recording the first opening's time; nothing is verified."""
+
+    def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None, time_limit_s: float | None) -> None:
+        self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
+        self.load_ms: dict[str, float] = {}
+        self.settings: dict[str, list[dict[str, Any]]] = {}
+
+    def open(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
+        from toolkit.runners import foreign
+
+        return foreign.open_in(runtime, path, replace(options, time_limit_s=self.time_limit_s), self.prep,
+                               self.shapes)
+
+    def __call__(self, c: Candidate) -> Runner:
+        t0 = time.perf_counter()
+        runner = self.open(c.runtime, str(c.source), c.options)
+        self.load_ms.setdefault(f"{c.runtime} {c.format} {c.options.device} {options_words(c.options)}",
+                                (time.perf_counter() - t0) * 1e3)
+        known = self.settings.setdefault(c.runtime, [])
+        if runner.settings() not in known:
+            known.append(runner.settings())
+        return runner
+
+    unverified = __call__  # nothing is verified here
+
+    def verdict(self, c: Candidate) -> dict[str, Any] | None:
+        return None
+
+    def runtimes(self) -> dict[str, dict[str, Any]]:
+        return {name: {"version": runtime_version(name), "settings": s} for name, s in self.settings.items()}
+
+    def verification(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+def _devices(config: BenchConfig) -> tuple[list[str], dict[str, str]]:
+    """The devices asked for that this machine has; one it lacks is skipped with a note, unless nothing is left."""
+    wanted, skipped = devices.expand(config.providers)
+    usable = []
+    for name in wanted:
+        missing = None if name == devices.CPU else (
+            devices.onnxruntime_unavailable(name) or (devices.torch_unavailable(name) if devices.has_torch() else None))
+        if missing:
+            skipped[name] = missing
+        else:
+            usable.append(name)
+    if not usable:
+        raise ConfigError(f"no device asked for is usable here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    return usable, skipped
+
+
+def _names(paths: list[str]) -> dict[str, str]:
+    """Each file's row label: its name, or the path as given where two files share a name."""
+    names = [Path(p).name for p in paths]
+    return {p: n if names.count(n) == 1 else p for p, n in zip(paths, names)}
+
+
+def _mnist_here(data_dir: str) -> str:
+    """'' when the MNIST test set is in `data_dir`, else why not."""
+    from toolkit import data as mnist
+
+    try:
+        mnist.load_split(data_dir, "test")
+    except ToolkitError as e:
+        return str(e)
+    return ""
+
+
+def _probe(opener: FileOpener, bench_file: BenchFile, runtime: str, explicit: bool) -> Runner | None:
+    """The file opened once in `runtime` on the CPU (to learn its inputs); None when it cannot be, with the
+    reason noted, unless the runtime was asked for by name. A mistake in the options is always an error."""
+    try:
+        return opener.open(runtime, bench_file.file, RunnerOptions(threads=1))
+    except ConfigError:
+        raise
+    except (ArtifactError, ProviderUnavailable) as e:
+        if explicit:
+            raise
+        bench_file.skipped[runtime] = str(e)
+        return None
+
+
+def _input_words(runner: Runner) -> str:
+    """The file's input type, in the precision column's place: a file's own precision is not known."""
+    runner = getattr(runner, "spec", runner)  # OpenVINO or OpenCV on an .onnx: as ONNX Runtime reads it
+    inputs = getattr(runner, "inputs", None)
+    if inputs:
+        return f"{np.dtype(inputs[0].dtype).name} input"
+    return "uint8 input" if runner.kind == "app" else "float32 input"
+
+
+def _file_candidates(config: BenchConfig, bench_file: BenchFile, runner: Runner, runtime: str,
+                     used: list[str]) -> list[Candidate]:
+    spec, out = RUNTIMES[runtime], []
+    modes = modes_to_time(config) if "mode" in spec.tunes else ("f32",)
+    for device in used:
+        if device not in spec.devices:
+            if device != devices.CPU:
+                bench_file.skipped[f"{runtime} on {device}"] = f"{runtime} runs on {', '.join(spec.devices)}"
+            continue
+        for mode in modes:
+            out += [c for c in _candidates_of(config, runtime, device, bench_file.file, bench_file.name,
+                                              _input_words(runner), mode)
+                    if c.io == "host" and not c.options.cuda_graph]  # a file is fed from numpy
+    return out
+
+
+def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, runtimes: list[str],
+               explicit: set[str], used: list[str], no_data: str) -> list[Candidate]:
+    """One file's candidates in every runtime of `runtimes` that loads it; its inputs are recorded on it."""
+    candidates, images = [], True
+    for runtime in runtimes:
+        runner = _probe(opener, bench_file, runtime, runtime in explicit)
+        if runner is None:
+            continue
+        images = images and getattr(runner, "takes_images", True)
+        bench_file.runtimes.append(runtime)
+        candidates += _file_candidates(config, bench_file, runner, runtime, used)
+        del runner
+    if not bench_file.runtimes:  # what the first runtime said is why (ONNX Runtime's, for an .onnx)
+        first = next(iter(bench_file.skipped.values()))
+        raise ArtifactError(first if bench_file.file in first else f"{bench_file.file}: {first}")
+    if not images or no_data:
+        bench_file.inputs = RANDOM_INPUTS
+        bench_file.why_random = "its input is not an MNIST image" if not images else f"no MNIST test set ({no_data})"
+    return candidates
+
+
+def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
+               shapes: dict[str, tuple[int, ...]] | None = None, time_limit_s: float | None = None) -> Plan:
+    """Every file in every selected runtime that opens it, on every device asked for that is here. A runtime that
+    cannot load a file is left out with its reason (an error where it was named); a file none can load fails."""
+    from toolkit.runners import foreign
+
+    prep = prep or foreign.Preprocessing()
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such file")
+    selection = select_runtimes(config.runtimes)
+    used, skipped = _devices(config)
+    limit = config.time_limit_s if time_limit_s is None else time_limit_s
+    opener = FileOpener(prep, shapes, limit)
+    no_data = _mnist_here(config.data_dir)
+    candidates, files = [], []
+    for path, name in _names(list(dict.fromkeys(paths))).items():
+        found = [r for r in foreign.runtimes_for(path) if r in selection.runtimes]
+        if not found:
+            raise ConfigError(f"{path} opens in {', '.join(foreign.runtimes_for(path))}, none of them selected "
+                              "(--runtime) and installed here")
+        files.append(BenchFile(path, name))
+        candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
+    if not candidates:
+        raise ConfigError("nothing to benchmark: no selected runtime runs these files on the devices asked for")
+    plan = Plan(candidates, opener, used, takes_images=any(f.inputs == MNIST_INPUTS for f in files), skipped=skipped,
+                skipped_runtimes=selection.skipped)
+    plan.files = files
+    return plan
