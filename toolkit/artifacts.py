@@ -341,7 +341,7 @@ class GoldenEntry:
     data: dict[str, Any]  # split, and the MD5 of each file the outputs were computed from
     source_checkpoint: str
     source_sha256: str
-    reference_accuracy: float
+    reference_accuracy: float | None  # None: outputs on reference inputs, which have no labels
     device: str
     versions: dict[str, str] = field(default_factory=dict)
     path: str = ""  # resolved absolute path, filled in when read; not stored

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import exporters, fileio, golden, sysinfo, usermodel
+from toolkit import exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit.artifacts import (
     GOLDEN_NAME,
     MANIFEST_NAME,
@@ -74,6 +74,10 @@ class ExportConfig:
     model: str | None = None
     model_code: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
+    # a model whose input is not normalized MNIST: one sample's shape, and the reference inputs [K, *shape]
+    # (float32 .npy) its golden outputs are computed on and verify compares with
+    input_shape: tuple[int, ...] = refinputs.MNIST_SHAPE
+    inputs: str | None = None
 
 
 @dataclass
@@ -120,6 +124,36 @@ def _check_names(formats: list[str], precisions: list[str]) -> None:
             raise ConfigError(f"unknown precision {p!r}; choose from: {', '.join(PRECISIONS)}, all")
 
 
+# the files that take any input shape (and are verified to), and why the others cannot
+INPUT_SHAPE_PAIRS = (("onnx", "fp32"), ("onnx", "fp16"), ("torchscript", "fp32"), ("pt2", "fp32"),
+                     ("openvino", "fp32"))
+
+
+def _check_input_shape(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:
+    """ConfigError, before anything is read or built, for --input-shape/--inputs that do not go together or
+    a file that cannot take the shape."""
+    if refinputs.is_mnist(config.input_shape):
+        if config.inputs:
+            raise ConfigError("--inputs is for a model of another --input-shape; an MNIST model is verified on "
+                              "the MNIST test set")
+        return
+    if config.triton:
+        raise ConfigError("a Triton repository serves MNIST-shaped models; leave out --format triton with "
+                          "--input-shape")
+    if not config.inputs:
+        shape = ",".join(str(d) for d in config.input_shape)
+        raise ConfigError(f"--input-shape {shape} needs --inputs FILE.npy (float32 [K,{shape}]): the reference "
+                          "inputs the golden outputs are computed on and verify compares with")
+    for fmt, precision in pairs:
+        if (fmt, precision) in INPUT_SHAPE_PAIRS:
+            continue
+        why = ("its input is 28x28 uint8 pixels" if fmt == "onnx-app" else
+               "int8 calibration uses MNIST training images" if precision == "int8" else
+               "it is not built for another input shape")
+        allowed = ", ".join(f"{f} {p}" for f, p in INPUT_SHAPE_PAIRS)
+        raise ConfigError(f"{fmt} {precision} cannot take --input-shape ({why}); choose from: {allowed}")
+
+
 def _validate(config: ExportConfig) -> None:
     if not MIN_OPSET <= config.opset <= MAX_OPSET:
         raise ConfigError(f"opset {config.opset} is out of range; use {MIN_OPSET} to {MAX_OPSET}")
@@ -149,7 +183,10 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
             on_progress(done, len(pairs) + 1, what)
 
     _validate(config)
-    source = ModelSource(name=config.model, code=config.model_code, args=config.model_args)
+    _check_input_shape(config, pairs)
+    source = ModelSource(name=config.model, code=config.model_code, args=config.model_args,
+                         input_shape=tuple(config.input_shape))
+    inputs = None if not config.inputs else refinputs.load_inputs(config.inputs, tuple(config.input_shape))
     ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint, source)
     module = model_from_checkpoint(ckpt)
     if ckpt["model"].get("output", "log_probs") != "log_probs":
@@ -158,12 +195,15 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
             "log-probabilities as the toolkit's own models do")
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
-    ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt)
+    ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
+                        input_shape=tuple(config.input_shape), reference_inputs=inputs)
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
-    progress(0, "golden outputs on the test set")
-    reference = _golden_outputs(module, config.data_dir, log)
-    if reference is not None and "metrics" not in ckpt:  # a state_dict: its accuracy is the one measured here
+    progress(0, "golden outputs on the " + ("test set" if inputs is None else "reference inputs"))
+    reference = _golden_outputs(module, config.data_dir, log) if inputs is None else \
+        (golden.outputs_on_inputs(module, inputs), None)
+    # a state_dict: its accuracy is the one measured here (none is known on reference inputs)
+    if reference is not None and reference[1] is not None and "metrics" not in ckpt:
         ckpt["metrics"] = {"test_accuracy": 100.0 * float((reference[0].argmax(1) == reference[1]).mean())}
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
@@ -183,8 +223,11 @@ def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data
                           log: Log) -> GoldenEntry | None:
     """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint."""
     if reference is not None:
+        recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
+        if recorded:
+            log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
         entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
-                                    source_sha256=ctx.checkpoint_sha256)
+                                    source_sha256=ctx.checkpoint_sha256, inputs=recorded)
         log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
         return entry
     try:
@@ -229,8 +272,11 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         "checkpoint": ctx.checkpoint_path,  # relative to this folder
         "checkpoint_sha256": ctx.checkpoint_sha256,
         "model": usermodel.describe(ctx.ckpt),  # how verify and bench may rebuild it (model code: never by itself)
-        "model_flops_per_image": forward_flops(module),  # for bench's efficiency targets where torch is absent
     }
+    if refinputs.is_mnist(ctx.input_shape):  # for bench's efficiency targets where torch is absent
+        extra["model_flops_per_image"] = forward_flops(module)
+    else:
+        extra["input_shape"] = list(ctx.input_shape)
     triton_models = _lay_out_triton(config, out_dir, kept, built, extra, log)
     manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry)
     return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
@@ -266,7 +312,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
         finally:
             for scratch in built.parts:
                 scratch.unlink(missing_ok=True)
-        inputs, outputs = built.io or exporters.io_spec(fmt, tmp)
+        inputs, outputs = built.io or exporters.io_spec(fmt, tmp, ctx.input_shape)
         seconds = time.perf_counter() - t0
         artifact = Artifact(
             file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,

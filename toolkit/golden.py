@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
+from toolkit import fileio, refinputs, runners, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
 from toolkit.errors import ArtifactError
 from toolkit.preprocess import MEAN, STD, normalize
 
 WHAT = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
         "one row per MNIST test image in file order")
+WHAT_ON_INPUTS = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
+                  "one row per reference input (inputs.npy) in file order; no labels, so no accuracy")
 BATCH = 2000  # the batch verify's reference uses: the same batches give the same float32 sums
 
 
@@ -30,6 +32,15 @@ def reference_log_probs(model, pixels: np.ndarray) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(normalize(pixels, MEAN, STD))
+    with torch.inference_mode():
+        return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+
+
+def outputs_on_inputs(model, inputs: np.ndarray) -> np.ndarray:
+    """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for the model's own float32 inputs."""
+    import torch
+
+    x = torch.from_numpy(inputs)
     with torch.inference_mode():
         return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
 
@@ -46,17 +57,23 @@ def npy_bytes(log_probs: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_golden(folder: str | os.PathLike, log_probs: np.ndarray, labels: np.ndarray, *,
-                 source_checkpoint: str, source_sha256: str) -> GoldenEntry:
-    """Atomically write `<folder>/golden.npy` and return its manifest entry."""
+def write_golden(folder: str | os.PathLike, log_probs: np.ndarray, labels: np.ndarray | None, *,
+                 source_checkpoint: str, source_sha256: str, inputs: dict | None = None) -> GoldenEntry:
+    """Atomically write `<folder>/golden.npy` and return its manifest entry. `inputs`: what refinputs.write_inputs
+    recorded, for outputs on reference inputs (no labels, so no accuracy) rather than the MNIST test set."""
     data = npy_bytes(log_probs)
     fileio.write_bytes(Path(folder) / GOLDEN_NAME, data)
+    if inputs is None:
+        source = {"split": "test", "md5": {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}}
+        what, accuracy = WHAT, 100.0 * float((log_probs.argmax(1) == labels).mean())
+    else:
+        source, accuracy = dict(inputs), None
+        what = WHAT_ON_INPUTS
     return GoldenEntry(
-        file=GOLDEN_NAME, what=WHAT, shape=list(log_probs.shape), dtype="float32", size_bytes=len(data),
-        sha256=fileio.digest(data),
-        data={"split": "test", "md5": {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}},
+        file=GOLDEN_NAME, what=what, shape=list(log_probs.shape), dtype="float32", size_bytes=len(data),
+        sha256=fileio.digest(data), data=source,
         source_checkpoint=source_checkpoint, source_sha256=source_sha256,
-        reference_accuracy=100.0 * float((log_probs.argmax(1) == labels).mean()), device="cpu",
+        reference_accuracy=accuracy, device="cpu",
         versions=sysinfo.versions("torch", "numpy"), path=str((Path(folder) / GOLDEN_NAME).absolute()))
 
 
@@ -85,3 +102,25 @@ def load_reference(folder: str | os.PathLike) -> tuple[np.ndarray, GoldenEntry]:
         raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs; export again with the "
                             "MNIST test set present (toolkit data, then toolkit export --data-dir ...)")
     return parse_golden(read_verified_golden(golden), golden), golden
+
+
+def reference_inputs(folder: str | os.PathLike, golden: GoldenEntry, rows: int) -> np.ndarray:
+    """The reference inputs the golden outputs of a model of another input shape answer, hash-checked."""
+    inputs = refinputs.read_inputs(folder, golden.data)
+    if len(inputs) != rows:
+        raise ArtifactError(f"{golden.file} holds {rows} rows for {len(inputs)} reference inputs; export again")
+    return inputs
+
+
+def feed_as_is(runner: runners.Runner) -> None:
+    """Reference inputs are the model's own input, not pixels to normalize: `runner` gets them as they are (as a
+    torch tensor on its device where its runtime is torch)."""
+    if type(runner)._feed is runners.Runner._feed:
+        runner._feed = lambda x: x
+        return
+
+    def feed(x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x)).to(getattr(runner, "device", "cpu"))
+    runner._feed = feed

@@ -21,6 +21,7 @@ from typing import Any
 from toolkit import fileio
 from toolkit.artifacts import MANIFEST_NAME
 from toolkit.errors import CheckpointError, ConfigError
+from toolkit.refinputs import MNIST_SHAPE, is_mnist
 
 # where a state_dict is often nested, in a dict saved with training state beside it
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -42,8 +43,12 @@ class ModelSource:
     name: str | None = None  # a built-in model (toolkit.model.MODELS)
     code: str | None = None  # FILE.py:CLASS or package.module:CLASS
     args: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = MNIST_SHAPE  # one sample's shape (the batch comes first)
 
     def __post_init__(self) -> None:
+        if not is_mnist(self.input_shape) and not self.code:
+            raise ConfigError("--input-shape other than 1,28,28 needs --model-code: the built-in models take "
+                              "MNIST images")
         if self.name and self.code:
             raise ConfigError("give --model (a built-in model) or --model-code (your own class), not both")
         if self.args and not (self.name or self.code):
@@ -158,9 +163,10 @@ def _first_line(e: BaseException) -> str:
     return " ".join(text.splitlines()[0].split())[:200] if text else "(no message)"
 
 
-def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str):
+def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str,
+          input_shape: tuple[int, ...] = MNIST_SHAPE):
     """An instance of `cls` built with `args`, the state_dict loaded strictly, in eval mode, checked to map a
-    normalized [N,1,28,28] batch to [N,10]; returns (model, its output kind)."""
+    batch of `input_shape` samples (normalized MNIST by default) to [N,10]; returns (model, its output kind)."""
     try:
         model = cls(**args)
     except Exception as e:  # the user's constructor may raise anything
@@ -170,7 +176,7 @@ def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str
         model.load_state_dict(state_dict, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"the weights do not fit {what}: {_mismatch(e)}") from None
-    return model.eval(), output_kind(model, what)
+    return model.eval(), output_kind(model, what, tuple(input_shape))
 
 
 def _mismatch(e: Exception) -> str:
@@ -179,24 +185,27 @@ def _mismatch(e: Exception) -> str:
     return " ".join(" ".join(lines).split())[:300]
 
 
-def output_kind(model, what: str) -> str:
-    """What `model` returns for normalized MNIST batches: log_probs, probabilities or logits (OUTPUT_KINDS);
-    ConfigError when it is not a float [N,10] tensor or the model fails on such an input."""
+def output_kind(model, what: str, input_shape: tuple[int, ...] = MNIST_SHAPE) -> str:
+    """What `model` returns for a batch of `input_shape` samples (normalized MNIST by default): log_probs,
+    probabilities or logits (OUTPUT_KINDS); ConfigError when it is not a float [N,10] tensor or the model fails
+    on such an input."""
     import torch
 
-    probe = torch.cat([torch.zeros(1, 1, 28, 28), torch.randn(PROBE_BATCH - 1, 1, 28, 28,
-                                                             generator=torch.Generator().manual_seed(0))])
+    shape = ",".join(str(d) for d in input_shape)
+    given = "a normalized MNIST batch" if is_mnist(input_shape) else "a batch of --input-shape"
+    probe = torch.cat([torch.zeros(1, *input_shape), torch.randn(PROBE_BATCH - 1, *input_shape,
+                                                                 generator=torch.Generator().manual_seed(0))])
     try:
         with torch.inference_mode():
             y = model(probe)
     except Exception as e:  # the user's forward may raise anything
-        raise ConfigError(f"{what} failed on a normalized MNIST batch [{PROBE_BATCH},1,28,28]: "
+        raise ConfigError(f"{what} failed on {given} [{PROBE_BATCH},{shape}]: "
                           f"{type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (PROBE_BATCH, 10) or not y.is_floating_point():
         got = f"{str(y.dtype).replace('torch.', '')} {list(y.shape)}" if isinstance(y, torch.Tensor) else \
             type(y).__name__
-        raise ConfigError(f"{what} returns {got} for an input of shape [{PROBE_BATCH},1,28,28]; an MNIST "
-                          "classifier returns [N,10] scores (log-probabilities, probabilities or logits)")
+        raise ConfigError(f"{what} returns {got} for an input of shape [{PROBE_BATCH},{shape}]; a classifier "
+                          "the toolkit exports returns [N,10] scores (log-probabilities, probabilities or logits)")
     y = y.double()
     if torch.allclose(y.exp().sum(1), torch.ones(PROBE_BATCH, dtype=y.dtype), atol=1e-3):
         return "log_probs"
@@ -232,11 +241,13 @@ def checkpoint_from_state_dict(state_dict: dict[str, Any], source: ModelSource, 
     ckpt: dict[str, Any] = {"format": "state_dict", "config": {}, "history": [], "state_dict": state_dict}
     if source.code:
         cls = load_class(source.code)
-        _, kind = build(cls, source.args, state_dict, f"{cls.__name__} ({source.code})")
+        _, kind = build(cls, source.args, state_dict, f"{cls.__name__} ({source.code})", source.input_shape)
         code_file = Path(source.code.rpartition(":")[0])
         ckpt["model"] = {"name": cls.__name__, "args": dict(source.args), "code": source.code,
                          "code_sha256": fileio.file_digest(code_file) if code_file.suffix == ".py" else None,
                          "output": kind}
+        if not is_mnist(source.input_shape):
+            ckpt["model"]["input_shape"] = list(source.input_shape)
         ckpt.update(_class=cls, _output=kind)
         return ckpt
     if source.name:
@@ -261,13 +272,15 @@ def checkpoint_from_state_dict(state_dict: dict[str, Any], source: ModelSource, 
 
 def model_from_code(ckpt: dict[str, Any]):
     """The model of a checkpoint built from user code (checkpoint_from_state_dict), returning log-probabilities."""
-    model, _ = build(ckpt["_class"], ckpt["model"]["args"], ckpt["state_dict"], ckpt["model"]["name"])
+    model, _ = build(ckpt["_class"], ckpt["model"]["args"], ckpt["state_dict"], ckpt["model"]["name"],
+                     tuple(ckpt["model"].get("input_shape", MNIST_SHAPE)))
     return with_log_probs(model, ckpt["_output"])
 
 
 def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the manifest records about the model and where its weights came from (JSON-ready)."""
-    spec = {k: v for k, v in ckpt["model"].items() if k in ("name", "args", "code", "code_sha256", "output")}
+    spec = {k: v for k, v in ckpt["model"].items() if k in ("name", "args", "code", "code_sha256", "output",
+                                                         "input_shape")}
     kind = "toolkit checkpoint" if ckpt.get("format") != "state_dict" else "state_dict"
     return {**spec, "weights": kind}
 

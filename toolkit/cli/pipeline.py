@@ -140,6 +140,15 @@ def export(
              "file; name only code you trust.")] = None,
     model_args: Annotated[Optional[str], typer.Option(
         metavar="JSON", show_default="{}", help="Keyword arguments of the model's constructor, a JSON object.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(
+        metavar="SHAPE", show_default="1,28,28 (normalized MNIST)",
+        help="One sample's input shape of a --model-code model that does not take MNIST images (the batch stays "
+             "dynamic); needs --inputs. onnx (fp32, fp16), torchscript, pt2, openvino (fp32) only; no accuracy is "
+             "known.")] = None,
+    inputs: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", show_default="none: MNIST's test set",
+        help="Reference inputs for --input-shape: float32 [K, *SHAPE] (read without pickle); the golden outputs "
+             "are computed on them, and verify compares every file on them (copied into --out).")] = None,
     out_dir: Annotated[Path, typer.Option(
         "--out", metavar="FOLDER", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
     opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = DEFAULT_OPSET,
@@ -162,6 +171,7 @@ def export(
     with metadata and manifest.json."""
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
+    from toolkit.refinputs import parse_shape
     from toolkit.usermodel import parse_model_args
 
     pairs = plan(_csv(format) or ["onnx"], _csv(precision) or ["fp32"])
@@ -170,7 +180,8 @@ def export(
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
                           overwrite=overwrite, triton="triton" in _csv(format),
-                          triton_max_batch_size=triton_max_batch_size)
+                          triton_max_batch_size=triton_max_batch_size, input_shape=parse_shape(input_shape),
+                          inputs=str(inputs) if inputs else None)
     with stage("exporting") as on_progress:
         result = run_export(config, pairs, log=lambda m: err.print(m), on_progress=on_progress)
     _print_table(*_artifacts_table(result, config.checkpoint))

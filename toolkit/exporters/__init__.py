@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from toolkit import sysinfo
 from toolkit.formats import APP, FORMATS, NORMALIZED, ONNX_FORMATS
 from toolkit.preprocess import MEAN, STD
+from toolkit.refinputs import MNIST_SHAPE, PREPROCESSING, is_mnist, layout
 
 CLASS_LABELS = [str(d) for d in range(10)]
 
@@ -72,6 +73,14 @@ class ExportContext:
     ckpt: dict[str, Any]
     fp32_onnx: Any = None  # the fp32 ModelProto, reused by int8 quantization
     calibration_images: int = 0  # how many training images int8 calibration really used
+    input_shape: tuple[int, ...] = MNIST_SHAPE  # one sample's shape: normalized MNIST unless --input-shape
+    reference_inputs: Any = None  # float32 [K, *input_shape] (--inputs), for a model of another input shape
+
+    def example(self, batch: int = 2, device: str = "cpu") -> Any:
+        """A zero batch of `batch` samples to trace with (2 by default: torch.export specializes a batch of 1)."""
+        import torch
+
+        return torch.zeros(batch, *self.input_shape, device=device)
 
 
 @dataclass
@@ -116,6 +125,10 @@ def metadata(ctx: ExportContext, fmt: str, precision: str) -> dict[str, str]:
     """The self-description stored in every artifact (ONNX metadata_props / TorchScript extra file / OpenVINO
     rt_info)."""
     text = _IO_TEXT[FORMATS[fmt].kind]
+    mean, std = MEAN, STD
+    if not is_mnist(ctx.input_shape):  # the model's own input: nothing normalizes it ((x - 0) / 1)
+        text = {**text, "input_layout": layout(ctx.input_shape), "preprocessing": PREPROCESSING}
+        mean, std = 0.0, 1.0
     v = sysinfo.versions("torch", "onnx")
     return {
         "toolkit.format_version": "1",
@@ -125,8 +138,8 @@ def metadata(ctx: ExportContext, fmt: str, precision: str) -> dict[str, str]:
         "input_layout": text["input_layout"],
         "input_dtype": text["input_dtype"],
         "preprocessing": text["preprocessing"],
-        "mean": str(MEAN),
-        "std": str(STD),
+        "mean": str(mean),
+        "std": str(std),
         "labels": json.dumps(CLASS_LABELS),
         "output": text["output"],
         "source_checkpoint_sha256": ctx.checkpoint_sha256,
@@ -145,11 +158,14 @@ def fixed_io(fmt: str, batch: int, dtype: str = "float32") -> tuple[list[dict], 
     return inputs, outputs
 
 
-def io_spec(fmt: str, path: Path) -> tuple[list[dict], list[dict]]:
+def io_spec(fmt: str, path: Path, input_shape: tuple[int, ...] = MNIST_SHAPE) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) of a written file as name/shape/dtype dicts: read from the graph of an ONNX file,
-    the input kind's own for any other."""
+    the input kind's own (with `input_shape` per sample) for any other."""
     if fmt not in ONNX_FORMATS:
-        return copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
+        inputs, outputs = copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
+        if not is_mnist(input_shape):
+            inputs[0]["shape"] = ["batch", *input_shape]
+        return inputs, outputs
     import onnx
     from onnx import helper
 

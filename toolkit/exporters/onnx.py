@@ -18,7 +18,7 @@ INPUT_NAME = "image"
 def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportContext, tmp: Path,
           metadata: dict[str, str]) -> Built:
     """Export `module` at `precision`; one fp32 export (kept in `ctx`) serves both fp32 and int8."""
-    example = torch.zeros(2, 1, 28, 28)
+    example = ctx.example()
     outputs = list(OUTPUTS[NORMALIZED])
     if precision == "fp16":
         model = to_onnx(_Float16(module), example, INPUT_NAME, outputs, options)

@@ -35,7 +35,7 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
 
     if ctx.fp32_onnx is None:
         outputs = list(OUTPUTS[NORMALIZED])
-        ctx.fp32_onnx = onnx_graph.to_onnx(module, _example(), onnx_graph.INPUT_NAME, outputs, options)
+        ctx.fp32_onnx = onnx_graph.to_onnx(module, ctx.example(), onnx_graph.INPUT_NAME, outputs, options)
     model = ov.Core().read_model(io.BytesIO(ctx.fp32_onnx.SerializeToString()))
     settings: dict[str, Any] = {"converted_from": f"the fp32 ONNX graph (opset {options.opset})",
                                 "weights": "fp32" if precision == "fp32" else "int8"}
@@ -55,12 +55,6 @@ def _check_installed(*modules: str) -> None:
     if missing:
         raise ConfigError(f"exporting OpenVINO IR needs {' and '.join(missing)}: pip install 'toolkit[openvino]' "
                           "(or leave out --format openvino)")
-
-
-def _example():
-    import torch
-
-    return torch.zeros(2, 1, 28, 28)
 
 
 def _quantize(model: Any, options: BuildOptions, ctx: ExportContext) -> Any:

@@ -14,9 +14,9 @@ from toolkit.exporters import BuildOptions, Built, ExportContext, quiet
 
 def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportContext, tmp: Path,
           metadata: dict[str, str]) -> Built:
-    """Trace `module` on a normalized image batch, freeze it and save it with `metadata` (fp32 only)."""
+    """Trace `module` on a batch of its input, freeze it and save it with `metadata` (fp32 only)."""
     with quiet():
-        traced = torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
+        traced = torch.jit.trace(module, ctx.example())
         frozen = torch.jit.freeze(traced)
         torch.jit.save(frozen, str(tmp), _extra_files={META_KEY: json.dumps(metadata, indent=1)})
     return Built(settings={"frozen": True, "traced": True})

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, formats
+from toolkit import devices, formats, refinputs
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.metadata import read_normalization
@@ -115,11 +115,15 @@ class ModelInfo:
     scores: str | None = None  # the output kind the metadata declares (metadata.SCORE_KINDS); None: not said
 
 
-def _input_kind(inp: Any, path: str | os.PathLike) -> str:
+def _input_kind(inp: Any, path: str | os.PathLike, meta: dict[str, str]) -> str:
     shape = list(inp.shape)
     if inp.type == "tensor(uint8)" and shape[1:] == [28, 28]:
         return formats.APP
     if inp.type == "tensor(float)" and shape[1:] == [1, 28, 28]:
+        return formats.NORMALIZED
+    # a model exported with --input-shape: its own input, which verify feeds from the reference inputs
+    own = all(isinstance(d, int) for d in shape[1:]) and meta.get("input_layout") == refinputs.layout(shape[1:])
+    if inp.type == "tensor(float)" and own and meta.get("preprocessing") == refinputs.PREPROCESSING:
         return formats.NORMALIZED
     raise ArtifactError(f"{path}: input {inp.name!r} is {inp.type} {shape}; toolkit models take "
                         "float32 [N,1,28,28] or uint8 [N,28,28]")
@@ -134,7 +138,7 @@ def describe(session, path: str | os.PathLike = "") -> ModelInfo:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ArtifactError(f"{path} has {len(inputs)} inputs; toolkit models take one image tensor")
-    kind = _input_kind(inputs[0], path)
+    kind = _input_kind(inputs[0], path, meta)
     norm = read_normalization(meta, str(path or "the model"))
     return ModelInfo(kind, inputs[0].name, tuple(o.name for o in session.get_outputs()), norm.mean, norm.std,
                      norm.labels, meta, norm.scores)

@@ -1,0 +1,136 @@
+"""A model whose input is not MNIST: exported with --input-shape and --inputs (its reference inputs), verified
+on those inputs with no accuracy claimed, and the one-line refusals of what cannot work."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli
+
+pytest.importorskip("torch")
+
+K = 64
+SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory) -> Path:
+    """A tiny CNN on [N,3,32,32] written outside the toolkit, its state_dict, and reference inputs."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("colour")
+    (folder / "colour.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class Colour(nn.Module):
+            def __init__(self, width=4):
+                super().__init__()
+                self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+                self.fc = nn.Linear(width * 16 * 16, 10)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(x)).flatten(1))
+    """))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("colour_for_test", folder / "colour.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    torch.save(module.Colour().state_dict(), folder / "colour.pt")
+    np.save(folder / "ref.npy", np.random.default_rng(0).standard_normal((K, *SHAPE)).astype(np.float32))
+    return folder
+
+
+def _export(folder: Path, *extra: str, out: str = "out"):
+    return run_cli("export", "--checkpoint", folder / "colour.pt", "--model-code", f"{folder / 'colour.py'}:Colour",
+                   "--out", folder / out, *extra)
+
+
+@pytest.fixture(scope="module")
+def colour_export(colour_model: Path) -> Path:
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
+                     "--format", "onnx,pt2,openvino,torchscript", "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    return colour_model / "out"
+
+
+def test_exported_with_the_shape_and_reference_inputs(colour_export: Path):
+    manifest = json.loads((colour_export / "manifest.json").read_text())
+    assert manifest["input_shape"] == list(SHAPE)
+    assert manifest["golden"]["reference_accuracy"] is None
+    assert manifest["golden"]["data"]["inputs"] == "inputs.npy"
+    assert manifest["golden"]["shape"] == [K, 10]
+    assert (colour_export / "inputs.npy").is_file()
+    for a in manifest["artifacts"]:
+        assert a["inputs"][0]["shape"] == ["batch", *SHAPE], a["file"]
+
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(str(colour_export / "model.onnx")).metadata_props}
+    assert meta["input_layout"] == "N,3,32,32"
+    assert meta["preprocessing"].startswith("none")
+
+
+def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, tmp_path: Path):
+    report = tmp_path / "verify.json"
+    result = run_cli("verify", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist",
+                     "--json", report)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["reference_accuracy"] is None and data["n"] == K
+    checked = {r["artifact"] for r in data["results"]}
+    assert {"model.onnx", "model.pt2", "model.xml", "model.ts.pt"} <= checked
+    for r in data["results"]:
+        assert r["passed"] and r["agreement"] == K and r["accuracy"] is None, r
+
+
+def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path: Path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_export, copy)
+    x = np.load(copy / "inputs.npy")
+    np.save(copy / "inputs.npy", x + 1)
+    line = assert_one_line_error(run_cli("verify", "--artifacts", copy, "--data-dir", tmp_path / "none"))
+    assert "inputs.npy" in line
+
+
+@pytest.mark.parametrize(("name", "array", "says"), [
+    ("shape.npy", np.zeros((4, 3, 28, 28), np.float32), "not float32 [K,3,32,32]"),
+    ("nan.npy", np.full((4, 3, 32, 32), np.nan, np.float32), "NaN or infinity"),
+    ("f64.npy", np.zeros((4, 3, 32, 32)), "float64"),
+    ("pickled.npy", np.array([{"a": 1}], dtype=object), "pickle"),
+])
+def test_bad_reference_inputs_are_one_line_errors(colour_model: Path, name, array, says):
+    np.save(colour_model / name, array, allow_pickle=True)
+    out = f"refused-{name}"
+    line = assert_one_line_error(_export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / name,
+                                         out=out), 2)
+    assert says in line
+    assert not (colour_model / out).exists()
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--input-shape", "3,32,32"), "needs --inputs"),
+    (("--input-shape", "3,32,32", "--inputs", "REF", "--format", "onnx-app"), "28x28 uint8 pixels"),
+    (("--input-shape", "3,32,32", "--inputs", "REF", "--precision", "int8"), "int8 calibration"),
+    (("--input-shape", "3,x,32", "--inputs", "REF"), "positive sizes"),
+    (("--inputs", "REF"), "another --input-shape"),
+])
+def test_refusals_are_one_line_errors(colour_model: Path, extra, says):
+    args = [str(colour_model / "ref.npy") if a == "REF" else a for a in extra]
+    line = assert_one_line_error(_export(colour_model, *args, out="refused"), 2)
+    assert says in line
+    assert not (colour_model / "refused").exists()
+
+
+def test_a_builtin_model_keeps_mnist_shape(tmp_path: Path):
+    line = assert_one_line_error(run_cli("export", "--checkpoint", tmp_path / "none.pt", "--model", "convnet",
+                                         "--input-shape", "3,32,32", "--inputs", tmp_path / "x.npy",
+                                         "--out", tmp_path / "out"), 2)
+    assert "--model-code" in line

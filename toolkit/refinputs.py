@@ -1,0 +1,114 @@
+"""Reference inputs: the model's own inputs, for a model whose input is not normalized MNIST images.
+
+Such a model is exported with `--input-shape C,H,W` (the per-sample shape) and `--inputs FILE.npy`, a float32
+array [K, *shape] that serves as its golden inputs: export computes the model's outputs on it and copies it
+beside the artifacts (hashed in the manifest), and verify compares every file on it. No accuracy is known for
+such a model: its inputs come with no labels. The .npy is input like any other: read without pickle, its size,
+dtype, shape and values checked before it is used. torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import fileio
+from toolkit.errors import ConfigError
+
+MNIST_SHAPE = (1, 28, 28)
+INPUTS_NAME = "inputs.npy"
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+MAX_INPUT_ROWS = 100_000
+MAX_DIMS = 6
+MAX_DIM = 65_536
+# what a file of another input shape says about its input in its metadata
+PREPROCESSING = "none: the model's own input, as given"
+
+
+def parse_shape(text: str | None) -> tuple[int, ...]:
+    """--input-shape 'C,H,W' (any 1 to MAX_DIMS positive sizes, no batch) as a tuple; MNIST's when not given."""
+    if not text:
+        return MNIST_SHAPE
+    parts = [p.strip() for p in str(text).split(",")]
+    if not 1 <= len(parts) <= MAX_DIMS or not all(p.isdigit() and 0 < int(p) <= MAX_DIM for p in parts):
+        raise ConfigError(f"--input-shape {str(text)[:40]!r} must be 1 to {MAX_DIMS} positive sizes (at most "
+                          f"{MAX_DIM}) separated by commas, without the batch, e.g. 3,32,32")
+    return tuple(int(p) for p in parts)
+
+
+def is_mnist(shape: tuple[int, ...]) -> bool:
+    return tuple(shape) == MNIST_SHAPE
+
+
+def layout(shape: tuple[int, ...]) -> str:
+    """The metadata's input_layout of a file of this per-sample shape: 'N,3,32,32'."""
+    return ",".join(["N", *(str(d) for d in shape)])
+
+
+def load_inputs(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 array [K, *shape] in the .npy at `path`, read without pickle; ConfigError in one line when the
+    file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN or infinity."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--inputs {path} is not a file")
+    size = path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise ConfigError(f"--inputs {path} is {size / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
+    try:
+        array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        why = "it holds Python objects (a pickle), which are never loaded" if "pickle" in str(e) else str(e)[:120]
+        raise ConfigError(f"--inputs {path} is not a plain .npy array: {why}") from None
+    want = f"float32 [K,{','.join(str(d) for d in shape)}]"
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        raise ConfigError(f"--inputs {path} holds {getattr(array, 'dtype', type(array).__name__)}, not {want}; "
+                          "save it with np.save(path, x.astype(np.float32))")
+    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != tuple(shape):
+        raise ConfigError(f"--inputs {path} has shape {list(array.shape)}, not {want} (--input-shape "
+                          f"{','.join(str(d) for d in shape)})")
+    if not 1 <= len(array) <= MAX_INPUT_ROWS:
+        raise ConfigError(f"--inputs {path} holds {len(array)} inputs; give 1 to {MAX_INPUT_ROWS}")
+    if not np.isfinite(array).all():
+        raise ConfigError(f"--inputs {path} contains NaN or infinity")
+    return np.ascontiguousarray(array)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_inputs(folder: str | os.PathLike, inputs: np.ndarray) -> dict:
+    """Atomically write `<folder>/inputs.npy`; what the golden outputs' entry records about it."""
+    data = npy_bytes(inputs)
+    fileio.write_bytes(Path(folder) / INPUTS_NAME, data)
+    return {"inputs": INPUTS_NAME, "input_shape": list(inputs.shape[1:]), "rows": len(inputs),
+            "size_bytes": len(data), "sha256": fileio.digest(data)}
+
+
+def read_inputs(folder: str | os.PathLike, recorded: dict) -> np.ndarray:
+    """The reference inputs the golden outputs' entry records, after their size and SHA-256 matched; checked
+    again like --inputs. ConfigError-free: a file changed since export is an ArtifactError."""
+    from toolkit.errors import ArtifactError
+
+    name = recorded.get("inputs")
+    shape = recorded.get("input_shape")
+    if name != INPUTS_NAME or not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'}: the reference inputs' entry is malformed; "
+                            "export again")
+    path = Path(folder) / INPUTS_NAME
+    size = recorded.get("size_bytes")
+    if path.is_symlink() or not path.is_file() or not isinstance(size, int) or path.stat().st_size != size \
+            or size > MAX_INPUT_BYTES:
+        raise ArtifactError(f"{path} is missing or not the file export wrote; export again")
+    data = path.read_bytes()
+    if fileio.digest(data) != recorded.get("sha256"):
+        raise ArtifactError(f"{path} changed since export (SHA-256 differs); export again")
+    try:
+        return load_inputs(path, tuple(shape))
+    except ConfigError as e:
+        raise ArtifactError(f"{e}; export again") from None
