@@ -58,6 +58,9 @@ def colour_export(colour_model: Path) -> Path:
     result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
                      "--format", "onnx,pt2,openvino,torchscript", "--precision", "fp32")
     assert result.exit_code == 0, result.stderr
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
+                     "--format", "onnx", "--precision", "fp16")
+    assert result.exit_code == 0, result.stderr
     return colour_model / "out"
 
 
@@ -85,7 +88,7 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
     data = json.loads(report.read_text())
     assert data["reference_accuracy"] is None and data["n"] == K
     checked = {r["artifact"] for r in data["results"]}
-    assert {"model.onnx", "model.pt2", "model.xml", "model.ts.pt"} <= checked
+    assert {"model.onnx", "model.fp16.onnx", "model.pt2", "model.xml", "model.ts.pt"} <= checked
     for r in data["results"]:
         assert r["passed"] and r["agreement"] == K and r["accuracy"] is None, r
 
