@@ -1,6 +1,7 @@
 """`toolkit compare A B`: two model files, toolkit-made or not, judged like verify on the MNIST test set."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,18 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, mnist_dir):
     onnx.save(model, str(tmp_path / "sub" / "m.onnx"))
     result = run_cli("compare", tmp_path / "sub" / "m.onnx", tmp_path / "sub" / "m.onnx", "--data-dir", mnist_dir)
     assert "escapes model directory" in assert_one_line_error(result, 2)
+
+
+def test_three_files_in_one_table_each_against_the_first(trained, exported, mnist_dir, tmp_path):
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "noisy.onnx", noise=0.05)
+    result = run_cli("compare", exported / "model.onnx", exported / "model.ts.pt", exported / "model.xml", foreign,
+                     "--data-dir", mnist_dir, "--limit", "500", "--json", tmp_path / "c.json")
+    line = assert_one_line_error(result, 1)  # the perturbed file fails, the two toolkit files pass
+    assert "noisy.onnx" in line and "model.xml" not in line
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["reference"]["file"] == str(exported / "model.onnx") and report["passed"] is False
+    verdicts = {Path(c["b"]["file"]).name: (c["b"]["runtime"], c["passed"]) for c in report["comparisons"]}
+    assert verdicts == {"model.ts.pt": ("torchscript", True), "model.xml": ("openvino", True),
+                        "noisy.onnx": ("onnxruntime", False)}
+    assert all(c["n"] == 500 and c["a"]["file"] == str(exported / "model.onnx") for c in report["comparisons"])
+    assert "each file against A" in result.stdout and "#3" in result.stdout

@@ -1,4 +1,4 @@
-"""Compare two model files on all 10,000 MNIST test images: does B compute what A computes?
+"""Compare model files on all 10,000 MNIST test images: does B (and each further file) compute what A computes?
 
 Either file may be ONNX or TorchScript, toolkit-made or not (see runners/foreign.py for how a foreign file is fed).
 A is the reference: B is judged against it with verify's tolerances and verify's judgement (max and mean
@@ -63,6 +63,7 @@ class CompareConfig:
     as_: str = "auto"
     tolerance: Tolerance = DEFAULT_TOLERANCES["fp32"]
     limit: int | None = None  # the first N test images only (None: all 10,000)
+    more: tuple[str, ...] = ()  # further files, each judged against A like B (with B's preprocessing)
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
 
     def __post_init__(self) -> None:
@@ -72,7 +73,7 @@ class CompareConfig:
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or not 1 <= self.limit <= 10_000):
             raise ConfigError("--limit must be between 1 and 10000")
-        for path in (self.a, self.b):
+        for path in (self.a, self.b, *self.more):
             if not Path(path).is_file():
                 raise ConfigError(f"{path}: no such file")
         devices.check(self.provider)
@@ -117,6 +118,22 @@ class CompareReport:
             raise VerificationFailed(f"{self.b.file} differs from {self.a.file}: {'; '.join(self.failures)}")
 
 
+def reports_json(reports: list[CompareReport]) -> dict[str, Any]:
+    """Two files: their report as it always was; more: A once, then each file's report against it."""
+    if len(reports) == 1:
+        return reports[0].to_json()
+    return {"reference": asdict(reports[0].a), "comparisons": [r.to_json() for r in reports],
+            "passed": all(r.passed for r in reports)}
+
+
+def raise_for_failures(reports: list[CompareReport]) -> None:
+    """One VerificationFailed naming every file that differs from A."""
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise VerificationFailed("; ".join(f"{r.b.file} differs from {r.a.file}: {'; '.join(r.failures)}"
+                                           for r in failed))
+
+
 def convert(values: np.ndarray, kind: str, to: str) -> np.ndarray:
     """Class scores of `kind` as `to` (log_probs or probabilities)."""
     if kind == to:
@@ -140,33 +157,51 @@ def compare(config: CompareConfig, on_progress: Callable[[int, int, str], None] 
     """Run A and B on the same inputs and judge B against A; on random data (a file whose input is not
     MNIST-shaped) there is no accuracy, and both must then take the same inputs. on_progress(done, total, what)
     follows each chunk of images: done and total count the images of both runs (each image twice)."""
+    return compare_all(config, on_progress)[0]
+
+
+def compare_all(config: CompareConfig,
+                on_progress: Callable[[int, int, str], None] | None = None) -> list[CompareReport]:
+    """A run once, then B and each of `config.more` run and judged against it: one report per file after A.
+    on_progress counts the images of every run."""
     t0 = time.perf_counter()
     pixels, labels = mnist.load_split(config.data_dir, "test")
     if config.limit:
         pixels, labels = pixels[:config.limit], labels[:config.limit]
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
-    measured, feeds = [], []
-    report = on_progress or (lambda done, total, what: None)
-    for offset, tag, path, prep in ((0, "A", config.a, config.prep_a), (len(pixels), "B", config.b, config.prep_b)):
-        report(offset, 2 * len(pixels), f"opening {tag}: {Path(path).name}")
-        runner = open_file(path, options, prep)
-        feeds.append(_feed_of(runner))
-        what = f"{tag}: {Path(path).name} in {runner.runtime}"
-        values, kind = _scores_in_chunks(
-            runner, pixels, lambda done, offset=offset, what=what: report(offset + done, 2 * len(pixels), what))
-        toolkit_model = runner.kind in formats.OUTPUTS
-        images = feeds[-1] == MNIST_INPUT
-        side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
-                    accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
-                    preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
-                                   if toolkit_model else asdict(prep)),
-                    input=MNIST_INPUT if images else "random data")
-        measured.append((side, values, kind))
-        del runner
-    if feeds[0] != feeds[1]:
-        raise ConfigError(f"A and B do not take the same inputs (A: {feeds[0]}; B: {feeds[1]}): there is nothing "
-                          "to compare them on")
-    return _judged(config, measured, len(pixels), t0)
+    paths = [config.a, config.b, *config.more]
+    total, report = len(paths) * len(pixels), on_progress or (lambda done, total, what: None)
+    measured = []
+    for k, path in enumerate(paths):
+        tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * len(pixels)
+        measured.append(_measure(path, tag, config.prep_a if k == 0 else config.prep_b, options, pixels, labels,
+                                 lambda done, what, offset=offset: report(offset + done, total, what)))
+    out = []
+    for side, values, kind, feed in measured[1:]:
+        if measured[0][3] != feed:
+            raise ConfigError(f"{Path(config.a).name} and {Path(side.file).name} do not take the same inputs "
+                              f"(A: {measured[0][3]}; {Path(side.file).name}: {feed}): there is nothing to compare "
+                              "them on")
+        out.append(_judged(config, [measured[0][:3], (side, values, kind)], len(pixels), t0))
+    return out
+
+
+def _measure(path: str, tag: str, prep: Preprocessing, options: RunnerOptions, pixels: np.ndarray,
+             labels: np.ndarray, report: Callable[[int, str], None]) -> tuple[Side, np.ndarray, str, str]:
+    """One file run on the inputs: its side of the report, its scores and their kind, and what it was fed."""
+    report(0, f"opening {tag}: {Path(path).name}")
+    runner = open_file(path, options, prep)
+    feed = _feed_of(runner)
+    what = f"{tag}: {Path(path).name} in {runner.runtime}"
+    values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))
+    toolkit_model = runner.kind in formats.OUTPUTS
+    images = feed == MNIST_INPUT
+    side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
+                accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
+                preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+                               if toolkit_model else asdict(prep)),
+                input=MNIST_INPUT if images else "random data")
+    return side, values, kind, feed
 
 
 def _scores_in_chunks(runner: Any, pixels: np.ndarray, on_chunk: Callable[[int], None]) -> tuple[np.ndarray, str]:

@@ -25,7 +25,7 @@ from toolkit.cli.common import (
     out,
 )
 from toolkit.cli.progress import stage
-from toolkit.cli.tables import _compare_table, _predictions_table, _print_bench
+from toolkit.cli.tables import _compare_many_table, _compare_table, _predictions_table, _print_bench
 from toolkit.devices import CPU
 from toolkit.formats import FORMATS
 from toolkit.preprocess import MEAN, STD
@@ -42,6 +42,8 @@ def compare(
     a: Annotated[Path, typer.Argument(
         metavar="A", help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
+    more: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="[C...]", show_default=False, help="Further models, each judged against A like B.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -65,15 +67,15 @@ def compare(
     time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Run two model files on the MNIST test set and judge B against A like verify; exit 1 if B fails.
+    """Run model files on the MNIST test set and judge B (and each further file) against A like verify; exit 1 if
+    any fails. A runs once; with more than two files, one table holds every file's verdict.
 
-    Either may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
+    Any may be toolkit-made or not. TorchScript, torch.export (.pt2) and AOTInductor (.aoti.pt2, a compiled
     shared library) files are code: loading one runs whatever its author put in it, so give only files you
     trust like a script you would run.
     """
-    _outputs(json_path, inputs=(a, b))
-    from toolkit.compare import CompareConfig, parse_tolerance
-    from toolkit.compare import compare as run_compare
+    _outputs(json_path, inputs=(a, b, *(more or ())))
+    from toolkit.compare import CompareConfig, compare_all, parse_tolerance, raise_for_failures, reports_json
     from toolkit.errors import ConfigError
     from toolkit.runners.foreign import Preprocessing
 
@@ -83,15 +85,17 @@ def compare(
     prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
-                           limit=limit, time_limit_s=time_limit)
-    with stage("comparing") as on_progress:  # counts the images run, A's then B's
-        report = run_compare(config, on_progress)
-    out.print(_compare_table(report))
+                           limit=limit, time_limit_s=time_limit, more=tuple(str(m) for m in more or ()))
+    with stage("comparing") as on_progress:  # counts the images run, A's then the others'
+        reports = compare_all(config, on_progress)
+    report = reports[0]
+    out.print(_compare_table(report) if len(reports) == 1 else _compare_many_table(reports))
     on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
-    out.print(f"compared {report.compared} on {report.n:,} {on} in {report.seconds:.1f} s", highlight=False)
+    compared = ", ".join(dict.fromkeys(r.compared for r in reports))
+    out.print(f"compared {compared} on {report.n:,} {on} in {reports[-1].seconds:.1f} s", highlight=False)
     if json_path:
-        _write_json(json_path, report.to_json())
-    report.raise_for_failures()
+        _write_json(json_path, reports_json(reports))
+    raise_for_failures(reports)
 
 
 def bench(

@@ -111,6 +111,27 @@ def _compare_table(report: Any) -> Any:
     return Group(table, summary)
 
 
+def _compare_many_table(reports: list[Any]) -> Table:
+    """compare with more than two files: A once, then a row per file judged against it."""
+    first = reports[0]
+    table = Table(title=f"each file against A ({first.a.file}) on {first.n:,} {first.inputs}")
+    for col in ("", "file", "runtime", "outputs", "accuracy %", "max |diff|", "agreement", "Δ acc", "result"):
+        table.add_column(col, justify="left" if col in ("", "file", "runtime", "outputs", "result") else "right",
+                         overflow="fold")
+
+    def side_cells(side: Any) -> list[str]:
+        return [side.file, side.runtime, side.outputs + ("" if side.toolkit_model else " (input by options)"),
+                "-" if side.accuracy is None else f"{side.accuracy:.2f}"]
+
+    table.add_row("A", *side_cells(first.a), "-", "-", "-", "reference")
+    for k, r in enumerate(reports):
+        verdict = _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red")
+        table.add_row("B" if k == 0 else f"#{k + 2}", *side_cells(r.b), f"{r.max_abs_diff:.2e}",
+                      f"{r.agreement:,}/{r.n:,}", "-" if r.accuracy_delta is None else f"{r.accuracy_delta:+.2f}",
+                      verdict)
+    return table
+
+
 def _where(report: Any) -> str:
     gpu = report.machine.get("gpu")
     return f"{report.machine['cpu']} ({report.machine['cpu_cores']} cores)" + (f" + {gpu['name']}" if gpu else "")
