@@ -174,9 +174,13 @@ def test_compare_takes_both(exported_torch, mnist_dir, tmp_path):
     assert report["passed"] and report["n"] == 10000 and report["agreement"] == 10000
 
 
-def test_bench_file_refuses_a_pt2_archive_before_loading_it(exported_torch):
-    refused = run_cli("bench", exported_torch[0] / "model.aoti.pt2")
-    assert "an AOTInductor package (aoti); bench FILE times .onnx files" in assert_one_line_error(refused, 2)
+def test_bench_file_times_an_aoti_package_in_its_runtime(exported_torch, mnist_dir, tmp_path):
+    result = run_cli("bench", exported_torch[0] / "model.aoti.pt2", "--batch-sizes", "1,8", "--seconds", "0.05",
+                     "--rounds", "1", "--no-matmul-peak", "--data-dir", mnist_dir, "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert {p["runtime"] for p in report["points"]} == {"aoti"}
+    assert report["settings"]["inputs"] == "MNIST test images"
 
 
 def test_the_cpp_example_embeds_the_package_and_classifies_like_pytorch(exported_torch, reference, tmp_path, python):
