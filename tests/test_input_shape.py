@@ -91,6 +91,22 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
     assert {"model.onnx", "model.fp16.onnx", "model.pt2", "model.xml", "model.ts.pt"} <= checked
     for r in data["results"]:
         assert r["passed"] and r["agreement"] == K and r["accuracy"] is None, r
+    # what a person reads says the same: reference inputs, no accuracy (never "nan")
+    title = " ".join(result.stdout.split())
+    assert f"on {K} reference inputs (no labels: accuracy unknown" in title and "nan" not in result.stdout
+
+
+def test_bench_times_the_files_on_random_inputs_of_their_shape(colour_export: Path, tmp_path: Path):
+    # over the folder, bench would feed MNIST images: one line says how to time the files instead
+    folder = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist")
+    assert "bench FILE" in assert_one_line_error(folder, 2)
+    result = run_cli("bench", colour_export / "model.onnx", "--data-dir", tmp_path / "no-mnist", "--runtime",
+                     "onnxruntime", "--batch-sizes", "1,8", "--seconds", "0.05", "--rounds", "1",
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert bench["points"] and {p["batch_size"] for p in bench["points"]} == {1, 8}
+    assert "random" in json.dumps(bench["settings"]["inputs"])
 
 
 def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path: Path):

@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit import devices, runners, sysinfo, usermodel
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
+from toolkit.artifacts import MANIFEST_NAME, Artifact, find_checkpoint, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
-from toolkit.errors import ArtifactError, CheckpointError
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.formats import DEFAULT_MODE, MODES, judged_precision
 from toolkit.runners import (
     IO_MODES,
@@ -285,11 +286,25 @@ class Plan:
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
 
 
+def _refuse_other_input_shapes(folder: str) -> None:
+    """bench over a folder feeds MNIST test images: an export made with --input-shape takes none."""
+    import json
+
+    try:
+        shape = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("input_shape")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return  # read_manifest has already said what is wrong with it
+    if isinstance(shape, list) and shape != [1, 28, 28]:
+        raise ConfigError(f"the files in {folder} take [{','.join(map(str, shape))}] inputs, not MNIST images: "
+                          "time each with `toolkit bench FILE...` (random inputs of its shape)")
+
+
 def plan_manifest(config: BenchConfig) -> Plan:
     """Every selected runtime on every artifact (and the checkpoint) it opens, verified first unless told not."""
     selection = select_runtimes(config.runtimes)
     devices_used, skipped = devices.expand(config.providers)
     manifest = read_manifest(config.artifacts)
+    _refuse_other_input_shapes(config.artifacts)
     checkpoint = _find_checkpoint(config, manifest, selection, skipped)
     candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "", skipped)
     if not candidates:

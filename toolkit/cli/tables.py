@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +75,25 @@ def _artifacts_table(result: Any, checkpoint: str) -> tuple[Table, tuple[str, ..
     return table, ("outputs", "sha256", "input")
 
 
+def _known(value: float | None, spec: str) -> str:
+    """`value` formatted, or "-" where it is not known (an accuracy without labels is NaN in the report)."""
+    return "-" if value is None or math.isnan(value) else format(value, spec)
+
+
 def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
     """The verify table and the columns it may drop, least important first."""
-    table = _table(f"parity with PyTorch ({report.reference}) on {report.n:,} MNIST test images (PyTorch accuracy "
-                   f"{report.reference_accuracy:.2f}%, provider {report.provider})",
+    known = not (report.reference_accuracy is None or math.isnan(report.reference_accuracy))
+    inputs = (f"{report.n:,} MNIST test images (PyTorch accuracy {report.reference_accuracy:.2f}%" if known
+              else f"{report.n:,} reference inputs (no labels: accuracy unknown")
+    table = _table(f"parity with PyTorch ({report.reference}) on {inputs}, provider {report.provider})",
                    ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
                     "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
     for r in report.results:
         table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
                       r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
                       f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
-                      f"{r.accuracy:.2f}", f"{r.accuracy_delta:+.2f}", f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
+                      _known(r.accuracy, ".2f"), _known(r.accuracy_delta, "+.2f"),
+                      f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
                       _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
     return table, ("batch-1 |diff|", "mean |diff|", "Δ acc", "accuracy %")
 

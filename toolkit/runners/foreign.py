@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices
+from toolkit import devices, refinputs
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import format_of_file
@@ -363,13 +363,16 @@ class OnnxElsewhere(Runner):
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:
+    """Whether the .onnx is a toolkit model that takes MNIST images. One exported with its own input shape
+    (--input-shape) takes no image: it runs like a foreign file, on random data of its declared shape."""
     import onnx
 
     try:
         model = onnx.load_model_from_string(data)  # external data is not loaded from bytes
     except Exception:  # not a protobuf: ONNX Runtime will say so when it tries
         return False
-    return any(p.key == "toolkit.format_version" for p in model.metadata_props)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return "toolkit.format_version" in meta and meta.get("preprocessing") != refinputs.PREPROCESSING
 
 
 def _run_in_batches(runner: Runner, pixels: np.ndarray) -> dict[str, np.ndarray]:
