@@ -21,8 +21,7 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_EXPORT_DIR = Path("exported")
 META_KEY = "toolkit.json"  # TorchScript _extra_files entry; ONNX uses one metadata_props key per field
 PTE_METADATA_METHOD = "toolkit_metadata"  # ExecuTorch constant method returning the metadata as JSON text
-# What `make main` and the README write beside the artifacts: results that describe the exported model, removed
-# with it when `export --overwrite` replaces the folder's model.
+# Results `make main` writes beside the artifacts, removed with them when `export --overwrite` replaces the model.
 RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for ext in ("json", "md", "png")))
 
 
@@ -224,14 +223,18 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
 MAX_MODEL_FLOPS = 10 ** 15
 
 
-def read_model_flops(folder: str | os.PathLike) -> int | None:
-    """The FLOPs per image export recorded in `<folder>/manifest.json` (a multiply-add counted as 2), or None
-    when it recorded none (an older export) or the value is not a plausible whole number."""
+def read_manifest_field(folder: str | os.PathLike, key: str) -> Any:
+    """A top-level field of the folder's manifest as written (None: absent, bad JSON); the caller checks its type."""
     _, raw = _manifest_bytes(Path(folder))
     try:
-        value = json.loads(raw.decode("utf-8")).get("model_flops_per_image")
+        return json.loads(raw.decode("utf-8")).get(key)
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
         return None
+
+
+def read_model_flops(folder: str | os.PathLike) -> int | None:
+    """The FLOPs per image export recorded (a multiply-add counted as 2), or None: none recorded, or implausible."""
+    value = read_manifest_field(folder, "model_flops_per_image")
     return value if type(value) is int and 0 < value <= MAX_MODEL_FLOPS else None
 
 

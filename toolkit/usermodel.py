@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fileio
-from toolkit.artifacts import MANIFEST_NAME
+from toolkit.artifacts import read_manifest_field
 from toolkit.errors import CheckpointError, ConfigError
 from toolkit.refinputs import MNIST_SHAPE, is_mnist
 
@@ -288,8 +288,5 @@ def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
 def from_model_code(folder: str | Path) -> bool:
     """Whether the manifest in `folder` says its model came from the user's code: such a class is imported only
     when the user names it, never because a file does, so verify's reference is the golden outputs export wrote."""
-    try:
-        model = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("model")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+    model = read_manifest_field(folder, "model")
     return isinstance(model, dict) and bool(model.get("code"))

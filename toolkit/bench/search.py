@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit import devices, runners, sysinfo, usermodel
-from toolkit.artifacts import MANIFEST_NAME, Artifact, find_checkpoint, read_manifest
+from toolkit import devices, refinputs, runners, sysinfo, usermodel
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_manifest_field
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
@@ -288,13 +287,8 @@ class Plan:
 
 def _refuse_other_input_shapes(folder: str) -> None:
     """bench over a folder feeds MNIST test images: an export made with --input-shape takes none."""
-    import json
-
-    try:
-        shape = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("input_shape")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return  # read_manifest has already said what is wrong with it
-    if isinstance(shape, list) and shape != [1, 28, 28]:
+    shape = read_manifest_field(folder, "input_shape")
+    if isinstance(shape, list) and not refinputs.is_mnist(tuple(shape)):
         raise ConfigError(f"the files in {folder} take [{','.join(map(str, shape))}] inputs, not MNIST images: "
                           "time each with `toolkit bench FILE...` (random inputs of its shape)")
 
