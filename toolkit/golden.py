@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import fileio, refinputs, runners, sysinfo
+from toolkit import fileio, refinputs, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
 from toolkit.errors import ArtifactError
 from toolkit.preprocess import MEAN, STD, normalize
@@ -111,16 +111,3 @@ def reference_inputs(folder: str | os.PathLike, golden: GoldenEntry, rows: int) 
         raise ArtifactError(f"{golden.file} holds {rows} rows for {len(inputs)} reference inputs; export again")
     return inputs
 
-
-def feed_as_is(runner: runners.Runner) -> None:
-    """Reference inputs are the model's own input, not pixels to normalize: `runner` gets them as they are (as a
-    torch tensor on its device where its runtime is torch)."""
-    if type(runner)._feed is runners.Runner._feed:
-        runner._feed = lambda x: x
-        return
-
-    def feed(x: np.ndarray):
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(x)).to(getattr(runner, "device", "cpu"))
-    runner._feed = feed

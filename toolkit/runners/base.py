@@ -91,6 +91,7 @@ class Runner:
         self.kind = kind  # formats.NORMALIZED or formats.APP ("foreign" for files the toolkit did not make)
         self.options = options
         self.mean, self.std = MEAN, STD
+        self.inputs_as_given = False  # True: fed reference inputs, the model's own input already, not pixels
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -101,8 +102,9 @@ class Runner:
         return {"device": self.options.device}
 
     def _feed(self, pixels: np.ndarray) -> Any:
-        """uint8 pixels -> this runtime's input (normalized floats for the normalized models)."""
-        return pixels if self.kind == formats.APP else normalize(pixels, self.mean, self.std)
+        """uint8 pixels -> this runtime's input (normalized floats for the normalized models); inputs as given
+        pass through, and a subclass converts either for its runtime."""
+        return pixels if self.kind == formats.APP or self.inputs_as_given else normalize(pixels, self.mean, self.std)
 
     def _infer(self, native: Any) -> list[Any]:
         raise NotImplementedError
