@@ -25,7 +25,6 @@ from toolkit import data as mnist
 from toolkit import devices, fileio, formats, golden, runners, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
-from toolkit.preprocess import MEAN, STD, normalize
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
 
@@ -162,15 +161,10 @@ class VerifyReport:
 
 
 def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 log-probabilities of the checkpoint's model on the CPU."""
-    import torch
-
+    """PyTorch fp32 log-probabilities of the checkpoint's model on the CPU, in the batches of its golden outputs."""
     from toolkit.checkpoint import load_model
 
-    model = load_model(checkpoint)
-    x = torch.from_numpy(normalize(pixels, MEAN, STD))
-    with torch.inference_mode():
-        return torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
+    return golden.reference_log_probs(load_model(checkpoint), pixels)
 
 
 def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
