@@ -63,7 +63,7 @@ def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
 def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate], np.ndarray]:
     """What each candidate is fed: the MNIST test images, or for bench FILE per file, those or random pixels."""
     if not plan.files:
-        return bench_pixels(config.data_dir, plan.takes_images)
+        return bench_pixels(config.data_dir)
     mnist = bench_pixels(config.data_dir) if plan.takes_images else None
     noise = random_pixels()
     kinds = {f.file: f.inputs for f in plan.files}
