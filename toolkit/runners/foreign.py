@@ -348,18 +348,9 @@ class OnnxElsewhere(Runner):
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.runtime != openvino.RUNTIME or self.options.hint != "throughput":
             return super().timed(batches, io)
-        import openvino as ov
-
         with run_guard(self):
             inputs = [self._feed(b) for b in batches]
-        n = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        queue = ov.AsyncInferQueue(self.compiled, n)
-
-        def run_queue(i: int) -> None:  # n batches in flight at once, then wait for all
-            for k in range(n):
-                queue.start_async(inputs[(i * n + k) % len(inputs)])
-            queue.wait_all()
-        return Timed(run_queue, batches_per_call=n)
+        return openvino.timed_in_flight(self.compiled, inputs, openvino.optimal_requests(self.compiled))
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:

@@ -107,9 +107,7 @@ class OpenVinoRunner(Runner):
     @property
     def in_flight(self) -> int:
         """Requests kept in flight when timing: OpenVINO's optimal number with the throughput hint, else 1."""
-        if self.options.hint != "throughput":
-            return 1
-        return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return optimal_requests(self.compiled) if self.options.hint == "throughput" else 1
 
     def _cancel(self) -> bool:
         self.request.cancel()  # stops a queued request; a running one may finish its node first
@@ -122,17 +120,26 @@ class OpenVinoRunner(Runner):
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.options.hint != "throughput":
             return super().timed(batches, io)
-        import openvino as ov
+        return timed_in_flight(self.compiled, [[self._feed(b)] for b in batches], self.in_flight)
 
-        inputs = [self._feed(b) for b in batches]
-        n = self.in_flight
-        queue = ov.AsyncInferQueue(self.compiled, n)
 
-        def run_queue(i: int) -> None:  # one call: n batches in flight at once, then wait for all
-            for k in range(n):
-                queue.start_async([inputs[(i * n + k) % len(inputs)]])
-            queue.wait_all()
-        return Timed(run_queue, batches_per_call=n)
+def optimal_requests(compiled: Any) -> int:
+    """OpenVINO's optimal number of requests in flight for a model compiled with the throughput hint."""
+    return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+
+
+def timed_in_flight(compiled: Any, inputs: list[Any], n: int) -> Timed:
+    """A loop body for bench whose one call keeps `n` of the converted `inputs` in flight at once, then waits
+    for all: what OpenVINO's throughput hint is for."""
+    import openvino as ov
+
+    queue = ov.AsyncInferQueue(compiled, n)
+
+    def run_queue(i: int) -> None:
+        for k in range(n):
+            queue.start_async(inputs[(i * n + k) % len(inputs)])
+        queue.wait_all()
+    return Timed(run_queue, batches_per_call=n)
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> OpenVinoRunner:
