@@ -23,7 +23,7 @@ import numpy as np
 from toolkit import devices, refinputs
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
-from toolkit.formats import format_of_file
+from toolkit.formats import FORMATS, format_of_file
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
@@ -269,11 +269,12 @@ def runtimes_for(path: str | Path) -> tuple[str, ...]:
     with open(path, "rb") as f:
         head = f.read(8)
     if head[4:8] in _EDGE_OPENERS:
-        return ({_executorch.IDENTIFIER: "executorch", _litert.IDENTIFIER: "litert"}[head[4:8]],)
-    if head[:4] == b"PK\x03\x04":
-        kind = torch_export.archive_kind(read_model_file(path))
-        return ({torch_export.PT2: "torch-export", torch_export.AOTI: "aoti"}.get(kind, "torchscript"),)
-    return ONNX_RUNTIMES
+        fmt = {_executorch.IDENTIFIER: "executorch", _litert.IDENTIFIER: "tflite"}[head[4:8]]
+    elif head[:4] == b"PK\x03\x04":  # a zip: a torch.export or AOTInductor archive, else TorchScript
+        fmt = torch_export.archive_kind(read_model_file(path)) or "torchscript"
+    else:
+        return ONNX_RUNTIMES
+    return (FORMATS[fmt].native_runtime,)
 
 
 def open_in(runtime: str, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
