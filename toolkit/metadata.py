@@ -73,6 +73,14 @@ def _scores(meta: dict[str, str], label: str) -> str | None:
     return kind
 
 
+def json_object(metadata: object, label: str, where: str) -> dict:
+    """Metadata stored as JSON (a .pte's method, a .tflite entry) must be an object of fields: else one line."""
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{label}: its {where} holds {type(metadata).__name__}, not a JSON object of toolkit "
+                            "metadata")
+    return metadata
+
+
 def read_normalization(meta: dict[str, str], label: str) -> Normalization:
     """The checked normalization, labels and output kind of a file's metadata, or a one-line ArtifactError."""
     mean, std = _number(meta, "mean", label), _number(meta, "std", label)

@@ -14,7 +14,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import PTE_METADATA_METHOD, Artifact, read_verified
 from toolkit.errors import ArtifactError
-from toolkit.metadata import Normalization, read_normalization
+from toolkit.metadata import Normalization, json_object, read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "executorch"
@@ -41,10 +41,7 @@ def read_metadata(program: Any, label: str) -> dict[str, str]:
         metadata = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
     except Exception as e:  # a method that is not a JSON string
         raise load_error(label, RUNTIME, e) from None
-    if not isinstance(metadata, dict):
-        raise ArtifactError(f"{label}: its {PTE_METADATA_METHOD} method holds {type(metadata).__name__}, "
-                            "not a JSON object of toolkit metadata")
-    return metadata
+    return json_object(metadata, label, f"{PTE_METADATA_METHOD} method")
 
 
 class ExecuTorchRunner(Runner):

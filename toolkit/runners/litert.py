@@ -15,7 +15,7 @@ import numpy as np
 from toolkit import formats
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError
-from toolkit.metadata import Normalization, read_normalization
+from toolkit.metadata import Normalization, json_object, read_normalization
 from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
 
 RUNTIME = "litert"
@@ -36,10 +36,7 @@ def read_metadata(data: bytes, label: str) -> dict[str, str]:
     if entry is None:
         raise ArtifactError(f"{label} is not a toolkit model (no {META_KEY} metadata); "
                             "export one with `toolkit export`")
-    if not isinstance(metadata, dict):
-        raise ArtifactError(f"{label}: its {META_KEY} metadata holds {type(metadata).__name__}, "
-                            "not a JSON object of toolkit metadata")
-    return metadata
+    return json_object(metadata, label, f"{META_KEY} metadata")
 
 
 def check_graph(data: bytes, label: str) -> None:
