@@ -113,10 +113,6 @@ class CompareReport:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
-    def raise_for_failures(self) -> None:
-        if self.failures:
-            raise VerificationFailed(f"{self.b.file} differs from {self.a.file}: {'; '.join(self.failures)}")
-
 
 def reports_json(reports: list[CompareReport]) -> dict[str, Any]:
     """Two files: their report as it always was; more: A once, then each file's report against it."""

@@ -167,7 +167,7 @@ def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, r
 
 
 def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
-               shapes: dict[str, tuple[int, ...]] | None = None, time_limit_s: float | None = None) -> Plan:
+               shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
     """Every file in every selected runtime that opens it, on every device asked for that is here. A runtime that
     cannot load a file is left out with its reason (an error where it was named); a file none can load fails."""
     from toolkit.runners import foreign
@@ -178,8 +178,7 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
             raise ConfigError(f"{path}: no such file")
     selection = select_runtimes(config.runtimes)
     used, skipped = _devices(config)
-    limit = config.time_limit_s if time_limit_s is None else time_limit_s
-    opener = FileOpener(prep, shapes, limit)
+    opener = FileOpener(prep, shapes, config.time_limit_s)
     no_data = _mnist_here(config.data_dir)
     candidates, files = [], []
     for path, name in _names(list(dict.fromkeys(paths))).items():

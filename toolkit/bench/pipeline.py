@@ -49,13 +49,12 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
 
 
 def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
-                shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None,
-                time_limit_s: float | None = None) -> BenchReport:
+                shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None) -> BenchReport:
     """Time model files alone, each in every selected runtime and device that opens it (see bench/files.py): MNIST
     test images where a file's input fits and the data is here, else random inputs of its declared shapes.
     Nothing is verified (there is no reference), so no targets are computed."""
     t_start = time.perf_counter()
-    plan = plan_files(config, paths, prep, shapes, time_limit_s)
+    plan = plan_files(config, paths, prep, shapes)
     points, search = _points(config, plan, on_progress)
     return _finish(_file_report(config, plan, points), search, t_start)
 

@@ -185,10 +185,8 @@ def bench(
     """
     _outputs(json_path, markdown, plot, inputs=(*(files or ()), *_model_files(artifacts)))
     from toolkit import bench as bench_lib
-    from toolkit.runners.base import check_time_limit
 
-    check_time_limit(time_limit)
-    config = _config(
+    config = _config(  # BenchConfig checks every number, the time limit too
         bench_lib.BenchConfig, artifacts=str(artifacts), checkpoint=str(checkpoint) if checkpoint else None,
         data_dir=str(data_dir), runtimes=tuple(_csv(runtime)), providers=tuple(_csv(provider)),
         formats=tuple(_csv(format)), precisions=tuple(_csv(precision)),
@@ -204,8 +202,7 @@ def bench(
 
             report = bench_lib.bench_files(config, [str(f) for f in files],
                                            Preprocessing(mean=mean, std=std, layout=layout),
-                                           parse_shapes(_csv(shape)), on_progress=on_progress,
-                                           time_limit_s=time_limit)
+                                           parse_shapes(_csv(shape)), on_progress=on_progress)
     _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())
