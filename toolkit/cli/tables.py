@@ -94,8 +94,19 @@ def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
                       f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
                       _known(r.accuracy, ".2f"), _known(r.accuracy_delta, "+.2f"),
                       f"{r.batch1_max_diff:.1e} (n={r.batch1_n})",
-                      _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red"))
+                      _result(r.passed, r.failures))
     return table, ("batch-1 |diff|", "mean |diff|", "Δ acc", "accuracy %")
+
+
+def _result(passed: bool, failures: list[str]) -> Text:
+    """A verdict cell: pass, or FAIL with the reasons."""
+    return _styled("pass", "green") if passed else _styled(f"FAIL: {'; '.join(failures)}", "red")
+
+
+def _side_cells(side: Any) -> list[str]:
+    """One compared file's cells: file, runtime, its outputs (and whether options said how to feed it), accuracy."""
+    return [side.file, side.runtime, side.outputs + ("" if side.toolkit_model else " (input by options)"),
+            _known(side.accuracy, ".2f")]
 
 
 def _compare_table(report: Any) -> Any:
@@ -103,18 +114,15 @@ def _compare_table(report: Any) -> Any:
     for col in ("", "file", "runtime", "outputs", "accuracy %"):
         table.add_column(col, justify="right" if col == "accuracy %" else "left", overflow="fold")
     for tag, side in (("A", report.a), ("B", report.b)):
-        table.add_row(tag, side.file, side.runtime,
-                      side.outputs + ("" if side.toolkit_model else " (input by options)"),
-                      "-" if side.accuracy is None else f"{side.accuracy:.2f}")
+        table.add_row(tag, *_side_cells(side))
     t = report.tolerance
-    verdict = _styled("pass", "green") if report.passed else _styled(f"FAIL: {'; '.join(report.failures)}", "red")
     summary = Table(show_header=True, title=f"compared as {report.compared}")
     for col in ("max |diff|", "mean |diff|", "agreement", "Δ acc", "result"):
         summary.add_column(col, justify="left" if col == "result" else "right", overflow="fold")
     limit = f" (≤ {t['max_abs_diff']:g})" if t["max_abs_diff"] is not None else ""
     summary.add_row(f"{report.max_abs_diff:.2e}" + limit, f"{report.mean_abs_diff:.2e}",
                     f"{report.agreement:,}/{report.n:,}",
-                    "-" if report.accuracy_delta is None else f"{report.accuracy_delta:+.2f}", verdict)
+                    _known(report.accuracy_delta, "+.2f"), _result(report.passed, report.failures))
     from rich.console import Group
 
     return Group(table, summary)
@@ -127,17 +135,10 @@ def _compare_many_table(reports: list[Any]) -> Table:
     for col in ("", "file", "runtime", "outputs", "accuracy %", "max |diff|", "agreement", "Δ acc", "result"):
         table.add_column(col, justify="left" if col in ("", "file", "runtime", "outputs", "result") else "right",
                          overflow="fold")
-
-    def side_cells(side: Any) -> list[str]:
-        return [side.file, side.runtime, side.outputs + ("" if side.toolkit_model else " (input by options)"),
-                "-" if side.accuracy is None else f"{side.accuracy:.2f}"]
-
-    table.add_row("A", *side_cells(first.a), "-", "-", "-", "reference")
+    table.add_row("A", *_side_cells(first.a), "-", "-", "-", "reference")
     for k, r in enumerate(reports):
-        verdict = _styled("pass", "green") if r.passed else _styled(f"FAIL: {'; '.join(r.failures)}", "red")
-        table.add_row("B" if k == 0 else f"#{k + 2}", *side_cells(r.b), f"{r.max_abs_diff:.2e}",
-                      f"{r.agreement:,}/{r.n:,}", "-" if r.accuracy_delta is None else f"{r.accuracy_delta:+.2f}",
-                      verdict)
+        table.add_row("B" if k == 0 else f"#{k + 2}", *_side_cells(r.b), f"{r.max_abs_diff:.2e}",
+                      f"{r.agreement:,}/{r.n:,}", _known(r.accuracy_delta, "+.2f"), _result(r.passed, r.failures))
     return table
 
 
