@@ -220,8 +220,8 @@ def judge(tolerance: Tolerance, *, finite: bool, max_diff: float, agreement: int
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """torch's intra-op threads set to one while images go through one at a time (where torch is loaded): one
-    28x28 image is too little work to share, and a second thread waiting for a busy core stalls every call (on
-    2 cores with the other one busy, pt2 and aoti took 40 and 25 s for 3,000 images, against 6.6 and 2.7 s)."""
+    28x28 image is too little work to share, and a second thread waiting for a busy core stalls every call (on a
+    2-core machine with the other core busy, pt2 and aoti ran several times slower with two threads)."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
