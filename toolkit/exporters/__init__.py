@@ -73,6 +73,7 @@ class ExportContext:
     ckpt: dict[str, Any]
     fp32_onnx: Any = None  # the fp32 ModelProto, reused by int8 quantization
     calibration_images: int = 0  # how many training images int8 calibration really used
+    int8_variant: dict[str, Any] = field(default_factory=dict)  # which int8 graph the onnx file got, and why
     input_shape: tuple[int, ...] = MNIST_SHAPE  # one sample's shape: normalized MNIST unless --input-shape
     reference_inputs: Any = None  # float32 [K, *input_shape] (--inputs), for a model of another input shape
 

@@ -1,6 +1,13 @@
 """int8 quantization of the onnx format's fp32 graph: ONNX Runtime static quantization, calibrated on
 training images only (never the test set that verify judges it on). `calibration_set` is the one choice of
-those images, shared with the other int8 exporters (OpenVINO IR via NNCF)."""
+those images, shared with the other int8 exporters (OpenVINO IR via NNCF).
+
+The graph handed to the quantizer is first rewritten (int8_graph: ReLU before max-pool, channels-last flatten)
+so that ONNX Runtime runs the quantized stack without Transposes or DequantizeLinear between its ops. Two
+candidates are then quantized, all convolutions in int8 or the first one (a single input channel) left fp32,
+and the one that is faster here while holding accuracy on a validation slice of training images is kept
+(int8_choice); the manifest entry says which and why.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +16,65 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit.exporters import BuildOptions, ExportContext, quiet
+from toolkit.exporters import BuildOptions, ExportContext, int8_choice, int8_graph, quiet
 from toolkit.preprocess import MEAN, STD, normalize
+
+VALIDATION_IMAGES = 2048  # training images (none of them calibration images) that pick the int8 candidate
+# The candidates, in order of preference when nothing can be measured.
+ALL_INT8 = "int8-all-convs"
+FP32_FIRST_CONV = "fp32-first-conv"
+_DESCRIPTIONS = {
+    ALL_INT8: "every Conv and Gemm in int8",
+    FP32_FIRST_CONV: "the first Conv block (Conv, MaxPool, Relu) in fp32, every later Conv and Gemm in int8",
+}
+
+
+def _picks(options: BuildOptions, count: int):
+    """(calibration indices, validation indices) into the `count` training images: the calibration pick is the
+    same for every int8 exporter; the validation slice is drawn from the images left over."""
+    import numpy as np
+
+    rng = np.random.default_rng(options.seed)
+    pick = np.sort(rng.choice(count, size=min(options.calibration_size, count), replace=False))
+    rest = np.setdiff1d(np.arange(count), pick)
+    valid = np.sort(rng.choice(rest, size=min(VALIDATION_IMAGES, len(rest)), replace=False))
+    return pick, valid
 
 
 def calibration_set(options: BuildOptions, ctx: ExportContext):
     """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
     whichever format is quantized); records their number in `ctx`."""
-    import numpy as np
-
     images, _ = mnist.load_split(options.data_dir, "train")
-    rng = np.random.default_rng(options.seed)
-    pick = rng.choice(len(images), size=min(options.calibration_size, len(images)), replace=False)
-    calib = normalize(images[np.sort(pick)], MEAN, STD)
+    calib = normalize(images[_picks(options, len(images))[0]], MEAN, STD)
     ctx.calibration_images = len(calib)
     return calib
 
 
-def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
-    """The int8 ModelProto of `fp32_model`; its scratch files go in `workdir` and are removed."""
+def validation_set(options: BuildOptions):
+    """(normalized images, labels) of training images that no int8 file is calibrated on."""
+    images, labels = mnist.load_split(options.data_dir, "train")
+    valid = _picks(options, len(images))[1]
+    return normalize(images[valid], MEAN, STD), labels[valid]
+
+
+def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
+    """{name: (graph to quantize, nodes left fp32, rewrites applied)} for this fp32 graph."""
+    head = int8_graph.first_conv_block(fp32_model)
+    kept_pools = frozenset(n.name for n in fp32_model.graph.node if n.name in head and n.op_type == "MaxPool")
+    out = {}
+    for name, fp32_nodes in ((ALL_INT8, []), (FP32_FIRST_CONV, head)):
+        if name == FP32_FIRST_CONV and not head:
+            continue
+        # a pool left fp32 keeps its place: moved before its ReLU, ONNX Runtime would quantize it in NCHW
+        graph, moved = int8_graph.relu_before_pool(fp32_model, keep=kept_pools if fp32_nodes else frozenset())
+        graph, flattened = int8_graph.flatten_channels_last(graph)
+        rewrites = [f"Relu before MaxPool {p}" for p in moved] + (["channels-last flatten"] if flattened else [])
+        out[name] = (graph, fp32_nodes, rewrites)
+    return out
+
+
+def _quantize_one(graph, fp32_nodes: list[str], calib, options: BuildOptions, workdir: Path):
+    """The int8 ModelProto of one candidate graph; its scratch files go in `workdir` and are removed."""
     import numpy as np
     import onnx
     from onnxruntime.quantization import (
@@ -39,8 +86,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
         quantize_static,
     )
 
-    calib = calibration_set(options, ctx)
-    input_name = fp32_model.graph.input[0].name
+    input_name = graph.graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -53,7 +99,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
     stamp = f"{time.time_ns()}"
     raw, pre, out = (workdir / f".int8-{stamp}-{n}.onnx" for n in ("raw", "pre", "out"))
     try:
-        onnx.save(fp32_model, str(raw))
+        onnx.save(graph, str(raw))
         with quiet():
             quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
             quantize_static(
@@ -63,6 +109,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
                 activation_type=QuantType.QUInt8 if options.quant_activation == "u8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=fp32_nodes,
             )
         return onnx.load(str(out))
     finally:
@@ -72,8 +119,38 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
             p.unlink(missing_ok=True)
 
 
+def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
+    """The int8 ModelProto of `fp32_model`: every candidate quantized, the one `int8_choice` picks on this CPU
+    returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed."""
+    calib = calibration_set(options, ctx)
+    built = {name: (_quantize_one(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
+             for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
+    images, labels = validation_set(options)
+    if len(built) > 1 and len(images):
+        from toolkit import sysinfo
+
+        measured = int8_choice.measure(fp32_model.SerializeToString(),
+                                       {n: m.SerializeToString() for n, (m, _, _) in built.items()}, images, labels)
+        best, reason = int8_choice.choose(measured)
+        name = best.name
+        record = {"chosen_by": "measured", "reason": reason, "measured_on": sysinfo.cpu_model(),
+                  "validation_images": len(images), "validation_split": "train",
+                  "candidates": [{"variant": m.name, "speedup_vs_fp32": round(m.speedup_vs_fp32, 3),
+                                  "validation_accuracy": m.accuracy, "fp32_validation_accuracy": m.fp32_accuracy,
+                                  "holds_accuracy": m.holds_accuracy} for m in measured]}
+    else:
+        name = next(iter(built))
+        why = "the only candidate for this graph" if len(built) == 1 else "no training images left to measure on"
+        record = {"chosen_by": "structure", "reason": f"{why}: no Transpose or DequantizeLinear between the "
+                  "quantized ops after the graph rewrites"}
+    model, fp32_nodes, rewrites = built[name]
+    ctx.int8_variant = {"variant": name, "description": _DESCRIPTIONS[name], "fp32_nodes": fp32_nodes,
+                        "graph_rewrites": rewrites, **record}
+    return model
+
+
 def settings(options: BuildOptions, ctx: ExportContext) -> dict[str, Any]:
     """How an int8 file was quantized, for its manifest entry (after `quantize` ran)."""
     return dict(quant_format=options.quant_format, activations=options.quant_activation, weights="s8",
                 per_channel=options.per_channel, calibration_images=ctx.calibration_images,
-                calibration_split="train")
+                calibration_split="train", **ctx.int8_variant)

@@ -1,0 +1,143 @@
+"""Exact rewrites of the fp32 ONNX graph before int8 quantization, so that ONNX Runtime's x86 int8 path keeps the
+whole convolution stack in uint8 channels-last form (no Transpose or DequantizeLinear between quantized ops).
+
+ONNX Runtime turns a QDQ Conv into a channels-last QLinearConv and inserts a Transpose wherever the next op has no
+uint8 channels-last kernel. The toolkit's models pool before their ReLU (Conv -> MaxPool -> Relu); quantized that
+way, the pool's input keeps the convolution's signed range and its output the ReLU's, so the quantized MaxPool
+cannot be formed: it runs in fp32 between a DequantizeLinear and a QuantizeLinear, wrapped in Transposes.
+`relu_before_pool` swaps the two (max and ReLU commute, so the outputs are the same): the ReLU folds into the
+QLinearConv and the pool becomes a uint8 NhwcMaxPool. `flatten_channels_last` flattens the last feature map in
+H, W, C order (with the next Gemm's weight columns permuted to match), so its Transpose cancels the one the
+channels-last layout would insert before the flatten.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_SHAPE_KEEPING = ("MaxPool", "Relu", "Conv")  # ops whose output a quantized conv stack leaves channels-last
+
+
+def _consumers(graph) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _set_nodes(graph, nodes: list[Any]) -> None:
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # intermediate shapes are inferred again by the quantizer's pre-processing
+
+
+def relu_before_pool(model, keep: frozenset[str] = frozenset()) -> tuple[Any, list[str]]:
+    """A copy of `model` with every MaxPool -> Relu pair (the pool's only consumer the ReLU) turned into
+    Relu -> MaxPool, except pools named in `keep`; returns it and the names of the pools moved."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    consumers = _consumers(graph)
+    nodes, moved = list(graph.node), []
+    for i, pool in enumerate(nodes):
+        users = consumers.get(pool.output[0], [])
+        if (pool.op_type != "MaxPool" or pool.name in keep or len(pool.output) != 1 or len(users) != 1
+                or users[0].op_type != "Relu"):
+            continue
+        relu = users[0]
+        j = nodes.index(relu)
+        source, result, between = pool.input[0], relu.output[0], f"{pool.output[0]}_relu"
+        relu.input[0], relu.output[0] = source, between
+        pool.input[0], pool.output[0] = between, result
+        nodes[i], nodes[j] = relu, pool
+        moved.append(pool.name)
+    if moved:
+        _set_nodes(graph, nodes)
+    return model, moved
+
+
+def _static_chw(model, node) -> tuple[int, int, int] | None:
+    """(C, H, W) of the 4-D input of a flatten `node` whose output is [N, C*H*W] with C, H, W known, else None."""
+    import onnx
+
+    inferred = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    dims, flat = inferred.get(node.input[0], []), inferred.get(node.output[0], [])
+    if len(dims) != 4 or None in dims[1:] or len(flat) != 2 or flat[1] != dims[1] * dims[2] * dims[3]:
+        return None
+    return dims[1], dims[2], dims[3]
+
+
+def _feeds_gemm(node, producers, consumers, weights):
+    """The Gemm with a constant weight that `node`, a Reshape or Flatten (to 2-D) of a convolution stack's
+    output, alone feeds as its rows; else None."""
+    source = producers.get(node.input[0])
+    users = consumers.get(node.output[0], [])
+    if source is None or source.op_type not in _SHAPE_KEEPING or len(users) != 1:
+        return None
+    gemm = users[0]
+    flat_2d = node.op_type == "Reshape" or all(a.i == 1 for a in node.attribute if a.name == "axis")
+    plain = gemm.op_type == "Gemm" and gemm.input[0] == node.output[0] and gemm.input[1] in weights
+    if not (flat_2d and plain) or any(a.name == "transA" and a.i for a in gemm.attribute):
+        return None
+    return gemm
+
+
+def _flatten_target(model):
+    """(flatten node, its Gemm, the Gemm's weight initializer, (C, H, W)) for the first Reshape/Flatten that turns
+    a convolution stack's 4-D output (C > 1) into the rows of a Gemm with a constant weight; else None."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = _consumers(graph)
+    weights = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        gemm = _feeds_gemm(node, producers, consumers, weights) if node.op_type in ("Reshape", "Flatten") else None
+        chw = None if gemm is None else _static_chw(model, node)
+        if chw is not None and chw[0] > 1:
+            return node, gemm, weights[gemm.input[1]], chw
+    return None
+
+
+def flatten_channels_last(model) -> tuple[Any, bool]:
+    """A copy of `model` whose flatten into the first Gemm reads its 4-D input as N,H,W,C (a Transpose before it,
+    the Gemm's weight permuted to match: the same outputs); returns it and whether anything changed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    found = _flatten_target(model)
+    if found is None:
+        return model, False
+    flatten, gemm, weight, (c, h, w) = found
+    array = numpy_helper.to_array(weight)
+    trans_b = any(a.name == "transB" and a.i for a in gemm.attribute)
+    if trans_b:  # [out, C*H*W]: columns in C,H,W order become H,W,C order
+        array = array.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(array.shape[0], -1)
+    else:  # [C*H*W, out]: rows likewise
+        array = array.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(-1, array.shape[-1])
+    weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
+    graph = model.graph
+    nhwc = f"{flatten.input[0]}_channels_last"
+    transpose = helper.make_node("Transpose", [flatten.input[0]], [nhwc], name=f"{flatten.name}_channels_last",
+                                 perm=[0, 2, 3, 1])
+    flatten.input[0] = nhwc
+    nodes = list(graph.node)
+    nodes.insert(nodes.index(flatten), transpose)
+    _set_nodes(graph, nodes)
+    return model, True
+
+
+def first_conv_block(model) -> list[str]:
+    """The names of the nodes from the graph's first node up to (not including) its second Conv, Gemm or MatMul,
+    when the first of those is a Conv: the first convolution and the ops between it and the next weighted op.
+    Empty when the graph does not start with a convolution."""
+    weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if len(weighted) < 2 or weighted[0].op_type != "Conv":
+        return []
+    names = []
+    for node in model.graph.node:
+        if node is weighted[1]:
+            break
+        names.append(node.name)
+    return names
