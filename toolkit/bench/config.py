@@ -15,7 +15,8 @@ DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
 # Upper bounds, so a typo cannot ask for a run that never ends or an allocation that cannot succeed.
 MAX_BATCH_SIZE = 65_536
-LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256}
+LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256,
+          "verify_images": 10_000}
 MAX_SECONDS = 3_600.0
 
 
@@ -45,6 +46,8 @@ class BenchConfig:
     hints: tuple[str, ...] = OPENVINO_HINTS  # OpenVINO performance hints
     sweep: bool = False  # time the whole cross product of settings x batch sizes, not the search's choices
     verify: bool = True  # check each configuration on the test set first; "fastest" names verified ones only
+    # test images that check spans, spread evenly over the set (`toolkit verify` judges every file on all of them)
+    verify_images: int = 2_000
     matmul_peak: bool = False  # measure the CPU's float32 and int8 matmul peaks for the efficiency targets
     # seconds one model call may run: a manifest can be forged, so its files may never finish (None: no limit)
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
@@ -52,10 +55,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         _check_ints("batch sizes", self.batch_sizes, 1, MAX_BATCH_SIZE)
         _check_ints("concurrency", self.concurrency, 1, LIMITS["concurrency"])
-        for name in ("rounds", "warmup", "iterations", "threads"):
+        for name in ("rounds", "warmup", "iterations", "threads", "verify_images"):
             value = getattr(self, name)
             if value is not None:
-                _check_ints(name, (value,), 0 if name == "warmup" else 1, LIMITS[name])
+                _check_ints(name.replace("_", " "), (value,), 0 if name == "warmup" else 1, LIMITS[name])
         if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds)
                 and 0 < self.seconds <= MAX_SECONDS):
             raise ConfigError(f"seconds per point must be a finite number in (0, {MAX_SECONDS:g}], not {self.seconds}")

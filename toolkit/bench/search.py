@@ -213,8 +213,18 @@ def runtime_version(name: str) -> str:
     return RUNTIMES[name].version() or "unknown"
 
 
+def sample(ref: Any, images: int) -> Any:
+    """`ref` cut to `images` of its inputs, spread evenly over them (every k-th), so every part of the set is seen."""
+    step = max(1, len(ref.pixels) // images)
+    if step == 1:
+        return ref
+    labels = None if ref.labels is None else ref.labels[::step][:images]
+    return dataclasses.replace(ref, pixels=ref.pixels[::step][:images], labels=labels,
+                               log_probs=ref.log_probs[::step][:images])
+
+
 def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
-    """verify's judgement of one runner, on all test images, with the default tolerances of its precision."""
+    """verify's judgement of one runner on the reference's inputs, with the default tolerances of its precision."""
     from toolkit import verify
 
     runtime, fmt, precision, options = key
@@ -305,7 +315,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
     from toolkit.verify import resolve_reference
 
-    ref = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
-           if config.verify else None)
+    ref = (sample(resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir),
+                  config.verify_images) if config.verify else None)
     return Plan(candidates, _Opener(ref), devices_used, checkpoint=checkpoint, reference=ref, skipped=skipped,
                 skipped_runtimes=selection.skipped)

@@ -156,6 +156,9 @@ def bench(
     verify: Annotated[bool, typer.Option(
         "--verify/--no-verify",
         help="Check each configuration on the test set first (fastest names verified ones only).")] = BENCH["verify"],
+    verify_images: Annotated[int, typer.Option(
+        metavar="N", help="Test images that check runs on, spread over the set (toolkit verify uses all "
+                          "10,000).")] = BENCH["verify_images"],
     matmul_peak: Annotated[bool, typer.Option(
         "--matmul-peak/--no-matmul-peak",
         help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the "
@@ -193,7 +196,8 @@ def bench(
         batch_sizes=tuple(_ints(batch_sizes, "batch sizes")), warmup=warmup, iterations=iterations, seconds=seconds,
         rounds=rounds, threads=threads, optimizations=tuple(_csv(optimization)),
         concurrency=tuple(_ints(concurrency, "concurrency")), modes=tuple(_csv(mode)), hints=tuple(_csv(hint)),
-        cuda_graph=cuda_graph, sweep=sweep, verify=verify, matmul_peak=matmul_peak, time_limit_s=time_limit)
+        cuda_graph=cuda_graph, sweep=sweep, verify=verify, verify_images=verify_images, matmul_peak=matmul_peak,
+        time_limit_s=time_limit)
     with stage("benchmarking") as on_progress:
         if not files:
             report = bench_lib.bench(config, on_progress=on_progress)
