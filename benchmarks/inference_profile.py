@@ -107,11 +107,16 @@ def main() -> None:
                              "calls": calls, **result})
                 top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["ops"][:4])
                 print(f"{engine:12s} {precision} batch {batch:4d}: {top}", flush=True)
+    manifest = Path(args.artifacts) / "manifest.json"
+    int8_settings = next((a["settings"] for a in json.loads(manifest.read_text())["artifacts"]
+                          if a["file"] == FILES["int8"]), {}) if manifest.is_file() else {}
     fileio.write_json(Path(args.out), {
         "benchmark": "inference_profile", "machine": sysinfo.machine(),
         "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
         "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls, "threads": "each engine's default",
-                     "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32"},
+                     "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32",
+                     "int8_variant": {k: int8_settings[k] for k in ("variant", "graph_rewrites", "fp32_nodes",
+                                                                     "reason") if k in int8_settings}},
         "runs": runs})
     print(f"wrote {args.out}")
 

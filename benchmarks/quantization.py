@@ -1,10 +1,18 @@
-"""Which int8 settings to ship: every ONNX Runtime static-quantization variant, its accuracy and its speed.
+"""Which int8 graph to ship: ONNX Runtime static-quantization variants, their structure, accuracy and speed.
 
-For each variant (QDQ or QOperator graph, u8 or s8 activations, per-channel or per-tensor weights) this
-exports an int8 model beside an fp32 one from the same checkpoint, verifies the int8 model on all 10,000
-test images, and benchmarks both in one `toolkit bench` run, so the speed-up is a ratio measured side by side
-(best int8 against best fp32 over batch 64/256, graph optimization all/extended, 1 or 2 concurrent calls).
-The variants run --repeats times, in alternating order; a variant is ranked by its median speed-up.
+One process exports the checkpoint's fp32 and int8 .onnx with `toolkit export` (which picks its int8 candidate on
+this CPU and records why), then builds the other variants with the same calibration images:
+
+- `before-rewrites`: the fp32 graph as exported (MaxPool before ReLU) quantized as is, the int8 file shipped
+  before the graph rewrites;
+- the export's two candidates, `int8-all-convs` and `fp32-first-conv` (QDQ, u8 activations, per-tensor);
+- the chosen candidate with per-channel weights, with s8 activations, and in QOperator form.
+
+For each it counts the Transpose and DequantizeLinear nodes left in ONNX Runtime's optimized graph (where the
+layout conversions show), scores all 10,000 test images, and times it against the fp32 file in the same process:
+per batch size, every model runs in turn (alternating order) for --rounds rounds after a warm-up, and the speed-up
+is the median over rounds of fp32 time / int8 time. `best_throughput_speedup` compares the best images/s over the
+batch sizes of each, as the bench tables do.
 
     python benchmarks/quantization.py --checkpoint runs/convnet-fast-seed0/checkpoint.pt --data-dir data
 """
@@ -12,74 +20,149 @@ The variants run --repeats times, in alternating order; a variant is ranked by i
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
 
 from toolkit import fileio, sysinfo
-from toolkit.bench import BenchConfig, bench
+from toolkit.data import load_split
 from toolkit.export import ExportConfig, export
-from toolkit.verify import VerifyConfig, verify
+from toolkit.exporters import ExportContext, int8
+from toolkit.preprocess import MEAN, STD, normalize
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+
+
+def optimized_ops(path: Path) -> list[str]:
+    """The op types of ONNX Runtime's optimized graph of `path` (CPU, all optimizations)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def build_variants(config: ExportConfig, fp32_model, chosen: str, out: Path) -> dict[str, dict]:
+    """Write every variant's int8 file into `out`; {name: {path, settings}}."""
+    ctx = ExportContext("", "", {})
+    calib = int8.calibration_set(config, ctx)
+    cands = int8.candidates(fp32_model)
+    plan = {"before-rewrites": (config, fp32_model, [])}
+    for name, (graph, fp32_nodes, _) in cands.items():
+        plan[name] = (config, graph, fp32_nodes)
+    graph, fp32_nodes, _ = cands[chosen]
+    plan[f"{chosen}+per-channel"] = (replace(config, per_channel=True), graph, fp32_nodes)
+    plan[f"{chosen}+s8-activations"] = (replace(config, quant_activation="s8"), graph, fp32_nodes)
+    plan[f"{chosen}+qoperator"] = (replace(config, quant_format="qoperator"), graph, fp32_nodes)
+    variants = {}
+    for name, (options, graph, fp32_nodes) in plan.items():
+        path = out / f"{name}.onnx"
+        onnx.save(int8.quantize_candidate(graph, fp32_nodes, calib, options, out), str(path))
+        variants[name] = {"path": path, "settings": {
+            "quant_format": options.quant_format, "activations": options.quant_activation, "weights": "s8",
+            "per_channel": options.per_channel, "fp32_nodes": fp32_nodes}}
+    return variants
+
+
+def accuracy_on(session, images: np.ndarray, labels: np.ndarray) -> float:
+    name = session.get_inputs()[0].name
+    out = np.concatenate([session.run(None, {name: images[i:i + 1000]})[0] for i in range(0, len(images), 1000)])
+    return 100.0 * float((out.argmax(1) == labels).mean())
+
+
+def time_all(sessions: dict, images: np.ndarray, batches: list[int], rounds: int) -> dict[str, dict]:
+    """{model: {batch: [seconds per call, one per round]}}, every model timed in turn within each round."""
+    names = list(sessions)
+    input_name = sessions[names[0]].get_inputs()[0].name
+    seconds = {n: {b: [] for b in batches} for n in names}
+    for b in batches:
+        x = np.ascontiguousarray(images[:b])
+        calls = max(2, 512 // b)
+        for session in sessions.values():
+            for _ in range(3):
+                session.run(None, {input_name: x})
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    sessions[name].run(None, {input_name: x})
+                seconds[name][b].append((time.perf_counter() - t0) / calls)
+    return seconds
+
+
+def summarize(seconds: dict, name: str, batches: list[int]) -> dict:
+    """Per batch: median ms and images/s, and the median paired speed-up over fp32."""
+    per_batch = {}
+    for b in batches:
+        mine, base = seconds[name][b], seconds["fp32"][b]
+        per_batch[str(b)] = {"median_ms": 1000 * statistics.median(mine),
+                             "images_per_s": b / statistics.median(mine),
+                             "speedup_vs_fp32": statistics.median(f / m for f, m in zip(base, mine))}
+    best = max(per_batch.values(), key=lambda p: p["images_per_s"])["images_per_s"]
+    best_fp32 = max(b / statistics.median(seconds["fp32"][b]) for b in batches)
+    return {"batches": per_batch, "best_images_per_s": best, "best_throughput_speedup": best / best_fp32}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/convnet-fast-seed0/checkpoint.pt")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--seconds", type=float, default=1.5, help="time budget per benchmark point")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="1,64,256")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results/quantization.json")
     args = parser.parse_args()
 
-    grid = list(itertools.product(("qdq", "qoperator"), ("u8", "s8"), (True, False)))
-    order = [v for r in range(args.repeats) for v in (grid if r % 2 == 0 else grid[::-1])]
-    measured = []
-    for quant_format, activation, per_channel in order:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = ExportConfig(checkpoint=args.checkpoint, out_dir=tmp, data_dir=args.data_dir,
-                                  quant_format=quant_format, quant_activation=activation, per_channel=per_channel)
-            export(config, [("onnx", "fp32"), ("onnx", "int8")])
-            check = verify(VerifyConfig(artifacts=tmp, data_dir=args.data_dir, precisions=("int8",))).results[0]
-            report = bench(BenchConfig(artifacts=tmp, data_dir=args.data_dir, formats=("onnx",),
-                                       runtimes=("onnxruntime",),
-                                       batch_sizes=(64, 256), concurrency=(1, 2), optimizations=("all", "extended"),
-                                       sweep=True, seconds=args.seconds, rounds=4, matmul_peak=False))
-        best = {p: max((pt for pt in report.points if pt.precision == p), key=lambda pt: pt.throughput)
-                for p in ("fp32", "int8")}
-        row = {"quant_format": quant_format, "activations": activation, "weights": "s8",
-               "per_channel": per_channel, "accuracy": check.accuracy, "accuracy_delta": check.accuracy_delta,
-               "agreement": check.agreement, "passed": check.passed,
-               "int8_best_throughput": best["int8"].throughput, "int8_best_at": best["int8"].label,
-               "int8_best_batch": best["int8"].batch_size,
-               "fp32_best_throughput": best["fp32"].throughput, "fp32_best_at": best["fp32"].label,
-               "speedup_vs_fp32": best["int8"].throughput / best["fp32"].throughput,
-               "points": [p.__dict__ for p in report.points]}
-        measured.append(row)
-        print(f"{quant_format:9s} act={activation} per_channel={per_channel!s:5s} accuracy {check.accuracy:.2f} "
-              f"({check.accuracy_delta:+.2f}) int8 {row['int8_best_throughput']:,.0f} img/s, "
-              f"x{row['speedup_vs_fp32']:.2f} vs fp32", flush=True)
+    import onnxruntime as ort
 
-    variants = []
-    for quant_format, activation, per_channel in grid:
-        runs = [m for m in measured if (m["quant_format"], m["activations"], m["per_channel"])
-                == (quant_format, activation, per_channel)]
-        variants.append({**{k: runs[0][k] for k in ("quant_format", "activations", "weights", "per_channel",
-                                                      "accuracy", "accuracy_delta", "agreement", "passed")},
-                         "speedup_vs_fp32": statistics.median(r["speedup_vs_fp32"] for r in runs),
-                         "int8_best_throughput": statistics.median(r["int8_best_throughput"] for r in runs),
-                         "speedups": [r["speedup_vs_fp32"] for r in runs], "runs": runs})
-    holding = [v for v in variants if v["passed"]]
-    fastest = max(holding, key=lambda v: v["speedup_vs_fp32"]) if holding else None
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    images, labels = load_split(args.data_dir, "test")
+    x = normalize(images, MEAN, STD)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ExportConfig(checkpoint=args.checkpoint, out_dir=str(Path(tmp) / "exported"), data_dir=args.data_dir)
+        result = export(config, [("onnx", "fp32"), ("onnx", "int8")])
+        shipped = next(a for a in result.artifacts if a.precision == "int8")
+        fp32_path = Path(config.out_dir) / "model.onnx"
+        variants = build_variants(config, onnx.load(str(fp32_path)), shipped.settings["variant"], Path(tmp))
+        variants = {"shipped": {"path": Path(shipped.path), "settings": shipped.settings}, **variants}
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        sessions = {n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                    for n, p in [("fp32", fp32_path), *((n, v["path"]) for n, v in variants.items())]}
+        fp32_accuracy = accuracy_on(sessions["fp32"], x, labels)
+        seconds = time_all(sessions, x, batches, args.rounds)
+        rows = []
+        for name, v in variants.items():
+            ops = optimized_ops(v["path"])
+            accuracy = accuracy_on(sessions[name], x, labels)
+            row = {"variant": name, "settings": v["settings"], "test_accuracy": accuracy,
+                   "accuracy_delta": accuracy - fp32_accuracy, "holds_accuracy": accuracy >= fp32_accuracy - 0.3,
+                   "optimized_graph": {"transpose": ops.count("Transpose"),
+                                       "dequantize_linear": ops.count("DequantizeLinear"), "ops": ops},
+                   **summarize(seconds, name, batches)}
+            rows.append(row)
+            print(f"{name:32s} acc {accuracy:.2f} ({row['accuracy_delta']:+.2f})  Transpose {ops.count('Transpose')} "
+                  f"DQ {ops.count('DequantizeLinear')}  x{row['best_throughput_speedup']:.2f} best img/s  " +
+                  "  ".join(f"b{b} x{row['batches'][str(b)]['speedup_vs_fp32']:.2f}" for b in batches), flush=True)
+    flags = sysinfo.cpu_flags()
+    machine = {**sysinfo.machine(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
     fileio.write_json(args.out, {
-        "benchmark": "quantization", "machine": sysinfo.machine(), "versions": sysinfo.versions(),
+        "benchmark": "quantization", "machine": machine,
+        "versions": sysinfo.versions("onnx", "onnxruntime", "onnxruntime-gpu"),
         "checkpoint": args.checkpoint,
-        "fastest_holding_accuracy": {k: fastest[k] for k in ("quant_format", "activations", "per_channel",
-                                                             "int8_best_throughput", "speedup_vs_fp32")}
-        if fastest else None,
-        "variants": variants})
-    if fastest:
-        print(f"fastest that holds accuracy: {fastest['quant_format']} act={fastest['activations']} "
-              f"per_channel={fastest['per_channel']}")
+        "settings": {"batch_sizes": batches, "rounds": args.rounds, "threads": "ONNX Runtime's default",
+                     "graph_optimization": "all", "speedup": "median over rounds of fp32 s/call / int8 s/call"},
+        "fp32_test_accuracy": fp32_accuracy,
+        "shipped": {k: shipped.settings[k] for k in ("variant", "chosen_by", "reason")},
+        "variants": rows})
+    print(f"shipped: {shipped.settings['variant']} ({shipped.settings['reason']})\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ _DESCRIPTIONS = {
 }
 
 
-def _picks(options: BuildOptions, count: int):
+def image_picks(options: BuildOptions, count: int):
     """(calibration indices, validation indices) into the `count` training images: the calibration pick is the
     same for every int8 exporter; the validation slice is drawn from the images left over."""
     import numpy as np
@@ -45,7 +45,7 @@ def calibration_set(options: BuildOptions, ctx: ExportContext):
     """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
     whichever format is quantized); records their number in `ctx`."""
     images, _ = mnist.load_split(options.data_dir, "train")
-    calib = normalize(images[_picks(options, len(images))[0]], MEAN, STD)
+    calib = normalize(images[image_picks(options, len(images))[0]], MEAN, STD)
     ctx.calibration_images = len(calib)
     return calib
 
@@ -53,7 +53,7 @@ def calibration_set(options: BuildOptions, ctx: ExportContext):
 def validation_set(options: BuildOptions):
     """(normalized images, labels) of training images that no int8 file is calibrated on."""
     images, labels = mnist.load_split(options.data_dir, "train")
-    valid = _picks(options, len(images))[1]
+    valid = image_picks(options, len(images))[1]
     return normalize(images[valid], MEAN, STD), labels[valid]
 
 
@@ -73,7 +73,7 @@ def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
     return out
 
 
-def _quantize_one(graph, fp32_nodes: list[str], calib, options: BuildOptions, workdir: Path):
+def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOptions, workdir: Path):
     """The int8 ModelProto of one candidate graph; its scratch files go in `workdir` and are removed."""
     import numpy as np
     import onnx
@@ -123,7 +123,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
     """The int8 ModelProto of `fp32_model`: every candidate quantized, the one `int8_choice` picks on this CPU
     returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed."""
     calib = calibration_set(options, ctx)
-    built = {name: (_quantize_one(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
+    built = {name: (quantize_candidate(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
              for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
     images, labels = validation_set(options)
     if len(built) > 1 and len(images):

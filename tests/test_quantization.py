@@ -1,0 +1,164 @@
+"""The int8 .onnx file: exact graph rewrites before quantization, the candidates the export picks between, the
+manifest's record of the pick, and the structure ONNX Runtime runs (no layout conversions between quantized ops).
+Nothing here depends on a speed figure: which candidate wins is the CPU's business, so every check holds for both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import run_cli
+from toolkit import sysinfo
+from toolkit.data import load_split
+from toolkit.export import ExportConfig
+from toolkit.exporters import ExportContext, int8, int8_choice, int8_graph
+from toolkit.exporters.onnx import to_onnx
+from toolkit.model import MLP, ConvNet
+from toolkit.preprocess import MEAN, STD, normalize
+
+
+def _graph(module: torch.nn.Module):
+    torch.manual_seed(0)
+    return to_onnx(module.eval(), torch.zeros(2, 1, 28, 28), "image", ["log_probs"], ExportConfig(checkpoint=""))
+
+
+@pytest.fixture(scope="module")
+def convnet_graph():
+    return _graph(ConvNet())
+
+
+def _run(model, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+def _optimized_ops(path: Path) -> list[onnx.NodeProto]:
+    """The nodes of ONNX Runtime's optimized graph of `path` (CPU, all optimizations)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(path.with_name(path.stem + ".optimized.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return list(onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _assert_no_layout_conversions_between_quantized_ops(nodes: list[onnx.NodeProto]) -> None:
+    """Every QLinearConv runs channels-last and hands its uint8 output to a uint8 channels-last pool; the one
+    DequantizeLinear left is the logits' and at most one Transpose is left (the input's, or the fp32 head's)."""
+    consumers = {i: n for n in nodes for i in n.input}
+    ops = [n.op_type for n in nodes]
+    convs = [n for n in nodes if n.op_type == "QLinearConv"]
+    assert convs, ops
+    for conv in convs:
+        assert any(a.name == "channels_last" and a.i == 1 for a in conv.attribute), ops
+        assert consumers[conv.output[0]].op_type == "NhwcMaxPool", ops
+    assert ops.count("DequantizeLinear") == 1 and consumers[nodes[ops.index("DequantizeLinear")].output[0]].op_type \
+        == "LogSoftmax", ops
+    assert ops.count("Transpose") <= 1, ops
+    assert "MaxPool" not in ops[ops.index("QLinearConv"):], ops  # no fp32 (or uint8 NCHW) pool after int8 starts
+
+
+def test_relu_before_pool_changes_no_output(convnet_graph):
+    rewritten, moved = int8_graph.relu_before_pool(convnet_graph)
+    assert len(moved) == 2
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops[:6] == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool"]
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x), _run(convnet_graph, x), atol=1e-5)
+    kept, moved = int8_graph.relu_before_pool(convnet_graph, keep=frozenset(moved[:1]))
+    assert len(moved) == 1 and [n.op_type for n in kept.graph.node][:3] == ["Conv", "MaxPool", "Relu"]
+
+
+def test_channels_last_flatten_changes_no_output(convnet_graph):
+    rewritten, changed = int8_graph.flatten_channels_last(convnet_graph)
+    assert changed
+    transposes = [n for n in rewritten.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 1 and list(transposes[0].attribute[0].ints) == [0, 2, 3, 1]
+    x = np.random.default_rng(1).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x), _run(convnet_graph, x), atol=1e-5)
+
+
+def test_a_graph_without_convolutions_is_left_alone():
+    mlp = _graph(MLP())
+    assert int8_graph.relu_before_pool(mlp)[1] == []
+    assert int8_graph.flatten_channels_last(mlp)[1] is False
+    assert int8_graph.first_conv_block(mlp) == []
+    assert list(int8.candidates(mlp)) == [int8.ALL_INT8]
+
+
+def test_choice_is_the_fastest_that_holds_accuracy_else_the_most_accurate():
+    m = int8_choice.Measured
+    drop = int8_choice.MAX_ACCURACY_DROP
+    best, reason = int8_choice.choose([m("a", 1.2, 99.0, 99.1), m("b", 1.9, 99.1 - 2 * drop, 99.1)])
+    assert best.name == "a" and "x1.20" in reason and "b x1.90" in reason
+    best, reason = int8_choice.choose([m("a", 1.2, 98.0, 99.1), m("b", 1.9, 98.5, 99.1)])
+    assert best.name == "b" and "no candidate" in reason
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(tmp_path_factory, trained, mnist_dir) -> Path:
+    out = tmp_path_factory.mktemp("int8")
+    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "onnx", "--precision",
+                     "fp32,int8", "--out", out, "--data-dir", mnist_dir, "--calibration-size", "300")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_manifest_records_the_variant_and_why(onnx_int8):
+    entry = next(a for a in json.loads((onnx_int8 / "manifest.json").read_text())["artifacts"]
+                 if a["file"] == "model.int8.onnx")
+    s = entry["settings"]
+    names = [c["variant"] for c in s["candidates"]]
+    assert names == [int8.ALL_INT8, int8.FP32_FIRST_CONV] and s["variant"] in names
+    assert s["chosen_by"] == "measured" and s["measured_on"] == sysinfo.cpu_model()
+    assert s["validation_split"] == "train" and s["validation_images"] == int8.VALIDATION_IMAGES
+    chosen = next(c for c in s["candidates"] if c["variant"] == s["variant"])
+    assert f"x{chosen['speedup_vs_fp32']:.2f}" in s["reason"]
+    assert all(c["speedup_vs_fp32"] > 0 and 0 < c["validation_accuracy"] <= 100 for c in s["candidates"])
+    if any(c["holds_accuracy"] for c in s["candidates"]):  # the fastest of those that hold accuracy was kept
+        assert chosen["holds_accuracy"] and chosen["speedup_vs_fp32"] == max(
+            c["speedup_vs_fp32"] for c in s["candidates"] if c["holds_accuracy"])
+    assert s["graph_rewrites"] and s["description"]
+    assert bool(s["fp32_nodes"]) == (s["variant"] == int8.FP32_FIRST_CONV)
+    assert "Transpose" in [n.op_type for n in onnx.load(str(onnx_int8 / "model.int8.onnx")).graph.node]
+
+
+def test_shipped_file_runs_without_layout_conversions_and_holds_accuracy(onnx_int8, mnist_dir, tmp_path):
+    shipped = tmp_path / "model.int8.onnx"
+    shipped.write_bytes((onnx_int8 / "model.int8.onnx").read_bytes())
+    _assert_no_layout_conversions_between_quantized_ops(_optimized_ops(shipped))
+    images, labels = load_split(mnist_dir, "test")
+    x = normalize(images, MEAN, STD)
+    fp32, q = (onnx.load(str(onnx_int8 / name)) for name in ("model.onnx", "model.int8.onnx"))
+    accuracy = {name: 100.0 * float((_run(m, x).argmax(1) == labels).mean()) for name, m in (("fp32", fp32),
+                                                                                            ("int8", q))}
+    assert accuracy["int8"] >= accuracy["fp32"] - int8_choice.MAX_ACCURACY_DROP, accuracy
+
+
+def test_every_candidate_runs_without_layout_conversions(onnx_int8, mnist_dir, tmp_path):
+    """Whichever candidate a CPU picks, its graph keeps the quantized stack free of Transposes and DQ pairs; the
+    graph as exported (pool before ReLU) does not, which is why it is rewritten."""
+    config = ExportConfig(checkpoint="", data_dir=str(mnist_dir), calibration_size=100)
+    calib = int8.calibration_set(config, ExportContext("", "", {}))
+    fp32 = onnx.load(str(onnx_int8 / "model.onnx"))
+    for name, (graph, fp32_nodes, _) in int8.candidates(fp32).items():
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(int8.quantize_candidate(graph, fp32_nodes, calib, config, tmp_path), str(path))
+        _assert_no_layout_conversions_between_quantized_ops(_optimized_ops(path))
+    plain = tmp_path / "plain.onnx"
+    onnx.save(int8.quantize_candidate(fp32, [], calib, config, tmp_path), str(plain))
+    ops = [n.op_type for n in _optimized_ops(plain)]
+    assert ops.count("Transpose") > 1 and ops.count("DequantizeLinear") > 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".int8-")]  # scratch files removed
+
+
+def test_calibration_and_validation_images_do_not_overlap(mnist_dir):
+    config = ExportConfig(checkpoint="", data_dir=str(mnist_dir))
+    pick, valid = int8.image_picks(config, 60000)
+    assert len(pick) == config.calibration_size and len(valid) == int8.VALIDATION_IMAGES
+    assert not set(pick) & set(valid)
