@@ -355,3 +355,21 @@ def test_the_bench_check_spans_the_whole_test_set_evenly():
     assert cut.pixels[0, 0] == 0 and cut.pixels[-1, 0] == n - 5  # every fifth image: first to last
     assert (cut.log_probs[:, 0] == cut.pixels[:, 0] * 10).all()  # inputs and answers stay paired
     assert sample(ref, n) is ref and sample(ref, 20_000) is ref
+
+
+def test_rounds_warm_up_fully_once_and_with_one_call_after(monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from toolkit.bench import timing
+
+    calls = []
+    runner = SimpleNamespace(timed=lambda batches, io: SimpleNamespace(call=calls.append, batches_per_call=1))
+    candidate = SimpleNamespace(key="k", io="host", concurrency=1, runtime="r", format="f", precision="p",
+                                options=SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(timing, "run_guard", lambda r: contextlib.nullcontext())
+    budget = timing.Budget(rounds=3, seconds=1.0, warmup=5, iterations=6)
+    series = timing.time_rounds([(candidate, (1,))], lambda c: runner, np.zeros((16, 28, 28), np.uint8), budget)
+    # the first call, timed apart; then per round the warm-up (5, then 1 and 1) and 2 timed calls
+    assert len(calls) == 1 + (5 + 2) + (1 + 2) + (1 + 2)
+    assert len(series[("k", 1)].times) == 6

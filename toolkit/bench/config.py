@@ -32,7 +32,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     warmup: int = 5  # untimed calls before each timed block
     iterations: int | None = None  # timed calls per point; None: run for `seconds` per point
-    seconds: float = 0.5  # time budget per point, split over the rounds (a search probe gets a share)
+    seconds: float = 0.3  # time budget per point, split over the rounds (a search probe gets a share)
     rounds: int = 3
     threads: int | None = None  # intra-op threads on the CPU; None: each runtime's default
     # The settings each runtime is tried at. By default a short search keeps each one's best (see tuning.py);

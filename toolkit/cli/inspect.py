@@ -128,7 +128,8 @@ def bench(
         metavar="SECONDS", help="Time budget per point.")] = BENCH["seconds"],
     warmup: Annotated[int, typer.Option(
         metavar="N",
-        help="Untimed calls before each timed block.")] = BENCH["warmup"],
+        help="Untimed calls before a configuration's first timed block (one before each later "
+             "round's).")] = BENCH["warmup"],
     rounds: Annotated[int, typer.Option(
         metavar="N",
         help="Interleaved rounds over all configurations.")] = BENCH["rounds"],
