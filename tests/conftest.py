@@ -1,6 +1,7 @@
 """Shared fixtures: real MNIST (fetched once into a cache), one short real training run, real exports.
 
-The expensive things are session-scoped, so the whole suite trains once and exports once.
+The expensive things are session-scoped, so the whole suite trains once and exports once: also when pytest-xdist
+runs it in several worker processes (pyproject's addopts), which then share one build of each (`built_once`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from typer.testing import CliRunner
 
 from toolkit.cli import app
@@ -78,21 +81,41 @@ def assert_one_line_error(result, code: int | None = None) -> str:
     return lines[0]
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name` that `build(folder)` fills, built once per test run: under pytest-xdist the first worker
+    builds it under a lock in the folder all workers share, and the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """Real MNIST, verified; shared across test sessions in $TOOLKIT_TEST_DATA or <repo>/.cache/mnist."""
     path = Path(os.environ.get("TOOLKIT_TEST_DATA") or REPO / ".cache" / "mnist")
-    ensure_mnist(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # several workers, or test runs, fetch it once
+        ensure_mnist(path)
     return path
+
+
+def _train(folder: Path, mnist_dir: Path) -> None:
+    result = run_cli("train", "--epochs", "1", "--out", folder / "convnet", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, mnist_dir) -> Path:
     """One epoch of the default recipe on all 60,000 images, through the CLI. Returns the run folder."""
-    run_dir = tmp_path_factory.mktemp("runs") / "convnet"
-    result = run_cli("train", "--epochs", "1", "--out", run_dir, "--data-dir", mnist_dir)
-    assert result.exit_code == 0, result.stderr
-    return run_dir
+    return built_once(tmp_path_factory, "runs", lambda folder: _train(folder, mnist_dir)) / "convnet"
 
 
 # Formats left out of the shared export because building them takes long; their own tests export them
@@ -104,12 +127,13 @@ SLOW_FORMATS = ("aoti", "executorch", "tflite")  # AOTInductor compiles C++: 20-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, trained, mnist_dir) -> Path:
     """Every format (but SLOW_FORMATS) and precision exported from the trained checkpoint, through the CLI."""
-    out = tmp_path_factory.mktemp("exported")
-    fast = ",".join(f for f in FORMATS if f not in SLOW_FORMATS)
-    result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", fast, "--precision", "all",
-                     "--out", out, "--data-dir", mnist_dir, "--calibration-size", "300")
-    assert result.exit_code == 0, result.stderr
-    return out
+    def build(out: Path) -> None:
+        fast = ",".join(f for f in FORMATS if f not in SLOW_FORMATS)
+        result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", fast, "--precision",
+                         "all", "--out", out, "--data-dir", mnist_dir, "--calibration-size", "300")
+        assert result.exit_code == 0, result.stderr
+
+    return built_once(tmp_path_factory, "exported", build)
 
 
 @pytest.fixture
