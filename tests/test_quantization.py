@@ -83,12 +83,18 @@ def test_channels_last_flatten_changes_no_output(convnet_graph):
     np.testing.assert_allclose(_run(rewritten, x), _run(convnet_graph, x), atol=1e-5)
 
 
-def test_a_graph_without_convolutions_is_left_alone():
+def test_a_graph_without_convolutions_is_left_alone(mnist_dir, tmp_path):
     mlp = _graph(MLP())
     assert int8_graph.relu_before_pool(mlp)[1] == []
     assert int8_graph.flatten_channels_last(mlp)[1] is False
     assert int8_graph.first_conv_block(mlp) == []
     assert list(int8.candidates(mlp)) == [int8.ALL_INT8]
+    ctx = ExportContext("", "", {})
+    quantized = int8.quantize(mlp, ExportConfig(checkpoint="", data_dir=str(mnist_dir), calibration_size=100), ctx,
+                              tmp_path)
+    assert "QuantizeLinear" in [n.op_type for n in quantized.graph.node]
+    assert ctx.int8_variant["variant"] == int8.ALL_INT8 and ctx.int8_variant["chosen_by"] == "structure"
+    assert ctx.int8_variant["reason"] and ctx.int8_variant["graph_rewrites"] == []
 
 
 def test_choice_is_the_fastest_that_holds_accuracy_else_the_most_accurate():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
+from toolkit import sysinfo
 from toolkit.exporters import BuildOptions, ExportContext, int8_choice, int8_graph, quiet
 from toolkit.preprocess import MEAN, STD, normalize
 
@@ -127,8 +128,6 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
              for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
     images, labels = validation_set(options)
     if len(built) > 1 and len(images):
-        from toolkit import sysinfo
-
         measured = int8_choice.measure(fp32_model.SerializeToString(),
                                        {n: m.SerializeToString() for n, (m, _, _) in built.items()}, images, labels)
         best, reason = int8_choice.choose(measured)
@@ -140,9 +139,8 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
                                   "holds_accuracy": m.holds_accuracy} for m in measured]}
     else:
         name = next(iter(built))
-        why = "the only candidate for this graph" if len(built) == 1 else "no training images left to measure on"
-        record = {"chosen_by": "structure", "reason": f"{why}: no Transpose or DequantizeLinear between the "
-                  "quantized ops after the graph rewrites"}
+        record = {"chosen_by": "structure", "reason": "the only candidate: the graph has no Conv to keep in fp32"
+                  if len(built) == 1 else "no training images outside the calibration set to measure on"}
     model, fp32_nodes, rewrites = built[name]
     ctx.int8_variant = {"variant": name, "description": _DESCRIPTIONS[name], "fp32_nodes": fp32_nodes,
                         "graph_rewrites": rewrites, **record}
