@@ -173,6 +173,18 @@ def test_int8_targets_use_the_best_verified_int8_configuration():
     assert t["best_int8_throughput_vs_int8_matmul_peak"]["value"] == pytest.approx(30_000 * 4.586e-3 / 500)
 
 
+def test_the_fp32_peak_target_takes_the_best_verified_fp32_configuration_of_any_runtime():
+    points = [_point(batch_size=256, throughput=10_000, verified=True),
+              _point(runtime="aoti", format="aoti", batch_size=256, throughput=25_000, verified=True),
+              _point(runtime="openvino", mode="f32", batch_size=256, throughput=40_000, verified=False),
+              _point(runtime="openvino", mode="bf16", batch_size=256, throughput=60_000, verified=True),  # bf16
+              _point(runtime="pytorch", format="pytorch", batch_size=256, throughput=30_000, verified=True)]
+    report = BenchReport(machine={}, versions={}, settings={}, session_options={}, model_flops_per_image=4_586_000,
+                         matmul_peak_gflops=200.0, points=points, load_ms={}, skipped={})
+    t = targets(report)["best_verified_fp32_throughput_vs_matmul_peak"]
+    assert t["value"] == pytest.approx(25_000 * 4.586e-3 / 200) and not t["met"] and "aoti" in t["detail"]
+
+
 def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_path):
     result = run_cli("bench", "--sweep", "--mode", "f32,bf16", "--optimization", "all", "--concurrency", "1",
                      "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx",
