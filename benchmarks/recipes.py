@@ -5,7 +5,13 @@ trains on the rest and is scored on them. A variant is its recipe with one ingre
 an ingredient pays when taking it out lowers the mean validation accuracy over the seeds. The test set is
 evaluated by the trainer as always, but this script records none of it: choosing on it would overfit it.
 
+The `fast in float32` variants train in float32 (as a CPU without native bf16 does) and are compared with
+`fast in float32`, the recipe as it runs there: they weigh how long the first layer learns, which trades a
+little accuracy for step time (the wall seconds beside each row; benchmarks/train_profile.py --no-bf16 times
+the step alone).
+
     python benchmarks/recipes.py --data-dir data --out benchmarks/results/recipes.json
+    python benchmarks/recipes.py --data-dir data --float32 --out benchmarks/results/recipes_float32.json
 """
 
 from __future__ import annotations
@@ -38,6 +44,22 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "fast with SGD (Nesterov, lr 0.1)": ("fast", dict(optimizer="sgd", lr=0.1, nesterov=True, weight_decay=5e-4),
                                          "takes out"),
 }
+# variants of the recipe as it runs in float32, each compared with the first of them
+FLOAT32: dict[str, tuple[str, dict, str]] = {
+    "fast in float32": ("fast", dict(bf16=False), ""),
+    "fast in float32, first layer learning throughout": ("fast", dict(bf16=False, float32_first_layer_steps=1.0),
+                                                         "takes out"),
+    "fast in float32, first layer learning a quarter of the steps": (
+        "fast", dict(bf16=False, float32_first_layer_steps=0.25), "takes out"),
+    "fast in float32, first layer never learning": ("fast", dict(bf16=False, float32_first_layer_steps=0.0),
+                                                    "takes out"),
+}
+VARIANTS.update(FLOAT32)
+
+
+def _base(name: str, recipe: str) -> str:
+    """The variant a variant is compared with: its recipe, or the recipe in float32."""
+    return "fast in float32" if name in FLOAT32 else recipe
 
 
 def run(recipe: str, overrides: dict, seed: int, data_dir: str, holdout: int) -> dict:
@@ -50,9 +72,9 @@ def run(recipe: str, overrides: dict, seed: int, data_dir: str, holdout: int) ->
 
     config = make_config(recipe, seed=seed, holdout=holdout, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        train(config, data_dir, Path(tmp) / "run", on_epoch=on_epoch)
+        result = train(config, data_dir, Path(tmp) / "run", on_epoch=on_epoch)
     return {"seed": seed, "val_accuracy": curve[-1]["val_accuracy"], "wall_seconds": time.perf_counter() - t0,
-            "curve": curve}
+            "compute": result.compute, "curve": curve}
 
 
 def summarize(variants: dict) -> dict:
@@ -61,7 +83,7 @@ def summarize(variants: dict) -> dict:
     means = {name: statistics.mean(r["val_accuracy"] for r in v["runs"]) for name, v in variants.items() if v["runs"]}
     out = {}
     for name, mean in means.items():
-        recipe, kind = variants[name]["recipe"], VARIANTS[name][2]
+        recipe, kind = _base(name, variants[name]["recipe"]), VARIANTS[name][2]
         row = {"mean_val_accuracy": mean, "min_val_accuracy": min(r["val_accuracy"] for r in variants[name]["runs"]),
                "mean_wall_seconds": statistics.mean(r["wall_seconds"] for r in variants[name]["runs"]),
                "seeds": len(variants[name]["runs"]), "change": kind}
@@ -82,6 +104,7 @@ def main() -> None:
     parser.add_argument("--fast-seeds", default="0,1,2", help="the fast variants take seconds: more seeds")
     parser.add_argument("--holdout", type=int, default=10000)
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    parser.add_argument("--float32", action="store_true", help="only the variants of the recipe in float32")
     parser.add_argument("--out", default="benchmarks/results/recipes.json")
     parser.add_argument("--summarize-only", action="store_true", help="recompute the summary of --out's runs")
     args = parser.parse_args()
@@ -91,6 +114,8 @@ def main() -> None:
         fileio.write_json(args.out, result)
         return
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
+    if args.float32:
+        names = [n for n in names if n in FLOAT32]
 
     result = {"benchmark": "recipes", "holdout": args.holdout, "machine": sysinfo.machine(),
               "versions": sysinfo.versions("torch", "numpy"), "torch_threads": torch.get_num_threads(),

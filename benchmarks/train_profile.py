@@ -8,8 +8,14 @@
 4. Step time of the changes made after this profile, against what they replaced, alternated in rounds:
    pooling before ReLU (the notebook's order was ReLU then pool: same values, same gradients) and the fused
    AdamW kernel (against the default multi-tensor one).
+5. The step's choices, one changed at a time against the recipe's step, alternated in rounds, as seconds of
+   training steps per epoch of 60,000 images: memory format (channels_last or contiguous), oneDNN or native
+   convolution, batch size, intra-op threads, AdamW kernel, and the first layer frozen.
+
+`--no-bf16` profiles the float32 step (what a CPU without AVX512-BF16/AMX runs) on any CPU.
 
     python benchmarks/train_profile.py --data-dir data --out benchmarks/results/train_profile.json
+    python benchmarks/train_profile.py --data-dir data --no-bf16 --out benchmarks/results/train_profile_float32.json
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 import time
 
@@ -32,7 +39,7 @@ from toolkit.model import ConvNet, forward_flops
 from toolkit.preprocess import BACKGROUND
 from toolkit.recipes import make_config
 from toolkit.train import bf16_supported, evaluate
-from toolkit.train_step import Step, build_training, training_loss
+from toolkit.train_step import Step, build_training, first_layer, frozen_from, training_loss
 
 
 class ReluThenPool(ConvNet):
@@ -65,11 +72,14 @@ def phases(config, data_dir: str) -> dict:
     steps = math.ceil(len(X) / config.batch_size)
     model, optimizer, scheduler, average = timed("model and optimizer set-up", build_training, config, "cpu", steps)
     use_bf16 = config.bf16 and bf16_supported("cpu")
+    freeze = frozen_from(config, steps, use_bf16)
     rng, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(0)
     t_epoch = time.perf_counter()  # the epoch as `toolkit.train` times it: from shuffling to evaluation
     order = timed("shuffling and batch gathering", lambda: torch.randperm(len(X), generator=shuffle))
     model.train()
-    for start in range(0, len(X), config.batch_size):
+    for i, start in enumerate(range(0, len(X), config.batch_size)):
+        if i == freeze:
+            first_layer(model).requires_grad_(False)
         x, y = timed("shuffling and batch gathering", lambda: (X[order[start:start + config.batch_size]],
                                                               Y[order[start:start + config.batch_size]]))
         if config.distortion.active:
@@ -93,7 +103,8 @@ def phases(config, data_dir: str) -> dict:
     timed("evaluation (10,000 test images)", evaluate, average.module if average else model, X_test, Y_test,
           config.eval_batch_size)
     epoch = time.perf_counter() - t_epoch
-    return {"phases_seconds": clock, "epoch_seconds": epoch, "steps": steps, "bf16": use_bf16}
+    return {"phases_seconds": clock, "epoch_seconds": epoch, "steps": steps, "bf16": use_bf16,
+            "first_layer_frozen_from_step": freeze}
 
 
 def operator_table(config, steps: int = 50) -> list[dict]:
@@ -155,19 +166,71 @@ def compare_steps(config, rounds: int, steps: int) -> dict:
             "speedup_vs_before": {name: before / m for name, m in medians.items()}}
 
 
+def step_choices(config, rounds: int, images: int = 2560) -> dict:
+    """Seconds of training steps per 60,000 images for the recipe's step and for each choice changed alone,
+    alternated in rounds; `images` per variant per round."""
+    bf16 = config.bf16 and bf16_supported("cpu")
+    threads = torch.get_num_threads()
+
+    def variant(*, batch_size=config.batch_size, channels_last=config.channels_last, mkldnn=True,
+                num_threads=threads, fused=True, frozen=False):
+        changed = dataclasses.replace(config, batch_size=batch_size, channels_last=channels_last, rotate=0.0,
+                                      scale=0.0, shift=0.0, elastic=0.0)
+        model, _, _, _ = build_training(changed, "cpu", 10_000)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused,
+                                      foreach=None if fused else True)
+        if frozen:
+            first_layer(model).requires_grad_(False)
+        step = Step(changed, model, optimizer, None, None, None, bf16)
+        x, y = _batch(changed)
+
+        def run():
+            torch.set_num_threads(num_threads)
+            with torch.backends.mkldnn.flags(enabled=mkldnn):
+                for _ in range(max(1, images // batch_size)):
+                    step(x, y)
+            torch.set_num_threads(threads)
+        return run, max(1, images // batch_size) * batch_size
+
+    variants = {"recipe step": variant(),
+                "contiguous (not channels_last)" if config.channels_last else "channels_last":
+                    variant(channels_last=not config.channels_last),
+                "native convolution (oneDNN off)": variant(mkldnn=False),
+                **{f"batch {b}": variant(batch_size=b) for b in (64, 256, 512) if b != config.batch_size},
+                **({"1 thread": variant(num_threads=1)} if threads > 1 else {}),
+                "multi-tensor AdamW (not fused)": variant(fused=False),
+                "first layer frozen": variant(frozen=True)}
+    seconds = {name: [] for name in variants}
+    for run, _ in variants.values():
+        run()
+    for _ in range(rounds):
+        for name, (run, n) in variants.items():
+            t = time.perf_counter()
+            run()
+            seconds[name].append((time.perf_counter() - t) / n * 60_000)
+    medians = {name: statistics.median(v) for name, v in seconds.items()}
+    return {"compute": "bfloat16" if bf16 else "float32", "threads": threads, "rounds": rounds,
+            "images_per_round": images, "median_step_seconds_per_epoch": medians,
+            "step_seconds_per_epoch_each_round": seconds,
+            "time_vs_recipe_step": {name: m / medians["recipe step"] for name, m in medians.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-bf16", action="store_true", help="profile the float32 step even where bf16 is native")
     parser.add_argument("--out", default="benchmarks/results/train_profile.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = make_config(args.recipe, device="cpu")
+    config = make_config(args.recipe, device="cpu", bf16=False if args.no_bf16 else None)
 
+    load_before = os.getloadavg()  # the machine may be shared: its load is part of the result
     epoch = phases(config, args.data_dir)
     ops = operator_table(config)
     comparison = compare_steps(config, args.rounds, steps=20)
+    choices = step_choices(config, args.rounds)
     bf16 = epoch["bf16"]
     peak = matmul_peak_gflops(torch.bfloat16 if bf16 else torch.float32)
     # a training step costs about three forward passes (backward: gradients for inputs and weights), less the
@@ -177,10 +240,11 @@ def main() -> None:
     train_flops = 3 * forward_flops(model) - conv1
     step_s = comparison["median_ms_per_step"]["pool then relu, fused AdamW (now)"] / 1000
     achieved = train_flops * config.batch_size / step_s / 1e9
-    result = {"benchmark": "train_profile", "recipe": args.recipe, "config": dataclasses.asdict(config),
-              "machine": sysinfo.machine(), "versions": sysinfo.versions("torch", "numpy"),
-              "torch_threads": torch.get_num_threads(), "epoch": epoch, "top_operators": ops,
-              "step_comparison": comparison,
+    result = {"benchmark": "train_profile", "recipe": args.recipe, "compute": "bfloat16" if bf16 else "float32",
+              "config": dataclasses.asdict(config), "machine": sysinfo.machine(),
+              "versions": sysinfo.versions("torch", "numpy"), "torch_threads": torch.get_num_threads(),
+              "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
+              "epoch": epoch, "top_operators": ops, "step_comparison": comparison, "step_choices": choices,
               "efficiency": {"train_mflop_per_image": train_flops / 1e6, "step_gflops": achieved,
                              "matmul_peak_gflops": peak, "peak_dtype": "bfloat16" if bf16 else "float32",
                              "fraction_of_peak": achieved / peak}}
@@ -190,6 +254,7 @@ def main() -> None:
         print(f"{name:34s} {seconds:6.2f} s  {100 * seconds / total:5.1f}%")
     print(json.dumps({k: v for k, v in comparison.items() if k != "ms_per_step_each_round"}, indent=2))
     print(json.dumps(result["efficiency"], indent=2))
+    print(json.dumps(choices["median_step_seconds_per_epoch"], indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
-from toolkit.train_step import Step, build_training, train_epoch
+from toolkit.train_step import Step, build_training, frozen_from, train_epoch
 
 
 def resolve_device(device: str) -> str:
@@ -81,6 +81,11 @@ class TrainResult:
     config: dict[str, Any]
     history: list[EpochStats] = field(default_factory=list)
     resumed_from_epoch: int = 0
+
+    @property
+    def compute(self) -> str:
+        """The training step's compute mode: bfloat16 (autocast) or float32."""
+        return "bfloat16" if self.bf16 else "float32"
 
     @property
     def test_accuracy(self) -> float:
@@ -152,7 +157,8 @@ def train(
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, average, rngs)
     start_epoch = len(history)
-    step = Step(config, model, optimizer, scheduler, average, rngs.augment, use_bf16)
+    step = Step(config, model, optimizer, scheduler, average, rngs.augment, use_bf16,
+                done=start_epoch * steps_per_epoch, frozen_from=frozen_from(config, steps_per_epoch, use_bf16))
     evaluated = average.module if average is not None else model
 
     result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
@@ -293,9 +299,11 @@ def _save_run(run_dir: Path, model, optimizer, scheduler, average, rngs: Generat
                     "train_accuracy": last.train_accuracy, "train_seconds": result.train_seconds},
         "device": result.device,
         "bf16": result.bf16,
+        "compute": result.compute,
         "data_md5": mnist.md5_manifest(),
         "versions": sysinfo.versions("torch", "torchvision", "numpy"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     fileio.write_json(run_dir / "history.json", {"model": config.model, "recipe": config.recipe,
-                                                  "config": dataclasses.asdict(config), "epochs": history})
+                                                  "compute": result.compute, "config": dataclasses.asdict(config),
+                                                  "epochs": history})

@@ -70,9 +70,26 @@ def training_loss(log_probs, y, label_smoothing: float = 0.0):
     return loss
 
 
+def first_layer(model):
+    """The model's first layer with weights (ConvNet: conv1; MLP: its first hidden layer)."""
+    return next(m for m in model.modules() if not any(True for _ in m.children())
+                and any(True for _ in m.parameters(recurse=False)))
+
+
+def frozen_from(config: TrainConfig, steps_per_epoch: int, bf16: bool) -> int | None:
+    """The step (counted from 0 over the whole run) from which the first layer stops learning; None: never.
+    Only float32 runs freeze it: a bf16 step is fast enough to keep the last bit of accuracy it buys."""
+    if bf16 or config.float32_first_layer_steps >= 1.0:
+        return None
+    return round(config.float32_first_layer_steps * config.epochs * steps_per_epoch)
+
+
 @dataclass
 class Step:
-    """One optimization step of a run: augment, forward (bf16 autocast if on), loss, backward, update, average."""
+    """One optimization step of a run: augment, forward (bf16 autocast if on), loss, backward, update, average.
+
+    `done` counts the run's steps so far (a resumed run starts at its epochs times the steps per epoch); from
+    `frozen_from` on, the first layer is frozen: no gradient is computed for it, the optimizer skips it."""
 
     config: TrainConfig
     model: Any
@@ -81,14 +98,21 @@ class Step:
     average: Any
     augment_rng: Any
     bf16: bool
+    done: int = 0
+    frozen_from: int | None = None  # None: never
     distortion: Distortion = field(init=False)
 
     def __post_init__(self) -> None:
         self.distortion = self.config.distortion  # built once, not at every step
+        if self.frozen_from is not None and self.done > self.frozen_from:  # resumed after the freeze
+            first_layer(self.model).requires_grad_(False)
 
     def __call__(self, x, y):
         import torch
 
+        if self.done == self.frozen_from:
+            first_layer(self.model).requires_grad_(False)  # its last gradient is dropped by zero_grad below
+        self.done += 1
         if self.distortion.active:
             x = distort(x, self.distortion, self.augment_rng, background=BACKGROUND)
             if self.config.channels_last:
