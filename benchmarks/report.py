@@ -29,7 +29,6 @@ EARLIER_CHECKPOINT = ("on the artifacts of a checkpoint from an earlier default 
                       "graphs applied ReLU before max-pooling (the same outputs; the ConvNet now pools first)")
 PROVENANCE = {
     "verify.json": f"Measured {EARLIER_CHECKPOINT}.",
-    "quantization.json": f"Measured {EARLIER_CHECKPOINT}.",
     "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
@@ -228,19 +227,27 @@ def peers(r: dict) -> list[str]:
 
 
 def quantization(r: dict) -> list[str]:
-    lines = [f"### int8 variants (`benchmarks/quantization.py`, {machine(r['machine'])})", "",
-             "| graph | activations | weights | accuracy (change) | median best int8 images/s | "
-             "speed-up vs best fp32, median (each run) |", "|---|---|---|---:|---:|---:|"]
+    batches = "/".join(str(b) for b in r["settings"]["batch_sizes"])
+    labels = r["settings"]["threads"]
+    lines = [f"### int8 variants (`benchmarks/quantization.py`, {machine(r['machine'])}, int8 flags "
+             f"{', '.join(r['machine'].get('int8_flags', [])) or 'none'})", "",
+             "ONNX Runtime, CPU; each int8 file timed against fp32 in one process, interleaved, "
+             f"{r['settings']['rounds']} rounds; speed-up = median of fp32 time / int8 time. Transpose / DQ: "
+             "nodes left in ONNX Runtime's optimized graph. `shipped` is the same graph as the candidate it names.",
+             "", "| variant | settings | test accuracy (change) | Transpose / DQ | " +
+             " | ".join(f"{t}: best images/s, batch {batches}" for t in labels) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(labels)]
     for v in r["variants"]:
-        runs = ", ".join(f"{x:.2f}" for x in v["speedups"])
-        weights = "per-channel" if v["per_channel"] else "per-tensor"
-        lines.append(f"| {v['quant_format']} | {v['activations']} | s8 {weights} "
-                     f"| {v['accuracy']:.2f}% ({v['accuracy_delta']:+.2f}) | {v['int8_best_throughput']:,.0f} | "
-                     f"x{v['speedup_vs_fp32']:.2f} ({runs}) |")
-    best = r.get("fastest_holding_accuracy")
-    if best:
-        lines += ["", f"Fastest that holds accuracy: {best['quant_format']}, {best['activations']} activations, "
-                      f"{'per-channel' if best['per_channel'] else 'per-tensor'} weights."]
+        s = v["settings"]
+        setting = (f"{s['quant_format']}, {s['activations']}, s8 {'per-channel' if s['per_channel'] else 'per-tensor'}"
+                   + (", first conv fp32" if s.get("fp32_nodes") else ""))
+        speed = " | ".join(f"x{t['best_throughput_speedup']:.2f}, " +
+                           " / ".join(f"x{p['speedup_vs_fp32']:.2f}" for p in t["batches"].values())
+                           for t in (v["timing"][label] for label in labels))
+        lines.append(f"| {v['variant']} | {setting} | {v['test_accuracy']:.2f}% ({v['accuracy_delta']:+.2f}) | "
+                     f"{v['optimized_graph']['transpose']} / {v['optimized_graph']['dequantize_linear']} | {speed} |")
+    shipped = r["shipped"]
+    lines += ["", f"`toolkit export` shipped {shipped['variant']} ({shipped['chosen_by']}: {shipped['reason']})."]
     return lines
 
 
