@@ -12,9 +12,10 @@ natively, within 15 s in float32, and every seed ends at 99.0% or more; `best` a
 seeds, none below 99.45%.
 
 `--modes native,float32` also trains each recipe in float32 (bf16 off) even on a CPU with native bf16, as a CPU
-without it would (AVX-512 without AVX512-BF16/AMX, or AVX2 only): the recipe's float32 settings apply. The
-modes alternate seed by seed, so both see the same machine load; each run and the result name their compute
-mode (`--no-bf16` is `--modes float32`).
+without it would (AVX-512 without AVX512-BF16/AMX, or AVX2 only): the recipe's float32 settings apply;
+`float32-unfrozen` is float32 without them (the first layer learning throughout). The modes alternate seed by
+seed, so all see the same machine load; each run and the result name their compute mode (`--no-bf16` is
+`--modes float32`).
 
     python benchmarks/train_speed.py --data-dir data --out benchmarks/results/train_speed.json
     python benchmarks/train_speed.py --data-dir data --modes native,float32 --recipes fast --notebook-epochs 0 \
@@ -42,6 +43,9 @@ from toolkit.recipes import make_config
 from toolkit.train import resolve_device, train
 
 NOTEBOOK_TARGET = 98.8
+# mode -> the settings it changes in every recipe
+MODES = {"native": {}, "float32": {"bf16": False},
+         "float32-unfrozen": {"bf16": False, "float32_first_layer_steps": 1.0}}
 # compute mode -> recipe -> its targets: test accuracy to "reach" "within_seconds" (median of the seeds), the
 # lowest final test accuracy of any seed ("min_final"), and the lowest mean final test accuracy ("mean_final")
 TARGETS = {
@@ -88,9 +92,9 @@ def notebook_pipeline(data_dir: str, max_epochs: int, device: str, seed: int = 0
     return {"epochs": epochs, **_time_to(epochs, NOTEBOOK_TARGET)}
 
 
-def recipe_run(data_dir: str, recipe: str, seed: int, device: str, bf16: bool = True) -> dict:
-    """One seed of a recipe (`bf16=False`: in float32 even where bf16 is native); meant to run in a fresh
-    process, so nothing is warm from an earlier run."""
+def recipe_run(data_dir: str, recipe: str, seed: int, device: str, mode: str = "native") -> dict:
+    """One seed of a recipe in one of MODES; meant to run in a fresh process, so nothing is warm from an
+    earlier run."""
     epochs = []
     t0 = time.perf_counter()
 
@@ -99,7 +103,7 @@ def recipe_run(data_dir: str, recipe: str, seed: int, device: str, bf16: bool = 
                        "elapsed_seconds": time.perf_counter() - t0})
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = make_config(recipe, seed=seed, device=device, bf16=None if bf16 else False)
+        config = make_config(recipe, seed=seed, device=device, **MODES[mode])
         result = train(config, data_dir, Path(tmp) / "run", on_epoch=on_epoch)
     wall = time.perf_counter() - t0
     return {"seed": seed, "epochs": epochs, "final_test_accuracy": result.test_accuracy, "wall_seconds": wall,
@@ -174,16 +178,16 @@ def main() -> None:
     parser.add_argument("--recipes", default="fast,best")
     parser.add_argument("--notebook-epochs", type=int, default=15, help="0: leave the notebook pipeline out")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--modes", default="native",
-                        help="native (bf16 where the CPU has it), float32 (bf16 off), or both: native,float32")
+    parser.add_argument("--modes", default="native", help="comma-separated: native (bf16 where the CPU has "
+                        "it), float32 (bf16 off), float32-unfrozen (bf16 and the recipe's float32 settings off)")
     parser.add_argument("--no-bf16", action="store_true", help="--modes float32")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
 
     modes = ["float32"] if args.no_bf16 else args.modes.split(",")
-    if not set(modes) <= {"native", "float32"}:
-        parser.error(f"--modes takes native and/or float32, got {args.modes}")
+    if not set(modes) <= set(MODES):
+        parser.error(f"--modes takes {', '.join(MODES)}; got {args.modes}")
 
     load_before = os.getloadavg()  # the machine may be shared: its load is part of the result
     recipes: dict[str, list[dict]] = {}
@@ -192,8 +196,8 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             for mode in modes:
                 with spawn.Pool(1) as pool:  # a fresh process per run: first-use costs are paid every time
-                    run = pool.apply(recipe_run, (args.data_dir, recipe, seed, device, mode == "native"))
-                name = recipe if mode == "native" else f"{recipe} in float32"
+                    run = pool.apply(recipe_run, (args.data_dir, recipe, seed, device, mode))
+                name = recipe if mode == "native" else f"{recipe} in {mode}"
                 recipes.setdefault(name, []).append(run)
                 print(f"{name}, seed {seed} ({run['compute']}): {run['final_test_accuracy']:.2f}% "
                       f"in {run['wall_seconds']:.1f} s", flush=True)

@@ -17,10 +17,12 @@ from toolkit.errors import CheckpointError, ConfigError
 # `seed` is the 2019 notebook; `fast` passes 99.0% in one epoch; `best` is the most accurate in a few minutes.
 # Each setting of `fast` and `best` was chosen on a validation split held out of the training set, never on the
 # test set: benchmarks/recipes.py measures what each one adds.
-# Where bf16 is not native (or is turned off) a run computes in float32, about 1.5x slower per step; there `fast`
-# freezes its first layer after half the steps, which costs ~0.04% of validation accuracy and saves ~15% of the
-# epoch (benchmarks/recipes.py --float32, benchmarks/train_profile.py --no-bf16). Every other setting is the
-# same in both modes: channels_last, batch 128, two threads and the fused AdamW measured best in float32 too.
+# Where bf16 is not native (or is turned off) a run computes in float32, a slower step; there `fast` freezes its
+# first layer after half of its steps (float32_first_layer_steps): the earliest freeze tried (0, 1/4, 1/2) that
+# keeps the mean validation accuracy at the recipe's 99.0% (benchmarks/results/recipes_float32.json; the step
+# times are in train_profile_float32*.json). Its other settings hold in float32 too: channels_last and oneDNN
+# convolutions (contiguous or native ones are slower), fused AdamW, and batch 128 (a larger one fits fewer steps
+# into the epoch and costs validation accuracy: "fast with batch 256" in recipes.json).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
                  schedule="constant", bf16=False, channels_last=False),
@@ -59,7 +61,7 @@ class TrainConfig:
     ema: float = 0.0  # decay per step of an exponential moving average of the weights (0: none); it is what is saved
     # in a float32 run (bf16 off, or not native on the device): the fraction of the training steps in which the
     # first layer learns; after them it is frozen, which spares the backward pass the first layer's gradients and
-    # the gradient flowing into the second layer's input, a third of the step (benchmarks/train_profile.py)
+    # the gradient flowing into the second layer's input (benchmarks/train_profile.py --no-bf16 times it)
     float32_first_layer_steps: float = 1.0
     holdout: int = 0  # keep the last N training images out of training, as a validation split
     model: str = DEFAULT_MODEL
