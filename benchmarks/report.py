@@ -29,7 +29,6 @@ EARLIER_CHECKPOINT = ("on the artifacts of a checkpoint from an earlier default 
                       "graphs applied ReLU before max-pooling (the same outputs; the ConvNet now pools first)")
 PROVENANCE = {
     "verify.json": f"Measured {EARLIER_CHECKPOINT}.",
-    "peers.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
@@ -209,20 +208,28 @@ def inference(r: dict, provider: str) -> list[str]:
 
 def peers(r: dict) -> list[str]:
     rep = r["bench_report"]
-    lines = [f"### The same files on other engines (`benchmarks/peers.py`, {machine(rep['machine'])})", "",
-             "One run, interleaved rounds; versions: "
-             + ", ".join(f"{name} {v['version']}" for name, v in rep["runtimes"].items()) + ".", "",
+    peak, int8_peak = r.get("matmul_peak_gflops"), r.get("int8_matmul_peak_gops")
+    lines = [f"### The same files on every engine (`benchmarks/peers.py`, {machine(r['machine'])})", "",
+             "One bench run, interleaved rounds, each engine at the settings its short search found best; versions: "
+             + ", ".join(f"{name} {v['version']}" for name, v in rep["runtimes"].items()) + ". Share of peak: "
+             f"images/s x {r['model_flops_per_image'] / 1e6:.2f} MFLOP per image over the matmul peak measured in "
+             f"the same run (float32 {peak:.0f} GFLOP/s" + (f", int8 {int8_peak:.0f} GOP/s" if int8_peak else "")
+             + "); none for bf16 modes.", "",
              "| engine, file, precision mode | batch-1 p50 ms | vs ORT fp32 | best images/s (batch 64-256) | "
-             "vs ORT fp32 | judged as | agreement with PyTorch | verified |",
-             "|---|---:|---:|---:|---:|---|---:|---|"]
+             "vs ORT fp32 | share of peak | judged as | agreement with PyTorch | verified |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
     for row in r["rows"]:
         b1 = f"{row['batch1_p50_ms']:.3f} | x{row['batch1_p50_vs_ort_fp32']:.2f}" if row["batch1_p50_ms"] else "- | -"
-        agreement = f"{row['agreement']:,}/10,000" if row["agreement"] is not None else "-"
+        agreement = (f"{row['agreement']:,}/{row['checked_images']:,}" if row["agreement"] is not None else "-")
+        share = f"{row['share_of_peak']:.2f}" if row["share_of_peak"] is not None else "-"
         lines.append(f"| {row['configuration']} | {b1} | {row['best_throughput']:,.0f} | "
-                     f"x{row['throughput_vs_ort_fp32']:.2f} | {row['judged_as']} | {agreement} | "
+                     f"x{row['throughput_vs_ort_fp32']:.2f} | {share} | {row['judged_as']} | {agreement} | "
                      f"{'yes' if row['verified'] else 'FAILED'} |")
-    for regime, f in r["fastest"].items():
-        lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}."]
+    lines.append("")
+    for regime, row in r["fastest"].items():
+        detail = (f"{row['batch1_label']}, batch-1 p50 {row['batch1_p50_ms']:.3f} ms" if "latency" in regime else
+                  f"{row['best_label']}, {row['best_throughput']:,.0f} images/s at batch {row['best_batch']}")
+        lines.append(f"- fastest verified, {regime}: {row['configuration']} ({detail})")
     return lines
 
 
@@ -387,6 +394,25 @@ def _cpu(r: dict) -> str:
     return f"{r['machine']['cpu']}, {r['machine']['cpu_cores']} cores"
 
 
+def _peer_rows(r: dict, row) -> None:
+    """The headline's inference rows: latency against eager, the int8 speed-up, and each regime's fastest."""
+    by = {x["configuration"]: x for x in r["rows"]}
+    ort, eager, int8 = by.get("onnxruntime onnx/fp32"), by.get("pytorch pytorch/fp32"), by.get("onnxruntime onnx/int8")
+    if ort and eager:
+        row("batch-1 p50 latency, ONNX Runtime fp32 / PyTorch eager",
+            f"x{ort['batch1_p50_ms'] / eager['batch1_p50_ms']:.2f}: {ort['batch1_p50_ms']:.3f} ms / "
+            f"{eager['batch1_p50_ms']:.3f} ms")
+    if ort and int8:
+        row("ONNX Runtime int8 / fp32, best images/s", f"x{int8['throughput_vs_ort_fp32']:.2f}: "
+            f"{int8['best_throughput']:,.0f} / {ort['best_throughput']:,.0f}")
+    for regime, x in r["fastest"].items():
+        figure = (f"{x['configuration']}: {x['batch1_p50_ms']:.3f} ms p50 at batch 1" if "latency" in regime else
+                  f"{x['configuration']}: {x['best_throughput']:,.0f} images/s at batch {x['best_batch']}"
+                  + (f", {x['share_of_peak']:.2f} of the {x['judged_as'].replace('fp', 'float')} matmul peak"
+                     if x["share_of_peak"] is not None else ""))
+        row(f"fastest verified, {regime}", figure)
+
+
 def headline() -> list[str]:
     """The README's one table: a few figures from each committed result, each naming its script and CPU."""
     rows, notes = [], {}
@@ -410,6 +436,12 @@ def headline() -> list[str]:
             row("against the 2019 notebook's pipeline", f"`fast` reaches 99.0% "
                 f"{r['summary']['fast_speedup_over_notebook']:.0f}x sooner than it reaches 98.8%",
                 "train_speed.py", "train_speed.json", _cpu(r))
+    r = load("train_speed_modes.json")
+    if r and "fast in float32" in r["summary"]:
+        f32 = r["summary"]["fast in float32"]
+        row("train `fast` in float32 (bf16 turned off: what a CPU without bf16 runs)",
+            f"{f32['mean_test_accuracy']:.2f}% (mean of {f32['seeds']} seeds), 99.0% after "
+            f"{f32['median_seconds_to_target']:.1f} s", "train_speed.py --modes", "train_speed_modes.json", _cpu(r))
     for name in ("verify_best.json", "verify.json"):
         r = load(name)
         if r:
@@ -422,15 +454,14 @@ def headline() -> list[str]:
                 f"{passed}/{len(results)} pass; "
                 f"lowest agreement {worst['agreement']:,}/{worst['n']:,} ({worst['artifact']})", script, name, _cpu(r))
             break
-    r = load("inference_cpu.json")
+    r = load("peers.json")
     if r:
-        t = r["targets"].get("ort_fp32_batch1_p50_vs_eager")
-        if t:
-            row("batch-1 latency, ONNX Runtime fp32 / PyTorch eager", f"x{t['value']:.2f}: {t['detail']}",
-                "inference.sh cpu", "inference_cpu.json", _cpu(r))
-        for regime, f in r.get("fastest", {}).items():
-            row(f"fastest verified ({regime})", f"{f['label']}, batch {f['batch_size']}: {f['p50_ms']:.3f} ms p50, "
-                f"{f['throughput']:,.0f} images/s", "inference.sh cpu", "inference_cpu.json", _cpu(r))
+        _peer_rows(r, lambda what, figure: row(what, figure, "peers.py", "peers.json", _cpu(r)))
+    r = load("make_main.json")
+    if r:
+        row("`make main` once installed (data, train, export, verify, bench)",
+            f"{r['total_seconds']:.0f} s, {r['total_lines_printed']} lines printed, a bench summary of "
+            f"{r['bench']['summary_rows']} rows", "make_main.py", "make_main.json", _cpu(r))
     lines = ["| what | measured | script (`benchmarks/`) | on |", "|---|---|---|---|", *rows]
     for name, mark in notes.items():
         lines += ["", f"{mark} `{name}`: {PROVENANCE[name]}"]
