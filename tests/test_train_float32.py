@@ -81,3 +81,15 @@ def test_a_bf16_run_trains_every_layer_throughout(tmp_path, mnist_dir, monkeypat
     assert (result.bf16, result.compute) == (True, "bfloat16")
     assert not torch.equal(first["conv1.weight"], last["conv1.weight"])
     assert load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")["compute"] == "bfloat16"
+
+
+def test_no_bf16_on_the_command_line_trains_in_float32_and_says_so(tmp_path, mnist_dir):
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--no-bf16", "--epochs", "1", "--train-limit", "1000", "--out", run_dir,
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert "float32, first layer frozen after 50% of the steps" in result.stdout
+    assert json.loads((run_dir / "history.json").read_text())["compute"] == "float32"
+    assert load_checkpoint(run_dir / "checkpoint.pt")["config"]["bf16"] is False

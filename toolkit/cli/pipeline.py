@@ -85,6 +85,10 @@ def train(
         metavar="N", show_default="the recipe's",
         help="Keep the last N training images out of training and report accuracy on them each epoch: a "
              "validation split for choosing settings without looking at the test set.")] = None,
+    bf16: Annotated[Optional[bool], typer.Option(
+        "--bf16/--no-bf16", show_default="the recipe's",
+        help="bf16 autocast where the device computes bf16 natively; --no-bf16 trains in float32, as a CPU "
+             "without bf16 does.")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Train a model on MNIST; writes checkpoint.pt, history.json and errors.png to the run folder."""
@@ -93,11 +97,11 @@ def train(
     from toolkit.recipes import make_config
     from toolkit.train import train as run_training
 
-    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout)
+    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     if resume:
         if any(v is not None for v in overrides.values()):
             raise ConfigError("--resume continues a run with its own settings; "
-                              "drop --epochs/--batch-size/--lr/--train-limit/--holdout")
+                              "drop --epochs/--batch-size/--lr/--train-limit/--holdout/--bf16")
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
         config = make_config(recipe, model=model, seed=seed, device=device)
     else:
@@ -109,8 +113,11 @@ def train(
         result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
                               on_epoch=on_epoch, on_batch=on_batch)
     epochs_run = len(result.history)
-    out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}"
-              f"{', bf16 autocast' if result.bf16 else ''}; test accuracy {result.test_accuracy:.2f}% "
+    frozen = config.float32_first_layer_steps
+    compute = ("bf16 autocast" if result.bf16 else "float32"
+               + (f", first layer frozen after {frozen:.0%} of the steps" if frozen < 1 else ""))
+    out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}, {compute}; "
+              f"test accuracy {result.test_accuracy:.2f}% "
               f"after {epochs_run} epoch{'s' * (epochs_run != 1)} ({result.train_seconds:.1f} s"
               f"{f', resumed after epoch {result.resumed_from_epoch}' if result.resumed_from_epoch else ''})")
     out.print(f"wrote {result.checkpoint}, {Path(result.run_dir) / 'history.json'}, "
