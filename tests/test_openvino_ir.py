@@ -40,6 +40,21 @@ def test_export_lists_each_ir_with_its_bin_hashed_on_its_own(exported):
     assert entries["int8"].parts[0].size_bytes < entries["fp32"].parts[0].size_bytes / 3
 
 
+def test_int8_ir_is_quantized_from_the_graph_with_each_relu_before_its_pool(exported):
+    """The fp32 IR pools before its ReLU, as the model does; the int8 IR applies each ReLU first (the same
+    outputs, as verify proves on all test images) and its manifest entry says which pools moved."""
+    def pool_consumers(xml, weights):
+        model = ov.Core().read_model(str(exported / xml), str(exported / weights))
+        pools = [op for op in model.get_ordered_ops() if op.get_type_name() == "MaxPool"]
+        return [t.get_node().get_type_name() for op in pools for t in op.output(0).get_target_inputs()]
+
+    assert pool_consumers(*IR["fp32"]) == ["Relu", "Relu"]
+    assert "Relu" not in pool_consumers(*IR["int8"])
+    rewrites = _ir_entries(exported)["int8"].settings["graph_rewrites"]
+    assert len(rewrites) == 2 and all(r.startswith("Relu before MaxPool ") for r in rewrites)
+    assert "graph_rewrites" not in _ir_entries(exported)["fp32"].settings
+
+
 def test_ir_rt_info_carries_the_same_metadata_as_the_onnx(exported):
     onnx_meta = onnx_metadata(exported / "model.onnx")
     for precision, (xml, weights) in IR.items():
