@@ -28,9 +28,7 @@ RESULTS = Path(__file__).parent / "results"
 EARLIER_CHECKPOINT = ("on the artifacts of a checkpoint from an earlier default recipe (3 epochs, 99.34%) whose "
                       "graphs applied ReLU before max-pooling (the same outputs; the ConvNet now pools first)")
 PROVENANCE = {
-    "verify.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
-    "web_inference.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
                               "milliseconds.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
