@@ -42,20 +42,19 @@ def image_picks(options: BuildOptions, count: int):
     return pick, valid
 
 
-def calibration_set(options: BuildOptions, ctx: ExportContext):
-    """The normalized training images that calibrate every int8 file (the same `seed` picks the same images,
-    whichever format is quantized); records their number in `ctx`."""
-    images, _ = mnist.load_split(options.data_dir, "train")
-    calib = normalize(images[image_picks(options, len(images))[0]], MEAN, STD)
-    ctx.calibration_images = len(calib)
-    return calib
-
-
-def validation_set(options: BuildOptions):
-    """(normalized images, labels) of training images that no int8 file is calibrated on."""
+def training_sets(options: BuildOptions, ctx: ExportContext):
+    """(calibration images, validation images, validation labels), normalized, from one read of the training set:
+    the images that calibrate every int8 file (the same `seed` picks the same images, whichever format is
+    quantized), and training images that none is calibrated on; records the calibration count in `ctx`."""
     images, labels = mnist.load_split(options.data_dir, "train")
-    valid = image_picks(options, len(images))[1]
-    return normalize(images[valid], MEAN, STD), labels[valid]
+    pick, valid = image_picks(options, len(images))
+    ctx.calibration_images = len(pick)
+    return normalize(images[pick], MEAN, STD), normalize(images[valid], MEAN, STD), labels[valid]
+
+
+def calibration_set(options: BuildOptions, ctx: ExportContext):
+    """The normalized training images that calibrate every int8 file; records their number in `ctx`."""
+    return training_sets(options, ctx)[0]
 
 
 def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
@@ -123,10 +122,9 @@ def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOption
 def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
     """The int8 ModelProto of `fp32_model`: every candidate quantized, the one `int8_choice` picks on this CPU
     returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed."""
-    calib = calibration_set(options, ctx)
+    calib, images, labels = training_sets(options, ctx)
     built = {name: (quantize_candidate(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
              for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
-    images, labels = validation_set(options)
     if len(built) > 1 and len(images):
         measured = int8_choice.measure(fp32_model.SerializeToString(),
                                        {n: m.SerializeToString() for n, (m, _, _) in built.items()}, images, labels)
