@@ -113,7 +113,7 @@ def train(
         result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
                               on_epoch=on_epoch, on_batch=on_batch)
     epochs_run = len(result.history)
-    frozen = config.float32_first_layer_steps
+    frozen = result.config["float32_first_layer_steps"]  # the run's own, also when it was resumed
     compute = ("bf16 autocast" if result.bf16 else "float32"
                + (f", first layer frozen after {frozen:.0%} of the steps" if frozen < 1 else ""))
     out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}, {compute}; "
