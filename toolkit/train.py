@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import devices, fileio, sysinfo
+from toolkit import devices, fileio, heap, sysinfo
 from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
 from toolkit.model import count_parameters
@@ -146,6 +146,8 @@ def train(
                           "--overwrite to start again, or choose another --out")
     fileio.check_writable_dir(run_dir, "run folder")
     use_bf16 = config.bf16 and bf16_supported(device)
+    if device == "cpu":
+        heap.keep_freed_memory()  # each step reuses the last step's memory instead of page-faulting on new
 
     data = _load_tensors(config, data_dir, device)
     torch.manual_seed(config.seed)
