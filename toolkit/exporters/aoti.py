@@ -37,7 +37,18 @@ def _compile(module: nn.Module, device: str, metadata: dict[str, str], work: Pat
     # half-written header file there fails every later compile with "cannot read PCH file".
     options = {"aot_inductor.package": True, "aot_inductor.output_path": str(work / device),
                "aot_inductor.metadata": dict(metadata), "aot_inductor.precompile_headers": False}
-    with quiet(), temporary_cache_dir(str(work / f"cache-{device}")):
+    # Inductor first proves each SIMD instruction set that /proc/cpuinfo lists by compiling and loading a probe
+    # library with it, a large part of the compile, paid again in every fresh cache.
+    # The CPU's own flags are trusted instead; a compiler that cannot target them gets the probes on a retry.
+    try:
+        with quiet(), temporary_cache_dir(str(work / f"cache-{device}")):
+            return torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
+                                               options={**options, "cpp.vec_isa_ok": True})
+    except Exception:  # any failure: the probed compile below raises it again if it is real
+        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+        valid_vec_isa_list.cache_clear()  # the list made without probes would be reused
+    with quiet(), temporary_cache_dir(str(work / f"cache-{device}-probed")):
         return torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=options)
 
 
