@@ -60,10 +60,11 @@ def child(data_dir: str, keep: bool, bf16: bool) -> dict:
     return {"ms_per_step": statistics.median(ms), "faults_per_step": statistics.median(faults)}
 
 
-def measure(data_dir: str, keep: bool, bf16: bool) -> dict:
+def measure(data_dir: str, keep: bool, bf16: bool, env: dict[str, str] | None = None) -> dict:
+    """`child` in a fresh process, with `env` added to this one's environment."""
     args = [sys.executable, __file__, "--child", "--data-dir", data_dir] + (["--keep"] if keep else []) \
         + (["--bf16"] if bf16 else [])
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
     if done.returncode:
         raise SystemExit(f"measuring process failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout)

@@ -93,3 +93,15 @@ def test_no_bf16_on_the_command_line_trains_in_float32_and_says_so(tmp_path, mni
     assert "float32, first layer frozen after 50% of the steps" in result.stdout
     assert json.loads((run_dir / "history.json").read_text())["compute"] == "float32"
     assert load_checkpoint(run_dir / "checkpoint.pt")["config"]["bf16"] is False
+
+
+@pytest.mark.parametrize("flags, native", [({"avx512f", "avx512_vnni"}, False), ({"avx512f", "avx512_bf16"}, True),
+                                           ({"avx2", "amx_bf16"}, True)])
+def test_bf16_counts_only_where_the_cpu_has_it(monkeypatch, flags, native):
+    """oneDNN says yes to bf16 on any AVX-512 CPU and emulates it there: train goes by the CPU's own flags."""
+    import toolkit.train
+    from toolkit import sysinfo
+
+    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": frozenset(flags))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert toolkit.train.bf16_supported("cpu") is native

@@ -36,11 +36,17 @@ def resolve_device(device: str) -> str:
 
 
 def bf16_supported(device: str) -> bool:
-    """Whether bf16 autocast runs natively here (CUDA bf16, or CPUs with AVX512-BF16/AMX)."""
+    """Whether bf16 autocast runs natively here (CUDA bf16, or CPUs with AVX512-BF16/AMX).
+
+    oneDNN also reports bf16 support on an AVX-512 CPU without those (Ice Lake, Cascade Lake), where it emulates
+    it: the `fast` recipe's step then takes 2.3 times as long as in float32 (benchmarks/bf16_emulation.py), so
+    only the CPU's own flags count."""
     import torch
 
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
+    if not sysinfo.native_bf16():
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
