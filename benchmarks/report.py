@@ -123,6 +123,33 @@ def train_profile(r: dict) -> list[str]:
     return lines
 
 
+def bf16_emulation(r: dict) -> list[str]:
+    lines = [f"### bf16 where the CPU only emulates it (`benchmarks/bf16_emulation.py`, {machine(r['machine'])})", "",
+             "The `fast` recipe's training step, median of "
+             f"{r['processes']} processes per setting. oneDNN reports bf16 support on every AVX-512 CPU; capped at an "
+             "Ice Lake's instruction sets it emulates bf16, and `toolkit train` uses bf16 only where the CPU's own "
+             "flags list AVX512-BF16 or AMX.", "",
+             "| oneDNN instruction sets | bf16 autocast ms | float32 ms | bf16 / float32 |", "|---|---:|---:|---:|"]
+    for isa, v in r["summary"].items():
+        ms = v["median_ms_per_step"]
+        lines.append(f"| {isa} | {ms['bf16 autocast']:.1f} | {ms['float32']:.1f} | {v['bf16_over_float32']:.2f}x |")
+    return lines
+
+
+def train_memory(r: dict) -> list[str]:
+    lines = [f"### Freed memory kept in the process (`benchmarks/train_memory.py`, {machine(r['machine'])})", "",
+             f"The `fast` recipe's training step, median of {r['processes']} processes per setting: glibc's default "
+             "returns the step's few-megabyte blocks to the system and faults them in again; `toolkit train` raises "
+             "its mmap and trim thresholds on the CPU.", "",
+             "| compute | glibc default ms | page faults | kept ms | page faults | speed-up |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for mode, v in r["summary"].items():
+        d, k = v["median"]["glibc default"], v["median"]["freed memory kept"]
+        lines.append(f"| {mode} | {d['ms_per_step']:.1f} | {d['faults_per_step']:,.0f} | {k['ms_per_step']:.1f} | "
+                     f"{k['faults_per_step']:,.0f} | x{v['speedup']:.2f} |")
+    return lines
+
+
 def cnn_vs_mlp(r: dict) -> list[str]:
     lines = [f"### ConvNet vs MLP (`benchmarks/cnn_vs_mlp.py`, {machine(r['machine'])})", "",
              "| model | parameters | recipe | epochs | validation error per epoch (%) | final |",
@@ -495,6 +522,7 @@ def sections() -> list[str]:
     """Every section, in reading order, each followed by its provenance line when its JSON has one."""
     out = []
     renders = [("train_speed.json", training), ("recipes.json", recipes), ("train_profile.json", train_profile),
+               ("bf16_emulation.json", bf16_emulation), ("train_memory.json", train_memory),
                ("cnn_vs_mlp.json", cnn_vs_mlp), ("verify.json", artifacts), ("verify_best.json", best_artifacts),
                ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
                ("env_size_all.json", env_size_all),

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit import data as mnist
-from toolkit import fileio, sysinfo
+from toolkit import fileio, heap, sysinfo
 from toolkit.augment import distort
 from toolkit.bench import matmul_peak_gflops
 from toolkit.model import ConvNet, forward_flops
@@ -225,6 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     config = make_config(args.recipe, device="cpu", bf16=False if args.no_bf16 else None)
+    heap.keep_freed_memory()  # as `toolkit train` does on the CPU
 
     load_before = os.getloadavg()  # the machine may be shared: its load is part of the result
     epoch = phases(config, args.data_dir)
