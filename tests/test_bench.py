@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -375,8 +376,9 @@ def test_rounds_warm_up_fully_once_and_with_one_call_after(monkeypatch):
 
     from toolkit.bench import timing
 
-    calls = []
-    runner = SimpleNamespace(timed=lambda batches, io: SimpleNamespace(call=calls.append, batches_per_call=1))
+    calls, drains = [], []
+    runner = SimpleNamespace(timed=lambda batches, io: SimpleNamespace(call=calls.append, batches_per_call=1,
+                                                                       drain=lambda: drains.append(len(calls))))
     candidate = SimpleNamespace(key="k", io="host", concurrency=1, runtime="r", format="f", precision="p",
                                 options=SimpleNamespace(device="cpu"))
     monkeypatch.setattr(timing, "run_guard", lambda r: contextlib.nullcontext())
@@ -385,3 +387,14 @@ def test_rounds_warm_up_fully_once_and_with_one_call_after(monkeypatch):
     # the first call, timed apart; then per round the warm-up (5, then 1 and 1) and 2 timed calls
     assert len(calls) == 1 + (5 + 2) + (1 + 2) + (1 + 2)
     assert len(series[("k", 1)].times) == 6
+    # what a call leaves running is waited for after the first call, and after each warm-up and timed block
+    assert drains == [1, 6, 8, 9, 11, 12, 14]
+
+
+def test_a_timed_block_waits_for_what_its_calls_left_running():
+    """A fed queue's last batches finish after the last call returns: the block's wall time covers them."""
+    from toolkit.bench import timing
+
+    times, wall = timing._measure(lambda i: None, warmup=0, iterations=3, seconds=1.0, offset=0,
+                                  drain=lambda: time.sleep(0.2))
+    assert len(times) == 3 and max(times) < 0.1 and wall >= 0.2

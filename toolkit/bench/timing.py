@@ -28,8 +28,12 @@ MIN_CALLS = 3
 
 
 def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, seconds: float,
-             offset: int, concurrency: int = 1, min_calls: int = MIN_CALLS) -> tuple[list[float], float]:
+             offset: int, concurrency: int = 1, min_calls: int = MIN_CALLS,
+             drain: Callable[[], Any] = lambda: None) -> tuple[list[float], float]:
     """Time calls of `run` after up to `warmup` untimed ones; returns (per-call seconds, wall seconds).
+
+    `drain` waits for work the calls left running: once after the warm-up, untimed, and once at the end, inside
+    the wall time.
 
     Warm-up stops early, after at least one call, once it has taken WARMUP_SHARE of the block's `seconds`: a
     slow call (a large batch in a slow runtime) is warm after one, and five of them would cost more than the
@@ -40,6 +44,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
     while warmed < warmup and (warmed == 0 or time.perf_counter() - warm0 < WARMUP_SHARE * seconds):
         run(offset + warmed)
         warmed += 1
+    drain()
     offset += warmed
     # a fixed count is shared out so the callers' calls add up to it (each makes one at least)
     calls = [None if iterations is None else max(1, iterations // concurrency + (k < iterations % concurrency))
@@ -47,6 +52,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
     if concurrency == 1:
         wall0 = time.perf_counter()
         times = _loop(run, offset, calls[0], seconds, concurrency, min_calls)
+        drain()
         return times, time.perf_counter() - wall0
 
     # threads are started before the clock and released together, so their start-up is not timed
@@ -64,6 +70,7 @@ def _measure(run: Callable[[int], Any], warmup: int, iterations: int | None, sec
     wall0 = time.perf_counter()
     for w in workers:
         w.join()
+    drain()
     return [t for part in parts for t in part], time.perf_counter() - wall0
 
 
@@ -166,7 +173,8 @@ def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner],
                     # warms it
                     warmup = budget.warmup if rnd == 0 else min(budget.warmup, 1)
                     block, wall = _measure(timed.call, warmup, per_round, budget.seconds / budget.rounds,
-                                           offset=rnd, concurrency=c.concurrency, min_calls=min_calls)
+                                           offset=rnd, concurrency=c.concurrency, min_calls=min_calls,
+                                           drain=timed.drain)
                 s.times.extend(block)
                 s.wall_s += wall
                 done += 1
@@ -179,4 +187,5 @@ def time_rounds(jobs: list[Job], open_runner: Callable[[Candidate], Runner],
 def _first_call(timed: Timed) -> Series:
     t0 = time.perf_counter()
     timed.call(0)
+    timed.drain()
     return Series((time.perf_counter() - t0) * 1e3, timed.batches_per_call)

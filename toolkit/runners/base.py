@@ -64,10 +64,13 @@ def check_time_limit(value: float | None) -> None:
 class Timed:
     """A prepared timing loop body: `call(i)` runs batch i (of the rotated ones) `batches_per_call` at a time.
 
-    Made inside `run_guard`, each call restarts the guard's clock: the time limit is per call."""
+    A call may return with work still running (an async queue kept fed): `drain()` waits for it, so a timed
+    block that ends with it covers every batch it started. Made inside `run_guard`, each call restarts the
+    guard's clock: the time limit is per call."""
 
     call: Callable[[int], Any]
     batches_per_call: int = 1
+    drain: Callable[[], Any] = lambda: None
 
     def __post_init__(self) -> None:
         watch = getattr(_local, "watch", None)

@@ -106,8 +106,8 @@ class OpenVinoRunner(Runner):
 
     @property
     def in_flight(self) -> int:
-        """Requests kept in flight when timing: OpenVINO's optimal number with the throughput hint, else 1."""
-        return optimal_requests(self.compiled) if self.options.hint == "throughput" else 1
+        """Requests kept in flight when timing: requests_in_flight with the throughput hint, else 1."""
+        return requests_in_flight(self.compiled) if self.options.hint == "throughput" else 1
 
     def _cancel(self) -> bool:
         self.request.cancel()  # stops a queued request; a running one may finish its node first
@@ -128,9 +128,20 @@ def optimal_requests(compiled: Any) -> int:
     return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
 
+# requests queued per optimal one: when a stream finishes a batch, the next is already waiting for it
+# (benchmarks/openvino_requests.py measures the depths)
+QUEUE_DEPTH = 2
+
+
+def requests_in_flight(compiled: Any) -> int:
+    """How many requests bench keeps in flight with the throughput hint."""
+    return QUEUE_DEPTH * optimal_requests(compiled)
+
+
 def timed_in_flight(compiled: Any, inputs: list[Any], n: int) -> Timed:
-    """A loop body for bench whose one call keeps `n` of the converted `inputs` in flight at once, then waits
-    for all: what OpenVINO's throughput hint is for."""
+    """A loop body for bench that keeps OpenVINO's queue of `n` requests fed, as its throughput hint expects:
+    each call starts `n` of the converted `inputs` (a start waits for a free request) and returns, and `drain`
+    waits for those still running."""
     import openvino as ov
 
     queue = ov.AsyncInferQueue(compiled, n)
@@ -138,8 +149,7 @@ def timed_in_flight(compiled: Any, inputs: list[Any], n: int) -> Timed:
     def run_queue(i: int) -> None:
         for k in range(n):
             queue.start_async(inputs[(i * n + k) % len(inputs)])
-        queue.wait_all()
-    return Timed(run_queue, batches_per_call=n)
+    return Timed(run_queue, batches_per_call=n, drain=queue.wait_all)
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> OpenVinoRunner:
