@@ -1,11 +1,12 @@
 """How bench keeps OpenVINO's throughput-hint queue busy: drained after every call, or kept fed.
 
 Bench's throughput call used to start OPTIMAL_NUMBER_OF_INFER_REQUESTS requests and wait for all of them, so
-every call ended with the streams draining one by one. It now keeps the queue fed (a call starts its requests and
-returns; the block waits for the last ones at its end, inside its wall time), with QUEUE_DEPTH times the optimal
-number of requests. This times, on each OpenVINO file of an export folder (the IRs and the .onnx files OpenVINO
-reads; f32 precision) at two batch sizes, the old way and the fed queue at 1, 2 and 3 times the optimal number,
-alternated in rounds on real test images. The result is the median images/s of each and its gain over the old way.
+every call ended with the streams draining one by one. It now keeps a queue of QUEUE_DEPTH times that many
+requests fed: a call starts the optimal number and returns (a start waits for a free request), and the block
+waits for the last ones at its end, inside its wall time. This times, on each OpenVINO file of an export folder
+(the IRs and the .onnx files OpenVINO reads; f32 precision) at two batch sizes, the old way, the fed queue 1, 2
+and 3 times the optimal number deep, and a queue twice as deep whose calls each start all of it, alternated in
+rounds on real test images. The result is the median images/s of each and its gain over the old way.
 
     python benchmarks/openvino_requests.py --artifacts exported --data-dir data \
         --out benchmarks/results/openvino_requests.json
@@ -28,9 +29,11 @@ from toolkit.runners.base import RunnerOptions
 from toolkit.runners.openvino import QUEUE_DEPTH, compile_model, optimal_requests, read_ir, read_onnx, timed_in_flight
 
 FILES = ("model.xml", "model.int8.xml", "model.onnx", "model.int8.onnx")
-# name -> (whether each call waits for its requests, requests in flight as a multiple of the optimal number)
-WAYS = {"drained after every call, 1x optimal": (True, 1), "fed, 1x optimal": (False, 1),
-        "fed, 2x optimal": (False, 2), "fed, 3x optimal": (False, 3)}
+# name -> (whether each call waits for its requests, requests each call starts and queue depth, both as multiples
+# of the optimal number)
+WAYS = {"drained after every call, 1x optimal": (True, 1, 1), "fed, 1x optimal queued": (False, 1, 1),
+        "fed, 2x optimal queued": (False, 1, 2), "fed, 3x optimal queued": (False, 1, 3),
+        "fed, 2x optimal queued, all started by each call": (False, 2, 1)}
 OLD = "drained after every call, 1x optimal"
 BATCH_SIZES = (64, 256)
 
@@ -63,9 +66,9 @@ def main() -> None:
         for name, c in compiled.items():
             for bs in BATCH_SIZES:
                 batches = [[np.ascontiguousarray(images[k * bs:(k + 1) * bs])] for k in range(8)]
-                for way, (drained, multiple) in WAYS.items():
-                    n = multiple * optimal[name]
-                    timed = timed_in_flight(c, batches, n)
+                for way, (drained, per_call, depth) in WAYS.items():
+                    n = per_call * optimal[name]
+                    timed = timed_in_flight(c, batches, n, depth)
                     timed.call(0)  # warm
                     timed.drain()
                     calls, t0 = 0, time.perf_counter()

@@ -351,7 +351,7 @@ class OnnxElsewhere(Runner):
             return super().timed(batches, io)
         with run_guard(self):
             inputs = [self._feed(b) for b in batches]
-        return openvino.timed_in_flight(self.compiled, inputs, openvino.requests_in_flight(self.compiled))
+        return openvino.timed_in_flight(self.compiled, inputs, openvino.optimal_requests(self.compiled))
 
 
 def _has_toolkit_metadata(data: bytes) -> bool:

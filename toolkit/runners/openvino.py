@@ -120,7 +120,7 @@ class OpenVinoRunner(Runner):
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         if self.options.hint != "throughput":
             return super().timed(batches, io)
-        return timed_in_flight(self.compiled, [[self._feed(b)] for b in batches], self.in_flight)
+        return timed_in_flight(self.compiled, [[self._feed(b)] for b in batches], optimal_requests(self.compiled))
 
 
 def optimal_requests(compiled: Any) -> int:
@@ -138,13 +138,13 @@ def requests_in_flight(compiled: Any) -> int:
     return QUEUE_DEPTH * optimal_requests(compiled)
 
 
-def timed_in_flight(compiled: Any, inputs: list[Any], n: int) -> Timed:
-    """A loop body for bench that keeps OpenVINO's queue of `n` requests fed, as its throughput hint expects:
-    each call starts `n` of the converted `inputs` (a start waits for a free request) and returns, and `drain`
-    waits for those still running."""
+def timed_in_flight(compiled: Any, inputs: list[Any], n: int, depth: int = QUEUE_DEPTH) -> Timed:
+    """A loop body for bench that keeps a queue of `depth` times `n` OpenVINO requests fed, as its throughput
+    hint expects: each call starts `n` of the converted `inputs` and returns (a start waits for a free request),
+    and `drain` waits for those still running."""
     import openvino as ov
 
-    queue = ov.AsyncInferQueue(compiled, n)
+    queue = ov.AsyncInferQueue(compiled, depth * n)
 
     def run_queue(i: int) -> None:
         for k in range(n):
