@@ -557,9 +557,8 @@ def tour_bench() -> list[str]:
     r, text = load("tour_bench.json"), RESULTS / "tour_bench.txt"
     if not r or not text.exists():
         return ["Not measured yet: `benchmarks/tour_bench.sh`."]
-    return [f"What it printed in one run (`benchmarks/tour_bench.sh`, {machine(r['machine'])}, shared with other "
-            "work), on the artifacts the test suite exports from the default recipe (int8 calibrated on 300 "
-            "images, not 500):", "", "```text", *[line.rstrip() for line in text.read_text().strip("\n").splitlines()],
+    return [f"What it printed in one run after `make main` (`benchmarks/tour_bench.sh`, {machine(r['machine'])}):",
+            "", "```text", *[line.rstrip() for line in text.read_text().strip("\n").splitlines()],
             "```"]
 
 
