@@ -19,6 +19,7 @@ import statistics
 from train_memory import measure
 
 from toolkit import fileio, sysinfo
+from toolkit.recipes import make_config
 
 ISAS = {"all of this CPU's": {}, "AVX512_CORE_VNNI (Ice Lake)": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}}
 COMPUTE = {"bf16 autocast": True, "float32": False}
@@ -45,7 +46,8 @@ def main() -> None:
         print(f"oneDNN with {isa} instruction sets: bf16 {ms['bf16 autocast']:.1f} ms/step, "
               f"float32 {ms['float32']:.1f} ms/step: bf16 takes {summary[isa]['bf16_over_float32']:.2f}x")
     fileio.write_json(args.out, {
-        "benchmark": "bf16_emulation", "recipe": "fast", "batch_size": 128, "machine": sysinfo.machine(),
+        "benchmark": "bf16_emulation", "recipe": "fast", "batch_size": make_config("fast").batch_size,
+        "machine": sysinfo.machine(),
         "versions": sysinfo.versions("torch"), "processes": args.processes,
         "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
         "summary": summary, "ms_per_step_each_process": runs})

@@ -86,6 +86,7 @@ def main() -> None:
         parser.error("--processes must be between 1 and 50")
 
     from toolkit import fileio, sysinfo
+    from toolkit.recipes import make_config
 
     modes = {"float32": False} | ({"bf16": True} if sysinfo.native_bf16() else {})
     load_before = os.getloadavg()
@@ -103,7 +104,8 @@ def main() -> None:
               f"({med[SETTINGS[0]]['faults_per_step']:.0f} faults) -> {med[SETTINGS[1]]['ms_per_step']:.1f} ms/step "
               f"({med[SETTINGS[1]]['faults_per_step']:.0f} faults): {summary[mode]['speedup']:.2f}x")
     fileio.write_json(args.out, {
-        "benchmark": "train_memory", "recipe": "fast", "batch_size": 128, "machine": sysinfo.machine(),
+        "benchmark": "train_memory", "recipe": "fast", "batch_size": make_config("fast").batch_size,
+        "machine": sysinfo.machine(),
         "versions": sysinfo.versions("torch"), "warmup_steps": WARMUP_STEPS, "timed_steps": TIMED_STEPS,
         "rounds_per_process": ROUNDS_PER_PROCESS, "processes": args.processes,
         "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},

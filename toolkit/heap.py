@@ -2,9 +2,9 @@
 
 Every step of a CPU training run allocates and frees the same few-megabyte activations and gradients (the
 first convolution's output alone is 5.9 MB at batch 128). glibc serves blocks over its mmap threshold with
-fresh mappings and returns them, and trims the heap top, so the next step touches new pages again: thousands of
-page faults per step, 15-30% of a float32 step on a 2-core VM (benchmarks/train_memory.py). Raising both
-thresholds once makes those blocks come from, and go back to, the heap.
+fresh mappings and returns them, and trims the heap top, so the next step touches new pages again:
+thousands of page faults per step. Raising both thresholds once makes those blocks come from, and go back to,
+the heap (benchmarks/train_memory.py measures the float32 step with and without).
 """
 
 from __future__ import annotations
