@@ -107,9 +107,13 @@ def test_verify_takes_both_on_every_image_at_full_batch_and_one_at_a_time(export
     out, export_seconds = exported_torch
     # a process of its own, as a user runs it: 20,000 calls at batch 1 in a test process that holds the thread
     # pools of every earlier test ran many times slower than the command does
+    scratch = tmp_path / "tmp"  # where the AOTInductor loader unpacks the package
+    scratch.mkdir()
     done = run_process(python, "-m", "toolkit", "verify", "--artifacts", out, "--data-dir", mnist_dir,
-                       "--batch1-images", "10000", "--json", tmp_path / "v.json", timeout=600)
+                       "--batch1-images", "10000", "--json", tmp_path / "v.json", timeout=600,
+                       env=dict(os.environ, TMPDIR=str(scratch)))
     assert done.returncode == 0, done.stderr
+    assert not [p.name for p in scratch.iterdir() if "aoti" in p.name]  # nothing unpacked is left behind
     report = json.loads((tmp_path / "v.json").read_text())
     rows = {r["artifact"]: r for r in report["results"]}
     assert set(rows) == set(FILES.values()) and report["passed"]

@@ -5,7 +5,8 @@ export wrote) must name the format, precision and source checkpoint the manifest
 run code: `torch.export.load` unpickles parts of the archive and an AOTInductor package is a shared library.
 
 AOTInductor's loader reads a path, not bytes: the verified bytes are written to a private file (0600, in a
-fresh 0700 folder), loaded from there and deleted, so what runs is exactly what was hashed.
+fresh 0700 folder), loaded from there and deleted, so what runs is exactly what was hashed. The loader unpacks
+the package into that folder too, and the folder goes with the loaded model.
 torch is imported inside the functions, so importing this module stays cheap.
 """
 
@@ -16,7 +17,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,18 +131,42 @@ def load_aoti(data: bytes, device: str, label: str) -> Any:
                                   f"with {device.upper()} to compile it for {device}")
     from torch.export.pt2_archive._package import AOTICompiledModel
 
-    with tempfile.TemporaryDirectory(prefix="toolkit-aoti-") as folder:  # 0700
+    folder = tempfile.mkdtemp(prefix="toolkit-aoti-")  # 0700
+    try:
         path = Path(folder) / "model.pt2"
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
         try:
-            with _torch_quiet():
+            with _torch_quiet(), _temp_dir(folder):
                 # the loader C++ programs use (examples/cpp), for this device's model alone: torch's
                 # load_package would also try to load the other devices' models
                 loader = torch._C._aoti.AOTIModelPackageLoader(str(path), AOTI_MODELS[device], False, 1, -1)
         except Exception as e:
             raise ArtifactError(f"{label} is not a loadable AOTInductor package ({one_line(e, 200)})") from None
-    return AOTICompiledModel(loader)
+        path.unlink()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    model = AOTICompiledModel(loader)
+    # The loader unpacks the package into a folder of its own, which only its C++ destructor removes, and an
+    # interpreter leaves objects undestroyed at exit: unpacked inside `folder`, it goes with the model or at
+    # exit (finalize runs at exit), whichever comes first.
+    weakref.finalize(model, shutil.rmtree, folder, ignore_errors=True)
+    return model
+
+
+@contextlib.contextmanager
+def _temp_dir(folder: str) -> Iterator[None]:
+    """TMPDIR set to `folder` (where AOTInductor's loader makes its folder) for the block."""
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before
 
 
 def open_exported(artifact: Artifact, options: RunnerOptions) -> TorchRunner:
