@@ -93,6 +93,7 @@ def test_both_load_with_torchs_own_api_in_a_process_without_toolkit(exported_tor
         assert "toolkit" not in sys.modules
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TMPDIR"] = str(tmp_path)  # torch's loader unpacks the package there and leaves it at exit
     done = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "log_probs" in done.stdout and "pixel / 255" in done.stdout  # metadata in the archive and in the model
