@@ -25,6 +25,14 @@ from toolkit.formats import FORMATS
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest-xdist's workers share the cores: a worker whose torch runs a thread per core fights the other worker's
+# threads for them, and OpenMP's spinning threads waste what they win. Each worker takes its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 @dataclass
 class Result:

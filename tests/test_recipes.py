@@ -82,7 +82,7 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
 
 
 def _best(**overrides):
-    return make_config("best", device="cpu", epochs=3, train_limit=3000, **overrides)
+    return make_config("best", device="cpu", epochs=2, train_limit=3000, **overrides)
 
 
 def test_held_out_images_are_never_trained_on(tmp_path, mnist_dir):
@@ -110,7 +110,7 @@ def test_weight_averaging_saves_the_average_and_resumes_exactly(tmp_path, mnist_
     # what is evaluated and exported is the average, not the last step's weights
     averaged, raw = straight["state_dict"], straight["training_state_dict"]
     assert not torch.equal(averaged["fc_layer1.weight"], raw["fc_layer1.weight"])
-    assert straight["averaged_steps"] == 3 * 20  # 2,500 images in batches of 128, three epochs
+    assert straight["averaged_steps"] == 2 * 20  # 2,500 images in batches of 128, two epochs
 
 
 def test_a_checkpoint_from_before_the_recipes_resumes_with_its_own_settings():
