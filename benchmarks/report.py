@@ -25,10 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 # Results measured on something other than what the toolkit builds now, by file: one line each, shown under
 # that file's section and beside its rows in the headline. A file re-measured on the current default pipeline
 # is taken out of this table.
-EARLIER_CHECKPOINT = ("on the artifacts of a checkpoint from an earlier default recipe (3 epochs, 99.34%) whose "
-                      "graphs applied ReLU before max-pooling (the same outputs; the ConvNet now pools first)")
 PROVENANCE = {
-    "inference_cpu.json": f"Measured {EARLIER_CHECKPOINT}.",
     "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
                               "milliseconds.",
     "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
