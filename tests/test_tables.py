@@ -109,7 +109,33 @@ def test_bench_plot_is_small_multiples_from_the_committed_results(tmp_path, monk
     assert "batch 1, one call at a time" in titles
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "8", "64", "256", "1024"]
     legend = figures[0].legends[0]
-    assert {t.get_text() for t in legend.get_texts()} >= {"onnxruntime", "openvino", "pytorch"}
+    runtimes = {p.runtime for p in report.points}
+    assert {t.get_text() for t in legend.get_texts()} >= runtimes  # every runtime drawn has its colour named
+    from matplotlib.colors import to_hex
+
+    from toolkit.plots import RUNTIME_COLORS
+
+    drawn = {to_hex(line.get_color()) for ax in axes[:4] for line in ax.get_lines()}
+    assert drawn <= {to_hex(RUNTIME_COLORS[r]) for r in runtimes}  # no runtime left in the unnamed grey
+    for ax in axes:  # plain numbers on every axis, not powers of ten run together
+        labels = [t.get_text() for t in ax.get_xticklabels(which="both") + ax.get_yticklabels(which="both")]
+        assert not [t for t in labels if "times" in t or "$" in t], labels
+
+
+def test_an_async_queue_draws_no_spread_from_its_call_times():
+    """A call to OpenVINO's async queue only starts requests, so one that finds free requests returns at once:
+    its call times say nothing of a batch's latency, and no band is drawn from them."""
+    from toolkit.bench.render import _throughput_series
+
+    report = BenchReport.from_json(json.loads((REPO / "benchmarks/results/inference_cpu.json").read_text()))
+    queued = [p for p in report.points if p.hint == "throughput"]
+    called = [p for p in report.points if p.runtime == "onnxruntime"]
+    assert queued and min(p.min_ms / p.p50_ms for p in queued) < 0.1  # the call times that made bands absurd
+    for lines in _throughput_series(queued).values():
+        assert all(low == images == high for line in lines.values() for _, images, low, high in line)
+    for lines in _throughput_series(called).values():
+        assert all(low <= images <= high for line in lines.values() for _, images, low, high in line)
+        assert any(low < high for line in lines.values() for _, _, low, high in line)
 
 
 def _make_main_points(bf16: bool, bf16_fails: bool = False):

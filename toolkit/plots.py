@@ -64,7 +64,8 @@ def save_figure(plt, fig, path: str | Path) -> None:
 
 
 RUNTIME_COLORS = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "opencv": "tab:green",
-                  "pytorch": "tab:red", "torchscript": "tab:orange"}
+                  "pytorch": "tab:red", "torchscript": "tab:orange", "torch-export": "tab:pink",
+                  "aoti": "tab:brown", "executorch": "tab:cyan", "litert": "tab:olive"}
 
 
 Panels = dict[str, dict[tuple[str, str], list[tuple[int, float, float, float]]]]
@@ -97,7 +98,7 @@ def plot_bench(panels: Panels, latency: Latency, path: str | Path, title: str = 
             ax.set_ylabel("images/s")
     _latency_panel(fig.add_subplot(grid[:, cols]), latency)
     handles = _legend_handles(plt, panels)
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.965))
     fig.suptitle(title or "throughput and latency", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -136,7 +137,7 @@ def _throughput_panel(ax: Any, precision: str, lines: dict[tuple[str, str], list
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(scale.low / 1.3, scale.top * 1.3)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    _plain_log_ticks(ax.yaxis, "{:,.0f}")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title({"bf16": "bf16 (OpenVINO bf16 mode on fp32 files)"}.get(precision, f"{precision} files"),
                  fontsize=10)
@@ -144,8 +145,6 @@ def _throughput_panel(ax: Any, precision: str, lines: dict[tuple[str, str], list
 
 def _latency_panel(bars: Any, latency: Latency) -> None:
     """Batch-1 latency per configuration, slowest on top: p50 bars with min-to-p90 whiskers."""
-    from matplotlib.ticker import FuncFormatter
-
     latency = sorted(latency, key=lambda r: r[2], reverse=True)
     ys = range(len(latency))
     bars.barh(ys, [r[2] for r in latency], color=[RUNTIME_COLORS.get(r[1], "tab:gray") for r in latency], alpha=0.8)
@@ -153,10 +152,20 @@ def _latency_panel(bars: Any, latency: Latency) -> None:
                   fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     bars.set_yticks(list(ys), [r[0] for r in latency], fontsize=7)
     bars.set_xscale("log")
-    bars.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _plain_log_ticks(bars.xaxis, "{:g}")
     bars.set_xlabel("ms per call (bar p50, whisker min to p90)")
     bars.set_title("batch 1, one call at a time", fontsize=10)
     bars.grid(True, axis="x", which="both", alpha=0.3)
+
+
+def _plain_log_ticks(axis: Any, fmt: str) -> None:
+    """A log axis labelled at 1, 2 and 5 of each decade in plain numbers (`fmt`), its other ticks unlabelled:
+    over less than two decades matplotlib labels those too, as powers of ten that run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _legend_handles(plt: Any, panels: Panels) -> list[Any]:
@@ -166,4 +175,5 @@ def _legend_handles(plt: Any, panels: Panels) -> list[Any]:
     drawn = {runtime for lines in panels.values() for runtime, _ in lines}
     handles = [Line2D([], [], color=c, marker="o", ms=4, label=r) for r, c in RUNTIME_COLORS.items() if r in drawn]
     return handles + [Line2D([], [], color="gray", linestyle="--", label="app model (uint8 in)"),
-                      plt.Rectangle((0, 0), 1, 1, color="gray", alpha=0.15, label="spread (p90 to min call time)")]
+                      plt.Rectangle((0, 0), 1, 1, color="gray", alpha=0.15,
+                                    label="spread (p90 to min call time; none for async queues)")]

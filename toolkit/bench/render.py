@@ -109,8 +109,10 @@ def _throughput_series(points: list[BenchPoint]) -> Series:
     for p in points:
         if p.provider != "cpu" and p.io != "host":
             continue  # device-resident GPU runs are not comparable with the host-fed lines
-        # the throughput this point would have at its slowest (p90) and fastest (min) call times
-        spread = (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
+        # the throughput this point would have at its slowest (p90) and fastest (min) call times; none for an
+        # async queue, whose calls only start requests (one that finds free requests returns at once)
+        spread = (p.throughput, p.throughput, p.throughput) if p.hint == "throughput" else \
+            (p.throughput * p.p50_ms / p.p90_ms, p.throughput, p.throughput * p.p50_ms / p.min_ms)
         line = panels.setdefault(p.judged_as if p.precision in PRECISION_ORDER else p.precision, {})
         best = line.setdefault((p.runtime, _file_kind(p.format)), {})
         if p.batch_size not in best or p.throughput > best[p.batch_size][1]:
