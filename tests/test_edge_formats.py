@@ -8,6 +8,7 @@ of the session's folder, beside the ONNX and TorchScript files of the same check
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
+from tests.conftest import REPO, Result, assert_one_line_error, run_cli, run_process
 from toolkit import runners
 from toolkit.artifacts import read_manifest
 from toolkit.errors import ArtifactError
@@ -29,13 +30,26 @@ FILES = ("model.pte", "model.int8.pte", "model.tflite", "model.int8.tflite")
 
 
 @pytest.fixture(scope="module")
-def edge_exported(tmp_path_factory, exported, trained, mnist_dir) -> Path:
+def edge_export(tmp_path_factory, exported, trained, mnist_dir) -> tuple[Path, Result]:
     out = tmp_path_factory.mktemp("edge") / "exported"
     shutil.copytree(exported, out)
     result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "executorch,tflite",
                      "--precision", "all", "--out", out, "--data-dir", mnist_dir, "--calibration-size", "300")
     assert result.exit_code == 0, result.stderr
-    return out
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def edge_exported(edge_export) -> Path:
+    return edge_export[0]
+
+
+def test_the_converters_own_progress_and_warnings_stay_out_of_the_output(edge_export):
+    _, result = edge_export
+    assert "[START]" not in result.stdout and "Write Model to Bytes" not in result.stdout  # litert-torch's
+    assert "training mode" not in result.stderr  # the int8 graph is marked as the inference graph it is
+    noise = [line for line in result.stderr.splitlines() if not re.match(r"(exporting: |wrote )", line)]
+    assert not noise, noise  # progress and what was written, nothing of the converters' own
 
 
 @pytest.fixture(scope="module")

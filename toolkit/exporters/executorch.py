@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from toolkit import native_logs
 from toolkit.artifacts import PTE_METADATA_METHOD as METADATA_METHOD
 from toolkit.errors import ArtifactError
 from toolkit.exporters import BuildOptions, Built, ExportContext, int8, quiet
@@ -31,8 +32,9 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
           metadata: dict[str, str]) -> Built:
     """Export, quantize (int8), lower to XNNPACK and write the program with `metadata` inside it."""
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
+        with native_logs.filtered():  # torchao's deprecation warning, logged at import
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
     except ImportError:
         raise ArtifactError("exporting executorch needs ExecuTorch: pip install 'toolkit[executorch]'") from None
     import torch.fx.experimental._config as fx_config

@@ -10,11 +10,13 @@ flatbuffer metadata entry named artifacts.META_KEY (JSON), beside the manifest's
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from toolkit import native_logs
 from toolkit.artifacts import META_KEY
 from toolkit.errors import ArtifactError
 from toolkit.exporters import BuildOptions, Built, ExportContext, fixed_io, int8, quiet
@@ -26,13 +28,10 @@ CALIBRATION_BATCH = 100
 def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportContext, tmp: Path,
           metadata: dict[str, str]) -> Built:
     """Convert `module` (quantized first for int8) and write it with `metadata` in the flatbuffer."""
-    try:
-        import litert_torch
-    except ImportError:
-        raise ArtifactError("exporting tflite needs litert-torch: pip install 'toolkit[litert]'") from None
+    litert_torch = _litert_torch()
     example = (torch.zeros(BATCH, 1, 28, 28),)
     settings = {"batch": BATCH, "layout": "NCHW", "metadata": f"flatbuffer metadata {META_KEY}"}
-    with quiet():
+    with quiet(), native_logs.filtered():  # the converter's C++ logs a line as it writes the flatbuffer
         if precision == "int8":
             quantized, quant_config = _quantized(module, options, ctx)
             model = litert_torch.convert(quantized, example, quant_config=quant_config)
@@ -41,8 +40,23 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
                             calibration_split="train")
         else:
             model = litert_torch.convert(module.eval(), example)
-    tmp.write_bytes(with_metadata(bytes(model.model_content()), json.dumps(metadata)))
+        content = bytes(model.model_content())  # written out only now
+    tmp.write_bytes(with_metadata(content, json.dumps(metadata)))
     return Built(settings=settings, io=fixed_io("tflite", BATCH, "int8" if precision == "int8" else "float32"))
+
+
+def _litert_torch():
+    """litert-torch, imported without its start-up logs and set to print no progress of its own."""
+    try:
+        with native_logs.filtered():  # TensorFlow's start-up notices, torchao's deprecation warning
+            import litert_torch
+    except ImportError:
+        raise ArtifactError("exporting tflite needs litert-torch: pip install 'toolkit[litert]'") from None
+    litert_torch.config.show_progress = False  # its "[START] Write Model to Bytes" lines, on stdout
+    # It loads JAX, which warns at every later fork of the process; the forks that follow are OpenVINO's
+    # telemetry sender (a child that never runs JAX), so the warning only alarms.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    return litert_torch
 
 
 def _quantized(module: nn.Module, options: BuildOptions, ctx: ExportContext):
@@ -59,7 +73,11 @@ def _quantized(module: nn.Module, options: BuildOptions, ctx: ExportContext):
     with torch.no_grad():
         for start in range(0, len(calib), CALIBRATION_BATCH):
             prepared(calib[start:start + CALIBRATION_BATCH])
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    # captured from module.eval(), the graph is an inference graph; its GraphModule still says training (and
+    # refuses .eval()), which the converter would warn about
+    nn.Module.train(converted, False)
+    return converted, QuantConfig(pt2e_quantizer=quantizer)
 
 
 def with_metadata(model: bytes, text: str) -> bytes:

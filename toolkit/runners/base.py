@@ -10,12 +10,10 @@ it to its runner class.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -298,18 +296,3 @@ def check_kind(label: str, declared_format: str, found_kind: str) -> None:
     """ArtifactError when a file's input is not the kind its manifest's format says."""
     if formats.kind_of(declared_format) != found_kind:
         raise ArtifactError(f"{label}: manifest says {declared_format} but its input is {found_kind}")
-
-
-@contextlib.contextmanager
-def native_logs_silenced() -> Iterator[None]:
-    """Drop what a runtime's C++ side logs to stderr while loading (ExecuTorch's CPU probing, LiteRT's delegate
-    notice): a user's stderr carries errors only. Dropped at the file descriptor and in Python."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(io.StringIO()):
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import formats
+from toolkit import formats, native_logs
 from toolkit.artifacts import PTE_METADATA_METHOD, Artifact, read_verified
 from toolkit.errors import ArtifactError
 from toolkit.metadata import Normalization, json_object, read_normalization
-from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
+from toolkit.runners.base import Runner, RunnerOptions, load_error
 
 RUNTIME = "executorch"
 
@@ -24,7 +24,7 @@ def load_program(data: bytes, label: str) -> Any:
     """The ExecuTorch program in the (hash-checked) bytes. The program reads them in place: whoever holds the
     program must hold the bytes too (ExecuTorchRunner does)."""
     try:
-        with native_logs_silenced():  # importing it logs a torch deprecation warning, too
+        with native_logs.silenced():  # importing it logs a torch deprecation warning, too
             from executorch.runtime import Runtime
 
             return Runtime.get().load_program(data)
@@ -54,7 +54,7 @@ class ExecuTorchRunner(Runner):
         super().__init__(label, formats.NORMALIZED, options)
         self._program, self._data = program, data  # the method runs from both: freeing either crashes it
         try:
-            with native_logs_silenced():
+            with native_logs.silenced():
                 self.method = program.load_method("forward")
             sizes = list(program.metadata("forward").input_tensor_meta(0).sizes())
         except Exception as e:  # a program without a usable forward method

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import formats
+from toolkit import formats, native_logs
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError
 from toolkit.metadata import Normalization, json_object, read_normalization
-from toolkit.runners.base import Runner, RunnerOptions, load_error, native_logs_silenced
+from toolkit.runners.base import Runner, RunnerOptions, load_error
 
 RUNTIME = "litert"
 
@@ -61,7 +61,7 @@ def load_interpreter(data: bytes, options: RunnerOptions, label: str) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        with native_logs_silenced():  # the XNNPACK delegate announces itself on stderr
+        with native_logs.silenced():  # the XNNPACK delegate announces itself on stderr
             interpreter = Interpreter(model_content=data, num_threads=options.threads)
             interpreter.allocate_tensors()
     except Exception as e:  # LiteRT raises ValueError/RuntimeError for what it cannot read
