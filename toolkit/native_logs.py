@@ -23,34 +23,36 @@ LOG_LINE = re.compile(r"[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log mess
 def silenced() -> Iterator[None]:
     """Drop everything written to stderr in the block, at the file descriptor and in Python: for loading a
     runtime that announces itself (ExecuTorch's CPU probing, LiteRT's delegate notice)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(io.StringIO()):
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with open(os.devnull, "w") as null, _stderr_fd_to(null.fileno()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager
 def filtered() -> Iterator[None]:
     """Drop the info and warning log lines written to stderr in the block and pass the rest on at its end (a
     progress line comes late, never lost; an error line stays): for a converter that logs as it works."""
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with _stderr_fd_to(sink.fileno()):
+                yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
             sink.seek(0)
             kept = [line for line in sink.read().decode(errors="replace").splitlines(keepends=True)
                     if not LOG_LINE.match(line)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _stderr_fd_to(fileno: int) -> Iterator[None]:
+    """File descriptor 2 pointed at `fileno` for the block, and back after it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fileno, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
