@@ -323,7 +323,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
             versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim",
                                       *(("openvino", "nncf") if parts else ())),
             export_seconds=round(seconds, 3), parts=parts, path=str((out_dir / name).resolve()))
-    log(f"wrote {', '.join(artifact.files)} ({artifact.total_bytes / 1024:.0f} KiB, {seconds:.1f} s)")
+    log(f"wrote {', '.join(artifact.files)} ({artifact.total_bytes / 1024:.0f} KiB, {artifact.export_seconds:.1f} s)")
     return artifact
 
 

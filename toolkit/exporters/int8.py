@@ -132,7 +132,7 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
         name = best.name
         record = {"chosen_by": "measured", "reason": reason, "measured_on": sysinfo.cpu_model(),
                   "validation_images": len(images), "validation_split": "train",
-                  "candidates": [{"variant": m.name, "speedup_vs_fp32": round(m.speedup_vs_fp32, 3),
+                  "candidates": [{"variant": m.name, "speedup_vs_fp32": m.speedup_vs_fp32,
                                   "validation_accuracy": m.accuracy, "fp32_validation_accuracy": m.fp32_accuracy,
                                   "holds_accuracy": m.holds_accuracy} for m in measured]}
     else:
