@@ -2,15 +2,18 @@
 printed, and what its bench covered (the summary's rows, every file and runtime it timed and verified).
 
     python benchmarks/make_main.py --out benchmarks/results/make_main.json
+    python benchmarks/make_main.py --cpus 0 --out benchmarks/results/make_main_1core.json
 
 Run from the checkout's root after the install (`make .venv/.installed-stamp`); it overwrites runs/ and
-exported/ as `make main` does.
+exported/ as `make main` does. `--cpus` pins every command to those CPUs (Linux), as on a machine with that many
+cores: each stage then sizes its threads to them, as it would there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,10 +34,24 @@ def recipe() -> list[str]:
     return lines
 
 
+def _cpu_list(text: str) -> list[int]:
+    try:
+        cpus = sorted({int(c) for c in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of CPU numbers: {text!r}") from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= available:
+        raise argparse.ArgumentTypeError(f"CPUs {text} are not all among this process's {sorted(available)}")
+    return cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/make_main.json")
+    parser.add_argument("--cpus", type=_cpu_list, help="comma-separated CPU numbers to pin every command to")
     args = parser.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus)  # the commands inherit it
 
     steps, t_start = [], time.perf_counter()
     for command in recipe():
@@ -52,7 +69,7 @@ def main() -> None:
     verify = json.loads((REPO / "exported" / "verify.json").read_text())
     timed = sorted({(p["runtime"], p["format"], p["precision"]) for p in bench["points"]})
     result = {
-        "benchmark": "make_main", "machine": sysinfo.machine(),
+        "benchmark": "make_main", "machine": sysinfo.machine(), "pinned_cpus": args.cpus,
         "versions": sysinfo.versions("torch", "onnxruntime", "onnxruntime-gpu"),
         "total_seconds": round(total, 1), "total_lines_printed": sum(s["lines_printed"] for s in steps),
         "steps": steps,

@@ -367,13 +367,30 @@ def make_main(r: dict) -> list[str]:
             return "`toolkit bench --device cuda` where torch sees a GPU"
         return f"`{command.split(' --')[0].removeprefix('.venv/bin/')}`"
 
-    steps = [f"| {name(s['command'])} | {s['seconds']:.1f} | {s['lines_printed']} |" for s in r["steps"]]
+    # the same recipe pinned to fewer CPUs (--cpus), where that run is committed: one more column
+    pinned = load("make_main_1core.json")
+    seconds = {s["command"]: s["seconds"] for s in pinned["steps"]} if pinned else {}
+
+    def more(command: str) -> str:
+        if not pinned:
+            return ""
+        return f" {seconds[command]:.1f} |" if command in seconds else " - |"
+
+    steps = [f"| {name(s['command'])} | {s['seconds']:.1f} | {s['lines_printed']} |{more(s['command'])}"
+             for s in r["steps"]]
+    head = ["| command | seconds | lines printed |", "|---|---:|---:|"]
+    lines_after = []
+    if pinned:
+        head = [head[0] + f" seconds on {len(pinned['pinned_cpus'])} of its cores |", head[1] + "---:|"]
+        lines_after = [f"The last column: the same recipe with every command pinned to "
+                       f"{len(pinned['pinned_cpus'])} core (`--cpus`, `make_main_1core.json`), run right after "
+                       f"the first on the same machine ({pinned['machine']['cpu']}).", ""]
     b, v = r["bench"], r["verify"]
+    total = f"| all | {r['total_seconds']:.0f} | {r['total_lines_printed']} |"
     return [f"### `make main` once installed (`benchmarks/make_main.py`, {machine(r['machine'])})", "",
             f"torch {r['versions']['torch']}, onnxruntime {_ort_version(r)}; output read through a pipe "
             "(progress as plain lines).", "",
-            "| command | seconds | lines printed |", "|---|---:|---:|", *steps,
-            f"| all | {r['total_seconds']:.0f} | {r['total_lines_printed']} |", "",
+            *head, *steps, total + (f" {pinned['total_seconds']:.0f} |" if pinned else ""), "", *lines_after,
             f"verify: {v['artifacts']} artifacts on {v['images']:,} images, "
             f"{'all passed' if v['passed'] else 'NOT all passed'}. bench: a summary of {b['summary_rows']} rows "
             f"over {len(b['timed'])} runtime and file pairs ({b['points']} timed points in its JSON), files: "
@@ -479,10 +496,11 @@ def headline() -> list[str]:
     r = load("peers.json")
     if r:
         _peer_rows(r, lambda what, figure: row(what, figure, "peers.py", "peers.json", _cpu(r)))
-    r = load("make_main.json")
+    r, pinned = load("make_main.json"), load("make_main_1core.json")
     if r:
+        one = f" ({pinned['total_seconds']:.0f} s pinned to one core)" if pinned else ""
         row("`make main` once installed (data, train, export, verify, bench)",
-            f"{r['total_seconds']:.0f} s, {r['total_lines_printed']} lines printed, a bench summary of "
+            f"{r['total_seconds']:.0f} s{one}, {r['total_lines_printed']} lines printed, a bench summary of "
             f"{r['bench']['summary_rows']} rows", "make_main.py", "make_main.json", _cpu(r))
     lines = ["| what | measured | script (`benchmarks/`) | on |", "|---|---|---|---|", *rows]
     for name, mark in notes.items():
