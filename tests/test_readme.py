@@ -61,17 +61,38 @@ def test_the_readme_test_commands_are_what_ci_runs():
         assert command in shown, f".ci/run calls {command!r}; the README does not show it"
 
 
-@pytest.mark.parametrize("path", [README, REPO / "benchmarks" / "README.md"], ids=lambda p: p.parent.name or "root")
-def test_the_rendered_blocks_match_the_committed_json(path):
+def _report():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import report
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    return report
+
+
+@pytest.mark.parametrize("path", [README, REPO / "benchmarks" / "README.md"], ids=lambda p: p.parent.name or "root")
+def test_the_rendered_blocks_match_the_committed_json(path):
+    report = _report()
     text = path.read_text()
     assert report.BLOCK.search(text), f"{path.name} has no report.py block"
     assert report.filled(text) == text, (f"{path.relative_to(REPO)} differs from what the JSON renders; run "
                                          "python benchmarks/report.py --write README.md benchmarks/README.md")
+
+
+def test_the_make_main_table_has_a_pinned_column_only_where_a_pinned_run_is_committed(monkeypatch):
+    report = _report()
+    run = json.loads((report.RESULTS / "make_main.json").read_text())
+    pinned = {**run, "pinned_cpus": [0], "total_seconds": 999.0,
+              "steps": [{**step, "seconds": 98.7} for step in run["steps"][1:]]}  # one command it did not run
+    for committed in (None, pinned):
+        monkeypatch.setattr(report, "load", lambda name, c=committed: c if name == "make_main_1core.json" else None)
+        rows = [line for line in report.make_main(run) if line.startswith("| ")]
+        cells = [len(row.strip("|").split("|")) for row in rows]
+        assert cells == [4 if committed else 3] * len(rows), rows  # header, each command and the total
+        if committed:
+            assert rows[0].endswith("| seconds on 1 of its cores |")
+            assert rows[1].endswith("| - |") and all(row.endswith("| 98.7 |") for row in rows[2:-1])
+            assert rows[-1] == f"| all | {run['total_seconds']:.0f} | {run['total_lines_printed']} | 999 |"
 
 
 @pytest.mark.parametrize("doc", [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"],
