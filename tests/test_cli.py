@@ -1,10 +1,15 @@
 """The command line as scripts and pipes see it: plain line-per-epoch output, --version, --quiet."""
 
+import json
+import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import run_process
 from toolkit import __version__
+from toolkit.recipes import make_config
 
 
 def test_version(python):
@@ -27,6 +32,14 @@ def test_train_into_a_pipe_prints_each_epoch_as_it_finishes(tmp_path, mnist_dir)
     assert lines[1][1] is None  # the first epoch's line arrived while training was still running
     assert text[3].startswith("convnet: 431,080 parameters") and text[4].startswith("wrote ")
     assert not any(ch in "".join(text) for ch in "┏━│└")  # no table borders in a pipe
+    # each epoch shows the highest rate its steps used: the one-cycle schedule (a quarter of the 2 x 24 steps
+    # warming up from lr / 25) peaks at the recipe's lr in epoch 1, and only falls in epoch 2, from where it starts
+    lr = make_config().lr
+    epochs = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
+    assert epochs[0]["lr"] == pytest.approx(lr / 25) and epochs[0]["peak_lr"] == pytest.approx(lr)
+    assert epochs[1]["peak_lr"] == epochs[1]["lr"] < lr
+    assert [re.search(r"  peak lr=(\S+)  ", line).group(1) for line in text[1:3]] == \
+        [f"{e['peak_lr']:.3g}" for e in epochs]
 
 
 def test_quiet_prints_nothing_but_errors(tmp_path, mnist_dir, python):

@@ -63,9 +63,10 @@ class EpochStats:
     test_loss: float
     test_accuracy: float
     seconds: float
-    lr: float
+    lr: float  # at the epoch's start
     val_loss: float | None = None  # on the held-out part of the training set, when the run keeps one
     val_accuracy: float | None = None
+    peak_lr: float | None = None  # the highest any step of the epoch used (None in histories written before it)
 
     @property
     def train_error(self) -> float:
@@ -233,7 +234,7 @@ def _run_epoch(epoch: int, step: Step, data: _Tensors, shuffle: Any, evaluated: 
     t0 = time.perf_counter()
     lr = step.optimizer.param_groups[0]["lr"]
     order = torch.randperm(len(data.x), generator=shuffle).to(device)
-    train_loss, train_correct = train_epoch(step, data.x, data.y, order, config.batch_size, on_batch)
+    train_loss, train_correct, peak_lr = train_epoch(step, data.x, data.y, order, config.batch_size, on_batch)
     val_loss = val_acc = None
     if data.validation is not None:
         val_loss, val_acc = evaluate(evaluated, *data.validation, config.eval_batch_size)
@@ -242,7 +243,7 @@ def _run_epoch(epoch: int, step: Step, data: _Tensors, shuffle: Any, evaluated: 
         torch.cuda.synchronize()
     return EpochStats(epoch=epoch, train_loss=train_loss, train_accuracy=100.0 * train_correct / len(data.x),
                       test_loss=test_loss, test_accuracy=test_acc, seconds=time.perf_counter() - t0, lr=lr,
-                      val_loss=val_loss, val_accuracy=val_acc)
+                      val_loss=val_loss, val_accuracy=val_acc, peak_lr=peak_lr)
 
 
 @dataclass

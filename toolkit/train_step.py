@@ -131,19 +131,23 @@ class Step:
         return out, loss
 
 
-def train_epoch(step: Step, X, Y, order, batch_size: int, on_batch: Callable[[int], None]) -> tuple[float, int]:
-    """One pass over X in the given order; returns (mean training loss, correct predictions)."""
+def train_epoch(step: Step, X, Y, order, batch_size: int,
+                on_batch: Callable[[int], None]) -> tuple[float, int, float]:
+    """One pass over X in the given order; returns (mean training loss, correct predictions, the highest learning
+    rate a step used: with a one-cycle schedule the epoch's own peak, not the rate it started at)."""
     import torch
 
     step.model.train()
     loss_sum = torch.zeros((), device=X.device)
     correct = torch.zeros((), dtype=torch.long, device=X.device)
+    peak_lr = 0.0
     for batch, start in enumerate(range(0, len(X), batch_size), start=1):
         idx = order[start:start + batch_size]
         y = Y[idx]
+        peak_lr = max(peak_lr, step.optimizer.param_groups[0]["lr"])  # what this step's update uses
         out, loss = step(X[idx], y)
         # accumulated on the device: a .item() per batch would stall a GPU
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         on_batch(batch)
-    return loss_sum.item() / len(X), int(correct.item())
+    return loss_sum.item() / len(X), int(correct.item()), peak_lr

@@ -228,12 +228,12 @@ def epoch_display(header: str, epochs: int, validation: bool) -> Iterator[tuple[
     tee log` keeps them), and the bar's plain lines on stderr. `validation`: the run holds out a validation
     split, shown in its own column."""
     columns = ("epoch", "train loss", "train acc %", *(("val acc %",) if validation else ()), "test loss",
-               "test acc %", "lr", "seconds")
+               "test acc %", "peak lr", "seconds")
 
     def cells(s: Any, total: int) -> tuple[str, ...]:
         val = (f"{s.val_accuracy:.2f}",) if validation else ()
         return (f"{s.epoch}/{total}", f"{s.train_loss:.4f}", f"{s.train_accuracy:.2f}", *val, f"{s.test_loss:.4f}",
-                f"{s.test_accuracy:.2f}", f"{s.lr:.3g}", f"{s.seconds:.1f}")
+                f"{s.test_accuracy:.2f}", f"{s.lr if s.peak_lr is None else s.peak_lr:.3g}", f"{s.seconds:.1f}")
 
     table = Table(title=header)
     for col in columns:
