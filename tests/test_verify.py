@@ -202,3 +202,15 @@ def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     assert "runtime opencv is not installed" in assert_one_line_error(result, 2)
     selection = runners.select_runtimes(["all"])
     assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]
+
+
+def test_the_reference_is_named_by_the_path_a_person_would_write(trained, mnist_dir):
+    """A manifest keeps its checkpoint relative to its own folder ("../runs/..."); joined, that path reads
+    exported/../runs/...: the report names it without the detour, and loads exactly that file."""
+    from toolkit.fileio import file_digest
+    from toolkit.verify import load_reference
+
+    detour = trained / ".." / trained.name / "checkpoint.pt"
+    ref = load_reference(str(detour), str(mnist_dir))
+    assert ref.name == f"checkpoint {trained / 'checkpoint.pt'}" and ".." not in ref.name
+    assert ref.source_sha256 == file_digest(trained / "checkpoint.pt")

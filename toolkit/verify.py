@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -310,7 +311,9 @@ def load_reference(checkpoint: str, data_dir: str) -> Reference:
     """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
     pixels, labels = mnist.load_split(data_dir, "test")
     sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
+    # named as a person would write the path: a manifest's "../runs/..." joined to its folder reads runs/...
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels),
+                     name=f"checkpoint {os.path.normpath(checkpoint)}",
                      checkpoint=str(checkpoint), source_sha256=sha)
 
 
