@@ -214,3 +214,12 @@ def test_the_reference_is_named_by_the_path_a_person_would_write(trained, mnist_
     ref = load_reference(str(detour), str(mnist_dir))
     assert ref.name == f"checkpoint {trained / 'checkpoint.pt'}" and ".." not in ref.name
     assert ref.source_sha256 == file_digest(trained / "checkpoint.pt")
+
+
+def test_a_detour_through_a_symlinked_folder_is_named_as_given(trained, tmp_path):
+    from toolkit.verify import _shortest
+
+    (tmp_path / "link").symlink_to(trained)  # link/.. is trained's parent, not tmp_path
+    through = tmp_path / "link" / ".." / trained.name / "checkpoint.pt"
+    assert _shortest(through) == str(through)  # normalized it would name tmp_path/convnet/..., another path
+    assert _shortest(trained / ".." / trained.name / "checkpoint.pt") == str(trained / "checkpoint.pt")

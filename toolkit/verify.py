@@ -311,10 +311,18 @@ def load_reference(checkpoint: str, data_dir: str) -> Reference:
     """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
     pixels, labels = mnist.load_split(data_dir, "test")
     sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    # named as a person would write the path: a manifest's "../runs/..." joined to its folder reads runs/...
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels),
-                     name=f"checkpoint {os.path.normpath(checkpoint)}",
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {_shortest(checkpoint)}",
                      checkpoint=str(checkpoint), source_sha256=sha)
+
+
+def _shortest(path: str | Path) -> str:
+    """`path` as a person would write it (a manifest's "../runs/..." joined to its folder reads runs/...), where
+    that names the same file: through a symlinked folder, ".." leads elsewhere than the text suggests."""
+    short = os.path.normpath(path)
+    try:
+        return short if os.path.samefile(short, path) else str(path)
+    except OSError:
+        return str(path)
 
 
 def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
