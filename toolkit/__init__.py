@@ -1,3 +1,4 @@
-"""toolkit: train the MNIST ConvNet, export it to TorchScript/ONNX, prove parity, and benchmark it."""
+"""toolkit: train the MNIST ConvNet (or bring your own), export it to ONNX and the other runtimes' formats, prove
+each file computes what PyTorch does, and benchmark it."""
 
 __version__ = "0.1.0"

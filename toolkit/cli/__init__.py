@@ -27,8 +27,9 @@ from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT
 # width; defaults show as [default: ...], values as named placeholders (SIZES, PATH).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                  help="Train the MNIST ConvNet, export it to ONNX/TorchScript/torch.export/AOTInductor, prove parity, "
-                       "and benchmark it.")
+                  help="Train the MNIST ConvNet (or bring your own model's weights), export it to ONNX, OpenVINO "
+                       "IR, torch.export, AOTInductor, ExecuTorch, LiteRT or TorchScript, prove each file computes "
+                       "what PyTorch does, and benchmark it.")
 
 # An argument's help names its value by its metavar (A, FILE, IMAGES); typer would add the Python type too
 # (<list[Path]>), which says nothing to a user.
