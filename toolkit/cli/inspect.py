@@ -43,7 +43,7 @@ def compare(
         metavar="A", help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
     more: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="[C...]", show_default=False, help="Further models, each judged against A like B.")] = None,
+        metavar="C", show_default=False, help="Further models, each judged against A like B.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -100,7 +100,7 @@ def compare(
 
 def bench(
     files: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="FILE...", show_default=False,
+        metavar="FILE", show_default=False,
         help="Time these model files alone (toolkit-made or not: .onnx, .pt2, .aoti.pt2, TorchScript, .pte, .tflite, "
              "IR .xml), each in every runtime that opens it, instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
