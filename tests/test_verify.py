@@ -204,22 +204,32 @@ def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]
 
 
-def test_the_reference_is_named_by_the_path_a_person_would_write(trained, mnist_dir):
+
+def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(trained, exported, mnist_dir,
+                                                                              tmp_path):
     """A manifest keeps its checkpoint relative to its own folder ("../runs/..."); joined, that path reads
-    exported/../runs/...: the report names it without the detour, and loads exactly that file."""
+    exported/../runs/...: verify names and loads it as runs/..., the same file."""
+    import os
+
+    from toolkit.artifacts import find_checkpoint, read_manifest
     from toolkit.fileio import file_digest
-    from toolkit.verify import load_reference
 
-    detour = trained / ".." / trained.name / "checkpoint.pt"
-    ref = load_reference(str(detour), str(mnist_dir))
-    assert ref.name == f"checkpoint {trained / 'checkpoint.pt'}" and ".." not in ref.name
-    assert ref.source_sha256 == file_digest(trained / "checkpoint.pt")
+    manifest = read_manifest(exported)
+    assert ".." in manifest[0].source_checkpoint  # the detour is there to take out
+    found = find_checkpoint(exported, manifest)
+    assert ".." not in str(found) and os.path.samefile(found, trained / "checkpoint.pt")
+    assert file_digest(found) == manifest[0].source_sha256
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "onnx", "--precision",
+                     "fp32", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["checkpoint"] == str(found) and report["reference"] == f"checkpoint {found}"
 
 
-def test_a_detour_through_a_symlinked_folder_is_named_as_given(trained, tmp_path):
-    from toolkit.verify import _shortest
+def test_a_detour_through_a_symlinked_folder_is_kept_as_given(trained, tmp_path):
+    from toolkit.fileio import shortest
 
     (tmp_path / "link").symlink_to(trained)  # link/.. is trained's parent, not tmp_path
     through = tmp_path / "link" / ".." / trained.name / "checkpoint.pt"
-    assert _shortest(through) == str(through)  # normalized it would name tmp_path/convnet/..., another path
-    assert _shortest(trained / ".." / trained.name / "checkpoint.pt") == str(trained / "checkpoint.pt")
+    assert shortest(through) == through  # normalized it would name tmp_path/convnet/..., another path
+    assert shortest(trained / ".." / trained.name / "checkpoint.pt") == trained / "checkpoint.pt"

@@ -440,7 +440,7 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     for path in candidates:
         try:
             if path.is_file() and path.stat().st_size < 1 << 30 and fileio.file_digest(path) in wanted:
-                return path
+                return fileio.shortest(path)  # the manifest's path is relative to its folder: exported/../runs/...
         except OSError:
             continue
     sha = next(iter(wanted), "")

@@ -105,6 +105,16 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def shortest(path: str | os.PathLike) -> Path:
+    """`path` as a person would write it ("exported/../runs/x" reads runs/x), where that names the same file:
+    through a symlinked folder, ".." leads elsewhere than the text suggests, and the path is kept as given."""
+    short = os.path.normpath(path)
+    try:
+        return Path(short if os.path.samefile(short, path) else path)
+    except OSError:
+        return Path(path)
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create `path` if needed and make sure files can be written there, or raise ConfigError."""
     from toolkit.errors import ConfigError

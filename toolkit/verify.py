@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -311,18 +310,8 @@ def load_reference(checkpoint: str, data_dir: str) -> Reference:
     """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
     pixels, labels = mnist.load_split(data_dir, "test")
     sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {_shortest(checkpoint)}",
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
                      checkpoint=str(checkpoint), source_sha256=sha)
-
-
-def _shortest(path: str | Path) -> str:
-    """`path` as a person would write it (a manifest's "../runs/..." joined to its folder reads runs/...), where
-    that names the same file: through a symlinked folder, ".." leads elsewhere than the text suggests."""
-    short = os.path.normpath(path)
-    try:
-        return short if os.path.samefile(short, path) else str(path)
-    except OSError:
-        return str(path)
 
 
 def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
