@@ -90,15 +90,17 @@ def notebook_weights(tmp_path_factory, mnist_dir) -> Path:
     return path
 
 
-ON_DEVICE = ("executorch", "tflite")  # the slowest conversions after aoti's compile
+# The slowest formats to build. aoti compiles the program pt2 saves (pt2 is here and below; test_torch_export.py
+# pays for the C++ compile once); a class of one's own below exports the on-device formats from a state_dict.
+SLOW = ("aoti", "executorch", "tflite")
 
 
 @pytest.fixture(scope="module")
 def notebook_export(tmp_path_factory, notebook_weights, mnist_dir) -> Path:
-    """The notebook's weights in every format and precision, exported once for the tests below, but the
-    on-device formats (ON_DEVICE): a class of one's own below exports those from a state_dict as well."""
+    """The notebook's weights in every format and precision, exported once for the tests below, but the slowest
+    to build (SLOW)."""
     out = tmp_path_factory.mktemp("notebook_export")
-    formats = ",".join(f for f in FORMATS if f not in ON_DEVICE)
+    formats = ",".join(f for f in FORMATS if f not in SLOW)
     result = run_cli("export", "--checkpoint", notebook_weights, "--format", formats, "--precision", "all",
                      "--out", out, "--data-dir", mnist_dir, "--calibration-size", "200")
     assert result.exit_code == 0, result.stderr
@@ -109,7 +111,7 @@ def test_the_notebooks_weights_export_to_every_format(notebook_export, notebook_
     manifest = json.loads((notebook_export / "manifest.json").read_text())
     built = {(a["format"], a["precision"]) for a in manifest["artifacts"]}
     assert built == {(f, p) for f in FORMATS for p in PRECISIONS
-                     if p in FORMATS[f].precisions and f not in ON_DEVICE}
+                     if p in FORMATS[f].precisions and f not in SLOW}
     assert manifest["model"] == {"name": "convnet", "args": {}, "weights": "state_dict"}
     from toolkit.fileio import file_digest
 
@@ -125,7 +127,7 @@ def test_the_notebooks_export_verifies(notebook_export, mnist_dir, tmp_path):
     assert report["reference"].startswith("checkpoint")  # the model rebuilt from the state_dict alone
     fp32 = [r for r in report["results"] if r["judged_as"] == "fp32"]
     assert {r["format"] for r in fp32} == {name for name, f in FORMATS.items()
-                                           if "fp32" in f.precisions and name not in ON_DEVICE}
+                                           if "fp32" in f.precisions and name not in SLOW}
     assert all(r["passed"] and r["agreement"] == r["n"] == 10_000 for r in fp32), fp32
 
 
@@ -183,7 +185,7 @@ MODEL_CODE = '''
 '''
 
 
-# every format at fp32 but aoti, whose C++ compile the notebook's export above already pays for once
+# every format at fp32 but aoti (see SLOW)
 OWN_MODEL_FORMATS = tuple(f for f in FORMATS if f != "aoti")
 
 

@@ -65,6 +65,8 @@ def test_killed_cli_run_keeps_its_last_epoch_and_resumes(tmp_path, mnist_dir, py
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in stderr, stderr  # SIGTERM ends it like Ctrl-C
+    assert stderr.strip().splitlines()[-1] == "terminated"
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")], "hidden temporary files left behind"
     epoch = load_checkpoint(run_dir / "checkpoint.pt")["epoch"]
     assert 1 <= epoch < 4
 
