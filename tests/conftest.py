@@ -105,6 +105,19 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return folder
 
 
+SHARED_BUILDS = ("trained", "exported")  # built once per run by whichever worker first needs them
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each file, the tests that need no shared build run first: while one worker trains and exports, the
+    other gets through those instead of waiting on the lock (pytest-xdist hands out whole files, in order)."""
+    module_rank = {}
+    for item in items:
+        module_rank.setdefault(item.nodeid.split("::")[0], len(module_rank))
+    items.sort(key=lambda item: (module_rank[item.nodeid.split("::")[0]],
+                                 any(name in item.fixturenames for name in SHARED_BUILDS)))
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """Real MNIST, verified; shared across test sessions in $TOOLKIT_TEST_DATA or <repo>/.cache/mnist."""
