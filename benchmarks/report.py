@@ -38,9 +38,13 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def cores(n: int) -> str:
+    return f"{n} core" + "s" * (n != 1)
+
+
 def machine(m: dict) -> str:
     gpu = m.get("gpu")
-    return f"{m['cpu']}, {m['cpu_cores']} cores" + (f", GPU {gpu['name']}" if gpu else ", no GPU")
+    return f"{m['cpu']}, {cores(m['cpu_cores'])}" + (f", GPU {gpu['name']}" if gpu else ", no GPU")
 
 
 def training(r: dict) -> list[str]:
@@ -329,7 +333,7 @@ def compat(r: dict) -> list[str]:
     """The engine x file grid of `benchmarks/compat.py`: where verify passed each exported file."""
     m = r["machine"]
     files = [f["file"] for f in r["files"]]
-    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {m['cpu']}, {m['cpu_cores']} cores)", "",
+    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {m['cpu']}, {cores(m['cpu_cores'])})", "",
              "| engine | " + " | ".join(f"`{f}`" for f in files) + " |", "|---|" + "---|" * len(files)]
     cells = {(c["runtime"], c["mode"], c["artifact"]): c for c in r["cells"]}
     for e in r["engines"]:
@@ -383,7 +387,7 @@ def make_main(r: dict) -> list[str]:
     if pinned:
         head = [head[0] + f" seconds on {len(pinned['pinned_cpus'])} of its cores |", head[1] + "---:|"]
         lines_after = [f"The last column: the same recipe with every command pinned to "
-                       f"{len(pinned['pinned_cpus'])} core (`--cpus`, `make_main_1core.json`), run right after "
+                       f"{cores(len(pinned['pinned_cpus']))} (`--cpus`, `make_main_1core.json`), run right after "
                        f"the first on the same machine ({pinned['machine']['cpu']}).", ""]
     b, v = r["bench"], r["verify"]
     total = f"| all | {r['total_seconds']:.0f} | {r['total_lines_printed']} |"
@@ -430,7 +434,7 @@ def torch_export(r: dict) -> list[str]:
 
 
 def _cpu(r: dict) -> str:
-    return f"{r['machine']['cpu']}, {r['machine']['cpu_cores']} cores"
+    return f"{r['machine']['cpu']}, {cores(r['machine']['cpu_cores'])}"
 
 
 def _peer_rows(r: dict, row) -> None:
@@ -498,7 +502,7 @@ def headline() -> list[str]:
         _peer_rows(r, lambda what, figure: row(what, figure, "peers.py", "peers.json", _cpu(r)))
     r, pinned = load("make_main.json"), load("make_main_1core.json")
     if r:
-        one = f" ({pinned['total_seconds']:.0f} s pinned to one core)" if pinned else ""
+        one = f" ({pinned['total_seconds']:.0f} s pinned to {cores(len(pinned['pinned_cpus']))})" if pinned else ""
         row("`make main` once installed (data, train, export, verify, bench)",
             f"{r['total_seconds']:.0f} s{one}, {r['total_lines_printed']} lines printed, a bench summary of "
             f"{r['bench']['summary_rows']} rows", "make_main.py", "make_main.json", _cpu(r))
