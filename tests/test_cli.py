@@ -62,3 +62,29 @@ def test_json_dash_prints_the_json_alone_on_stdout(exported, mnist_dir, python):
     report = json.loads(done.stdout)  # nothing but the JSON: no table, no notes
     assert {p["batch_size"] for p in report["points"]} == {1}
     assert not (exported / "-").exists()
+
+# With torch unimportable (None in sys.modules makes `import torch` fail), a bad option still gets its own one-line
+# error: the options are checked before torch loads, so a mistake costs a fraction of a second, not torch's import.
+_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+from toolkit.cli import main
+sys.argv = ["toolkit", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--lr", "nan"], "lr must be a number"),
+    (["train", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+    (["export", "--opset", "99"], "opset 99 is out of range"),
+    (["export", "--precision", "int8", "--calibration-size", "0"], "calibration-size must be"),
+], ids=["train-lr", "train-model", "train-device", "export-opset", "export-calibration"])
+def test_bad_options_are_refused_before_torch_loads(tmp_path, python, args, message):
+    (tmp_path / "c.pt").write_bytes(b"never read")
+    where = ["--checkpoint", tmp_path / "c.pt"] if args[0] == "export" else []
+    done = run_process(python, "-c", _WITHOUT_TORCH, *args, *where, "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -38,3 +38,10 @@ def test_mlp_is_of_similar_size_and_glorot_initialized():
 def test_unknown_model_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def test_the_torch_free_model_names_are_the_models():
+    from toolkit.model import MODELS
+    from toolkit.recipes import MODEL_NAMES
+
+    assert tuple(MODELS) == MODEL_NAMES

@@ -42,7 +42,6 @@ from toolkit.formats import (
     QUANT_ACTIVATIONS,
     QUANT_FORMATS,
 )
-from toolkit.model import forward_flops
 from toolkit.usermodel import ModelSource
 
 MAX_CALIBRATION_IMAGES = 60000
@@ -274,6 +273,8 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         "model": usermodel.describe(ctx.ckpt),  # how verify and bench may rebuild it (model code: never by itself)
     }
     if refinputs.is_mnist(ctx.input_shape):  # for bench's efficiency targets where torch is absent
+        from toolkit.model import forward_flops  # torch: imported once the options have passed their checks
+
         extra["model_flops_per_image"] = forward_flops(module)
     else:
         extra["input_shape"] = list(ctx.input_shape)

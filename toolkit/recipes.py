@@ -35,6 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_RECIPE = "fast"
 DEFAULT_MODEL = "convnet"
+MODEL_NAMES = ("convnet", "mlp")  # toolkit.model.MODELS, named here so that options are checked before torch loads
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -129,10 +130,8 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Every setting of a run: known names, and numbers finite and within LIMITS."""
-    from toolkit.model import MODELS
-
-    if config.model not in MODELS:
-        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+    if config.model not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
     for name, (low, high) in LIMITS.items():
         value = getattr(config, name)
         if value is None:

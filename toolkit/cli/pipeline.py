@@ -95,7 +95,6 @@ def train(
     from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
     from toolkit.errors import ConfigError
     from toolkit.recipes import make_config
-    from toolkit.train import train as run_training
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     if resume:
@@ -107,6 +106,8 @@ def train(
     else:
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
+
+    from toolkit.train import train as run_training  # torch: imported once the options have passed their checks
 
     header = f"training {config.model} ({config.recipe} recipe) -> {run_dir}"
     with epoch_display(header, config.epochs, validation=config.holdout > 0) as (on_epoch, on_batch):
