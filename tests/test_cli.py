@@ -63,6 +63,7 @@ def test_json_dash_prints_the_json_alone_on_stdout(exported, mnist_dir, python):
     assert {p["batch_size"] for p in report["points"]} == {1}
     assert not (exported / "-").exists()
 
+
 # With torch unimportable (None in sys.modules makes `import torch` fail), a bad option still gets its own one-line
 # error: the options are checked before torch loads, so a mistake costs a fraction of a second, not torch's import.
 _WITHOUT_TORCH = """

@@ -204,7 +204,6 @@ def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]
 
 
-
 def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(trained, exported, mnist_dir,
                                                                               tmp_path):
     """A manifest keeps its checkpoint relative to its own folder ("../runs/..."); joined, that path reads
