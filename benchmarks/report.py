@@ -479,12 +479,18 @@ def headline() -> list[str]:
             row("against the 2019 notebook's pipeline", f"`fast` reaches 99.0% "
                 f"{r['summary']['fast_speedup_over_notebook']:.0f}x sooner than it reaches 98.8%",
                 "train_speed.py", "train_speed.json", _cpu(r))
-    r = load("train_speed_modes.json")
+    r, pinned = load("train_speed_modes.json"), load("train_speed_float32_1core.json")
     if r and "fast in float32" in r["summary"]:
         f32 = r["summary"]["fast in float32"]
+        one = ""
+        if pinned and "fast in float32" in pinned["summary"]:
+            p32 = pinned["summary"]["fast in float32"]
+            one = (f" ({p32['median_seconds_to_target']:.1f} s pinned to {cores(pinned['machine']['cpu_cores'])}, "
+                   f"`train_speed_float32_1core.json`)")
         row("train `fast` in float32 (bf16 turned off: what a CPU without bf16 runs)",
             f"{f32['mean_test_accuracy']:.2f}% (mean of {f32['seeds']} seeds), 99.0% after "
-            f"{f32['median_seconds_to_target']:.1f} s", "train_speed.py --modes", "train_speed_modes.json", _cpu(r))
+            f"{f32['median_seconds_to_target']:.1f} s{one}", "train_speed.py --modes", "train_speed_modes.json",
+            _cpu(r))
     for name in ("verify_best.json", "verify.json"):
         r = load(name)
         if r:

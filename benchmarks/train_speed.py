@@ -20,6 +20,8 @@ seed, so all see the same machine load; each run and the result name their compu
     python benchmarks/train_speed.py --data-dir data --out benchmarks/results/train_speed.json
     python benchmarks/train_speed.py --data-dir data --modes native,float32 --recipes fast --notebook-epochs 0 \
         --out benchmarks/results/train_speed_modes.json
+    taskset -c 0 python benchmarks/train_speed.py --data-dir data --modes float32 --recipes fast \
+        --notebook-epochs 0 --out benchmarks/results/train_speed_float32_1core.json   # pinned to one core
 """
 
 from __future__ import annotations
