@@ -4,8 +4,10 @@
 # The library path is baked in (rpath), so the program runs where that torch is installed.
 set -eu
 PYTHON=${PYTHON:-python3}
-TORCH=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-ABI=$("$PYTHON" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
+# one import of torch for both: the C++ ABI it was built with, then its folder (which may hold spaces)
+INFO=$("$PYTHON" -c 'import os, torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI), os.path.dirname(torch.__file__))')
+ABI=${INFO%% *}
+TORCH=${INFO#* }
 OUTPUT=${1:-classify}
 exec "${CXX:-g++}" -std=c++20 -O2 -D_GLIBCXX_USE_CXX11_ABI="$ABI" -I"$TORCH/include" \
   "$(dirname "$0")/classify.cpp" -o "$OUTPUT" \
