@@ -42,9 +42,14 @@ def cores(n: int) -> str:
     return f"{n} core" + "s" * (n != 1)
 
 
+def cpu(m: dict) -> str:
+    """A result's machine as its CPU and the cores the run had: 'AMD EPYC, 2 cores'."""
+    return f"{m['cpu']}, {cores(m['cpu_cores'])}"
+
+
 def machine(m: dict) -> str:
     gpu = m.get("gpu")
-    return f"{m['cpu']}, {cores(m['cpu_cores'])}" + (f", GPU {gpu['name']}" if gpu else ", no GPU")
+    return cpu(m) + (f", GPU {gpu['name']}" if gpu else ", no GPU")
 
 
 def training(r: dict) -> list[str]:
@@ -333,7 +338,7 @@ def compat(r: dict) -> list[str]:
     """The engine x file grid of `benchmarks/compat.py`: where verify passed each exported file."""
     m = r["machine"]
     files = [f["file"] for f in r["files"]]
-    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {m['cpu']}, {cores(m['cpu_cores'])})", "",
+    lines = [f"### Which file runs in which engine (`benchmarks/compat.py`, {cpu(m)})", "",
              "| engine | " + " | ".join(f"`{f}`" for f in files) + " |", "|---|" + "---|" * len(files)]
     cells = {(c["runtime"], c["mode"], c["artifact"]): c for c in r["cells"]}
     for e in r["engines"]:
@@ -434,7 +439,7 @@ def torch_export(r: dict) -> list[str]:
 
 
 def _cpu(r: dict) -> str:
-    return f"{r['machine']['cpu']}, {cores(r['machine']['cpu_cores'])}"
+    return cpu(r["machine"])
 
 
 def _peer_rows(r: dict, row) -> None:
