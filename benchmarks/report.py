@@ -28,8 +28,6 @@ RESULTS = Path(__file__).parent / "results"
 PROVENANCE = {
     "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
                               "milliseconds.",
-    "verify_best.json": "Measured before the pt2, aoti, executorch and tflite formats existed, so it has no rows "
-                        "for them.",
 }
 
 
