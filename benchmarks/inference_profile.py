@@ -1,11 +1,12 @@
-"""Where inference time goes, per operator: ONNX Runtime's profiler and OpenVINO's performance counters on the
-fp32 and int8 .onnx files, at batch 1 and at a large batch, on real test images.
+"""Where inference time goes, per operator and per layer: ONNX Runtime's profiler and OpenVINO's performance
+counters on the fp32 and int8 .onnx files, and OpenVINO's on its int8 IR (the file behind the fastest verified int8
+throughput), at batch 1 and at a large batch, on real test images.
 
     python benchmarks/inference_profile.py --artifacts exported --data-dir data \
         --out benchmarks/results/inference_profile.json
 
 Each (engine, file, batch) runs `--calls` timed calls after a warm-up; the JSON keeps, per operator type (and the
-kernel that ran it), its total time and share, with the machine it ran on.
+kernel that ran it) and per layer (graph node), its time per call and share, with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ import numpy as np
 
 from toolkit import fileio, sysinfo
 from toolkit.data import load_split
+from toolkit.model import MODELS, layer_flops
 from toolkit.preprocess import MEAN, STD, normalize
 
-FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# (precision, file, the engines that profile it); ONNX Runtime does not read OpenVINO IR
+BOTH = ("onnxruntime", "openvino")
+FILES = [("fp32", "model.onnx", BOTH), ("int8", "model.int8.onnx", BOTH), ("int8", "model.int8.xml", ("openvino",))]
+LAYERS = 6  # the slowest layers kept per run
 
 
 def _shares(totals: dict[str, float], calls: int) -> list[dict]:
@@ -50,10 +55,13 @@ def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict:
         wall = time.perf_counter() - t0
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: dict[str, float] = defaultdict(float)
+    layers: dict[str, float] = defaultdict(float)
     nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     for e in nodes[-calls * len({n["name"] for n in nodes}):]:  # the timed calls only, not the warm-up
         totals[e["args"]["op_name"]] += e["dur"]
-    return {"wall_ms_per_call": round(1000 * wall / calls, 4), "ops": _shares(totals, calls)}
+        layers[f"{e['name'].removesuffix('_kernel_time')} ({e['args']['op_name']})"] += e["dur"]
+    return {"wall_ms_per_call": round(1000 * wall / calls, 4), "ops": _shares(totals, calls),
+            "layers": _shares(layers, calls)[:LAYERS]}
 
 
 def profile_openvino(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict:
@@ -68,14 +76,36 @@ def profile_openvino(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict
     for _ in range(warmup):
         request.infer({0: x})
     totals: dict[str, float] = defaultdict(float)
+    layers: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
     for _ in range(calls):
         request.infer({0: x})
         for info in request.get_profiling_info():
             if info.real_time.total_seconds() > 0:
-                totals[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e6
+                us = info.real_time.total_seconds() * 1e6
+                totals[f"{info.node_type} ({info.exec_type})"] += us
+                layers[f"{info.node_name} ({info.node_type}, {info.exec_type})"] += us
     wall = time.perf_counter() - t0  # includes reading the counters
-    return {"wall_ms_per_call_with_counters": round(1000 * wall / calls, 4), "ops": _shares(totals, calls)}
+    return {"wall_ms_per_call_with_counters": round(1000 * wall / calls, 4), "ops": _shares(totals, calls),
+            "layers": _shares(layers, calls)[:LAYERS]}
+
+
+def _layer_flops(artifacts: Path) -> dict[str, int]:
+    """FLOPs per image of each layer of the exported model (a built-in one, named by the manifest); {} otherwise."""
+    manifest = artifacts / "manifest.json"
+    model = json.loads(manifest.read_text()).get("model", {}) if manifest.is_file() else {}
+    if model.get("name") not in MODELS or model.get("args"):
+        return {}
+    return layer_flops(MODELS[model["name"]]())
+
+
+def _export_settings(artifacts: Path, file: str) -> dict:
+    """What export recorded of how it built `file` (its manifest entry's settings); {} without a manifest."""
+    manifest = artifacts / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    return next((a.get("settings", {}) for a in json.loads(manifest.read_text())["artifacts"] if a["file"] == file),
+                {})
 
 
 def main() -> None:
@@ -97,27 +127,31 @@ def main() -> None:
     except ImportError:
         pass
     runs = []
-    for precision, file in FILES.items():
+    for precision, file, by in FILES:
+        if not (Path(args.artifacts) / file).is_file():
+            print(f"{file}: not in {args.artifacts}, skipped", flush=True)
+            continue
         for batch in batches:
             x = np.ascontiguousarray(normalize(images[:batch], MEAN, STD))
             calls = max(10, args.calls // batch) if batch > 1 else args.calls
-            for engine, profile in engines.items():
+            for engine, profile in ((e, p) for e, p in engines.items() if e in by):
                 result = profile(Path(args.artifacts) / file, x, calls, warmup=max(3, calls // 10))
                 runs.append({"engine": engine, "file": file, "precision": precision, "batch_size": batch,
                              "calls": calls, **result})
                 top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["ops"][:4])
                 print(f"{engine:12s} {precision} batch {batch:4d}: {top}", flush=True)
-    manifest = Path(args.artifacts) / "manifest.json"
-    int8_settings = next((a["settings"] for a in json.loads(manifest.read_text())["artifacts"]
-                          if a["file"] == FILES["int8"]), {}) if manifest.is_file() else {}
+    int8_settings = _export_settings(Path(args.artifacts), "model.int8.onnx")
+    ir_settings = _export_settings(Path(args.artifacts), "model.int8.xml")
     fileio.write_json(Path(args.out), {
         "benchmark": "inference_profile", "machine": sysinfo.machine(),
         "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
         "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls, "threads": "each engine's default",
                      "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32",
                      "int8_variant": {k: int8_settings[k] for k in ("variant", "graph_rewrites", "fp32_nodes",
-                                                                     "reason") if k in int8_settings}},
-        "runs": runs})
+                                                                     "reason") if k in int8_settings},
+                     "ir_int8": {k: ir_settings[k] for k in ("quantizer", "preset", "graph_rewrites")
+                                 if k in ir_settings}},
+        "layer_flops_per_image": _layer_flops(Path(args.artifacts)), "runs": runs})
     print(f"wrote {args.out}")
 
 

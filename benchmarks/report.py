@@ -26,8 +26,6 @@ RESULTS = Path(__file__).parent / "results"
 # that file's section and beside its rows in the headline. A file re-measured on the current default pipeline
 # is taken out of this table.
 PROVENANCE = {
-    "inference_profile.json": "Measured while other work kept the second core busy: read the shares, not the "
-                              "milliseconds.",
 }
 
 
@@ -404,16 +402,29 @@ def make_main(r: dict) -> list[str]:
             + ", ".join(b["files_timed"]) + "."]
 
 
+def _work_shares(flops: dict[str, int] | None) -> str:
+    """' Of the model's N multiply-adds per image, conv1 does a (x%), ...' from per-layer FLOPs; '' without them."""
+    if not flops:
+        return ""
+    total = sum(flops.values())
+    each = ", ".join(f"`{name}` {f // 2:,} ({100 * f / total:.1f}%)" for name, f in flops.items())
+    return f" Of the model's {total // 2:,} multiply-adds per image: {each}."
+
+
 def inference_profile(r: dict) -> list[str]:
     lines = [f"### Where inference time goes (`benchmarks/inference_profile.py`, {machine(r['machine'])})", "",
              "ONNX Runtime's profiler and OpenVINO's performance counters (f32 inference precision), "
-             "each engine's default threads; the four operators that take the most time, as shares of the "
-             "operators' total.", "",
-             "| engine | file | batch | ms per call | top operators |", "|---|---|---:|---:|---|"]
+             "each engine's default threads; the four operators that take the most time, and the two slowest "
+             "layers (graph nodes), as shares of the operators' total. The exporter names the first convolution "
+             "`node_conv2d` and the second `node_conv2d_1` (ONNX Runtime's NCHWc rewrite renames them "
+             "`conv2d_nchwc` and `conv2d_1_nchwc`)." + _work_shares(r.get("layer_flops_per_image")), "",
+             "| engine | file | batch | ms per call | top operators | slowest layers |",
+             "|---|---|---:|---:|---|---|"]
     for run in r["runs"]:
         ms = run.get("wall_ms_per_call", run.get("wall_ms_per_call_with_counters"))
         top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in run["ops"][:4])
-        lines.append(f"| {run['engine']} | `{run['file']}` | {run['batch_size']} | {ms:.3f} | {top} |")
+        layers = ", ".join(f"{o['op']} {o['share']:.0%}" for o in run.get("layers", [])[:2]) or "not recorded"
+        lines.append(f"| {run['engine']} | `{run['file']}` | {run['batch_size']} | {ms:.3f} | {top} | {layers} |")
     return lines
 
 

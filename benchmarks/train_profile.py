@@ -35,7 +35,7 @@ from toolkit import data as mnist
 from toolkit import fileio, heap, sysinfo
 from toolkit.augment import distort
 from toolkit.bench import matmul_peak_gflops
-from toolkit.model import ConvNet, forward_flops
+from toolkit.model import ConvNet, layer_flops
 from toolkit.preprocess import BACKGROUND
 from toolkit.recipes import make_config
 from toolkit.train import bf16_supported, evaluate
@@ -236,9 +236,8 @@ def main() -> None:
     peak = matmul_peak_gflops(torch.bfloat16 if bf16 else torch.float32)
     # a training step costs about three forward passes (backward: gradients for inputs and weights), less the
     # first convolution's input gradient, which nobody needs
-    model = ConvNet()
-    conv1 = 2 * 24 * 24 * 20 * 25
-    train_flops = 3 * forward_flops(model) - conv1
+    flops = layer_flops(ConvNet())
+    train_flops = 3 * sum(flops.values()) - flops["conv1"]
     step_s = comparison["median_ms_per_step"]["pool then relu, fused AdamW (now)"] / 1000
     achieved = train_flops * config.batch_size / step_s / 1e9
     result = {"benchmark": "train_profile", "recipe": args.recipe, "compute": "bfloat16" if bf16 else "float32",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from toolkit.errors import ConfigError
-from toolkit.model import MLP, ConvNet, build_model, count_parameters, forward_flops
+from toolkit.model import MLP, ConvNet, build_model, count_parameters, forward_flops, layer_flops
 
 
 def test_convnet_is_the_notebooks_architecture():
@@ -16,6 +16,9 @@ def test_convnet_is_the_notebooks_architecture():
     assert (model.conv2.in_channels, model.conv2.out_channels) == (20, 50)
     assert (model.fc_layer1.in_features, model.fc_layer1.out_features) == (800, 500)
     assert forward_flops(model) == 4_586_000  # the 4.59 MFLOP per image the benchmark uses
+    # multiply-adds by hand: output elements times the inputs each one sums
+    assert layer_flops(model) == {"conv1": 2 * 20 * 24 * 24 * 25, "conv2": 2 * 50 * 8 * 8 * 500,
+                                  "fc_layer1": 2 * 500 * 800, "fc_layer2": 2 * 10 * 500}
 
 
 def test_outputs_are_log_probabilities():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -89,21 +90,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward_flops(model: nn.Module) -> int:
-    """FLOPs of one image's forward pass, counting a multiply-add as 2 (convolutions and linear layers)."""
-    flops = 0
+def layer_flops(model: nn.Module) -> dict[str, int]:
+    """FLOPs of one image's forward pass per convolution and linear layer, by module name, counting a
+    multiply-add as 2."""
+    flops: dict[str, int] = {}
 
-    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal flops
-        k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        flops += 2 * output[0].numel() * k
+    def hook(name: str, module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            k = module.in_features
+        flops[name] = flops.get(name, 0) + 2 * output[0].numel() * k
 
-    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
-        nonlocal flops
-        flops += 2 * output[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(functools.partial(hook, name)) for name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 1, 28, 28))
@@ -111,3 +111,8 @@ def forward_flops(model: nn.Module) -> int:
         for h in hooks:
             h.remove()
     return flops
+
+
+def forward_flops(model: nn.Module) -> int:
+    """FLOPs of one image's forward pass, counting a multiply-add as 2 (convolutions and linear layers)."""
+    return sum(layer_flops(model).values())
