@@ -6,6 +6,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from tests.conftest import assert_one_line_error, run_cli
+from toolkit import sysinfo
 from toolkit.errors import ConfigError
 from toolkit.verify import parse_tolerance_overrides
 
@@ -127,8 +128,9 @@ def test_a_graph_that_crashes_while_running_is_reported_with_the_others(exported
 
 @pytest.mark.parametrize("runtime", ["openvino", "opencv"])
 def test_other_runtimes_agree_on_every_test_image(exported, mnist_dir, tmp_path, runtime):
+    modes = ["--mode", "f32,bf16"] if runtime == "openvino" else []  # bf16 named: checked on any CPU
     result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", runtime,
-                     "--batch1-images", "20", "--json", tmp_path / "v.json")
+                     "--batch1-images", "20", *modes, "--json", tmp_path / "v.json")
     report = json.loads((tmp_path / "v.json").read_text())
     assert result.exit_code == 0, result.stderr
     assert set(report["runtimes"]) == {runtime} and report["runtimes"][runtime]
@@ -142,6 +144,35 @@ def test_other_runtimes_agree_on_every_test_image(exported, mnist_dir, tmp_path,
         assert rows[("model.int8.onnx", "f32")]["judged_as"] == "int8"
     else:
         assert set(rows) == {("model.onnx", "f32"), ("model.app.onnx", "f32")}  # fp32 files only
+
+
+NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 VNNI, no bf16
+
+
+@pytest.mark.parametrize("flags, args, checked", [
+    (NO_BF16, [], False),  # emulated: left out with a note
+    (NO_BF16, ["--mode", "f32,bf16"], True),  # named: checked although emulated
+    (NO_BF16 | {"avx512_bf16"}, [], True),  # native: checked by default
+])
+def test_openvino_bf16_is_checked_where_native_or_named(exported, mnist_dir, tmp_path, monkeypatch, flags, args,
+                                                        checked):
+    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "openvino",
+                     "--format", "onnx", "--precision", "fp32", "--batch1-images", "0", *args,
+                     "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    modes = {(r["artifact"], r["mode"]) for r in report["results"]}
+    assert modes == {("model.onnx", "f32")} | ({("model.onnx", "bf16")} if checked else set())
+    notes = [line for line in result.stdout.splitlines() if line.startswith("skipped openvino bf16: ")]
+    assert len(notes) == (0 if checked else 1) and ("openvino bf16" in report["skipped"]) is not checked
+    if not checked:
+        assert "no native bf16" in notes[0] and "--mode f32,bf16 checks it anyway" in notes[0]
+
+
+def test_an_unknown_mode_is_one_line(exported, mnist_dir):
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--mode", "f32,f16")
+    assert "unknown mode 'f16'" in assert_one_line_error(result, 2)
 
 
 def test_missing_manifest_and_unknown_provider(tmp_path, exported, mnist_dir):

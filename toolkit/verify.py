@@ -91,10 +91,14 @@ class VerifyConfig:
     reference: str = "auto"  # one of REFERENCES
     # seconds one model call may run (None: no limit): a manifest can be forged, so its files may never finish
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
+    modes: tuple[str, ...] = ()  # OpenVINO's compute modes; empty: f32, and bf16 where this CPU computes it natively
 
     def __post_init__(self) -> None:
         check_reference(self.reference)
         check_time_limit(self.time_limit_s)
+        unknown = [m for m in self.modes if m not in formats.MODES]
+        if unknown:
+            raise ConfigError(f"unknown mode {unknown[0]!r}; choose from {', '.join(formats.MODES)}")
         if not 0 <= self.batch1_images <= MAX_BATCH1_IMAGES:
             raise ConfigError(f"batch1-images must be between 0 and {MAX_BATCH1_IMAGES}")
         devices.check(self.provider)
@@ -268,11 +272,20 @@ class Job:
         return formats.judged_precision(self.artifact.precision, self.mode)
 
 
-def plan(artifacts: list[Artifact], runtimes: list[str], device: str) -> tuple[list[Job], dict[str, str]]:
-    """Every (runtime, artifact, mode) to check; runtimes that cannot run on `device` are skipped with a note.
-    A runtime's extra compute modes (OpenVINO bf16) apply to the fp32 files, where they change something."""
+def plan(artifacts: list[Artifact], runtimes: list[str], device: str, modes: tuple[str, ...] = (),
+         native_only: bool = False) -> tuple[list[Job], dict[str, str]]:
+    """Every (runtime, artifact, mode) to check (with `native_only`, each file in its own runtime only); runtimes
+    that cannot run on `device` are skipped with a note. A runtime's extra compute modes (OpenVINO bf16) apply to
+    the fp32 files, where they change something; one this CPU only emulates is left out with a note unless
+    `modes` names it (runners.modes_to_run)."""
     todo, skipped = runners.runs(artifacts, runtimes, device)
-    return [Job(run.runtime, run.source, run.mode) for run in todo], skipped
+    if native_only:  # OpenVINO opens .onnx files too
+        todo = [run for run in todo if run.runtime == formats.FORMATS[run.format].native_runtime]
+    wanted = runners.modes_to_run(modes)
+    for run in todo:
+        if run.mode not in wanted:
+            skipped[f"{run.runtime} {run.mode}"] = runners.no_native_mode("checks")
+    return [Job(run.runtime, run.source, run.mode) for run in todo if run.mode in wanted], skipped
 
 
 def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int,
@@ -396,9 +409,8 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     selection = runners.select_runtimes(config.runtimes, default=runners.NATIVE_RUNTIMES)
     folder = Path(config.artifacts)
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
-    jobs, skipped = plan(artifacts, selection.runtimes, config.provider)
-    if not config.runtimes:  # by default each file in its own runtime only (OpenVINO opens .onnx files too)
-        jobs = [j for j in jobs if j.runtime == formats.FORMATS[j.artifact.format].native_runtime]
+    # by default each file in its own runtime only
+    jobs, skipped = plan(artifacts, selection.runtimes, config.provider, config.modes, native_only=not config.runtimes)
     skipped = {**_unverified_notes(selection.skipped, artifacts, jobs), **skipped}
     if not jobs:
         notes = "".join(f"; runtime {name} {why}" for name, why in skipped.items())

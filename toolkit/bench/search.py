@@ -21,7 +21,7 @@ from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_man
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
-from toolkit.formats import DEFAULT_MODE, MODES, judged_precision
+from toolkit.formats import judged_precision
 from toolkit.runners import (
     IO_MODES,
     RUNTIMES,
@@ -150,15 +150,9 @@ def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact
     return out
 
 
-NO_NATIVE_BF16 = (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be "
-                  "emulated, slower than f32; --mode f32,bf16 times it anyway")
-
-
 def modes_to_time(config: BenchConfig) -> tuple[str, ...]:
-    """The compute modes named, else f32 plus every mode this CPU computes natively (bf16 with AVX512-BF16/AMX)."""
-    if config.modes:
-        return config.modes
-    return MODES if sysinfo.native_bf16() else (DEFAULT_MODE,)
+    """The compute modes named, else f32 plus every mode this CPU computes natively (runners.modes_to_run)."""
+    return runners.modes_to_run(config.modes)
 
 
 def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
@@ -173,7 +167,7 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
             if run.mode in modes:
                 out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
             elif not config.modes and skipped is not None:
-                skipped[f"{run.runtime} {run.mode}"] = NO_NATIVE_BF16
+                skipped[f"{run.runtime} {run.mode}"] = runners.no_native_mode("times")
     return out
 
 

@@ -221,6 +221,10 @@ def verify(
         help="What to compare with: checkpoint (PyTorch, needs torch), golden (the golden.npy export wrote) or "
              "auto (checkpoint when torch and the checkpoint are here, else golden).")] = VERIFY["reference"],
     time_limit: VerifyTimeLimit = DEFAULT_TIME_LIMIT_S,
+    mode: Annotated[Optional[list[str]], typer.Option(
+        metavar="MODES", show_default="f32, and bf16 where the CPU computes it natively",
+        help="OpenVINO inference precisions to check the fp32 files at: f32, bf16 (one this CPU only emulates is "
+             "checked when named).")] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
@@ -233,12 +237,12 @@ exit 1 if any fails."""  # one line in `toolkit --help`
                      data_dir=str(data_dir), provider=provider, runtimes=tuple(_csv(runtime)),
                      formats=tuple(_csv(format)), precisions=tuple(_csv(precision)), batch1_images=batch1_images,
                      tolerances=parse_tolerance_overrides(_csv(tolerance)), reference=reference,
-                     time_limit_s=time_limit)
+                     time_limit_s=time_limit, modes=tuple(_csv(mode)))
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
     for name, reason in report.skipped.items():
-        out.print(f"skipped runtime {name}: {reason}")
+        out.print(f"skipped {name}: {reason}", highlight=False)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)
     if json_path:

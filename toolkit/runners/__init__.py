@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from toolkit import devices, formats
+from toolkit import devices, formats, sysinfo
 from toolkit.artifacts import Artifact, select
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.runners import executorch as _executorch
@@ -32,8 +32,8 @@ from toolkit.runners import torch_export as _torch_export
 from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_guard
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner", "RunnerOptions", "Runtime",
-           "Selection", "Timed", "open_runner", "open_timed", "run_guard", "runs", "runtime_versions",
-           "select_runtimes"]
+           "Selection", "Timed", "modes_to_run", "no_native_mode", "open_runner", "open_timed", "run_guard", "runs",
+           "runtime_versions", "select_runtimes"]
 
 OPENVINO_HINTS = _openvino.HINTS
 PYTORCH = "pytorch"  # the eager baseline's "format": the checkpoint itself
@@ -146,6 +146,20 @@ class Run(NamedTuple):
     @property
     def precision(self) -> str:
         return self.source.precision if isinstance(self.source, Artifact) else "fp32"
+
+
+def modes_to_run(named: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The compute modes named, else f32 plus every mode this CPU computes natively (bf16 with AVX512-BF16 or
+    AMX): where bf16 is emulated it is slower than f32, so nobody would deploy that mode there."""
+    if named:
+        return named
+    return formats.MODES if sysinfo.native_bf16() else (formats.DEFAULT_MODE,)
+
+
+def no_native_mode(does: str) -> str:
+    """The note for a mode that modes_to_run left out: `does` says what naming it does ('times', 'checks')."""
+    return (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be emulated, "
+            f"slower than f32; --mode f32,bf16 {does} it anyway")
 
 
 def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None,
