@@ -221,11 +221,7 @@ def inference(r: dict, provider: str) -> list[str]:
         else:
             lines += ["", f"Fastest here that passes verify ({regime}): {f['label']}, batch {f['batch_size']}: "
                       f"{f['p50_ms']:.3f} ms p50, {f['throughput']:,.0f} images/s."]
-    if r.get("targets"):
-        lines += ["", "| target (ratio measured in this run) | measured | goal | met |", "|---|---:|---:|---|"]
-        for name, t in r["targets"].items():
-            lines.append(f"| {name}: {t['detail']} | {t['value']:.2f} | {target_goal(name, t['target'])} "
-                         f"| {'yes' if t['met'] else 'no'} |")
+    lines += _targets_table(r.get("targets"))
     if r.get("matmul_peak_gflops"):
         int8 = r.get("int8_matmul_peak_gops")
         lines += ["", f"Matrix-multiply peaks measured in the same run: float32 {r['matmul_peak_gflops']:.1f} GFLOP/s"
@@ -248,7 +244,7 @@ def peers(r: dict) -> list[str]:
     for row in r["rows"]:
         b1 = f"{row['batch1_p50_ms']:.3f} | x{row['batch1_p50_vs_ort_fp32']:.2f}" if row["batch1_p50_ms"] else "- | -"
         agreement = (f"{row['agreement']:,}/{row['checked_images']:,}" if row["agreement"] is not None else "-")
-        share = f"{row['share_of_peak']:.2f}" if row["share_of_peak"] is not None else "-"
+        share = f"{row['share_of_peak']:.3f}" if row["share_of_peak"] is not None else "-"
         lines.append(f"| {row['configuration']} | {b1} | {row['best_throughput']:,.0f} | "
                      f"x{row['throughput_vs_ort_fp32']:.2f} | {share} | {row['judged_as']} | {agreement} | "
                      f"{'yes' if row['verified'] else 'FAILED'} |")
@@ -257,6 +253,17 @@ def peers(r: dict) -> list[str]:
         detail = (f"{row['batch1_label']}, batch-1 p50 {row['batch1_p50_ms']:.3f} ms" if "latency" in regime else
                   f"{row['best_label']}, {row['best_throughput']:,.0f} images/s at batch {row['best_batch']}")
         lines.append(f"- fastest verified, {regime}: {row['configuration']} ({detail})")
+    return lines + _targets_table(r.get("targets"))
+
+
+def _targets_table(targets: dict | None) -> list[str]:
+    """The project's goals for the ratios one run measured: each with its value, goal and whether it was met."""
+    if not targets:
+        return []
+    lines = ["", "| target (ratio measured in this run) | measured | goal | met |", "|---|---:|---:|---|"]
+    for name, t in targets.items():
+        lines.append(f"| {name}: {t['detail']} | {t['value']:.3f} | {target_goal(name, t['target'])} "
+                     f"| {'yes' if t['met'] else 'no'} |")
     return lines
 
 
@@ -465,7 +472,7 @@ def _peer_rows(r: dict, row) -> None:
     for regime, x in r["fastest"].items():
         figure = (f"{x['configuration']}: {x['batch1_p50_ms']:.3f} ms p50 at batch 1" if "latency" in regime else
                   f"{x['configuration']}: {x['best_throughput']:,.0f} images/s at batch {x['best_batch']}"
-                  + (f", {x['share_of_peak']:.2f} of the {x['judged_as'].replace('fp', 'float')} matmul peak"
+                  + (f", {x['share_of_peak']:.3f} of the {x['judged_as'].replace('fp', 'float')} matmul peak"
                      if x["share_of_peak"] is not None else ""))
         row(f"fastest verified, {regime}", figure)
 
