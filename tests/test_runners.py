@@ -38,6 +38,27 @@ def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, mani
             np.testing.assert_allclose(value.astype(np.float64), reference[name][key][:n], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("native, named, openvino_fp32_modes", [
+    (False, (), {"f32"}),  # emulated bf16: left out, with a note
+    (True, (), {"f32", "bf16"}),  # native: run by default
+    (False, ("bf16",), {"bf16"}),  # named: exactly that, no note
+])
+def test_modes_apply_to_openvinos_fp32_files_only(manifest, monkeypatch, native, named, openvino_fp32_modes):
+    from toolkit import sysinfo
+
+    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": frozenset(
+        {"avx512f", "avx512_vnni", *(["avx512_bf16"] if native else [])}))
+    files = [manifest[name] for name in ("model.onnx", "model.int8.onnx")]
+    todo, _ = runners.runs(files, ["onnxruntime", "openvino"], "cpu")
+    kept, notes = runners.choose_modes(todo, named)
+    modes = {(r.runtime, r.precision): set() for r in kept}
+    for r in kept:
+        modes[r.runtime, r.precision].add(r.mode)
+    assert modes == {("onnxruntime", "fp32"): {"f32"}, ("onnxruntime", "int8"): {"f32"},
+                     ("openvino", "fp32"): openvino_fp32_modes, ("openvino", "int8"): {"f32"}}
+    assert notes == ({"openvino bf16": runners.NO_NATIVE_MODE} if not native and not named else {})
+
+
 def test_torch_runners_agree(manifest, pixels, reference, exported):
     scripted = runners.open_runner("torchscript", manifest["model.ts.pt"]).run(pixels)
     checkpoint = find_checkpoint(exported, [manifest["model.onnx"]])

@@ -167,7 +167,17 @@ def test_openvino_bf16_is_checked_where_native_or_named(exported, mnist_dir, tmp
     notes = [line for line in result.stdout.splitlines() if line.startswith("skipped openvino bf16: ")]
     assert len(notes) == (0 if checked else 1) and ("openvino bf16" in report["skipped"]) is not checked
     if not checked:
-        assert "no native bf16" in notes[0] and "--mode f32,bf16 checks it anyway" in notes[0]
+        assert "no native bf16" in notes[0] and "--mode f32,bf16 runs it anyway" in notes[0]
+
+
+def test_a_named_mode_applies_to_the_fp32_files_only(exported, mnist_dir, tmp_path):
+    result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--format", "openvino",
+                     "--mode", "bf16", "--batch1-images", "0", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    # the int8 IR has one mode, its own; a mode named on purpose leaves no note
+    assert {(r["artifact"], r["mode"]) for r in report["results"]} == {("model.xml", "bf16"), ("model.int8.xml", "f32")}
+    assert not report["skipped"] and "skipped" not in result.stdout
 
 
 def test_an_unknown_mode_is_one_line(exported, mnist_dir):

@@ -277,15 +277,12 @@ def plan(artifacts: list[Artifact], runtimes: list[str], device: str, modes: tup
     """Every (runtime, artifact, mode) to check (with `native_only`, each file in its own runtime only); runtimes
     that cannot run on `device` are skipped with a note. A runtime's extra compute modes (OpenVINO bf16) apply to
     the fp32 files, where they change something; one this CPU only emulates is left out with a note unless
-    `modes` names it (runners.modes_to_run)."""
+    `modes` names it (runners.choose_modes)."""
     todo, skipped = runners.runs(artifacts, runtimes, device)
     if native_only:  # OpenVINO opens .onnx files too
         todo = [run for run in todo if run.runtime == formats.FORMATS[run.format].native_runtime]
-    wanted = runners.modes_to_run(modes)
-    for run in todo:
-        if run.mode not in wanted:
-            skipped[f"{run.runtime} {run.mode}"] = runners.no_native_mode("checks")
-    return [Job(run.runtime, run.source, run.mode) for run in todo if run.mode in wanted], skipped
+    todo, left_out = runners.choose_modes(todo, modes)
+    return [Job(run.runtime, run.source, run.mode) for run in todo], {**skipped, **left_out}
 
 
 def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int,

@@ -159,15 +159,15 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
                      checkpoint: str, skipped: dict[str, str] | None = None) -> list[Candidate]:
     """Every configuration to time: runtime x device x source x the settings that runtime takes. A compute mode
     left out because this CPU only emulates it gets a note in `skipped`."""
-    out, modes = [], modes_to_time(config)
+    out = []
     for device in devices:
         # the torch baselines for the GPU run under provider cuda; CPU-only runtimes on cpu
         todo, _ = runners.runs(manifest, runtimes, device, list(config.formats), list(config.precisions), checkpoint)
+        todo, left_out = runners.choose_modes(todo, config.modes)
         for run in todo:
-            if run.mode in modes:
-                out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
-            elif not config.modes and skipped is not None:
-                skipped[f"{run.runtime} {run.mode}"] = runners.no_native_mode("times")
+            out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
+        if skipped is not None:
+            skipped.update(left_out)
     return out
 
 

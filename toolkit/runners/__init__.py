@@ -31,9 +31,9 @@ from toolkit.runners import torch as _torch
 from toolkit.runners import torch_export as _torch_export
 from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_guard
 
-__all__ = ["IO_MODES", "NATIVE_RUNTIMES", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner", "RunnerOptions", "Runtime",
-           "Selection", "Timed", "modes_to_run", "no_native_mode", "open_runner", "open_timed", "run_guard", "runs",
-           "runtime_versions", "select_runtimes"]
+__all__ = ["IO_MODES", "NATIVE_RUNTIMES", "NO_NATIVE_MODE", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner",
+           "RunnerOptions", "Runtime", "Selection", "Timed", "choose_modes", "modes_to_run", "open_runner",
+           "open_timed", "run_guard", "runs", "runtime_versions", "select_runtimes"]
 
 OPENVINO_HINTS = _openvino.HINTS
 PYTORCH = "pytorch"  # the eager baseline's "format": the checkpoint itself
@@ -156,10 +156,22 @@ def modes_to_run(named: tuple[str, ...] = ()) -> tuple[str, ...]:
     return formats.MODES if sysinfo.native_bf16() else (formats.DEFAULT_MODE,)
 
 
-def no_native_mode(does: str) -> str:
-    """The note for a mode that modes_to_run left out: `does` says what naming it does ('times', 'checks')."""
-    return (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be emulated, "
-            f"slower than f32; --mode f32,bf16 {does} it anyway")
+NO_NATIVE_MODE = (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be "
+                  "emulated, slower than f32; --mode f32,bf16 runs it anyway")
+
+
+def choose_modes(todo: list[Run], named: tuple[str, ...] = ()) -> tuple[list[Run], dict[str, str]]:
+    """The runs to do of `todo`: in a runtime with several compute modes (OpenVINO), each fp32 file at the modes
+    `named`, else at modes_to_run()'s; every other run as it is. A mode left out by default (one this CPU only
+    emulates) gets a note, keyed 'runtime mode'."""
+    wanted = modes_to_run(named)
+    kept, notes = [], {}
+    for run in todo:
+        if run.precision != "fp32" or len(RUNTIMES[run.runtime].modes) < 2 or run.mode in wanted:
+            kept.append(run)
+        elif not named:
+            notes[f"{run.runtime} {run.mode}"] = NO_NATIVE_MODE
+    return kept, notes
 
 
 def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None,
