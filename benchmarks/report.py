@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from toolkit.bench import fastest_line, target_goal
+from toolkit.bench import fastest_line, target_goal, tuning
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -418,6 +418,24 @@ def _work_shares(flops: dict[str, int] | None) -> str:
     return f" Of the model's {total // 2:,} multiply-adds per image: {each}."
 
 
+def search_probes(r: dict) -> list[str]:
+    st = r["settings"]
+    lines = [f"### How steady the default search is (`benchmarks/search_probes.py`, {machine(r['machine'])})", "",
+             f"The default `toolkit bench` (verify and the matmul peak off), {st['repeats']} runs per probe share, the "
+             f"shares alternating run by run; a probe gets that share of a point's time budget, in "
+             f"{st['probe_rounds']} rounds; the toolkit's share now is {tuning.PROBE_SHARE}. Steady: groups "
+             "(runtime, file, compute mode) that kept the same throughput setting in every run (settings that "
+             "differ only in ONNX Runtime's optimization level often time alike, so either may win).", "",
+             "| probe share | steady groups | ONNX Runtime int8 kept | ONNX Runtime int8 / fp32, best images/s "
+             "(min, median, max) | bench seconds (median) |", "|---:|---:|---|---|---:|"]
+    for share, x in r["summary"].items():
+        kept = ", ".join(f"{setting} {n}x" for setting, n in x["ort_int8_choices"].items())
+        q = x["ort_int8_over_fp32"]
+        lines.append(f"| {float(share):.2f} | {x['groups_always_same_choice']} of {x['groups']} | {kept} | "
+                     f"x{q['min']:.2f}, x{q['median']:.2f}, x{q['max']:.2f} | {x['median_seconds']:.0f} |")
+    return lines
+
+
 def inference_profile(r: dict) -> list[str]:
     lines = [f"### Where inference time goes (`benchmarks/inference_profile.py`, {machine(r['machine'])})", "",
              "ONNX Runtime's profiler and OpenVINO's performance counters (f32 inference precision), "
@@ -573,7 +591,7 @@ def sections() -> list[str]:
                ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
                ("env_size_all.json", env_size_all),
                ("peers.json", peers), ("torch_export.json", torch_export), ("make_main.json", make_main),
-               ("inference_profile.json", inference_profile),
+               ("inference_profile.json", inference_profile), ("search_probes.json", search_probes),
                ("web_inference.json", web_inference),
                ("inference_cpu.json", lambda r: inference(r, "cpu")),
                ("inference_cuda.json", lambda r: inference(r, "cuda"))]
