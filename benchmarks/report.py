@@ -406,7 +406,7 @@ def make_main(r: dict) -> list[str]:
             f"verify: {v['artifacts']} artifacts on {v['images']:,} images, "
             f"{'all passed' if v['passed'] else 'NOT all passed'}. bench: a summary of {b['summary_rows']} rows "
             f"over {len(b['timed'])} runtime and file pairs ({b['points']} timed points in its JSON), files: "
-            + ", ".join(b["files_timed"]) + "."]
+            + ", ".join(b["files_timed"]) + ".", *_targets_table(b.get("targets"))]
 
 
 def _work_shares(flops: dict[str, int] | None) -> str:
