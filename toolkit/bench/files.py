@@ -17,9 +17,9 @@ import numpy as np
 
 from toolkit import devices
 from toolkit.bench.config import BenchConfig
-from toolkit.bench.search import Candidate, Plan, _candidates_of, modes_to_time, options_words, runtime_version
+from toolkit.bench.search import Candidate, Plan, _candidates_of, options_words, runtime_version
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
-from toolkit.runners import RUNTIMES, Runner, RunnerOptions, select_runtimes
+from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, select_runtimes
 
 MNIST_INPUTS = "MNIST test images"
 RANDOM_INPUTS = "random inputs"
@@ -132,7 +132,7 @@ def _input_words(runner: Runner) -> str:
 def _file_candidates(config: BenchConfig, bench_file: BenchFile, runner: Runner, runtime: str,
                      used: list[str]) -> list[Candidate]:
     spec, out = RUNTIMES[runtime], []
-    modes = modes_to_time(config) if "mode" in spec.tunes else ("f32",)
+    modes = modes_to_run(config.modes) if "mode" in spec.tunes else ("f32",)
     for device in used:
         if device not in spec.devices:
             if device != devices.CPU:

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 import toolkit.bench.tuning as tuning
-from toolkit import sysinfo
+from toolkit import runners, sysinfo
 from toolkit.artifacts import read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.files import MNIST_INPUTS, plan_files
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
-from toolkit.bench.search import Candidate, Plan, has_torch, modes_to_time, plan_manifest
+from toolkit.bench.search import Candidate, Plan, has_torch, plan_manifest
 from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, random_pixels, steps, time_rounds
 
 Progress = Callable[[int, int, str], None]
@@ -178,7 +178,7 @@ def _model_flops(config: BenchConfig, checkpoint: str | None) -> int | None:
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
     s = asdict(config)
     s["providers"] = providers
-    s["modes_timed"] = list(modes_to_time(config))
+    s["modes_timed"] = list(runners.modes_to_run(config.modes))
     s["rotate_batches"] = ROTATE
     torch = sys.modules.get("torch")  # only where this run imported it
     s["torch_threads"] = torch.get_num_threads() if torch is not None else None

@@ -150,11 +150,6 @@ def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact
     return out
 
 
-def modes_to_time(config: BenchConfig) -> tuple[str, ...]:
-    """The compute modes named, else f32 plus every mode this CPU computes natively (runners.modes_to_run)."""
-    return runners.modes_to_run(config.modes)
-
-
 def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
                      checkpoint: str, skipped: dict[str, str] | None = None) -> list[Candidate]:
     """Every configuration to time: runtime x device x source x the settings that runtime takes. A compute mode
