@@ -90,22 +90,23 @@ def profile_openvino(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict
             "layers": _shares(layers, calls)[:LAYERS]}
 
 
-def _layer_flops(artifacts: Path) -> dict[str, int]:
+def _manifest(artifacts: Path) -> dict:
+    """The export's manifest.json; {} where there is none."""
+    path = artifacts / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _layer_flops(manifest: dict) -> dict[str, int]:
     """FLOPs per image of each layer of the exported model (a built-in one, named by the manifest); {} otherwise."""
-    manifest = artifacts / "manifest.json"
-    model = json.loads(manifest.read_text()).get("model", {}) if manifest.is_file() else {}
+    model = manifest.get("model", {})
     if model.get("name") not in MODELS or model.get("args"):
         return {}
     return layer_flops(MODELS[model["name"]]())
 
 
-def _export_settings(artifacts: Path, file: str) -> dict:
-    """What export recorded of how it built `file` (its manifest entry's settings); {} without a manifest."""
-    manifest = artifacts / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    return next((a.get("settings", {}) for a in json.loads(manifest.read_text())["artifacts"] if a["file"] == file),
-                {})
+def _export_settings(manifest: dict, file: str) -> dict:
+    """What export recorded of how it built `file` (its manifest entry's settings); {} without one."""
+    return next((a.get("settings", {}) for a in manifest.get("artifacts", []) if a["file"] == file), {})
 
 
 def main() -> None:
@@ -140,8 +141,9 @@ def main() -> None:
                              "calls": calls, **result})
                 top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["ops"][:4])
                 print(f"{engine:12s} {precision} batch {batch:4d}: {top}", flush=True)
-    int8_settings = _export_settings(Path(args.artifacts), "model.int8.onnx")
-    ir_settings = _export_settings(Path(args.artifacts), "model.int8.xml")
+    manifest = _manifest(Path(args.artifacts))
+    int8_settings = _export_settings(manifest, "model.int8.onnx")
+    ir_settings = _export_settings(manifest, "model.int8.xml")
     fileio.write_json(Path(args.out), {
         "benchmark": "inference_profile", "machine": sysinfo.machine(),
         "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
@@ -151,7 +153,7 @@ def main() -> None:
                                                                      "reason") if k in int8_settings},
                      "ir_int8": {k: ir_settings[k] for k in ("quantizer", "preset", "graph_rewrites")
                                  if k in ir_settings}},
-        "layer_flops_per_image": _layer_flops(Path(args.artifacts)), "runs": runs})
+        "layer_flops_per_image": _layer_flops(manifest), "runs": runs})
     print(f"wrote {args.out}")
 
 
