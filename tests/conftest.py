@@ -76,6 +76,16 @@ PROGRESS_LINE = re.compile(rf"^(?!error:)\S.*(, {_CLOCK} elapsed, ETA ({_CLOCK}|
                            rf"|: started {_CLOCK} ago)$")
 
 
+NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 VNNI, no bf16
+
+
+def fake_cpu_flags(patcher, flags) -> None:
+    """Make toolkit.sysinfo report `flags` as this CPU's (patcher: a monkeypatch, or its context)."""
+    from toolkit import sysinfo
+
+    patcher.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": frozenset(flags))
+
+
 def assert_one_line_error(result, code: int | None = None) -> str:
     """A user error: non-zero exit, one 'error:' line on stderr (after any progress lines), and no traceback."""
     stderr = result.stderr.strip()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import NO_BF16, assert_one_line_error, fake_cpu_flags, run_cli
 from toolkit import sysinfo
 from toolkit.bench import GOALS, BenchPoint, BenchReport, targets, tuning
 from toolkit.bench.search import Candidate
@@ -206,20 +206,13 @@ def test_every_installed_runtime_is_timed_and_verified(exported, mnist_dir, tmp_
 
 # --- the default run: a short search, a summary, one recommendation per regime -----------------------------
 
-NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 VNNI, no bf16
-
-
-def _flags(monkeypatch_or_context, flags):
-    monkeypatch_or_context.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": flags)
-
-
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, exported, mnist_dir):
     """`toolkit bench` at its defaults (every runtime, every file, the search) on a CPU without native bf16,
     shortened in time only."""
     out = tmp_path_factory.mktemp("searched")
     with pytest.MonkeyPatch.context() as mp:
-        _flags(mp, NO_BF16)
+        fake_cpu_flags(mp, NO_BF16)
         result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--batch-sizes", "1,64",
                          "--seconds", "0.1", "--rounds", "2", "--warmup", "1", "--json", out / "b.json")
     assert result.exit_code == 0, result.stderr
@@ -307,7 +300,7 @@ def test_recommendations_agree_with_their_own_numbers(searched):
     (NO_BF16, [], False),
 ])
 def test_bf16_is_timed_when_named_or_native(exported, mnist_dir, tmp_path, monkeypatch, flags, args, timed):
-    _flags(monkeypatch, flags)
+    fake_cpu_flags(monkeypatch, flags)
     result = run_cli("bench", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "openvino",
                      "--format", "onnx", "--precision", "fp32", "--hint", "latency", "--batch-sizes", "1",
                      "--iterations", "3", "--rounds", "1", "--warmup", "0", "--no-verify", *args,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.conftest import NO_BF16, fake_cpu_flags
 from toolkit import formats, runners
 from toolkit.artifacts import find_checkpoint, read_manifest
 from toolkit.data import load_split
@@ -44,10 +45,7 @@ def test_runtimes_agree_with_onnxruntime_at_every_batch_size(runtime, name, mani
     (False, ("bf16",), {"bf16"}),  # named: exactly that, no note
 ])
 def test_modes_apply_to_openvinos_fp32_files_only(manifest, monkeypatch, native, named, openvino_fp32_modes):
-    from toolkit import sysinfo
-
-    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": frozenset(
-        {"avx512f", "avx512_vnni", *(["avx512_bf16"] if native else [])}))
+    fake_cpu_flags(monkeypatch, NO_BF16 | ({"avx512_bf16"} if native else set()))
     files = [manifest[name] for name in ("model.onnx", "model.int8.onnx")]
     todo, _ = runners.runs(files, ["onnxruntime", "openvino"], "cpu")
     kept, notes = runners.choose_modes(todo, named)

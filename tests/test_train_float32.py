@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import fake_cpu_flags
 from toolkit.checkpoint import load_checkpoint
 from toolkit.errors import ConfigError
 from toolkit.model import MLP, ConvNet
@@ -100,8 +101,7 @@ def test_no_bf16_on_the_command_line_trains_in_float32_and_says_so(tmp_path, mni
 def test_bf16_counts_only_where_the_cpu_has_it(monkeypatch, flags, native):
     """oneDNN says yes to bf16 on any AVX-512 CPU and emulates it there: train goes by the CPU's own flags."""
     import toolkit.train
-    from toolkit import sysinfo
 
-    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": frozenset(flags))
+    fake_cpu_flags(monkeypatch, flags)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     assert toolkit.train.bf16_supported("cpu") is native

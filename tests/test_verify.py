@@ -5,8 +5,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tests.conftest import assert_one_line_error, run_cli
-from toolkit import sysinfo
+from tests.conftest import NO_BF16, assert_one_line_error, fake_cpu_flags, run_cli
 from toolkit.errors import ConfigError
 from toolkit.verify import parse_tolerance_overrides
 
@@ -146,9 +145,6 @@ def test_other_runtimes_agree_on_every_test_image(exported, mnist_dir, tmp_path,
         assert set(rows) == {("model.onnx", "f32"), ("model.app.onnx", "f32")}  # fp32 files only
 
 
-NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 VNNI, no bf16
-
-
 @pytest.mark.parametrize("flags, args, checked", [
     (NO_BF16, [], False),  # emulated: left out with a note
     (NO_BF16, ["--mode", "f32,bf16"], True),  # named: checked although emulated
@@ -156,7 +152,7 @@ NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})  # an Ice Lake: AVX-512 
 ])
 def test_openvino_bf16_is_checked_where_native_or_named(exported, mnist_dir, tmp_path, monkeypatch, flags, args,
                                                         checked):
-    monkeypatch.setattr(sysinfo, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    fake_cpu_flags(monkeypatch, flags)
     result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "openvino",
                      "--format", "onnx", "--precision", "fp32", "--batch1-images", "0", *args,
                      "--json", tmp_path / "v.json")
