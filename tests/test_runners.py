@@ -1,9 +1,12 @@
 """The runner layer on real exported files: every runtime opens them from hash-checked bytes and agrees."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
-from tests.conftest import NO_BF16, fake_cpu_flags
+from tests.conftest import NO_BF16, REPO, fake_cpu_flags, run_process
 from toolkit import formats, runners
 from toolkit.artifacts import find_checkpoint, read_manifest
 from toolkit.data import load_split
@@ -128,3 +131,29 @@ def test_the_app_graph_uses_ops_every_engine_imports(manifest, pixels, reference
         net.setInput(pixels[:16])
         probabilities, _ = net.forward(["probabilities", "digit"])
         np.testing.assert_allclose(probabilities, reference["model.app.onnx"]["probabilities"][:16], atol=1e-5)
+
+
+PINNED_SESSION = """
+import glob, json, os, sys
+os.sched_setaffinity(0, {int(sys.argv[2])})
+from toolkit.runners.onnxruntime import create_session
+session = create_session(sys.argv[1])
+session.run(None, {session.get_inputs()[0].name: __import__("numpy").zeros((8, 1, 28, 28), "float32")})
+allowed = set()
+for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
+    line = next(l for l in open(status) if l.startswith("Cpus_allowed_list:"))
+    allowed.add(line.split(":", 1)[1].strip())
+print(json.dumps(sorted(allowed)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a CPU affinity mask and two CPUs")
+def test_an_onnx_runtime_session_stays_on_the_cpus_the_process_may_use(exported, python):
+    """ONNX Runtime pins its default thread pool to cores itself; where the process is confined to fewer CPUs
+    (taskset, a pinned container), a session must stay inside that mask."""
+    cpu = min(os.sched_getaffinity(0))  # ONNX Runtime places its own pool threads on the cores after the first
+    done = run_process(python, "-c", PINNED_SESSION, exported / "model.onnx", str(cpu), cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [str(cpu)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, formats, refinputs
+from toolkit import devices, formats, refinputs, sysinfo
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.metadata import read_normalization
@@ -25,9 +25,18 @@ _OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDE
                         "none": "ORT_DISABLE_ALL"}
 
 
+def default_threads() -> int | None:
+    """Intra-op threads when none are asked for: ONNX Runtime's own choice (None: one per physical core), unless
+    this process may run on fewer CPUs than the machine has (taskset, a pinned container): then one per CPU it may
+    use. ONNX Runtime pins its default pool's threads to cores itself, outside the process's affinity mask."""
+    usable = sysinfo.usable_cores()
+    return usable if usable < (os.cpu_count() or usable) else None
+
+
 def _session_options(ort: Any, threads: int | None, optimization: str) -> Any:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[optimization])
+    threads = threads or default_threads()
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # ORT's warnings are noise here; errors become ArtifactError/ProviderUnavailable
