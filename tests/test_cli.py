@@ -89,3 +89,36 @@ def test_bad_options_are_refused_before_torch_loads(tmp_path, python, args, mess
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and message in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# A signal that arrives while the CLI's modules still load: the hook sends it as `import toolkit.cli` starts,
+# then lets the import go on. `python -m toolkit` and the `toolkit` script share the one entry point.
+_SIGNAL_WHILE_LOADING = """
+import os, runpy, signal, sys
+
+SIGNUM = getattr(signal, sys.argv[1])
+
+class SignalOnCliImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "toolkit.cli":
+            os.kill(os.getpid(), SIGNUM)
+        return None
+
+sys.meta_path.insert(0, SignalOnCliImport())
+sys.argv = ["toolkit", "--help"]
+runpy.run_module("toolkit", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signame, code, line", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_signal_while_the_cli_loads_is_one_line_and_its_exit_code(tmp_path, python, signame, code, line):
+    done = run_process(python, "-c", _SIGNAL_WHILE_LOADING, signame, cwd=tmp_path, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert done.stderr == f"{line}\n" and done.stdout == ""
+
+
+def test_the_toolkit_script_starts_where_python_m_toolkit_does():
+    from importlib.metadata import entry_points
+
+    script = next(e for e in entry_points(group="console_scripts") if e.name == "toolkit")
+    assert script.value == "toolkit.launch:main"
