@@ -6,9 +6,9 @@ printed, and what its bench covered (the summary's rows, every file and runtime 
 
 Run from the checkout's root after the install (`make .venv/.installed-stamp`); it overwrites runs/ and
 exported/ as `make main` does. `--cpus` pins every command to those CPUs (Linux), as on a machine with that many
-cores: each stage then sizes its threads to them, as it would there. One exception: the session that ONNX
-Runtime's static quantization opens for calibration (inside `export`, int8) takes ONNX Runtime's default
-threads, which it places on cores itself, and its API takes no session options to say otherwise.
+cores: each stage then sizes its threads to them, as it would there. One exception: to calibrate the int8 file
+(inside `export`), ONNX Runtime's `quantize_static` runs the model with its default thread pool, which ONNX
+Runtime places on cores itself; `quantize_static` has no option to set those threads.
 """
 
 from __future__ import annotations

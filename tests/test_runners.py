@@ -135,10 +135,11 @@ def test_the_app_graph_uses_ops_every_engine_imports(manifest, pixels, reference
 
 PINNED_SESSION = """
 import glob, json, os, sys
-os.sched_setaffinity(0, {int(sys.argv[2])})
+os.sched_setaffinity(0, {int(sys.argv[2])})  # before numpy, whose own threads take the mask they start with
+import numpy as np
 from toolkit.runners.onnxruntime import create_session
 session = create_session(sys.argv[1])
-session.run(None, {session.get_inputs()[0].name: __import__("numpy").zeros((8, 1, 28, 28), "float32")})
+session.run(None, {session.get_inputs()[0].name: np.zeros((8, 1, 28, 28), np.float32)})
 allowed = set()
 for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
     line = next(l for l in open(status) if l.startswith("Cpus_allowed_list:"))
