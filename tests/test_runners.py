@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import NO_BF16, REPO, fake_cpu_flags, run_process
 from toolkit import formats, runners
@@ -158,3 +159,38 @@ def test_an_onnx_runtime_session_stays_on_the_cpus_the_process_may_use(exported,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [str(cpu)]
+
+
+ONNX_RUNTIME_STORE = ("Microsoft", "DeveloperTools", ".onnxruntime")  # where its builds with telemetry keep it
+
+
+def _ort_store(root) -> bool:
+    return root.joinpath(*ONNX_RUNTIME_STORE).exists()
+
+
+def test_onnx_runtimes_telemetry_is_off_in_the_toolkits_processes(exported, python, tmp_path):
+    """ONNX Runtime's official builds record each session (the model's file name, the Python executable's path, a
+    device id) under the user's cache folder for upload: a plain ONNX Runtime process does, the CLI does not."""
+    model = exported / "model.onnx"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}  # this process set it on import
+    plain = run_process(python, "-c", f"import onnxruntime as ort; ort.InferenceSession({str(model)!r})",
+                        env={**env, "XDG_CACHE_HOME": str(tmp_path / "plain")})
+    assert plain.returncode == 0, plain.stderr
+    if not _ort_store(tmp_path / "plain"):
+        pytest.skip("this ONNX Runtime build records no telemetry")
+    png = tmp_path / "d.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+    cli = run_process(python, "-m", "toolkit", "predict", png, "--model", model, cwd=REPO,
+                      env={**env, "XDG_CACHE_HOME": str(tmp_path / "cli")})
+    assert cli.returncode == 0, cli.stderr
+    assert not _ort_store(tmp_path / "cli")
+
+
+@pytest.mark.parametrize("given, seen", [(None, "1"), ("0", "0"), ("1", "1")])
+def test_a_users_own_telemetry_setting_is_kept(python, given, seen):
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    if given is not None:
+        env["ORT_DISABLE_TELEMETRY"] = given
+    out = run_process(python, "-c", "import os, toolkit; print(os.environ['ORT_DISABLE_TELEMETRY'])", env=env,
+                      cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == seen, out.stderr
