@@ -620,7 +620,7 @@ def test_web_drops_a_half_sent_request(web, capsys):
     with socket.create_connection((u.hostname, u.port), timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: local")
         t0 = time.monotonic()
-        assert s.recv(1024) in (b"",) or True
+        assert s.recv(1024) == b""  # closed without a reply: the request line never ended
         assert time.monotonic() - t0 < 5  # the server gave up after its request timeout
     assert "Traceback" not in capsys.readouterr().err
 
