@@ -203,3 +203,32 @@ def test_a_users_own_telemetry_setting_is_kept(python, given, seen):
     out = run_process(python, "-c", "import os, toolkit; print(os.environ['ORT_DISABLE_TELEMETRY'])", env=env,
                       cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == seen, out.stderr
+
+
+def test_openvino_and_nncf_send_nothing_from_the_toolkits_processes(exported, python, tmp_path):
+    """OpenVINO sends a Google Analytics event when it is imported, and NNCF more while quantizing, through
+    `openvino_telemetry`; in a toolkit process both get their stubs, and nothing is written to the home folder."""
+    env = {**_users_shell(), "HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    probe = ("import toolkit, openvino.tools.ovc.telemetry_utils as ov, nncf.telemetry.wrapper as nncf; "
+             "print(ov.tm.__name__, isinstance(nncf.telemetry, nncf.NNCFTelemetryStub))")
+    out = run_process(python, "-c", probe, env=env, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "True"], out.stderr
+    png = tmp_path / "d.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+    cli = run_process(python, "-m", "toolkit", "predict", png, "--model", exported / "model.xml", cwd=REPO, env=env)
+    assert cli.returncode == 0, cli.stderr
+    assert not (tmp_path / "home" / "intel").exists()  # where OpenVINO's telemetry keeps its client id
+
+
+@pytest.mark.parametrize("consent, hidden", [(None, True), ("0", True), ("1", False), ("fifo", True)])
+def test_openvino_telemetry_runs_only_for_a_user_who_opted_in(python, tmp_path, consent, hidden):
+    home = tmp_path / "home"
+    (home / "intel").mkdir(parents=True)
+    if consent == "fifo":
+        os.mkfifo(home / "intel" / "openvino_telemetry")  # must not block the import of toolkit
+    elif consent is not None:
+        (home / "intel" / "openvino_telemetry").write_text(f"{consent}\n")
+    out = run_process(python, "-c", "import sys, toolkit; print('openvino_telemetry' in sys.modules)", cwd=REPO,
+                      env={**_users_shell(), "HOME": str(home)}, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == str(hidden), out.stderr
