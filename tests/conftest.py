@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from filelock import FileLock
 from typer.testing import CliRunner
@@ -173,6 +174,16 @@ def exported_copy(tmp_path, exported) -> Path:
     copy = tmp_path / "exported"
     shutil.copytree(exported, copy)
     return copy
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    """A blank 28x28 grayscale PNG, for commands that need an image but not a digit."""
+    from PIL import Image
+
+    path = tmp_path / "d.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

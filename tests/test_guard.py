@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import PROGRESS_LINE, run_cli
 from tests.onnx_models import endless_loop, toolkit_metadata
@@ -66,13 +65,6 @@ def _start(args: list, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-def png(tmp_path) -> Path:
-    path = tmp_path / "d.png"
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
-    return path
 
 
 # Ctrl-C on every command; SIGTERM reaches the same watcher (runners/base.py waits on both), so two commands, one

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import NO_BF16, REPO, fake_cpu_flags, run_process
 from toolkit import formats, runners
@@ -177,7 +176,7 @@ def _ort_store(root) -> bool:
     return root.joinpath(*ONNX_RUNTIME_STORE).exists()
 
 
-def test_onnx_runtimes_telemetry_is_off_in_the_toolkits_processes(exported, python, tmp_path):
+def test_onnx_runtimes_telemetry_is_off_in_the_toolkits_processes(exported, python, tmp_path, png):
     """ONNX Runtime's official builds record each session (the model's file name, the Python executable's path, a
     device id) under the user's cache folder for upload: a plain ONNX Runtime process does, the CLI does not."""
     model = exported / "model.onnx"
@@ -187,8 +186,6 @@ def test_onnx_runtimes_telemetry_is_off_in_the_toolkits_processes(exported, pyth
     assert plain.returncode == 0, plain.stderr
     if not _ort_store(tmp_path / "plain"):
         pytest.skip("this ONNX Runtime build records no telemetry")
-    png = tmp_path / "d.png"
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
     cli = run_process(python, "-m", "toolkit", "predict", png, "--model", model, cwd=REPO,
                       env={**env, "XDG_CACHE_HOME": str(tmp_path / "cli")})
     assert cli.returncode == 0, cli.stderr
@@ -205,7 +202,7 @@ def test_a_users_own_telemetry_setting_is_kept(python, given, seen):
     assert out.returncode == 0 and out.stdout.strip() == seen, out.stderr
 
 
-def test_openvino_and_nncf_send_nothing_from_the_toolkits_processes(exported, python, tmp_path):
+def test_openvino_and_nncf_send_nothing_from_the_toolkits_processes(exported, python, tmp_path, png):
     """OpenVINO sends a Google Analytics event when it is imported, and NNCF more while quantizing, through
     `openvino_telemetry`; in a toolkit process both get their stubs, and nothing is written to the home folder."""
     env = {**_users_shell(), "HOME": str(tmp_path / "home")}
@@ -214,8 +211,6 @@ def test_openvino_and_nncf_send_nothing_from_the_toolkits_processes(exported, py
              "print(ov.tm.__name__, isinstance(nncf.telemetry, nncf.NNCFTelemetryStub))")
     out = run_process(python, "-c", probe, env=env, cwd=REPO)
     assert out.returncode == 0 and out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "True"], out.stderr
-    png = tmp_path / "d.png"
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
     cli = run_process(python, "-m", "toolkit", "predict", png, "--model", exported / "model.xml", cwd=REPO, env=env)
     assert cli.returncode == 0, cli.stderr
     assert not (tmp_path / "home" / "intel").exists()  # where OpenVINO's telemetry keeps its client id
