@@ -28,7 +28,7 @@ def openvino_consent_file() -> Path:
 
 
 def openvino_opted_in() -> bool:
-    """Whether the user opted in to OpenVINO's telemetry: its consent file, a small regular file, says "1"."""
+    """Whether the user opted in to OpenVINO's telemetry: its consent file, a regular file, says "1"."""
     try:
         path = openvino_consent_file()
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO there would block the open below
