@@ -68,11 +68,21 @@ def test_torch_runners_agree(manifest, pixels, reference, exported):
     np.testing.assert_allclose(eager["log_probs"], reference["model.onnx"]["log_probs"], atol=1e-4)
 
 
+def openvino_capabilities() -> list[str]:
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def test_openvino_bf16_and_int8_modes(manifest, pixels, reference):
     bf16 = runners.open_runner("openvino", manifest["model.onnx"], runners.RunnerOptions(mode="bf16"))
-    out = bf16.run(pixels)["log_probs"]
-    assert bf16.settings()["inference_precision"] == "bf16"
-    assert 1e-4 < np.abs(out - reference["model.onnx"]["log_probs"]).max() < 1.0  # really bf16, still close
+    diff = np.abs(bf16.run(pixels)["log_probs"] - reference["model.onnx"]["log_probs"]).max()
+    computed = bf16.settings()["inference_precision"]
+    assert computed == bf16.computed_mode
+    if computed == "bf16":
+        assert 1e-4 < diff < 1.0  # really bf16, still close
+    else:  # OpenVINO computes f32 where the CPU has neither bf16 nor AVX-512, and then says it has no BF16
+        assert computed == "f32" and diff <= 1e-4 and "BF16" not in openvino_capabilities()
     int8 = runners.open_runner("openvino", manifest["model.int8.onnx"]).run(pixels)["log_probs"]
     assert (int8.argmax(1) == reference["model.onnx"]["log_probs"].argmax(1)).mean() >= 0.95
     assert formats.judged_precision("fp32", "bf16") == "bf16" and formats.judged_precision("int8", "bf16") == "int8"

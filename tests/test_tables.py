@@ -73,21 +73,24 @@ def test_bench_summary_at_80_columns_names_every_runtime_and_file():
 
 
 def test_verify_table_at_80_columns_keeps_names_and_verdicts():
-    def row(artifact, runtime, mode="f32", passed=True):
+    def row(artifact, runtime, mode="f32", passed=True, computed=""):
         return SimpleNamespace(artifact=artifact, runtime=runtime, mode=mode, precision="fp32", judged_as="fp32",
+                               computed_mode=computed,
                                max_abs_diff=1e-6, mean_abs_diff=1e-7, agreement=10000, n=10000, accuracy=99.1,
                                accuracy_delta=0.0, batch1_max_diff=1e-7, batch1_n=2000, passed=passed,
                                failures=[] if passed else ["agreement 9000/10000 < 100.00%"])
     results = [row("model.onnx", "onnxruntime"), row("model.onnx", "openvino"), row("model.onnx", "openvino", "bf16"),
+               row("model.onnx", "openvino", "bf16", computed="f32"),
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
     report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu",
                              reference="golden.npy sha256=0123456789ab",
                              results=results)
     text = _render(*tables._verify_table(report))
     rows = _rows(text)
-    expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)) for r in results]
+    expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)
+                 + (f"(computed{r.computed_mode})" if r.computed_mode else "")) for r in results]
     assert [(r[0], r[1].replace(" ", "")) for r in rows] == expected
-    assert "FAIL:agreement9000/10000<100.00%" in rows[3][-1].replace(" ", "") and rows[0][-1] == "pass"
+    assert "FAIL:agreement9000/10000<100.00%" in rows[4][-1].replace(" ", "") and rows[0][-1] == "pass"
     assert "…" not in text
 
 

@@ -124,7 +124,8 @@ class ArtifactCheck:
     failures: list[str]
     runtime: str = "onnxruntime"
     mode: str = formats.DEFAULT_MODE  # the runtime's compute mode (formats.MODES: OpenVINO's f32 or bf16)
-    judged_as: str = ""  # the tolerance applied: the lower of the file's precision and the mode's
+    judged_as: str = ""  # the tolerance applied: the lower of the file's precision and the mode computed
+    computed_mode: str = ""  # the mode the runtime reports computing at, where it is not `mode`
 
     @property
     def name(self) -> str:
@@ -285,21 +286,24 @@ def plan(artifacts: list[Artifact], runtimes: list[str], device: str, modes: tup
     return [Job(run.runtime, run.source, run.mode) for run in todo], {**skipped, **left_out}
 
 
-def check_job(job: Job, device: str, ref: Reference, tolerance: Tolerance, batch1_images: int,
+def check_job(job: Job, device: str, ref: Reference, tolerances: dict[str, Tolerance], batch1_images: int,
               time_limit_s: float | None = None) -> ArtifactCheck:
-    """Open the job's runner from the hash-checked bytes and judge it; what it raises (running past
+    """Open the job's runner from the hash-checked bytes and judge it by the tolerance of the precision it
+    computes at (an OpenVINO bf16 job that computes f32 is judged as f32); what it raises (running past
     `time_limit_s` included) is its own failure."""
     t0 = time.perf_counter()
     options = runners.RunnerOptions(device=device, mode=job.mode, time_limit_s=time_limit_s)
     try:
         runner = runners.open_runner(job.runtime, job.artifact, options)
         runner.inputs_as_given = ref.labels is None  # reference inputs are the model's own input
-        fields = check_runner(runner, ref, tolerance, batch1_images)
+        computed = runner.computed_mode
+        judged = formats.judged_precision(job.artifact.precision, computed)
+        fields = check_runner(runner, ref, tolerances[judged], batch1_images)
     except ArtifactError as e:
         return _not_run(job, device, len(ref.pixels), str(e))
     return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,
                          provider=device, seconds=time.perf_counter() - t0, runtime=job.runtime, mode=job.mode,
-                         judged_as=job.judged_as, **fields)
+                         judged_as=judged, computed_mode="" if computed == job.mode else computed, **fields)
 
 
 def _not_run(job: Job, provider: str, n: int, why: str) -> ArtifactCheck:
@@ -420,7 +424,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         mode = "" if job.mode == formats.DEFAULT_MODE else f" {job.mode}"
         progress(i, f"{job.artifact.file} in {job.runtime}{mode}")
         # the runner opens the hash-checked bytes: a file that is not what was exported is "not run", never loaded
-        result = check_job(job, config.provider, ref, config.tolerances[job.judged_as], config.batch1_images,
+        result = check_job(job, config.provider, ref, config.tolerances, config.batch1_images,
                            config.time_limit_s)
         if job.artifact.source_sha256 != ref.source_sha256:
             result.failures.append("exported from a different checkpoint than the one verified against")

@@ -89,7 +89,8 @@ def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
                    ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
                     "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
     for r in report.results:
-        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}"),
+        computed = f" (computed {r.computed_mode})" if r.computed_mode else ""
+        table.add_row(r.artifact, r.runtime + ("" if r.mode == "f32" else f" {r.mode}") + computed,
                       r.precision if r.judged_as in ("", r.precision) else f"{r.precision} (as {r.judged_as})",
                       f"{r.max_abs_diff:.2e}", f"{r.mean_abs_diff:.2e}", f"{r.agreement:,}/{r.n:,}",
                       _known(r.accuracy, ".2f"), _known(r.accuracy_delta, "+.2f"),

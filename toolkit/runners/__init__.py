@@ -156,8 +156,8 @@ def modes_to_run(named: tuple[str, ...] = ()) -> tuple[str, ...]:
     return formats.MODES if sysinfo.native_bf16() else (formats.DEFAULT_MODE,)
 
 
-NO_NATIVE_MODE = (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}), so it would be "
-                  "emulated, slower than f32; --mode f32,bf16 runs it anyway")
+NO_NATIVE_MODE = (f"this CPU has no native bf16 ({' or '.join(sysinfo.NATIVE_BF16_FLAGS)}): OpenVINO would "
+                  "emulate it, slower than f32, or compute f32; --mode f32,bf16 runs it anyway")
 
 
 def choose_modes(todo: list[Run], named: tuple[str, ...] = ()) -> tuple[list[Run], dict[str, str]]:

@@ -102,6 +102,12 @@ class Runner:
         """What this runner was opened with, as recorded in results."""
         return {"device": self.options.device}
 
+    @property
+    def computed_mode(self) -> str:
+        """The compute mode the runtime reports using: the one asked for, unless the runtime chose another
+        (OpenVINO computes f32 when asked for bf16 on a CPU that has neither bf16 nor AVX-512)."""
+        return self.options.mode
+
     def _feed(self, pixels: np.ndarray) -> Any:
         """uint8 pixels -> this runtime's input (normalized floats for the normalized models); inputs as given
         pass through, and a subclass converts either for its runtime."""

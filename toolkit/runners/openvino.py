@@ -100,9 +100,14 @@ class OpenVinoRunner(Runner):
         self.request = compiled.create_infer_request()
 
     def settings(self) -> dict[str, Any]:
-        return {"device": "cpu", "inference_precision": self.options.mode,
+        return {"device": "cpu", "inference_precision": self.computed_mode,
                 "performance_hint": self.options.hint, "threads": self.options.threads,
                 "infer_requests": self.in_flight}
+
+    @property
+    def computed_mode(self) -> str:
+        """The precision OpenVINO compiled the model for, read back (f32 where this CPU cannot do the mode asked)."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     @property
     def in_flight(self) -> int:
