@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 # a size whose one call takes longer than this is not worth growing past: a kernel that slow (torch's int8
-# matmul without VNNI: about a minute at n = 4096) is nowhere near a peak, and the larger sizes only cost time
-SLOW_CALL_S = 1.0
+# matmul without VNNI: 9 s at n = 2048, about a minute at 4096) is nowhere near a peak, and the larger sizes only
+# cost time. A float32 call at n = 4096 takes under 1 s on a 2-core CPU of 140 GFLOP/s: the sizes it needs stay.
+SLOW_CALL_S = 5.0
 
 
 def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, Any]]) -> float:
