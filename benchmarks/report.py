@@ -29,8 +29,13 @@ PROVENANCE = {
 }
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / name
+# Results of the same scripts on another kind of CPU, each in a folder of results/ (the same file names), so that
+# a figure that differs across CPUs shows each: the headline and the sections render these after the main ones.
+OTHER_CPUS = ("nobf16",)  # nobf16/: a CPU without AVX512-BF16 or AMX, where training runs float32
+
+
+def load(name: str, folder: str = "") -> dict | None:
+    path = RESULTS / folder / name
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -39,8 +44,10 @@ def cores(n: int) -> str:
 
 
 def cpu(m: dict) -> str:
-    """A result's machine as its CPU and the cores the run had: 'AMD EPYC, 2 cores'."""
-    return f"{m['cpu']}, {cores(m['cpu_cores'])}"
+    """A result's machine as its CPU, whether it computes bf16 natively (where the result says) and the cores
+    the run had: 'AMD EPYC with bf16, 2 cores'. CPUs of one model name differ in it."""
+    bf16 = {True: " with bf16", False: " without bf16"}.get(m.get("native_bf16"), "")
+    return f"{m['cpu']}{bf16}, {cores(m['cpu_cores'])}"
 
 
 def machine(m: dict) -> str:
@@ -373,14 +380,13 @@ def _ort_version(r: dict) -> str:
     return v.get("onnxruntime-gpu") or v.get("onnxruntime") or "?"
 
 
-def make_main(r: dict) -> list[str]:
+def make_main(r: dict, pinned: dict | None = None) -> list[str]:
     def name(command: str) -> str:
         if command.startswith("if "):  # the recipe's GPU check
             return "`toolkit bench --device cuda` where torch sees a GPU"
         return f"`{command.split(' --')[0].removeprefix('.venv/bin/')}`"
 
     # the same recipe pinned to fewer CPUs (--cpus), where that run is committed: one more column
-    pinned = load("make_main_1core.json")
     seconds = {s["command"]: s["seconds"] for s in pinned["steps"]} if pinned else {}
 
     def more(command: str) -> str:
@@ -530,6 +536,14 @@ def headline() -> list[str]:
             f"{f32['mean_test_accuracy']:.2f}% (mean of {f32['seeds']} seeds), 99.0% after "
             f"{f32['median_seconds_to_target']:.1f} s{one}", "train_speed.py --modes", "train_speed_modes.json",
             _cpu(r))
+    for folder in OTHER_CPUS:  # where the native mode is float32: the same `fast` recipe, as that CPU trains it
+        r = load("train_speed_modes.json", folder)
+        if r and "fast" in r["summary"]:
+            fast = r["summary"]["fast"]
+            row(f"train `fast` in {r['compute']}, as this CPU trains it",
+                f"{fast['mean_test_accuracy']:.2f}% (mean of {fast['seeds']} seeds), 99.0% after "
+                f"{fast['median_seconds_to_target']:.1f} s", "train_speed.py --modes", "train_speed_modes.json",
+                _cpu(r))
     for name in ("verify_best.json", "verify.json"):
         r = load(name)
         if r:
@@ -542,15 +556,17 @@ def headline() -> list[str]:
                 f"{passed}/{len(results)} pass; "
                 f"lowest agreement {worst['agreement']:,}/{worst['n']:,} ({worst['artifact']})", script, name, _cpu(r))
             break
-    r = load("peers.json")
-    if r:
-        _peer_rows(r, lambda what, figure: row(what, figure, "peers.py", "peers.json", _cpu(r)))
-    r, pinned = load("make_main.json"), load("make_main_1core.json")
-    if r:
-        one = f" ({pinned['total_seconds']:.0f} s pinned to {cores(len(pinned['pinned_cpus']))})" if pinned else ""
-        row("`make main` once installed (data, train, export, verify, bench)",
-            f"{r['total_seconds']:.0f} s{one}, {r['total_lines_printed']} lines printed, a bench summary of "
-            f"{r['bench']['summary_rows']} rows", "make_main.py", "make_main.json", _cpu(r))
+    for folder in ("", *OTHER_CPUS):
+        r = load("peers.json", folder)
+        if r:
+            _peer_rows(r, lambda what, figure, r=r: row(what, figure, "peers.py", "peers.json", _cpu(r)))
+    for folder in ("", *OTHER_CPUS):
+        r, pinned = load("make_main.json", folder), load("make_main_1core.json", folder)
+        if r:
+            one = f" ({pinned['total_seconds']:.0f} s pinned to {cores(len(pinned['pinned_cpus']))})" if pinned else ""
+            row("`make main` once installed (data, train, export, verify, bench)",
+                f"{r['total_seconds']:.0f} s{one}, {r['total_lines_printed']} lines printed, a bench summary of "
+                f"{r['bench']['summary_rows']} rows", "make_main.py", "make_main.json", _cpu(r))
     lines = ["| what | measured | script (`benchmarks/`) | on |", "|---|---|---|---|", *rows]
     for name, mark in notes.items():
         lines += ["", f"{mark} `{name}`: {PROVENANCE[name]}"]
@@ -590,7 +606,8 @@ def sections() -> list[str]:
                ("cnn_vs_mlp.json", cnn_vs_mlp), ("verify.json", artifacts), ("verify_best.json", best_artifacts),
                ("quantization.json", quantization), ("compat.json", compat), ("env_size.json", env_size),
                ("env_size_all.json", env_size_all),
-               ("peers.json", peers), ("torch_export.json", torch_export), ("make_main.json", make_main),
+               ("peers.json", peers), ("torch_export.json", torch_export),
+               ("make_main.json", lambda r: make_main(r, load("make_main_1core.json"))),
                ("inference_profile.json", inference_profile), ("search_probes.json", search_probes),
                ("web_inference.json", web_inference),
                ("inference_cpu.json", lambda r: inference(r, "cpu")),
@@ -602,6 +619,16 @@ def sections() -> list[str]:
             if name in PROVENANCE:
                 lines[1:1] = ["", PROVENANCE[name]]
             out.append("\n".join(lines))
+    # the same scripts on another kind of CPU, where they ran there (each heading names its CPU)
+    for folder in OTHER_CPUS:
+        others = [("peers.json", peers), ("inference_profile.json", inference_profile),
+                  ("make_main.json", lambda r, f=folder: make_main(r, load("make_main_1core.json", f)))]
+        for name, render in others:
+            r = load(name, folder)
+            if r:
+                lines = render(r)
+                lines[1:1] = ["", f"Measured on {_cpu(r)}: `benchmarks/results/{folder}/{name}`."]
+                out.append("\n".join(lines))
     return out
 
 

@@ -79,14 +79,13 @@ def test_the_rendered_blocks_match_the_committed_json(path):
                                          "python benchmarks/report.py --write README.md benchmarks/README.md")
 
 
-def test_the_make_main_table_has_a_pinned_column_only_where_a_pinned_run_is_committed(monkeypatch):
+def test_the_make_main_table_has_a_pinned_column_only_where_a_pinned_run_is_committed():
     report = _report()
     run = json.loads((report.RESULTS / "make_main.json").read_text())
     pinned = {**run, "pinned_cpus": [0], "total_seconds": 999.0,
               "steps": [{**step, "seconds": 98.7} for step in run["steps"][1:]]}  # one command it did not run
     for committed in (None, pinned):
-        monkeypatch.setattr(report, "load", lambda name, c=committed: c if name == "make_main_1core.json" else None)
-        lines = report.make_main(run)
+        lines = report.make_main(run, committed)
         start = lines.index(next(line for line in lines if line.startswith("| command ")))
         # the commands table's rows, not the bench goals table after it
         rows = [line for line in lines[start:lines.index("", start)] if line.startswith("| ")]
@@ -158,3 +157,18 @@ def test_the_tour_runs_in_order_after_make_main(after_make_main):
     assert (after_make_main / "runs" / "mlp" / "checkpoint.pt").is_file()
     manifest = json.loads((after_make_main / "exported" / "mlp" / "manifest.json").read_text())
     assert {a["file"] for a in manifest["artifacts"]} == {"model.onnx"}
+
+
+def test_results_from_another_kind_of_cpu_are_shown_beside_the_main_ones():
+    report = _report()
+    sections, headline = "\n".join(report.sections()), "\n".join(report.headline())
+    for folder in report.OTHER_CPUS:
+        for path in sorted((report.RESULTS / folder).glob("*.json")):
+            run = json.loads(path.read_text())
+            where = report.cpu(run["machine"])
+            assert run["machine"]["native_bf16"] is False and "without bf16" in where
+            if path.name == "train_speed_modes.json":  # the headline's row only
+                assert f"99.0% after {run['summary']['fast']['median_seconds_to_target']:.1f} s" in headline
+            else:
+                assert f"Measured on {where}: `benchmarks/results/{folder}/{path.name}`." in sections
+            assert f"| {where} |" in headline
