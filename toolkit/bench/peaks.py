@@ -23,8 +23,9 @@ def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, A
         a, b = make(n)
         t0 = time.perf_counter()
         op(a, b)  # warm-up
-        if time.perf_counter() - t0 > SLOW_CALL_S:
-            return max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+        warmup_s = time.perf_counter() - t0
+        if warmup_s > SLOW_CALL_S:
+            return max(best, 2 * n ** 3 / warmup_s / 1e9)
         for _ in range(3 if n < 4096 else 2):
             t0 = time.perf_counter()
             op(a, b)
@@ -65,10 +66,12 @@ def _torch_int8_rate() -> float | None:
 
 
 def _ort_int8_rate() -> float | None:
-    """MatMulInteger's best rate in ONNX Runtime on the CPU, on its default threads; None without ONNX Runtime."""
+    """MatMulInteger's best rate in ONNX Runtime on the CPU, in a session made as the toolkit makes its own
+    (runners.onnxruntime.create_session: on the CPUs this process may use); None without ONNX Runtime."""
     try:
-        import onnxruntime as ort
         from onnx import TensorProto, helper
+
+        from toolkit.runners.onnxruntime import create_session
     except ImportError:
         return None
     import numpy as np
@@ -79,7 +82,7 @@ def _ort_int8_rate() -> float | None:
                               [value("a", TensorProto.UINT8), value("b", TensorProto.INT8)],
                               [value("y", TensorProto.INT32)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = create_session(model.SerializeToString(), label="the int8 matmul probe")
     rng = np.random.default_rng(0)
 
     def make(n: int) -> tuple[Any, Any]:
