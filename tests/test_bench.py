@@ -394,7 +394,7 @@ def test_a_timed_block_waits_for_what_its_calls_left_running():
 
 
 def test_a_matmul_kernel_far_from_any_peak_is_timed_once_not_at_every_size(monkeypatch):
-    # torch's int8 matmul without VNNI takes about a minute at n = 4096: one slow call ends the measurement
+    # torch's int8 matmul without VNNI is far from any peak, and slower at each size: one slow call ends it
     from toolkit.bench import peaks
 
     monkeypatch.setattr(peaks, "SLOW_CALL_S", 0.01)
@@ -408,8 +408,8 @@ def test_a_matmul_kernel_far_from_any_peak_is_timed_once_not_at_every_size(monke
 
 
 def test_the_int8_peak_is_not_torchs_slow_kernel_alone(monkeypatch):
-    # where torch has no fast int8 kernel (no VNNI) it reaches about 2 GOP/s: a peak of that would make every int8
-    # share of it absurd (51 on such a CPU); ONNX Runtime's int8 matmul is measured beside it
+    # where torch has no fast int8 kernel (no VNNI), a peak of its rate would put int8 models at many times
+    # "their peak"; ONNX Runtime's int8 matmul is measured beside it
     from toolkit.bench import peaks
 
     monkeypatch.setattr(peaks, "_torch_int8_rate", lambda: 2.0)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 # a size whose one call takes longer than this is not worth growing past: a kernel that slow (torch's int8
-# matmul without VNNI: 9 s at n = 2048, about a minute at 4096) is nowhere near a peak, and the larger sizes only
-# cost time. A float32 call at n = 4096 takes under 1 s on a 2-core CPU of 140 GFLOP/s: the sizes it needs stay.
+# matmul on a CPU without VNNI) is nowhere near a peak, and each doubling of n costs 8 times more. A float32 call
+# at n = 4096 is 137 GFLOP, well within this on any CPU fast enough to bench on: the sizes it needs stay.
 SLOW_CALL_S = 5.0
 
 
@@ -45,8 +45,8 @@ def matmul_peak_gflops(dtype: Any = None) -> float:
 def int8_matmul_peak_gops() -> float | None:
     """The same measurement for int8 x int8 -> int32, in GOP/s: the better of torch._int_mm (oneDNN) and ONNX
     Runtime's MatMulInteger (u8 x s8, MLAS). Both use VNNI where the CPU has it; without VNNI torch's falls back
-    to a slow generic kernel (2 GOP/s where ONNX Runtime's reaches 300), so torch alone would understate the
-    peak a hundredfold there. None where neither library runs."""
+    to a generic kernel orders of magnitude slower than ONNX Runtime's, so torch alone would understate the
+    peak there. None where neither library runs."""
     rates = [rate for rate in (_torch_int8_rate(), _ort_int8_rate()) if rate]
     return max(rates) if rates else None
 
