@@ -1,7 +1,9 @@
 """This CPU's matrix-multiply peaks: the yardstick the efficiency targets divide a model's achieved rate by.
 
-Measured through torch (MKL/oneDNN) and, for int8, ONNX Runtime (MLAS) too: the best of a few sizes and
-repeats, so the peak is what this machine reaches in practice rather than a datasheet figure for another one.
+Measured through torch (MKL/oneDNN) and ONNX Runtime (MLAS): the best of a few sizes and repeats in either, so
+the peak is what this machine reaches in practice rather than a datasheet figure for another one. One library
+alone can understate it: torch's float32 matmul on an AMD CPU with full-width AVX-512 units runs an AVX2 kernel at
+about half of what MLAS reaches there, and torch's int8 matmul on a CPU without VNNI is a generic loop.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 # matmul on a CPU without VNNI) is nowhere near a peak, and each doubling of n costs 8 times more. A float32 call
 # at n = 4096 is 137 GFLOP, well within this on any CPU fast enough to bench on: the sizes it needs stay.
 SLOW_CALL_S = 5.0
+SIZES = (1024, 2048, 2048, 4096)  # n of the n x n operands, in the order timed; the best rate of all is kept
 
 
 def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, Any]]) -> float:
     """Best rate of `op(a, b)` on n x n operands, in 1e9 multiply-adds x 2 per second."""
     best = 0.0
-    for n in (1024, 2048, 2048, 4096):
+    for n in SIZES:
         a, b = make(n)
         t0 = time.perf_counter()
         op(a, b)  # warm-up
@@ -34,11 +37,21 @@ def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, A
 
 
 def matmul_peak_gflops(dtype: Any = None) -> float:
-    """Best matrix-multiply rate of this CPU through torch (MKL/oneDNN), in GFLOP/s, on torch's current thread
-    count (bench sets it from --threads); float32 unless `dtype` (a torch dtype, e.g. torch.bfloat16) says."""
+    """Best matrix-multiply rate of this CPU, in GFLOP/s, on torch's current thread count (bench sets it from
+    --threads): float32 unless `dtype` (a torch dtype, e.g. torch.bfloat16) says. float32 is the better of torch
+    (MKL/oneDNN) and ONNX Runtime's MatMul (MLAS); other dtypes are torch's alone."""
     import torch
 
     dtype = dtype or torch.float32
+    rate = _torch_rate(dtype)
+    if dtype != torch.float32:
+        return rate
+    return max(rate, _ort_matmul_rate("float32", torch.get_num_threads()) or 0.0)
+
+
+def _torch_rate(dtype: Any) -> float:
+    import torch
+
     return _best_rate(lambda a, b: a @ b, lambda n: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)))
 
 
@@ -47,7 +60,9 @@ def int8_matmul_peak_gops() -> float | None:
     Runtime's MatMulInteger (u8 x s8, MLAS). Both use VNNI where the CPU has it; without VNNI torch's falls back
     to a generic kernel orders of magnitude slower than ONNX Runtime's, so torch alone would understate the
     peak there. None where neither library runs."""
-    rates = [rate for rate in (_torch_int8_rate(), _ort_int8_rate()) if rate]
+    import torch
+
+    rates = [rate for rate in (_torch_int8_rate(), _ort_matmul_rate("int8", torch.get_num_threads())) if rate]
     return max(rates) if rates else None
 
 
@@ -65,9 +80,10 @@ def _torch_int8_rate() -> float | None:
         return None
 
 
-def _ort_int8_rate() -> float | None:
-    """MatMulInteger's best rate in ONNX Runtime on the CPU, in a session made as the toolkit makes its own
-    (runners.onnxruntime.create_session: on the CPUs this process may use); None without ONNX Runtime."""
+def _ort_matmul_rate(kind: str, threads: int | None = None) -> float | None:
+    """ONNX Runtime's best matmul rate on the CPU, float32 (MatMul) or int8 (MatMulInteger, u8 x s8), in a
+    session made as the toolkit makes its own (runners.onnxruntime.create_session: on the CPUs this process may
+    use), on `threads` threads (None: the toolkit's default); None without ONNX Runtime."""
     try:
         from onnx import TensorProto, helper
 
@@ -76,15 +92,22 @@ def _ort_int8_rate() -> float | None:
         return None
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    if kind == "int8":
+        op, types = "MatMulInteger", (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+
+        def make(n: int) -> tuple[Any, Any]:
+            return (rng.integers(0, 256, (n, n), dtype=np.uint8), rng.integers(-128, 128, (n, n), dtype=np.int8))
+    else:
+        op, types = "MatMul", (TensorProto.FLOAT,) * 3
+
+        def make(n: int) -> tuple[Any, Any]:
+            return (rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32))
+
     def value(name: str, kind: int) -> Any:
         return helper.make_tensor_value_info(name, kind, ["n", "n"])
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_matmul",
-                              [value("a", TensorProto.UINT8), value("b", TensorProto.INT8)],
-                              [value("y", TensorProto.INT32)])
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], f"{kind}_matmul",
+                              [value("a", types[0]), value("b", types[1])], [value("y", types[2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = create_session(model.SerializeToString(), label="the int8 matmul probe")
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[Any, Any]:
-        return (rng.integers(0, 256, (n, n), dtype=np.uint8), rng.integers(-128, 128, (n, n), dtype=np.int8))
+    session = create_session(model.SerializeToString(), threads=threads, label=f"the {kind} matmul probe")
     return _best_rate(lambda a, b: session.run(None, {"a": a, "b": b}), make)
