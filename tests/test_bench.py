@@ -425,3 +425,22 @@ def test_the_float32_peak_is_not_torchs_kernel_alone(monkeypatch):
     monkeypatch.setattr(peaks, "SIZES", (256, 256))
     monkeypatch.setattr(peaks, "_torch_rate", lambda dtype: 2.0)
     assert peaks.matmul_peak_gflops() > 10  # GFLOP/s: MLAS's float32 GEMM on any x86-64 or Arm CPU of this century
+
+
+def test_bench_judges_a_bf16_run_by_the_precision_it_computed(monkeypatch):
+    # OpenVINO computes f32 when asked for bf16 on a CPU with neither bf16 nor AVX-512: bench then holds it to
+    # f32's tolerances, as verify does, and says what it computed
+    from types import SimpleNamespace
+
+    from toolkit import verify
+    from toolkit.bench import search
+    from toolkit.runners import RunnerOptions
+
+    used = []
+    monkeypatch.setattr(verify, "check_runner", lambda runner, ref, tolerance, k: used.append(tolerance) or
+                        {"passed": True, "agreement": 10, "n": 10, "max_abs_diff": 0.0, "failures": []})
+    key = ("openvino", "onnx", "fp32", RunnerOptions(mode="bf16"))
+    for computed, judged in (("f32", "fp32"), ("bf16", "bf16")):
+        verdict = search._verdict_of(key, SimpleNamespace(computed_mode=computed), ref=None)
+        assert used.pop() == verify.DEFAULT_TOLERANCES[judged] and verdict["judged_as"] == judged
+        assert verdict.get("computed_mode") == ("f32" if computed == "f32" else None)

@@ -213,16 +213,19 @@ def sample(ref: Any, images: int) -> Any:
 
 
 def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
-    """verify's judgement of one runner on the reference's inputs, with the default tolerances of its precision."""
+    """verify's judgement of one runner on the reference's inputs, with the default tolerances of the precision
+    it computes at (as verify judges: an OpenVINO bf16 mode that computes f32 is held to f32's)."""
     from toolkit import verify
 
     runtime, fmt, precision, options = key
-    judged = judged_precision(precision, options.mode)
+    computed = runner.computed_mode
+    judged = judged_precision(precision, computed)
     try:
         fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
     except ArtifactError as e:
         fields = {"passed": False, "failures": [str(e)]}
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
+            **({"computed_mode": computed} if computed != options.mode else {}),
             **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")}}
 
 
