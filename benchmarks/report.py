@@ -44,10 +44,12 @@ def cores(n: int) -> str:
 
 
 def cpu(m: dict) -> str:
-    """A result's machine as its CPU, whether it computes bf16 natively (where the result says) and the cores
-    the run had: 'AMD EPYC with bf16, 2 cores'. CPUs of one model name differ in it."""
+    """A result's machine as its CPU, its family and model numbers and whether it computes bf16 natively (where
+    the result says) and the cores the run had: 'AMD EPYC (family 26, model 2) with bf16, 2 cores'. CPUs of one
+    model name differ in these."""
     bf16 = {True: " with bf16", False: " without bf16"}.get(m.get("native_bf16"), "")
-    return f"{m['cpu']}{bf16}, {cores(m['cpu_cores'])}"
+    ident = f" ({m['cpu_id']})" if m.get("cpu_id") else ""
+    return f"{m['cpu']}{ident}{bf16}, {cores(m['cpu_cores'])}"
 
 
 def machine(m: dict) -> str:
@@ -236,15 +238,29 @@ def inference(r: dict, provider: str) -> list[str]:
     return lines
 
 
+def _peak_words(r: dict) -> str:
+    """The run's matmul peaks, each with the rate of every library measured where the run recorded them."""
+    rates = r["bench_report"].get("peak_rates") or {}
+    libraries = {"torch": "torch", "onnxruntime": "ONNX Runtime"}
+
+    def words(kind: str, peak: float, unit: str) -> str:
+        each = ", ".join(f"{libraries.get(k, k)} {v:.0f}" for k, v in rates.get(kind, {}).items())
+        return f"{kind} {peak:.0f} {unit}" + (f" (the better of {each})" if each else "")
+    out = words("float32", r["matmul_peak_gflops"], "GFLOP/s")
+    if r.get("int8_matmul_peak_gops"):
+        out += ", " + words("int8", r["int8_matmul_peak_gops"], "GOP/s")
+    if not rates:
+        out += "; measured before the float32 peak took ONNX Runtime's MatMul beside torch's"
+    return out
+
+
 def peers(r: dict) -> list[str]:
     rep = r["bench_report"]
-    peak, int8_peak = r.get("matmul_peak_gflops"), r.get("int8_matmul_peak_gops")
     lines = [f"### The same files on every engine (`benchmarks/peers.py`, {machine(r['machine'])})", "",
              "One bench run, interleaved rounds, each engine at the settings its short search found best; versions: "
              + ", ".join(f"{name} {v['version']}" for name, v in rep["runtimes"].items()) + ". Share of peak: "
              f"images/s x {r['model_flops_per_image'] / 1e6:.2f} MFLOP per image over the matmul peak measured in "
-             f"the same run (float32 {peak:.0f} GFLOP/s" + (f", int8 {int8_peak:.0f} GOP/s" if int8_peak else "")
-             + "); none for bf16 modes.", "",
+             f"the same run ({_peak_words(r)}); none for bf16 modes.", "",
              "| engine, file, precision mode | batch-1 p50 ms | vs ORT fp32 | best images/s (batch 64-256) | "
              "vs ORT fp32 | share of peak | judged as | agreement with PyTorch | verified |",
              "|---|---:|---:|---:|---:|---:|---|---:|---|"]

@@ -321,6 +321,16 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert sysinfo.cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
+def test_the_cpu_family_and_model_tell_apart_cpus_named_alike(tmp_path):
+    # a virtual machine names two generations of a CPU alike ('AMD EPYC'): the numbers say which it is
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\n")
+    assert sysinfo.cpu_id(str(cpuinfo)) == "family 26, model 2"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Arm CPU\nCPU part\t: 0xd0c\n")
+    assert sysinfo.cpu_id(str(cpuinfo)) is None and sysinfo.cpu_id(str(tmp_path / "missing")) is None
+
+
 def _series(p50_ms, images_per_s, batch):
     """A probe's series: calls of `p50_ms` each whose wall time gives `images_per_s` at `batch`."""
     calls = 10

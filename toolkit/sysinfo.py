@@ -51,6 +51,26 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_id(path: str = "/proc/cpuinfo") -> str | None:
+    """The x86 CPU's family and model numbers as the kernel reports them ('family 26, model 2'): what tells apart
+    CPUs that a virtual machine names alike ('AMD EPYC'); None where the file does not say."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        pass
+    if not all(fields.get(k, "").isdigit() for k in ("cpu family", "model")):
+        return None
+    return f"family {fields['cpu family']}, model {fields['model']}"
+
+
 def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); `flags` defaults to this CPU's."""
     flags = cpu_flags() if flags is None else flags
@@ -63,9 +83,11 @@ def usable_cores() -> int:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model and core count, and the GPU (name, driver, CUDA) when torch sees one."""
+    """CPU model (with its family and model numbers where the kernel gives them) and core count, and the GPU
+    (name, driver, CUDA) when torch sees one."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
+        **({"cpu_id": cpu_id()} if cpu_id() else {}),
         "cpu_cores": usable_cores(),
         "native_bf16": native_bf16(),
         "platform": platform.platform(),

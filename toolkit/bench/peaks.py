@@ -36,17 +36,25 @@ def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, A
     return best
 
 
-def matmul_peak_gflops(dtype: Any = None) -> float:
+def matmul_peak_gflops(dtype: Any = None, rates: dict[str, float] | None = None) -> float:
     """Best matrix-multiply rate of this CPU, in GFLOP/s, on torch's current thread count (bench sets it from
     --threads): float32 unless `dtype` (a torch dtype, e.g. torch.bfloat16) says. float32 is the better of torch
-    (MKL/oneDNN) and ONNX Runtime's MatMul (MLAS); other dtypes are torch's alone."""
+    (MKL/oneDNN) and ONNX Runtime's MatMul (MLAS); other dtypes are torch's alone. `rates`, where given, gets
+    each library's rate."""
     import torch
 
     dtype = dtype or torch.float32
-    rate = _torch_rate(dtype)
-    if dtype != torch.float32:
-        return rate
-    return max(rate, _ort_matmul_rate("float32", torch.get_num_threads()) or 0.0)
+    found = {"torch": _torch_rate(dtype)}
+    if dtype == torch.float32:
+        found["onnxruntime"] = _ort_matmul_rate("float32", torch.get_num_threads())
+    return _best_of(found, rates)
+
+
+def _best_of(found: dict[str, float | None], rates: dict[str, float] | None) -> Any:
+    found = {name: rate for name, rate in found.items() if rate}
+    if rates is not None:
+        rates.update(found)
+    return max(found.values()) if found else None
 
 
 def _torch_rate(dtype: Any) -> float:
@@ -55,15 +63,15 @@ def _torch_rate(dtype: Any) -> float:
     return _best_rate(lambda a, b: a @ b, lambda n: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)))
 
 
-def int8_matmul_peak_gops() -> float | None:
+def int8_matmul_peak_gops(rates: dict[str, float] | None = None) -> float | None:
     """The same measurement for int8 x int8 -> int32, in GOP/s: the better of torch._int_mm (oneDNN) and ONNX
     Runtime's MatMulInteger (u8 x s8, MLAS). Both use VNNI where the CPU has it; without VNNI torch's falls back
     to a generic kernel orders of magnitude slower than ONNX Runtime's, so torch alone would understate the
-    peak there. None where neither library runs."""
+    peak there. None where neither library runs; `rates`, where given, gets each library's rate."""
     import torch
 
-    rates = [rate for rate in (_torch_int8_rate(), _ort_matmul_rate("int8", torch.get_num_threads())) if rate]
-    return max(rates) if rates else None
+    return _best_of({"torch": _torch_int8_rate(), "onnxruntime": _ort_matmul_rate("int8", torch.get_num_threads())},
+                    rates)
 
 
 def _torch_int8_rate() -> float | None:

@@ -118,13 +118,15 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
     flops = _model_flops(config, plan.checkpoint)
     skipped = dict(plan.skipped)
     peaks = _peaks_wanted(config, plan.devices, flops, skipped)
+    rates: dict[str, dict[str, float]] = {"float32": {}, "int8": {}} if peaks else {}
     report = BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, plan.devices),
         session_options=_session_options(config), model_flops_per_image=flops,
-        matmul_peak_gflops=matmul_peak_gflops() if peaks else None, points=points, load_ms=plan.opener.load_ms,
+        matmul_peak_gflops=matmul_peak_gflops(rates=rates["float32"]) if peaks else None, points=points,
+        load_ms=plan.opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()}},
-        int8_matmul_peak_gops=int8_matmul_peak_gops() if peaks else None,
-        runtimes=plan.opener.runtimes(), verification=plan.opener.verification())
+        int8_matmul_peak_gops=int8_matmul_peak_gops(rates["int8"]) if peaks else None,
+        runtimes=plan.opener.runtimes(), verification=plan.opener.verification(), peak_rates=rates)
     if plan.reference is not None:
         report.settings["reference"] = plan.reference.name
     return report

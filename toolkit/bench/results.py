@@ -94,6 +94,7 @@ class BenchReport:
     fastest: dict[str, dict[str, Any]] = field(default_factory=dict)  # regime -> the fastest verified point
     summary: list[dict[str, Any]] = field(default_factory=list)  # one row per runtime and file: see summarize
     search: dict[str, Any] = field(default_factory=dict)  # what the short search tried and kept, and why
+    peak_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # float32/int8 -> each library's rate
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
