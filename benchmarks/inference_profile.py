@@ -1,6 +1,7 @@
-"""Where inference time goes, per operator and per layer: ONNX Runtime's profiler and OpenVINO's performance
-counters on the fp32 and int8 .onnx files, and OpenVINO's on its int8 IR (the file behind the fastest verified int8
-throughput), at batch 1 and at a large batch, on real test images.
+"""Where inference time goes, per operator and per layer: ONNX Runtime's profiler (at its default optimization
+level, all, and at extended, which leaves out the NCHWc layout rewrite and which bench's search may pick instead)
+and OpenVINO's performance counters on the fp32 and int8 .onnx files, and OpenVINO's on its int8 IR (the file behind
+the fastest verified int8 throughput), at batch 1 and at a large batch, on real test images.
 
     python benchmarks/inference_profile.py --artifacts exported --data-dir data \
         --out benchmarks/results/inference_profile.json
@@ -12,6 +13,7 @@ kernel that ran it) and per layer (graph node), its time per call and share, wit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -37,12 +39,14 @@ def _shares(totals: dict[str, float], calls: int) -> list[dict]:
             for op, us in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
-def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int) -> dict:
-    """ONNX Runtime's own profile of `calls` runs: microseconds per operator type (and execution provider)."""
+def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int, level: str = "all") -> dict:
+    """ONNX Runtime's own profile of `calls` runs at optimization `level` (all or extended): microseconds per
+    operator type (and execution provider)."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}")
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -120,7 +124,8 @@ def main() -> None:
 
     images, _ = load_split(args.data_dir, "test")
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    engines = {"onnxruntime": profile_ort}
+    engines = {"onnxruntime": profile_ort,
+               "onnxruntime opt=extended": functools.partial(profile_ort, level="extended")}
     try:
         import openvino  # noqa: F401
 
@@ -135,12 +140,12 @@ def main() -> None:
         for batch in batches:
             x = np.ascontiguousarray(normalize(images[:batch], MEAN, STD))
             calls = max(10, args.calls // batch) if batch > 1 else args.calls
-            for engine, profile in ((e, p) for e, p in engines.items() if e in by):
+            for engine, profile in ((e, p) for e, p in engines.items() if e.split()[0] in by):
                 result = profile(Path(args.artifacts) / file, x, calls, warmup=max(3, calls // 10))
                 runs.append({"engine": engine, "file": file, "precision": precision, "batch_size": batch,
                              "calls": calls, **result})
                 top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["ops"][:4])
-                print(f"{engine:12s} {precision} batch {batch:4d}: {top}", flush=True)
+                print(f"{engine:24s} {precision} batch {batch:4d}: {top}", flush=True)
     manifest = _manifest(Path(args.artifacts))
     int8_settings = _export_settings(manifest, "model.int8.onnx")
     ir_settings = _export_settings(manifest, "model.int8.xml")
@@ -148,6 +153,7 @@ def main() -> None:
         "benchmark": "inference_profile", "machine": sysinfo.machine(),
         "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
         "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls, "threads": "each engine's default",
+                     "onnxruntime": "optimization level all (its default), and extended where the engine says so",
                      "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32",
                      "int8_variant": {k: int8_settings[k] for k in ("variant", "graph_rewrites", "fp32_nodes",
                                                                      "reason") if k in int8_settings},

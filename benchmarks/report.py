@@ -463,11 +463,12 @@ def search_probes(r: dict) -> list[str]:
 
 def inference_profile(r: dict) -> list[str]:
     lines = [f"### Where inference time goes (`benchmarks/inference_profile.py`, {machine(r['machine'])})", "",
-             "ONNX Runtime's profiler and OpenVINO's performance counters (f32 inference precision), "
-             "each engine's default threads; the four operators that take the most time, and the two slowest "
-             "layers (graph nodes), as shares of the operators' total. The exporter names the first convolution "
-             "`node_conv2d` and the second `node_conv2d_1` (ONNX Runtime's NCHWc rewrite renames them "
-             "`conv2d_nchwc` and `conv2d_1_nchwc`)." + _work_shares(r.get("layer_flops_per_image")), "",
+             "ONNX Runtime's profiler (at its default optimization level, all, and where the engine column says "
+             "so at extended, which leaves out the NCHWc layout rewrite) and OpenVINO's performance counters (f32 "
+             "inference precision), each engine's default threads; the four operators that take the most time, "
+             "and the two slowest layers (graph nodes), as shares of the operators' total. The exporter names the "
+             "first convolution `node_conv2d` and the second `node_conv2d_1` (ONNX Runtime's NCHWc rewrite renames "
+             "them `conv2d_nchwc` and `conv2d_1_nchwc`)." + _work_shares(r.get("layer_flops_per_image")), "",
              "| engine | file | batch | ms per call | top operators | slowest layers |",
              "|---|---|---:|---:|---|---|"]
     for run in r["runs"]:
