@@ -644,6 +644,7 @@ def sections() -> list[str]:
     # the same scripts on another kind of CPU, where they ran there (each heading names its CPU)
     for folder in OTHER_CPUS:
         others = [("peers.json", peers), ("inference_profile.json", inference_profile),
+                  ("quantization.json", quantization),
                   ("make_main.json", lambda r, f=folder: make_main(r, load("make_main_1core.json", f)))]
         for name, render in others:
             r = load(name, folder)
