@@ -85,9 +85,10 @@ def usable_cores() -> int:
 def machine() -> dict[str, Any]:
     """CPU model (with its family and model numbers where the kernel gives them) and core count, and the GPU
     (name, driver, CUDA) when torch sees one."""
+    ident = cpu_id()
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        **({"cpu_id": cpu_id()} if cpu_id() else {}),
+        **({"cpu_id": ident} if ident else {}),
         "cpu_cores": usable_cores(),
         "native_bf16": native_bf16(),
         "platform": platform.platform(),
