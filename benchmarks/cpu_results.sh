@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The results that show how the toolkit does on another kind of CPU, in one folder of results/ that report.py
+# renders beside the main results (name the folder in its OTHER_CPUS): make main, then on its export the peer
+# benchmark, the inference profile and the int8 variants, and the fast recipe in the CPU's own compute mode and in
+# float32. Run from the checkout's root after the install (make .venv/.installed-stamp); like make main, it
+# overwrites data/, runs/ and exported/.
+# Usage: benchmarks/cpu_results.sh FOLDER
+set -euo pipefail
+folder="${1:-}"
+if [[ ! "$folder" =~ ^[A-Za-z0-9_-]+$ ]]; then
+  echo "error: give one folder name under benchmarks/results (letters, digits, - and _), e.g. nobf16" >&2
+  exit 2
+fi
+python="${PYTHON:-.venv/bin/python}"
+out="benchmarks/results/$folder"
+mkdir -p "$out"
+"$python" benchmarks/make_main.py --out "$out/make_main.json"
+"$python" benchmarks/peers.py --artifacts exported --data-dir data --out "$out/peers.json"
+"$python" benchmarks/inference_profile.py --artifacts exported --data-dir data --out "$out/inference_profile.json"
+"$python" benchmarks/quantization.py --checkpoint runs/convnet-fast-seed0/checkpoint.pt --data-dir data \
+  --out "$out/quantization.json"
+"$python" benchmarks/train_speed.py --data-dir data --recipes fast --notebook-epochs 0 --modes native,float32 \
+  --out "$out/train_speed_modes.json"
