@@ -23,15 +23,27 @@ def versions(*packages: str) -> dict[str, str]:
     return found
 
 
-def cpu_model() -> str:
+def _cpuinfo(keys: tuple[str, ...], path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first value the kernel's CPU description gives each of `keys` (the first processor's, where every
+    processor repeats them); {} where there is no such file (not Linux)."""
+    found: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in keys and key not in found:
+                    found[key] = value.strip()
+                    if len(found) == len(keys):
+                        break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return found
+
+
+def cpu_model() -> str:
+    name = _cpuinfo(("model name",)).get("model name")
+    return name if name is not None else platform.processor() or platform.machine()
 
 
 # CPU flags (Linux /proc/cpuinfo) that mean bf16 arithmetic in hardware; without them OpenVINO emulates bf16,
@@ -41,31 +53,13 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags as the kernel reports them; empty where there is no such file (not Linux)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset(_cpuinfo(("flags",), path).get("flags", "").split())
 
 
 def cpu_id(path: str = "/proc/cpuinfo") -> str | None:
     """The x86 CPU's family and model numbers as the kernel reports them ('family 26, model 2'): what tells apart
     CPUs that a virtual machine names alike ('AMD EPYC'); None where the file does not say."""
-    fields: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip():  # the first processor's block is enough
-                    break
-    except OSError:
-        pass
+    fields = _cpuinfo(("cpu family", "model"), path)
     if not all(fields.get(k, "").isdigit() for k in ("cpu family", "model")):
         return None
     return f"family {fields['cpu family']}, model {fields['model']}"
