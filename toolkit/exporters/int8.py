@@ -3,10 +3,11 @@ training images only (never the test set that verify judges it on). `calibration
 those images, shared with the other int8 exporters (OpenVINO IR via NNCF).
 
 The graph handed to the quantizer is first rewritten (int8_graph: ReLU before max-pool, channels-last flatten)
-so that ONNX Runtime runs the quantized stack without Transposes or DequantizeLinear between its ops. Two
-candidates are then quantized, all convolutions in int8 or the first one (a single input channel) left fp32,
-and the one that is faster here while holding accuracy on a validation slice of training images is kept
-(int8_choice); the manifest entry says which and why.
+so that ONNX Runtime runs the quantized stack without Transposes or DequantizeLinear between its ops. The
+candidates are then quantized: all convolutions in int8; the first one (a single input channel) left fp32; and
+that fp32 block with its convolution padded to whole NCHWc blocks of channels (int8_graph.pad_first_conv), so that
+ONNX Runtime's blocked layout covers its pool too. The one that is fastest here while holding accuracy on a
+validation slice of training images is kept (int8_choice); the manifest entry says which and why.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ VALIDATION_IMAGES = 2048  # training images (none of them calibration images) th
 # The candidates, in order of preference when nothing can be measured.
 ALL_INT8 = "int8-all-convs"
 FP32_FIRST_CONV = "fp32-first-conv"
+FP32_FIRST_CONV_PADDED = "fp32-first-conv-padded"
 _DESCRIPTIONS = {
     ALL_INT8: "every Conv and Gemm in int8",
     FP32_FIRST_CONV: "the first Conv block (Conv, MaxPool, Relu) in fp32, every later Conv and Gemm in int8",
+    FP32_FIRST_CONV_PADDED: "the first Conv block in fp32 with its Conv padded to whole NCHWc blocks of output "
+                            "channels (zero filters, sliced off after the block), every later Conv and Gemm in int8",
 }
 
 
@@ -70,6 +74,10 @@ def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
         graph, flattened = int8_graph.flatten_channels_last(graph)
         rewrites = [f"Relu before MaxPool {p}" for p in moved] + (["channels-last flatten"] if flattened else [])
         out[name] = (graph, fp32_nodes, rewrites)
+        if name == FP32_FIRST_CONV:
+            padded, sliced, how = int8_graph.pad_first_conv(graph, head)
+            if sliced:
+                out[FP32_FIRST_CONV_PADDED] = (padded, [*fp32_nodes, sliced], [*rewrites, how])
     return out
 
 
