@@ -38,7 +38,8 @@ def test_json_describes_machine_versions_and_settings(bench_json):
 def test_every_point_is_sane(bench_json):
     report, _, _ = bench_json
     points = report["points"]
-    assert len(points) == 6 * 2 and {p["batch_size"] for p in points} == {1, 16}  # the whole cross product
+    ort_settings = 3 if sysinfo.usable_cores() > 1 else 2  # one call (default threads, one thread), two calls
+    assert len(points) == (2 * ort_settings + 2) * 2 and {p["batch_size"] for p in points} == {1, 16}  # all of it
     kinds = {(p["runtime"], p["precision"], p["concurrency"]) for p in points}
     assert kinds == {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("onnxruntime", "int8", 1),
                      ("onnxruntime", "int8", 2), ("pytorch", "fp32", 1), ("torchscript", "fp32", 1)}
@@ -69,7 +70,8 @@ def test_markdown_and_plot_are_written(bench_json):
     _, out, _ = bench_json
     md = (out / "b.md").read_text()
     summary, points = md.split("Every point measured:")
-    assert points.count("\n| onnxruntime") == 8 and "| pytorch |" in points  # every point, in its own table
+    ort_points = 12 if sysinfo.usable_cores() > 1 else 8
+    assert points.count("\n| onnxruntime") == ort_points and "| pytorch |" in points  # every point, in its own table
     assert summary.count("\n| onnxruntime") == 2 and "- most throughput: " in summary and "target" not in md
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -255,10 +257,11 @@ def test_the_search_keeps_the_best_setting_by_its_rule(searched):
         assert points[0]["setting"] == g["latency"]["setting"] and points[1]["setting"] == g["throughput"]["setting"]
         single = [p for p in g["probes"] if p["batch_size"] == 1]
         wide = [p for p in g["probes"] if p["batch_size"] == 64]
-        if name.startswith("onnxruntime"):  # optimization level x calls in flight
-            assert g["settings"] == ["opt=all calls=1", "opt=all calls=2", "opt=extended calls=1",
-                                     "opt=extended calls=2"]
-            assert [p["setting"] for p in single] == ["opt=all calls=1", "opt=extended calls=1"] and len(wide) == 4
+        if name.startswith("onnxruntime"):  # optimization level x calls in flight (x one thread, if several cores)
+            one_call = ["calls=1", *(["calls=1 threads=1"] if sysinfo.usable_cores() > 1 else [])]
+            settings = [f"opt={o} {c}" for o in ("all", "extended") for c in (*one_call, "calls=2")]
+            assert g["settings"] == settings and len(wide) == len(settings)
+            assert [p["setting"] for p in single] == [s for s in settings if "calls=1" in s]
         elif name.startswith("openvino"):
             assert g["settings"] == ["hint=latency", "hint=throughput"] and not single and len(wide) == 2
             assert g["latency"] == {"setting": "hint=latency", "why": "the only setting to choose from"}
@@ -357,6 +360,24 @@ def test_search_rule_picks_the_lowest_p50_and_the_most_images_per_second():
                                                          ("opt=all calls=2", (8, 64, 256, 1024))]
     assert tuning.probe_batch((1, 8, 64, 256, 1024)) == 256 and tuning.probe_batch((1, 512)) == 512
     assert tuning.probe_batch((1,)) == 1
+
+
+def test_one_call_is_also_tried_on_one_thread_where_there_are_several_cores(monkeypatch):
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.search import _thread_counts
+
+    monkeypatch.setattr(sysinfo, "usable_cores", lambda: 4)
+    config = BenchConfig()
+    assert _thread_counts(config, 1, True) == [None, 1] and _thread_counts(config, 1, False) == [None]
+    assert _thread_counts(config, 2, True) == [2]  # concurrent calls share the cores
+    assert _thread_counts(BenchConfig(threads=3), 1, True) == [3]  # --threads decides alone
+    monkeypatch.setattr(sysinfo, "usable_cores", lambda: 1)
+    assert _thread_counts(config, 1, True) == [None]
+    one = Candidate("onnxruntime", "m.onnx", "onnx", "fp32", RunnerOptions(threads=1))
+    point = one.point(1, 1, [1e-4] * 3, 3e-4, 1.0, None)
+    assert one.setting == "opt=all calls=1 threads=1" and one.one_call_at_a_time
+    assert point.label.endswith("1 thread") and "1 thread" not in Candidate(
+        "onnxruntime", "m.onnx", "onnx", "fp32", RunnerOptions()).point(1, 1, [1e-4], 1e-4, 1.0, None).label
 
 
 def test_the_bench_check_spans_the_whole_test_set_evenly():

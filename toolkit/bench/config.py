@@ -38,7 +38,8 @@ class BenchConfig:
     # The settings each runtime is tried at. By default a short search keeps each one's best (see tuning.py);
     # `sweep` times every combination at every batch size instead.
     optimizations: tuple[str, ...] = ("all", "extended")  # ONNX Runtime graph optimization levels
-    concurrency: tuple[int, ...] = (1, 2)  # ONNX Runtime CPU: calls in flight at once, each on cores/N threads
+    # ONNX Runtime CPU: calls in flight at once, each on cores/N threads (one call: the default, and one thread)
+    concurrency: tuple[int, ...] = (1, 2)
     cuda_graph: bool = False  # also time ONNX Runtime CUDA with CUDA graphs (device-resident I/O)
     # OpenVINO inference precisions; empty: f32, plus bf16 where the CPU computes bf16 natively (a mode this CPU
     # only emulates is timed only when named)

@@ -38,7 +38,7 @@ class BenchPoint:
     verified: bool | None = None  # passed verify's tolerances in this run; None: not checked
     agreement: int | None = None  # test images whose digit matched the reference's, when verified
     checked_images: int | None = None  # test images verified on
-    setting: str = "-"  # the settings a search chooses between (opt=, calls=, hint=, io=), as words
+    setting: str = "-"  # the settings a search chooses between (opt=, calls=, threads=, hint=, io=), as words
 
     def _settings(self) -> list[str]:
         """The non-default settings, as label words."""
@@ -49,6 +49,8 @@ class BenchPoint:
             parts.append(f"async x{self.concurrency}")
         elif self.concurrency > 1:
             parts.append(f"x{self.concurrency} concurrent")
+        elif "threads=1" in self.setting.split():
+            parts.append("1 thread")  # the search's single-thread setting, not the runtime's default
         if self.cuda_graph:
             parts.append("cuda-graph")
         return parts

@@ -80,7 +80,9 @@ class Candidate:
         """The settings the search chooses between, as words ('-' where the runtime takes none)."""
         tunes, o, cpu = RUNTIMES[self.runtime].tunes, self.options, self.options.device == "cpu"
         words = [f"opt={o.optimization}"] if "optimization" in tunes and cpu else []
-        words += [f"calls={self.concurrency}"] if "concurrency" in tunes and cpu else []
+        calls = "concurrency" in tunes and cpu
+        words += [f"calls={self.concurrency}"] if calls else []
+        words += [f"threads={o.threads}"] if calls and self.concurrency == 1 and o.threads else []
         words += [f"hint={o.hint}"] if "hint" in tunes else []
         words += [f"io={self.io}"] if "io" in tunes and not cpu else []
         words += ["cuda-graph"] if o.cuda_graph else []
@@ -136,17 +138,31 @@ def _variants(config: BenchConfig, spec: Runtime, device: str, precision: str) -
     return combos
 
 
+def _thread_counts(config: BenchConfig, concurrency: int, one_thread_too: bool) -> list[int | None]:
+    """The intra-op threads a candidate making `concurrency` calls at once runs at: --threads where given; else
+    concurrent calls share the cores, each its slice, and a single call gets the runtime's default (None) and,
+    with `one_thread_too` on a machine of several cores, one thread: at batch 1 threads mostly wait on each other,
+    and two hyperthreads of one core share its units, so one thread can answer sooner."""
+    if config.threads:
+        return [config.threads]
+    cores = sysinfo.usable_cores()
+    if concurrency > 1:
+        return [max(1, cores // concurrency)]
+    return [None, 1] if one_thread_too and cores > 1 else [None]
+
+
 def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact | str, fmt: str,
                    precision: str, mode: str = "f32") -> list[Candidate]:
     """One source in one runtime on one device, at every combination of the settings that runtime takes."""
     out = []
-    for v in _variants(config, RUNTIMES[name], device, precision):
+    spec = RUNTIMES[name]
+    for v in _variants(config, spec, device, precision):
         concurrency = v.pop("concurrency", 1)
         io = v.pop("io", "host")
-        # concurrent calls share the cores, so each gets its slice unless --threads says otherwise
-        threads = config.threads or (max(1, sysinfo.usable_cores() // concurrency) if concurrency > 1 else None)
-        options = RunnerOptions(device=device, threads=threads, mode=mode, time_limit_s=config.time_limit_s, **v)
-        out.append(Candidate(name, source, fmt, precision, options, io, concurrency))
+        for threads in _thread_counts(config, concurrency, "concurrency" in spec.tunes and device == "cpu"):
+            options = RunnerOptions(device=device, threads=threads, mode=mode, time_limit_s=config.time_limit_s,
+                                    **v)
+            out.append(Candidate(name, source, fmt, precision, options, io, concurrency))
     return out
 
 
