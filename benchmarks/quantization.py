@@ -60,20 +60,19 @@ def build_variants(config: ExportConfig, fp32_model, chosen: str, out: Path) -> 
     ctx = ExportContext("", "", {})
     calib = int8.calibration_set(config, ctx)
     cands = int8.candidates(fp32_model)
-    plan = {"before-rewrites": (config, fp32_model, [])}
-    for name, (graph, fp32_nodes, _) in cands.items():
-        plan[name] = (config, graph, fp32_nodes)
-    graph, fp32_nodes, _ = cands[chosen]
-    plan[f"{chosen}+per-channel"] = (replace(config, per_channel=True), graph, fp32_nodes)
-    plan[f"{chosen}+s8-activations"] = (replace(config, quant_activation="s8"), graph, fp32_nodes)
-    plan[f"{chosen}+qoperator"] = (replace(config, quant_format="qoperator"), graph, fp32_nodes)
+    plan = {"before-rewrites": (config, fp32_model, [], [])}
+    for name, candidate in cands.items():
+        plan[name] = (config, *candidate)
+    plan[f"{chosen}+per-channel"] = (replace(config, per_channel=True), *cands[chosen])
+    plan[f"{chosen}+s8-activations"] = (replace(config, quant_activation="s8"), *cands[chosen])
+    plan[f"{chosen}+qoperator"] = (replace(config, quant_format="qoperator"), *cands[chosen])
     variants = {}
-    for name, (options, graph, fp32_nodes) in plan.items():
+    for name, (options, graph, fp32_nodes, rewrites) in plan.items():
         path = out / f"{name}.onnx"
         onnx.save(int8.quantize_candidate(graph, fp32_nodes, calib, options, out), str(path))
         variants[name] = {"path": path, "settings": {
             "quant_format": options.quant_format, "activations": options.quant_activation, "weights": "s8",
-            "per_channel": options.per_channel, "fp32_nodes": fp32_nodes}}
+            "per_channel": options.per_channel, "fp32_nodes": fp32_nodes, "graph_rewrites": rewrites}}
     return variants
 
 
