@@ -4,6 +4,7 @@ Nothing here depends on a speed figure: which candidate wins is the CPU's busine
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -111,6 +112,19 @@ def test_padding_leaves_whole_blocks_and_other_heads_alone(convnet_graph):
     assert int8.FP32_FIRST_CONV_PADDED in int8.candidates(two_convs(torch.nn.ReLU()))
     mixed = two_convs(torch.nn.Softmax2d())  # across channels: zero filters would change the real channels
     assert int8_graph.pad_first_conv(mixed, int8_graph.first_conv_block(mixed))[1] is None
+
+    # the first Conv's output also read after the block, or returned: it must keep its 20 channels
+    head = int8_graph.first_conv_block(convnet_graph)
+    conv_out = next(n for n in convnet_graph.graph.node if n.name == head[0]).output[0]
+    for extra_reader in (True, False):
+        branch = copy.deepcopy(convnet_graph)
+        seen = conv_out
+        if extra_reader:
+            branch.graph.node.append(onnx.helper.make_node("ReduceMax", [conv_out], ["conv_max"], keepdims=0))
+            seen = "conv_max"
+        branch.graph.output.append(onnx.helper.make_tensor_value_info(seen, onnx.TensorProto.FLOAT, None))
+        assert int8_graph.first_conv_block(branch) == head
+        assert int8_graph.pad_first_conv(branch, head)[1] is None
 
 
 def test_a_graph_without_convolutions_is_left_alone(mnist_dir, tmp_path):

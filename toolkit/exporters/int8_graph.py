@@ -164,8 +164,11 @@ def _padding_chain(graph, head: list[str]):
     nodes = [by_name[name] for name in head if name in by_name]
     if not nodes or nodes[0].op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in nodes[0].attribute):
         return None
-    constants = _constants_of(nodes[0], {t.name: t for t in graph.initializer}, _consumers(graph))
+    consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+    constants = _constants_of(nodes[0], {t.name: t for t in graph.initializer}, consumers)
+    # each value before the last is read by the next node alone: nothing else may see the padded channels
     chained = all(node.op_type in _PER_CHANNEL and list(node.input[:1]) == [prev.output[0]] and len(node.output) == 1
+                  and consumers.get(prev.output[0]) == [node] and prev.output[0] not in outputs
                   for prev, node in zip(nodes, nodes[1:]))
     return (nodes[0], *constants, nodes[-1]) if constants and chained else None
 
