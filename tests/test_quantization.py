@@ -84,47 +84,56 @@ def test_channels_last_flatten_changes_no_output(convnet_graph):
     np.testing.assert_allclose(_run(rewritten, x), _run(convnet_graph, x), atol=1e-5)
 
 
-def test_padding_the_first_conv_changes_no_output(convnet_graph):
+def test_padding_the_convs_changes_no_output(convnet_graph):
     graph, fp32_nodes, rewrites = int8.candidates(convnet_graph)[int8.FP32_FIRST_CONV_PADDED]
-    by_name = {n.name: n for n in graph.graph.node}
-    conv = by_name[fp32_nodes[0]]
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
-    assert weights[conv.input[1]].shape == (32, 1, 5, 5) and weights[conv.input[2]].shape == (32,)
-    assert not weights[conv.input[1]][20:].any() and not weights[conv.input[2]][20:].any()
-    sliced = by_name[fp32_nodes[-1]]
-    assert sliced.op_type == "Slice" and sliced.input[0] == f"{by_name[fp32_nodes[-2]].output[0]}"
-    assert "padded from 20 to 32 output channels" in rewrites[-1]
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    for conv, (real, padded) in zip(convs, ((20, 32), (50, 64))):
+        w, b = weights[conv.input[1]], weights[conv.input[2]]
+        assert w.shape[0] == b.shape[0] == padded and not w[real:].any() and not b[real:].any()
+        assert f"{conv.name} padded from {real} to {padded} output channels" in " ".join(rewrites)
+    ops = [n.op_type for n in graph.graph.node]
+    # each Slice after the Conv's ReLU and pool; the first block's stays fp32 with it, the second is quantized
+    assert ops[:8] == ["Conv", "MaxPool", "Relu", "Slice", "Conv", "Relu", "MaxPool", "Slice"]
+    slices = [n.name for n in graph.graph.node if n.op_type == "Slice"]
+    assert slices[0] in fp32_nodes and slices[1] not in fp32_nodes
     x = np.random.default_rng(2).standard_normal((8, 1, 28, 28)).astype(np.float32)
     np.testing.assert_allclose(_run(graph, x), _run(convnet_graph, x), atol=1e-5)
 
 
-def test_padding_leaves_whole_blocks_and_other_heads_alone(convnet_graph):
-    head = int8_graph.first_conv_block(convnet_graph)
-    assert int8_graph.pad_first_conv(convnet_graph, head)[1]
-    assert int8_graph.pad_first_conv(convnet_graph, head[1:])[1] is None  # the block does not start with its Conv
+def test_padding_never_widens_a_value_another_node_reads(convnet_graph):
     def two_convs(*head: torch.nn.Module, channels: int = 20):
-        return _graph(torch.nn.Sequential(torch.nn.Conv2d(1, channels, 5), *head, torch.nn.Conv2d(channels, 8, 5),
-                                          torch.nn.Flatten(), torch.nn.Linear(8 * 20 * 20, 10)))
+        return _graph(torch.nn.Sequential(torch.nn.Conv2d(1, channels, 5), *head, torch.nn.Conv2d(channels, 16, 5),
+                                          torch.nn.Flatten(), torch.nn.Linear(16 * 20 * 20, 10)))
 
-    whole = two_convs(torch.nn.ReLU(), channels=16)
-    assert int8_graph.pad_first_conv(whole, int8_graph.first_conv_block(whole))[1] is None
+    def convs(model):
+        return [n.name for n in model.graph.node if n.op_type == "Conv"]
+
+    whole = two_convs(torch.nn.ReLU(), channels=16)  # whole blocks already: nothing to pad
+    assert int8_graph.pad_convs(whole, convs(whole))[1] == {}
     assert int8.FP32_FIRST_CONV_PADDED not in int8.candidates(whole)
-    assert int8.FP32_FIRST_CONV_PADDED in int8.candidates(two_convs(torch.nn.ReLU()))
-    mixed = two_convs(torch.nn.Softmax2d())  # across channels: zero filters would change the real channels
-    assert int8_graph.pad_first_conv(mixed, int8_graph.first_conv_block(mixed))[1] is None
-
-    # the first Conv's output also read after the block, or returned: it must keep its 20 channels
-    head = int8_graph.first_conv_block(convnet_graph)
-    conv_out = next(n for n in convnet_graph.graph.node if n.name == head[0]).output[0]
+    x = np.random.default_rng(3).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    # a Softmax across channels would mix in the zero filters: the Slice comes right after the Conv
+    mixed = two_convs(torch.nn.Softmax2d())
+    padded, done = int8_graph.pad_convs(mixed, convs(mixed))
+    assert [n.op_type for n in padded.graph.node][:3] == ["Conv", "Slice", "Softmax"] and len(done) == 1
+    np.testing.assert_allclose(_run(padded, x), _run(mixed, x), atol=1e-5)
+    # the first Conv's output also read after its block, or returned: it keeps its 20 channels for those readers
+    conv = convnet_graph.graph.node[0]
     for extra_reader in (True, False):
         branch = copy.deepcopy(convnet_graph)
-        seen = conv_out
+        seen = conv.output[0]
         if extra_reader:
-            branch.graph.node.append(onnx.helper.make_node("ReduceMax", [conv_out], ["conv_max"], keepdims=0))
+            branch.graph.node.append(onnx.helper.make_node("ReduceMax", [seen], ["conv_max"], keepdims=0))
             seen = "conv_max"
         branch.graph.output.append(onnx.helper.make_tensor_value_info(seen, onnx.TensorProto.FLOAT, None))
-        assert int8_graph.first_conv_block(branch) == head
-        assert int8_graph.pad_first_conv(branch, head)[1] is None
+        padded, done = int8_graph.pad_convs(branch, [conv.name])
+        assert [n.op_type for n in padded.graph.node][:2] == ["Conv", "Slice"] and list(done) == [conv.name]
+        got, want = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"image": x}) for m in (padded, branch))
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 def test_a_graph_without_convolutions_is_left_alone(mnist_dir, tmp_path):

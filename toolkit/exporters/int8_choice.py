@@ -5,12 +5,13 @@ on); the fastest whose accuracy on that slice stays within `MAX_ACCURACY_DROP` p
 The sessions run one thread each: what differs between the candidates is per-core kernel work, and one thread
 gives steady ratios on a machine that other work keeps busy, where two threads wait on each other.
 
-Why measure rather than fix one answer: the candidates differ only in the first convolution block. Its single
-input channel makes the convolution a poor int8 GEMM (a reduction of 25 values per output, with a requantization
-per output) and a good fp32 direct convolution; which of the two wins depends on the CPU's fp32 and int8 units.
-Padding its output channels to whole NCHWc blocks adds zero filters (more work) so that ONNX Runtime's blocked
-layout spans the pool (less data converted back to NCHW); whether that pays depends on the CPU's vector width.
-Everything else (no Transpose or DequantizeLinear between the quantized ops) is the same in all of them.
+Why measure rather than fix one answer: the candidates differ in the first convolution block and in padding.
+That convolution's single input channel makes it a poor int8 GEMM (a reduction of 25 values per output, with a
+requantization per output) and a good fp32 direct convolution; which of the two wins depends on the CPU's fp32 and
+int8 units. Padding the convolutions' output channels to whole blocks of 16 adds zero filters (more work) so that
+ONNX Runtime's blocked fp32 layout spans the first pool and its int8 convolution takes its faster path; whether
+that pays depends on the CPU's vector units. Everything else (no Transpose or DequantizeLinear between the
+quantized ops) is the same in all of them.
 """
 
 from __future__ import annotations

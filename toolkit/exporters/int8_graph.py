@@ -8,8 +8,8 @@ cannot be formed: it runs in fp32 between a DequantizeLinear and a QuantizeLinea
 `relu_before_pool` swaps the two (max and ReLU commute, so the outputs are the same): the ReLU folds into the
 QLinearConv and the pool becomes a uint8 NhwcMaxPool. `flatten_channels_last` flattens the last feature map in
 H, W, C order (with the next Gemm's weight columns permuted to match), so its Transpose cancels the one the
-channels-last layout would insert before the flatten. `pad_first_conv` serves a first block left in fp32: zero
-filters round its output channels up to ONNX Runtime's NCHWc block, and a Slice drops them after the block.
+channels-last layout would insert before the flatten. `pad_convs` rounds convolutions' output channels up to ONNX
+Runtime's block of 16 with zero filters, and a Slice drops them after the ReLU and pool that follow.
 """
 
 from __future__ import annotations
@@ -144,12 +144,13 @@ def first_conv_block(model) -> list[str]:
     return names
 
 
-# The widest NCHWc block of ONNX Runtime's x86 kernels (AVX-512: 16 floats); AVX2's block (8) divides it.
-NCHWC_BLOCK = 16
+# ONNX Runtime's x86 CPU kernels work in blocks of 16 channels: the fp32 NCHWc layout on AVX-512 (AVX2's block, 8,
+# divides it) and its int8 convolutions, which take a faster path for whole blocks of output channels.
+CHANNEL_BLOCK = 16
 _PER_CHANNEL = ("MaxPool", "Relu")  # ops that act on each channel alone: zero channels stay apart
 
 
-def _constants_of(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]):
+def _own_constants(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]):
     """(weight, bias or None) of `conv` when both are initializers that no other node reads; else None."""
     names = [n for n in conv.input[1:3] if n]
     if any(n not in weights or len(consumers[n]) > 1 for n in names):
@@ -157,48 +158,43 @@ def _constants_of(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]
     return weights[names[0]], (weights[names[1]] if len(names) > 1 else None)
 
 
-def _padding_chain(graph, head: list[str]):
-    """(conv, its weight, its bias or None, the chain's last node) when `head` is a single-group Conv with
-    constant weights followed by per-channel ops in a single chain; else None."""
-    by_name = {n.name: n for n in graph.node}
-    nodes = [by_name[name] for name in head if name in by_name]
-    if not nodes or nodes[0].op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in nodes[0].attribute):
-        return None
-    consumers, outputs = _consumers(graph), {o.name for o in graph.output}
-    constants = _constants_of(nodes[0], {t.name: t for t in graph.initializer}, consumers)
-    # each value before the last is read by the next node alone: nothing else may see the padded channels
-    chained = all(node.op_type in _PER_CHANNEL and list(node.input[:1]) == [prev.output[0]] and len(node.output) == 1
-                  and consumers.get(prev.output[0]) == [node] and prev.output[0] not in outputs
-                  for prev, node in zip(nodes, nodes[1:]))
-    return (nodes[0], *constants, nodes[-1]) if constants and chained else None
+def _channel_chain(graph, conv, consumers: dict[str, list[Any]]) -> list[Any]:
+    """`conv` and the per-channel ops after it, each the only reader of the value before it: the nodes whose
+    outputs padding the Conv would widen, ending where another op, a second reader or a graph output begins."""
+    outputs = {o.name for o in graph.output}
+    chain = [conv]
+    while True:
+        value = chain[-1].output[0]
+        readers = consumers.get(value, [])
+        if (value in outputs or len(readers) != 1 or readers[0].op_type not in _PER_CHANNEL
+                or list(readers[0].input[:1]) != [value] or len(readers[0].output) != 1):
+            return chain
+        chain.append(readers[0])
 
 
-def pad_first_conv(model, head: list[str]) -> tuple[Any, str | None, str | None]:
-    """A copy of `model` whose first Conv (the first node of the fp32 block `head`) computes its output channels
-    rounded up to a multiple of NCHWC_BLOCK, the extra filters all zero, with a Slice after the block's last node
-    that keeps the real channels: the same outputs. ONNX Runtime's NCHWc layout then spans the whole block (Conv,
-    MaxPool, Relu) and converts back to NCHW once, after the pool, on a quarter of the values, instead of before
-    it. Returns the copy, the Slice's name and a description of the rewrite; (model, None, None) when the block is
-    not a single-group Conv and per-channel ops, or its channels are already a multiple of the block."""
+def _pad_in_place(graph, conv, consumers: dict[str, list[Any]]) -> tuple[str, str] | None:
+    """Round `conv`'s output channels up to a multiple of CHANNEL_BLOCK with zero filters and slice the real ones
+    back after its per-channel chain; (the Slice's name, what was done), or None when it cannot or need not."""
     import numpy as np
     from onnx import helper, numpy_helper
 
-    model = copy.deepcopy(model)
-    found = _padding_chain(model.graph, head)
-    if found is None:
-        return model, None, None
-    conv, weight, bias, last = found
+    constants = _own_constants(conv, {t.name: t for t in graph.initializer}, consumers)
+    if constants is None or any(a.name == "group" and a.i != 1 for a in conv.attribute):
+        return None
+    weight, bias = constants
     array = numpy_helper.to_array(weight)
     channels = array.shape[0]
-    padded = -(-channels // NCHWC_BLOCK) * NCHWC_BLOCK
+    padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
     if padded == channels:
-        return model, None, None
-    for tensor, values in ((weight, array), (bias, None if bias is None else numpy_helper.to_array(bias))):
+        return None
+    for tensor in (weight, bias):
         if tensor is not None:
+            values = numpy_helper.to_array(tensor)
             grown = np.zeros((padded, *values.shape[1:]), values.dtype)
             grown[:channels] = values
             tensor.CopyFrom(numpy_helper.from_array(grown, tensor.name))
-    graph, name = model.graph, f"{last.name}_real_channels"
+    last = _channel_chain(graph, conv, consumers)[-1]
+    name = f"{last.name}_real_channels"
     bounds = {"starts": 0, "ends": channels, "axes": 1}
     graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), f"{name}_{k}") for k, v in bounds.items())
     result = last.output[0]
@@ -207,4 +203,23 @@ def pad_first_conv(model, head: list[str]) -> tuple[Any, str | None, str | None]
     nodes.insert(nodes.index(last) + 1, helper.make_node(
         "Slice", [last.output[0], *(f"{name}_{k}" for k in bounds)], [result], name=name))
     _set_nodes(graph, nodes)
-    return model, name, f"{conv.name} padded from {channels} to {padded} output channels, sliced back after {last.name}"
+    return name, f"{conv.name} padded from {channels} to {padded} output channels, sliced back after {last.name}"
+
+
+def pad_convs(model, names: list[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """A copy of `model` in which each Conv named computes its output channels rounded up to a multiple of
+    CHANNEL_BLOCK, the extra filters all zero, with a Slice after its per-channel ops (ReLU, max-pool) that keeps
+    the real channels: the same outputs, and no value that another node reads gains a channel.
+
+    Whole blocks let ONNX Runtime's NCHWc layout span an fp32 convolution's pool, so it converts back to NCHW
+    once, after the pool, on a quarter of the values, and they put an int8 convolution on its faster path.
+    Returns the copy and {conv: (the Slice's name, what was done)} for the Convs padded; a Conv that is grouped,
+    has computed or shared weights, or has whole blocks already is left as it is."""
+    model = copy.deepcopy(model)
+    graph, done = model.graph, {}
+    for name in names:
+        conv = next((n for n in graph.node if n.name == name and n.op_type == "Conv"), None)
+        padded = None if conv is None else _pad_in_place(graph, conv, _consumers(graph))
+        if padded:
+            done[name] = padded
+    return model, done
