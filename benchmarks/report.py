@@ -308,7 +308,7 @@ def quantization(r: dict) -> list[str]:
         s = v["settings"]
         setting = (f"{s['quant_format']}, {s['activations']}, s8 {'per-channel' if s['per_channel'] else 'per-tensor'}"
                    + (", first conv fp32" if s.get("fp32_nodes") else "")
-                   + (" padded" if any("padded" in w for w in s.get("graph_rewrites", [])) else ""))
+                   + (", convs padded" if any("padded" in w for w in s.get("graph_rewrites", [])) else ""))
         speed = " | ".join(f"x{t['best_throughput_speedup']:.2f}, " +
                            " / ".join(f"x{p['speedup_vs_fp32']:.2f}" for p in t["batches"].values())
                            for t in (v["timing"][label] for label in labels))
