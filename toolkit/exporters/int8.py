@@ -75,13 +75,21 @@ def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
         graph, flattened = int8_graph.flatten_channels_last(graph)
         rewrites = [f"Relu before MaxPool {p}" for p in moved] + (["channels-last flatten"] if flattened else [])
         out[name] = (graph, fp32_nodes, rewrites)
-        if name == FP32_FIRST_CONV:
-            padded, done = int8_graph.pad_convs(graph, [n.name for n in graph.graph.node if n.op_type == "Conv"])
-            if done:  # the first block's Slice stays fp32 with it; the later ones are quantized like their pools
-                sliced = [slice_name for conv, (slice_name, _) in done.items() if conv in head]
-                out[FP32_FIRST_CONV_PADDED] = (padded, [*fp32_nodes, *sliced],
-                                               [*rewrites, *(how for _, how in done.values())])
+    if FP32_FIRST_CONV in out:
+        padded = _padded(*out[FP32_FIRST_CONV])
+        if padded:
+            out[FP32_FIRST_CONV_PADDED] = padded
     return out
+
+
+def _padded(graph, fp32_nodes: list[str], rewrites: list[str]) -> tuple[Any, list[str], list[str]] | None:
+    """The candidate with every Conv padded to whole channel blocks (int8_graph.pad_convs), or None where none
+    needs it. A Slice after the fp32 block stays fp32 with it; the later ones are quantized like their pools."""
+    padded, done = int8_graph.pad_convs(graph, [n.name for n in graph.graph.node if n.op_type == "Conv"])
+    if not done:
+        return None
+    sliced = [slice_name for conv, (slice_name, _) in done.items() if conv in fp32_nodes]
+    return padded, [*fp32_nodes, *sliced], [*rewrites, *(how for _, how in done.values())]
 
 
 def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOptions, workdir: Path):
