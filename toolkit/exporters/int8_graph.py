@@ -182,8 +182,7 @@ def _pad_in_place(graph, conv, consumers: dict[str, list[Any]]) -> tuple[str, st
     if constants is None or any(a.name == "group" and a.i != 1 for a in conv.attribute):
         return None
     weight, bias = constants
-    array = numpy_helper.to_array(weight)
-    channels = array.shape[0]
+    channels = weight.dims[0]
     padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
     if padded == channels:
         return None
