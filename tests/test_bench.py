@@ -458,6 +458,31 @@ def test_the_float32_peak_is_not_torchs_kernel_alone(monkeypatch):
     assert peaks.matmul_peak_gflops() > 10  # GFLOP/s: MLAS's float32 GEMM on any x86-64 or Arm CPU of this century
 
 
+def test_the_peaks_are_measured_on_every_cpu_where_the_cores_have_hyperthreads(monkeypatch):
+    # torch and ONNX Runtime start one thread per physical core, while bench's concurrent configurations use
+    # every CPU: where there are more CPUs than cores, the peak is also measured on all of them, the better kept
+    import torch
+
+    from toolkit.bench import peaks
+
+    default = torch.get_num_threads()
+    monkeypatch.setattr(peaks.sysinfo, "usable_cores", lambda: default + 1)
+    seen = []
+
+    def torch_rate(dtype):
+        seen.append(torch.get_num_threads())
+        return 10.0 * torch.get_num_threads()
+    monkeypatch.setattr(peaks, "_torch_rate", torch_rate)
+    monkeypatch.setattr(peaks, "_torch_int8_rate", lambda: 3.0 * torch.get_num_threads())
+    monkeypatch.setattr(peaks, "_ort_matmul_rate", lambda kind, threads: 1.0 * threads)
+    rates = {}
+    assert peaks.matmul_peak_gflops(rates=rates) == 10.0 * (default + 1)
+    assert seen == [default, default + 1] and rates == {"torch": 10.0 * (default + 1), "onnxruntime": default + 1}
+    assert peaks.int8_matmul_peak_gops() == 3.0 * (default + 1)
+    assert torch.get_num_threads() == default  # what runs next gets torch's own count back
+    assert peaks.matmul_peak_gflops(threads=1) == 10.0  # --threads: that count alone
+
+
 def test_bench_judges_a_bf16_run_by_the_precision_it_computed(monkeypatch):
     # OpenVINO computes f32 when asked for bf16 on a CPU with neither bf16 nor AVX-512: bench then holds it to
     # f32's tolerances, as verify does, and says what it computed

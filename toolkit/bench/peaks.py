@@ -4,6 +4,10 @@ Measured through torch (MKL/oneDNN) and ONNX Runtime (MLAS): the best of a few s
 the peak is what this machine reaches in practice rather than a datasheet figure for another one. One library
 alone can understate it: torch's float32 matmul on an AMD CPU with full-width AVX-512 units runs an AVX2 kernel at
 about half of what MLAS reaches there, and torch's int8 matmul on a CPU without VNNI is a generic loop.
+
+Both libraries start one thread per physical core. Where this process may use more CPUs than that (two
+hyperthreads a core), bench's concurrent configurations run on all of them, so the peak is also measured there
+and the better count kept: the yardstick uses every CPU the configurations it divides may use.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+
+from toolkit import sysinfo
 
 # a size whose one call takes longer than this is not worth growing past: a kernel that slow (torch's int8
 # matmul on a CPU without VNNI) is nowhere near a peak, and each doubling of n costs 8 times more. A float32 call
@@ -36,17 +42,42 @@ def _best_rate(op: Callable[[Any, Any], Any], make: Callable[[int], tuple[Any, A
     return best
 
 
-def matmul_peak_gflops(dtype: Any = None, rates: dict[str, float] | None = None) -> float:
-    """Best matrix-multiply rate of this CPU, in GFLOP/s, on torch's current thread count (bench sets it from
-    --threads): float32 unless `dtype` (a torch dtype, e.g. torch.bfloat16) says. float32 is the better of torch
-    (MKL/oneDNN) and ONNX Runtime's MatMul (MLAS); other dtypes are torch's alone. `rates`, where given, gets
-    each library's rate."""
+def thread_counts(threads: int | None = None) -> list[int]:
+    """The thread counts a peak is measured at: `threads` where given (bench's --threads), else torch's own count
+    and, where this process may use more CPUs than that, all of them."""
+    import torch
+
+    return [threads] if threads else sorted({torch.get_num_threads(), sysinfo.usable_cores()})
+
+
+def _at_each(counts: list[int], rate: Callable[[int], float | None]) -> float | None:
+    """The best of `rate(n)` over the thread counts, with torch's thread count set to n for each."""
+    import torch
+
+    before, best = torch.get_num_threads(), None
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            found = rate(n)
+            if found and (best is None or found > best):
+                best = found
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
+def matmul_peak_gflops(dtype: Any = None, rates: dict[str, float] | None = None, threads: int | None = None,
+                       ) -> float:
+    """Best matrix-multiply rate of this CPU, in GFLOP/s, at `thread_counts(threads)`: float32 unless `dtype` (a
+    torch dtype, e.g. torch.bfloat16) says. float32 is the better of torch (MKL/oneDNN) and ONNX Runtime's MatMul
+    (MLAS); other dtypes are torch's alone. `rates`, where given, gets each library's rate."""
     import torch
 
     dtype = dtype or torch.float32
-    found = {"torch": _torch_rate(dtype)}
+    counts = thread_counts(threads)
+    found = {"torch": _at_each(counts, lambda n: _torch_rate(dtype))}
     if dtype == torch.float32:
-        found["onnxruntime"] = _ort_matmul_rate("float32", torch.get_num_threads())
+        found["onnxruntime"] = _at_each(counts, lambda n: _ort_matmul_rate("float32", n))
     return _best_of(found, rates)
 
 
@@ -63,15 +94,14 @@ def _torch_rate(dtype: Any) -> float:
     return _best_rate(lambda a, b: a @ b, lambda n: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)))
 
 
-def int8_matmul_peak_gops(rates: dict[str, float] | None = None) -> float | None:
+def int8_matmul_peak_gops(rates: dict[str, float] | None = None, threads: int | None = None) -> float | None:
     """The same measurement for int8 x int8 -> int32, in GOP/s: the better of torch._int_mm (oneDNN) and ONNX
     Runtime's MatMulInteger (u8 x s8, MLAS). Both use VNNI where the CPU has it; without VNNI torch's falls back
     to a generic kernel orders of magnitude slower than ONNX Runtime's, so torch alone would understate the
     peak there. None where neither library runs; `rates`, where given, gets each library's rate."""
-    import torch
-
-    return _best_of({"torch": _torch_int8_rate(), "onnxruntime": _ort_matmul_rate("int8", torch.get_num_threads())},
-                    rates)
+    counts = thread_counts(threads)
+    return _best_of({"torch": _at_each(counts, lambda n: _torch_int8_rate()),
+                     "onnxruntime": _at_each(counts, lambda n: _ort_matmul_rate("int8", n))}, rates)
 
 
 def _torch_int8_rate() -> float | None:

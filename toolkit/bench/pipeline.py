@@ -21,7 +21,7 @@ from toolkit import runners, sysinfo
 from toolkit.artifacts import read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.files import MNIST_INPUTS, plan_files
-from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
+from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops, thread_counts
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
 from toolkit.bench.search import Candidate, Plan, has_torch, plan_manifest
 from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, random_pixels, steps, time_rounds
@@ -122,10 +122,11 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
     report = BenchReport(
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, plan.devices),
         session_options=_session_options(config), model_flops_per_image=flops,
-        matmul_peak_gflops=matmul_peak_gflops(rates=rates["float32"]) if peaks else None, points=points,
+        matmul_peak_gflops=matmul_peak_gflops(rates=rates["float32"], threads=config.threads) if peaks else None,
+        points=points,
         load_ms=plan.opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()}},
-        int8_matmul_peak_gops=int8_matmul_peak_gops(rates["int8"]) if peaks else None,
+        int8_matmul_peak_gops=int8_matmul_peak_gops(rates["int8"], threads=config.threads) if peaks else None,
         runtimes=plan.opener.runtimes(), verification=plan.opener.verification(), peak_rates=rates)
     if plan.reference is not None:
         report.settings["reference"] = plan.reference.name
@@ -184,6 +185,7 @@ def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
     s["rotate_batches"] = ROTATE
     torch = sys.modules.get("torch")  # only where this run imported it
     s["torch_threads"] = torch.get_num_threads() if torch is not None else None
+    s["matmul_peak_threads"] = thread_counts(config.threads) if torch is not None else None  # where measured
     return s
 
 
