@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The results that show how the toolkit does on another kind of CPU, in one folder of results/ that report.py
 # renders beside the main results (name the folder in its OTHER_CPUS): make main, then on its export the peer
-# benchmark, the inference profile and the int8 variants, and the fast recipe in the CPU's own compute mode and,
-# where that is bf16, in float32. Run from the checkout's root after the install (make .venv/.installed-stamp);
-# like make main, it overwrites data/, runs/ and exported/.
+# benchmark, the inference profile and the int8 variants, the float32 training step's profile, and the fast recipe
+# in the CPU's own compute mode and, where that is bf16, in float32. Run from the checkout's root after the install
+# (make .venv/.installed-stamp); like make main, it overwrites data/, runs/ and exported/.
 # Usage: benchmarks/cpu_results.sh FOLDER
 set -euo pipefail
 folder="${1:-}"
@@ -19,6 +19,8 @@ mkdir -p "$out"
 "$python" benchmarks/inference_profile.py --artifacts exported --data-dir data --out "$out/inference_profile.json"
 "$python" benchmarks/quantization.py --checkpoint runs/convnet-fast-seed0/checkpoint.pt --data-dir data \
   --out "$out/quantization.json"
+# the float32 step (what a CPU without native bf16 trains with) profiled, with one choice changed at a time
+"$python" benchmarks/train_profile.py --data-dir data --no-bf16 --out "$out/train_profile_float32.json"
 # float32 beside the native mode only where they differ: on a CPU without native bf16, native is float32
 modes="$("$python" -c "from toolkit import sysinfo; print('native,float32' if sysinfo.native_bf16() else 'native')")"
 "$python" benchmarks/train_speed.py --data-dir data --recipes fast --notebook-epochs 0 --modes "$modes" \

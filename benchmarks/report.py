@@ -134,6 +134,18 @@ def train_profile(r: dict) -> list[str]:
                   f"image), {100 * f['fraction_of_peak']:.0f}% of the {f['matmul_peak_gflops']:.0f} GFLOP/s "
                   f"{f['peak_dtype']} matrix-multiply peak measured in the same run. Operators taking the most "
                   f"time: {top}."]
+    if "step_choices" in r:
+        lines += [""] + step_choices(r["step_choices"])
+    return lines
+
+
+def step_choices(c: dict) -> list[str]:
+    """The step with one choice changed at a time, against the recipe's step."""
+    lines = [f"The {c['compute']} step with one choice changed at a time (seconds of steps per 60,000 images, median "
+             f"of {c['rounds']} interleaved rounds; the recipe's step on {c['threads']} thread"
+             f"{'s' * (c['threads'] != 1)}):", "", "| step | s per epoch | vs the recipe's |", "|---|---:|---:|"]
+    for name, sec in c["median_step_seconds_per_epoch"].items():
+        lines.append(f"| {name} | {sec:.2f} | x{c['time_vs_recipe_step'][name]:.2f} |")
     return lines
 
 
@@ -645,7 +657,7 @@ def sections() -> list[str]:
     # the same scripts on another kind of CPU, where they ran there (each heading names its CPU)
     for folder in OTHER_CPUS:
         others = [("peers.json", peers), ("inference_profile.json", inference_profile),
-                  ("quantization.json", quantization),
+                  ("quantization.json", quantization), ("train_profile_float32.json", train_profile),
                   ("make_main.json", lambda r, f=folder: make_main(r, load("make_main_1core.json", f)))]
         for name, render in others:
             r = load(name, folder)

@@ -10,7 +10,8 @@
    AdamW kernel (against the default multi-tensor one).
 5. The step's choices, one changed at a time against the recipe's step, alternated in rounds, as seconds of
    training steps per epoch of 60,000 images: memory format (channels_last or contiguous), oneDNN or native
-   convolution, batch size, intra-op threads, AdamW kernel, and the first layer frozen.
+   convolution, batch size, intra-op threads (one, and where the CPUs outnumber torch's default of one thread
+   per physical core, as with hyperthreads, all of them), AdamW kernel, and the first layer frozen.
 
 `--no-bf16` profiles the float32 step (what a CPU without AVX512-BF16/AMX runs) on any CPU.
 
@@ -170,7 +171,8 @@ def step_choices(config, rounds: int, images: int = 2560) -> dict:
     """Seconds of training steps per 60,000 images for the recipe's step and for each choice changed alone,
     alternated in rounds; `images` per variant per round."""
     bf16 = config.bf16 and bf16_supported("cpu")
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # torch's default: one per physical core
+    usable = sysinfo.usable_cores()  # more where each core has two hyperthreads
 
     def variant(*, batch_size=config.batch_size, channels_last=config.channels_last, mkldnn=True,
                 num_threads=threads, fused=True, frozen=False):
@@ -198,6 +200,8 @@ def step_choices(config, rounds: int, images: int = 2560) -> dict:
                 "native convolution (oneDNN off)": variant(mkldnn=False),
                 **{f"batch {b}": variant(batch_size=b) for b in (64, 256, 512) if b != config.batch_size},
                 **({"1 thread": variant(num_threads=1)} if threads > 1 else {}),
+                **({f"{usable} threads (every CPU, hyperthreads too)": variant(num_threads=usable)}
+                   if usable > threads else {}),
                 "multi-tensor AdamW (not fused)": variant(fused=False),
                 "first layer frozen": variant(frozen=True)}
     seconds = {name: [] for name in variants}
