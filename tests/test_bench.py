@@ -35,10 +35,19 @@ def test_json_describes_machine_versions_and_settings(bench_json):
     assert report["model_flops_per_image"] == 4_586_000
 
 
+def _one_call_threads() -> list:
+    """The thread counts bench tries one ONNX Runtime call at, on this machine (the search's own rule, which
+    test_one_call_is_also_tried_on_one_thread_and_on_every_hyperthread checks)."""
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.search import _thread_counts
+
+    return _thread_counts(BenchConfig(), 1, True)
+
+
 def test_every_point_is_sane(bench_json):
     report, _, _ = bench_json
     points = report["points"]
-    ort_settings = 3 if sysinfo.usable_cores() > 1 else 2  # one call (default threads, one thread), two calls
+    ort_settings = len(_one_call_threads()) + 1  # one call (default threads, and others on several CPUs), two calls
     assert len(points) == (2 * ort_settings + 2) * 2 and {p["batch_size"] for p in points} == {1, 16}  # all of it
     kinds = {(p["runtime"], p["precision"], p["concurrency"]) for p in points}
     assert kinds == {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("onnxruntime", "int8", 1),
@@ -70,7 +79,7 @@ def test_markdown_and_plot_are_written(bench_json):
     _, out, _ = bench_json
     md = (out / "b.md").read_text()
     summary, points = md.split("Every point measured:")
-    ort_points = 12 if sysinfo.usable_cores() > 1 else 8
+    ort_points = 4 * (len(_one_call_threads()) + 1)  # settings x 2 precisions x 2 batch sizes
     assert points.count("\n| onnxruntime") == ort_points and "| pytorch |" in points  # every point, in its own table
     assert summary.count("\n| onnxruntime") == 2 and "- most throughput: " in summary and "target" not in md
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
@@ -258,7 +267,7 @@ def test_the_search_keeps_the_best_setting_by_its_rule(searched):
         single = [p for p in g["probes"] if p["batch_size"] == 1]
         wide = [p for p in g["probes"] if p["batch_size"] == 64]
         if name.startswith("onnxruntime"):  # optimization level x calls in flight (x one thread, if several cores)
-            one_call = ["calls=1", *(["calls=1 threads=1"] if sysinfo.usable_cores() > 1 else [])]
+            one_call = ["calls=1", *(f"calls=1 threads={n}" for n in _one_call_threads()[1:])]
             settings = [f"opt={o} {c}" for o in ("all", "extended") for c in (*one_call, "calls=2")]
             assert g["settings"] == settings and len(wide) == len(settings)
             assert [p["setting"] for p in single] == [s for s in settings if "calls=1" in s]
@@ -362,22 +371,50 @@ def test_search_rule_picks_the_lowest_p50_and_the_most_images_per_second():
     assert tuning.probe_batch((1,)) == 1
 
 
-def test_one_call_is_also_tried_on_one_thread_where_there_are_several_cores(monkeypatch):
+def test_one_call_is_also_tried_on_one_thread_and_on_every_hyperthread(monkeypatch):
+    from toolkit.bench import search
     from toolkit.bench.config import BenchConfig
     from toolkit.bench.search import _thread_counts
 
-    monkeypatch.setattr(sysinfo, "usable_cores", lambda: 4)
+    def machine(cpus, cores):
+        monkeypatch.setattr(sysinfo, "usable_cores", lambda: cpus)
+        monkeypatch.setattr(sysinfo, "physical_cores", lambda: cores)
+    monkeypatch.setattr(search, "ort_default_threads", lambda: None)  # every CPU usable: one per core
+    machine(4, 4)
     config = BenchConfig()
     assert _thread_counts(config, 1, True) == [None, 1] and _thread_counts(config, 1, False) == [None]
     assert _thread_counts(config, 2, True) == [2]  # concurrent calls share the cores
     assert _thread_counts(BenchConfig(threads=3), 1, True) == [3]  # --threads decides alone
-    monkeypatch.setattr(sysinfo, "usable_cores", lambda: 1)
+    machine(1, 1)
     assert _thread_counts(config, 1, True) == [None]
+    # hyperthreads: the default is one thread per core, so one call also runs on every CPU
+    machine(2, 1)
+    assert _thread_counts(config, 1, True) == [None, 2]  # the default is one thread already: not timed twice
+    machine(4, 2)
+    assert _thread_counts(config, 1, True) == [None, 1, 4]
+    monkeypatch.setattr(search, "ort_default_threads", lambda: 2)  # taskset to a core's two hyperthreads
+    machine(2, 1)
+    assert _thread_counts(config, 1, True) == [None, 1]
     one = Candidate("onnxruntime", "m.onnx", "onnx", "fp32", RunnerOptions(threads=1))
     point = one.point(1, 1, [1e-4] * 3, 3e-4, 1.0, None)
     assert one.setting == "opt=all calls=1 threads=1" and one.one_call_at_a_time
     assert point.label.endswith("1 thread") and "1 thread" not in Candidate(
         "onnxruntime", "m.onnx", "onnx", "fp32", RunnerOptions()).point(1, 1, [1e-4], 1e-4, 1.0, None).label
+    every = Candidate("onnxruntime", "m.onnx", "onnx", "fp32", RunnerOptions(threads=4))
+    assert every.setting == "opt=all calls=1 threads=4" and every.point(1, 1, [1e-4], 1e-4, 1.0, None).label.endswith(
+        "4 threads")
+
+
+def test_physical_cores_count_the_hyperthreads_of_a_core_once(tmp_path):
+    import os
+
+    for cpu in os.sched_getaffinity(0):  # pairs of CPUs share a core, as on a hyperthreaded machine
+        folder = tmp_path / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        (folder / "thread_siblings_list").write_text(f"{cpu // 2 * 2}-{cpu // 2 * 2 + 1}\n")
+    assert sysinfo.physical_cores(str(tmp_path)) == len({cpu // 2 for cpu in os.sched_getaffinity(0)})
+    assert sysinfo.physical_cores(str(tmp_path / "missing")) == sysinfo.usable_cores()  # the kernel does not say
+    assert 1 <= sysinfo.physical_cores() <= sysinfo.usable_cores()
 
 
 def test_the_bench_check_spans_the_whole_test_set_evenly():

@@ -76,6 +76,21 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def physical_cores(topology: str = "/sys/devices/system/cpu") -> int:
+    """Physical cores among the CPUs this process may run on: the two hyperthreads of a core count once. Where
+    the kernel does not say which CPUs share a core (not Linux), every usable CPU counts as a core."""
+    if not hasattr(os, "sched_getaffinity"):
+        return usable_cores()
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        try:
+            with open(f"{topology}/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            return usable_cores()
+    return len(cores) or usable_cores()
+
+
 def machine() -> dict[str, Any]:
     """CPU model (with its family and model numbers where the kernel gives them) and core count, and the GPU
     (name, driver, CUDA) when torch sees one."""

@@ -192,8 +192,8 @@ def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
 def _session_options(config: BenchConfig) -> dict[str, Any]:
     return {
         "intra_op_num_threads": config.threads or "onnxruntime default (one per physical core, or per CPU this "
-                                                  "process may use when fewer), and 1 for one call; cores / N with N "
-                                                  "concurrent calls",
+                                                  "process may use when fewer), and 1 (and every CPU, where cores "
+                                                  "have hyperthreads) for one call; CPUs / N with N concurrent calls",
         "graph_optimization_levels": list(config.optimizations),
         "execution_mode": "sequential",
         "cpu_affinity_cores": sysinfo.usable_cores(),

@@ -49,8 +49,9 @@ class BenchPoint:
             parts.append(f"async x{self.concurrency}")
         elif self.concurrency > 1:
             parts.append(f"x{self.concurrency} concurrent")
-        elif "threads=1" in self.setting.split():
-            parts.append("1 thread")  # the search's single-thread setting, not the runtime's default
+        else:  # a single call's thread count where the search set one, not the runtime's default
+            threads = [w.removeprefix("threads=") for w in self.setting.split() if w.startswith("threads=")]
+            parts += [f"{threads[0]} thread{'s' * (threads[0] != '1')}"] if threads else []
         if self.cuda_graph:
             parts.append("cuda-graph")
         return parts

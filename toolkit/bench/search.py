@@ -34,6 +34,7 @@ from toolkit.runners import (
     run_guard,
     select_runtimes,
 )
+from toolkit.runners.onnxruntime import default_threads as ort_default_threads
 
 __all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_manifest",
            "run_guard"]
@@ -140,15 +141,19 @@ def _variants(config: BenchConfig, spec: Runtime, device: str, precision: str) -
 
 def _thread_counts(config: BenchConfig, concurrency: int, one_thread_too: bool) -> list[int | None]:
     """The intra-op threads a candidate making `concurrency` calls at once runs at: --threads where given; else
-    concurrent calls share the cores, each its slice, and a single call gets the runtime's default (None) and,
-    with `one_thread_too` on a machine of several cores, one thread: at batch 1 threads mostly wait on each other,
-    and two hyperthreads of one core share its units, so one thread can answer sooner."""
+    concurrent calls share the CPUs, each its slice, and a single call gets ONNX Runtime's default (None: one per
+    physical core) and, with `one_thread_too` on a machine of several CPUs, one thread (at batch 1 threads mostly
+    wait on each other, and two hyperthreads of one core share its units, so one thread can answer sooner) and,
+    where the cores have hyperthreads, every CPU. Counts the default already is are not timed twice."""
     if config.threads:
         return [config.threads]
-    cores = sysinfo.usable_cores()
+    cpus = sysinfo.usable_cores()
     if concurrency > 1:
-        return [max(1, cores // concurrency)]
-    return [None, 1] if one_thread_too and cores > 1 else [None]
+        return [max(1, cpus // concurrency)]
+    if not one_thread_too or cpus == 1:
+        return [None]
+    default = ort_default_threads() or sysinfo.physical_cores()  # what None comes to
+    return [None, *(n for n in (1, cpus) if n != default)]
 
 
 def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact | str, fmt: str,

@@ -140,8 +140,8 @@ def bench(
                                "none.")] = BENCH["optimizations"],
     concurrency: Annotated[Optional[list[str]], typer.Option(
         metavar="COUNTS", help="ONNX Runtime CPU: calls in flight at once to try, e.g. 1,2 (each gets "
-                               "cores/N threads; one call alone is tried at the default and at one "
-                               "thread).")] = BENCH["concurrency"],
+                               "cores/N threads; one call alone is tried at the default, at one "
+                               "thread, and on every CPU where cores have hyperthreads).")] = BENCH["concurrency"],
     mode: Annotated[Optional[list[str]], typer.Option(
         metavar="MODES", show_default="f32, and bf16 where the CPU computes it natively",
         help="OpenVINO inference precisions: f32, bf16 (bf16 on fp32 files only; one this CPU only emulates is "
