@@ -123,11 +123,12 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=_settings(config, plan.devices),
         session_options=_session_options(config), model_flops_per_image=flops,
         matmul_peak_gflops=matmul_peak_gflops(rates=rates["float32"], threads=config.threads) if peaks else None,
-        points=points,
-        load_ms=plan.opener.load_ms,
+        points=points, load_ms=plan.opener.load_ms,
         skipped={**skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()}},
         int8_matmul_peak_gops=int8_matmul_peak_gops(rates["int8"], threads=config.threads) if peaks else None,
         runtimes=plan.opener.runtimes(), verification=plan.opener.verification(), peak_rates=rates)
+    if peaks:
+        report.settings["matmul_peak_threads"] = thread_counts(config.threads)
     if plan.reference is not None:
         report.settings["reference"] = plan.reference.name
     return report
@@ -185,7 +186,6 @@ def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:
     s["rotate_batches"] = ROTATE
     torch = sys.modules.get("torch")  # only where this run imported it
     s["torch_threads"] = torch.get_num_threads() if torch is not None else None
-    s["matmul_peak_threads"] = thread_counts(config.threads) if torch is not None else None  # where measured
     return s
 
 
