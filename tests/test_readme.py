@@ -170,6 +170,10 @@ def test_results_from_another_kind_of_cpu_are_shown_beside_the_main_ones():
             run = json.loads(path.read_text())
             where = report.cpu(run["machine"])
             assert where not in main_cpus  # its figures name a CPU that none of the main results names
+            if path.name == "train_speed_float32_1core.json":  # beside the float32 row of the same CPU's run
+                pinned = run["summary"]["fast in float32"]["median_seconds_to_target"]
+                assert f"{pinned:.1f} s pinned to 1 core, `{path.name}`" in headline
+                continue
             if path.name == "train_speed_modes.json":  # the headline's rows only
                 for timed in run["summary"].values():
                     assert f"99.0% after {timed['median_seconds_to_target']:.1f} s" in headline
