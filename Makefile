@@ -20,7 +20,7 @@ main: $(STAMP)
 	$(TOOLKIT) train --overwrite
 	$(TOOLKIT) export --format all --precision all --overwrite
 	$(TOOLKIT) verify --json exported/verify.json
-	$(TOOLKIT) bench --json exported/bench-cpu.json --markdown exported/bench-cpu.md --plot exported/bench-cpu.png
+	$(TOOLKIT) bench --matmul-peak --json exported/bench-cpu.json --markdown exported/bench-cpu.md --plot exported/bench-cpu.png
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 		$(TOOLKIT) bench --device cuda --cuda-graph --json exported/bench-cuda.json --markdown exported/bench-cuda.md --plot exported/bench-cuda.png; \
 	else echo "no CUDA device: skipping bench --device cuda"; fi
