@@ -186,6 +186,32 @@ def test_int8_targets_use_the_best_verified_int8_configuration():
     assert t["best_int8_throughput_vs_int8_matmul_peak"]["value"] == pytest.approx(30_000 * 4.586e-3 / 500)
 
 
+def test_the_peaks_line_gives_the_ceilings_and_the_share_the_most_throughput_reached(capsys):
+    from toolkit import bench
+    from toolkit.cli import tables
+
+    points = [_point(batch_size=1, p50_ms=0.1, throughput=10_000, verified=True),
+              _point(precision="int8", batch_size=256, throughput=40_000, verified=True)]
+    report = BenchReport(machine={"cpu": "a CPU", "cpu_cores": 2}, versions={}, settings={}, session_options={},
+                         model_flops_per_image=4_586_000, matmul_peak_gflops=200.0, points=points, load_ms={},
+                         skipped={}, int8_matmul_peak_gops=1000.0, summary=bench.summarize(points),
+                         fastest=bench.fastest(points))
+    line = bench.peaks_line(report)
+    assert "float32 200 GFLOP/s, int8 1,000 GOP/s" in line
+    assert f"at most {200e9 / 4_586_000:,.0f} and {1000e9 / 4_586_000:,.0f} images/s" in line
+    assert line.endswith(f"most throughput: {40_000 * 4.586e-3 / 1000:.2f} of the int8 peak")  # int8 on int8
+    assert line in bench.markdown_table(report)
+    tables._print_bench(report, bench)
+    assert line in " ".join(capsys.readouterr().out.split())  # however the console folds it
+    # without a peak, or without the model's FLOPs (a bench FILE), there is no ceiling to state
+    for missing in ({"matmul_peak_gflops": None, "int8_matmul_peak_gops": None}, {"model_flops_per_image": None}):
+        bare = BenchReport(**{**report.__dict__, **missing})
+        assert bench.peaks_line(bare) is None and "matmul peaks" not in bench.markdown_table(bare)
+    # a pick in a precision with no peak (bf16) gets the ceilings alone
+    report.fastest["most throughput"]["judged_as"] = "bf16"
+    assert bench.peaks_line(report).endswith("MFLOP model)")
+
+
 def test_the_fp32_peak_target_takes_the_best_verified_fp32_configuration_of_any_runtime():
     points = [_point(batch_size=256, throughput=10_000, verified=True),
               _point(runtime="aoti", format="aoti", batch_size=256, throughput=25_000, verified=True),

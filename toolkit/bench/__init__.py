@@ -30,7 +30,7 @@ from toolkit.bench.config import (
 )
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops
 from toolkit.bench.pipeline import bench, bench_files
-from toolkit.bench.render import fastest_line, markdown_table, plot, summary_cells
+from toolkit.bench.render import fastest_line, markdown_table, peaks_line, plot, summary_cells
 from toolkit.bench.results import (
     GOALS,
     REGIMES,
@@ -47,6 +47,6 @@ from toolkit.bench.timing import ROTATE
 __all__ = [
     "DEFAULT_BATCH_SIZES", "GOALS", "LIMITS", "MAX_BATCH_SIZE", "MAX_SECONDS", "OPTIMIZATION_LEVELS", "REGIMES",
     "ROTATE", "BenchConfig", "BenchPoint", "BenchReport", "bench", "bench_files", "fastest", "fastest_line",
-    "file_name", "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "plot", "summarize",
+    "file_name", "int8_matmul_peak_gops", "markdown_table", "matmul_peak_gflops", "peaks_line", "plot", "summarize",
     "summary_cells", "target_goal", "targets",
 ]

@@ -66,8 +66,31 @@ def markdown_table(report: BenchReport) -> str:
     lines = [f"Measured on {_where(report.machine)}; {versions}.", "", *_summary_rows(report)]
     if report.fastest:
         lines += [""] + [f"- {fastest_line(f, regime)}" for regime, f in report.fastest.items()]
+    if peaks_line(report):
+        lines += ["", f"{peaks_line(report)}."]
     lines += ["", "Every point measured:", "", *_POINTS_HEADER, *(_point_row(p) for p in report.points)]
     return "\n".join(lines) + "\n"
+
+
+_PEAKS = (("fp32", "float32", "GFLOP/s", "matmul_peak_gflops"), ("int8", "int8", "GOP/s", "int8_matmul_peak_gops"))
+
+
+def peaks_line(report: BenchReport) -> str | None:
+    """The ceilings this CPU's matmul peaks put on the model, where bench measured them (--matmul-peak) and
+    knows its FLOPs, and the share of its peak the most-throughput pick reached; None otherwise."""
+    flops = report.model_flops_per_image
+    peaks = [(judged, name, unit, getattr(report, field)) for judged, name, unit, field in _PEAKS
+             if getattr(report, field)]
+    if not flops or not peaks:
+        return None
+    rates = ", ".join(f"{name} {peak:,.0f} {unit}" for _, name, unit, peak in peaks)
+    ceilings = " and ".join(f"{peak * 1e9 / flops:,.0f}" for *_, peak in peaks)
+    line = f"matmul peaks here: {rates} (at most {ceilings} images/s of this {flops / 1e6:.2f} MFLOP model)"
+    best = report.fastest.get("most throughput")
+    for judged, name, _, peak in peaks:
+        if best and best.get("judged_as") == judged:
+            line += f"; most throughput: {best['images_per_s'] * flops / 1e9 / peak:.2f} of the {name} peak"
+    return line
 
 
 def _verdict(verified: bool | None) -> str:

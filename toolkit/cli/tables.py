@@ -204,6 +204,9 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
         out.print(f"skipped {name}: {reason}", highlight=False)
     for regime, f in report.fastest.items():
         out.print(bench_lib.fastest_line(f, regime), highlight=False)
+    peaks = bench_lib.peaks_line(report)
+    if peaks:
+        out.print(peaks, highlight=False)
 
 
 def _predictions_table(predictions: list[Any], model: Path) -> Table:
