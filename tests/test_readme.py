@@ -52,6 +52,13 @@ def test_the_tour_assumes_the_folder_make_main_trains_into():
     assert f"`{folder}/`" in section(README.read_text(), "Two commands")
 
 
+def test_make_main_bench_measures_the_peaks_its_json_is_said_to_hold():
+    main_recipe = re.search(r"^main:.*?\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M).group(1)
+    [cpu_bench] = [line for line in main_recipe.splitlines() if "bench-cpu.json" in line]
+    assert "--matmul-peak" in cpu_bench.split()
+    assert "(`--matmul-peak`)" in " ".join(section(README.read_text(), "Two commands").split())
+
+
 def test_the_readme_test_commands_are_what_ci_runs():
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
     assert ci, "no make command in .ci/run"
