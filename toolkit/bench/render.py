@@ -66,8 +66,9 @@ def markdown_table(report: BenchReport) -> str:
     lines = [f"Measured on {_where(report.machine)}; {versions}.", "", *_summary_rows(report)]
     if report.fastest:
         lines += [""] + [f"- {fastest_line(f, regime)}" for regime, f in report.fastest.items()]
-    if peaks_line(report):
-        lines += ["", f"{peaks_line(report)}."]
+    peaks = peaks_line(report)
+    if peaks:
+        lines += ["", f"{peaks}."]
     lines += ["", "Every point measured:", "", *_POINTS_HEADER, *(_point_row(p) for p in report.points)]
     return "\n".join(lines) + "\n"
 
