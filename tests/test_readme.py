@@ -33,14 +33,18 @@ def bash_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
+def make_main_recipe() -> list[str]:
+    """The lines of the Makefile's `main` recipe."""
+    return re.search(r"^main:.*?\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M).group(1).splitlines()
+
+
 def make_main_run_folder() -> str:
     """Where `make main` trains: its train line sets no folder, so train's default for its default options."""
     import typer.main
 
     from toolkit.cli import app
 
-    main_recipe = re.search(r"^main:.*?\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M).group(1)
-    [train_line] = [line for line in main_recipe.splitlines() if re.search(r"\btrain\b", line)]
+    [train_line] = [line for line in make_main_recipe() if re.search(r"\btrain\b", line)]
     assert not re.search(r"--(out|model|recipe|seed)\b", train_line), train_line
     command = typer.main.get_command(app).commands["train"]
     default = {p.name: p.default for p in command.params}
@@ -53,8 +57,7 @@ def test_the_tour_assumes_the_folder_make_main_trains_into():
 
 
 def test_make_main_bench_measures_the_peaks_its_json_is_said_to_hold():
-    main_recipe = re.search(r"^main:.*?\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M).group(1)
-    [cpu_bench] = [line for line in main_recipe.splitlines() if "bench-cpu.json" in line]
+    [cpu_bench] = [line for line in make_main_recipe() if "bench-cpu.json" in line]
     assert "--matmul-peak" in cpu_bench.split()
     assert "(`--matmul-peak`)" in " ".join(section(README.read_text(), "Two commands").split())
 
