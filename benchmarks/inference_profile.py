@@ -1,7 +1,11 @@
 """Where inference time goes, per operator and per layer: ONNX Runtime's profiler (at its default optimization
-level, all, and at extended, which leaves out the NCHWc layout rewrite and which bench's search may pick instead)
-and OpenVINO's performance counters on the fp32 and int8 .onnx files, and OpenVINO's on its int8 IR (the file behind
-the fastest verified int8 throughput), at batch 1 and at a large batch, on real test images.
+level, all, at its default threads and on one thread, and at extended, which leaves out the NCHWc layout rewrite
+and which bench's search may pick instead) and OpenVINO's performance counters on the fp32 and int8 .onnx files,
+and OpenVINO's on its int8 IR, at batch 1, 64 and 256, on real test images.
+
+The one-thread rows are the regime of bench's most-throughput configurations on a CPU: several calls in flight,
+each on its own slice of the CPUs (one thread on two CPUs). On more threads a call's time also holds the threads
+waiting on each other, which weighs most on the shortest operators (layout reorders, transposes).
 
     python benchmarks/inference_profile.py --artifacts exported --data-dir data \
         --out benchmarks/results/inference_profile.json
@@ -39,14 +43,17 @@ def _shares(totals: dict[str, float], calls: int) -> list[dict]:
             for op, us in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
-def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int, level: str = "all") -> dict:
-    """ONNX Runtime's own profile of `calls` runs at optimization `level` (all or extended): microseconds per
-    operator type (and execution provider)."""
+def profile_ort(path: Path, x: np.ndarray, calls: int, warmup: int, level: str = "all",
+                threads: int | None = None) -> dict:
+    """ONNX Runtime's own profile of `calls` runs at optimization `level` (all or extended) on `threads` intra-op
+    threads (None: its default): microseconds per operator type (and execution provider)."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}")
+        if threads:
+            options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -117,14 +124,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", default="exported")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--batch-sizes", default="1,256")
+    parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--calls", type=int, default=200, help="timed calls at batch 1 (fewer at larger batches)")
     parser.add_argument("--out", default="benchmarks/results/inference_profile.json")
     args = parser.parse_args()
 
     images, _ = load_split(args.data_dir, "test")
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    engines = {"onnxruntime": profile_ort,
+    engines = {"onnxruntime": profile_ort, "onnxruntime 1 thread": functools.partial(profile_ort, threads=1),
                "onnxruntime opt=extended": functools.partial(profile_ort, level="extended")}
     try:
         import openvino  # noqa: F401
@@ -152,7 +159,8 @@ def main() -> None:
     fileio.write_json(Path(args.out), {
         "benchmark": "inference_profile", "machine": sysinfo.machine(),
         "versions": sysinfo.versions("onnxruntime", "onnxruntime-gpu", "openvino"),
-        "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls, "threads": "each engine's default",
+        "settings": {"batch_sizes": batches, "calls_at_batch_1": args.calls,
+                     "threads": "each engine's default; one intra-op thread where the engine says so",
                      "onnxruntime": "optimization level all (its default), and extended where the engine says so",
                      "openvino": "CPU, PERFORMANCE_HINT latency, INFERENCE_PRECISION_HINT f32",
                      "int8_variant": {k: int8_settings[k] for k in ("variant", "graph_rewrites", "fp32_nodes",

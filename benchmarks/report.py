@@ -474,11 +474,19 @@ def search_probes(r: dict) -> list[str]:
     return lines
 
 
+def _one_thread_note(runs: list[dict]) -> str:
+    """Says what the `1 thread` rows are, where a profile has them (older results do not)."""
+    if not any(run["engine"].endswith("1 thread") for run in runs):
+        return ""
+    return " (`1 thread`: one intra-op thread, as each call of bench's concurrent configurations runs)"
+
+
 def inference_profile(r: dict) -> list[str]:
     lines = [f"### Where inference time goes (`benchmarks/inference_profile.py`, {machine(r['machine'])})", "",
              "ONNX Runtime's profiler (at its default optimization level, all, and where the engine column says "
              "so at extended, which leaves out the NCHWc layout rewrite) and OpenVINO's performance counters (f32 "
-             "inference precision), each engine's default threads; the four operators that take the most time, "
+             f"inference precision), each engine's default threads{_one_thread_note(r['runs'])}; the four "
+             "operators that take the most time, "
              "and the two slowest layers (graph nodes), as shares of the operators' total. The exporter names the "
              "first convolution `node_conv2d` and the second `node_conv2d_1` (ONNX Runtime's NCHWc rewrite renames "
              "them `conv2d_nchwc` and `conv2d_1_nchwc`)." + _work_shares(r.get("layer_flops_per_image")), "",
