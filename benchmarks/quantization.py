@@ -5,8 +5,8 @@ this CPU and records why), then builds the other variants with the same calibrat
 
 - `before-rewrites`: the fp32 graph as exported (MaxPool before ReLU) quantized as is, the int8 file shipped
   before the graph rewrites;
-- the export's candidates, `int8-all-convs`, `fp32-first-conv` and `fp32-first-conv-padded` (QDQ, u8
-  activations, per-tensor);
+- the export's candidates, `int8-all-convs`, `fp32-first-conv`, `fp32-first-conv-padded` and
+  `int8-space-to-depth` (QDQ, u8 activations, per-tensor);
 - the chosen candidate with per-channel weights, with s8 activations, and in QOperator form.
 
 For each it counts the Transpose and DequantizeLinear nodes left in ONNX Runtime's optimized graph (where the

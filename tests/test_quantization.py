@@ -18,7 +18,7 @@ from tests.conftest import run_cli
 from toolkit import sysinfo
 from toolkit.data import load_split
 from toolkit.export import ExportConfig
-from toolkit.exporters import ExportContext, int8, int8_choice, int8_graph
+from toolkit.exporters import ExportContext, int8, int8_choice, int8_graph, int8_phases
 from toolkit.exporters.onnx import to_onnx
 from toolkit.model import MLP, ConvNet
 from toolkit.preprocess import MEAN, STD, normalize
@@ -57,7 +57,12 @@ def _assert_no_layout_conversions_between_quantized_ops(nodes: list[onnx.NodePro
     assert convs, ops
     for conv in convs:
         assert any(a.name == "channels_last" and a.i == 1 for a in conv.attribute), ops
-        assert consumers[conv.output[0]].op_type == "NhwcMaxPool", ops
+        pool = consumers[conv.output[0]]
+        if pool.op_type in ("Split", "Slice"):  # the space-to-depth block: a uint8 Max of the phases pools
+            pool = consumers[pool.output[0]]
+            assert pool.op_type == "Max", ops
+        else:
+            assert pool.op_type == "NhwcMaxPool", ops
     assert ops.count("DequantizeLinear") == 1 and consumers[nodes[ops.index("DequantizeLinear")].output[0]].op_type \
         == "LogSoftmax", ops
     assert ops.count("Transpose") <= 1, ops
@@ -136,6 +141,89 @@ def test_padding_never_widens_a_value_another_node_reads(convnet_graph):
             np.testing.assert_allclose(g, w, atol=1e-5)
 
 
+def test_space_to_depth_changes_no_output(convnet_graph):
+    graph, fp32_nodes, rewrites = int8.candidates(convnet_graph)[int8.SPACE_TO_DEPTH]
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops[:9] == ["SpaceToDepth", "Conv", "Relu", "Slice", "Slice", "Slice", "Slice", "Max", "Conv"], ops
+    assert "MaxPool" not in ops[:ops.index("Max")] and fp32_nodes == []
+    weights = {t.name: t for t in graph.graph.initializer}
+    assert list(weights[graph.graph.node[1].input[1]].dims) == [80, 4, 3, 3]
+    assert "space-to-depth, a 3x3 Conv over the 4 output phases (20 to 80 filters)" in rewrites[0]
+    assert any("padded from 50 to 64" in r for r in rewrites)
+    x = np.random.default_rng(4).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(_run(graph, x), _run(convnet_graph, x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "bias"), [(4, True), (5, False)])
+def test_space_to_depth_takes_either_order_of_relu_and_pool(kernel, bias):
+    """An even kernel leaves the pool a row and column to drop; ReLU before the pool is the same block; a Conv
+    without a bias gets a zero one."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, kernel, bias=bias), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(6 * ((29 - kernel) // 2) ** 2, 10))
+    graph = _graph(net)
+    rewritten, how = int8_phases.space_to_depth_first_conv(graph)
+    assert [n.op_type for n in rewritten.graph.node][:3] == ["SpaceToDepth", "Conv", "Relu"] and "6 to 24" in how
+    x = np.random.default_rng(5).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x), _run(graph, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("head", [
+    (torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.MaxPool2d(2), torch.nn.ReLU()),  # padded
+    (torch.nn.Conv2d(1, 6, 5, stride=2), torch.nn.MaxPool2d(2), torch.nn.ReLU()),  # strided
+    (torch.nn.Conv2d(1, 6, 5), torch.nn.MaxPool2d(3), torch.nn.ReLU()),  # another window
+    (torch.nn.Conv2d(1, 6, 5), torch.nn.MaxPool2d(2, ceil_mode=True), torch.nn.ReLU()),  # rounding up
+    (torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU()),  # no pool
+    (torch.nn.Conv2d(1, 6, 5), torch.nn.MaxPool2d(2), torch.nn.Tanh()),  # another activation
+])
+def test_space_to_depth_leaves_other_first_blocks_alone(head):
+    graph = _graph(torch.nn.Sequential(*head, torch.nn.Flatten(), torch.nn.LazyLinear(10)))
+    assert int8_phases.space_to_depth_first_conv(graph) is None
+    assert int8.SPACE_TO_DEPTH not in int8.candidates(graph)
+
+
+def test_space_to_depth_needs_an_even_input_and_the_conv_read_once(convnet_graph):
+    torch.manual_seed(0)
+    odd = to_onnx(ConvNet().eval(), torch.zeros(2, 1, 28, 28), "image", ["log_probs"], ExportConfig(checkpoint=""))
+    odd.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 27
+    assert int8_phases.space_to_depth_first_conv(odd) is None
+    branch = copy.deepcopy(convnet_graph)
+    branch.graph.output.append(onnx.helper.make_tensor_value_info(branch.graph.node[0].output[0],
+                                                                  onnx.TensorProto.FLOAT, None))
+    assert int8_phases.space_to_depth_first_conv(branch) is None
+
+
+def _max_of_dequantized(q_scale: float) -> onnx.ModelProto:
+    """uint8 a, b -> DequantizeLinear (scale 0.5, zero point 3) -> Max -> QuantizeLinear (q_scale, 3)."""
+    h = onnx.helper
+    consts = [onnx.numpy_helper.from_array(np.array(v, dtype), n) for v, dtype, n in (
+        (0.5, np.float32, "s"), (3, np.uint8, "z"), (q_scale, np.float32, "qs"))]
+    nodes = [h.make_node("DequantizeLinear", [x, "s", "z"], [f"{x}_f"]) for x in "ab"]
+    nodes += [h.make_node("Max", ["a_f", "b_f"], ["m"]), h.make_node("QuantizeLinear", ["m", "qs", "z"], ["y"])]
+    io = [h.make_tensor_value_info(n, onnx.TensorProto.UINT8, [256]) for n in "aby"]
+    graph = h.make_graph(nodes, "max", io[:2], io[2:], consts)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+
+def test_uint8_max_runs_the_max_on_the_quantized_values():
+    a = np.arange(256, dtype=np.uint8)
+    b = np.random.default_rng(6).permutation(a)
+    for q_scale, rewritten in ((0.5, True), (0.25, False)):  # another output scale: left as it is
+        model = _max_of_dequantized(q_scale)
+        want = _run_named(model, a, b)
+        changed = int8_phases.uint8_max(model)
+        ops = [n.op_type for n in changed.graph.node]
+        assert ops == (["Max"] if rewritten else ["DequantizeLinear", "DequantizeLinear", "Max", "QuantizeLinear"])
+        np.testing.assert_array_equal(_run_named(changed, a, b), want)
+        if rewritten:
+            np.testing.assert_array_equal(want, np.maximum(a, b))
+            assert not changed.graph.initializer  # the scales and zero points nothing reads any more
+
+
+def _run_named(model, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"a": a, "b": b})[0]
+
+
 def test_a_graph_without_convolutions_is_left_alone(mnist_dir, tmp_path):
     mlp = _graph(MLP())
     assert int8_graph.relu_before_pool(mlp)[1] == []
@@ -173,7 +261,8 @@ def test_manifest_records_the_variant_and_why(onnx_int8):
                  if a["file"] == "model.int8.onnx")
     s = entry["settings"]
     names = [c["variant"] for c in s["candidates"]]
-    assert names == [int8.ALL_INT8, int8.FP32_FIRST_CONV, int8.FP32_FIRST_CONV_PADDED] and s["variant"] in names
+    assert names == [int8.ALL_INT8, int8.FP32_FIRST_CONV, int8.FP32_FIRST_CONV_PADDED, int8.SPACE_TO_DEPTH]
+    assert s["variant"] in names
     assert s["chosen_by"] == "measured" and s["measured_on"] == sysinfo.cpu_model()
     assert s["validation_split"] == "train" and s["validation_images"] == int8.VALIDATION_IMAGES
     chosen = next(c for c in s["candidates"] if c["variant"] == s["variant"])
@@ -183,7 +272,7 @@ def test_manifest_records_the_variant_and_why(onnx_int8):
         assert chosen["holds_accuracy"] and chosen["speedup_vs_fp32"] == max(
             c["speedup_vs_fp32"] for c in s["candidates"] if c["holds_accuracy"])
     assert s["graph_rewrites"] and s["description"]
-    assert bool(s["fp32_nodes"]) == (s["variant"] != int8.ALL_INT8)
+    assert bool(s["fp32_nodes"]) == (s["variant"] not in (int8.ALL_INT8, int8.SPACE_TO_DEPTH))
     assert "Transpose" in [n.op_type for n in onnx.load(str(onnx_int8 / "model.int8.onnx")).graph.node]
 
 

@@ -8,10 +8,11 @@ gives steady ratios on a machine that other work keeps busy, where two threads w
 Why measure rather than fix one answer: the candidates differ in the first convolution block and in padding.
 That convolution's single input channel makes it a poor int8 GEMM (a reduction of 25 values per output, with a
 requantization per output) and a good fp32 direct convolution; which of the two wins depends on the CPU's fp32 and
-int8 units. Padding the convolutions' output channels to whole blocks of 16 adds zero filters (more work) so that
-ONNX Runtime's blocked fp32 layout spans the first pool and its int8 convolution takes its faster path; whether
-that pays depends on the CPU's vector units. Everything else (no Transpose or DequantizeLinear between the
-quantized ops) is the same in all of them.
+int8 units. Over space-to-depth blocks it reduces 36 values per output and pools with a uint8 Max, at the cost of
+splitting its output into four phases. Padding the convolutions' output channels to whole blocks of 16 adds zero
+filters (more work) so that ONNX Runtime's blocked fp32 layout spans the first pool and its int8 convolution takes
+its faster path; whether that pays depends on the CPU's vector units. Everything else (no Transpose or
+DequantizeLinear between the quantized ops) is the same in all of them.
 """
 
 from __future__ import annotations
