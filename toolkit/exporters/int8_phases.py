@@ -105,8 +105,7 @@ def _rewritable(model):
     return (*found, constants)
 
 
-def _phase_nodes(name: str, source: str, weight: str, bias: str, kernel: list[int], filters: int,
-                 result: str) -> list[Any]:
+def _phase_nodes(name: str, source: str, weight: str, bias: str, kernel: list[int], result: str) -> list[Any]:
     """SpaceToDepth -> Conv -> Relu -> a Slice per phase -> Max, writing `result`."""
     from onnx import helper
 
@@ -145,7 +144,7 @@ def space_to_depth_first_conv(model) -> tuple[Any, str] | None:
     bounds = {"axes": 1, **{f"{k}{p}": v for p in range(PHASES) for k, v in (("start", p * f), ("end", (p + 1) * f))}}
     graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), f"{name}_phase_{k}")
                              for k, v in bounds.items())
-    block = _phase_nodes(name, conv.input[0], conv.input[1], bias_t.name, list(weight2.shape[2:]), f, result)
+    block = _phase_nodes(name, conv.input[0], conv.input[1], bias_t.name, list(weight2.shape[2:]), result)
     nodes = list(graph.node)
     at = nodes.index(conv)
     _set_nodes(graph, nodes[:at] + block + [n for n in nodes[at:] if all(n is not c for c in chain)])
