@@ -77,9 +77,7 @@ def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
         if name == FP32_FIRST_CONV and not head:
             continue
         # a pool left fp32 keeps its place: moved before its ReLU, ONNX Runtime would quantize it in NCHW
-        graph, moved = int8_graph.relu_before_pool(fp32_model, keep=kept_pools if fp32_nodes else frozenset())
-        graph, flattened = int8_graph.flatten_channels_last(graph)
-        rewrites = [f"Relu before MaxPool {p}" for p in moved] + (["channels-last flatten"] if flattened else [])
+        graph, rewrites = _rewritten(fp32_model, keep=kept_pools if fp32_nodes else frozenset())
         out[name] = (graph, fp32_nodes, rewrites)
     if FP32_FIRST_CONV in out:
         padded = _padded(*out[FP32_FIRST_CONV])
@@ -97,11 +95,17 @@ def _space_to_depth(fp32_model) -> tuple[Any, list[str], list[str]] | None:
     phases = int8_phases.space_to_depth_first_conv(fp32_model)
     if phases is None:
         return None
-    graph, moved = int8_graph.relu_before_pool(phases[0])
-    graph, flattened = int8_graph.flatten_channels_last(graph)
-    rewrites = [phases[1], *(f"Relu before MaxPool {p}" for p in moved), *(["channels-last flatten"] if flattened
-                                                                           else [])]
+    graph, rewrites = _rewritten(phases[0])
+    rewrites = [phases[1], *rewrites]
     return _padded(graph, [], rewrites) or (graph, [], rewrites)
+
+
+def _rewritten(graph, keep: frozenset[str] = frozenset()) -> tuple[Any, list[str]]:
+    """`graph` with every pool but those in `keep` after its ReLU and the channels-last flatten
+    (int8_graph), and the rewrites that applied."""
+    graph, moved = int8_graph.relu_before_pool(graph, keep=keep)
+    graph, flattened = int8_graph.flatten_channels_last(graph)
+    return graph, [f"Relu before MaxPool {p}" for p in moved] + (["channels-last flatten"] if flattened else [])
 
 
 def _padded(graph, fp32_nodes: list[str], rewrites: list[str]) -> tuple[Any, list[str], list[str]] | None:

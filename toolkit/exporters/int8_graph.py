@@ -58,12 +58,19 @@ def relu_before_pool(model, keep: frozenset[str] = frozenset()) -> tuple[Any, li
     return model, moved
 
 
-def _static_chw(model, node) -> tuple[int, int, int] | None:
-    """(C, H, W) of the 4-D input of a flatten `node` whose output is [N, C*H*W] with C, H, W known, else None."""
+def _known_dims(model) -> dict[str, list[int | None]]:
+    """The dims of the graph's inputs and of every value shape inference can type: None where a dim is not a
+    fixed number."""
     import onnx
 
-    inferred = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-                for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    values = [*model.graph.input, *onnx.shape_inference.infer_shapes(model).graph.value_info]
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in values}
+
+
+def _static_chw(model, node) -> tuple[int, int, int] | None:
+    """(C, H, W) of the 4-D input of a flatten `node` whose output is [N, C*H*W] with C, H, W known, else None."""
+    inferred = _known_dims(model)
     dims, flat = inferred.get(node.input[0], []), inferred.get(node.output[0], [])
     if len(dims) != 4 or None in dims[1:] or len(flat) != 2 or flat[1] != dims[1] * dims[2] * dims[3]:
         return None

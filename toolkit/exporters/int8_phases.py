@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from toolkit.exporters.int8_graph import _consumers, _own_constants, _set_nodes
+from toolkit.exporters.int8_graph import _consumers, _known_dims, _own_constants, _set_nodes
 
 PHASES = 4  # 2 x 2 output parities: the pool's window
 
@@ -58,17 +58,13 @@ def _block(graph, consumers):
         chain.append(readers[0])
     if sorted(n.op_type for n in chain[1:]) != ["MaxPool", "Relu"]:
         return None
-    return (conv, chain, chain[-1].output[0]) if _pool_2x2(chain[1] if chain[1].op_type == "MaxPool"
-                                                               else chain[2]) else None
+    pool = next(n for n in chain if n.op_type == "MaxPool")
+    return (conv, chain, chain[-1].output[0]) if _pool_2x2(pool) else None
 
 
 def _input_hw(model, name: str) -> tuple[int, int] | None:
-    import onnx
-
-    values = [*model.graph.input, *onnx.shape_inference.infer_shapes(model).graph.value_info]
-    value = next((v for v in values if v.name == name), None)
-    dims = [] if value is None else [d.dim_value if d.HasField("dim_value") else None
-                                     for d in value.type.tensor_type.shape.dim]
+    """(H, W) of the 4-D value `name` where both are known, else None."""
+    dims = _known_dims(model).get(name, [])
     return (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
 
 
