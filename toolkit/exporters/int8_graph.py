@@ -20,7 +20,8 @@ from typing import Any
 _SHAPE_KEEPING = ("MaxPool", "Relu", "Conv")  # ops whose output a quantized conv stack leaves channels-last
 
 
-def _consumers(graph) -> dict[str, list[Any]]:
+def consumers_of(graph) -> dict[str, list[Any]]:
+    """Each value's readers: the nodes that take it as an input, in graph order."""
     out: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
@@ -28,7 +29,8 @@ def _consumers(graph) -> dict[str, list[Any]]:
     return out
 
 
-def _set_nodes(graph, nodes: list[Any]) -> None:
+def set_nodes(graph, nodes: list[Any]) -> None:
+    """Replace the graph's nodes with `nodes`, dropping the value shapes that no longer hold."""
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # intermediate shapes are inferred again by the quantizer's pre-processing
@@ -39,7 +41,7 @@ def relu_before_pool(model, keep: frozenset[str] = frozenset()) -> tuple[Any, li
     Relu -> MaxPool, except pools named in `keep`; returns it and the names of the pools moved."""
     model = copy.deepcopy(model)
     graph = model.graph
-    consumers = _consumers(graph)
+    consumers = consumers_of(graph)
     nodes, moved = list(graph.node), []
     for i, pool in enumerate(nodes):
         users = consumers.get(pool.output[0], [])
@@ -54,11 +56,11 @@ def relu_before_pool(model, keep: frozenset[str] = frozenset()) -> tuple[Any, li
         nodes[i], nodes[j] = relu, pool
         moved.append(pool.name)
     if moved:
-        _set_nodes(graph, nodes)
+        set_nodes(graph, nodes)
     return model, moved
 
 
-def _known_dims(model) -> dict[str, list[int | None]]:
+def known_dims(model) -> dict[str, list[int | None]]:
     """The dims of the graph's inputs and of every value shape inference can type: None where a dim is not a
     fixed number."""
     import onnx
@@ -70,7 +72,7 @@ def _known_dims(model) -> dict[str, list[int | None]]:
 
 def _static_chw(model, node) -> tuple[int, int, int] | None:
     """(C, H, W) of the 4-D input of a flatten `node` whose output is [N, C*H*W] with C, H, W known, else None."""
-    inferred = _known_dims(model)
+    inferred = known_dims(model)
     dims, flat = inferred.get(node.input[0], []), inferred.get(node.output[0], [])
     if len(dims) != 4 or None in dims[1:] or len(flat) != 2 or flat[1] != dims[1] * dims[2] * dims[3]:
         return None
@@ -97,7 +99,7 @@ def _flatten_target(model):
     a convolution stack's 4-D output (C > 1) into the rows of a Gemm with a constant weight; else None."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+    consumers = consumers_of(graph)
     weights = {t.name: t for t in graph.initializer}
     for node in graph.node:
         gemm = _feeds_gemm(node, producers, consumers, weights) if node.op_type in ("Reshape", "Flatten") else None
@@ -132,7 +134,7 @@ def flatten_channels_last(model) -> tuple[Any, bool]:
     flatten.input[0] = nhwc
     nodes = list(graph.node)
     nodes.insert(nodes.index(flatten), transpose)
-    _set_nodes(graph, nodes)
+    set_nodes(graph, nodes)
     return model, True
 
 
@@ -157,7 +159,7 @@ CHANNEL_BLOCK = 16
 _PER_CHANNEL = ("MaxPool", "Relu")  # ops that act on each channel alone: zero channels stay apart
 
 
-def _own_constants(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]):
+def own_constants(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]):
     """(weight, bias or None) of `conv` when both are initializers that no other node reads; else None."""
     names = [n for n in conv.input[1:3] if n]
     if any(n not in weights or len(consumers[n]) > 1 for n in names):
@@ -185,7 +187,7 @@ def _pad_in_place(graph, conv, consumers: dict[str, list[Any]]) -> tuple[str, st
     import numpy as np
     from onnx import helper, numpy_helper
 
-    constants = _own_constants(conv, {t.name: t for t in graph.initializer}, consumers)
+    constants = own_constants(conv, {t.name: t for t in graph.initializer}, consumers)
     if constants is None or any(a.name == "group" and a.i != 1 for a in conv.attribute):
         return None
     weight, bias = constants
@@ -208,7 +210,7 @@ def _pad_in_place(graph, conv, consumers: dict[str, list[Any]]) -> tuple[str, st
     nodes = list(graph.node)
     nodes.insert(nodes.index(last) + 1, helper.make_node(
         "Slice", [last.output[0], *(f"{name}_{k}" for k in bounds)], [result], name=name))
-    _set_nodes(graph, nodes)
+    set_nodes(graph, nodes)
     return name, f"{conv.name} padded from {channels} to {padded} output channels, sliced back after {last.name}"
 
 
@@ -225,7 +227,7 @@ def pad_convs(model, names: list[str]) -> tuple[Any, dict[str, tuple[str, str]]]
     graph, done = model.graph, {}
     for name in names:
         conv = next((n for n in graph.node if n.name == name and n.op_type == "Conv"), None)
-        padded = None if conv is None else _pad_in_place(graph, conv, _consumers(graph))
+        padded = None if conv is None else _pad_in_place(graph, conv, consumers_of(graph))
         if padded:
             done[name] = padded
     return model, done

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from toolkit.exporters.int8_graph import _consumers, _known_dims, _own_constants, _set_nodes
+from toolkit.exporters.int8_graph import consumers_of, known_dims, own_constants, set_nodes
 
 PHASES = 4  # 2 x 2 output parities: the pool's window
 
@@ -64,7 +64,7 @@ def _block(graph, consumers):
 
 def _input_hw(model, name: str) -> tuple[int, int] | None:
     """(H, W) of the 4-D value `name` where both are known, else None."""
-    dims = _known_dims(model).get(name, [])
+    dims = known_dims(model).get(name, [])
     return (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
 
 
@@ -90,11 +90,11 @@ def _rewritable(model):
     """(Conv, its block's nodes, the block's output, (weight, bias or None) initializers) when the graph's first
     Conv block can be rewritten, else None."""
     graph = model.graph
-    consumers = _consumers(graph)
+    consumers = consumers_of(graph)
     found = _block(graph, consumers)
     if found is None:
         return None
-    constants = _own_constants(found[0], {t.name: t for t in graph.initializer}, consumers)
+    constants = own_constants(found[0], {t.name: t for t in graph.initializer}, consumers)
     hw = None if constants is None else _input_hw(model, found[0].input[0])
     if hw is None or hw[0] % 2 or hw[1] % 2:
         return None
@@ -143,7 +143,7 @@ def space_to_depth_first_conv(model) -> tuple[Any, str] | None:
     block = _phase_nodes(name, conv.input[0], conv.input[1], bias_t.name, list(weight2.shape[2:]), result)
     nodes = list(graph.node)
     at = nodes.index(conv)
-    _set_nodes(graph, nodes[:at] + block + [n for n in nodes[at:] if all(n is not c for c in chain)])
+    set_nodes(graph, nodes[:at] + block + [n for n in nodes[at:] if all(n is not c for c in chain)])
     return model, (f"{name} and its 2x2 max-pool as space-to-depth, a {weight2.shape[2]}x{weight2.shape[3]} Conv "
                    f"over the {PHASES} output phases ({f} to {weight2.shape[0]} filters) and a Max of the phases")
 
@@ -181,10 +181,10 @@ def uint8_max(model):
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+    consumers = consumers_of(graph)
     dropped = [d for node in graph.node for d in _quantized_max(node, producers, consumers, constants)]
     if dropped:
-        _set_nodes(graph, [n for n in graph.node if all(n is not d for d in dropped)])
+        set_nodes(graph, [n for n in graph.node if all(n is not d for d in dropped)])
         read = {name for n in graph.node for name in n.input} | {i.name for i in graph.input}
         kept = [t for t in graph.initializer if t.name in read]
         del graph.initializer[:]
