@@ -167,9 +167,10 @@ def own_constants(conv, weights: dict[str, Any], consumers: dict[str, list[Any]]
     return weights[names[0]], (weights[names[1]] if len(names) > 1 else None)
 
 
-def _channel_chain(graph, conv, consumers: dict[str, list[Any]]) -> list[Any]:
-    """`conv` and the per-channel ops after it, each the only reader of the value before it: the nodes whose
-    outputs padding the Conv would widen, ending where another op, a second reader or a graph output begins."""
+def channel_chain(graph, conv, consumers: dict[str, list[Any]]) -> list[Any]:
+    """`conv` and the per-channel ops (_PER_CHANNEL) after it, each the only reader of the value before it, ending
+    where another op, a second reader or a graph output begins: the nodes whose outputs padding the Conv would
+    widen, and the ReLU and pool that int8_phases folds into it."""
     outputs = {o.name for o in graph.output}
     chain = [conv]
     while True:
@@ -201,7 +202,7 @@ def _pad_in_place(graph, conv, consumers: dict[str, list[Any]]) -> tuple[str, st
             grown = np.zeros((padded, *values.shape[1:]), values.dtype)
             grown[:channels] = values
             tensor.CopyFrom(numpy_helper.from_array(grown, tensor.name))
-    last = _channel_chain(graph, conv, consumers)[-1]
+    last = channel_chain(graph, conv, consumers)[-1]
     name = f"{last.name}_real_channels"
     bounds = {"starts": 0, "ends": channels, "axes": 1}
     graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), f"{name}_{k}") for k, v in bounds.items())

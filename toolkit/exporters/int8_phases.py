@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from toolkit.exporters.int8_graph import consumers_of, known_dims, own_constants, set_nodes
+from toolkit.exporters.int8_graph import channel_chain, consumers_of, known_dims, own_constants, set_nodes
 
 PHASES = 4  # 2 x 2 output parities: the pool's window
 
@@ -50,12 +50,7 @@ def _block(graph, consumers):
     conv = next((n for n in graph.node if n.op_type == "Conv"), None)
     if conv is None or not _plain_conv(conv):
         return None
-    chain, outputs = [conv], {o.name for o in graph.output}
-    for _ in range(2):
-        readers = consumers.get(chain[-1].output[0], [])
-        if chain[-1].output[0] in outputs or len(readers) != 1 or len(readers[0].output) != 1:
-            return None
-        chain.append(readers[0])
+    chain = channel_chain(graph, conv, consumers)[:3]
     if sorted(n.op_type for n in chain[1:]) != ["MaxPool", "Relu"]:
         return None
     pool = next(n for n in chain if n.op_type == "MaxPool")
