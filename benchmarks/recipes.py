@@ -6,9 +6,9 @@ an ingredient pays when taking it out lowers the mean validation accuracy over t
 evaluated by the trainer as always, but this script records none of it: choosing on it would overfit it.
 
 The `fast in float32` variants train in float32 (as a CPU without native bf16 does) and are compared with
-`fast in float32`, the recipe as it runs there: they weigh how long the first layer learns, which trades a
-little accuracy for step time (the wall seconds beside each row; benchmarks/train_profile.py --no-bf16 times
-the step alone).
+`fast in float32`, the recipe as it runs there: they weigh its whitened first layer, which never learns, against
+a learned one, learning throughout or for part of the steps (the wall seconds beside each row;
+benchmarks/train_profile.py --no-bf16 times the step alone).
 
     python benchmarks/recipes.py --data-dir data --out benchmarks/results/recipes.json
     python benchmarks/recipes.py --data-dir data --float32 --out benchmarks/results/recipes_float32.json
@@ -41,18 +41,19 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "fast": ("fast", {}, ""),
     "fast without label smoothing": ("fast", dict(label_smoothing=0.0), "takes out"),
     "fast with batch 256": ("fast", dict(batch_size=256), "takes out"),
+    "fast with its first layer learned (not whitened)": ("fast", dict(whitened_first_layer=False), "takes out"),
     "fast with SGD (Nesterov, lr 0.1)": ("fast", dict(optimizer="sgd", lr=0.1, nesterov=True, weight_decay=5e-4),
                                          "takes out"),
 }
 # variants of the recipe as it runs in float32, each compared with the first of them
 FLOAT32: dict[str, tuple[str, dict, str]] = {
     "fast in float32": ("fast", dict(bf16=False), ""),
-    "fast in float32, first layer learning throughout": ("fast", dict(bf16=False, float32_first_layer_steps=1.0),
-                                                         "takes out"),
-    "fast in float32, first layer learning a quarter of the steps": (
-        "fast", dict(bf16=False, float32_first_layer_steps=0.25), "takes out"),
-    "fast in float32, first layer never learning": ("fast", dict(bf16=False, float32_first_layer_steps=0.0),
-                                                    "takes out"),
+    "fast in float32, first layer learned throughout": ("fast", dict(bf16=False, whitened_first_layer=False),
+                                                        "takes out"),
+    "fast in float32, first layer learned, frozen after half the steps": (
+        "fast", dict(bf16=False, whitened_first_layer=False, float32_first_layer_steps=0.5), "takes out"),
+    "fast in float32, first layer as initialized, never learning": (
+        "fast", dict(bf16=False, whitened_first_layer=False, float32_first_layer_steps=0.0), "takes out"),
 }
 VARIANTS.update(FLOAT32)
 

@@ -40,7 +40,7 @@ def child(data_dir: str, keep: bool, bf16: bool) -> dict:
     images, labels = mnist.load_split(data_dir, "train")
     X, Y = mnist.to_tensor(images, "cpu", config.channels_last), torch.from_numpy(labels)
     steps = -(-len(X) // config.batch_size)
-    model, optimizer, scheduler, average = build_training(config, "cpu", steps)
+    model, optimizer, scheduler, average = build_training(config, "cpu", steps, X)
     step = Step(config, model, optimizer, scheduler, average, torch.Generator().manual_seed(1), bf16)
     order = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
     batches = iter(range(0, len(X) - config.batch_size, config.batch_size))

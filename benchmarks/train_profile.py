@@ -11,7 +11,8 @@
 5. The step's choices, one changed at a time against the recipe's step, alternated in rounds, as seconds of
    training steps per epoch of 60,000 images: memory format (channels_last or contiguous), oneDNN or native
    convolution, batch size, intra-op threads (one, and where the CPUs outnumber torch's default of one thread
-   per physical core, as with hyperthreads, all of them), AdamW kernel, and the first layer frozen.
+   per physical core, as with hyperthreads, all of them), AdamW kernel, and the first layer whitened (never
+   trained) or learned.
 
 `--no-bf16` profiles the float32 step (what a CPU without AVX512-BF16/AMX runs) on any CPU.
 
@@ -71,7 +72,8 @@ def phases(config, data_dir: str) -> dict:
 
     X, Y, X_test, Y_test = timed("data loading", load)
     steps = math.ceil(len(X) / config.batch_size)
-    model, optimizer, scheduler, average = timed("model and optimizer set-up", build_training, config, "cpu", steps)
+    model, optimizer, scheduler, average = timed("model and optimizer set-up", build_training, config, "cpu", steps,
+                                                 X)
     use_bf16 = config.bf16 and bf16_supported("cpu")
     freeze = frozen_from(config, steps, use_bf16)
     rng, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(0)
@@ -111,9 +113,10 @@ def phases(config, data_dir: str) -> dict:
 def operator_table(config, steps: int = 50) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
-    model, optimizer, scheduler, average = build_training(config, "cpu", 10_000)
-    step = Step(config, model, optimizer, scheduler, average, torch.Generator(), config.bf16 and bf16_supported("cpu"))
     x, y = _batch(config)
+    # a whitened first layer is set from this random batch here: the weights' values do not change a step's time
+    model, optimizer, scheduler, average = build_training(config, "cpu", 10_000, x)
+    step = Step(config, model, optimizer, scheduler, average, torch.Generator(), config.bf16 and bf16_supported("cpu"))
     for _ in range(10):
         step(x, y)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -175,16 +178,14 @@ def step_choices(config, rounds: int, images: int = 2560) -> dict:
     usable = sysinfo.usable_cores()  # more where each core has two hyperthreads
 
     def variant(*, batch_size=config.batch_size, channels_last=config.channels_last, mkldnn=True,
-                num_threads=threads, fused=True, frozen=False):
+                num_threads=threads, fused=True, whitened=config.whitened_first_layer):
         changed = dataclasses.replace(config, batch_size=batch_size, channels_last=channels_last, rotate=0.0,
-                                      scale=0.0, shift=0.0, elastic=0.0)
-        model, _, _, _ = build_training(changed, "cpu", 10_000)
+                                      scale=0.0, shift=0.0, elastic=0.0, whitened_first_layer=whitened)
+        x, y = _batch(changed)
+        model, _, _, _ = build_training(changed, "cpu", 10_000, x)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused,
                                       foreach=None if fused else True)
-        if frozen:
-            first_layer(model).requires_grad_(False)
         step = Step(changed, model, optimizer, None, None, None, bf16)
-        x, y = _batch(changed)
 
         def run():
             torch.set_num_threads(num_threads)
@@ -203,7 +204,8 @@ def step_choices(config, rounds: int, images: int = 2560) -> dict:
                 **({f"{usable} threads (every CPU, hyperthreads too)": variant(num_threads=usable)}
                    if usable > threads else {}),
                 "multi-tensor AdamW (not fused)": variant(fused=False),
-                "first layer frozen": variant(frozen=True)}
+                "first layer learned (not whitened)" if config.whitened_first_layer else
+                "first layer whitened (never trained)": variant(whitened=not config.whitened_first_layer)}
     seconds = {name: [] for name in variants}
     for run, _ in variants.values():
         run()

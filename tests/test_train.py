@@ -43,7 +43,7 @@ def test_same_seed_on_the_cpu_gives_the_same_result(tmp_path, mnist_dir):
     wa, wb, wc = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a.test_accuracy == b.test_accuracy
-    assert not torch.equal(wa["conv1.weight"], wc["conv1.weight"])
+    assert not torch.equal(wa["conv2.weight"], wc["conv2.weight"])
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, mnist_dir):

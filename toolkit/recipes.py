@@ -17,18 +17,19 @@ from toolkit.errors import CheckpointError, ConfigError
 # `seed` is the 2019 notebook; `fast` passes 99.0% in one epoch; `best` is the most accurate in a few minutes.
 # Each setting of `fast` and `best` was chosen on a validation split held out of the training set, never on the
 # test set: benchmarks/recipes.py measures what each one adds.
-# Where bf16 is not native (or is turned off) a run computes in float32, a slower step; there `fast` freezes its
-# first layer after half of its steps (float32_first_layer_steps): the earliest freeze tried (0, 1/4, 1/2) that
-# keeps the mean validation accuracy at the recipe's 99.0% (benchmarks/results/recipes_float32.json; the step
-# times are in train_profile_float32*.json). Its other settings hold in float32 too: channels_last and oneDNN
-# convolutions (contiguous or native ones are slower), fused AdamW, and batch 128 (a larger one fits fewer steps
-# into the epoch and costs validation accuracy: "fast with batch 256" in recipes.json).
+# `fast` sets its first layer from the training images' 5x5 patches and never trains it (whitened_first_layer,
+# toolkit/whiten.py): on the validation split that scored above learning it, both in bf16 and in float32, and it
+# spares every step the first layer's gradients and the gradient into the second layer's input
+# (benchmarks/results/recipes.json, recipes_float32.json). Its other settings hold in float32 (a CPU without
+# native bf16) too: channels_last and oneDNN convolutions (contiguous or native ones are slower), fused AdamW,
+# and batch 128 (a larger one fits fewer steps into the epoch and costs validation accuracy: "fast with batch
+# 256" in recipes.json).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
                  schedule="constant", bf16=False, channels_last=False),
     "fast": dict(epochs=1, batch_size=128, optimizer="adamw", lr=3e-3, momentum=0.9, nesterov=False,
                  weight_decay=1e-2, schedule="onecycle", label_smoothing=0.2, bf16=True, channels_last=True,
-                 float32_first_layer_steps=0.5),
+                 whitened_first_layer=True),
     "best": dict(epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, momentum=0.9, nesterov=False,
                  weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1, rotate=10.0, scale=0.1, shift=2.0,
                  bf16=True, channels_last=True),
@@ -64,6 +65,9 @@ class TrainConfig:
     # first layer learns; after them it is frozen, which spares the backward pass the first layer's gradients and
     # the gradient flowing into the second layer's input (benchmarks/train_profile.py --no-bf16 times it)
     float32_first_layer_steps: float = 1.0
+    # the first layer, where it is a convolution, set by patch whitening of the training images and never trained
+    # (toolkit/whiten.py); a model whose first layer is not one (the MLP) trains it as usual
+    whitened_first_layer: bool = False
     holdout: int = 0  # keep the last N training images out of training, as a validation split
     model: str = DEFAULT_MODEL
     recipe: str = DEFAULT_RECIPE

@@ -22,7 +22,7 @@ from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
-from toolkit.train_step import Step, build_training, frozen_from, train_epoch
+from toolkit.train_step import Step, build_training, first_layer, frozen_from, train_epoch
 
 
 def resolve_device(device: str) -> str:
@@ -88,6 +88,7 @@ class TrainResult:
     config: dict[str, Any]
     history: list[EpochStats] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    whitened_first_layer: bool = False  # asked for and applicable: set from the images, never trained
 
     @property
     def compute(self) -> str:
@@ -161,7 +162,7 @@ def train(
     rngs = Generators(shuffle=torch.Generator().manual_seed(config.seed),
                       augment=torch.Generator().manual_seed(config.seed + 1))
     steps_per_epoch = math.ceil(len(data.x) / config.batch_size)
-    model, optimizer, scheduler, average = build_training(config, device, steps_per_epoch)
+    model, optimizer, scheduler, average = build_training(config, device, steps_per_epoch, data.x)
     history: list[EpochStats] = []
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, average, rngs)
@@ -172,7 +173,9 @@ def train(
 
     result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
                          parameters=count_parameters(model), device=device, bf16=use_bf16,
-                         config=dataclasses.asdict(config), history=history, resumed_from_epoch=start_epoch)
+                         config=dataclasses.asdict(config), history=history, resumed_from_epoch=start_epoch,
+                         whitened_first_layer=config.whitened_first_layer
+                         and not first_layer(model).weight.requires_grad)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
 

@@ -17,13 +17,20 @@ from toolkit.preprocess import BACKGROUND
 from toolkit.recipes import TrainConfig
 
 
-def build_training(config: TrainConfig, device: str, steps_per_epoch: int):
+def build_training(config: TrainConfig, device: str, steps_per_epoch: int, images=None):
     """The model (on `device`, channels_last if asked), its optimizer, the one-cycle schedule if any, and the
-    moving average of its weights if any."""
+    moving average of its weights if any. With `whitened_first_layer`, the first layer is set from `images` (the
+    training images) and frozen before the rest is built on it."""
     import torch
     from torch.optim.swa_utils import AveragedModel
 
+    from toolkit.whiten import whiten_first_layer
+
     model = build_model(config.model).to(device)
+    if config.whitened_first_layer:
+        if images is None:
+            raise ConfigError("a whitened first layer is set from the training images; none were given")
+        whiten_first_layer(model, images)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.optimizer == "adamw":

@@ -117,6 +117,8 @@ def train(
     frozen = result.config["float32_first_layer_steps"]  # the run's own, also when it was resumed
     compute = ("bf16 autocast" if result.bf16 else "float32"
                + (f", first layer frozen after {frozen:.0%} of the steps" if frozen < 1 else ""))
+    if result.whitened_first_layer:
+        compute += ", first layer whitened (never trained)"
     out.print(f"{result.model}: {result.parameters:,} parameters; device {result.device}, {compute}; "
               f"test accuracy {result.test_accuracy:.2f}% "
               f"after {epochs_run} epoch{'s' * (epochs_run != 1)} ({result.train_seconds:.1f} s"
