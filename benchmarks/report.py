@@ -26,6 +26,16 @@ RESULTS = Path(__file__).parent / "results"
 # that file's section and beside its rows in the headline. A file re-measured on the current default pipeline
 # is taken out of this table.
 PROVENANCE = {
+    "train_speed.json": "measured before `fast` whitened its first layer (it learned it); "
+                        "`family26/train_speed_modes.json` times the recipe as it is.",
+    "train_speed_modes.json": "measured before `fast` whitened its first layer (float32 learned it for half the "
+                              "steps, then froze it), the pinned figure too; `family26/` times the recipe as it is.",
+    "nobf16/train_speed_modes.json": "measured before `fast` whitened its first layer (float32 learned it for half "
+                                     "the steps, then froze it).",
+    "recipes.json": "its `fast` rows were measured before `fast` whitened its first layer; "
+                    "`family26/recipes_fast.json` and `family26/recipes_float32.json` weigh the whitened one.",
+    "train_profile.json": "profiled before `fast` whitened its first layer: every step here trains it.",
+    "train_memory.json": "measured before `fast` whitened its first layer: every step here trains it.",
 }
 
 
@@ -592,7 +602,7 @@ def headline() -> list[str]:
                     fast.get("compute") == "float32") else ""
                 row(f"train `fast` {how}", f"{fast['mean_test_accuracy']:.2f}% (mean of {fast['seeds']} seeds), "
                     f"99.0% after {fast['median_seconds_to_target']:.1f} s{pinned}", "train_speed.py --modes",
-                    "train_speed_modes.json", _cpu(r))
+                    f"{folder}/train_speed_modes.json", _cpu(r))
     for name in ("verify_best.json", "verify.json"):
         r = load(name)
         if r:
@@ -670,7 +680,8 @@ def sections() -> list[str]:
             out.append("\n".join(lines))
     # the same scripts on another kind of CPU, where they ran there (each heading names its CPU)
     for folder in OTHER_CPUS:
-        others = [("peers.json", peers), ("inference_profile.json", inference_profile),
+        others = [("recipes_fast.json", recipes), ("recipes_float32.json", recipes),
+                  ("peers.json", peers), ("inference_profile.json", inference_profile),
                   ("quantization.json", quantization), ("train_profile_float32.json", train_profile),
                   ("make_main.json", lambda r, f=folder: make_main(r, load("make_main_1core.json", f)))]
         for name, render in others:

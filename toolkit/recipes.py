@@ -18,9 +18,10 @@ from toolkit.errors import CheckpointError, ConfigError
 # Each setting of `fast` and `best` was chosen on a validation split held out of the training set, never on the
 # test set: benchmarks/recipes.py measures what each one adds.
 # `fast` sets its first layer from the training images' 5x5 patches and never trains it (whitened_first_layer,
-# toolkit/whiten.py): on the validation split that scored above learning it, both in bf16 and in float32, and it
-# spares every step the first layer's gradients and the gradient into the second layer's input
-# (benchmarks/results/recipes.json, recipes_float32.json). Its other settings hold in float32 (a CPU without
+# toolkit/whiten.py): on the validation split that scored as well as learning it (the means within a few
+# hundredths of a point, in bf16 and in float32: benchmarks/results/family26/recipes_fast.json and
+# recipes_float32.json), and it spares every step the first layer's gradients and the gradient into the second
+# layer's input. Its other settings hold in float32 (a CPU without
 # native bf16) too: channels_last and oneDNN convolutions (contiguous or native ones are slower), fused AdamW,
 # and batch 128 (a larger one fits fewer steps into the epoch and costs validation accuracy: "fast with batch
 # 256" in recipes.json).

@@ -24,13 +24,13 @@ def build_training(config: TrainConfig, device: str, steps_per_epoch: int, image
     import torch
     from torch.optim.swa_utils import AveragedModel
 
-    from toolkit.whiten import whiten_first_layer
+    from toolkit.whiten import whiten_layer
 
     model = build_model(config.model).to(device)
     if config.whitened_first_layer:
         if images is None:
             raise ConfigError("a whitened first layer is set from the training images; none were given")
-        whiten_first_layer(model, images)
+        whiten_layer(first_layer(model), images)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.optimizer == "adamw":

@@ -4,7 +4,8 @@ Each filter is a principal direction of the images' patches (the eigenvectors of
 scaled by 1/sqrt(eigenvalue + eps) so that its output has about unit variance, and paired with its negation so
 that the ReLU after the pool keeps both signs. The layer then never learns: no gradient is computed for it, nor
 the one flowing into the next layer's input, which is what makes a step cheaper. On the validation split this
-first layer scores as well as a learned one, in bf16 and in float32 (benchmarks/results/recipes*.json).
+first layer scores as well as a learned one, in bf16 and in float32 (benchmarks/results/family26/recipes_fast.json,
+recipes_float32.json).
 """
 
 from __future__ import annotations
@@ -32,16 +33,13 @@ def whitening_filters(images: Any, out_channels: int, kernel_size: int):
     return filters.reshape(out_channels, x.shape[1], kernel_size, kernel_size)
 
 
-def whiten_first_layer(model: Any, images: Any) -> bool:
-    """Set the model's first layer to whitening filters of `images`, bias zero, and freeze it. True where it was
-    done; False, the model untouched, where that layer is not a square convolution with an even number of
-    filters, at most twice its patch size (the MLP's first layer is a linear one)."""
+def whiten_layer(conv: Any, images: Any) -> bool:
+    """Set a model's first layer `conv` to whitening filters of `images`, bias zero, and freeze it. True where it
+    was done; False, the layer untouched, where it is not a square convolution with an even number of filters, at
+    most twice its patch size (the MLP's first layer is a linear one)."""
     import torch
     from torch import nn
 
-    from toolkit.train_step import first_layer
-
-    conv = first_layer(model)
     if (not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.stride != (1, 1) or conv.padding != (0, 0)
             or conv.dilation != (1, 1)):
         return False
