@@ -21,10 +21,9 @@ from toolkit.errors import CheckpointError, ConfigError
 # toolkit/whiten.py): on the validation split that scored as well as learning it (the means within a few
 # hundredths of a point, in bf16 and in float32: benchmarks/results/family26/recipes_fast.json and
 # recipes_float32.json), and it spares every step the first layer's gradients and the gradient into the second
-# layer's input. Its other settings hold in float32 (a CPU without
-# native bf16) too: channels_last and oneDNN convolutions (contiguous or native ones are slower), fused AdamW,
-# and batch 128 (a larger one fits fewer steps into the epoch and costs validation accuracy: "fast with batch
-# 256" in recipes.json).
+# layer's input. Its other settings hold in float32 (a CPU without native bf16) too: channels_last and oneDNN
+# convolutions (contiguous or native ones are slower), fused AdamW, and batch 128 (a larger one fits fewer steps
+# into the epoch and costs validation accuracy: "fast with batch 256" in recipes.json).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
                  schedule="constant", bf16=False, channels_last=False),
