@@ -297,6 +297,24 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-json-is-a-folder", lambda c: (c.work / "j").mkdir() or [
         "verify", "--artifacts", c.exported, "--json", c.work / "j", "--data-dir", c.mnist], 2, "j"),
     ("verify-no-manifest", lambda c: ["verify", "--artifacts", c.work], 2, "manifest.json"),
+    # --- results never replace what a command reads, nor a model file anywhere
+    ("verify-json-over-manifest", lambda c: ["verify", "--artifacts", c.exported, "--json",
+                                             c.exported / "manifest.json", "--data-dir", c.mnist], 2, "inputs"),
+    ("verify-json-over-golden", lambda c: ["verify", "--artifacts", c.exported, "--json", c.exported / "golden.npy",
+                                           "--data-dir", c.mnist], 2, "inputs"),
+    ("verify-json-over-checkpoint", lambda c: ["verify", "--artifacts", c.exported, "--json", c.checkpoint,
+                                               "--data-dir", c.mnist], 2, "inputs"),
+    ("verify-json-over-a-model-elsewhere", lambda c: (c.work / "other.onnx").write_bytes(b"model") and [
+        "verify", "--artifacts", c.exported, "--json", c.work / "other.onnx", "--data-dir", c.mnist], 2,
+     "not a results file"),
+    ("bench-markdown-over-golden", lambda c: ["bench", "--artifacts", c.exported, "--markdown",
+                                              c.exported / "golden.npy", "--data-dir", c.mnist], 2, "inputs"),
+    ("bench-plot-over-checkpoint", lambda c: ["bench", "--artifacts", c.exported, "--plot", c.checkpoint,
+                                              "--data-dir", c.mnist], 2, "inputs"),
+    ("predict-json-over-model", lambda c: ["predict", "--model", c.exported / "model.app.onnx", c.digit(), "--json",
+                                           c.exported / "model.app.onnx"], 2, "inputs"),
+    ("predict-json-over-manifest", lambda c: ["predict", "--model", c.exported / "model.app.onnx", c.digit(),
+                                              "--json", c.exported / "manifest.json"], 2, "inputs"),
     # --- bench: numbers finite and bounded, outputs checked before the work, files checked before loading
     ("bench-seconds-nan", lambda c: ["bench", "--artifacts", c.exported, "--seconds", "nan"], 2, "seconds"),
     ("bench-seconds-inf", lambda c: ["bench", "--artifacts", c.exported, "--seconds", "inf"], 2, "seconds"),

@@ -84,7 +84,8 @@ def _default_checkpoint(checkpoint: Path | None) -> Path:
 
 def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Check output paths before any work starts, so a long run never fails at its last step and never
-    replaces what is not a result file: a device, a FIFO, a link, a folder, or one of the command's inputs.
+    replaces what is not a result file: a device, a FIFO, a link, a folder, one of the command's inputs, or a model,
+    checkpoint or export file wherever it is.
 
     `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
     """
@@ -102,6 +103,36 @@ def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
         raise ConfigError("two outputs name the same file; give each its own")
 
 
+def _model_suffixes() -> set[str]:
+    from toolkit.formats import FORMATS
+
+    return {s for f in FORMATS.values() for s in (f.suffix, *f.companions)} | {".npy", ".pt", ".pth"}
+
+
+def _is_model_file(path: Path) -> bool:
+    from toolkit.artifacts import MANIFEST_NAME
+
+    return path.name == MANIFEST_NAME or any(path.name.endswith(s) for s in _model_suffixes())
+
+
+def export_inputs(folder: Path, checkpoint: Path | None = None) -> tuple[Path, ...]:
+    """What a command reads from an export folder, which its outputs may not replace: the manifest, the model
+    files and their companions, the golden outputs and reference inputs (.npy), the checkpoints beside it, the
+    checkpoint the manifest names, and `checkpoint` (--checkpoint)."""
+    from toolkit.artifacts import read_manifest
+    from toolkit.errors import ArtifactError
+
+    try:
+        files = [p for p in folder.iterdir() if _is_model_file(p)]
+    except OSError:
+        files = []
+    try:  # the reference checkpoint, usually in the run folder, recorded relative to the manifest
+        files += [folder / a.source_checkpoint for a in read_manifest(folder)[:1] if a.source_checkpoint]
+    except ArtifactError:
+        pass  # no manifest, or a bad one: the command itself says so
+    return (*files, *([checkpoint] if checkpoint is not None else []))
+
+
 def _check_output(path: Path, inputs: list[Path]) -> None:
     from toolkit.errors import ConfigError, OutputError
     from toolkit.fileio import check_target
@@ -115,6 +146,9 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
     same = next((i for i in inputs if path.exists() and i.exists() and os.path.samefile(path, i)), None)
     if same is not None:
         raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
+    if path.exists() and _is_model_file(path):
+        raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
+                          "give the results a file name of their own")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

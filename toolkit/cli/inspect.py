@@ -22,6 +22,7 @@ from toolkit.cli.common import (
     _print_result,
     _write_json,
     defaults,
+    export_inputs,
     out,
 )
 from toolkit.cli.progress import stage
@@ -188,7 +189,7 @@ def bench(
     data is here, else random inputs of its declared shapes and types (not verified: there is no reference).
     TorchScript, .pt2 and .aoti.pt2 files are code: loading one runs what its author put in it.
     """
-    _outputs(json_path, markdown, plot, inputs=(*(files or ()), *_model_files(artifacts)))
+    _outputs(json_path, markdown, plot, inputs=(*(files or ()), *export_inputs(artifacts, checkpoint)))
     from toolkit import bench as bench_lib
 
     config = _config(  # BenchConfig checks every number, the time limit too
@@ -220,18 +221,6 @@ def bench(
         bench_lib.plot(report, plot)
 
 
-def _model_files(folder: Path) -> tuple[Path, ...]:
-    """The manifest and model files of an export folder: bench's inputs, which its outputs may not replace."""
-    from toolkit.formats import FORMATS
-
-    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)}
-    try:
-        return tuple(p for p in folder.iterdir()
-                     if p.name == "manifest.json" or any(p.name.endswith(s) for s in suffixes))
-    except OSError:
-        return ()
-
-
 def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
@@ -256,10 +245,10 @@ def predict(
             json_path.suffix.lower() in IMAGE_SUFFIXES or any(json_path.resolve() == i.resolve() for i in images)):
         # `--json` used to be a flag: `predict --json digit.png` must not overwrite the image with JSON
         raise ConfigError(f"--json takes the path to write the JSON to (- for stdout), not the image {json_path}")
-    _outputs(json_path)
     if model is None:
         candidates = [Path("exported/model.app.onnx"), Path("exported/model.onnx")]
         model = next((c for c in candidates if c.is_file()), candidates[0])
+    _outputs(json_path, inputs=(model, *export_inputs(model.parent)))
     predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])

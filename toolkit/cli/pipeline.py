@@ -21,6 +21,7 @@ from toolkit.cli.common import (
     _write_json,
     defaults,
     err,
+    export_inputs,
     out,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
@@ -231,7 +232,7 @@ def verify(
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
 exit 1 if any fails."""  # one line in `toolkit --help`
-    _outputs(json_path)
+    _outputs(json_path, inputs=export_inputs(artifacts, checkpoint))
     from toolkit.verify import parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
