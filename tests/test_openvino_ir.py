@@ -8,12 +8,13 @@ import shutil
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
 from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
 from tests.test_runtime import BLOCK_TORCH
-from toolkit.artifacts import MANIFEST_NAME, onnx_metadata, read_manifest
+from toolkit.artifacts import MANIFEST_NAME, read_manifest
 from toolkit.data import load_split
 
 ov = pytest.importorskip("openvino")
@@ -56,7 +57,7 @@ def test_int8_ir_is_quantized_from_the_graph_with_each_relu_before_its_pool(expo
 
 
 def test_ir_rt_info_carries_the_same_metadata_as_the_onnx(exported):
-    onnx_meta = onnx_metadata(exported / "model.onnx")
+    onnx_meta = {p.key: p.value for p in onnx.load(exported / "model.onnx").metadata_props}
     for precision, (xml, weights) in IR.items():
         model = ov.Core().read_model(str(exported / xml), str(exported / weights))
         section = model.get_rt_info()["toolkit"]

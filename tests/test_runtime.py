@@ -141,6 +141,35 @@ def test_predict_checks_the_model_against_the_manifest_beside_it(exported_copy, 
     assert run_cli("predict", "--model", loose, *paths).exit_code == 0
 
 
+def test_a_link_to_a_model_is_checked_against_the_manifest_beside_the_file(exported_copy, digit_pngs, tmp_path):
+    app = exported_copy / "model.app.onnx"
+    data = bytearray(app.read_bytes())
+    data[-1] ^= 1
+    app.write_bytes(bytes(data))
+    link = tmp_path / "model.onnx"  # no manifest beside the link: the one beside the file still decides
+    link.symlink_to(app)
+    assert "changed since export" in assert_one_line_error(run_cli("predict", "--model", link, digit_pngs[0][0]), 2)
+
+
+def test_external_weights_are_read_beside_the_model_never_from_the_working_directory(
+        exported, digit_pngs, tmp_path, monkeypatch):
+    import onnx
+
+    model = onnx.load(exported / "model.app.onnx")
+    onnx.external_data_helper.convert_model_to_external_data(model, location="w.bin")
+    (tmp_path / "xe").mkdir()
+    onnx.save(model, tmp_path / "xe" / "model.onnx")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    (tmp_path / "cwd" / "w.bin").write_bytes(np.zeros(1 << 20, np.uint8).tobytes())  # planted where ORT would look
+    pixels = np.stack([load_image(p) for p in digit_pngs[0][:20]])
+    expected = Classifier(exported / "model.app.onnx").predict_proba(pixels)
+    np.testing.assert_allclose(Classifier(tmp_path / "xe" / "model.onnx").predict_proba(pixels), expected, atol=1e-6)
+    (tmp_path / "xe" / "w.bin").unlink()  # only the planted copy is left: refused, not loaded
+    result = run_cli("predict", "--model", tmp_path / "xe" / "model.onnx", digit_pngs[0][0])
+    assert "w.bin" in assert_one_line_error(result, 2)
+
+
 def _toolkit_onnx(path, nodes, classes=10):
     """A model with toolkit metadata and the normalized input, computing `nodes` (which end in log_probs)."""
     import onnx

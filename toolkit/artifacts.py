@@ -283,8 +283,9 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
     hash-checked against the manifest beside it when there is one, else read as they are."""
     path = Path(path)
     data = read_model_file(path)
-    if (path.parent / MANIFEST_NAME).exists():  # read_model_file found the file listed there
-        return data, read_verified_parts(next(a for a in read_manifest(path.parent) if a.file == path.name))
+    governed = _under_manifest(path)
+    if governed is not None:  # read_model_file found the file listed there
+        return data, read_verified_parts(next(a for a in read_manifest(governed.parent) if a.file == governed.name))
     fmt = FORMATS.get(format_of_file(path.name) or "")
     parts = [path.with_name(path.name[:-len(fmt.suffix)] + suffix) for suffix in fmt.companions] if fmt else []
     try:
@@ -301,17 +302,24 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
-    manifest = path.parent / MANIFEST_NAME
-    if not manifest.exists() and not manifest.is_symlink():  # a manifest.json that is no file is refused, not skipped
+    governed = _under_manifest(path)
+    if governed is None:
         try:
             return path.read_bytes()
         except OSError as e:
             raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
-    listed = [a for a in read_manifest(path.parent) if a.file == path.name]
+    listed = [a for a in read_manifest(governed.parent) if a.file == governed.name]
     if not listed:
-        raise ArtifactError(f"{path} is not listed in the {MANIFEST_NAME} beside it; refusing to load it, "
+        raise ArtifactError(f"{governed} is not listed in the {MANIFEST_NAME} beside it; refusing to load it, "
                             "export again or move it out of that folder")
     return read_verified(listed[0])
+
+
+def _under_manifest(path: Path) -> Path | None:
+    """`path`, else the file a link leads to, whichever has a manifest beside it (a link does not take a file out of
+    its folder's manifest); None: neither has one. A manifest.json that is no file counts, and is refused."""
+    return next((c for c in (path, Path(os.path.realpath(path)))
+                 if (c.parent / MANIFEST_NAME).exists() or (c.parent / MANIFEST_NAME).is_symlink()), None)
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],
@@ -402,17 +410,6 @@ def read_verified_golden(golden: GoldenEntry) -> bytes:
         raise ArtifactError(f"{golden.file}: the manifest gives it {str(golden.size_bytes)[:20]} bytes, not 1 to "
                             f"{MAX_GOLDEN_BYTES} (10,000 x 10 float32 is 400 KB); export again")
     return _read_recorded(golden.path, golden.file, golden.size_bytes, golden.sha256)
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an ONNX file, read with onnx (no graph execution)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError and others for non-ONNX bytes
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); export it again") from None
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def select(artifacts: list[Artifact], formats: list[str] | None = None,

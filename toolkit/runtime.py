@@ -48,7 +48,8 @@ class Classifier:
                                    else litert.open_bytes(read_model_file(self.path), str(self.path), options, fmt))
             self.session, self.info = None, None
         else:
-            self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options)
+            self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options,
+                                                          folder=self.path.parent)
             self.session, self.info = self.runner.session, self.runner.info
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:

@@ -253,7 +253,7 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
                                   what="is neither ONNX nor a loadable TorchScript file")
         return ForeignTorchRunner(module, str(path), options, prep)
     if _has_toolkit_metadata(data):
-        return OnnxRuntimeRunner.toolkit_model(data, str(path), options)
+        return OnnxRuntimeRunner.toolkit_model(data, str(path), options, folder=Path(path).parent)
     return ForeignOnnxRunner(path, options, prep, shapes)
 
 

@@ -9,6 +9,8 @@ import contextlib
 import io
 import os
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +68,12 @@ def _model_source(model: str | os.PathLike | bytes, label: str) -> tuple[str | b
 
 
 def create_session(model: str | os.PathLike | bytes, device: str = "cpu", *, threads: int | None = None,
-                   cuda_graph: bool = False, optimization: str = "all", label: str = ""):
+                   cuda_graph: bool = False, optimization: str = "all", label: str = "",
+                   folder: str | os.PathLike | None = None):
     """An InferenceSession on exactly `device`, or ProviderUnavailable saying what is missing.
 
-    `model` is a path, or the model's bytes (already hash-checked; `label` then names it in errors).
+    `model` is a path, or the model's bytes (already hash-checked; `label` then names it in errors, and `folder`
+    is the one the file was read from: see `_external_data_folder`).
 
     ONNX Runtime silently falls back to the CPU when a GPU provider cannot load; this checks
     `session.get_providers()` so nothing labelled CUDA ever runs on the CPU.
@@ -92,7 +96,7 @@ def create_session(model: str | os.PathLike | bytes, device: str = "cpu", *, thr
     source, path = _model_source(model, label)
     try:
         # ORT prints "EP Error ... Falling back" itself when a GPU provider fails; the check below says it better
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _external_data_folder(opts, source, folder):
             session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {_ort_message(e)}") from None
@@ -100,6 +104,26 @@ def create_session(model: str | os.PathLike | bytes, device: str = "cpu", *, thr
         raise ProviderUnavailable(f"{name} failed to load, ONNX Runtime would silently use the CPU: "
                                   f"{devices.onnxruntime_load_failure(device)}")
     return session
+
+
+# the session option (ONNX Runtime 1.18 and later) naming the folder external data is read from for a model loaded
+# from bytes
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+@contextlib.contextmanager
+def _external_data_folder(opts: Any, source: str | bytes, folder: str | os.PathLike | None) -> Iterator[None]:
+    """A model loaded from bytes has no folder of its own, and ONNX Runtime would read the external data it names
+    (weights kept in other files, which no toolkit export writes) from the working directory. It is read from
+    `folder`, the one the model file is in, where the caller knows it, else from an empty one: never from
+    elsewhere. ONNX Runtime refuses names that leave the folder."""
+    if not isinstance(source, bytes):
+        yield  # loaded from its path: ONNX Runtime reads external data beside it
+        return
+    with contextlib.ExitStack() as stack:
+        where = folder if folder is not None else stack.enter_context(tempfile.TemporaryDirectory())
+        opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, os.path.abspath(where))
+        yield
 
 
 def _ort_message(e: Exception) -> str:
@@ -178,12 +202,12 @@ class OnnxRuntimeRunner(Runner):
         self.run_options.log_severity_level = 4  # a cancelled run is reported once, by run_guard
 
     @classmethod
-    def toolkit_model(cls, model: bytes, label: str, options: RunnerOptions,
-                      declared_format: str | None = None) -> OnnxRuntimeRunner:
-        """A toolkit .onnx from its (hash-checked) bytes, its normalization read from its metadata; with
-        `declared_format`, its input must be that format's kind."""
+    def toolkit_model(cls, model: bytes, label: str, options: RunnerOptions, declared_format: str | None = None,
+                      folder: str | os.PathLike | None = None) -> OnnxRuntimeRunner:
+        """A toolkit .onnx from its (hash-checked) bytes, read from a file in `folder`, its normalization read from
+        its metadata; with `declared_format`, its input must be that format's kind."""
         session = create_session(model, options.device, threads=options.threads,
-                                 optimization=options.optimization, label=label)
+                                 optimization=options.optimization, label=label, folder=folder)
         info = describe(session, label)
         if declared_format:
             check_kind(label, declared_format, info.kind)
@@ -257,4 +281,5 @@ def _timed_device(runner: OnnxRuntimeRunner, binding: Any, inputs: list[np.ndarr
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> OnnxRuntimeRunner:
     """A manifest artifact in ONNX Runtime, from its hash-checked bytes."""
-    return OnnxRuntimeRunner.toolkit_model(read_verified(artifact), artifact.file, options, artifact.format)
+    return OnnxRuntimeRunner.toolkit_model(read_verified(artifact), artifact.file, options, artifact.format,
+                                           folder=Path(artifact.path).parent)
