@@ -120,6 +120,20 @@ def test_web_command_reports_a_missing_model_in_one_line(tmp_path):
     assert "toolkit export" in assert_one_line_error(result, code=2)
 
 
+def test_web_command_serves_only_an_unchanged_app_model(tmp_path, exported_copy):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    app = exported_copy / "model.app.onnx"
+    data = bytearray(app.read_bytes())
+    data[-1] ^= 1
+    for model, fragment in [(tmp_path / "empty.onnx", "empty"), (exported_copy / "model.xml", "not an .onnx"),
+                            (exported_copy / "model.onnx", "onnx-app"), (app, None)]:
+        if fragment is None:  # the app model, one bit changed after export
+            app.write_bytes(bytes(data))
+            fragment = "changed since export"
+        result = run_cli("web", "--model", model, "--port", "0")
+        assert fragment in assert_one_line_error(result, code=2), model
+
+
 def test_page_is_cross_origin_isolated_with_two_threads(page):
     info = page.evaluate("demo.ready")
     assert info == {"ortVersion": "1.30.0", "threads": 2, "crossOriginIsolated": True}

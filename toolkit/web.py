@@ -79,6 +79,7 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
     model = Path(config.model)
     if not model.is_file():
         raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
+    check_app_model(model)
     ort = find_ort(site, config.ort)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {config.port}")
@@ -88,6 +89,22 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
         *config.extra_mounts,
         Mount("/", site),
     )
+
+
+def check_app_model(model: Path) -> None:
+    """ArtifactError unless `model` is what the page runs: a toolkit .onnx that takes raw pixels (an onnx-app
+    export), unchanged since export where a manifest is beside it, and one ONNX Runtime loads."""
+    from toolkit.artifacts import read_model_file
+    from toolkit.formats import kind_of
+    from toolkit.runners import RunnerOptions
+    from toolkit.runners.onnxruntime import OnnxRuntimeRunner
+
+    if model.suffix != ".onnx":
+        raise ArtifactError(f"{model} is not an .onnx file; the page runs the onnx-app export (model.app.onnx)")
+    runner = OnnxRuntimeRunner.toolkit_model(read_model_file(model), str(model), RunnerOptions(), folder=model.parent)
+    if runner.kind != kind_of("onnx-app"):
+        raise ArtifactError(f"{model} takes {runner.kind} input; the page runs the onnx-app export (model.app.onnx), "
+                            "which takes raw pixels")
 
 
 def ort_version(site: Path) -> str:
