@@ -88,6 +88,22 @@ def test_wrong_layout_and_bad_options_are_one_line_errors(trained, exported, mni
         assert message in line
 
 
+def test_mean_and_std_must_keep_the_inputs_within_float32(trained, mnist_dir, tmp_path):
+    """Finite as doubles but not as float32 inputs: refused up front, not fed as inf to give a false verdict."""
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx")
+    same = ("compare", foreign, foreign, "--limit", "100", "--data-dir", mnist_dir)
+    for option, value, bound in (("--mean", "-1e300", "[-1e+06, 1e+06]"), ("--mean", "2e6", "[-1e+06, 1e+06]"),
+                                 ("--std", "1e-300", "[1e-06, 1e+06]"), ("--std", "1e7", "[1e-06, 1e+06]")):
+        line = assert_one_line_error(run_cli(*same, option, value), 2)
+        assert option in line and bound in line and "float32" in line
+        bench = run_cli("bench", foreign, "--batch-sizes", "1", "--iterations", "2", "--rounds", "1",
+                        "--runtime", "onnxruntime", "--no-matmul-peak", "--data-dir", mnist_dir, option, value)
+        assert option in assert_one_line_error(bench, 2) and "RuntimeWarning" not in bench.stderr
+    # the extremes of the range give finite inputs: a file still matches itself
+    result = run_cli(*same, "--mean", "-1e6", "--std", "1e-6", "--json", "-")
+    assert result.exit_code == 0 and json.loads(result.stdout)["max_abs_diff"] == 0, result.stderr
+
+
 def test_external_data_outside_the_model_folder_is_refused(tmp_path, mnist_dir):
     import onnx
     from onnx import TensorProto, helper, numpy_helper

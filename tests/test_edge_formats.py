@@ -201,3 +201,9 @@ def test_predict_runs_tflite_without_torch_and_refuses_pte_in_one_line(edge_expo
     assert [p["digit"] for p in json.loads(done.stdout)] == list(labels[:5])
     result = run_cli("predict", "--model", edge_exported / "model.pte", paths[0])
     assert "needs torch" in assert_one_line_error(result, 2)
+
+
+def test_predict_stops_tflite_at_the_time_limit(edge_exported, png):
+    result = run_cli("predict", "--model", edge_exported / "model.tflite", png, "--time-limit", "1e-9")
+    line = assert_one_line_error(result, 2)
+    assert "on litert" in line and "ran longer than the time limit of 1e-09 s" in line

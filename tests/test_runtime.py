@@ -108,6 +108,14 @@ def test_bad_images_are_one_line_errors(tmp_path, exported):
     assert "no such file" in assert_one_line_error(run_cli("predict", "--model", model, tmp_path / "nope.png"), 2)
 
 
+@pytest.mark.parametrize("model", ["model.app.onnx", "model.onnx", "model.xml"])
+def test_predict_stops_at_the_time_limit(exported, digit_pngs, model):
+    # a call far shorter than the watcher's 0.1 s tick still passes a 1 ns limit: it fails like a stopped one
+    result = run_cli("predict", "--model", exported / model, digit_pngs[0][0], "--time-limit", "1e-9")
+    assert "ran longer than the time limit of 1e-09 s" in assert_one_line_error(result, 2)
+    assert "test000.png" not in result.stdout  # no predictions from a call past its limit
+
+
 def test_an_onnx_that_is_not_a_toolkit_model_is_refused(tmp_path, digit_pngs):
     import onnx
     from onnx import helper

@@ -29,10 +29,12 @@ from toolkit.cli.progress import stage
 from toolkit.cli.tables import _compare_many_table, _compare_table, _predictions_table, _print_bench
 from toolkit.devices import CPU
 from toolkit.formats import FORMATS
+from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.web import DEFAULT_MODEL, DEFAULT_PORT
 
+MEAN_STD_RANGES = f"mean in [{-MAX_ABS_MEAN:g}, {MAX_ABS_MEAN:g}], std in [{MIN_STD:g}, {MAX_STD:g}]"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
@@ -55,7 +57,8 @@ def compare(
         help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, "
              "else log-softmax), log_probs, probabilities, raw.")] = "auto",
     mean: Annotated[float, typer.Option(
-        metavar="MEAN", help="Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels).")] = MEAN,
+        metavar="MEAN", help=f"Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels); "
+                             f"{MEAN_STD_RANGES}.")] = MEAN,
     std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
@@ -171,7 +174,8 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(
         metavar="PATH", help="Write a PNG of throughput against batch size here.")] = None,
     mean: Annotated[float, typer.Option(
-        metavar="MEAN", help="With FILE: input = (pixel/255 - mean) / std for a float image input.")] = MEAN,
+        metavar="MEAN", help=f"With FILE: input = (pixel/255 - mean) / std for a float image input; "
+                             f"{MEAN_STD_RANGES}.")] = MEAN,
     std: Annotated[float, typer.Option(metavar="STD", help="With FILE: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",

@@ -155,8 +155,9 @@ def run_guard(runner: Runner) -> Iterator[None]:
     While the block runs, SIGINT or SIGTERM (through `signal.set_wakeup_fd`, so even while the main thread is
     inside the runtime's C++ code) and passing the runner's time limit make a watcher thread cancel the call
     (ONNX Runtime's `RunOptions.terminate`, OpenVINO's `cancel()`). A runtime that cannot be stopped ends the
-    process after a grace period instead (exit 130/143, or 2 for a time limit). What the runtime raises
-    becomes a ConfigError (memory) or an ArtifactError.
+    process after a grace period instead (exit 130/143, or 2 for a time limit). A call that returns past the
+    limit (one shorter than the watcher's 0.1 s tick, or one that finished despite the cancel) fails the same
+    way: its outputs are never used. What the runtime raises becomes a ConfigError (memory) or an ArtifactError.
     """
     watch = _WATCHER.watch(runner)
     outer, _local.watch = getattr(_local, "watch", None), watch
@@ -176,6 +177,9 @@ def run_guard(runner: Runner) -> Iterator[None]:
             raise ConfigError(f"cannot allocate memory to run {runner.label} on {runner.runtime} "
                               f"({text[:120]}); use smaller batches") from None
         raise ArtifactError(f"{runner.label} failed while running on {runner.runtime}: {text}") from None
+    else:
+        if watch.ran_over():
+            raise ArtifactError(timeout_message(runner))
     finally:
         _local.watch = outer
         _WATCHER.unwatch(watch)
@@ -202,6 +206,11 @@ class _Watch:
         self.signalled = 0
         self.cancelled = False
         self.stuck_after: float | None = None
+
+    def ran_over(self) -> bool:
+        """Whether the current call passed its runner's time limit, whether the watcher caught it or not."""
+        limit = self.runner.time_limit_s
+        return self.timed_out or (limit is not None and time.monotonic() - self.started > limit)
 
 
 class _Watcher:

@@ -24,6 +24,7 @@ from toolkit import devices, refinputs
 from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
+from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
@@ -51,14 +52,18 @@ class Preprocessing:
     layout: str = "auto"  # auto: from the declared input shape
 
     def __post_init__(self) -> None:
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ConfigError(f"--{name} must be a finite number, not {value!r}")
-        if not self.std > 0:
-            raise ConfigError(f"--std must be > 0, not {self.std!r}")
+        _check_range("mean", self.mean, -MAX_ABS_MEAN, MAX_ABS_MEAN)
+        _check_range("std", self.std, MIN_STD, MAX_STD)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"unknown layout {self.layout!r}; use {', '.join(LAYOUTS)}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    """ConfigError unless `value` is a number in [low, high]: the range a toolkit file's metadata may declare, in
+    which (pixel/255 - mean) / std stays finite in float32 for every pixel."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"--{name} must be a number in [{low:g}, {high:g}], so that (pixel/255 - mean) / std fits "
+                          f"float32; not {value!r}")
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
