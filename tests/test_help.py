@@ -104,3 +104,9 @@ def test_predict_json_takes_a_path_and_never_overwrites_an_image(exported, tmp_p
     assert image.read_bytes() == before
     line = assert_one_line_error(run_cli("predict", "--json", "--model", model, image), 2)
     assert "--model looks like an option" in line and not (tmp_path / "--model").exists()
+
+
+def test_no_arguments_prints_the_help_as_help_does(python):
+    bare = run_process(python, "-m", "toolkit", env={**os.environ, "COLUMNS": "80"})
+    assert bare.returncode == 2 and "error" not in bare.stderr, bare.stderr
+    assert bare.stdout == help_at_80(python)

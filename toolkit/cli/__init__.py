@@ -158,7 +158,11 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click/typer usage error
-            if not e.format_message():  # no arguments at all: the help was printed
+            if type(e).__name__ == "NoArgsIsHelpError" or not e.format_message():
+                # no arguments at all: the help, as --help prints it (older click printed it itself)
+                ctx = getattr(e, "ctx", None)
+                if ctx is not None and e.format_message():
+                    sys.stdout.write(ctx.get_help() + "\n")
                 sys.exit(e.exit_code)
             command = getattr(getattr(e, "ctx", None), "command_path", "toolkit")
             _error(f"{e.format_message()} (see `{command} --help`)")
