@@ -408,6 +408,13 @@ def test_an_unexpected_error_is_one_line_with_its_own_exit_code(ctx, monkeypatch
         run_main("--debug", "export", "--checkpoint", ctx.checkpoint)
 
 
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(ctx):
+    plain = run_main("predict", "--model", ctx.work / "missing.onnx", ctx.digit())
+    debug = run_main("--debug", "predict", "--model", ctx.work / "missing.onnx", ctx.digit())
+    assert plain.exit_code == debug.exit_code == 2 and "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr and debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+
+
 def _toolkit(*args, **kwargs):
     import subprocess
 

@@ -13,6 +13,7 @@ import importlib.util
 import inspect as inspect_module
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -86,8 +87,7 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
                    f"pip install 'toolkit[{EXTRA_FOR_MODULE[module]}]'")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except ToolkitError as e:
-            if _state["debug"]:
-                raise
+            _traceback_if_debug()
             _error(str(e))
             raise typer.Exit(e.exit_code) from None
         except Terminated:
@@ -97,19 +97,24 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError:
-            if _state["debug"]:
-                raise
+            _traceback_if_debug()
             _error("out of memory; use a smaller batch size or fewer images")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except OSError as e:  # the environment, not toolkit: a full disk, a permission, a vanished file
-            if _state["debug"]:
-                raise
+            _traceback_if_debug()
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             _error(f"{e.strerror or e}{where}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     help_text, short_help = _help(fn)
     return app.command(help=help_text, short_help=short_help)(wrapper)
+
+
+def _traceback_if_debug() -> None:
+    """With --debug, the traceback of the error being handled, before its one line: the exit code stays the
+    error's own, so a script sees the same code with and without --debug."""
+    if _state["debug"]:
+        traceback.print_exc()
 
 
 def _print_version(value: bool) -> None:
