@@ -125,6 +125,7 @@ def test_a_checkpoint_from_before_the_recipes_resumes_with_its_own_settings():
 @pytest.mark.parametrize("args, message", [
     (["--holdout", "-1"], "holdout must be a number from 0 to 30000"),
     (["--holdout", "2000", "--train-limit", "2000"], "leaves no training images"),
+    (["--seed", "-1"], "seed must be a number from 0 to 4294967295,"),
 ])
 def test_bad_holdout_is_a_one_line_error(tmp_path, mnist_dir, args, message):
     result = run_cli("train", *args, "--out", tmp_path / "run", "--data-dir", mnist_dir)

@@ -132,6 +132,10 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise CheckpointError(f"the checkpoint's setting {name} is {type(value).__name__}, expected {kind.__name__}")
 
 
+def _bound(x: int | float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"  # a seed's 4294967295 in full, not 4.29497e+09
+
+
 def validate(config: TrainConfig) -> None:
     """Every setting of a run: known names, and numbers finite and within LIMITS."""
     if config.model not in MODEL_NAMES:
@@ -142,7 +146,8 @@ def validate(config: TrainConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not low <= value <= high:
-            raise ConfigError(f"{name.replace('_', '-')} must be a number from {low:g} to {high:g}, got {value}")
+            raise ConfigError(f"{name.replace('_', '-')} must be a number from {_bound(low)} to {_bound(high)}, "
+                              f"got {value}")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if config.schedule not in ("onecycle", "constant"):
