@@ -160,3 +160,12 @@ def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, sho
     assert result.exit_code == 0, result.stderr
     assert "resumed after epoch 1" in result.stdout
 
+
+def test_resume_refuses_another_model(tmp_path, short_run, mnist_dir):
+    run_dir = _run_copy(short_run, tmp_path)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    for model in ("mlp", "convnet"):  # the run's own model too, as with --epochs: the run decides
+        result = run_cli("train", "--resume", "--model", model, "--out", run_dir, "--data-dir", mnist_dir)
+        assert "drop --model" in assert_one_line_error(result, 2)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
