@@ -150,6 +150,18 @@ def trained(tmp_path_factory, mnist_dir) -> Path:
     return built_once(tmp_path_factory, "runs", lambda folder: _train(folder, mnist_dir)) / "convnet"
 
 
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, mnist_dir) -> Path:
+    """One epoch on the first 500 training images on the CPU, through the CLI: a real checkpoint in seconds, for
+    tests that copy and damage one. Returns the run folder."""
+    def build(folder: Path) -> None:
+        result = run_cli("train", "--epochs", "1", "--train-limit", "500", "--device", "cpu", "--out",
+                         folder / "run", "--data-dir", mnist_dir)
+        assert result.exit_code == 0, result.stderr
+
+    return built_once(tmp_path_factory, "short-run", build) / "run"
+
+
 # Formats left out of the shared export because building them takes long; their own tests export them
 # (test_torch_export.py, test_edge_formats.py).
 SLOW_FORMATS = ("aoti", "executorch", "tflite")  # AOTInductor compiles C++: 20-60 s on 2 cores; the

@@ -190,3 +190,60 @@ def test_unwritable_export_folder(tmp_path, trained):
     blocker.write_text("x")
     result = run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--out", blocker / "out")
     assert "cannot write" in assert_one_line_error(result, 2)
+
+
+def _poisoned(state_dict, name, value):
+    """A copy of `state_dict` with one element of tensor `name` set to `value` (NaN or infinity)."""
+    state_dict = {k: v.clone() for k, v in state_dict.items()}
+    state_dict[name].view(-1)[7] = value
+    return state_dict
+
+
+def _tampered_checkpoint(source, path, mutate):
+    ckpt = torch.load(source, weights_only=True)
+    mutate(ckpt)
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("state-dict-nan", "weight conv2.weight holds NaN or infinite values"),
+    ("nested-state-dict-inf", "weight fc_layer2.bias holds NaN or infinite values"),
+    ("checkpoint-nan", "weight conv1.weight holds NaN or infinite values"),
+    ("accuracy-150", "records a test accuracy of 150.0, not a percentage from 0 to 100"),
+    ("accuracy-nan", "records a test accuracy of nan, not a percentage"),
+    ("accuracy-negative", "records a test accuracy of -1.0, not a percentage"),
+    ("accuracy-text", "records a test accuracy of 99, not a percentage"),
+    ("metrics-not-a-mapping", "has metrics that are not a mapping"),
+])
+def test_non_finite_weights_and_impossible_accuracies_are_refused_before_writing(tmp_path, short_run, mnist_dir,
+                                                                                  case, message):
+    from toolkit.model import build_model
+
+    path, source = tmp_path / "ckpt.pt", short_run / "checkpoint.pt"
+    if case == "state-dict-nan":  # torch.save(model.state_dict(), ...), as people save weights
+        torch.save(_poisoned(build_model("convnet").state_dict(), "conv2.weight", float("nan")), path)
+    elif case == "nested-state-dict-inf":
+        torch.save({"model_state_dict": _poisoned(build_model("convnet").state_dict(), "fc_layer2.bias",
+                                                  float("inf")), "epoch": 3}, path)
+    elif case == "checkpoint-nan":
+        _tampered_checkpoint(source, path, lambda c: c.update(
+            state_dict=_poisoned(c["state_dict"], "conv1.weight", float("nan"))))
+    elif case == "metrics-not-a-mapping":
+        _tampered_checkpoint(source, path, lambda c: c.update(metrics=[99.0]))
+    else:
+        value = {"accuracy-150": 150.0, "accuracy-nan": float("nan"), "accuracy-negative": -1.0,
+                 "accuracy-text": "99"}[case]
+        _tampered_checkpoint(source, path, lambda c: c["metrics"].update(test_accuracy=value))
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", path, "--out", out, "--data-dir", mnist_dir)
+    assert message in assert_one_line_error(result, 2)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_checkpoint_without_metrics_still_exports(tmp_path, short_run, mnist_dir):
+    path = tmp_path / "ckpt.pt"
+    _tampered_checkpoint(short_run / "checkpoint.pt", path, lambda c: c.pop("metrics"))
+    result = run_cli("export", "--checkpoint", path, "--out", tmp_path / "out", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    accuracy = read_manifest(tmp_path / "out")[0].test_accuracy
+    assert 0 < accuracy <= 100  # measured on the test set, as for a plain state_dict

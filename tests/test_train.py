@@ -114,3 +114,58 @@ def test_existing_run_is_not_overwritten_by_accident(trained, mnist_dir):
 def test_missing_data_is_a_clear_error(tmp_path):
     result = run_cli("train", "--out", tmp_path / "run", "--data-dir", tmp_path / "nothing")
     assert "toolkit data" in assert_one_line_error(result, 2)
+
+
+def _run_copy(short_run, tmp_path, mutate=lambda ckpt: None):
+    """A copy of a real run folder whose checkpoint `mutate` changed (saved with torch.save, as a tool would)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt = torch.load(short_run / "checkpoint.pt", weights_only=True)
+    mutate(ckpt)
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    return run_dir
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("test_accuracy", 1e30, "test_accuracy 1e+30, not a number from 0 to 100"),
+    ("train_accuracy", -0.5, "train_accuracy -0.5, not a number from 0 to 100"),
+    ("val_accuracy", 100.5, "val_accuracy 100.5, not a number from 0 to 100"),
+    ("train_loss", float("nan"), "train_loss nan, not a number finite and >= 0"),
+    ("test_loss", -1.0, "test_loss -1.0, not a number finite and >= 0"),
+    ("seconds", float("inf"), "seconds inf, not a number finite and >= 0"),
+    ("lr", -3e-3, "lr -0.003, not a number finite and >= 0"),
+    ("peak_lr", "high", "peak_lr high, not a number finite and >= 0"),
+    ("test_accuracy", True, "test_accuracy True, not a number"),
+    ("epoch", 2, "history row 1 is for epoch 2, not 1"),
+    ("epoch", 0, "history row 1 is for epoch 0, not 1"),
+])
+def test_resume_refuses_an_impossible_history(tmp_path, short_run, mnist_dir, field, value, message):
+    run_dir = _run_copy(short_run, tmp_path, lambda ckpt: ckpt["history"][0].update({field: value}))
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith(f"error: cannot resume from {run_dir / 'checkpoint.pt'}: ") and message in line, line
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
+
+
+def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, short_run, mnist_dir):
+    def older(ckpt):
+        for row in ckpt["history"]:
+            for key in ("val_loss", "val_accuracy", "peak_lr"):
+                del row[key]
+
+    run_dir = _run_copy(short_run, tmp_path, older)
+    result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert "resumed after epoch 1" in result.stdout
+
+
+def test_resume_refuses_another_model(tmp_path, short_run, mnist_dir):
+    run_dir = _run_copy(short_run, tmp_path)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    for model in ("mlp", "convnet"):  # the run's own model too, as with --epochs: the run decides
+        result = run_cli("train", "--resume", "--model", model, "--out", run_dir, "--data-dir", mnist_dir)
+        assert "drop --model" in assert_one_line_error(result, 2)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]

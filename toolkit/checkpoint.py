@@ -6,6 +6,7 @@ pickle from a file can run code.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
         if state_dict is None:
             raise CheckpointError(f"{path} is neither a toolkit checkpoint (no '{FORMAT}' tag) nor a state_dict; "
                                   "train one with `toolkit train`, or save your model's `model.state_dict()`")
+        check_finite_weights(state_dict, path)
         return usermodel.checkpoint_from_state_dict(state_dict, source, path), fileio.digest(data)
     if source.given:
         raise ConfigError(f"{path} is a toolkit checkpoint, which names its own model: --model, --model-code and "
@@ -84,7 +86,37 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
     for key, kind in (("model", dict), ("state_dict", dict), ("config", dict), ("history", list)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
+    check_finite_weights(ckpt["state_dict"], path)
+    _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
+
+
+def is_number_within(value: Any, low: float, high: float) -> bool:
+    """Whether `value` is a finite int or float (a bool is not a number here) from `low` to `high` inclusive."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
+
+
+def check_finite_weights(state_dict: dict[str, Any], path: str | os.PathLike) -> None:
+    """CheckpointError naming the first floating-point tensor that holds NaN or infinity: such a model outputs NaN,
+    and every file exported from it, with the golden outputs it is verified against, would be NaN too."""
+    import torch
+
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {str(name)[:80]} holds NaN or infinite values; the model is "
+                                  "broken (did its training diverge?) and cannot be used")
+
+
+def _check_metrics(ckpt: dict[str, Any], path: Path) -> None:
+    """The metrics a checkpoint records, copied into what is exported from it: a test accuracy, when there is one,
+    is a percentage."""
+    metrics = ckpt.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path} has metrics that are not a mapping; it is damaged or was not written by toolkit")
+    if "test_accuracy" in metrics and not is_number_within(metrics["test_accuracy"], 0.0, 100.0):
+        raise CheckpointError(f"{path} records a test accuracy of {str(metrics['test_accuracy'])[:20]}, not a "
+                              "percentage from 0 to 100; it is damaged or was not written by toolkit")
 
 
 def _load_failure(e: Exception) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from toolkit import data as mnist
 from toolkit import devices, fileio, heap, sysinfo
-from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from toolkit.checkpoint import CHECKPOINT_NAME, is_number_within, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
@@ -53,6 +53,14 @@ def bf16_supported(device: str) -> bool:
         return False
 
 
+# The upper bound of each number of an EpochStats row (accuracies are percentages; none is below 0), and the
+# fields that may be None (a run without a validation split; histories written before peak_lr)
+HISTORY_LIMITS = {"train_loss": math.inf, "train_accuracy": 100.0, "test_loss": math.inf, "test_accuracy": 100.0,
+                  "seconds": math.inf, "lr": math.inf, "val_loss": math.inf, "val_accuracy": 100.0,
+                  "peak_lr": math.inf}
+HISTORY_OPTIONAL = ("val_loss", "val_accuracy", "peak_lr")
+
+
 @dataclass
 class EpochStats:
     """One row of history.json: what the notebook printed each epoch, plus time and learning rate."""
@@ -67,6 +75,18 @@ class EpochStats:
     val_loss: float | None = None  # on the held-out part of the training set, when the run keeps one
     val_accuracy: float | None = None
     peak_lr: float | None = None  # the highest any step of the epoch used (None in histories written before it)
+
+    def check(self, epoch: int) -> None:
+        """ValueError unless this is a plausible row for `epoch` (a history read from a checkpoint is input)."""
+        if not isinstance(self.epoch, int) or isinstance(self.epoch, bool) or self.epoch != epoch:
+            raise ValueError(f"history row {epoch} is for epoch {str(self.epoch)[:20]}, not {epoch}")
+        for name, high in HISTORY_LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in HISTORY_OPTIONAL:
+                continue
+            if not is_number_within(value, 0.0, high):
+                within = "from 0 to 100" if high == 100.0 else "finite and >= 0"
+                raise ValueError(f"history of epoch {epoch} has {name} {str(value)[:20]}, not a number {within}")
 
     @property
     def train_error(self) -> float:
@@ -277,9 +297,20 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, ave
         if "augment_rng" in state:
             rngs.augment.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
-        return [EpochStats(**row) for row in state["history"]]
+        return _history(state["history"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _history(rows: list[Any]) -> list[EpochStats]:
+    """The history a checkpoint recorded, row by row checked to be the epochs 1, 2, ... with plausible numbers;
+    ValueError or TypeError (a row that is not a mapping of EpochStats' fields) otherwise."""
+    history = []
+    for epoch, row in enumerate(rows, 1):
+        stats = EpochStats(**row)
+        stats.check(epoch)
+        history.append(stats)
+    return history
 
 
 def _save_run(run_dir: Path, model, optimizer, scheduler, average, rngs: Generators, config: TrainConfig,

@@ -61,7 +61,14 @@ def data(data_dir: DataDir = Path("data")) -> None:
         out.print(f"  {attempt.source}: {attempt.detail}")
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given (on the command line or in the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(metavar="MODEL", help="convnet or mlp.")] = DEFAULT_MODEL,
     recipe: Annotated[str, typer.Option(
         metavar="RECIPE", help="fast (99% in one epoch), best (most accurate, a few minutes) or seed (the 2019 "
@@ -99,9 +106,9 @@ def train(
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     if resume:
-        if any(v is not None for v in overrides.values()):
-            raise ConfigError("--resume continues a run with its own settings; "
-                              "drop --epochs/--batch-size/--lr/--train-limit/--holdout/--bf16")
+        if _given(ctx, "model") or any(v is not None for v in overrides.values()):
+            raise ConfigError("--resume continues a run with its own model and settings; "
+                              "drop --model/--epochs/--batch-size/--lr/--train-limit/--holdout/--bf16")
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
         config = make_config(recipe, model=model, seed=seed, device=device)
     else:
