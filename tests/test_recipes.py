@@ -130,7 +130,7 @@ def test_a_checkpoint_from_before_the_recipes_resumes_with_its_own_settings():
 def test_bad_holdout_is_a_one_line_error(tmp_path, mnist_dir, args, message):
     result = run_cli("train", *args, "--out", tmp_path / "run", "--data-dir", mnist_dir)
     assert message in assert_one_line_error(result, 2)
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_reports_validation_accuracy_per_epoch(tmp_path, mnist_dir):

@@ -161,11 +161,24 @@ def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, sho
     assert "resumed after epoch 1" in result.stdout
 
 
-def test_resume_refuses_another_model(tmp_path, short_run, mnist_dir):
-    run_dir = _run_copy(short_run, tmp_path)
+@pytest.mark.parametrize("option", [["--model", "mlp"], ["--model", "convnet"], ["--recipe", "best"],
+                                    ["--seed", "3"], ["--device", "cpu"]])
+def test_resume_refuses_settings_of_its_own(tmp_path, short_run, mnist_dir, option):
+    run_dir = _run_copy(short_run, tmp_path)  # the run's own model too, as with --epochs: the run decides
     before = (run_dir / "checkpoint.pt").read_bytes()
-    for model in ("mlp", "convnet"):  # the run's own model too, as with --epochs: the run decides
-        result = run_cli("train", "--resume", "--model", model, "--out", run_dir, "--data-dir", mnist_dir)
-        assert "drop --model" in assert_one_line_error(result, 2)
+    result = run_cli("train", "--resume", *option, "--out", run_dir, "--data-dir", mnist_dir)
+    assert f"drop {option[0]}" in assert_one_line_error(result, 2)
     assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ckpt: ckpt["config"].update(epochs=2), "its schedule has"),  # the one-cycle schedule is for 1 epoch
+    (lambda ckpt: ckpt.update(epoch=5), "it says it ended epoch 5"),
+    (lambda ckpt: ckpt.update(history=[]), "its history has 0 epochs"),
+])
+def test_resume_refuses_a_checkpoint_at_odds_with_itself(tmp_path, short_run, mnist_dir, mutate, message):
+    run_dir = _run_copy(short_run, tmp_path, mutate)
+    result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
+    assert message in assert_one_line_error(result, 2)
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]

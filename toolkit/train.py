@@ -172,12 +172,12 @@ def train(
     if not resume and ckpt_path.exists() and not overwrite:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
                           "--overwrite to start again, or choose another --out")
-    fileio.check_writable_dir(run_dir, "run folder")
     use_bf16 = config.bf16 and bf16_supported(device)
     if device == "cpu":
         heap.keep_freed_memory()  # each step reuses the last step's memory instead of page-faulting on new
 
     data = _load_tensors(config, data_dir, device)
+    fileio.check_writable_dir(run_dir, "run folder")  # made once the data is there: a failed start leaves none
     torch.manual_seed(config.seed)
     rngs = Generators(shuffle=torch.Generator().manual_seed(config.seed),
                       augment=torch.Generator().manual_seed(config.seed + 1))
@@ -292,12 +292,19 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, ave
             model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
+            steps = scheduler.total_steps  # what the run's settings give
             scheduler.load_state_dict(state["scheduler"])
+            if scheduler.total_steps != steps:
+                raise ValueError(f"its schedule has {scheduler.total_steps} steps, its settings give {steps}")
         rngs.shuffle.set_state(state["shuffle_rng"])
         if "augment_rng" in state:
             rngs.augment.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
-        return _history(state["history"])
+        history = _history(state["history"])
+        if not history or history[-1].epoch != state["epoch"]:
+            raise ValueError(f"its history has {len(history)} epochs, but it says it ended epoch "
+                             f"{str(state['epoch'])[:20]}")
+        return history
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}") from None
 

@@ -67,6 +67,14 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name != "DEFAULT"
 
 
+def _resumed_config(run_dir: Path):
+    """The settings of the run in `run_dir`, for the header and the progress of its resumption."""
+    from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from toolkit.recipes import config_from_checkpoint, make_config
+
+    return config_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"], make_config(DEFAULT_RECIPE))
+
+
 def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(metavar="MODEL", help="convnet or mlp.")] = DEFAULT_MODEL,
@@ -106,11 +114,13 @@ def train(
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     if resume:
-        if _given(ctx, "model") or any(v is not None for v in overrides.values()):
-            raise ConfigError("--resume continues a run with its own model and settings; "
-                              "drop --model/--epochs/--batch-size/--lr/--train-limit/--holdout/--bf16")
+        given = [name for name in ("model", "recipe", "seed", "device") if _given(ctx, name)]
+        given += [name for name, value in overrides.items() if value is not None]
+        if given:
+            raise ConfigError("--resume continues a run with its own model and settings; drop "
+                              + ", ".join(f"--{name.replace('_', '-')}" for name in given))
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
-        config = make_config(recipe, model=model, seed=seed, device=device)
+        config = _resumed_config(run_dir)
     else:
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
