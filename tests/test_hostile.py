@@ -263,7 +263,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
      "not a readable checkpoint"),
     ("export-huge-model-args", lambda c: ["export", "--checkpoint", c.checkpoint_with(
         lambda k: k["model"].update(name="mlp", args={"hidden_sizes": [10 ** 9] * 50}))], 2, "hidden_sizes"),
-    ("export-checkpoint-is-a-folder", lambda c: ["export", "--checkpoint", c.work], 2, "does not exist"),
+    ("export-checkpoint-is-a-folder", lambda c: ["export", "--checkpoint", c.work], 2, "is a folder"),
+    ("predict-model-is-a-folder", lambda c: ["predict", "--model", c.exported, c.digit()], 2, "is a folder"),
+    ("compare-file-is-a-folder", lambda c: ["compare", c.exported / "model.onnx", c.work], 2, "is a folder"),
     ("export-opset-out-of-range", lambda c: ["export", "--checkpoint", c.checkpoint, "--opset", "999"], 2, "opset"),
     ("export-calibration-zero", lambda c: ["export", "--checkpoint", c.checkpoint, "--calibration-size", "0"], 2,
      "calibration-size"),

@@ -105,7 +105,9 @@ def test_bad_images_are_one_line_errors(tmp_path, exported):
     assert "not a readable image" in assert_one_line_error(run_cli("predict", "--model", model, text), 2)
     assert "empty file" in assert_one_line_error(run_cli("predict", "--model", model, empty), 2)
     assert "too large" in assert_one_line_error(run_cli("predict", "--model", model, huge), 2)
-    assert "no such file" in assert_one_line_error(run_cli("predict", "--model", model, tmp_path / "nope.png"), 2)
+    missing = run_cli("predict", "--model", model, tmp_path / "nope.png")
+    assert "nope.png does not exist" in assert_one_line_error(missing, 2)
+    assert "is a folder" in assert_one_line_error(run_cli("predict", "--model", model, tmp_path), 2)
 
 
 @pytest.mark.parametrize("model", ["model.app.onnx", "model.onnx", "model.xml"])

@@ -301,7 +301,7 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     as is."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+        raise ArtifactError(f"model file {path} {fileio.absent(path, 'run `toolkit export` first')}")
     governed = _under_manifest(path)
     if governed is None:
         try:

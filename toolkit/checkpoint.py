@@ -51,7 +51,7 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train one with `toolkit train`")
+        raise CheckpointError(f"checkpoint {path} {fileio.absent(path, 'train one with `toolkit train`')}")
     try:
         size = path.stat().st_size
         if size > MAX_CHECKPOINT_BYTES:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import devices, formats, sysinfo
+from toolkit import devices, fileio, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
 from toolkit.runners import RunnerOptions
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
@@ -75,7 +75,7 @@ class CompareConfig:
             raise ConfigError("--limit must be between 1 and 10000")
         for path in (self.a, self.b, *self.more):
             if not Path(path).is_file():
-                raise ConfigError(f"{path}: no such file")
+                raise ConfigError(f"{path} {fileio.absent(path)}")
         devices.check(self.provider)
 
 

@@ -115,6 +115,17 @@ def shortest(path: str | os.PathLike) -> Path:
         return Path(path)
 
 
+def absent(path: str | os.PathLike, hint: str = "") -> str:
+    """What is wrong with a file to read at `path` that is not a regular file, to follow its name in a message: a
+    folder, something else (a FIFO, a device, a broken link), or nothing there (then `hint`, what to do)."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.exists() or path.is_symlink():
+        return "is not a regular file"
+    return "does not exist" + (f"; {hint}" if hint else "")
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create `path` if needed and make sure files can be written there, or raise ConfigError."""
     from toolkit.errors import ConfigError

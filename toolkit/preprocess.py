@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit import fileio
 from toolkit.errors import ImageError
 
 MEAN, STD = 0.1307, 0.3081  # the notebook's normalization
@@ -41,7 +42,7 @@ def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarra
 
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path} {fileio.absent(path)}")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file, not an image")
     try:

@@ -20,6 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit import fileio
 from toolkit.errors import ArtifactError, ConfigError
 
 HOST = "127.0.0.1"
@@ -78,7 +79,7 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
         raise ConfigError(f"{config.site} has no index.html; pass --site pointing at the repository's examples/web")
     model = Path(config.model)
     if not model.is_file():
-        raise ArtifactError(f"{model} does not exist; run `toolkit export --format onnx-app` first")
+        raise ArtifactError(f"{model} {fileio.absent(model, 'run `toolkit export --format onnx-app` first')}")
     check_app_model(model)
     ort = find_ort(site, config.ort)
     if not 0 <= config.port <= 65535:

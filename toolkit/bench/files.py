@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices
+from toolkit import devices, fileio
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.search import Candidate, Plan, _candidates_of, options_words, runtime_version
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
@@ -175,7 +175,7 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     prep = prep or foreign.Preprocessing()
     for path in paths:
         if not Path(path).is_file():
-            raise ConfigError(f"{path}: no such file")
+            raise ConfigError(f"{path} {fileio.absent(path)}")
     selection = select_runtimes(config.runtimes)
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, formats, refinputs, sysinfo
+from toolkit import devices, fileio, formats, refinputs, sysinfo
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.metadata import read_normalization
@@ -60,7 +60,7 @@ def _model_source(model: str | os.PathLike | bytes, label: str) -> tuple[str | b
     else:
         path = Path(model)
         if not path.is_file():
-            raise ArtifactError(f"model file {path} does not exist; run `toolkit export` first")
+            raise ArtifactError(f"model file {path} {fileio.absent(path, 'run `toolkit export` first')}")
         source = str(path)
     if not source or (isinstance(source, str) and path.stat().st_size == 0):
         raise ArtifactError(f"{path} is empty; export it again")
