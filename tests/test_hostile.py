@@ -299,6 +299,10 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-json-is-a-folder", lambda c: (c.work / "j").mkdir() or [
         "verify", "--artifacts", c.exported, "--json", c.work / "j", "--data-dir", c.mnist], 2, "j"),
     ("verify-no-manifest", lambda c: ["verify", "--artifacts", c.work], 2, "manifest.json"),
+    ("verify-unknown-format", lambda c: ["verify", "--artifacts", c.exported, "--format", "bogus"], 2,
+     "unknown format 'bogus'"),
+    ("bench-unknown-precision", lambda c: ["bench", "--artifacts", c.exported, "--precision", "fp64"], 2,
+     "unknown precision 'fp64'"),
     # --- results never replace what a command reads, nor a model file anywhere
     ("verify-json-over-manifest", lambda c: ["verify", "--artifacts", c.exported, "--json",
                                              c.exported / "manifest.json", "--data-dir", c.mnist], 2, "inputs"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from toolkit.errors import ConfigError
+
 # Precisions a file can have, from the most exact to the least. A run is judged at the lower of its file's
 # precision and the runtime's compute mode (OpenVINO's bf16 mode makes an fp32 file a bf16 run), and the
 # tolerance it must meet is that precision's.
@@ -110,3 +112,13 @@ def judged_precision(file_precision: str, mode: str = DEFAULT_MODE) -> str:
 def kind_of(fmt: str) -> str:
     """The input kind of a format's files (NORMALIZED or APP)."""
     return FORMATS[fmt].kind
+
+
+def check_selection(formats: tuple[str, ...], precisions: tuple[str, ...], extra_formats: tuple[str, ...] = ()) -> None:
+    """ConfigError for a --format or --precision that names nothing export writes (rather than an empty
+    selection reported later as "no artifact matches")."""
+    for what, values, allowed in (("format", formats, (*FORMATS, *extra_formats)),
+                                  ("precision", precisions, PRECISIONS)):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"unknown {what} {str(unknown[0])[:40]!r}; choose from: {', '.join(allowed)}")

@@ -96,6 +96,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         check_reference(self.reference)
         check_time_limit(self.time_limit_s)
+        formats.check_selection(self.formats, self.precisions)
         unknown = [m for m in self.modes if m not in formats.MODES]
         if unknown:
             raise ConfigError(f"unknown mode {unknown[0]!r}; choose from {', '.join(formats.MODES)}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from toolkit import devices
 from toolkit.errors import ConfigError
-from toolkit.formats import MODES
+from toolkit.formats import MODES, check_selection
 from toolkit.runners import OPENVINO_HINTS
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 
@@ -67,6 +67,7 @@ class BenchConfig:
                                       ("OpenVINO precision", self.modes or MODES[:1], MODES),
                                       ("OpenVINO hint", self.hints, OPENVINO_HINTS)):
             _check_names(what, values, allowed)
+        check_selection(self.formats, self.precisions, extra_formats=("pytorch",))  # pytorch: the checkpoint
         for p in self.providers:  # every name, also beside 'all'
             devices.check(p, "all")
         check_time_limit(self.time_limit_s)
