@@ -134,6 +134,13 @@ def test_bad_reference_inputs_are_one_line_errors(colour_model: Path, name, arra
     assert not (colour_model / out).exists()
 
 
+def test_reference_inputs_that_are_not_npy_are_named_so(colour_model: Path):
+    (colour_model / "notes.npy").write_text("not an array")  # no NumPy header: not mistaken for a pickle
+    line = assert_one_line_error(_export(colour_model, "--input-shape", "3,32,32", "--inputs",
+                                         colour_model / "notes.npy", out="refused-text"), 2)
+    assert "is not a .npy file" in line and "pickle" not in line
+
+
 @pytest.mark.parametrize(("extra", "says"), [
     (("--input-shape", "3,32,32"), "needs --inputs"),
     (("--input-shape", "3,32,32", "--inputs", "REF", "--format", "onnx-app"), "28x28 uint8 pixels"),

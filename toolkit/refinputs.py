@@ -48,6 +48,9 @@ def layout(shape: tuple[int, ...]) -> str:
     return ",".join(["N", *(str(d) for d in shape)])
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
 def load_inputs(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
     """The float32 array [K, *shape] in the .npy at `path`, read without pickle; ConfigError in one line when the
     file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN or infinity."""
@@ -57,8 +60,12 @@ def load_inputs(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
     size = path.stat().st_size
     if size > MAX_INPUT_BYTES:
         raise ConfigError(f"--inputs {path} is {size / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
+    data = path.read_bytes()
+    if not data.startswith(NPY_MAGIC):  # numpy would take any other bytes for a pickle
+        raise ConfigError(f"--inputs {path} is not a .npy file (it does not start with NumPy's header); "
+                          "save it with np.save")
     try:
-        array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         why = "it holds Python objects (a pickle), which are never loaded" if "pickle" in str(e) else str(e)[:120]
         raise ConfigError(f"--inputs {path} is not a plain .npy array: {why}") from None
