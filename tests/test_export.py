@@ -209,6 +209,7 @@ def _tampered_checkpoint(source, path, mutate):
     ("state-dict-nan", "weight conv2.weight holds NaN or infinite values"),
     ("nested-state-dict-inf", "weight fc_layer2.bias holds NaN or infinite values"),
     ("checkpoint-nan", "weight conv1.weight holds NaN or infinite values"),
+    ("raw-weights-nan", "weight fc_layer1.weight holds NaN or infinite values"),
     ("accuracy-150", "records a test accuracy of 150.0, not a percentage from 0 to 100"),
     ("accuracy-nan", "records a test accuracy of nan, not a percentage"),
     ("accuracy-negative", "records a test accuracy of -1.0, not a percentage"),
@@ -228,6 +229,9 @@ def test_non_finite_weights_and_impossible_accuracies_are_refused_before_writing
     elif case == "checkpoint-nan":
         _tampered_checkpoint(source, path, lambda c: c.update(
             state_dict=_poisoned(c["state_dict"], "conv1.weight", float("nan"))))
+    elif case == "raw-weights-nan":  # a run with averaging keeps its raw weights apart
+        _tampered_checkpoint(source, path, lambda c: c.update(
+            training_state_dict=_poisoned(c["state_dict"], "fc_layer1.weight", float("nan"))))
     elif case == "metrics-not-a-mapping":
         _tampered_checkpoint(source, path, lambda c: c.update(metrics=[99.0]))
     else:

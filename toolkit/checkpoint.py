@@ -86,7 +86,9 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
     for key, kind in (("model", dict), ("state_dict", dict), ("config", dict), ("history", list)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
-    check_finite_weights(ckpt["state_dict"], path)
+    for key in ("state_dict", "training_state_dict"):  # the latter: the raw weights a run with averaging resumes
+        if isinstance(ckpt.get(key), dict):
+            check_finite_weights(ckpt[key], path)
     _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
 
