@@ -86,9 +86,6 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
     for key, kind in (("model", dict), ("state_dict", dict), ("config", dict), ("history", list)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
-    for key in ("state_dict", "training_state_dict"):  # the latter: the raw weights a run with averaging resumes
-        if isinstance(ckpt.get(key), dict):
-            check_finite_weights(ckpt[key], path)
     _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
 
@@ -111,8 +108,11 @@ def check_finite_weights(state_dict: dict[str, Any], path: str | os.PathLike) ->
 
 
 def _check_metrics(ckpt: dict[str, Any], path: Path) -> None:
-    """The metrics a checkpoint records, copied into what is exported from it: a test accuracy, when there is one,
-    is a percentage."""
+    """The weights and metrics a checkpoint records: every weight finite (`training_state_dict` too: the raw weights
+    a run with averaging resumes from), and a test accuracy, copied into what is exported, a percentage."""
+    for key in ("state_dict", "training_state_dict"):
+        if isinstance(ckpt.get(key), dict):
+            check_finite_weights(ckpt[key], path)
     metrics = ckpt.get("metrics", {})
     if not isinstance(metrics, dict):
         raise CheckpointError(f"{path} has metrics that are not a mapping; it is damaged or was not written by toolkit")
