@@ -313,6 +313,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-json-over-a-model-elsewhere", lambda c: (c.work / "other.onnx").write_bytes(b"model") and [
         "verify", "--artifacts", c.exported, "--json", c.work / "other.onnx", "--data-dir", c.mnist], 2,
      "not a results file"),
+    ("predict-json-over-a-renamed-model", lambda c: shutil.copy(c.exported / "model.onnx", c.work / "r.json") and [
+        "predict", "--model", c.exported / "model.app.onnx", c.digit(), "--json", c.work / "r.json"], 2,
+     "binary data"),
     ("bench-markdown-over-golden", lambda c: ["bench", "--artifacts", c.exported, "--markdown",
                                               c.exported / "golden.npy", "--data-dir", c.mnist], 2, "inputs"),
     ("bench-plot-over-checkpoint", lambda c: ["bench", "--artifacts", c.exported, "--plot", c.checkpoint,

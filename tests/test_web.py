@@ -134,6 +134,17 @@ def test_web_command_serves_only_an_unchanged_app_model(tmp_path, exported_copy)
         assert fragment in assert_one_line_error(result, code=2), model
 
 
+
+def test_web_command_refuses_a_model_whose_weights_are_in_another_file(tmp_path, exported):
+    import onnx
+
+    model = onnx.load(exported / "model.app.onnx")
+    onnx.external_data_helper.convert_model_to_external_data(model, location="w.bin")
+    onnx.save(model, tmp_path / "model.app.onnx")  # loads beside its w.bin, but the page is served one file
+    result = run_cli("web", "--model", tmp_path / "model.app.onnx", "--port", "0")
+    assert "weights in another file" in assert_one_line_error(result, code=2)
+
+
 def test_page_is_cross_origin_isolated_with_two_threads(page):
     info = page.evaluate("demo.ready")
     assert info == {"ortVersion": "1.30.0", "threads": 2, "crossOriginIsolated": True}

@@ -94,7 +94,8 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
 
 def check_app_model(model: Path) -> None:
     """ArtifactError unless `model` is what the page runs: a toolkit .onnx that takes raw pixels (an onnx-app
-    export), unchanged since export where a manifest is beside it, and one ONNX Runtime loads."""
+    export), unchanged since export where a manifest is beside it, with its weights inside it (the page is served
+    this one file), and one ONNX Runtime loads."""
     from toolkit.artifacts import read_model_file
     from toolkit.formats import kind_of
     from toolkit.runners import RunnerOptions
@@ -102,7 +103,13 @@ def check_app_model(model: Path) -> None:
 
     if model.suffix != ".onnx":
         raise ArtifactError(f"{model} is not an .onnx file; the page runs the onnx-app export (model.app.onnx)")
-    runner = OnnxRuntimeRunner.toolkit_model(read_model_file(model), str(model), RunnerOptions(), folder=model.parent)
+    try:  # loaded with no folder for external data: the page gets this one file, so the weights must be inside it
+        runner = OnnxRuntimeRunner.toolkit_model(read_model_file(model), str(model), RunnerOptions())
+    except ArtifactError as e:
+        if "external data" not in str(e).lower():
+            raise
+        raise ArtifactError(f"{model} keeps its weights in another file, which the page cannot load; serve an "
+                            "onnx-app export, which holds them") from None
     if runner.kind != kind_of("onnx-app"):
         raise ArtifactError(f"{model} takes {runner.kind} input; the page runs the onnx-app export (model.app.onnx), "
                             "which takes raw pixels")

@@ -115,6 +115,17 @@ def _is_model_file(path: Path) -> bool:
     return path.name == MANIFEST_NAME or any(path.name.endswith(s) for s in _model_suffixes())
 
 
+def _is_binary(path: Path) -> bool:
+    """Whether an existing file is binary data other than a PNG: what no result (JSON, markdown, a PNG plot) ever
+    was, whatever its name (a model renamed .json)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False  # not readable: check_target and the write itself say so
+    return b"\0" in head and not head.startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def export_inputs(folder: Path, checkpoint: Path | None = None) -> tuple[Path, ...]:
     """What a command reads from an export folder, which its outputs may not replace: the manifest, the model
     files and their companions, the golden outputs and reference inputs (.npy), the checkpoints beside it, the
@@ -148,6 +159,9 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
         raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
     if path.exists() and _is_model_file(path):
         raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
+                          "give the results a file name of their own")
+    if path.exists() and _is_binary(path):
+        raise ConfigError(f"cannot write {path}: it holds binary data, not a result (JSON, markdown or a PNG); "
                           "give the results a file name of their own")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
