@@ -134,6 +134,18 @@ def test_bad_reference_inputs_are_one_line_errors(colour_model: Path, name, arra
     assert not (colour_model / out).exists()
 
 
+def test_an_export_over_one_with_reference_inputs_leaves_none_behind(colour_model: Path, short_run, mnist_dir):
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy", "--format",
+                     "onnx", "--precision", "fp32", out="replaced")
+    assert result.exit_code == 0, result.stderr
+    assert (colour_model / "replaced" / "inputs.npy").is_file()
+    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--out", colour_model / "replaced",
+                     "--format", "onnx", "--precision", "fp32", "--overwrite", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert not (colour_model / "replaced" / "inputs.npy").exists()  # the golden outputs are on the test set now
+    assert "inputs.npy" not in (colour_model / "replaced" / "manifest.json").read_text()
+
+
 def test_reference_inputs_that_are_not_npy_are_named_so(colour_model: Path):
     (colour_model / "notes.npy").write_text("not an array")  # no NumPy header: not mistaken for a pickle
     line = assert_one_line_error(_export(colour_model, "--input-shape", "3,32,32", "--inputs",

@@ -225,6 +225,8 @@ def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data
         recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
         if recorded:
             log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
+        else:  # golden outputs on the test set: earlier reference inputs describe nothing now
+            _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
         entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
                                     source_sha256=ctx.checkpoint_sha256, inputs=recorded)
         log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
@@ -239,14 +241,18 @@ def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data
         return previous
     log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
         "checkpoint); run `toolkit data` and export with --data-dir to write them")
-    stale = out_dir / GOLDEN_NAME
+    _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint")
+    _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "it went with those golden outputs")
+    return None
+
+
+def _remove_stale(stale: Path, log: Log, why: str) -> None:
     if stale.exists() or stale.is_symlink():
         try:
             stale.unlink()  # a symlink is removed itself, never what it points to
         except OSError as e:
             raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
-        log(f"removed {GOLDEN_NAME}: it was computed from another checkpoint")
-    return None
+        log(f"removed {stale.name}: {why}")
 
 
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path,
