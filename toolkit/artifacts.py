@@ -182,6 +182,8 @@ def _manifest_bytes(folder: Path) -> tuple[Path, bytes]:
     if not path.is_file():
         if path.exists() or path.is_symlink():
             raise ArtifactError(f"{path} is not a regular file; not a toolkit manifest, export again")
+        if folder.is_file():
+            raise ArtifactError(f"{folder} is a file; give the export folder, the one holding {MANIFEST_NAME}")
         raise ArtifactError(f"no {MANIFEST_NAME} in {folder}/; run `toolkit export` first")
     try:
         with open(path, "rb") as f:
