@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
+from toolkit.data import load_split
 
 pytest.importorskip("torch")
 
@@ -144,6 +145,15 @@ def test_an_export_over_one_with_reference_inputs_leaves_none_behind(colour_mode
     assert result.exit_code == 0, result.stderr
     assert not (colour_model / "replaced" / "inputs.npy").exists()  # the golden outputs are on the test set now
     assert "inputs.npy" not in (colour_model / "replaced" / "manifest.json").read_text()
+
+
+def test_predict_says_a_model_of_other_inputs_is_not_a_digit_classifier(colour_export: Path, mnist_dir, tmp_path):
+    from PIL import Image
+
+    x, _ = load_split(mnist_dir, "test")
+    Image.fromarray(x[0]).save(tmp_path / "digit.png")
+    result = run_cli("predict", "--model", colour_export / "model.onnx", tmp_path / "digit.png")
+    assert "not 28x28 digit images" in assert_one_line_error(result, 2)
 
 
 def test_reference_inputs_that_are_not_npy_are_named_so(colour_model: Path):

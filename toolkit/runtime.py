@@ -51,6 +51,10 @@ class Classifier:
             self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options,
                                                           folder=self.path.parent)
             self.session, self.info = self.runner.session, self.runner.info
+            shape = list(self.session.get_inputs()[0].shape)
+            if shape[1:] not in ([1, 28, 28], [28, 28]):  # a model exported with --input-shape
+                raise ConfigError(f"{self.path} takes inputs of shape {shape}, not 28x28 digit images; predict "
+                                  "classifies digits (toolkit verify and compare run models of other inputs)")
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N, 28, 28] (white digit on black) -> float32 class probabilities [N, 10].
