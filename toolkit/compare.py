@@ -175,9 +175,8 @@ def compare_all(config: CompareConfig,
     out = []
     for side, values, kind, feed in measured[1:]:
         if measured[0][3] != feed:
-            raise ConfigError(f"{Path(config.a).name} and {Path(side.file).name} do not take the same inputs "
-                              f"(A: {measured[0][3]}; {Path(side.file).name}: {feed}): there is nothing to compare "
-                              "them on")
+            raise ConfigError(f"{config.a} and {side.file} do not take the same inputs (A: {measured[0][3]}; "
+                              f"{side.file}: {feed}): there is nothing to compare them on")
         out.append(_judged(config, [measured[0][:3], (side, values, kind)], len(pixels), t0))
     return out
 
