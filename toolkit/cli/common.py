@@ -154,20 +154,29 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
         check_target(path)
     except OutputError as e:
         raise ConfigError(str(e)) from None
-    same = next((i for i in inputs if path.exists() and i.exists() and os.path.samefile(path, i)), None)
-    if same is not None:
-        raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
-    if path.exists() and _is_model_file(path):
-        raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
-                          "give the results a file name of their own")
-    if path.exists() and _is_binary(path):
-        raise ConfigError(f"cannot write {path}: it holds binary data, not a result (JSON, markdown or a PNG); "
-                          "give the results a file name of their own")
+    if path.exists():
+        _check_replaceable(path, inputs)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
+
+
+def _check_replaceable(path: Path, inputs: list[Path]) -> None:
+    """ConfigError unless the existing file at `path` may be replaced by a result: not one of the command's
+    inputs, not a model, checkpoint or export file, nor binary data of any name."""
+    from toolkit.errors import ConfigError
+
+    same = next((i for i in inputs if i.exists() and os.path.samefile(path, i)), None)
+    if same is not None:
+        raise ConfigError(f"cannot write {path}: it is one of this command's inputs ({same})")
+    if _is_model_file(path):
+        raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
+                          "give the results a file name of their own")
+    if _is_binary(path):
+        raise ConfigError(f"cannot write {path}: it holds binary data, not a result (JSON, markdown or a PNG); "
+                          "give the results a file name of their own")
 
 
 def _write_json(path: Path, obj: Any) -> None:
