@@ -299,6 +299,8 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-json-is-a-folder", lambda c: (c.work / "j").mkdir() or [
         "verify", "--artifacts", c.exported, "--json", c.work / "j", "--data-dir", c.mnist], 2, "j"),
     ("verify-no-manifest", lambda c: ["verify", "--artifacts", c.work], 2, "manifest.json"),
+    ("export-out-is-a-file", lambda c: (c.work / "f").write_text("x") and [
+        "export", "--checkpoint", c.checkpoint, "--out", c.work / "f"], 2, "is a file, not a folder"),
     ("verify-artifacts-is-a-file", lambda c: ["verify", "--artifacts", c.exported / "model.onnx"], 2,
      "give the export folder"),
     ("verify-unknown-format", lambda c: ["verify", "--artifacts", c.exported, "--format", "bogus"], 2,

@@ -131,6 +131,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     from toolkit.errors import ConfigError
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot write the {what} to {path}: it is a file, not a folder; choose a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

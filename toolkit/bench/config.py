@@ -18,6 +18,7 @@ MAX_BATCH_SIZE = 65_536
 LIMITS = {"iterations": 10_000_000, "rounds": 1_000, "warmup": 100_000, "threads": 1_024, "concurrency": 256,
           "verify_images": 10_000}
 MAX_SECONDS = 3_600.0
+MIN_SECONDS = 0.01  # shorter, a point is one call or none: its p50 and p99 would say nothing
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class BenchConfig:
             if value is not None:
                 _check_ints(name.replace("_", " "), (value,), 0 if name == "warmup" else 1, LIMITS[name])
         if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds)
-                and 0 < self.seconds <= MAX_SECONDS):
-            raise ConfigError(f"seconds per point must be a finite number in (0, {MAX_SECONDS:g}], not {self.seconds}")
+                and MIN_SECONDS <= self.seconds <= MAX_SECONDS):
+            raise ConfigError(f"seconds per point must be a number from {MIN_SECONDS:g} to {MAX_SECONDS:g}, "
+                              f"not {self.seconds}")
         for what, values, allowed in (("optimization level", self.optimizations, OPTIMIZATION_LEVELS),
                                       ("OpenVINO precision", self.modes or MODES[:1], MODES),
                                       ("OpenVINO hint", self.hints, OPENVINO_HINTS)):
