@@ -301,6 +301,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-no-manifest", lambda c: ["verify", "--artifacts", c.work], 2, "manifest.json"),
     ("export-out-is-a-file", lambda c: (c.work / "f").write_text("x") and [
         "export", "--checkpoint", c.checkpoint, "--out", c.work / "f"], 2, "is a file, not a folder"),
+    ("bench-batch-sizes-empty", lambda c: ["bench", "--artifacts", c.exported, "--batch-sizes", ""], 2,
+     "empty value"),
+    ("verify-format-empty", lambda c: ["verify", "--artifacts", c.exported, "--format", ","], 2, "empty value"),
     ("verify-artifacts-is-a-file", lambda c: ["verify", "--artifacts", c.exported / "model.onnx"], 2,
      "give the export folder"),
     ("verify-unknown-format", lambda c: ["verify", "--artifacts", c.exported, "--format", "bogus"], 2,

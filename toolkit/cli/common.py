@@ -58,7 +58,13 @@ def _error(message: str, label: str = "error:") -> None:
 
 
 def _csv(values: list[str] | None) -> list[str]:
-    """Options given as repeated flags and/or comma lists ('--format onnx,torchscript')."""
+    """Options given as repeated flags and/or comma lists ('--format onnx,torchscript'). A value that names
+    nothing ('--batch-sizes ""') is an error, not the option's default."""
+    from toolkit.errors import ConfigError
+
+    if any(not item.strip(" ,") for item in values or []):
+        raise ConfigError(f"an option was given an empty value ({', '.join(map(repr, values or []))}); name at least "
+                          "one, or leave the option out for its default")
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
