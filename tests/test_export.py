@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import toolkit.export
 from tests.conftest import assert_one_line_error, run_cli
 from toolkit.artifacts import read_manifest
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
@@ -82,7 +83,7 @@ def test_torchscript_loads_in_a_process_that_never_imported_toolkit(exported, tm
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), session.run(None, {"image": images})[0], atol=1e-4)
 
 
-def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir):
+def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir, monkeypatch):
     out = tmp_path / "exp"
     assert run_cli("export", "--checkpoint", trained / "checkpoint.pt", "--format", "onnx,torchscript",
                    "--out", out, "--data-dir", mnist_dir).exit_code == 0
@@ -98,7 +99,9 @@ def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir):
     (out / "verify.json").write_text("{}")  # a result that describes the old model
     (out / "notes.txt").write_text("mine")
     before = {a.file: a.sha256 for a in read_manifest(out)}
-    refused = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out)
+    with monkeypatch.context() as m:  # refused before the work: the golden outputs are never computed
+        m.setattr(toolkit.export, "_golden_outputs", lambda *a: pytest.fail("golden outputs computed first"))
+        refused = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out)
     assert "--overwrite" in assert_one_line_error(refused, 2)
     assert {a.file: a.sha256 for a in read_manifest(out)} == before  # nothing replaced without --overwrite
     result = run_cli("export", "--checkpoint", tmp_path / "other.pt", "--out", out, "--overwrite")

@@ -196,6 +196,7 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
     ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs)
+    _others(out_dir, _previous_manifest(out_dir), ckpt_sha256, config.overwrite)  # early; checked again under the lock
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
     progress(0, "golden outputs on the " + ("test set" if inputs is None else "reference inputs"))
@@ -375,10 +376,7 @@ def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[s
     anything else is refused (read_manifest), never followed.
     """
     previous = _previous_manifest(out_dir)
-    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
-    if others and not overwrite:
-        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
-                          "to replace it (its verify and bench results there go too), or choose another --out")
+    others = _others(out_dir, previous, checkpoint_sha256, overwrite)
     removed = _remove_results(out_dir) if others else []
     kept = []
     for a in previous:
@@ -392,6 +390,15 @@ def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[s
                 _remove_artifact(out_dir, file)
                 removed.append(file)
     return kept, removed
+
+
+def _others(out_dir: Path, previous: list[Artifact], checkpoint_sha256: str, overwrite: bool) -> list[str]:
+    """The files of `previous` exported from another checkpoint; ConfigError if there are any and not `overwrite`."""
+    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
+    if others and not overwrite:
+        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
+                          "to replace it (its verify and bench results there go too), or choose another --out")
+    return others
 
 
 def _previous_manifest(out_dir: Path) -> list[Artifact]:
