@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,17 @@ class ModelSource:
         return bool(self.name or self.code)
 
 
+def _no_constant(name: str) -> float:
+    raise ConfigError(f"--model-args holds {name}, which is not a number JSON knows; give finite numbers")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise ConfigError(f"--model-args holds {text[:30]}, beyond what a float holds; give finite numbers")
+    return value
+
+
 def parse_model_args(text: str | None) -> dict[str, Any]:
     """--model-args: a JSON object of keyword arguments; anything else is a ConfigError saying so."""
     if not text:
@@ -66,7 +78,7 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     if len(text) > MAX_MODEL_ARGS_CHARS:
         raise ConfigError(f"--model-args is longer than {MAX_MODEL_ARGS_CHARS} characters")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ConfigError(f"--model-args is not valid JSON ({str(e)[:120]}); give an object, e.g. "
                           "'{\"hidden\": 128}'") from None
