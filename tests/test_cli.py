@@ -47,6 +47,9 @@ def test_quiet_prints_nothing_but_errors(tmp_path, mnist_dir, python):
                        "--out", tmp_path / "run", "--data-dir", mnist_dir)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    done = run_process(python, "-m", "toolkit", "-q", "export", "--checkpoint", tmp_path / "run" / "checkpoint.pt",
+                       "--out", tmp_path / "exported", "--format", "onnx", "--data-dir", mnist_dir)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
     failed = run_process(python, "-m", "toolkit", "-q", "train", "--lr", "nan", "--out", tmp_path / "x")
     assert failed.returncode == 2 and failed.stdout == "" and failed.stderr.startswith("error: lr must be")
 

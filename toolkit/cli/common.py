@@ -195,6 +195,12 @@ def _write_json(path: Path, obj: Any) -> None:
     write_json(path, obj)  # OutputError (one line) if the disk or folder refuses
 
 
+def note(message: str) -> None:
+    """A note on stderr (what a stage wrote, removed or kept), left out under --quiet like progress."""
+    if not _state["quiet"]:
+        err.print(message, highlight=False)
+
+
 def _print_result(renderable: Any) -> None:
     """Print what the user asked for on stdout, under --quiet too (quiet silences everything else)."""
     quiet, out.quiet = out.quiet, False

@@ -20,6 +20,7 @@ from toolkit.cli.common import (
     _ints,
     _outputs,
     _print_result,
+    _state,
     _write_json,
     defaults,
     export_inputs,
@@ -256,7 +257,11 @@ def predict(
     predictions = predict_files(images, model, invert=invert, provider=provider, time_limit_s=time_limit)
     if json_path is not None:
         _write_json(json_path, [p.__dict__ for p in predictions])
-    if json_path is None or str(json_path) != "-":  # with --json -, the JSON is all there is on stdout
+    if json_path is not None and str(json_path) == "-":
+        return  # the JSON is all there is on stdout
+    if _state["quiet"]:  # the digits alone, one per image: what a script reads
+        _print_result("\n".join(str(p.digit) for p in predictions))
+    else:
         _print_result(_predictions_table(predictions, model))
 
 

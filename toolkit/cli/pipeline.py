@@ -20,8 +20,8 @@ from toolkit.cli.common import (
     _outputs,
     _write_json,
     defaults,
-    err,
     export_inputs,
+    note,
     out,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
@@ -55,7 +55,7 @@ def data(data_dir: DataDir = Path("data")) -> None:
     from toolkit.data import ensure_mnist
 
     with download_progress() as on_progress:
-        report = ensure_mnist(data_dir, log=lambda m: err.print(m), progress=on_progress)
+        report = ensure_mnist(data_dir, log=note, progress=on_progress)
     out.print(_mnist_table(report, data_dir))
     for attempt in report.attempts:
         out.print(f"  {attempt.source}: {attempt.detail}")
@@ -211,7 +211,7 @@ def export(
                           triton_max_batch_size=triton_max_batch_size, input_shape=parse_shape(input_shape),
                           inputs=str(inputs) if inputs else None)
     with stage("exporting") as on_progress:
-        result = run_export(config, pairs, log=lambda m: err.print(m), on_progress=on_progress)
+        result = run_export(config, pairs, log=note, on_progress=on_progress)
     _print_table(*_artifacts_table(result, config.checkpoint))
     if result.triton_models:
         out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
