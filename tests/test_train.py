@@ -182,3 +182,23 @@ def test_resume_refuses_a_checkpoint_at_odds_with_itself(tmp_path, short_run, mn
     result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
     assert message in assert_one_line_error(result, 2)
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_run_checks_its_files_before_the_first_epoch(tmp_path, mnist_dir, monkeypatch):
+    import toolkit.train
+
+    (tmp_path / "run" / "history.json").mkdir(parents=True)  # in the way of a file the run writes at its end
+    monkeypatch.setattr(toolkit.train, "_run_epoch", lambda *a: pytest.fail("an epoch ran first"))
+    result = run_cli("train", "--epochs", "1", "--train-limit", "500", "--out", tmp_path / "run",
+                     "--data-dir", mnist_dir)
+    assert "history.json: a folder is in the way" in assert_one_line_error(result, 2)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, short_run, mnist_dir):
+    run_dir = _run_copy(short_run, tmp_path)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    result = run_cli("train", "--resume", "--overwrite", "--out", run_dir, "--data-dir", mnist_dir)
+    assert "give one" in assert_one_line_error(result, 2)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+

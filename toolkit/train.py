@@ -19,10 +19,12 @@ from typing import Any
 from toolkit import data as mnist
 from toolkit import devices, fileio, heap, sysinfo
 from toolkit.checkpoint import CHECKPOINT_NAME, is_number_within, load_checkpoint, save_checkpoint
-from toolkit.errors import CheckpointError, ConfigError, ProviderUnavailable
+from toolkit.errors import CheckpointError, ConfigError, OutputError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
 from toolkit.train_step import Step, build_training, first_layer, frozen_from, train_epoch
+
+RUN_FILES = (CHECKPOINT_NAME, "history.json", "errors.png")  # what a run writes into its folder
 
 
 def resolve_device(device: str) -> str:
@@ -163,6 +165,8 @@ def train(
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite starts it again; give one")
     state = None
     if resume:
         state = load_checkpoint(ckpt_path)
@@ -177,7 +181,7 @@ def train(
         heap.keep_freed_memory()  # each step reuses the last step's memory instead of page-faulting on new
 
     data = _load_tensors(config, data_dir, device)
-    fileio.check_writable_dir(run_dir, "run folder")  # made once the data is there: a failed start leaves none
+    _prepare_run_folder(run_dir)  # once the data is there: a failed start leaves no folder
     torch.manual_seed(config.seed)
     rngs = Generators(shuffle=torch.Generator().manual_seed(config.seed),
                       augment=torch.Generator().manual_seed(config.seed + 1))
@@ -214,6 +218,17 @@ def train(
 
     plot_errors(history, run_dir / "errors.png", title=f"{config.model}, recipe {config.recipe}")
     return result
+
+
+def _prepare_run_folder(run_dir: Path) -> None:
+    """Make the run folder and check that each file a run writes there can be written, before the first epoch
+    rather than after it."""
+    fileio.check_writable_dir(run_dir, "run folder")
+    for name in RUN_FILES:
+        try:
+            fileio.check_target(run_dir / name)
+        except IsADirectoryError:
+            raise OutputError(f"cannot write {run_dir / name}: a folder is in the way") from None
 
 
 @dataclass
