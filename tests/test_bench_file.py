@@ -46,6 +46,19 @@ def test_bench_a_file_that_takes_no_image_uses_random_data(mnist_dir, tmp_path):
     assert {p["runtime"] for p in report["points"]} == ONNX_RUNTIMES
     assert "other.onnx" in assert_one_line_error(run_cli("bench", path, *FAST, "--shape", "y=3", "--data-dir",
                                                          mnist_dir), 2)
+    for shape, says in [(["y=3"], "--shape names no input"), (["x=3x16x2"], "gives 3 dimensions after the batch"),
+                        (["x=3x16", "x=3x8"], "names input 'x' twice")]:
+        args = [a for d in shape for a in ("--shape", d)]
+        assert says in assert_one_line_error(run_cli("bench", path, *FAST, *args, "--data-dir", mnist_dir), 2)
+
+
+def test_a_file_whose_input_has_no_batch_dimension_is_refused(tmp_path):
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    path = tmp_path / "scalar.onnx"  # timed at batch 8, a call would count as 8 inputs
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), str(path))
+    assert "no batch dimension" in assert_one_line_error(run_cli("bench", path, *FAST), 2)
 
 
 def _summary_rows(report):

@@ -138,3 +138,22 @@ def test_three_files_in_one_table_each_against_the_first(trained, exported, mnis
                         "noisy.onnx": ("onnxruntime", False)}
     assert all(c["n"] == 500 and c["a"]["file"] == str(exported / "model.onnx") for c in report["comparisons"])
     assert "each file against A" in result.stdout and "#3" in result.stdout
+
+
+def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Tile", ["m", "reps"], ["y"])]
+    reps = helper.make_tensor("reps", TensorProto.INT64, [2], [1, 10])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "d"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [reps])
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    for path in (a, b):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), str(path))
+    assert "--shape x=" in assert_one_line_error(run_cli("compare", a, b, "--limit", "20"), 2)
+    result = run_cli("compare", a, b, "--limit", "20", "--shape", "x=7", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["passed"] is True
+

@@ -65,6 +65,7 @@ class CompareConfig:
     limit: int | None = None  # the first N test images only (None: all 10,000)
     more: tuple[str, ...] = ()  # further files, each judged against A like B (with B's preprocessing)
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --shape: dynamic dimensions of ONNX inputs
 
     def __post_init__(self) -> None:
         check_time_limit(self.time_limit_s)
@@ -170,7 +171,8 @@ def compare_all(config: CompareConfig,
     measured = []
     for k, path in enumerate(paths):
         tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * len(pixels)
-        measured.append(_measure(path, tag, config.prep_a if k == 0 else config.prep_b, options, pixels, labels,
+        measured.append(_measure(path, tag, config.prep_a if k == 0 else config.prep_b, options, config.shapes,
+                                 pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
     out = []
     for side, values, kind, feed in measured[1:]:
@@ -181,11 +183,12 @@ def compare_all(config: CompareConfig,
     return out
 
 
-def _measure(path: str, tag: str, prep: Preprocessing, options: RunnerOptions, pixels: np.ndarray,
-             labels: np.ndarray, report: Callable[[int, str], None]) -> tuple[Side, np.ndarray, str, str]:
+def _measure(path: str, tag: str, prep: Preprocessing, options: RunnerOptions, shapes: dict[str, tuple[int, ...]],
+             pixels: np.ndarray, labels: np.ndarray,
+             report: Callable[[int, str], None]) -> tuple[Side, np.ndarray, str, str]:
     """One file run on the inputs: its side of the report, its scores and their kind, and what it was fed."""
     report(0, f"opening {tag}: {Path(path).name}")
-    runner = open_file(path, options, prep)
+    runner = open_file(path, options, prep, shapes)
     feed = _feed_of(runner)
     what = f"{tag}: {Path(path).name} in {runner.runtime}"
     values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))

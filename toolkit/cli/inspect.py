@@ -64,7 +64,11 @@ def compare(
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
         help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
-             "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for both, or A,B.")] = "auto",
+             "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for all files, or A,B (B's for every file after A).")
+    ] = "auto",
+    shape: Annotated[Optional[list[str]], typer.Option(
+        metavar="INPUT=DIMS", help="Foreign files fed random data: an input's dynamic dimensions after the batch, "
+                                   "e.g. x=3x16.")] = None,
     provider: DeviceOption = CPU,
     limit: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="all 10,000", help="Only the first N test images.")] = None,
@@ -82,7 +86,7 @@ def compare(
     _outputs(json_path, inputs=(a, b, *(more or ())))
     from toolkit.compare import CompareConfig, compare_all, parse_tolerance, raise_for_failures, reports_json
     from toolkit.errors import ConfigError
-    from toolkit.runners.foreign import Preprocessing
+    from toolkit.runners.foreign import Preprocessing, parse_shapes
 
     layouts = _csv([layout]) or ["auto"]
     if len(layouts) > 2:
@@ -90,7 +94,8 @@ def compare(
     prep_a, prep_b = (Preprocessing(mean=mean, std=std, layout=lay) for lay in (layouts[0], layouts[-1]))
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
-                           limit=limit, time_limit_s=time_limit, more=tuple(str(m) for m in more or ()))
+                           limit=limit, time_limit_s=time_limit, more=tuple(str(m) for m in more or ()),
+                           shapes=parse_shapes(_csv(shape)))
     with stage("comparing") as on_progress:  # counts the images run, A's then the others'
         reports = compare_all(config, on_progress)
     report = reports[0]

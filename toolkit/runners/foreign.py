@@ -77,6 +77,8 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             shape = ()
         if not name or not shape or any(not 1 <= d <= 65_536 for d in shape):
             raise ConfigError(f"bad --shape {item!r}; use INPUT=DxDx... (the dimensions after the batch)")
+        if name in shapes:
+            raise ConfigError(f"--shape names input {name!r} twice; give each input once")
         shapes[name] = shape
     return shapes
 
@@ -115,7 +117,13 @@ class _Input:
             raise ArtifactError(f"{label}: input {name!r} has type {onnx_type}, which the toolkit cannot feed")
         self.name, self.dtype = name, _DTYPES[onnx_type]
         self.batch_fixed = shape[0] if shape and isinstance(shape[0], int) else None
+        if not shape:  # timed at batch 8, one call would count as 8 inputs
+            raise ArtifactError(f"{label}: input {name!r} is a scalar, with no batch dimension; the toolkit feeds "
+                                "batches")
         rest = shapes.get(name) or tuple(shape[1:])
+        if len(rest) != len(shape) - 1:
+            raise ConfigError(f"--shape {name}={'x'.join(map(str, rest))} gives {len(rest)} dimensions after the "
+                              f"batch; input {name!r} of {label} has {len(shape) - 1} ({list(shape)})")
         if any(not isinstance(d, int) or d < 1 for d in rest):
             raise ArtifactError(f"{label}: input {name!r} has dynamic dimensions {list(shape)}; pass --shape "
                                 f"{name}=Dx... with the dimensions after the batch")
@@ -164,12 +172,12 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         session = create_session(self.path, options.device, threads=options.threads,
                                  optimization=options.optimization, label=str(path))
         super().__init__(session, str(path), FOREIGN, options, source=self.path)  # no toolkit metadata: info None
-        self.inputs = [_Input(i.name, i.type, list(i.shape), shapes or {}, str(path))
-                       for i in self.session.get_inputs()]
-        unknown = set(shapes or {}) - {i.name for i in self.inputs}
-        if unknown:
+        declared = self.session.get_inputs()
+        unknown = set(shapes or {}) - {i.name for i in declared}
+        if unknown:  # before the inputs: a misspelt name must not look like a missing --shape
             raise ConfigError(f"--shape names no input of {path}: {', '.join(sorted(unknown))}; its inputs are "
-                              f"{', '.join(i.name for i in self.inputs)}")
+                              f"{', '.join(i.name for i in declared)}")
+        self.inputs = [_Input(i.name, i.type, list(i.shape), shapes or {}, str(path)) for i in declared]
         self.image = self._image_input()
         outputs = self.session.get_outputs()
         tens = [o for o in outputs if len(o.shape) == 2 and (o.shape[-1] == 10 or not isinstance(o.shape[-1], int))]
