@@ -148,9 +148,9 @@ def train(
 def export(
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="onnx",
-        help=f"{', '.join(FORMATS)}, triton (a Triton model repository of the fp32 files) or all "
-             f"(comma list or repeated). {', '.join(CODE_FORMATS)} files are code (aoti is a compiled "
-             "shared library): load only files you trust.")] = None,
+        help=f"{', '.join(FORMATS)} or all of them (comma list or repeated); triton adds a Triton model "
+             f"repository of the fp32 files (all,triton for both). {', '.join(CODE_FORMATS)} files are code "
+             "(aoti is a compiled shared library): load only files you trust.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         metavar="PRECISIONS", show_default="fp32",
         help=f"{', '.join(PRECISIONS)} or all; {_lower_precisions()}.")] = None,
