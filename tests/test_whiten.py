@@ -1,6 +1,7 @@
 """The `fast` recipe's first layer: set from the training images' patches by whitening, and never trained."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -53,6 +54,8 @@ def test_a_model_whose_first_layer_is_linear_trains_it(tmp_path, mnist_dir):
     result = train(make_config("fast", model="mlp", train_limit=1280, device="cpu", bf16=False), mnist_dir,
                    tmp_path / "mlp")
     assert not result.whitened_first_layer
+    assert result.config["whitened_first_layer"] is False  # the run's record says what ran, not what was asked
+    assert json.loads((tmp_path / "mlp" / "history.json").read_text())["config"]["whitened_first_layer"] is False
     model, *_ = build_training(make_config("fast", model="mlp"), "cpu", 10, torch.zeros(4, 1, 28, 28))
     assert model.hidden[0].weight.requires_grad
 

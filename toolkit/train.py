@@ -187,6 +187,8 @@ def train(
                       augment=torch.Generator().manual_seed(config.seed + 1))
     steps_per_epoch = math.ceil(len(data.x) / config.batch_size)
     model, optimizer, scheduler, average = build_training(config, device, steps_per_epoch, data.x)
+    if config.whitened_first_layer and first_layer(model).weight.requires_grad:  # asked, not applicable (MLP)
+        config = dataclasses.replace(config, whitened_first_layer=False)  # what is saved says what ran
     history: list[EpochStats] = []
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, average, rngs)
@@ -198,8 +200,7 @@ def train(
     result = TrainResult(run_dir=str(run_dir), checkpoint=str(ckpt_path), model=config.model,
                          parameters=count_parameters(model), device=device, bf16=use_bf16,
                          config=dataclasses.asdict(config), history=history, resumed_from_epoch=start_epoch,
-                         whitened_first_layer=config.whitened_first_layer
-                         and not first_layer(model).weight.requires_grad)
+                         whitened_first_layer=config.whitened_first_layer)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
 
