@@ -187,8 +187,7 @@ def train(
                       augment=torch.Generator().manual_seed(config.seed + 1))
     steps_per_epoch = math.ceil(len(data.x) / config.batch_size)
     model, optimizer, scheduler, average = build_training(config, device, steps_per_epoch, data.x)
-    if config.whitened_first_layer and first_layer(model).weight.requires_grad:  # asked, not applicable (MLP)
-        config = dataclasses.replace(config, whitened_first_layer=False)  # what is saved says what ran
+    config = _as_applied(config, model)
     history: list[EpochStats] = []
     if state is not None:
         history = _restore(state, ckpt_path, model, optimizer, scheduler, average, rngs)
@@ -219,6 +218,14 @@ def train(
 
     plot_errors(history, run_dir / "errors.png", title=f"{config.model}, recipe {config.recipe}")
     return result
+
+
+def _as_applied(config: TrainConfig, model) -> TrainConfig:
+    """`config` as the run applies it, which is what it saves: a whitened first layer asked for where the model's
+    first layer is not a convolution (the MLP) is turned off."""
+    if config.whitened_first_layer and first_layer(model).weight.requires_grad:
+        return dataclasses.replace(config, whitened_first_layer=False)
+    return config
 
 
 def _prepare_run_folder(run_dir: Path) -> None:

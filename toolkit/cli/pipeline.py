@@ -146,6 +146,7 @@ def train(
 
 
 def export(
+    ctx: typer.Context,
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="onnx",
         help=f"{', '.join(FORMATS)} or all of them (comma list or repeated); triton adds a Triton model "
@@ -197,6 +198,7 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX, TorchScript, torch.export, AOTInductor, ExecuTorch, LiteRT or OpenVINO IR,
     with metadata and manifest.json."""
+    from toolkit.errors import ConfigError
     from toolkit.export import ExportConfig, plan
     from toolkit.export import export as run_export
     from toolkit.refinputs import parse_shape
@@ -210,6 +212,10 @@ def export(
                           overwrite=overwrite, triton="triton" in _csv(format),
                           triton_max_batch_size=triton_max_batch_size, input_shape=parse_shape(input_shape),
                           inputs=str(inputs) if inputs else None)
+    if _given(ctx, "triton_max_batch_size") and not config.triton:  # given, it would be ignored
+        raise ConfigError("--triton-max-batch-size sets the Triton repository's batch; add --format triton")
+    if _given(ctx, "calibration_size") and all(p != "int8" for _, p in pairs):
+        raise ConfigError("--calibration-size sets how int8 files are calibrated; add --precision int8")
     with stage("exporting") as on_progress:
         result = run_export(config, pairs, log=note, on_progress=on_progress)
     _print_table(*_artifacts_table(result, config.checkpoint))
