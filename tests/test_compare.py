@@ -140,7 +140,7 @@ def test_three_files_in_one_table_each_against_the_first(trained, exported, mnis
     assert "each file against A" in result.stdout and "#3" in result.stdout
 
 
-def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path):
+def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path, mnist_dir):
     import onnx
     from onnx import TensorProto, helper
 
@@ -152,8 +152,8 @@ def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path)
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     for path in (a, b):
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), str(path))
-    assert "--shape x=" in assert_one_line_error(run_cli("compare", a, b, "--limit", "20"), 2)
-    result = run_cli("compare", a, b, "--limit", "20", "--shape", "x=7", "--json", "-")
+    assert "--shape x=" in assert_one_line_error(run_cli("compare", a, b, "--limit", "20", "--data-dir", mnist_dir), 2)
+    result = run_cli("compare", a, b, "--limit", "20", "--shape", "x=7", "--json", "-", "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["passed"] is True
 
