@@ -312,6 +312,10 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
      "give the export folder"),
     ("verify-unknown-format", lambda c: ["verify", "--artifacts", c.exported, "--format", "bogus"], 2,
      "unknown format 'bogus'"),
+    ("bench-hint-without-openvino", lambda c: ["bench", "--artifacts", c.exported, "--runtime", "onnxruntime",
+                                               "--hint", "latency"], 2, "leaves OpenVINO out"),
+    ("verify-mode-without-openvino", lambda c: ["verify", "--artifacts", c.exported, "--runtime", "onnxruntime",
+                                                "--mode", "bf16"], 2, "leaves OpenVINO out"),
     ("bench-unknown-precision", lambda c: ["bench", "--artifacts", c.exported, "--precision", "fp64"], 2,
      "unknown precision 'fp64'"),
     # --- results never replace what a command reads, nor a model file anywhere

@@ -77,6 +77,24 @@ def _ints(values: list[str] | None, what: str) -> list[int]:
         raise ConfigError(f"{what} must be whole numbers, e.g. 1,8,64") from None
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given (on the command line or in the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def openvino_options(runtimes: list[str], **given: bool) -> None:
+    """ConfigError for an OpenVINO option (--mode, --hint) given where --runtime leaves OpenVINO out: it would do
+    nothing, and the user would not know."""
+    from toolkit.errors import ConfigError
+
+    if runtimes and not {"openvino", "all"} & set(runtimes):
+        for option, was_given in given.items():
+            if was_given:
+                raise ConfigError(f"--{option} sets how OpenVINO runs, and --runtime {','.join(runtimes)} leaves "
+                                  f"OpenVINO out; add openvino to --runtime or drop --{option}")
+
+
 def _config(cls: Any, **given: Any) -> Any:
     """A library config from the options the user gave; the rest keep the dataclass's own defaults."""
     return cls(**{k: v for k, v in given.items() if v is not None and v != ()})

@@ -24,6 +24,8 @@ from toolkit.cli.common import (
     _write_json,
     defaults,
     export_inputs,
+    given,
+    openvino_options,
     out,
 )
 from toolkit.cli.progress import stage
@@ -109,6 +111,7 @@ def compare(
 
 
 def bench(
+    ctx: typer.Context,
     files: Annotated[Optional[list[Path]], typer.Argument(
         metavar="FILE", show_default=False,
         help="Time these model files alone (toolkit-made or not: .onnx, .pt2, .aoti.pt2, TorchScript, .pte, .tflite, "
@@ -200,6 +203,7 @@ def bench(
     TorchScript, .pt2 and .aoti.pt2 files are code: loading one runs what its author put in it.
     """
     _outputs(json_path, markdown, plot, inputs=(*(files or ()), *export_inputs(artifacts, checkpoint)))
+    openvino_options(_csv(runtime), mode=mode is not None, hint=given(ctx, "hint"))
     from toolkit import bench as bench_lib
 
     config = _config(  # BenchConfig checks every number, the time limit too

@@ -21,7 +21,9 @@ from toolkit.cli.common import (
     _write_json,
     defaults,
     export_inputs,
+    given,
     note,
+    openvino_options,
     out,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
@@ -59,12 +61,6 @@ def data(data_dir: DataDir = Path("data")) -> None:
     out.print(_mnist_table(report, data_dir))
     for attempt in report.attempts:
         out.print(f"  {attempt.source}: {attempt.detail}")
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether option `name` was given (on the command line or in the environment), not left at its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name != "DEFAULT"
 
 
 def _resumed_config(run_dir: Path):
@@ -114,11 +110,11 @@ def train(
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     if resume:
-        given = [name for name in ("model", "recipe", "seed", "device") if _given(ctx, name)]
-        given += [name for name, value in overrides.items() if value is not None]
-        if given:
+        kept = [name for name in ("model", "recipe", "seed", "device") if given(ctx, name)]
+        kept += [name for name, value in overrides.items() if value is not None]
+        if kept:
             raise ConfigError("--resume continues a run with its own model and settings; drop "
-                              + ", ".join(f"--{name.replace('_', '-')}" for name in given))
+                              + ", ".join(f"--{name.replace('_', '-')}" for name in kept))
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
         config = _resumed_config(run_dir)
     else:
@@ -212,9 +208,9 @@ def export(
                           overwrite=overwrite, triton="triton" in _csv(format),
                           triton_max_batch_size=triton_max_batch_size, input_shape=parse_shape(input_shape),
                           inputs=str(inputs) if inputs else None)
-    if _given(ctx, "triton_max_batch_size") and not config.triton:  # given, it would be ignored
+    if given(ctx, "triton_max_batch_size") and not config.triton:  # given, it would be ignored
         raise ConfigError("--triton-max-batch-size sets the Triton repository's batch; add --format triton")
-    if _given(ctx, "calibration_size") and all(p != "int8" for _, p in pairs):
+    if given(ctx, "calibration_size") and all(p != "int8" for _, p in pairs):
         raise ConfigError("--calibration-size sets how int8 files are calibrated; add --precision int8")
     with stage("exporting") as on_progress:
         result = run_export(config, pairs, log=note, on_progress=on_progress)
@@ -256,6 +252,7 @@ def verify(
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
 exit 1 if any fails."""  # one line in `toolkit --help`
     _outputs(json_path, inputs=export_inputs(artifacts, checkpoint))
+    openvino_options(_csv(runtime), mode=mode is not None)
     from toolkit.verify import parse_tolerance_overrides
     from toolkit.verify import verify as run_verify
 
