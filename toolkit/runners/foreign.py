@@ -13,7 +13,6 @@ model's folder); the toolkit's own files are read through their manifest's hash 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from toolkit import devices, refinputs
 from toolkit.artifacts import read_model_file
+from toolkit.checkpoint import is_number_within
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
 from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
@@ -61,7 +61,7 @@ class Preprocessing:
 def _check_range(name: str, value: Any, low: float, high: float) -> None:
     """ConfigError unless `value` is a number in [low, high]: the range a toolkit file's metadata may declare, in
     which (pixel/255 - mean) / std stays finite in float32 for every pixel."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+    if not is_number_within(value, low, high):
         raise ConfigError(f"--{name} must be a number in [{low:g}, {high:g}], so that (pixel/255 - mean) / std fits "
                           f"float32; not {value!r}")
 
