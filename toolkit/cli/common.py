@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -127,16 +128,19 @@ def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
         raise ConfigError("two outputs name the same file; give each its own")
 
 
-def _model_suffixes() -> set[str]:
+@functools.cache
+def _model_names() -> tuple[str, tuple[str, ...]]:
+    """The manifest's name and the suffixes of model, checkpoint and export files, built once."""
+    from toolkit.artifacts import MANIFEST_NAME
     from toolkit.formats import FORMATS
 
-    return {s for f in FORMATS.values() for s in (f.suffix, *f.companions)} | {".npy", ".pt", ".pth"}
+    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)} | {".npy", ".pt", ".pth"}
+    return MANIFEST_NAME, tuple(sorted(suffixes))
 
 
 def _is_model_file(path: Path) -> bool:
-    from toolkit.artifacts import MANIFEST_NAME
-
-    return path.name == MANIFEST_NAME or any(path.name.endswith(s) for s in _model_suffixes())
+    manifest, suffixes = _model_names()
+    return path.name == manifest or path.name.endswith(suffixes)
 
 
 def _is_binary(path: Path) -> bool:
