@@ -11,7 +11,8 @@ from radon.complexity import cc_visit
 PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 # A module may import modules on its own floor or below, never above. Within a floor, no cycles.
 FLOORS = (
-    ("errors", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten", "native_logs", "telemetry"),
+    ("errors", "bounds", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten", "native_logs",
+     "telemetry"),
     ("artifacts", "devices", "model", "safe_pickle", "augment", "refinputs"),
     ("runners", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "exporters", "train_step"),

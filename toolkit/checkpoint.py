@@ -6,12 +6,12 @@ pickle from a file can run code.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from toolkit import fileio, usermodel
+from toolkit.bounds import is_number_within
 from toolkit.errors import CheckpointError, ConfigError
 from toolkit.usermodel import ModelSource
 
@@ -88,12 +88,6 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
     _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
-
-
-def is_number_within(value: Any, low: float, high: float) -> bool:
-    """Whether `value` is a finite int or float (a bool is not a number here) from `low` to `high` inclusive."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high)
 
 
 def check_finite_weights(state_dict: dict[str, Any], path: str | os.PathLike) -> None:

@@ -7,11 +7,11 @@ when a config is validated.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from toolkit.augment import Distortion
+from toolkit.bounds import is_number_within
 from toolkit.errors import CheckpointError, ConfigError
 
 # `seed` is the 2019 notebook; `fast` passes 99.0% in one epoch; `best` is the most accurate in a few minutes.
@@ -144,8 +144,7 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not low <= value <= high:
+        if not is_number_within(value, low, high):
             raise ConfigError(f"{name.replace('_', '-')} must be a number from {_bound(low)} to {_bound(high)}, "
                               f"got {value}")
     if config.optimizer not in OPTIMIZERS:

@@ -18,7 +18,8 @@ from typing import Any
 
 from toolkit import data as mnist
 from toolkit import devices, fileio, heap, sysinfo
-from toolkit.checkpoint import CHECKPOINT_NAME, is_number_within, load_checkpoint, save_checkpoint
+from toolkit.bounds import is_number_within
+from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, OutputError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate

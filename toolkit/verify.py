@@ -24,6 +24,7 @@ import numpy as np
 from toolkit import data as mnist
 from toolkit import devices, fileio, formats, golden, runners, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
+from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
@@ -45,7 +46,7 @@ class Tolerance:
     def __post_init__(self) -> None:
         # a NaN limit would make every comparison false, i.e. switch the check off
         for name, value in asdict(self).items():
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if value is not None and not is_number_within(value, 0.0, math.inf):
                 raise ConfigError(f"tolerance {name} must be a finite number >= 0, not {value!r}")
         if self.min_agreement > 1:
             raise ConfigError(f"tolerance min_agreement is a fraction in [0, 1], not {self.min_agreement!r}")

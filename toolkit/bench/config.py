@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from toolkit import devices
+from toolkit.bounds import is_number_within
 from toolkit.errors import ConfigError
 from toolkit.formats import MODES, check_selection
 from toolkit.runners import OPENVINO_HINTS
@@ -61,8 +61,7 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None:
                 _check_ints(name.replace("_", " "), (value,), 0 if name == "warmup" else 1, LIMITS[name])
-        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds)
-                and MIN_SECONDS <= self.seconds <= MAX_SECONDS):
+        if not is_number_within(self.seconds, MIN_SECONDS, MAX_SECONDS):
             raise ConfigError(f"seconds per point must be a number from {MIN_SECONDS:g} to {MAX_SECONDS:g}, "
                               f"not {self.seconds}")
         for what, values, allowed in (("optimization level", self.optimizations, OPTIMIZATION_LEVELS),

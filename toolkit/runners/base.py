@@ -10,7 +10,6 @@ it to its runner class.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import select
 import signal
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import formats
+from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.preprocess import MEAN, STD, normalize
 
@@ -53,8 +53,7 @@ def check_time_limit(value: float | None) -> None:
     """ConfigError unless `value` is None or a finite number of seconds in (0, MAX_TIME_LIMIT_S]."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 < value <= MAX_TIME_LIMIT_S:
+    if not is_number_within(value, 0.0, MAX_TIME_LIMIT_S) or value == 0:
         raise ConfigError(f"--time-limit must be a number of seconds in (0, {MAX_TIME_LIMIT_S:g}], not {value!r}")
 
 

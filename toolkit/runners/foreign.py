@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit import devices, refinputs
 from toolkit.artifacts import read_model_file
-from toolkit.checkpoint import is_number_within
+from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
 from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
