@@ -116,3 +116,34 @@ def test_a_runtime_that_cannot_open_the_file_is_refused(exported, mnist_dir):
     line = assert_one_line_error(run_cli("bench", exported / "model.onnx", "--device", "cuda", *QUICK,
                                          "--data-dir", mnist_dir), 2)
     assert "cuda" in line
+
+
+def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):
+    # a link counts too: the manifest beside the file it leads to governs it
+    link = tmp_path / "int8.onnx"
+    link.symlink_to(exported / "model.int8.onnx")
+    result = run_cli("bench", exported / "model.onnx", link, *FAST, "--runtime", "onnxruntime", "--verify-images",
+                     "500", "--data-dir", mnist_dir, "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["verify"] is True
+    assert all(f["reference"].startswith("checkpoint ") for f in report["settings"]["files"])
+    points = report["points"]
+    assert {(p["format"], p["precision"]) for p in points} == {("model.onnx", "fp32"), ("int8.onnx", "int8")}
+    assert all(p["verified"] is True and p["checked_images"] == 500 for p in points)
+    assert all(f["verified"] is True for f in report["fastest"].values())
+    assert "not verified" not in result.stdout and "verified against checkpoint" in result.stdout
+
+
+def test_a_tampered_toolkit_file_by_path_is_refused_as_over_its_folder(exported_copy, mnist_dir):
+    # the copy's checkpoint is not found from its new place, so the reference is its golden.npy, checked in turn
+    model = exported_copy / "model.onnx"
+    for name in ("golden.npy", "model.onnx"):
+        path = exported_copy / name
+        original = path.read_bytes()
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+        folder = assert_one_line_error(run_cli("bench", "--artifacts", exported_copy, "--format", "onnx",
+                                               "--precision", "fp32", *FAST, "--data-dir", mnist_dir), 2)
+        by_path = assert_one_line_error(run_cli("bench", model, *FAST, "--data-dir", mnist_dir), 2)
+        assert name in by_path and "changed since export" in by_path and folder.removeprefix("error: ") in by_path
+        path.write_bytes(original)

@@ -285,9 +285,8 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
     hash-checked against the manifest beside it when there is one, else read as they are."""
     path = Path(path)
     data = read_model_file(path)
-    governed = _under_manifest(path)
-    if governed is not None:  # read_model_file found the file listed there
-        return data, read_verified_parts(next(a for a in read_manifest(governed.parent) if a.file == governed.name))
+    if (artifact := listed_artifact(path)) is not None:  # read_model_file checked the file against it
+        return data, read_verified_parts(artifact)
     fmt = FORMATS.get(format_of_file(path.name) or "")
     parts = [path.with_name(path.name[:-len(fmt.suffix)] + suffix) for suffix in fmt.companions] if fmt else []
     try:
@@ -298,30 +297,32 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
 
 
 def read_model_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a model file to load. When its folder holds a manifest.json, the file must be listed there
-    and match its SHA-256 (checked before anything parses it); a loose file with no manifest beside it is read
-    as is."""
+    """The bytes of a model file to load: where a manifest lists it (`listed_artifact`), checked against its SHA-256
+    before anything parses them; a loose file with no manifest beside it is read as is."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file {path} {fileio.absent(path, 'run `toolkit export` first')}")
-    governed = _under_manifest(path)
+    if (artifact := listed_artifact(path)) is not None:
+        return read_verified(artifact)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def listed_artifact(path: str | os.PathLike) -> Artifact | None:
+    """A model file's entry in the manifest beside it, else beside the file a link leads to (a link does not take it
+    out of its folder's manifest), which must list it; None where neither folder has a manifest.json."""
+    path = Path(path)
+    governed = next((c for c in (path, Path(os.path.realpath(path)))
+                     if (c.parent / MANIFEST_NAME).exists() or (c.parent / MANIFEST_NAME).is_symlink()), None)
     if governed is None:
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+        return None
     listed = [a for a in read_manifest(governed.parent) if a.file == governed.name]
     if not listed:
         raise ArtifactError(f"{governed} is not listed in the {MANIFEST_NAME} beside it; refusing to load it, "
                             "export again or move it out of that folder")
-    return read_verified(listed[0])
-
-
-def _under_manifest(path: Path) -> Path | None:
-    """`path`, else the file a link leads to, whichever has a manifest beside it (a link does not take a file out of
-    its folder's manifest); None: neither has one. A manifest.json that is no file counts, and is refused."""
-    return next((c for c in (path, Path(os.path.realpath(path)))
-                 if (c.parent / MANIFEST_NAME).exists() or (c.parent / MANIFEST_NAME).is_symlink()), None)
+    return listed[0]
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],

@@ -3,7 +3,9 @@
 An .onnx runs in ONNX Runtime, OpenVINO and OpenCV; a .pt2, .aoti.pt2, TorchScript, .pte, .tflite or IR .xml in
 its own runtime (runners/foreign.py says which). A file whose input is an MNIST image gets the MNIST test images
 when the data folder holds them; any other file, or any file without the data, gets random inputs of its
-declared shapes, and the report says which per file. Nothing is verified: a file has no reference.
+declared shapes, and the report says which per file. A toolkit file (one the manifest beside it lists) goes the
+way of bench over its folder: opened as that artifact, with the same checks, and verified against its export's
+reference; any other file has no reference, and nothing is verified.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from toolkit import devices, fileio
+from toolkit.artifacts import Artifact, listed_artifact, read_manifest
 from toolkit.bench.config import BenchConfig
-from toolkit.bench.search import Candidate, Plan, _candidates_of, options_words, runtime_version
+from toolkit.bench.search import Candidate, Plan, _candidates_of, _Opener, other_input_shape, sample
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
-from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, select_runtimes
+from toolkit.formats import DEFAULT_MODE, PRECISIONS
+from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, open_runner, select_runtimes
 
 MNIST_INPUTS = "MNIST test images"
 RANDOM_INPUTS = "random inputs"
@@ -35,42 +39,35 @@ class BenchFile:
     inputs: str = MNIST_INPUTS
     why_random: str = ""  # the reason for random inputs, when the inputs are random
     skipped: dict[str, str] = field(default_factory=dict)
+    reference: str = ""  # what it was verified against (a toolkit file's export's reference); '': not verified
 
 
-class FileOpener:
-    """Opens a candidate's runner for each round, recording the first opening's time; nothing is verified."""
+class FileOpener(_Opener):
+    """Opens a candidate's runner for each round as bench over a folder does, recording the first opening's time. A
+    toolkit file opens as the artifact its manifest lists and is verified against its export's reference; any other
+    file opens as a foreign file, with nothing to verify it against."""
 
     def __init__(self, prep: Any, shapes: dict[str, tuple[int, ...]] | None, time_limit_s: float | None) -> None:
+        super().__init__()
         self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
-        self.load_ms: dict[str, float] = {}
-        self.settings: dict[str, list[dict[str, Any]]] = {}
+        self.artifacts: dict[str, Artifact] = {}  # a toolkit file's path -> its manifest entry
+        self.references: dict[str, Any] = {}  # a toolkit file's path -> verify's reference, unless --no-verify
 
-    def open(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
+    def open_file(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
+        options = replace(options, time_limit_s=self.time_limit_s)
+        if path in self.artifacts:
+            return open_runner(runtime, self.artifacts[path], options)
         from toolkit.runners import foreign
 
-        return foreign.open_in(runtime, path, replace(options, time_limit_s=self.time_limit_s), self.prep,
-                               self.shapes)
+        return foreign.open_in(runtime, path, options, self.prep, self.shapes)
 
-    def __call__(self, c: Candidate) -> Runner:
+    def load(self, c: Candidate) -> tuple[Runner, float]:
         t0 = time.perf_counter()
-        runner = self.open(c.runtime, str(c.source), c.options)
-        self.load_ms.setdefault(f"{c.runtime} {c.format} {c.options.device} {options_words(c.options)}",
-                                (time.perf_counter() - t0) * 1e3)
-        known = self.settings.setdefault(c.runtime, [])
-        if runner.settings() not in known:
-            known.append(runner.settings())
-        return runner
+        runner = self.open_file(c.runtime, str(c.source), c.options)
+        return runner, (time.perf_counter() - t0) * 1e3
 
-    unverified = __call__  # nothing is verified here
-
-    def verdict(self, c: Candidate) -> dict[str, Any] | None:
-        return None
-
-    def runtimes(self) -> dict[str, dict[str, Any]]:
-        return {name: {"version": runtime_version(name), "settings": s} for name, s in self.settings.items()}
-
-    def verification(self) -> dict[str, dict[str, Any]]:
-        return {}
+    def reference(self, c: Candidate) -> Any:
+        return self.references.get(str(c.source))
 
 
 def _devices(config: BenchConfig) -> tuple[list[str], dict[str, str]]:
@@ -110,7 +107,7 @@ def _probe(opener: FileOpener, bench_file: BenchFile, runtime: str, explicit: bo
     """The file opened once in `runtime` on the CPU (to learn its inputs); None when it cannot be, with the
     reason noted, unless the runtime was asked for by name. A mistake in the options is always an error."""
     try:
-        return opener.open(runtime, bench_file.file, RunnerOptions(threads=1))
+        return opener.open_file(runtime, bench_file.file, RunnerOptions(threads=1))
     except ConfigError:
         raise
     except (ArtifactError, ProviderUnavailable) as e:
@@ -129,10 +126,12 @@ def _input_words(runner: Runner) -> str:
     return "uint8 input" if runner.kind == "app" else "float32 input"
 
 
-def _file_candidates(config: BenchConfig, bench_file: BenchFile, runner: Runner, runtime: str,
+def _file_candidates(config: BenchConfig, bench_file: BenchFile, precision: str, runtime: str,
                      used: list[str]) -> list[Candidate]:
     spec, out = RUNTIMES[runtime], []
     modes = modes_to_run(config.modes) if "mode" in spec.tunes else ("f32",)
+    if precision in PRECISIONS and precision != "fp32":  # as over a folder: a compute mode changes fp32 files only
+        modes = (DEFAULT_MODE,)
     for device in used:
         if device not in spec.devices:
             if device != devices.CPU:
@@ -140,7 +139,7 @@ def _file_candidates(config: BenchConfig, bench_file: BenchFile, runner: Runner,
             continue
         for mode in modes:
             out += [c for c in _candidates_of(config, runtime, device, bench_file.file, bench_file.name,
-                                              _input_words(runner), mode)
+                                              precision, mode)
                     if c.io == "host" and not c.options.cuda_graph]  # a file is fed from numpy
     return out
 
@@ -148,14 +147,15 @@ def _file_candidates(config: BenchConfig, bench_file: BenchFile, runner: Runner,
 def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, runtimes: list[str],
                explicit: set[str], used: list[str], no_data: str) -> list[Candidate]:
     """One file's candidates in every runtime of `runtimes` that loads it; its inputs are recorded on it."""
-    candidates, images = [], True
+    candidates, images, listed = [], True, opener.artifacts.get(bench_file.file)
     for runtime in runtimes:
         runner = _probe(opener, bench_file, runtime, runtime in explicit)
         if runner is None:
             continue
         images = images and getattr(runner, "takes_images", True)
         bench_file.runtimes.append(runtime)
-        candidates += _file_candidates(config, bench_file, runner, runtime, used)
+        precision = listed.precision if listed else _input_words(runner)  # a toolkit file's own is known
+        candidates += _file_candidates(config, bench_file, precision, runtime, used)
         del runner
     if not bench_file.runtimes:  # what the first runtime said is why (ONNX Runtime's, for an .onnx)
         first = next(iter(bench_file.skipped.values()))
@@ -164,6 +164,29 @@ def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, r
         bench_file.inputs = RANDOM_INPUTS
         bench_file.why_random = "its input is not an MNIST image" if not images else f"no MNIST test set ({no_data})"
     return candidates
+
+
+def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, references: dict[str, Any]) -> None:
+    """A toolkit file, as bench over its folder takes it: opened as the artifact the manifest beside it lists (its
+    hash and its format's checks) and, unless --no-verify, verified against its export's reference (`references`
+    keeps one per folder). A file of an export made with --input-shape takes no MNIST image: like a foreign file,
+    it is timed on random inputs of its shape, unverified."""
+    artifact = listed_artifact(bench_file.file)
+    if artifact is None:
+        return
+    folder = str(Path(artifact.path).parent)
+    if other_input_shape(folder) is not None:
+        return
+    opener.artifacts[bench_file.file] = artifact
+    if not config.verify:
+        return
+    if folder not in references:
+        from toolkit.verify import resolve_reference
+
+        references[folder] = sample(resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
+                                                      config.data_dir), config.verify_images)
+    opener.references[bench_file.file] = references[folder]
+    bench_file.reference = references[folder].name
 
 
 def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
@@ -180,13 +203,14 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)
     no_data = _mnist_here(config.data_dir)
-    candidates, files = [], []
+    candidates, files, references = [], [], {}
     for path, name in _names(list(dict.fromkeys(paths))).items():
         found = [r for r in foreign.runtimes_for(path) if r in selection.runtimes]
         if not found:
             raise ConfigError(f"{path} opens in {', '.join(foreign.runtimes_for(path))}, none of them selected "
                               "(--runtime) and installed here")
         files.append(BenchFile(path, name))
+        _as_exported(config, opener, files[-1], references)
         candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
     if not candidates:
         raise ConfigError("nothing to benchmark: no selected runtime runs these files on the devices asked for")

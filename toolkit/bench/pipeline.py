@@ -3,7 +3,7 @@ and one report.
 
 `bench` takes its candidates from the manifest (and verifies them first); `bench_files` from model files.
 Both then go through the same timing and the same points; their reports differ only in what the source can
-say: the file has no checkpoint to count FLOPs on and no reference, so it gets no targets.
+say: a file has no checkpoint to count FLOPs on, so it gets no targets (and a foreign file no reference either).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
 def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
                 shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None) -> BenchReport:
     """Time model files alone, each in every selected runtime and device that opens it (see bench/files.py): MNIST
-    test images where a file's input fits and the data is here, else random inputs of its declared shapes.
-    Nothing is verified (there is no reference), so no targets are computed."""
+    test images where a file's input fits and the data is here, else random inputs of its declared shapes. A toolkit
+    file is verified against its export's reference, as over its folder; a foreign file has none. No targets are
+    computed (a file's FLOPs are unknown)."""
     t_start = time.perf_counter()
     plan = plan_files(config, paths, prep, shapes)
     points, search = _points(config, plan, on_progress)
@@ -135,11 +136,12 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
 
 
 def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) -> BenchReport:
-    # what this run really did: each file's runtimes and inputs, nothing verified (no reference), no FLOPs
+    # what this run really did: each file's runtimes, inputs and reference (a toolkit file's), no FLOPs
     files = [asdict(f) for f in plan.files]
     ran = list(dict.fromkeys(r for f in files for r in f["runtimes"]))
     settings = {**_settings(config, plan.devices), "files": files, "runtimes": ran,
-                "verify": False, "formats": [], "precisions": [], "time_limit_s": plan.opener.time_limit_s}
+                "verify": any(f["reference"] for f in files), "formats": [], "precisions": [],
+                "time_limit_s": plan.opener.time_limit_s}
     if len(files) == 1:
         settings.update(file=files[0]["file"], inputs=files[0]["inputs"])
     skipped = {**plan.skipped, **{f"runtime {k}": v for k, v in plan.skipped_runtimes.items()},
@@ -150,7 +152,7 @@ def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) -> B
         machine=sysinfo.machine(), versions=sysinfo.versions(), settings=settings,
         session_options=_session_options(config), model_flops_per_image=None,
         matmul_peak_gflops=None, points=points, load_ms=plan.opener.load_ms, skipped=skipped,
-        runtimes=plan.opener.runtimes())
+        runtimes=plan.opener.runtimes(), verification=plan.opener.verification())
 
 
 def _peaks_wanted(config: BenchConfig, devices: list[str], flops: int | None, skipped: dict[str, str]) -> bool:

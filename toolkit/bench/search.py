@@ -4,7 +4,8 @@ This is bench's door to the runner layer: every runtime, option and opener it us
 OpenVINO hint names that BenchConfig checks are read in config), so the rest of the package sees candidates
 and runners only. Two sources feed the same timing: the manifest
 (every artifact, or the checkpoint, each runtime opens, times the settings that runtime takes) and one
-model file (bench/files.py: every runtime that opens it, nothing to verify it against).
+model file (bench/files.py: every runtime that opens it; a toolkit file opened and verified as its artifact, any
+other with nothing to verify it against).
 """
 
 from __future__ import annotations
@@ -268,16 +269,25 @@ class _Opener:
         return self.open(c, verify=False)
 
     def open(self, c: Candidate, verify: bool) -> Runner:
-        runner, ms = open_timed(c.runtime, c.source, c.options)
+        runner, ms = self.load(c)
         self.load_ms.setdefault(f"{c.runtime} {c.format}/{c.precision} {c.options.device} "
                                 f"{options_words(c.options)}", ms)
-        if verify and self.ref is not None and c.verify_key not in self.verdicts:
-            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, self.ref),
+        ref = self.reference(c) if verify else None
+        if ref is not None and c.verify_key not in self.verdicts:
+            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, ref),
                                            "verified_with": options_words(c.options)}
         known = self.settings.setdefault(c.runtime, [])
         if runner.settings() not in known:
             known.append(runner.settings())
         return runner
+
+    def load(self, c: Candidate) -> tuple[Runner, float]:
+        """The candidate's runner and how long opening it took, in milliseconds."""
+        return open_timed(c.runtime, c.source, c.options)
+
+    def reference(self, c: Candidate) -> Any:
+        """What the candidate is verified against; None: nothing."""
+        return self.ref
 
     def verdict(self, c: Candidate) -> dict[str, Any] | None:
         return self.verdicts.get(c.verify_key)
@@ -308,10 +318,16 @@ class Plan:
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
 
 
+def other_input_shape(folder: str) -> list[int] | None:
+    """The input shape of an export made with --input-shape whose files take no MNIST image; else None."""
+    shape = read_manifest_field(folder, "input_shape")
+    return shape if isinstance(shape, list) and not refinputs.is_mnist(tuple(shape)) else None
+
+
 def _refuse_other_input_shapes(folder: str) -> None:
     """bench over a folder feeds MNIST test images: an export made with --input-shape takes none."""
-    shape = read_manifest_field(folder, "input_shape")
-    if isinstance(shape, list) and not refinputs.is_mnist(tuple(shape)):
+    shape = other_input_shape(folder)
+    if shape is not None:
         raise ConfigError(f"the files in {folder} take [{','.join(map(str, shape))}] inputs, not MNIST images: "
                           "time each with `toolkit bench FILE...` (random inputs of its shape)")
 

@@ -199,7 +199,8 @@ def bench(
     Every point goes to --json and --markdown; --sweep times every combination of settings instead. With FILE...:
     each file in every runtime and device here that opens it (an .onnx in ONNX Runtime, OpenVINO and OpenCV; any
     other in its own runtime), side by side, fed MNIST test images when its input fits an MNIST layout and the
-    data is here, else random inputs of its declared shapes and types (not verified: there is no reference).
+    data is here, else random inputs of its declared shapes and types. A toolkit file (listed in the manifest beside
+    it) is checked and verified as over its folder; any other file has no reference, and is not verified.
     TorchScript, .pt2 and .aoti.pt2 files are code: loading one runs what its author put in it.
     """
     _outputs(json_path, markdown, plot, inputs=(*(files or ()), *export_inputs(artifacts, checkpoint)))

@@ -199,7 +199,8 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
     _print_table(*_summary_table(report, bench_lib))
     for f in report.settings.get("files", []):  # bench FILE...: what each file was fed, and where it ran
         why = f" ({f['why_random']})" if f["why_random"] else ""
-        out.print(f"{f['name']}: {f['inputs']}{why}; ran in {', '.join(f['runtimes'])}", highlight=False)
+        checked = f"; verified against {f['reference']}" if f.get("reference") else ""
+        out.print(f"{f['name']}: {f['inputs']}{why}; ran in {', '.join(f['runtimes'])}{checked}", highlight=False)
     for name, reason in report.skipped.items():
         out.print(f"skipped {name}: {reason}", highlight=False)
     for regime, f in report.fastest.items():
