@@ -307,6 +307,12 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
         "export", "--checkpoint", c.checkpoint, "--out", c.work / "f"], 2, "is a file, not a folder"),
     ("export-out-inside-a-file", lambda c: (c.work / "f").write_text("x") and [
         "export", "--checkpoint", c.checkpoint, "--out", c.work / "f" / "sub"], 2, "/f is a file, not a folder"),
+    # an empty path would be the working folder: export would write into it, train would look for MNIST there
+    ("export-out-empty", lambda c: ["export", "--checkpoint", c.checkpoint, "--out", ""], 2, "an empty path"),
+    ("train-data-dir-empty", lambda c: ["train", "--epochs", "1", "--data-dir", "", "--out", "runs/x"], 2,
+     "an empty path"),
+    ("bench-json-empty", lambda c: ["bench", "--artifacts", c.exported, "--json", ""], 2, "an empty path"),
+    ("compare-file-empty", lambda c: ["compare", c.exported / "model.onnx", ""], 2, "an empty path"),
     ("bench-batch-sizes-empty", lambda c: ["bench", "--artifacts", c.exported, "--batch-sizes", ""], 2,
      "empty value"),
     ("verify-format-empty", lambda c: ["verify", "--artifacts", c.exported, "--format", ","], 2, "empty value"),
