@@ -82,6 +82,9 @@ def test_markdown_and_plot_are_written(bench_json):
     summary, points = md.split("Every point measured:")
     ort_points = 4 * (len(_one_call_threads()) + 1)  # settings x 2 precisions x 2 batch sizes
     assert points.count("\n| onnxruntime") == ort_points and "| pytorch |" in points  # every point, in its own table
+    header, _, *rows = [line.split("|")[1:-1] for line in points.splitlines() if line.startswith("| ")]
+    settings = [tuple(row[:[c.strip() for c in header].index("batch") + 1]) for row in rows]
+    assert len(set(settings)) == len(settings)  # no two points alike: one call's thread counts are told apart
     assert summary.count("\n| onnxruntime") == 2 and "- most throughput: " in summary and "target" not in md
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
 

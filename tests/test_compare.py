@@ -157,3 +157,15 @@ def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path,
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["passed"] is True
 
+
+
+def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):
+    from tests.onnx_models import constant_classifier
+
+    a = constant_classifier(tmp_path / "a.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
+    b = constant_classifier(tmp_path / "b.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
+    result = run_cli("compare", a, b, "--limit", "30", "--data-dir", tmp_path / "no-mnist", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["inputs"] == "random data" and report["n"] == 30
+    assert not (tmp_path / "no-mnist").exists()

@@ -189,7 +189,7 @@ E = "exported"  # the working folder's export copy, after a case has made it
 CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     # --- data: files under the data folder are input too
     ("data-dir-is-a-file", lambda c: (c.work / "f").write_text("x") and
-     ["data", "--data-dir", c.work / "f"], 2, "cannot write the MNIST data"),
+     ["data", "--data-dir", c.work / "f"], 2, "/f is a file, not a folder"),
     ("train-gzip-bomb", lambda c: ["train", "--epochs", "1", "--train-limit", "64",
                                    "--data-dir", c.data_copy(_gzip_bomb), "--out", "runs/x"], 2, "t10k-images"),
     ("train-data-file-is-a-folder", lambda c: ["train", "--epochs", "1", "--data-dir", c.data_copy(_dir_in_place),
@@ -305,6 +305,14 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("verify-no-manifest", lambda c: ["verify", "--artifacts", c.work], 2, "manifest.json"),
     ("export-out-is-a-file", lambda c: (c.work / "f").write_text("x") and [
         "export", "--checkpoint", c.checkpoint, "--out", c.work / "f"], 2, "is a file, not a folder"),
+    ("export-out-inside-a-file", lambda c: (c.work / "f").write_text("x") and [
+        "export", "--checkpoint", c.checkpoint, "--out", c.work / "f" / "sub"], 2, "/f is a file, not a folder"),
+    # an empty path would be the working folder: export would write into it, train would look for MNIST there
+    ("export-out-empty", lambda c: ["export", "--checkpoint", c.checkpoint, "--out", ""], 2, "an empty path"),
+    ("train-data-dir-empty", lambda c: ["train", "--epochs", "1", "--data-dir", "", "--out", "runs/x"], 2,
+     "an empty path"),
+    ("bench-json-empty", lambda c: ["bench", "--artifacts", c.exported, "--json", ""], 2, "an empty path"),
+    ("compare-file-empty", lambda c: ["compare", c.exported / "model.onnx", ""], 2, "an empty path"),
     ("bench-batch-sizes-empty", lambda c: ["bench", "--artifacts", c.exported, "--batch-sizes", ""], 2,
      "empty value"),
     ("verify-format-empty", lambda c: ["verify", "--artifacts", c.exported, "--format", ","], 2, "empty value"),

@@ -25,7 +25,7 @@ from toolkit import devices, fileio, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
 from toolkit.runners import RunnerOptions
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.runners.foreign import Preprocessing, open_file, scores, scores_kind
+from toolkit.runners.foreign import Preprocessing, open_file, random_pixels, scores, scores_kind
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
 MNIST_INPUT = "MNIST test images"
@@ -160,46 +160,52 @@ def compare(config: CompareConfig, on_progress: Callable[[int, int, str], None] 
 def compare_all(config: CompareConfig,
                 on_progress: Callable[[int, int, str], None] | None = None) -> list[CompareReport]:
     """A run once, then B and each of `config.more` run and judged against it: one report per file after A.
+    What A takes decides the inputs, so the MNIST test set is loaded only for files that take images.
     on_progress counts the images of every run."""
     t0 = time.perf_counter()
-    pixels, labels = mnist.load_split(config.data_dir, "test")
-    if config.limit:
-        pixels, labels = pixels[:config.limit], labels[:config.limit]
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
-    total, report = len(paths) * len(pixels), on_progress or (lambda done, total, what: None)
-    measured = []
+    n = config.limit or 10_000
+    total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
+    measured, feeds = [], []
     for k, path in enumerate(paths):
-        tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * len(pixels)
-        measured.append(_measure(path, tag, config.prep_a if k == 0 else config.prep_b, options, config.shapes,
-                                 pixels, labels,
+        tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * n
+        prep = config.prep_a if k == 0 else config.prep_b
+        report(offset, total, f"opening {tag}: {Path(path).name}")
+        runner = open_file(path, options, prep, config.shapes)
+        feeds.append(_feed_of(runner))
+        if k == 0:
+            pixels, labels = _inputs(config.data_dir, feeds[0] == MNIST_INPUT, n)
+        elif feeds[k] != feeds[0]:
+            raise ConfigError(f"{config.a} and {path} do not take the same inputs (A: {feeds[0]}; {path}: "
+                              f"{feeds[k]}): there is nothing to compare them on")
+        measured.append(_measure(path, tag, runner, prep, pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
-    out = []
-    for side, values, kind, feed in measured[1:]:
-        if measured[0][3] != feed:
-            raise ConfigError(f"{config.a} and {side.file} do not take the same inputs (A: {measured[0][3]}; "
-                              f"{side.file}: {feed}): there is nothing to compare them on")
-        out.append(_judged(config, [measured[0][:3], (side, values, kind)], len(pixels), t0))
-    return out
+    return [_judged(config, [measured[0], side], n, t0) for side in measured[1:]]
 
 
-def _measure(path: str, tag: str, prep: Preprocessing, options: RunnerOptions, shapes: dict[str, tuple[int, ...]],
-             pixels: np.ndarray, labels: np.ndarray,
-             report: Callable[[int, str], None]) -> tuple[Side, np.ndarray, str, str]:
-    """One file run on the inputs: its side of the report, its scores and their kind, and what it was fed."""
-    report(0, f"opening {tag}: {Path(path).name}")
-    runner = open_file(path, options, prep, shapes)
-    feed = _feed_of(runner)
+def _inputs(data_dir: str, images: bool, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first n MNIST test images and their labels; for files that take no image, n random images and no
+    labels, so that such files need no MNIST at all."""
+    if not images:
+        return random_pixels(n), None
+    pixels, labels = mnist.load_split(data_dir, "test")
+    return pixels[:n], labels[:n]
+
+
+def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.ndarray, labels: np.ndarray | None,
+             report: Callable[[int, str], None]) -> tuple[Side, np.ndarray, str]:
+    """One opened file run on the inputs: its side of the report, and its scores and their kind."""
     what = f"{tag}: {Path(path).name} in {runner.runtime}"
     values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))
     toolkit_model = runner.kind in formats.OUTPUTS
-    images = feed == MNIST_INPUT
+    images = labels is not None
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
                 accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
                 preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
                                if toolkit_model else asdict(prep)),
                 input=MNIST_INPUT if images else "random data")
-    return side, values, kind, feed
+    return side, values, kind
 
 
 def _scores_in_chunks(runner: Any, pixels: np.ndarray, on_chunk: Callable[[int], None]) -> tuple[np.ndarray, str]:

@@ -127,12 +127,15 @@ def absent(path: str | os.PathLike, hint: str = "") -> str:
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create `path` if needed and make sure files can be written there, or raise ConfigError."""
+    """Create `path` if needed and make sure files can be written there, or raise ConfigError. A file where the
+    folder or one of the folders above it would be is named, not left to the OS's "Not a directory"."""
     from toolkit.errors import ConfigError
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"cannot write the {what} to {path}: it is a file, not a folder; choose a folder")
+    there = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())  # "." or "/" at the latest
+    if not there.is_dir():
+        which = "it" if there == path else str(there)
+        raise ConfigError(f"cannot write the {what} to {path}: {which} is a file, not a folder; choose a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -24,7 +24,7 @@ from toolkit.bench.files import MNIST_INPUTS, plan_files
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops, thread_counts
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
 from toolkit.bench.search import Candidate, Plan, has_torch, plan_manifest
-from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, random_pixels, steps, time_rounds
+from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, steps, time_rounds
 
 Progress = Callable[[int, int, str], None]
 
@@ -62,10 +62,12 @@ def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
 
 def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate], np.ndarray]:
     """What each candidate is fed: the MNIST test images, or for bench FILE per file, those or random pixels."""
+    from toolkit.runners import foreign
+
     if not plan.files:
         return bench_pixels(config.data_dir)
     mnist = bench_pixels(config.data_dir) if plan.takes_images else None
-    noise = random_pixels()
+    noise = foreign.random_pixels()
     kinds = {f.file: f.inputs for f in plan.files}
     return lambda c: mnist if kinds[str(c.source)] == MNIST_INPUTS and mnist is not None else noise
 

@@ -11,9 +11,9 @@ from typing import Any
 from toolkit.bench.results import BenchPoint, BenchReport
 from toolkit.formats import APP, FORMATS, PRECISION_ORDER
 
-_POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | batch | p50 ms | p90 ms "
-                  "| p99 ms | first call ms | images/s | verified |",
-                  "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+_POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | threads | batch | p50 ms "
+                  "| p90 ms | p99 ms | first call ms | images/s | verified |",
+                  "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
 
 def _where(machine: dict[str, Any]) -> str:
@@ -24,8 +24,8 @@ def _where(machine: dict[str, Any]) -> str:
 def _point_row(p: BenchPoint) -> str:
     mode = " ".join(x for x in (p.mode, p.hint) if x != "-") or "-"
     return (f"| {p.runtime}{' (CUDA graph)' if p.cuda_graph else ''} | {p.format}/{p.precision} | "
-            f"{p.provider} | {p.io} | {p.optimization} | {mode} | {p.concurrency} | {p.batch_size} | "
-            f"{p.p50_ms:.3f} | {p.p90_ms:.3f} | {p.p99_ms:.3f} | {p.first_call_ms:.2f} | "
+            f"{p.provider} | {p.io} | {p.optimization} | {mode} | {p.concurrency} | {p.threads or 'default'} | "
+            f"{p.batch_size} | {p.p50_ms:.3f} | {p.p90_ms:.3f} | {p.p99_ms:.3f} | {p.first_call_ms:.2f} | "
             f"{p.throughput:,.0f} | {_verdict(p.verified)} |")
 
 

@@ -20,7 +20,6 @@ from toolkit.bench.search import Candidate, Runner, Timed, run_guard
 from toolkit.errors import ConfigError
 
 ROTATE = 8  # distinct input batches cycled through, so no cache holds one batch's answers
-TEST_IMAGES = 10_000
 WARMUP_SHARE = 0.5  # of a timed block's budget, at most, spent warming up
 # timed calls per point at least, shared over its rounds: a slow call (batch 1024 in PyTorch eager) would
 # otherwise cost several times its budget
@@ -98,12 +97,6 @@ def _loop(run: Callable[[int], Any], start_index: int, budget_calls: int | None,
 def bench_pixels(data_dir: str) -> np.ndarray:
     """The MNIST test images (a file without them is fed random_pixels)."""
     return mnist.load_split(data_dir, "test")[0]
-
-
-def random_pixels(seed: int = 0) -> np.ndarray:
-    """Random 28x28 pixels, seeded: what a file is fed without MNIST (a runner whose input is no image turns each
-    batch into random data of its own shapes, seeded by the batch's pixels, so batches differ)."""
-    return np.random.default_rng(seed).integers(0, 256, (TEST_IMAGES, 28, 28), dtype=np.uint8)
 
 
 def _batches(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:

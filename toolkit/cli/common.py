@@ -22,13 +22,23 @@ out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
 
-DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", metavar="FOLDER",
+
+def _path(value: str | Path) -> Path:
+    """The parser of every path option and argument: an empty value names nothing (Path("") would silently be the
+    current folder), so it is refused like any other bad value."""
+    if str(value) == "":
+        raise typer.BadParameter("an empty path names no file or folder; give one")
+    return Path(value)
+
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", parser=_path, metavar="FOLDER",
                                        help="Folder holding MNIST/raw/.")]
 # One spelling per idea across the commands: --device (as train says it; --provider, the name the inference
 # commands used first, stays an alias) and --json PATH, where - is stdout.
 DeviceOption = Annotated[str, typer.Option("--device", "--provider", metavar="DEVICE", help="cpu, cuda or tensorrt.")]
 JsonOption = Annotated[Optional[Path], typer.Option(
-    "--json", metavar="PATH", help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
+    "--json", parser=_path, metavar="PATH",
+    help="Write the results as JSON to PATH (- for stdout, then the only output there).")]
 # Every model run is bounded: a file the toolkit did not write (or a forged export folder) may never finish.
 _TIME_LIMIT_HELP = ("Seconds one model call may run before it is stopped ({}): a file the toolkit did not write may "
                     "never finish.")

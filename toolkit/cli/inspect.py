@@ -19,6 +19,7 @@ from toolkit.cli.common import (
     _csv,
     _ints,
     _outputs,
+    _path,
     _print_result,
     _state,
     _write_json,
@@ -46,10 +47,11 @@ BENCH = defaults(BenchConfig)
 
 def compare(
     a: Annotated[Path, typer.Argument(
-        metavar="A", help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
-    b: Annotated[Path, typer.Argument(metavar="B", help="The model judged against A: like A.")],
+        parser=_path, metavar="A",
+        help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
+    b: Annotated[Path, typer.Argument(parser=_path, metavar="B", help="The model judged against A: like A.")],
     more: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="C", show_default=False, help="Further models, each judged against A like B.")] = None,
+        parser=_path, metavar="C", show_default=False, help="Further models, each judged against A like B.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
              "switches one off).")] = None,
@@ -113,7 +115,7 @@ def compare(
 def bench(
     ctx: typer.Context,
     files: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="FILE", show_default=False,
+        parser=_path, metavar="FILE", show_default=False,
         help="Time these model files alone (toolkit-made or not: .onnx, .pt2, .aoti.pt2, TorchScript, .pte, .tflite, "
              "IR .xml), each in every runtime that opens it, instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
@@ -123,9 +125,9 @@ def bench(
         "--device", "--provider", metavar="DEVICES",
         help="cpu, cuda, tensorrt or all (comma list or repeated).")] = BENCH["providers"],
     artifacts: Annotated[Path, typer.Option(
-        metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
+        parser=_path, metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", show_default="the artifacts' source",
+        parser=_path, metavar="PATH", show_default="the artifacts' source",
         help="Checkpoint for the PyTorch eager baseline.")] = None,
     format: Annotated[Optional[list[str]], typer.Option(
         "--format", metavar="FORMATS", show_default="all",
@@ -179,9 +181,10 @@ def bench(
         help="Also measure the CPU's float32 and int8 matmul peaks (for the efficiency targets in the "
              "JSON).")] = BENCH["matmul_peak"],
     json_path: JsonOption = None,
-    markdown: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Write a markdown table here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(
+        parser=_path, metavar="PATH", help="Write a markdown table here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", help="Write a PNG of throughput against batch size here.")] = None,
+        parser=_path, metavar="PATH", help="Write a PNG of throughput against batch size here.")] = None,
     mean: Annotated[float, typer.Option(
         metavar="MEAN", help=f"With FILE: input = (pixel/255 - mean) / std for a float image input; "
                              f"{MEAN_STD_RANGES}.")] = MEAN,
@@ -237,9 +240,9 @@ def bench(
 
 
 def predict(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="PNG or JPEG files.")],
+    images: Annotated[list[Path], typer.Argument(parser=_path, metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
+        parser=_path, metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
         help="A toolkit .onnx, or OpenVINO IR .xml with its .bin beside it; checked against the manifest.json "
              "beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
@@ -277,13 +280,13 @@ def predict(
 
 def web(
     model: Annotated[Path, typer.Option(
-        metavar="PATH", help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
+        parser=_path, metavar="PATH", help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
     port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1 (0 picks a free one).")] = DEFAULT_PORT,
     ort: Annotated[Optional[Path], typer.Option(
-        metavar="FOLDER", show_default="node_modules/onnxruntime-web/dist here",
+        parser=_path, metavar="FOLDER", show_default="node_modules/onnxruntime-web/dist here",
         help="ONNX Runtime Web's dist folder (npm install onnxruntime-web), or a folder holding node_modules.")] = None,
     site: Annotated[Optional[Path], typer.Option(
-        metavar="FOLDER", show_default="the page installed with toolkit",
+        parser=_path, metavar="FOLDER", show_default="the page installed with toolkit",
         help="Serve another copy of the page.")] = None,
 ) -> None:
     """Serve the draw-a-digit page on 127.0.0.1 (cross-origin isolated for multi-threaded wasm) until Ctrl-C."""

@@ -18,6 +18,7 @@ from toolkit.cli.common import (
     _csv,
     _default_checkpoint,
     _outputs,
+    _path,
     _write_json,
     defaults,
     export_inputs,
@@ -88,7 +89,8 @@ def train(
     device: Annotated[str, typer.Option(
         "--device", "--provider", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
     out_dir: Annotated[Optional[Path], typer.Option(
-        "--out", metavar="FOLDER", show_default="runs/<model>-<recipe>-seed<seed>", help="Run folder.")] = None,
+        "--out", parser=_path, metavar="FOLDER", show_default="runs/<model>-<recipe>-seed<seed>",
+        help="Run folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out (default: the latest run).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again in a run folder that holds a checkpoint.")] = False,
     train_limit: Annotated[Optional[int], typer.Option(
@@ -152,7 +154,7 @@ def export(
         metavar="PRECISIONS", show_default="fp32",
         help=f"{', '.join(PRECISIONS)} or all; {_lower_precisions()}.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", show_default="the latest under runs/",
+        parser=_path, metavar="PATH", show_default="the latest under runs/",
         help="Checkpoint to export: a toolkit checkpoint, or a plain state_dict saved with "
              "torch.save(model.state_dict(), PATH) (read weights-only).")] = None,
     model: Annotated[Optional[str], typer.Option(
@@ -171,11 +173,12 @@ def export(
              "dynamic); needs --inputs. onnx (fp32, fp16), torchscript, pt2, openvino (fp32) only; no accuracy is "
              "known.")] = None,
     inputs: Annotated[Optional[Path], typer.Option(
-        metavar="FILE", show_default="none: MNIST's test set",
+        parser=_path, metavar="FILE", show_default="none: MNIST's test set",
         help="Reference inputs for --input-shape: float32 [K, *SHAPE] (read without pickle); the golden outputs "
              "are computed on them, and verify compares every file on them (copied into --out).")] = None,
     out_dir: Annotated[Path, typer.Option(
-        "--out", metavar="FOLDER", help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
+        "--out", parser=_path, metavar="FOLDER",
+        help="Folder for the artifacts and manifest.json.")] = DEFAULT_EXPORT_DIR,
     opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = DEFAULT_OPSET,
     simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxslim.")] = True,
     calibration_size: Annotated[int, typer.Option(
@@ -222,9 +225,10 @@ def export(
 
 def verify(
     artifacts: Annotated[Path, typer.Option(
-        metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
+        parser=_path, metavar="FOLDER", help="Folder with manifest.json.")] = DEFAULT_EXPORT_DIR,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        metavar="PATH", show_default="the one the artifacts came from", help="Reference checkpoint.")] = None,
+        parser=_path, metavar="PATH", show_default="the one the artifacts came from",
+        help="Reference checkpoint.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default=f"each file's own: {', '.join(NATIVE_RUNTIMES)}",
         help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,

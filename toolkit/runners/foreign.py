@@ -141,6 +141,12 @@ class _Input:
         return rng.standard_normal(shape).astype(self.dtype)
 
 
+def random_pixels(n: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Random 28x28 pixels, seeded: what a file is fed without MNIST (a runner whose input is no image turns each
+    batch into random data of its own shapes, seeded by the batch's pixels, so batches differ)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
 def _pixels_as(pixels: np.ndarray, layout: str, dtype: Any, prep: Preprocessing) -> np.ndarray:
     x = np.asarray(pixels)
     if dtype != np.uint8:
