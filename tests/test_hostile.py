@@ -311,6 +311,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
     ("export-out-empty", lambda c: ["export", "--checkpoint", c.checkpoint, "--out", ""], 2, "an empty path"),
     ("train-data-dir-empty", lambda c: ["train", "--epochs", "1", "--data-dir", "", "--out", "runs/x"], 2,
      "an empty path"),
+    # an empty --model-code would mean a built-in model, an empty --model-args no arguments: each is refused
+    *((f"export{opt}-empty", lambda c, opt=opt: ["export", "--checkpoint", c.checkpoint, opt, ""], 2,
+       "an empty value") for opt in ("--model", "--model-code", "--model-args", "--input-shape")),
     ("bench-json-empty", lambda c: ["bench", "--artifacts", c.exported, "--json", ""], 2, "an empty path"),
     ("compare-file-empty", lambda c: ["compare", c.exported / "model.onnx", ""], 2, "an empty path"),
     ("bench-batch-sizes-empty", lambda c: ["bench", "--artifacts", c.exported, "--batch-sizes", ""], 2,

@@ -31,6 +31,14 @@ def _path(value: str | Path) -> Path:
     return Path(value)
 
 
+def _text(value: str) -> str:
+    """The parser of a text option whose absence means something (--model-code: none, a built-in model): an
+    empty value would silently mean that absence, so it is refused."""
+    if value == "":
+        raise typer.BadParameter("an empty value says nothing; give one, or leave the option out")
+    return value
+
+
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="TOOLKIT_DATA_DIR", parser=_path, metavar="FOLDER",
                                        help="Folder holding MNIST/raw/.")]
 # One spelling per idea across the commands: --device (as train says it; --provider, the name the inference

@@ -19,6 +19,7 @@ from toolkit.cli.common import (
     _default_checkpoint,
     _outputs,
     _path,
+    _text,
     _write_json,
     defaults,
     export_inputs,
@@ -158,17 +159,18 @@ def export(
         help="Checkpoint to export: a toolkit checkpoint, or a plain state_dict saved with "
              "torch.save(model.state_dict(), PATH) (read weights-only).")] = None,
     model: Annotated[Optional[str], typer.Option(
-        metavar="NAME", show_default="found from the state_dict's names and shapes",
+        parser=_text, metavar="NAME", show_default="found from the state_dict's names and shapes",
         help="The built-in model of a plain state_dict: convnet or mlp.")] = None,
     model_code: Annotated[Optional[str], typer.Option(
-        metavar="CLASS", show_default="none: a built-in model",
+        parser=_text, metavar="CLASS", show_default="none: a built-in model",
         help="The class of a plain state_dict's model, from your code (FILE.py:CLASS or package.module:CLASS): "
              "normalized images [N,1,28,28] in, [N,10] scores out. Model code is code: importing it runs the "
              "file; name only code you trust.")] = None,
     model_args: Annotated[Optional[str], typer.Option(
-        metavar="JSON", show_default="{}", help="Keyword arguments of the model's constructor, a JSON object.")] = None,
+        parser=_text, metavar="JSON", show_default="{}",
+        help="Keyword arguments of the model's constructor, a JSON object.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(
-        metavar="SHAPE", show_default="1,28,28 (normalized MNIST)",
+        parser=_text, metavar="SHAPE", show_default="1,28,28 (normalized MNIST)",
         help="One sample's input shape of a --model-code model that does not take MNIST images (the batch stays "
              "dynamic); needs --inputs. onnx (fp32, fp16), torchscript, pt2, openvino (fp32) only; no accuracy is "
              "known.")] = None,
