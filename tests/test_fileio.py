@@ -54,3 +54,12 @@ def test_the_cli_refuses_a_fifo_as_json_output(tmp_path, exported, mnist_dir):
     result = run_cli("compare", model, model, "--json", fifo, "--data-dir", mnist_dir)
     assert "not a regular file" in assert_one_line_error(result, 2)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_an_output_folder_on_a_link_to_nothing_is_not_called_a_file(tmp_path, short_run):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    for out, named in ((tmp_path / "out", "it"), (tmp_path / "out" / "sub", str(tmp_path / "out"))):
+        line = assert_one_line_error(run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format",
+                                             "onnx", "--out", out), 2)
+        assert f"{named} is a link to nothing, not a folder" in line
+    assert not (tmp_path / "nowhere").exists()

@@ -12,6 +12,7 @@ from typing import Any
 
 
 def is_number_within(value: Any, low: float, high: float) -> bool:
-    """Whether `value` is a finite int or float (a bool is not a number here) from `low` to `high` inclusive."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high)
+    """Whether `value` is a finite int or float (a bool is not a number here) from `low` to `high` inclusive. An int
+    is finite however large (math.isfinite would raise OverflowError on one past float's range)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (isinstance(value, int) or math.isfinite(value)) and low <= value <= high)

@@ -135,7 +135,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     there = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())  # "." or "/" at the latest
     if not there.is_dir():
         which = "it" if there == path else str(there)
-        raise ConfigError(f"cannot write the {what} to {path}: {which} is a file, not a folder; choose a folder")
+        kind = "a file" if there.is_file() else "a link to nothing" if not there.exists() else "a special file"
+        raise ConfigError(f"cannot write the {what} to {path}: {which} is {kind}, not a folder; choose a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
