@@ -97,17 +97,10 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
     assert f"on {K} reference inputs (no labels: accuracy unknown" in title and "nan" not in result.stdout
 
 
-def test_bench_times_the_files_on_random_inputs_of_their_shape(colour_export: Path, tmp_path: Path):
+def test_bench_over_the_folder_says_to_time_the_files_by_path(colour_export: Path, tmp_path: Path):
     # over the folder, bench would feed MNIST images: one line says how to time the files instead
     folder = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist")
     assert "bench FILE" in assert_one_line_error(folder, 2)
-    result = run_cli("bench", colour_export / "model.onnx", "--data-dir", tmp_path / "no-mnist", "--runtime",
-                     "onnxruntime", "--batch-sizes", "1,8", "--seconds", "0.05", "--rounds", "1",
-                     "--json", tmp_path / "b.json")
-    assert result.exit_code == 0, result.stderr
-    bench = json.loads((tmp_path / "b.json").read_text())
-    assert bench["points"] and {p["batch_size"] for p in bench["points"]} == {1, 8}
-    assert "random" in json.dumps(bench["settings"]["inputs"])
 
 
 def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path: Path):
@@ -182,3 +175,17 @@ def test_a_builtin_model_keeps_mnist_shape(tmp_path: Path):
                                          "--input-shape", "3,32,32", "--inputs", tmp_path / "x.npy",
                                          "--out", tmp_path / "out"), 2)
     assert "--model-code" in line
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.xml", "model.pt2", "model.ts.pt", "model.fp16.onnx"])
+def test_bench_file_feeds_each_format_its_reference_inputs_and_verifies_it(colour_export: Path, tmp_path: Path,
+                                                                           name):
+    # no MNIST here: such a file takes its export's reference inputs, and is judged on them against golden.npy
+    result = run_cli("bench", colour_export / name, "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "1,8",
+                     "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b.json").read_text())
+    (file,) = bench["settings"]["files"]
+    assert file["inputs"] == "its export's reference inputs" and file["reference"].startswith("golden.npy")
+    assert bench["points"] and {p["batch_size"] for p in bench["points"]} == {1, 8}
+    assert all(p["verified"] is True and p["checked_images"] == K for p in bench["points"])

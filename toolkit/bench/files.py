@@ -27,6 +27,7 @@ from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, open_
 
 MNIST_INPUTS = "MNIST test images"
 RANDOM_INPUTS = "random inputs"
+REFERENCE_INPUTS = "its export's reference inputs"
 
 
 @dataclass
@@ -52,11 +53,14 @@ class FileOpener(_Opener):
         self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
         self.artifacts: dict[str, Artifact] = {}  # a toolkit file's path -> its manifest entry
         self.references: dict[str, Any] = {}  # a toolkit file's path -> verify's reference, unless --no-verify
+        self.own_inputs: dict[str, np.ndarray] = {}  # a file of an --input-shape export -> the inputs it is fed
 
     def open_file(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
         options = replace(options, time_limit_s=self.time_limit_s)
         if path in self.artifacts:
-            return open_runner(runtime, self.artifacts[path], options)
+            runner = open_runner(runtime, self.artifacts[path], options)
+            runner.inputs_as_given = path in self.own_inputs  # its own input already, as verify feeds it
+            return runner
         from toolkit.runners import foreign
 
         return foreign.open_in(runtime, path, options, self.prep, self.shapes)
@@ -157,6 +161,8 @@ def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, r
         precision = listed.precision if listed else _input_words(runner)  # a toolkit file's own is known
         candidates += _file_candidates(config, bench_file, precision, runtime, used)
         del runner
+    if bench_file.inputs == REFERENCE_INPUTS:
+        return candidates
     if not bench_file.runtimes:  # what the first runtime said is why (ONNX Runtime's, for an .onnx)
         first = next(iter(bench_file.skipped.values()))
         raise ArtifactError(first if bench_file.file in first else f"{bench_file.file}: {first}")
@@ -169,24 +175,27 @@ def _plan_file(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, r
 def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile, references: dict[str, Any]) -> None:
     """A toolkit file, as bench over its folder takes it: opened as the artifact the manifest beside it lists (its
     hash and its format's checks) and, unless --no-verify, verified against its export's reference (`references`
-    keeps one per folder). A file of an export made with --input-shape takes no MNIST image: like a foreign file,
-    it is timed on random inputs of its shape, unverified."""
+    keeps one per folder). A file of an export made with --input-shape takes no MNIST image: it is fed the
+    reference inputs export kept beside it, as verify feeds them, and judged on them."""
     artifact = listed_artifact(bench_file.file)
     if artifact is None:
         return
     folder = str(Path(artifact.path).parent)
-    if other_input_shape(folder) is not None:
-        return
+    own_shape = other_input_shape(folder) is not None
     opener.artifacts[bench_file.file] = artifact
-    if not config.verify:
+    if not config.verify and not own_shape:
         return
     if folder not in references:
         from toolkit.verify import resolve_reference
 
-        references[folder] = sample(resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
-                                                      config.data_dir), config.verify_images)
-    opener.references[bench_file.file] = references[folder]
-    bench_file.reference = references[folder].name
+        references[folder] = resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
+                                               config.data_dir)
+    if own_shape:
+        opener.own_inputs[bench_file.file] = references[folder].pixels
+        bench_file.inputs = REFERENCE_INPUTS
+    if config.verify:
+        opener.references[bench_file.file] = sample(references[folder], config.verify_images)
+        bench_file.reference = references[folder].name
 
 
 def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,

@@ -61,15 +61,23 @@ def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
 
 
 def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate], np.ndarray]:
-    """What each candidate is fed: the MNIST test images, or for bench FILE per file, those or random pixels."""
+    """What each candidate is fed: the MNIST test images, or for bench FILE per file, those, random pixels, or the
+    reference inputs of an --input-shape export's file."""
     from toolkit.runners import foreign
 
     if not plan.files:
         return bench_pixels(config.data_dir)
     mnist = bench_pixels(config.data_dir) if plan.takes_images else None
     noise = foreign.random_pixels()
-    kinds = {f.file: f.inputs for f in plan.files}
-    return lambda c: mnist if kinds[str(c.source)] == MNIST_INPUTS and mnist is not None else noise
+    kinds, own = {f.file: f.inputs for f in plan.files}, getattr(plan.opener, "own_inputs", {})
+
+    def fed(c: Candidate) -> np.ndarray:
+        file = str(c.source)
+        if file in own:  # a file of an --input-shape export: its reference inputs
+            return own[file]
+        return mnist if kinds[file] == MNIST_INPUTS and mnist is not None else noise
+
+    return fed
 
 
 def _points(config: BenchConfig, plan: Plan, on_progress: Progress | None) -> tuple[list[BenchPoint], dict]:

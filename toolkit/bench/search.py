@@ -329,7 +329,7 @@ def _refuse_other_input_shapes(folder: str) -> None:
     shape = other_input_shape(folder)
     if shape is not None:
         raise ConfigError(f"the files in {folder} take [{','.join(map(str, shape))}] inputs, not MNIST images: "
-                          "time each with `toolkit bench FILE...` (random inputs of its shape)")
+                          "time each with `toolkit bench FILE...` (fed the reference inputs beside it)")
 
 
 def plan_manifest(config: BenchConfig) -> Plan:
