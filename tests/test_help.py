@@ -168,3 +168,23 @@ def test_the_docs_examples_parse_as_their_command_does():
             if option in VOCABULARY:
                 unknown = set(value.split(",")) - VOCABULARY[option]
                 assert not unknown, f"{doc}: toolkit {name} {option} {value}: {unknown} is no such name"
+
+
+def test_a_default_said_to_be_the_recipes_is_set_by_every_recipe(helps):
+    """`[default: (the recipe's)]` only where each recipe has a value of its own for that option."""
+    for param in command("train").params:
+        if param.show_default == "the recipe's":
+            assert all(param.name in recipe for recipe in RECIPES.values()), param.name
+    holdout = " ".join(re.search(r"^  --holdout N(.*?)(?=^  -)", helps["train"], re.M | re.S).group(1).split())
+    assert holdout.endswith("[default: (0: none)]"), holdout
+
+
+def test_the_file_arguments_name_every_kind_of_file_they_open(helps):
+    """compare's A and bench's FILE list each format's file (a .app.onnx is an .onnx; TorchScript has no one
+    suffix of its own outside an export)."""
+    for name, argument in (("compare", "A"), ("bench", "FILE")):
+        text = " ".join(re.search(rf"^  {argument} (.*?)(?=^\S|^  [A-Z] )", helps[name], re.M | re.S).group(1).split())
+        for fmt in FORMATS.values():
+            shown = "TorchScript" if fmt.name == "torchscript" else ".onnx" if fmt.suffix.endswith(".onnx") \
+                else fmt.suffix
+            assert re.search(rf"{re.escape(shown)}\b", text), (name, fmt.name, text)
