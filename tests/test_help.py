@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 
 import pytest
 import typer.core
 import typer.main
 
-from tests.conftest import assert_one_line_error, run_cli, run_process
+from tests.conftest import REPO, assert_one_line_error, run_cli, run_process
 from toolkit.cli import app
+from toolkit.formats import FORMATS, PRECISIONS
+from toolkit.recipes import RECIPES
+from toolkit.runners import RUNTIMES
 
 Option = typer.core.TyperOption  # typer carries its own copy of click
 COMMANDS = ["data", "train", "export", "verify", "compare", "bench", "predict", "web"]
@@ -110,3 +114,77 @@ def test_no_arguments_prints_the_help_as_help_does(python):
     bare = run_process(python, "-m", "toolkit", env={**os.environ, "COLUMNS": "80"})
     assert bare.returncode == 2 and "error" not in bare.stderr, bare.stderr
     assert bare.stdout == help_at_80(python)
+
+
+COMMANDS_DOC = REPO / "docs" / "commands.md"
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# the names an option's comma list may hold, where a wrong one in an example would only fail when run
+VOCABULARY = {"--format": {*FORMATS, "all", "triton", "pytorch"}, "--precision": {*PRECISIONS, "all"},
+              "--runtime": {*RUNTIMES, "all"}, "--recipe": set(RECIPES)}
+
+
+def test_every_option_is_in_the_commands_doc():
+    """Each option --help lists is in docs/commands.md: in its command's section, or among the options the
+    commands share (the text before the first section)."""
+    text = COMMANDS_DOC.read_text()
+    shared = text.split("\n## ", 1)[0]
+    missing = []
+    for name in COMMANDS:
+        section = re.search(rf"^## `toolkit {name}`\n(.*?)(?=^## |\Z)", text, re.M | re.S).group(1)
+        for param in command(name).params:
+            if isinstance(param, Option) and param.name != "help":
+                spellings = param.opts + param.secondary_opts  # a flag counts as --x or --no-x
+                if not any(re.search(rf"{re.escape(s)}(?![\w-])", shared + section) for s in spellings):
+                    missing.append(f"{name} {spellings[0]}")
+    assert not missing, f"docs/commands.md does not mention {', '.join(missing)}"
+
+
+def doc_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, command, its arguments) for every `toolkit COMMAND ...` in the docs' bash blocks."""
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=True)  # && | ; ( ) apart, # a comment
+                lexer.whitespace_split = True
+                words = list(lexer)
+                for i in (i for i, word in enumerate(words) if word == "toolkit"):
+                    rest = words[i + 1:]
+                    while rest and rest[0] in ("-q", "--quiet", "--debug"):
+                        rest = rest[1:]
+                    end = next((j for j, w in enumerate(rest) if w in ("&&", "||", "|", ";", "(", ")")), len(rest))
+                    found.append((doc.name, rest[0] if rest else "", rest[1:end]))
+    return found
+
+
+def test_the_docs_examples_parse_as_their_command_does():
+    """Every example names a command, options it has, values of the right type and known names in its lists."""
+    examples = doc_commands()
+    assert len(examples) > 40, "the docs lost their examples"
+    for doc, name, args in examples:
+        assert name in COMMANDS, (doc, name, args)
+        command(name).make_context(name, list(args))  # an unknown option or a bad value raises a usage error
+        for option, value in zip(args, args[1:]):
+            if option in VOCABULARY:
+                unknown = set(value.split(",")) - VOCABULARY[option]
+                assert not unknown, f"{doc}: toolkit {name} {option} {value}: {unknown} is no such name"
+
+
+def test_a_default_said_to_be_the_recipes_is_set_by_every_recipe(helps):
+    """`[default: (the recipe's)]` only where each recipe has a value of its own for that option."""
+    for param in command("train").params:
+        if param.show_default == "the recipe's":
+            assert all(param.name in recipe for recipe in RECIPES.values()), param.name
+    holdout = " ".join(re.search(r"^  --holdout N(.*?)(?=^  -)", helps["train"], re.M | re.S).group(1).split())
+    assert holdout.endswith("[default: (0: none)]"), holdout
+
+
+def test_the_file_arguments_name_every_kind_of_file_they_open(helps):
+    """compare's A and bench's FILE list each format's file (a .app.onnx is an .onnx; TorchScript has no one
+    suffix of its own outside an export)."""
+    for name, argument in (("compare", "A"), ("bench", "FILE")):
+        text = " ".join(re.search(rf"^  {argument} (.*?)(?=^\S|^  [A-Z] )", helps[name], re.M | re.S).group(1).split())
+        for fmt in FORMATS.values():
+            shown = "TorchScript" if fmt.name == "torchscript" else ".onnx" if fmt.suffix.endswith(".onnx") \
+                else fmt.suffix
+            assert re.search(rf"{re.escape(shown)}\b", text), (name, fmt.name, text)

@@ -45,7 +45,7 @@ class VerificationFailed(ToolkitError):
     exit_code = 1
 
 
-# Exit codes of the `toolkit` command (README lists them); ToolkitError subclasses carry theirs.
+# Exit codes of the `toolkit` command (docs/trust.md lists them); ToolkitError subclasses carry theirs.
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # VerificationFailed: the command ran and the models did not pass
 EXIT_BAD_INPUT = 2  # any other ToolkitError, usage mistakes, OS errors, out of memory

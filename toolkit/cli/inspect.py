@@ -48,13 +48,13 @@ BENCH = defaults(BenchConfig)
 def compare(
     a: Annotated[Path, typer.Argument(
         parser=_path, metavar="A",
-        help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2 or a toolkit IR .xml.")],
+        help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2, or a toolkit IR .xml, .pte or .tflite.")],
     b: Annotated[Path, typer.Argument(parser=_path, metavar="B", help="The model judged against A: like A.")],
     more: Annotated[Optional[list[Path]], typer.Argument(
         parser=_path, metavar="C", show_default=False, help="Further models, each judged against A like B.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         metavar="FIELD=VALUE", help="Over --judge-as's limits: max_abs_diff, min_agreement, max_accuracy_change (none "
-             "switches one off).")] = None,
+             "switches off max_abs_diff or max_accuracy_change).")] = None,
     judge_as: Annotated[str, typer.Option(
         metavar="PRECISION", help="Start from verify's limits for this precision: fp32, fp16, bf16, int8.")] = "fp32",
     compare_as: Annotated[str, typer.Option(
@@ -283,7 +283,8 @@ def web(
         parser=_path, metavar="PATH", help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
     port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1 (0 picks a free one).")] = DEFAULT_PORT,
     ort: Annotated[Optional[Path], typer.Option(
-        parser=_path, metavar="FOLDER", show_default="node_modules/onnxruntime-web/dist here",
+        parser=_path, metavar="FOLDER",
+        show_default="node_modules/onnxruntime-web/dist beside the page, else in the current folder",
         help="ONNX Runtime Web's dist folder (npm install onnxruntime-web), or a folder holding node_modules.")] = None,
     site: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="FOLDER", show_default="the page installed with toolkit",

@@ -92,12 +92,13 @@ def train(
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", parser=_path, metavar="FOLDER", show_default="runs/<model>-<recipe>-seed<seed>",
         help="Run folder.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out (default: the latest run).")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out (without --out: the latest run under runs/).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again in a run folder that holds a checkpoint.")] = False,
     train_limit: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="all 60,000", help="Train on the first N images only (smoke tests).")] = None,
     holdout: Annotated[Optional[int], typer.Option(
-        metavar="N", show_default="the recipe's",
+        metavar="N", show_default="0: none",
         help="Keep the last N training images out of training and report accuracy on them each epoch: a "
              "validation split for choosing settings without looking at the test set.")] = None,
     bf16: Annotated[Optional[bool], typer.Option(
@@ -170,7 +171,7 @@ def export(
         parser=_text, metavar="JSON", show_default="{}",
         help="Keyword arguments of the model's constructor, a JSON object.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(
-        parser=_text, metavar="SHAPE", show_default="1,28,28 (normalized MNIST)",
+        parser=_text, metavar="SHAPE", show_default="1,28,28: normalized MNIST",
         help="One sample's input shape of a --model-code model that does not take MNIST images (the batch stays "
              "dynamic); needs --inputs. onnx (fp32, fp16), torchscript, pt2, openvino (fp32) only; no accuracy is "
              "known.")] = None,
