@@ -97,10 +97,18 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
     assert f"on {K} reference inputs (no labels: accuracy unknown" in title and "nan" not in result.stdout
 
 
-def test_bench_over_the_folder_says_to_time_the_files_by_path(colour_export: Path, tmp_path: Path):
-    # over the folder, bench would feed MNIST images: one line says how to time the files instead
-    folder = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist")
-    assert "bench FILE" in assert_one_line_error(folder, 2)
+def test_bench_over_the_folder_feeds_every_file_the_reference_inputs(colour_export: Path, tmp_path: Path):
+    # as verify does: every file fed the reference inputs beside it and judged against golden.npy, no MNIST needed
+    result = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "8",
+                     "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert bench["settings"]["reference"].startswith("golden.npy")
+    assert bench["settings"]["inputs"] == "its export's reference inputs"
+    assert f"verified on {K} reference inputs" in " ".join(result.stdout.split())
+    timed = {p["format"] for p in bench["points"]}
+    assert {"onnx", "openvino", "pt2", "torchscript"} <= timed, timed
+    assert all(p["verified"] is True and p["checked_images"] == K for p in bench["points"])
 
 
 def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path: Path):

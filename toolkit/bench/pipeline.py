@@ -20,7 +20,7 @@ import toolkit.bench.tuning as tuning
 from toolkit import runners, sysinfo
 from toolkit.artifacts import read_model_flops
 from toolkit.bench.config import BenchConfig
-from toolkit.bench.files import MNIST_INPUTS, plan_files
+from toolkit.bench.files import MNIST_INPUTS, REFERENCE_INPUTS, plan_files
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops, thread_counts
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
 from toolkit.bench.search import Candidate, Plan, has_torch, plan_manifest
@@ -65,6 +65,8 @@ def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate
     reference inputs of an --input-shape export's file."""
     from toolkit.runners import foreign
 
+    if plan.inputs is not None:  # an --input-shape export: its reference inputs
+        return plan.inputs
     if not plan.files:
         return bench_pixels(config.data_dir)
     mnist = bench_pixels(config.data_dir) if plan.takes_images else None
@@ -142,6 +144,8 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
         report.settings["matmul_peak_threads"] = thread_counts(config.threads)
     if plan.reference is not None:
         report.settings["reference"] = plan.reference.name
+    if plan.inputs is not None:
+        report.settings["inputs"] = REFERENCE_INPUTS
     return report
 
 

@@ -21,7 +21,7 @@ from toolkit import devices, refinputs, runners, sysinfo, usermodel
 from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_manifest_field
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
-from toolkit.errors import ArtifactError, CheckpointError, ConfigError
+from toolkit.errors import ArtifactError, CheckpointError
 from toolkit.formats import judged_precision
 from toolkit.runners import (
     IO_MODES,
@@ -255,8 +255,9 @@ class _Opener:
     """Opens a candidate's runner for each round (so only one runner's memory is held at a time), recording
     the first opening's time and, when asked, verify's verdict on it."""
 
-    def __init__(self, verify_with: Any = None) -> None:
+    def __init__(self, verify_with: Any = None, inputs_as_given: bool = False) -> None:
         self.ref = verify_with
+        self.inputs_as_given = inputs_as_given  # fed reference inputs, the model's own input (an --input-shape export)
         self.load_ms: dict[str, float] = {}
         self.verdicts: dict[tuple, dict[str, Any]] = {}
         self.settings: dict[str, list[dict[str, Any]]] = {}
@@ -283,7 +284,9 @@ class _Opener:
 
     def load(self, c: Candidate) -> tuple[Runner, float]:
         """The candidate's runner and how long opening it took, in milliseconds."""
-        return open_timed(c.runtime, c.source, c.options)
+        runner, ms = open_timed(c.runtime, c.source, c.options)
+        runner.inputs_as_given = self.inputs_as_given
+        return runner, ms
 
     def reference(self, c: Candidate) -> Any:
         """What the candidate is verified against; None: nothing."""
@@ -313,6 +316,7 @@ class Plan:
     takes_images: bool = True  # False: the model takes no MNIST image, so it is fed random data
     checkpoint: str | None = None
     reference: Any = None  # verify's reference, when the candidates are verified
+    inputs: Any = None  # what every candidate is fed instead of MNIST test images: an --input-shape export's own
     skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
     skipped_runtimes: dict[str, str] = field(default_factory=dict)
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
@@ -324,27 +328,22 @@ def other_input_shape(folder: str) -> list[int] | None:
     return shape if isinstance(shape, list) and not refinputs.is_mnist(tuple(shape)) else None
 
 
-def _refuse_other_input_shapes(folder: str) -> None:
-    """bench over a folder feeds MNIST test images: an export made with --input-shape takes none."""
-    shape = other_input_shape(folder)
-    if shape is not None:
-        raise ConfigError(f"the files in {folder} take [{','.join(map(str, shape))}] inputs, not MNIST images: "
-                          "time each with `toolkit bench FILE...` (fed the reference inputs beside it)")
-
-
 def plan_manifest(config: BenchConfig) -> Plan:
     """Every selected runtime on every artifact (and the checkpoint) it opens, verified first unless told not."""
     selection = select_runtimes(config.runtimes)
     devices_used, skipped = devices.expand(config.providers)
     manifest = read_manifest(config.artifacts)
-    _refuse_other_input_shapes(config.artifacts)
     checkpoint = _find_checkpoint(config, manifest, selection, skipped)
     candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "", skipped)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
     from toolkit.verify import resolve_reference
 
-    ref = (sample(resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir),
-                  config.verify_images) if config.verify else None)
-    return Plan(candidates, _Opener(ref), devices_used, checkpoint=checkpoint, reference=ref, skipped=skipped,
-                skipped_runtimes=selection.skipped)
+    # an export made with --input-shape takes no MNIST image: it is fed the reference inputs beside it, which its
+    # reference (golden.npy, from model code) answers, as verify feeds and judges it
+    own = other_input_shape(config.artifacts) is not None
+    full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
+            if config.verify or own else None)
+    ref = sample(full, config.verify_images) if config.verify else None
+    return Plan(candidates, _Opener(ref, inputs_as_given=own), devices_used, checkpoint=checkpoint, reference=ref,
+                skipped=skipped, skipped_runtimes=selection.skipped, inputs=full.pixels if own else None)

@@ -175,8 +175,9 @@ def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]
     naming the mode shown), and the columns it may drop when narrow."""
     headers = _SUMMARY_HEADERS
     every = {row["verified"] for row in report.summary} == {True}
+    seen = "reference inputs" if "reference inputs" in str(report.settings.get("inputs")) else "test images"
     table = _table(f"best setting per runtime and file, on {_where(report)}"
-                   + (f" (each verified on {report.summary[0]['checked_images']:,} test images)"
+                   + (f" (each verified on {report.summary[0]['checked_images']:,} {seen})"
                       if every and report.summary[0]["checked_images"] else ""), list(headers.values()),
                    names=(headers["runtime"], headers["file"], headers["precision"]),
                    left=(headers["setting"], headers["verified"]))
