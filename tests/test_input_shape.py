@@ -119,6 +119,10 @@ def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path
     np.save(copy / "inputs.npy", x + 1)
     line = assert_one_line_error(run_cli("verify", "--artifacts", copy, "--data-dir", tmp_path / "none"))
     assert "inputs.npy" in line
+    # bench feeds the same file, over the folder and by path, with and without verification: checked first
+    for way in (["--artifacts", copy], [copy / "model.onnx"], [copy / "model.xml", "--no-verify"]):
+        line = assert_one_line_error(run_cli("bench", *way, "--data-dir", tmp_path / "none"), 2)
+        assert "inputs.npy" in line
 
 
 @pytest.mark.parametrize(("name", "array", "says"), [
