@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fileio
+from toolkit.artifacts import read_manifest_field
 from toolkit.errors import ConfigError
 
 MNIST_SHAPE = (1, 28, 28)
@@ -41,6 +42,12 @@ def parse_shape(text: str | None) -> tuple[int, ...]:
 
 def is_mnist(shape: tuple[int, ...]) -> bool:
     return tuple(shape) == MNIST_SHAPE
+
+
+def other_input_shape(folder: str | os.PathLike) -> list[int] | None:
+    """The input shape of an export made with --input-shape whose files take no MNIST image; else None."""
+    shape = read_manifest_field(folder, "input_shape")
+    return shape if isinstance(shape, list) and not is_mnist(tuple(shape)) else None
 
 
 def layout(shape: tuple[int, ...]) -> str:

@@ -20,9 +20,10 @@ import numpy as np
 from toolkit import devices, fileio
 from toolkit.artifacts import Artifact, listed_artifact, read_manifest
 from toolkit.bench.config import BenchConfig
-from toolkit.bench.search import Candidate, Plan, _candidates_of, _Opener, other_input_shape, sample
+from toolkit.bench.search import Candidate, Plan, _candidates_of, _Opener, sample
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
 from toolkit.formats import DEFAULT_MODE, PRECISIONS
+from toolkit.refinputs import other_input_shape
 from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, open_runner, select_runtimes
 
 MNIST_INPUTS = "MNIST test images"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import devices, refinputs, runners, sysinfo, usermodel
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest, read_manifest_field
+from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.errors import ArtifactError, CheckpointError
@@ -322,12 +322,6 @@ class Plan:
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
 
 
-def other_input_shape(folder: str) -> list[int] | None:
-    """The input shape of an export made with --input-shape whose files take no MNIST image; else None."""
-    shape = read_manifest_field(folder, "input_shape")
-    return shape if isinstance(shape, list) and not refinputs.is_mnist(tuple(shape)) else None
-
-
 def plan_manifest(config: BenchConfig) -> Plan:
     """Every selected runtime on every artifact (and the checkpoint) it opens, verified first unless told not."""
     selection = select_runtimes(config.runtimes)
@@ -341,7 +335,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
 
     # an export made with --input-shape takes no MNIST image: it is fed the reference inputs beside it, which its
     # reference (golden.npy, from model code) answers, as verify feeds and judges it
-    own = other_input_shape(config.artifacts) is not None
+    own = refinputs.other_input_shape(config.artifacts) is not None
     full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
             if config.verify or own else None)
     ref = sample(full, config.verify_images) if config.verify else None
