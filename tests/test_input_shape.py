@@ -201,3 +201,31 @@ def test_bench_file_feeds_each_format_its_reference_inputs_and_verifies_it(colou
     assert file["inputs"] == "its export's reference inputs" and file["reference"].startswith("golden.npy")
     assert bench["points"] and {p["batch_size"] for p in bench["points"]} == {1, 8}
     assert all(p["verified"] is True and p["checked_images"] == K for p in bench["points"])
+
+
+@pytest.mark.parametrize("name", ["model.xml", "model.pt2", "model.ts.pt"])
+def test_compare_feeds_an_export_its_reference_inputs(colour_export: Path, tmp_path: Path, name):
+    # no MNIST here: every file of the export is fed its reference inputs, as verify and bench feed them
+    report = tmp_path / "c.json"
+    result = run_cli("compare", colour_export / "model.onnx", colour_export / name, "--data-dir",
+                     tmp_path / "no-mnist", "--json", report)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["n"] == K and data["agreement"] == K and data["accuracy_delta"] is None
+    assert data["inputs"] == "reference inputs" and data["a"]["accuracy"] is None
+    assert f"on {K} reference inputs" in " ".join(result.stdout.split())
+
+
+def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_export: Path, tmp_path: Path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_export, copy)
+    np.save(copy / "inputs.npy", np.load(copy / "inputs.npy") + 1)
+    line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
+                                         tmp_path / "none"), 2)
+    assert "inputs.npy" in line
+    # a file of no such export (a loose copy, out of its folder) is not known to take those inputs
+    shutil.copy(colour_export / "model.onnx", tmp_path / "loose.onnx")
+    line = assert_one_line_error(run_cli("compare", colour_export / "model.onnx", tmp_path / "loose.onnx",
+                                         "--data-dir", tmp_path / "none"), 2)
+    assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line

@@ -7,6 +7,10 @@ A is the reference: B is judged against it with verify's tolerances and verify's
 What is compared is said in the report: both files' class scores as the same kind of values. By default
 (`as_="auto"`) scores of the same kind are compared as given; otherwise both are turned into probabilities
 when either gives probabilities, else into log-probabilities (log-softmax of logits).
+
+When A is a toolkit file of an export made with --input-shape (its model takes no MNIST image), every file is fed
+that export's reference inputs, checked against the manifest as verify checks them, and each toolkit file of such
+an export is opened as its artifact, as bench opens it; there are no labels, so no accuracy.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import artifacts, devices, fileio, formats, refinputs, sysinfo
 from toolkit import data as mnist
-from toolkit import devices, fileio, formats, sysinfo
 from toolkit.errors import ConfigError, VerificationFailed
-from toolkit.runners import RunnerOptions
+from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.runners.foreign import Preprocessing, open_file, random_pixels, scores, scores_kind
-from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
+from toolkit.runners.foreign import Preprocessing, open_file, random_pixels, runtimes_for, scores, scores_kind
+from toolkit.verify import DEFAULT_TOLERANCES, Reference, Tolerance, judge, resolve_reference
 
 MNIST_INPUT = "MNIST test images"
+REFERENCE_INPUTS = "reference inputs"  # an --input-shape export's own inputs (inputs.npy), which have no labels
 CHUNK_IMAGES = 1000  # images per call, so progress can be reported as the run goes
 COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
 _OPTIONAL = ("max_abs_diff", "max_accuracy_change")  # may be switched off with "none"
@@ -165,23 +170,54 @@ def compare_all(config: CompareConfig,
     t0 = time.perf_counter()
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
-    n = config.limit or 10_000
+    own = _exported_inputs(config.a, config.data_dir)
+    n = min(config.limit or 10_000, len(own.pixels) if own else 10_000)
     total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
     measured, feeds = [], []
     for k, path in enumerate(paths):
         tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * n
         prep = config.prep_a if k == 0 else config.prep_b
         report(offset, total, f"opening {tag}: {Path(path).name}")
-        runner = open_file(path, options, prep, config.shapes)
-        feeds.append(_feed_of(runner))
+        runner, feed = _open(path, options, prep, config.shapes, own)
+        feeds.append(feed)
         if k == 0:
-            pixels, labels = _inputs(config.data_dir, feeds[0] == MNIST_INPUT, n)
+            pixels, labels = (own.pixels[:n], None) if own else _inputs(config.data_dir, feed == MNIST_INPUT, n)
         elif feeds[k] != feeds[0]:
             raise ConfigError(f"{config.a} and {path} do not take the same inputs (A: {feeds[0]}; {path}: "
                               f"{feeds[k]}): there is nothing to compare them on")
         measured.append(_measure(path, tag, runner, prep, pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
     return [_judged(config, [measured[0], side], n, t0) for side in measured[1:]]
+
+
+def _exported_inputs(path: str, data_dir: str) -> Reference | None:
+    """verify's reference for the export `path` is a toolkit file of, when that export was made with --input-shape
+    (its reference inputs, checked against the manifest as verify and bench check them); else None."""
+    artifact = artifacts.listed_artifact(path)
+    folder = str(Path(artifact.path).parent) if artifact else ""
+    if not folder or refinputs.other_input_shape(folder) is None:
+        return None
+    return resolve_reference(folder, artifacts.read_manifest(folder), None, "auto", data_dir)
+
+
+def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
+          own: Reference | None) -> tuple[Runner | None, str]:
+    """The file opened, and what it is fed. Against an --input-shape export's reference inputs (`own`), a toolkit
+    file of an export of that input shape opens as its artifact and takes them as given; any other file is not
+    opened (None): what it is said to take differs from A's, and it is refused."""
+    if own is None:
+        runner = open_file(path, options, prep, shapes)
+        return runner, _feed_of(runner)
+    artifact = artifacts.listed_artifact(path)
+    shape = refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
+    if artifact is None or shape is None:
+        return None, "not a file of an export made with --input-shape"
+    feed = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
+    if tuple(shape) != own.pixels.shape[1:]:
+        return None, feed
+    runner = open_runner(runtimes_for(path)[0], artifact, options)
+    runner.inputs_as_given = True  # the model's own input already, as verify feeds it
+    return runner, feed
 
 
 def _inputs(data_dir: str, images: bool, n: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -200,11 +236,12 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
     values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))
     toolkit_model = runner.kind in formats.OUTPUTS
     images = labels is not None
+    given = REFERENCE_INPUTS if getattr(runner, "inputs_as_given", False) else "random data"
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
                 accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
                 preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
                                if toolkit_model else asdict(prep)),
-                input=MNIST_INPUT if images else "random data")
+                input=MNIST_INPUT if images else given)
     return side, values, kind
 
 
