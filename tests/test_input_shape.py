@@ -216,7 +216,8 @@ def test_compare_feeds_an_export_its_reference_inputs(colour_export: Path, tmp_p
     assert f"on {K} reference inputs" in " ".join(result.stdout.split())
 
 
-def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_export: Path, tmp_path: Path):
+def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_export: Path, tmp_path: Path,
+                                                                       exported: Path):
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(colour_export, copy)
@@ -224,8 +225,14 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
     line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
                                          tmp_path / "none"), 2)
     assert "inputs.npy" in line
-    # a file of no such export (a loose copy, out of its folder) is not known to take those inputs
+    # a file of no such export takes those inputs where it is an .onnx of one float32 input of their shape (a loose
+    # copy, out of its folder: it agrees on every one), and is refused where it is not (an MNIST export's file)
     shutil.copy(colour_export / "model.onnx", tmp_path / "loose.onnx")
-    line = assert_one_line_error(run_cli("compare", colour_export / "model.onnx", tmp_path / "loose.onnx",
+    result = run_cli("compare", colour_export / "model.xml", tmp_path / "loose.onnx", "--data-dir", tmp_path / "none",
+                     "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["agreement"] == report["n"] == K and report["b"]["input"] == "reference inputs"
+    line = assert_one_line_error(run_cli("compare", colour_export / "model.onnx", exported / "model.onnx",
                                          "--data-dir", tmp_path / "none"), 2)
     assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line

@@ -29,7 +29,15 @@ from toolkit import data as mnist
 from toolkit.errors import ConfigError, VerificationFailed
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.runners.foreign import Preprocessing, open_file, random_pixels, runtimes_for, scores, scores_kind
+from toolkit.runners.foreign import (
+    ForeignOnnxRunner,
+    Preprocessing,
+    open_file,
+    random_pixels,
+    runtimes_for,
+    scores,
+    scores_kind,
+)
 from toolkit.verify import DEFAULT_TOLERANCES, Reference, Tolerance, judge, resolve_reference
 
 MNIST_INPUT = "MNIST test images"
@@ -203,14 +211,23 @@ def _exported_inputs(path: str, data_dir: str) -> Reference | None:
 def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
           own: Reference | None) -> tuple[Runner | None, str]:
     """The file opened, and what it is fed. Against an --input-shape export's reference inputs (`own`), a toolkit
-    file of an export of that input shape opens as its artifact and takes them as given; any other file is not
-    opened (None): what it is said to take differs from A's, and it is refused."""
+    file of an export of that input shape opens as its artifact and takes them as given, and so does an .onnx of
+    no export whose one input is float32 of that shape; any other file is not opened (None): what it is said to
+    take differs from A's, and it is refused."""
     if own is None:
         runner = open_file(path, options, prep, shapes)
         return runner, _feed_of(runner)
+    wanted = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, own.pixels.shape[1:]))}]"
     artifact = artifacts.listed_artifact(path)
     shape = refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
-    if artifact is None or shape is None:
+    if artifact is None:
+        runner = open_file(path, options, prep, shapes)
+        if not _takes_as_given(runner, own.pixels.shape[1:]):
+            return None, "not a file of an export made with --input-shape, nor an .onnx of one float32 input " \
+                         f"[N,{','.join(map(str, own.pixels.shape[1:]))}]"
+        runner.inputs_as_given = True
+        return runner, wanted
+    if shape is None:
         return None, "not a file of an export made with --input-shape"
     feed = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
     if tuple(shape) != own.pixels.shape[1:]:
@@ -218,6 +235,14 @@ def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[s
     runner = open_runner(runtimes_for(path)[0], artifact, options)
     runner.inputs_as_given = True  # the model's own input already, as verify feeds it
     return runner, feed
+
+
+def _takes_as_given(runner: Runner, shape: tuple[int, ...]) -> bool:
+    """Whether `runner` is a foreign .onnx whose one input is float32 [N, *shape]: it can take reference inputs of
+    that shape as they are."""
+    inputs = getattr(runner, "inputs", [])
+    return (isinstance(runner, ForeignOnnxRunner) and len(inputs) == 1 and inputs[0].dtype == np.float32
+            and inputs[0].rest == tuple(shape) and inputs[0].batch_fixed is None)
 
 
 def _inputs(data_dir: str, images: bool, n: int) -> tuple[np.ndarray, np.ndarray | None]:

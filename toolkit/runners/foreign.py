@@ -216,6 +216,8 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
             if inp.batch_fixed is not None and inp.batch_fixed != n:
                 raise ConfigError(f"{self.label}: input {inp.name!r} has a fixed batch of {inp.batch_fixed}, "
                                   f"not {n}; bench it with --batch-sizes {inp.batch_fixed}")
+        if self.inputs_as_given:  # one input, fed as given (reference inputs of its shape)
+            return {self.inputs[0].name: np.asarray(pixels, self.inputs[0].dtype)}
         if self.image is not None:
             return {self.image.name: _pixels_as(pixels, self.image.layout, self.image.dtype, self.prep)}
         seed = int(np.asarray(pixels).reshape(n, -1)[:, :10].sum()) if n else 0  # differs per rotated batch
