@@ -236,3 +236,19 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
     line = assert_one_line_error(run_cli("compare", colour_export / "model.onnx", exported / "model.onnx",
                                          "--data-dir", tmp_path / "none"), 2)
     assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line
+
+
+def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
+    from types import SimpleNamespace
+
+    from toolkit.bench.render import model_words
+
+    def words(folder, files=None):
+        return model_words(SimpleNamespace(settings={"artifacts": str(folder), "files": files}))
+
+    assert words(exported) == "MNIST ConvNet" and words(colour_export) == "Colour"
+    assert words(colour_export, files=[{"file": "model.onnx"}]) == "model file"  # bench FILE: no manifest read
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "manifest.json").write_text(json.dumps({"model": {"name": "x\n<script>"}, "artifacts": []}))
+    assert words(forged) == "model"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from toolkit.artifacts import read_manifest_field
 from toolkit.bench.results import BenchPoint, BenchReport
 from toolkit.formats import APP, FORMATS, PRECISION_ORDER
 
@@ -158,6 +159,22 @@ def _batch1_latency(points: list[BenchPoint]) -> list[tuple[str, str, float, flo
     return [(key, p.runtime, p.p50_ms, p.min_ms, p.p90_ms) for key, p in single.items()]
 
 
+BUILT_IN_WORDS = {"convnet": "MNIST ConvNet", "mlp": "MNIST MLP"}
+
+
+def model_words(report: BenchReport) -> str:
+    """What the model timed is called: a built-in one by its name, a class of one's own by the name the manifest
+    records (a plain identifier only: it comes from a file), and files given by path as such."""
+    folder = report.settings.get("artifacts")
+    model = read_manifest_field(folder, "model") if folder and not report.settings.get("files") else None
+    name = model.get("name") if isinstance(model, dict) else None
+    if not isinstance(name, str):
+        return "model file"
+    if name in BUILT_IN_WORDS:
+        return BUILT_IN_WORDS[name]
+    return name if name.isidentifier() and name.isascii() and len(name) <= 64 else "model"
+
+
 def plot(report: BenchReport, path: str | Path) -> None:
     """Small multiples: throughput against batch size, one panel per precision (as judged: the file's, or the
     lower compute precision of an OpenVINO bf16 mode), a line per runtime and file kind drawing its best
@@ -166,5 +183,5 @@ def plot(report: BenchReport, path: str | Path) -> None:
 
     gpu = report.machine.get("gpu")
     plot_bench(_throughput_series(report.points), _batch1_latency(report.points), path,
-               title=f"MNIST ConvNet inference, {gpu['name'] if gpu else report.machine['cpu']}"
+               title=f"{model_words(report)} inference, {gpu['name'] if gpu else report.machine['cpu']}"
                f" ({report.machine['cpu_cores']} cores): each line the best configuration per batch size")
