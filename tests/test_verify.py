@@ -178,6 +178,7 @@ def test_a_named_mode_applies_to_the_fp32_files_only(exported, mnist_dir, tmp_pa
     # the int8 IR has one mode, its own; a mode named on purpose leaves no note
     assert {(r["artifact"], r["mode"]) for r in report["results"]} == {("model.xml", "bf16"), ("model.int8.xml", "f32")}
     assert not report["skipped"] and "skipped" not in result.stdout
+    assert "device cpu" in " ".join(result.stdout.split())  # the table says device, as the options do
 
 
 def test_an_unknown_mode_is_one_line(exported, mnist_dir):
