@@ -81,6 +81,101 @@ def test_exported_with_the_shape_and_reference_inputs(colour_export: Path):
     assert meta["preprocessing"].startswith("none")
 
 
+# the compiled and edge formats, exported once into a folder of their own (AOTInductor compiles a while)
+NATIVE = {"model.aoti.pt2": "aoti", "model.pte": "executorch", "model.tflite": "tflite"}
+
+
+@pytest.fixture(scope="module")
+def native_export(colour_model: Path) -> Path:
+    pytest.importorskip("executorch.runtime", reason="pip install 'toolkit[executorch]'")
+    pytest.importorskip("ai_edge_litert.interpreter", reason="pip install 'toolkit[litert]'")
+    pytest.importorskip("litert_torch", reason="pip install 'toolkit[litert-export]'")
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
+                     "--format", ",".join(NATIVE.values()), "--precision", "fp32", out="native")
+    assert result.exit_code == 0, result.stderr
+    return colour_model / "native"
+
+
+def _file_metadata(path: Path) -> dict:
+    """The toolkit metadata a file carries inside itself, read as its runner reads it."""
+    from toolkit.runners import executorch, litert, torch_export
+
+    data = path.read_bytes()
+    if path.suffix == ".pte":
+        return executorch.read_metadata(executorch.load_program(data, path.name), path.name)
+    if path.suffix == ".tflite":
+        return litert.read_metadata(data, path.name)
+    return torch_export.archive_metadata(data, path.name)
+
+
+def test_compiled_and_edge_files_are_built_for_the_shape(native_export: Path):
+    manifest = json.loads((native_export / "manifest.json").read_text())
+    assert manifest["input_shape"] == list(SHAPE)
+    found = {a["file"]: a for a in manifest["artifacts"]}
+    assert {f: a["format"] for f, a in found.items()} == NATIVE
+    assert found["model.aoti.pt2"]["inputs"][0]["shape"] == ["batch", *SHAPE]
+    assert found["model.pte"]["inputs"][0]["shape"] == ["batch", *SHAPE]
+    assert found["model.tflite"]["inputs"][0]["shape"] == [1, *SHAPE]  # its batch is fixed; NCHW as the model
+    from toolkit.exporters.executorch import largest_batch
+
+    # the .pte's planned batch: 1024 samples of 3x32x32, fewer of a larger sample (its input buffer within 16 MiB)
+    assert found["model.pte"]["settings"]["max_batch"] == 1024 and largest_batch((3, 224, 224)) == 27
+    for name in NATIVE:
+        meta = _file_metadata(native_export / name)
+        assert meta["input_layout"] == "N,3,32,32" and meta["preprocessing"].startswith("none"), name
+        assert (meta["mean"], meta["std"]) == ("0.0", "1.0"), name
+
+
+def test_compiled_and_edge_files_are_verified_on_the_reference_inputs(native_export: Path, tmp_path: Path):
+    report = tmp_path / "verify.json"
+    result = run_cli("verify", "--artifacts", native_export, "--data-dir", tmp_path / "no-mnist", "--json", report)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["reference_accuracy"] is None and data["n"] == K
+    assert {r["artifact"] for r in data["results"]} == set(NATIVE)
+    for r in data["results"]:
+        assert r["passed"] and r["agreement"] == K and r["accuracy"] is None, r
+
+
+def test_bench_times_and_verifies_compiled_and_edge_files(native_export: Path, tmp_path: Path):
+    # over the folder, and the same files named by path: each fed the reference inputs, judged against golden.npy
+    by_path = [native_export / name for name in NATIVE]
+    for way, out in ((["--artifacts", native_export], "folder.json"), (by_path, "files.json")):
+        result = run_cli("bench", *way, "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "1,8", "--seconds",
+                         "0.05", "--rounds", "1", "--json", tmp_path / out)
+        assert result.exit_code == 0, result.stderr
+        bench = json.loads((tmp_path / out).read_text())
+        assert {p["runtime"] for p in bench["points"]} == {"aoti", "executorch", "litert"}, out
+        assert {p["batch_size"] for p in bench["points"]} == {1, 8}, out
+        assert all(p["verified"] is True and p["checked_images"] == K for p in bench["points"]), out
+
+
+def test_edge_runners_take_the_declared_shape_and_refuse_another(native_export: Path):
+    from toolkit.errors import ArtifactError
+    from toolkit.exporters.tflite import with_metadata
+    from toolkit.metadata import read_normalization
+    from toolkit.runners import executorch, litert
+    from toolkit.runners.base import RunnerOptions
+
+    options = RunnerOptions()
+    tflite = (native_export / "model.tflite").read_bytes()
+    meta = litert.read_metadata(tflite, "model.tflite")
+    assert litert.open_bytes(tflite, "model.tflite", options).batch == 1
+    wrong = {**meta, "input_layout": "N,3,28,28"}  # a file whose graph is not the shape its metadata says
+    forged = with_metadata(tflite, json.dumps(wrong))
+    with pytest.raises(ArtifactError, match=r"input is \[1, 3, 32, 32\]"):
+        litert.open_bytes(forged, "forged.tflite", options)
+
+    pte = (native_export / "model.pte").read_bytes()
+    program = executorch.load_program(pte, "model.pte")
+    runner = executorch.open_bytes(pte, "model.pte", options)
+    runner.inputs_as_given = True
+    x = np.load(native_export / "inputs.npy")[:3]
+    assert runner.run(x)["log_probs"].shape == (3, 10)
+    with pytest.raises(ArtifactError, match="input_layout"):
+        executorch.ExecuTorchRunner(program, pte, "forged.pte", options, read_normalization(wrong, "x"), wrong)
+
+
 def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, tmp_path: Path):
     report = tmp_path / "verify.json"
     result = run_cli("verify", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist",

@@ -125,7 +125,7 @@ def _check_names(formats: list[str], precisions: list[str]) -> None:
 
 # the files that take any input shape (and are verified to), and why the others cannot
 INPUT_SHAPE_PAIRS = (("onnx", "fp32"), ("onnx", "fp16"), ("torchscript", "fp32"), ("pt2", "fp32"),
-                     ("openvino", "fp32"))
+                     ("openvino", "fp32"), ("aoti", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"))
 
 
 def _check_input_shape(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:

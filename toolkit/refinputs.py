@@ -55,6 +55,13 @@ def layout(shape: tuple[int, ...]) -> str:
     return ",".join(["N", *(str(d) for d in shape)])
 
 
+def declares_own_input(sample_shape: list | tuple, meta: dict[str, str]) -> bool:
+    """Whether a file whose input takes samples of `sample_shape` says in its metadata that it is an --input-shape
+    export of that shape: its input_layout names the shape and nothing preprocesses the input."""
+    return (all(isinstance(d, int) for d in sample_shape) and meta.get("input_layout") == layout(tuple(sample_shape))
+            and meta.get("preprocessing") == PREPROCESSING)
+
+
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 

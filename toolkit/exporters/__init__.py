@@ -151,11 +151,21 @@ def metadata(ctx: ExportContext, fmt: str, precision: str) -> dict[str, str]:
     }
 
 
-def fixed_io(fmt: str, batch: int, dtype: str = "float32") -> tuple[list[dict], list[dict]]:
-    """The input kind's I/O with the batch fixed at `batch` and tensors of `dtype` (a file of fixed shape)."""
-    inputs, outputs = copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
+def fixed_io(fmt: str, batch: int, dtype: str = "float32", input_shape: tuple[int, ...] = MNIST_SHAPE
+             ) -> tuple[list[dict], list[dict]]:
+    """The input kind's I/O with the batch fixed at `batch` and tensors of `dtype` (a file of fixed shape),
+    its samples of `input_shape`."""
+    inputs, outputs = _kind_io(fmt, input_shape)
     for spec in inputs + outputs:
         spec["shape"][0], spec["dtype"] = batch, dtype
+    return inputs, outputs
+
+
+def _kind_io(fmt: str, input_shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
+    """The input kind's own I/O, with samples of `input_shape`."""
+    inputs, outputs = copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
+    if not is_mnist(input_shape):
+        inputs[0]["shape"] = ["batch", *input_shape]
     return inputs, outputs
 
 
@@ -163,10 +173,7 @@ def io_spec(fmt: str, path: Path, input_shape: tuple[int, ...] = MNIST_SHAPE) ->
     """(inputs, outputs) of a written file as name/shape/dtype dicts: read from the graph of an ONNX file,
     the input kind's own (with `input_shape` per sample) for any other."""
     if fmt not in ONNX_FORMATS:
-        inputs, outputs = copy.deepcopy(_IO_SPEC[FORMATS[fmt].kind])
-        if not is_mnist(input_shape):
-            inputs[0]["shape"] = ["batch", *input_shape]
-        return inputs, outputs
+        return _kind_io(fmt, input_shape)
     import onnx
     from onnx import helper
 

@@ -26,11 +26,11 @@ from toolkit.exporters.pt2 import MIN_BATCH, export_program
 from toolkit.runners.torch_export import AOTI_MODELS
 
 
-def _compile(module: nn.Module, device: str, metadata: dict[str, str], work: Path) -> list:
+def _compile(module: nn.Module, device: str, metadata: dict[str, str], work: Path, ctx: ExportContext) -> list:
     """AOTInductor's files (sources, shared library, metadata) for `module` on `device`, written under `work`."""
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    program = export_program(module, device)
+    program = export_program(module, device, example=ctx.example(device=device))
     args, kwargs = program.example_inputs
     # Compiled from scratch, sharing nothing with other processes: Inductor's cache (and the precompiled
     # headers it keeps in a global folder that no cache setting moves) outlives a killed compile, and a
@@ -61,7 +61,7 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
 
     devices = {d: AOTI_MODELS[d] for d in ("cpu", *(["cuda"] if torch.cuda.is_available() else []))}
     with tempfile.TemporaryDirectory(prefix="toolkit-aoti-") as work:
-        files = {name: _compile(copy.deepcopy(module), d, metadata, Path(work)) for d, name in devices.items()}
+        files = {name: _compile(copy.deepcopy(module), d, metadata, Path(work), ctx) for d, name in devices.items()}
         with quiet(), open(tmp, "wb") as f:
             package_pt2(f, aoti_files=files, extra_files={META_KEY: json.dumps(metadata, indent=1)})
     return Built(settings={"dynamic_batch": True, "min_batch": MIN_BATCH, "models": devices})

@@ -1,6 +1,7 @@
 """The executorch format: an ExecuTorch program (.pte) with the XNNPACK delegate, fp32 or int8 (PT2E).
 
-The program takes the normalized image [N, 1, 28, 28] for any N from 1 to MAX_BATCH and returns log-probabilities;
+The program takes the normalized image [N, 1, 28, 28] (or, exported with --input-shape, the model's own input) for
+any N from 1 to its largest batch (MAX_BATCH, fewer for large samples) and returns log-probabilities;
 everything but log_softmax runs in XNNPACK. The toolkit metadata travels inside the file as a constant method
 (`toolkit_metadata`, a JSON string), since a .pte has no free-form metadata section.
 
@@ -14,6 +15,7 @@ keeps the declared range, and the plan holds MAX_BATCH images.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -23,8 +25,12 @@ from toolkit import native_logs
 from toolkit.artifacts import PTE_METADATA_METHOD as METADATA_METHOD
 from toolkit.errors import ArtifactError
 from toolkit.exporters import BuildOptions, Built, ExportContext, int8, quiet
+from toolkit.refinputs import is_mnist
 
 MAX_BATCH = 1024  # the batch range declared, and planned: the input buffer holds this many images (3.2 MB)
+# For a model of another input shape, the batch planned is cut to keep its input buffer at most this size (the
+# activations are planned for that batch too); the runner feeds larger batches in parts.
+MAX_PLANNED_INPUT_BYTES = 16 << 20
 CALIBRATION_BATCH = 100
 
 
@@ -39,11 +45,12 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
         raise ArtifactError("exporting executorch needs ExecuTorch: pip install 'toolkit[executorch]'") from None
     import torch.fx.experimental._config as fx_config
 
-    example = (torch.zeros(2, 1, 28, 28),)  # batch 2: a batch of 1 would be specialized to a constant
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    example = (ctx.example(),)  # batch 2: a batch of 1 would be specialized to a constant
+    max_batch = largest_batch(ctx.input_shape)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     with quiet():
         program = torch.export.export(module.eval(), example, dynamic_shapes=dynamic)
-        settings = {"delegate": "xnnpack", "max_batch": MAX_BATCH, "metadata": f"constant method {METADATA_METHOD}"}
+        settings = {"delegate": "xnnpack", "max_batch": max_batch, "metadata": f"constant method {METADATA_METHOD}"}
         if precision == "int8":
             program = _quantized(program, options, ctx, example, dynamic)
             settings.update(_int8_settings(options, ctx))
@@ -53,6 +60,15 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
             buffer = edge.to_executorch().buffer
     tmp.write_bytes(buffer)
     return Built(settings=settings)
+
+
+def largest_batch(input_shape: tuple[int, ...]) -> int:
+    """The batch a program is planned for: MAX_BATCH images, or as many samples of `input_shape` as fit in
+    MAX_PLANNED_INPUT_BYTES (at least the example batch of 2)."""
+    if is_mnist(input_shape):
+        return MAX_BATCH
+    sample_bytes = 4 * math.prod(input_shape)
+    return max(2, min(MAX_BATCH, MAX_PLANNED_INPUT_BYTES // sample_bytes))
 
 
 def _quantized(program, options: BuildOptions, ctx: ExportContext, example, dynamic):

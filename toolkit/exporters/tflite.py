@@ -1,6 +1,7 @@
 """The tflite format: a LiteRT flatbuffer converted from PyTorch by litert-torch, fp32 or int8 (PT2E).
 
-The file takes the normalized image [BATCH, 1, 28, 28] (NCHW, as the PyTorch model) and returns log-probabilities.
+The file takes the normalized image [BATCH, 1, 28, 28], or exported with --input-shape the model's own input
+[BATCH, *shape], in the PyTorch model's layout (NCHW: the converter keeps it), and returns log-probabilities.
 Its batch is fixed: litert-torch 0.10 cannot lower this ConvNet with a symbolic batch (its flatten is traced
 with concrete shapes), and the interpreter cannot resize a fixed-shape graph (XNNPACK's reshape fails), so the
 runner feeds larger batches BATCH images at a time. The toolkit metadata travels inside the file, as a
@@ -29,7 +30,7 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
           metadata: dict[str, str]) -> Built:
     """Convert `module` (quantized first for int8) and write it with `metadata` in the flatbuffer."""
     litert_torch = _litert_torch()
-    example = (torch.zeros(BATCH, 1, 28, 28),)
+    example = (ctx.example(BATCH),)  # the model's own input shape; NCHW stays the file's layout
     settings = {"batch": BATCH, "layout": "NCHW", "metadata": f"flatbuffer metadata {META_KEY}"}
     with quiet(), native_logs.filtered():  # the converter's C++ logs a line as it writes the flatbuffer
         if precision == "int8":
@@ -42,7 +43,8 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
             model = litert_torch.convert(module.eval(), example)
         content = bytes(model.model_content())  # written out only now
     tmp.write_bytes(with_metadata(content, json.dumps(metadata)))
-    return Built(settings=settings, io=fixed_io("tflite", BATCH, "int8" if precision == "int8" else "float32"))
+    return Built(settings=settings, io=fixed_io("tflite", BATCH, "int8" if precision == "int8" else "float32",
+                                                ctx.input_shape))
 
 
 def _litert_torch():

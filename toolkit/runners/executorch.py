@@ -15,6 +15,7 @@ from toolkit import formats, native_logs
 from toolkit.artifacts import PTE_METADATA_METHOD, Artifact, read_verified
 from toolkit.errors import ArtifactError
 from toolkit.metadata import Normalization, json_object, read_normalization
+from toolkit.refinputs import declares_own_input
 from toolkit.runners.base import Runner, RunnerOptions, load_error
 
 RUNTIME = "executorch"
@@ -50,7 +51,7 @@ class ExecuTorchRunner(Runner):
     runtime = RUNTIME
 
     def __init__(self, program: Any, data: bytes, label: str, options: RunnerOptions,
-                 normalization: Normalization) -> None:
+                 normalization: Normalization, metadata: dict[str, str] | None = None) -> None:
         super().__init__(label, formats.NORMALIZED, options)
         self._program, self._data = program, data  # the method runs from both: freeing either crashes it
         try:
@@ -59,8 +60,10 @@ class ExecuTorchRunner(Runner):
             sizes = list(program.metadata("forward").input_tensor_meta(0).sizes())
         except Exception as e:  # a program without a usable forward method
             raise load_error(label, RUNTIME, e) from None
-        if sizes[1:] != [1, 28, 28]:
-            raise ArtifactError(f"{label}: input is {sizes}; toolkit .pte files take [N,1,28,28]")
+        # [N,1,28,28], or the model's own input where the file says so (an export made with --input-shape)
+        if sizes[1:] != [1, 28, 28] and not declares_own_input(sizes[1:], metadata or {}):
+            raise ArtifactError(f"{label}: input is {sizes}; toolkit .pte files take [N,1,28,28] or the input "
+                                "shape their metadata's input_layout declares")
         self.max_batch = int(sizes[0])
         self.mean, self.std = normalization.mean, normalization.std
 
@@ -89,7 +92,7 @@ def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format:
     if declared_format and metadata.get("artifact_format") != declared_format:
         raise ArtifactError(f"{label}: its metadata says {metadata.get('artifact_format')!r}, "
                             f"the manifest {declared_format}")
-    return ExecuTorchRunner(program, data, label, options, read_normalization(metadata, label))
+    return ExecuTorchRunner(program, data, label, options, read_normalization(metadata, label), metadata)
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> ExecuTorchRunner:

@@ -16,6 +16,7 @@ from toolkit import formats, native_logs
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError
 from toolkit.metadata import Normalization, json_object, read_normalization
+from toolkit.refinputs import declares_own_input
 from toolkit.runners.base import Runner, RunnerOptions, load_error
 
 RUNTIME = "litert"
@@ -75,13 +76,16 @@ class LiteRtRunner(Runner):
     runtime = RUNTIME
 
     def __init__(self, interpreter: Any, data: bytes, label: str, options: RunnerOptions,
-                 normalization: Normalization) -> None:
+                 normalization: Normalization, metadata: dict[str, str] | None = None) -> None:
         super().__init__(label, formats.NORMALIZED, options)
         self.interpreter, self._data = interpreter, data  # kept alive as long as the interpreter that reads them
         self.input, self.output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         shape = [int(d) for d in self.input["shape"]]
-        if len(interpreter.get_input_details()) != 1 or shape[1:] != [1, 28, 28]:
-            raise ArtifactError(f"{label}: input is {shape}; toolkit .tflite files take [N,1,28,28]")
+        # [N,1,28,28], or the model's own input where the file says so (an export made with --input-shape)
+        own = shape[1:] == [1, 28, 28] or declares_own_input(shape[1:], metadata or {})
+        if len(interpreter.get_input_details()) != 1 or not own:
+            raise ArtifactError(f"{label}: input is {shape}; toolkit .tflite files take [N,1,28,28] or the input "
+                                "shape their metadata's input_layout declares")
         self.batch = shape[0]
         self.mean, self.std = normalization.mean, normalization.std
 
@@ -127,7 +131,7 @@ def open_bytes(data: bytes, label: str, options: RunnerOptions, declared_format:
                             f"the manifest {declared_format}")
     normalization = read_normalization(metadata, label)  # checked before the interpreter is built
     check_graph(data, label)
-    return LiteRtRunner(load_interpreter(data, options, label), data, label, options, normalization)
+    return LiteRtRunner(load_interpreter(data, options, label), data, label, options, normalization, metadata)
 
 
 def open_artifact(artifact: Artifact, options: RunnerOptions) -> LiteRtRunner:

@@ -155,8 +155,7 @@ def _input_kind(inp: Any, path: str | os.PathLike, meta: dict[str, str]) -> str:
     if inp.type == "tensor(float)" and shape[1:] == [1, 28, 28]:
         return formats.NORMALIZED
     # a model exported with --input-shape: its own input, which verify feeds from the reference inputs
-    own = all(isinstance(d, int) for d in shape[1:]) and meta.get("input_layout") == refinputs.layout(shape[1:])
-    if inp.type == "tensor(float)" and own and meta.get("preprocessing") == refinputs.PREPROCESSING:
+    if inp.type == "tensor(float)" and refinputs.declares_own_input(shape[1:], meta):
         return formats.NORMALIZED
     raise ArtifactError(f"{path}: input {inp.name!r} is {inp.type} {shape}; toolkit models take "
                         "float32 [N,1,28,28] or uint8 [N,28,28]")
