@@ -172,9 +172,9 @@ def export(
         help="Keyword arguments of the model's constructor, a JSON object.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(
         parser=_text, metavar="SHAPE", show_default="1,28,28: normalized MNIST",
-        help="One sample's input shape of a --model-code model that does not take MNIST images (the batch stays "
-             "dynamic); needs --inputs. onnx (fp32, fp16), torchscript, pt2, openvino (fp32) only; no accuracy is "
-             "known.")] = None,
+        help="One sample's input shape of a --model-code model that does not take MNIST images (without the "
+             "batch); needs --inputs. onnx (fp32, fp16) and the other formats' fp32, but not onnx-app or Triton; "
+             "no accuracy is known.")] = None,
     inputs: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="FILE", show_default="none: MNIST's test set",
         help="Reference inputs for --input-shape: float32 [K, *SHAPE] (read without pickle); the golden outputs "
