@@ -238,6 +238,19 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
     assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line
 
 
+def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_export: Path, tmp_path: Path):
+    # the manifest says which input its files take; reference inputs of another shape are not an answer to run A on
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["input_shape"] = [3, 32]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
+                                         tmp_path / "none"), 2)
+    assert "input_shape [3, 32]" in line and "[3,32,32]" in line
+
+
 def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
     from types import SimpleNamespace
 
