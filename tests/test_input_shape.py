@@ -251,6 +251,18 @@ def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_e
     assert "input_shape [3, 32]" in line and "[3,32,32]" in line
 
 
+@pytest.mark.parametrize("name", ["model.xml", "model.pt2", "model.ts.pt"])
+def test_compare_reports_reference_inputs_fed_as_given(colour_export: Path, tmp_path: Path, name):
+    # every file takes the reference inputs unchanged: the report says no normalization, not MNIST's
+    report = tmp_path / "c.json"
+    result = run_cli("compare", colour_export / "model.onnx", colour_export / name, "--data-dir",
+                     tmp_path / "no-mnist", "--json", report)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(report.read_text())
+    for side in (data["a"], data["b"]):
+        assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
+
+
 def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
     from types import SimpleNamespace
 

@@ -267,12 +267,17 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
     values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))
     toolkit_model = runner.kind in formats.OUTPUTS
     images = labels is not None
-    given = REFERENCE_INPUTS if getattr(runner, "inputs_as_given", False) else "random data"
+    as_given = getattr(runner, "inputs_as_given", False)  # reference inputs, fed unchanged: no normalization
+    if as_given:
+        preprocessing = {"from": refinputs.PREPROCESSING, "mean": 0.0, "std": 1.0}
+    elif toolkit_model:
+        preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+    else:
+        preprocessing = asdict(prep)
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
                 accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
-                preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
-                               if toolkit_model else asdict(prep)),
-                input=MNIST_INPUT if images else given)
+                preprocessing=preprocessing, input=MNIST_INPUT if images else REFERENCE_INPUTS if as_given
+                else "random data")
     return side, values, kind
 
 
