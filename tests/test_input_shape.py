@@ -263,6 +263,19 @@ def test_compare_reports_reference_inputs_fed_as_given(colour_export: Path, tmp_
         assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
 
 
+def test_bench_files_of_both_inputs_say_no_one_count_of_verified_images(colour_export: Path, exported: Path,
+                                                                       mnist_dir: Path, tmp_path: Path):
+    # K reference inputs for one file, --verify-images test images for the other: no one title fits both
+    result = run_cli("bench", colour_export / "model.onnx", exported / "model.onnx", "--data-dir", mnist_dir,
+                     "--runtime", "onnxruntime", "--batch-sizes", "1", "--seconds", "0.02", "--rounds", "1",
+                     "--verify-images", "500", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert {p["checked_images"] for p in bench["points"]} == {K, 500}
+    assert all(p["verified"] is True for p in bench["points"])
+    assert "each verified on" not in " ".join(result.stdout.split())
+
+
 def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
     from types import SimpleNamespace
 
