@@ -290,3 +290,5 @@ def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path
     forged.mkdir()
     (forged / "manifest.json").write_text(json.dumps({"model": {"name": "x\n<script>"}, "artifacts": []}))
     assert words(forged) == "model"
+    # a report plotted where its export folder is not (read back from its JSON elsewhere): no manifest to read
+    assert words(tmp_path / "gone") == "model" and words("exported-elsewhere") == "model"
