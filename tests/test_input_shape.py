@@ -333,6 +333,44 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
     assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line
 
 
+def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_export: Path, tmp_path: Path):
+    # the manifest says which input its files take; reference inputs of another shape are not an answer to run A on
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["input_shape"] = [3, 32]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
+                                         tmp_path / "none"), 2)
+    assert "input_shape [3, 32]" in line and "[3,32,32]" in line
+
+
+@pytest.mark.parametrize("name", ["model.xml", "model.pt2", "model.ts.pt"])
+def test_compare_reports_reference_inputs_fed_as_given(colour_export: Path, tmp_path: Path, name):
+    # every file takes the reference inputs unchanged: the report says no normalization, not MNIST's
+    report = tmp_path / "c.json"
+    result = run_cli("compare", colour_export / "model.onnx", colour_export / name, "--data-dir",
+                     tmp_path / "no-mnist", "--json", report)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(report.read_text())
+    for side in (data["a"], data["b"]):
+        assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
+
+
+def test_bench_files_of_both_inputs_say_no_one_count_of_verified_images(colour_export: Path, exported: Path,
+                                                                       mnist_dir: Path, tmp_path: Path):
+    # K reference inputs for one file, --verify-images test images for the other: no one title fits both
+    result = run_cli("bench", colour_export / "model.onnx", exported / "model.onnx", "--data-dir", mnist_dir,
+                     "--runtime", "onnxruntime", "--batch-sizes", "1", "--seconds", "0.02", "--rounds", "1",
+                     "--verify-images", "500", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert {p["checked_images"] for p in bench["points"]} == {K, 500}
+    assert all(p["verified"] is True for p in bench["points"])
+    assert "each verified on" not in " ".join(result.stdout.split())
+
+
 def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
     from types import SimpleNamespace
 
@@ -347,3 +385,5 @@ def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path
     forged.mkdir()
     (forged / "manifest.json").write_text(json.dumps({"model": {"name": "x\n<script>"}, "artifacts": []}))
     assert words(forged) == "model"
+    # a report plotted where its export folder is not (read back from its JSON elsewhere): no manifest to read
+    assert words(tmp_path / "gone") == "model" and words("exported-elsewhere") == "model"

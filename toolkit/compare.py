@@ -15,6 +15,7 @@ an export is opened as its artifact, as bench opens it; there are no labels, so 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import numpy as np
 
 from toolkit import artifacts, devices, fileio, formats, refinputs, sysinfo
 from toolkit import data as mnist
-from toolkit.errors import ConfigError, VerificationFailed
+from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.runners.foreign import (
@@ -203,9 +204,14 @@ def _exported_inputs(path: str, data_dir: str) -> Reference | None:
     (its reference inputs, checked against the manifest as verify and bench check them); else None."""
     artifact = artifacts.listed_artifact(path)
     folder = str(Path(artifact.path).parent) if artifact else ""
-    if not folder or refinputs.other_input_shape(folder) is None:
+    shape = refinputs.other_input_shape(folder) if folder else None
+    if shape is None:
         return None
-    return resolve_reference(folder, artifacts.read_manifest(folder), None, "auto", data_dir)
+    ref = resolve_reference(folder, artifacts.read_manifest(folder), None, "auto", data_dir)
+    if tuple(shape) != ref.pixels.shape[1:]:  # the manifest's word on what its files take differs from the inputs
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'} gives input_shape {json.dumps(shape)[:40]}, but its "
+                            f"reference inputs are [{','.join(map(str, ref.pixels.shape[1:]))}]; export again")
+    return ref
 
 
 def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
@@ -261,12 +267,17 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
     values, kind = _scores_in_chunks(runner, pixels, lambda done: report(done, what))
     toolkit_model = runner.kind in formats.OUTPUTS
     images = labels is not None
-    given = REFERENCE_INPUTS if getattr(runner, "inputs_as_given", False) else "random data"
+    as_given = getattr(runner, "inputs_as_given", False)  # reference inputs, fed unchanged: no normalization
+    if as_given:
+        preprocessing = {"from": refinputs.PREPROCESSING, "mean": 0.0, "std": 1.0}
+    elif toolkit_model:
+        preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+    else:
+        preprocessing = asdict(prep)
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
                 accuracy=100.0 * float((values.argmax(1) == labels).mean()) if images else None,
-                preprocessing=({"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
-                               if toolkit_model else asdict(prep)),
-                input=MNIST_INPUT if images else given)
+                preprocessing=preprocessing, input=MNIST_INPUT if images else REFERENCE_INPUTS if as_given
+                else "random data")
     return side, values, kind
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from toolkit.artifacts import read_manifest_field
 from toolkit.bench.results import BenchPoint, BenchReport
+from toolkit.errors import ArtifactError
 from toolkit.formats import APP, FORMATS, PRECISION_ORDER
 
 _POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | threads | batch | p50 ms "
@@ -165,11 +166,16 @@ BUILT_IN_WORDS = {"convnet": "MNIST ConvNet", "mlp": "MNIST MLP"}
 def model_words(report: BenchReport) -> str:
     """What the model timed is called: a built-in one by its name, a class of one's own by the name the manifest
     records (a plain identifier only: it comes from a file), and files given by path as such."""
+    if report.settings.get("files"):
+        return "model file"
     folder = report.settings.get("artifacts")
-    model = read_manifest_field(folder, "model") if folder and not report.settings.get("files") else None
+    try:
+        model = read_manifest_field(folder, "model") if folder else None
+    except ArtifactError:  # a report read back where its export folder is not (or is no longer) at that path
+        model = None
     name = model.get("name") if isinstance(model, dict) else None
     if not isinstance(name, str):
-        return "model file"
+        return "model"
     if name in BUILT_IN_WORDS:
         return BUILT_IN_WORDS[name]
     return name if name.isidentifier() and name.isascii() and len(name) <= 64 else "model"

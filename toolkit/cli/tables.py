@@ -170,15 +170,24 @@ _SUMMARY_HEADERS = {"runtime": "runtime", "file": "file", "precision": "precisio
                     "setting": "setting\n(batch 1 / best)", "agreement": "agreement", "verified": "verified"}
 
 
+def _verified_on(report: Any) -> str:
+    """' (each verified on N test images)' where every row was verified on the same inputs, else '': bench FILE may
+    mix an --input-shape export's files (its reference inputs) with MNIST ones, each verified on its own set."""
+    fed = {str(f.get("inputs")) for f in report.settings.get("files") or []} or {str(report.settings.get("inputs"))}
+    seen = {"reference inputs" if "reference inputs" in inputs else "test images" for inputs in fed}
+    counts = {row["checked_images"] for row in report.summary}
+    every = {row["verified"] for row in report.summary} == {True}
+    if not every or len(seen) != 1 or len(counts) != 1 or not report.summary[0]["checked_images"]:
+        return ""
+    return f" (each verified on {report.summary[0]['checked_images']:,} {seen.pop()})"
+
+
 def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]:
     """One row per runtime and file at its best settings (a runtime's compute modes share the row, the precision
     naming the mode shown), and the columns it may drop when narrow."""
     headers = _SUMMARY_HEADERS
-    every = {row["verified"] for row in report.summary} == {True}
-    seen = "reference inputs" if "reference inputs" in str(report.settings.get("inputs")) else "test images"
-    table = _table(f"best setting per runtime and file, on {_where(report)}"
-                   + (f" (each verified on {report.summary[0]['checked_images']:,} {seen})"
-                      if every and report.summary[0]["checked_images"] else ""), list(headers.values()),
+    table = _table(f"best setting per runtime and file, on {_where(report)}{_verified_on(report)}",
+                   list(headers.values()),
                    names=(headers["runtime"], headers["file"], headers["precision"]),
                    left=(headers["setting"], headers["verified"]))
     for row in report.summary:
