@@ -371,19 +371,21 @@ def test_bench_files_of_both_inputs_say_no_one_count_of_verified_images(colour_e
     assert "each verified on" not in " ".join(result.stdout.split())
 
 
-def test_the_bench_plot_names_the_model_the_manifest_records(colour_export: Path, exported: Path, tmp_path: Path):
+def test_the_bench_plot_names_the_model_its_report_recorded(colour_export: Path, tmp_path: Path):
     from types import SimpleNamespace
 
     from toolkit.bench.render import model_words
 
-    def words(folder, files=None):
-        return model_words(SimpleNamespace(settings={"artifacts": str(folder), "files": files}))
+    result = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist", "--runtime",
+                     "onnxruntime", "--batch-sizes", "8", "--seconds", "0.05", "--rounds", "1",
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    # recorded when timed, so a report drawn later, elsewhere, names the model it timed
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["model"] == "Colour"
 
-    assert words(exported) == "MNIST ConvNet" and words(colour_export) == "Colour"
-    assert words(colour_export, files=[{"file": "model.onnx"}]) == "model file"  # bench FILE: no manifest read
-    forged = tmp_path / "forged"
-    forged.mkdir()
-    (forged / "manifest.json").write_text(json.dumps({"model": {"name": "x\n<script>"}, "artifacts": []}))
-    assert words(forged) == "model"
-    # a report plotted where its export folder is not (read back from its JSON elsewhere): no manifest to read
-    assert words(tmp_path / "gone") == "model" and words("exported-elsewhere") == "model"
+    def words(**settings):
+        return model_words(SimpleNamespace(settings=settings))
+
+    assert words(model="convnet") == "MNIST ConvNet" and words(model="mlp") == "MNIST MLP"
+    assert words(model="Colour") == "Colour" and words(model="Colour", files=[{"file": "m.onnx"}]) == "model file"
+    assert words(model="x\n<script>") == "model" and words(model=None) == "model" and words() == "model"

@@ -18,7 +18,7 @@ import numpy as np
 
 import toolkit.bench.tuning as tuning
 from toolkit import runners, sysinfo
-from toolkit.artifacts import read_model_flops
+from toolkit.artifacts import read_manifest_field, read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.files import MNIST_INPUTS, REFERENCE_INPUTS, plan_files
 from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops, thread_counts
@@ -144,6 +144,8 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
         report.settings["matmul_peak_threads"] = thread_counts(config.threads)
     if plan.reference is not None:
         report.settings["reference"] = plan.reference.name
+    model = read_manifest_field(config.artifacts, "model")  # the plot's title names it, also when drawn later
+    report.settings["model"] = model.get("name") if isinstance(model, dict) else None
     if plan.inputs is not None:
         report.settings["inputs"] = REFERENCE_INPUTS
     return report

@@ -8,9 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.artifacts import read_manifest_field
 from toolkit.bench.results import BenchPoint, BenchReport
-from toolkit.errors import ArtifactError
 from toolkit.formats import APP, FORMATS, PRECISION_ORDER
 
 _POINTS_HEADER = ["| runtime | format/precision | provider | I/O | opt | mode | concurrent | threads | batch | p50 ms "
@@ -164,16 +162,12 @@ BUILT_IN_WORDS = {"convnet": "MNIST ConvNet", "mlp": "MNIST MLP"}
 
 
 def model_words(report: BenchReport) -> str:
-    """What the model timed is called: a built-in one by its name, a class of one's own by the name the manifest
-    records (a plain identifier only: it comes from a file), and files given by path as such."""
+    """What the model timed is called in the plot: a built-in one by its name, a class of one's own by the name its
+    manifest recorded when it was timed (a plain identifier only: it comes from a file), files given by path as
+    such, and a report that recorded no name (older ones) as a model."""
     if report.settings.get("files"):
         return "model file"
-    folder = report.settings.get("artifacts")
-    try:
-        model = read_manifest_field(folder, "model") if folder else None
-    except ArtifactError:  # a report read back where its export folder is not (or is no longer) at that path
-        model = None
-    name = model.get("name") if isinstance(model, dict) else None
+    name = report.settings.get("model")
     if not isinstance(name, str):
         return "model"
     if name in BUILT_IN_WORDS:
