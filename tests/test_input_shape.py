@@ -308,6 +308,9 @@ def test_compare_feeds_an_export_its_reference_inputs(colour_export: Path, tmp_p
     data = json.loads(report.read_text())
     assert data["passed"] and data["n"] == K and data["agreement"] == K and data["accuracy_delta"] is None
     assert data["inputs"] == "reference inputs" and data["a"]["accuracy"] is None
+    # every file takes the reference inputs unchanged: the report says no normalization, not MNIST's
+    for side in (data["a"], data["b"]):
+        assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
     assert f"on {K} reference inputs" in " ".join(result.stdout.split())
 
 
@@ -344,18 +347,6 @@ def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_e
     line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
                                          tmp_path / "none"), 2)
     assert "input_shape [3, 32]" in line and "[3,32,32]" in line
-
-
-@pytest.mark.parametrize("name", ["model.xml", "model.pt2", "model.ts.pt"])
-def test_compare_reports_reference_inputs_fed_as_given(colour_export: Path, tmp_path: Path, name):
-    # every file takes the reference inputs unchanged: the report says no normalization, not MNIST's
-    report = tmp_path / "c.json"
-    result = run_cli("compare", colour_export / "model.onnx", colour_export / name, "--data-dir",
-                     tmp_path / "no-mnist", "--json", report)
-    assert result.exit_code == 0, result.stderr
-    data = json.loads(report.read_text())
-    for side in (data["a"], data["b"]):
-        assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
 
 
 def test_bench_files_of_both_inputs_say_no_one_count_of_verified_images(colour_export: Path, exported: Path,
