@@ -315,7 +315,7 @@ def test_compare_feeds_an_export_its_reference_inputs(colour_export: Path, tmp_p
 
 
 def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_export: Path, tmp_path: Path,
-                                                                       exported: Path):
+                                                                       exported: Path, mnist_dir: Path):
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(colour_export, copy)
@@ -334,6 +334,11 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
     line = assert_one_line_error(run_cli("compare", colour_export / "model.onnx", exported / "model.onnx",
                                          "--data-dir", tmp_path / "none"), 2)
     assert "do not take the same inputs" in line and "not a file of an export made with --input-shape" in line
+    # the other way round: with A an MNIST file, such an export's IR (which reads as an image model) is refused too
+    for name in ("model.xml", "model.pt2"):
+        line = assert_one_line_error(run_cli("compare", exported / "model.onnx", colour_export / name,
+                                             "--data-dir", mnist_dir), 2)
+        assert "do not take the same inputs" in line and "reference inputs float32[N,3,32,32]" in line
 
 
 def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_export: Path, tmp_path: Path):

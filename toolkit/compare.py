@@ -214,6 +214,12 @@ def _exported_inputs(path: str, data_dir: str) -> Reference | None:
     return ref
 
 
+def _own_shape(path: str) -> list[int] | None:
+    """The input shape of the --input-shape export `path` is a file of (its manifest lists it); else None."""
+    artifact = artifacts.listed_artifact(path)
+    return refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
+
+
 def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
           own: Reference | None) -> tuple[Runner | None, str]:
     """The file opened, and what it is fed. Against an --input-shape export's reference inputs (`own`), a toolkit
@@ -222,10 +228,13 @@ def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[s
     take differs from A's, and it is refused."""
     if own is None:
         runner = open_file(path, options, prep, shapes)
+        shape = _own_shape(path)
+        if shape is not None and getattr(runner, "takes_images", True):  # its IR or .pt2 would be fed MNIST
+            return None, f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
         return runner, _feed_of(runner)
     wanted = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, own.pixels.shape[1:]))}]"
     artifact = artifacts.listed_artifact(path)
-    shape = refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
+    shape = _own_shape(path)
     if artifact is None:
         runner = open_file(path, options, prep, shapes)
         if not _takes_as_given(runner, own.pixels.shape[1:]):
