@@ -202,22 +202,26 @@ def compare_all(config: CompareConfig,
 def _exported_inputs(path: str, data_dir: str) -> Reference | None:
     """verify's reference for the export `path` is a toolkit file of, when that export was made with --input-shape
     (its reference inputs, checked against the manifest as verify and bench check them); else None."""
-    artifact = artifacts.listed_artifact(path)
-    folder = str(Path(artifact.path).parent) if artifact else ""
-    shape = refinputs.other_input_shape(folder) if folder else None
+    artifact, shape = _own_export(path)
     if shape is None:
         return None
+    folder = Path(artifact.path).parent
     ref = resolve_reference(folder, artifacts.read_manifest(folder), None, "auto", data_dir)
     if tuple(shape) != ref.pixels.shape[1:]:  # the manifest's word on what its files take differs from the inputs
-        raise ArtifactError(f"{Path(folder) / 'manifest.json'} gives input_shape {json.dumps(shape)[:40]}, but its "
+        raise ArtifactError(f"{folder / 'manifest.json'} gives input_shape {json.dumps(shape)[:40]}, but its "
                             f"reference inputs are [{','.join(map(str, ref.pixels.shape[1:]))}]; export again")
     return ref
 
 
-def _own_shape(path: str) -> list[int] | None:
-    """The input shape of the --input-shape export `path` is a file of (its manifest lists it); else None."""
+def _own_export(path: str) -> tuple[artifacts.Artifact | None, list[int] | None]:
+    """`path`'s entry in the manifest beside it (None: a loose file), and the input shape of that export where it
+    was made with --input-shape (None: it takes MNIST images)."""
     artifact = artifacts.listed_artifact(path)
-    return refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
+    return artifact, refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
+
+
+def _reference_feed(shape: Any) -> str:
+    return f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
 
 
 def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
@@ -226,30 +230,26 @@ def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[s
     file of an export of that input shape opens as its artifact and takes them as given, and so does an .onnx of
     no export whose one input is float32 of that shape; any other file is not opened (None): what it is said to
     take differs from A's, and it is refused."""
+    artifact, shape = _own_export(path)
     if own is None:
         runner = open_file(path, options, prep, shapes)
-        shape = _own_shape(path)
         if shape is not None and getattr(runner, "takes_images", True):  # its IR or .pt2 would be fed MNIST
-            return None, f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
+            return None, _reference_feed(shape)
         return runner, _feed_of(runner)
-    wanted = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, own.pixels.shape[1:]))}]"
-    artifact = artifacts.listed_artifact(path)
-    shape = _own_shape(path)
+    wanted = own.pixels.shape[1:]
     if artifact is None:
         runner = open_file(path, options, prep, shapes)
-        if not _takes_as_given(runner, own.pixels.shape[1:]):
+        if not _takes_as_given(runner, wanted):
             return None, "not a file of an export made with --input-shape, nor an .onnx of one float32 input " \
-                         f"[N,{','.join(map(str, own.pixels.shape[1:]))}]"
-        runner.inputs_as_given = True
-        return runner, wanted
-    if shape is None:
+                         f"[N,{','.join(map(str, wanted))}]"
+    elif shape is None:
         return None, "not a file of an export made with --input-shape"
-    feed = f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
-    if tuple(shape) != own.pixels.shape[1:]:
-        return None, feed
-    runner = open_runner(runtimes_for(path)[0], artifact, options)
+    elif tuple(shape) != wanted:
+        return None, _reference_feed(shape)
+    else:
+        runner = open_runner(runtimes_for(path)[0], artifact, options)
     runner.inputs_as_given = True  # the model's own input already, as verify feeds it
-    return runner, feed
+    return runner, _reference_feed(wanted)
 
 
 def _takes_as_given(runner: Runner, shape: tuple[int, ...]) -> bool:
