@@ -161,6 +161,31 @@ def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, sho
     assert "resumed after epoch 1" in result.stdout
 
 
+def test_resume_trains_the_checkpoint_it_showed_though_the_file_changes(tmp_path, short_run, mnist_dir,
+                                                                        monkeypatch):
+    import shutil
+
+    import toolkit.cli.pipeline
+
+    other = tmp_path / "other"  # another model's run, put in the way once the display names the first
+    done = run_cli("train", "--model", "mlp", "--epochs", "1", "--train-limit", "500", "--device", "cpu", "--out",
+                   other, "--data-dir", mnist_dir)
+    assert done.exit_code == 0, done.stderr
+    run_dir = _run_copy(short_run, tmp_path)
+    display = toolkit.cli.pipeline.epoch_display
+
+    def replaced_then_displayed(*args, **kwargs):
+        shutil.copyfile(other / "checkpoint.pt", run_dir / "checkpoint.pt")
+        return display(*args, **kwargs)
+
+    monkeypatch.setattr(toolkit.cli.pipeline, "epoch_display", replaced_then_displayed)
+    result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("training convnet (fast recipe)"), lines
+    assert any(line.startswith("convnet: ") for line in lines) and not any(line.startswith("mlp") for line in lines)
+
+
 @pytest.mark.parametrize("option", [["--model", "mlp"], ["--model", "convnet"], ["--recipe", "best"],
                                     ["--seed", "3"], ["--device", "cpu"]])
 def test_resume_refuses_settings_of_its_own(tmp_path, short_run, mnist_dir, option):

@@ -153,6 +153,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    resume_from: dict[str, Any] | None = None,
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
     on_batch: BatchCallback | None = None,
@@ -160,7 +161,9 @@ def train(
     """Train `config` on MNIST from `data_dir`, writing checkpoint.pt, history.json and errors.png to `run_dir`.
 
     The checkpoint is rewritten atomically after every epoch, so an interrupted run keeps its last finished
-    epoch; `resume=True` continues from it with the checkpoint's own configuration.
+    epoch; `resume=True` continues from it with the checkpoint's own configuration. With it, `resume_from`
+    is that checkpoint as `load_checkpoint` read it, where the caller already has (the CLI shows its settings first):
+    the run then continues exactly what was read and shown, and the file is not read a second time.
     """
     import torch
 
@@ -170,7 +173,7 @@ def train(
         raise ConfigError("--resume continues the run in its folder and --overwrite starts it again; give one")
     state = None
     if resume:
-        state = load_checkpoint(ckpt_path)
+        state = resume_from if resume_from is not None else load_checkpoint(ckpt_path)
         config = config_from_checkpoint(state["config"], config)
     validate(config)
     device = resolve_device(config.device)

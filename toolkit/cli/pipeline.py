@@ -65,12 +65,14 @@ def data(data_dir: DataDir = Path("data")) -> None:
         out.print(f"  {attempt.source}: {attempt.detail}")
 
 
-def _resumed_config(run_dir: Path):
-    """The settings of the run in `run_dir`, for the header and the progress of its resumption."""
+def _resumed_run(run_dir: Path):
+    """The checkpoint of the run in `run_dir`, read once, and its settings: they head the display of its resumption,
+    and training continues from that same checkpoint, whatever happens to the file in between."""
     from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from toolkit.recipes import config_from_checkpoint, make_config
 
-    return config_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"], make_config(DEFAULT_RECIPE))
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    return state, config_from_checkpoint(state["config"], make_config(DEFAULT_RECIPE))
 
 
 def train(
@@ -113,6 +115,7 @@ def train(
     from toolkit.recipes import make_config
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
+    state = None
     if resume:
         kept = [name for name in ("model", "recipe", "seed", "device") if given(ctx, name)]
         kept += [name for name, value in overrides.items() if value is not None]
@@ -120,7 +123,7 @@ def train(
             raise ConfigError("--resume continues a run with its own model and settings; drop "
                               + ", ".join(f"--{name.replace('_', '-')}" for name in kept))
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
-        config = _resumed_config(run_dir)
+        state, config = _resumed_run(run_dir)
     else:
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
@@ -129,7 +132,7 @@ def train(
 
     header = f"training {config.model} ({config.recipe} recipe) -> {run_dir}"
     with epoch_display(header, config.epochs, validation=config.holdout > 0) as (on_epoch, on_batch):
-        result = run_training(config, data_dir, run_dir, resume=resume, overwrite=overwrite,
+        result = run_training(config, data_dir, run_dir, resume=resume, resume_from=state, overwrite=overwrite,
                               on_epoch=on_epoch, on_batch=on_batch)
     epochs_run = len(result.history)
     frozen = result.config["float32_first_layer_steps"]  # the run's own, also when it was resumed
