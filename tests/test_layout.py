@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 # A module may import modules on its own floor or below, never above. Within a floor, no cycles.
 FLOORS = (
     ("errors", "bounds", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten", "native_logs",
-     "telemetry"),
+     "telemetry", "onnx_wire"),
     ("artifacts", "devices", "model", "safe_pickle", "augment", "refinputs"),
     ("runners", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "exporters", "train_step"),

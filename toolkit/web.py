@@ -98,18 +98,17 @@ def check_app_model(model: Path) -> None:
     this one file), and one ONNX Runtime loads."""
     from toolkit.artifacts import read_model_file
     from toolkit.formats import kind_of
+    from toolkit.onnx_wire import has_external_data
     from toolkit.runners import RunnerOptions
     from toolkit.runners.onnxruntime import OnnxRuntimeRunner
 
     if model.suffix != ".onnx":
         raise ArtifactError(f"{model} is not an .onnx file; the page runs the onnx-app export (model.app.onnx)")
-    try:  # loaded with no folder for external data: the page gets this one file, so the weights must be inside it
-        runner = OnnxRuntimeRunner.toolkit_model(read_model_file(model), str(model), RunnerOptions())
-    except ArtifactError as e:
-        if "external data" not in str(e).lower():
-            raise
+    data = read_model_file(model)
+    if has_external_data(data):  # the page is served this one file, so the weights must be inside it
         raise ArtifactError(f"{model} keeps its weights in another file, which the page cannot load; serve an "
-                            "onnx-app export, which holds them") from None
+                            "onnx-app export, which holds them")
+    runner = OnnxRuntimeRunner.toolkit_model(data, str(model), RunnerOptions())
     if runner.kind != kind_of("onnx-app"):
         raise ArtifactError(f"{model} takes {runner.kind} input; the page runs the onnx-app export (model.app.onnx), "
                             "which takes raw pixels")
