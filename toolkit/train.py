@@ -226,7 +226,8 @@ def train(
 
 def _as_applied(config: TrainConfig, model) -> TrainConfig:
     """`config` as the run applies it, which is what it saves: a whitened first layer asked for where the model's
-    first layer is not a convolution (the MLP) is turned off."""
+    first layer is not a convolution (the MLP) is turned off. Whitening is the one thing that freezes a layer before
+    training starts, so a first layer built trainable is one `whiten_layer` left as it was."""
     if config.whitened_first_layer and first_layer(model).weight.requires_grad:
         return dataclasses.replace(config, whitened_first_layer=False)
     return config

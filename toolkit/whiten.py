@@ -33,23 +33,22 @@ def whitening_filters(images: Any, out_channels: int, kernel_size: int):
     return filters.reshape(out_channels, x.shape[1], kernel_size, kernel_size)
 
 
-def whiten_layer(conv: Any, images: Any) -> bool:
-    """Set a model's first layer `conv` to whitening filters of `images`, bias zero, and freeze it. True where it
-    was done; False, the layer untouched, where it is not a square convolution with an even number of filters, at
-    most twice its patch size (the MLP's first layer is a linear one)."""
+def whiten_layer(conv: Any, images: Any) -> None:
+    """Set a model's first layer `conv` to whitening filters of `images`, bias zero, and freeze it; a layer that is
+    not a square convolution with an even number of filters, at most twice its patch size (the MLP's first layer
+    is a linear one), is left untouched and trainable. Whether it was done is whether the layer is frozen."""
     import torch
     from torch import nn
 
     if (not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.stride != (1, 1) or conv.padding != (0, 0)
             or conv.dilation != (1, 1)):
-        return False
+        return
     k = conv.kernel_size[0]
     patch = conv.in_channels * k * k
     if conv.kernel_size != (k, k) or conv.out_channels % 2 or conv.out_channels > 2 * patch:
-        return False
+        return
     with torch.no_grad():
         conv.weight.copy_(whitening_filters(images, conv.out_channels, k))
         if conv.bias is not None:
             conv.bias.zero_()
     conv.requires_grad_(False)
-    return True
