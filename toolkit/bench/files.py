@@ -54,13 +54,13 @@ class FileOpener(_Opener):
         self.prep, self.shapes, self.time_limit_s = prep, shapes, time_limit_s
         self.artifacts: dict[str, Artifact] = {}  # a toolkit file's path -> its manifest entry
         self.references: dict[str, Any] = {}  # a toolkit file's path -> verify's reference, unless --no-verify
-        self.own_inputs: dict[str, np.ndarray] = {}  # a file of an --input-shape export -> the inputs it is fed
+        self.own_inputs_of: dict[str, np.ndarray] = {}  # a file of an --input-shape export -> the inputs it is fed
 
     def open_file(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
         options = replace(options, time_limit_s=self.time_limit_s)
         if path in self.artifacts:
             runner = open_runner(runtime, self.artifacts[path], options)
-            runner.inputs_as_given = path in self.own_inputs  # its own input already, as verify feeds it
+            runner.inputs_as_given = path in self.own_inputs_of  # its own input already, as verify feeds it
             return runner
         from toolkit.runners import foreign
 
@@ -73,6 +73,9 @@ class FileOpener(_Opener):
 
     def reference(self, c: Candidate) -> Any:
         return self.references.get(str(c.source))
+
+    def inputs(self, c: Candidate) -> np.ndarray | None:
+        return self.own_inputs_of.get(str(c.source))
 
 
 def _devices(config: BenchConfig) -> tuple[list[str], dict[str, str]]:
@@ -192,7 +195,7 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
         references[folder] = resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
                                                config.data_dir)
     if own_shape:
-        opener.own_inputs[bench_file.file] = references[folder].pixels
+        opener.own_inputs_of[bench_file.file] = references[folder].pixels
         bench_file.inputs = REFERENCE_INPUTS
     if config.verify:
         opener.references[bench_file.file] = sample(references[folder], config.verify_images)

@@ -60,24 +60,23 @@ def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
     return _finish(_file_report(config, plan, points), search, t_start)
 
 
-def _pixels(config: BenchConfig, plan: Plan) -> np.ndarray | Callable[[Candidate], np.ndarray]:
-    """What each candidate is fed: the MNIST test images, or for bench FILE per file, those, random pixels, or the
-    reference inputs of an --input-shape export's file."""
+def _pixels(config: BenchConfig, plan: Plan) -> Callable[[Candidate], np.ndarray]:
+    """What each candidate is fed: its own inputs where its opener holds them (the reference inputs of an
+    --input-shape export, fed as given), else the MNIST test images, or for bench FILE per file those or random
+    pixels."""
     from toolkit.runners import foreign
 
-    if plan.inputs is not None:  # an --input-shape export: its reference inputs
-        return plan.inputs
-    if not plan.files:
-        return bench_pixels(config.data_dir)
     mnist = bench_pixels(config.data_dir) if plan.takes_images else None
-    noise = foreign.random_pixels()
-    kinds, own = {f.file: f.inputs for f in plan.files}, getattr(plan.opener, "own_inputs", {})
+    noise = foreign.random_pixels() if plan.files else None
+    kinds = {f.file: f.inputs for f in plan.files}
 
     def fed(c: Candidate) -> np.ndarray:
-        file = str(c.source)
-        if file in own:  # a file of an --input-shape export: its reference inputs
-            return own[file]
-        return mnist if kinds[file] == MNIST_INPUTS and mnist is not None else noise
+        own = plan.opener.inputs(c)
+        if own is not None:
+            return own
+        if not plan.files:  # over a folder: the MNIST test images
+            return mnist
+        return mnist if kinds[str(c.source)] == MNIST_INPUTS and mnist is not None else noise
 
     return fed
 
@@ -146,7 +145,7 @@ def _manifest_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) 
         report.settings["reference"] = plan.reference.name
     model = read_manifest_field(config.artifacts, "model")  # the plot's title names it, also when drawn later
     report.settings["model"] = model.get("name") if isinstance(model, dict) else None
-    if plan.inputs is not None:
+    if plan.opener.own_inputs is not None:
         report.settings["inputs"] = REFERENCE_INPUTS
     return report
 

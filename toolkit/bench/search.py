@@ -255,9 +255,9 @@ class _Opener:
     """Opens a candidate's runner for each round (so only one runner's memory is held at a time), recording
     the first opening's time and, when asked, verify's verdict on it."""
 
-    def __init__(self, verify_with: Any = None, inputs_as_given: bool = False) -> None:
+    def __init__(self, verify_with: Any = None, own_inputs: np.ndarray | None = None) -> None:
         self.ref = verify_with
-        self.inputs_as_given = inputs_as_given  # fed reference inputs, the model's own input (an --input-shape export)
+        self.own_inputs = own_inputs  # an --input-shape export's reference inputs, fed to every candidate as given
         self.load_ms: dict[str, float] = {}
         self.verdicts: dict[tuple, dict[str, Any]] = {}
         self.settings: dict[str, list[dict[str, Any]]] = {}
@@ -285,8 +285,13 @@ class _Opener:
     def load(self, c: Candidate) -> tuple[Runner, float]:
         """The candidate's runner and how long opening it took, in milliseconds."""
         runner, ms = open_timed(c.runtime, c.source, c.options)
-        runner.inputs_as_given = self.inputs_as_given
+        runner.inputs_as_given = self.inputs(c) is not None
         return runner, ms
+
+    def inputs(self, c: Candidate) -> np.ndarray | None:
+        """What the candidate is fed as given, its model's own input already: its export's reference inputs (an
+        export made with --input-shape takes no MNIST image). None: it is fed the run's images."""
+        return self.own_inputs
 
     def reference(self, c: Candidate) -> Any:
         """What the candidate is verified against; None: nothing."""
@@ -313,10 +318,9 @@ class Plan:
     candidates: list[Candidate]
     opener: Any  # _Opener, or bench.files' FileOpener
     devices: list[str]
-    takes_images: bool = True  # False: the model takes no MNIST image, so it is fed random data
+    takes_images: bool = True  # False: no candidate is fed MNIST test images (random data, or its own inputs)
     checkpoint: str | None = None
     reference: Any = None  # verify's reference, when the candidates are verified
-    inputs: Any = None  # what every candidate is fed instead of MNIST test images: an --input-shape export's own
     skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
     skipped_runtimes: dict[str, str] = field(default_factory=dict)
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
@@ -339,5 +343,5 @@ def plan_manifest(config: BenchConfig) -> Plan:
     full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
             if config.verify or own else None)
     ref = sample(full, config.verify_images) if config.verify else None
-    return Plan(candidates, _Opener(ref, inputs_as_given=own), devices_used, checkpoint=checkpoint, reference=ref,
-                skipped=skipped, skipped_runtimes=selection.skipped, inputs=full.pixels if own else None)
+    return Plan(candidates, _Opener(ref, full.pixels if own else None), devices_used, takes_images=not own,
+                checkpoint=checkpoint, reference=ref, skipped=skipped, skipped_runtimes=selection.skipped)
