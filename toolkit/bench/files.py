@@ -20,7 +20,7 @@ import numpy as np
 from toolkit import devices, fileio
 from toolkit.artifacts import Artifact, listed_artifact, read_manifest
 from toolkit.bench.config import BenchConfig
-from toolkit.bench.search import Candidate, Plan, _candidates_of, _Opener, sample
+from toolkit.bench.search import Candidate, Opener, Plan, candidates_of, sample
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
 from toolkit.formats import DEFAULT_MODE, PRECISIONS
 from toolkit.refinputs import other_input_shape
@@ -44,7 +44,7 @@ class BenchFile:
     reference: str = ""  # what it was verified against (a toolkit file's export's reference); '': not verified
 
 
-class FileOpener(_Opener):
+class FileOpener(Opener):
     """Opens a candidate's runner for each round as bench over a folder does, recording the first opening's time. A
     toolkit file opens as the artifact its manifest lists and is verified against its export's reference; any other
     file opens as a foreign file, with nothing to verify it against."""
@@ -146,8 +146,8 @@ def _file_candidates(config: BenchConfig, bench_file: BenchFile, precision: str,
                 bench_file.skipped[f"{runtime} on {device}"] = f"{runtime} runs on {', '.join(spec.devices)}"
             continue
         for mode in modes:
-            out += [c for c in _candidates_of(config, runtime, device, bench_file.file, bench_file.name,
-                                              precision, mode)
+            out += [c for c in candidates_of(config, runtime, device, bench_file.file, bench_file.name,
+                                             precision, mode)
                     if c.io == "host" and not c.options.cuda_graph]  # a file is fed from numpy
     return out
 

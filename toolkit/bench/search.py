@@ -157,8 +157,8 @@ def _thread_counts(config: BenchConfig, concurrency: int, one_thread_too: bool) 
     return [None, *(n for n in (1, cpus) if n != default)]
 
 
-def _candidates_of(config: BenchConfig, name: str, device: str, source: Artifact | str, fmt: str,
-                   precision: str, mode: str = "f32") -> list[Candidate]:
+def candidates_of(config: BenchConfig, name: str, device: str, source: Artifact | str, fmt: str,
+                  precision: str, mode: str = "f32") -> list[Candidate]:
     """One source in one runtime on one device, at every combination of the settings that runtime takes."""
     out = []
     spec = RUNTIMES[name]
@@ -182,7 +182,7 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
         todo, _ = runners.runs(manifest, runtimes, device, list(config.formats), list(config.precisions), checkpoint)
         todo, left_out = runners.choose_modes(todo, config.modes)
         for run in todo:
-            out += _candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
+            out += candidates_of(config, run.runtime, device, run.source, run.format, run.precision, run.mode)
         if skipped is not None:
             skipped.update(left_out)
     return out
@@ -251,7 +251,7 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
             **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")}}
 
 
-class _Opener:
+class Opener:
     """Opens a candidate's runner for each round (so only one runner's memory is held at a time), recording
     the first opening's time and, when asked, verify's verdict on it."""
 
@@ -316,7 +316,7 @@ class Plan:
     """What one run times, and what its report says about where the candidates came from."""
 
     candidates: list[Candidate]
-    opener: Any  # _Opener, or bench.files' FileOpener
+    opener: Any  # Opener, or bench.files' FileOpener
     devices: list[str]
     takes_images: bool = True  # False: no candidate is fed MNIST test images (random data, or its own inputs)
     checkpoint: str | None = None
@@ -343,5 +343,5 @@ def plan_manifest(config: BenchConfig) -> Plan:
     full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
             if config.verify or own else None)
     ref = sample(full, config.verify_images) if config.verify else None
-    return Plan(candidates, _Opener(ref, full.pixels if own else None), devices_used, takes_images=not own,
+    return Plan(candidates, Opener(ref, full.pixels if own else None), devices_used, takes_images=not own,
                 checkpoint=checkpoint, reference=ref, skipped=skipped, skipped_runtimes=selection.skipped)
