@@ -28,6 +28,7 @@ import numpy as np
 from toolkit import artifacts, devices, fileio, formats, refinputs, sysinfo
 from toolkit import data as mnist
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
+from toolkit.model_files import listed_artifact
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.runners.foreign import (
@@ -216,7 +217,7 @@ def _exported_inputs(path: str, data_dir: str) -> Reference | None:
 def _own_export(path: str) -> tuple[artifacts.Artifact | None, list[int] | None]:
     """`path`'s entry in the manifest beside it (None: a loose file), and the input shape of that export where it
     was made with --input-shape (None: it takes MNIST images)."""
-    artifact = artifacts.listed_artifact(path)
+    artifact = listed_artifact(path)
     return artifact, refinputs.other_input_shape(str(Path(artifact.path).parent)) if artifact else None
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import read_model_file
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import ONNX_FORMATS, format_of_file
+from toolkit.model_files import read_model_file
 from toolkit.preprocess import load_image
 from toolkit.runners import Runner, RunnerOptions, litert, openvino
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S

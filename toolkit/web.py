@@ -96,8 +96,8 @@ def check_app_model(model: Path) -> None:
     """ArtifactError unless `model` is what the page runs: a toolkit .onnx that takes raw pixels (an onnx-app
     export), unchanged since export where a manifest is beside it, with its weights inside it (the page is served
     this one file), and one ONNX Runtime loads."""
-    from toolkit.artifacts import read_model_file
     from toolkit.formats import kind_of
+    from toolkit.model_files import read_model_file
     from toolkit.onnx_wire import has_external_data
     from toolkit.runners import RunnerOptions
     from toolkit.runners.onnxruntime import OnnxRuntimeRunner

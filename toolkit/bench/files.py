@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from toolkit import devices, fileio
-from toolkit.artifacts import Artifact, listed_artifact, read_manifest
+from toolkit.artifacts import Artifact, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.search import Candidate, Opener, Plan, candidates_of, sample
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable, ToolkitError
 from toolkit.formats import DEFAULT_MODE, PRECISIONS
+from toolkit.model_files import listed_artifact
 from toolkit.refinputs import other_input_shape
 from toolkit.runners import RUNTIMES, Runner, RunnerOptions, modes_to_run, open_runner, select_runtimes
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from toolkit import devices, refinputs
-from toolkit.artifacts import read_model_file
 from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
 from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
+from toolkit.model_files import read_model_file
 from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from toolkit import formats
-from toolkit.artifacts import Artifact, read_model_bundle, read_verified, read_verified_parts
+from toolkit.artifacts import Artifact, read_verified, read_verified_parts
 from toolkit.errors import ArtifactError
 from toolkit.metadata import read_normalization
+from toolkit.model_files import read_model_bundle
 from toolkit.runners.base import Runner, RunnerOptions, Timed, check_kind, load_error
 
 HINTS = ("latency", "throughput")  # OpenVINO's performance hints
