@@ -182,6 +182,27 @@ def test_bench_on_the_device(device_python, on_device, mnist_dir, tmp_path):
     assert report["matmul_peak_gflops"] is None and "torch" not in report["versions"]
 
 
+def test_compare_and_bench_of_onnx_files_on_the_device(device_python, on_device, mnist_dir, tmp_path):
+    import onnx  # on this side only, to write a foreign copy: the same graph without the toolkit's metadata
+
+    model = onnx.load(on_device / "model.onnx")
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, foreign)
+    result = device(device_python, "-m", "toolkit", "compare", on_device / "model.onnx", foreign,
+                    "--limit", "2000", "--data-dir", mnist_dir, "--json", tmp_path / "compare.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert report["passed"] and report["n"] == 2000 and not report["b"]["toolkit_model"], report
+    bench = device(device_python, "-m", "toolkit", "bench", foreign, on_device / "model.onnx", "--batch-sizes", "1",
+                   "--iterations", "5", "--warmup", "1", "--rounds", "1", "--no-matmul-peak",
+                   "--data-dir", mnist_dir, "--json", tmp_path / "bench.json")
+    assert bench.returncode == 0, bench.stderr
+    points = json.loads((tmp_path / "bench.json").read_text())["points"]
+    verified = {p["format"]: p["verified"] for p in points if p["runtime"] == "onnxruntime"}
+    assert verified == {"foreign.onnx": None, "model.onnx": True}  # a foreign file has nothing to be checked against
+
+
 def test_a_copied_export_folder_verifies_and_benchmarks_without_its_checkpoint(exported, trained, mnist_dir,
                                                                               tmp_path):
     folder = tmp_path / "relocated"  # the checkpoint's recorded relative path does not lead anywhere from here

@@ -1,8 +1,8 @@
 """Facts about an .onnx read straight from its protobuf wire format, for the torch-free side, where the `onnx`
 package (and with it the generated ModelProto classes) is not installed.
 
-Only the messages on a path to a TensorProto are walked (field numbers from onnx/onnx.proto); every other field,
-the weights' raw bytes included, is stepped over by its length without being copied.
+Only the messages on a path to what is asked for are walked (field numbers from onnx/onnx.proto); every other
+field, the weights' raw bytes included, is stepped over by its length without being copied.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ NESTED = {
 }
 DATA_LOCATION = 14  # TensorProto.data_location
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL: the tensor's bytes are in another file
+METADATA_PROPS, KEY, VALUE = 14, 1, 2  # ModelProto.metadata_props, StringStringEntryProto's key and value
 MAX_DEPTH = 100  # protobuf's own nesting limit, past which ONNX Runtime refuses a file anyway
 
 
@@ -33,6 +34,20 @@ def has_external_data(model: bytes) -> bool:
         return _external(memoryview(model), "model", 0)
     except ValueError:
         return False
+
+
+def metadata(model: bytes) -> dict[str, str]:
+    """The ONNX model's metadata_props as a dict (a later entry of a key wins, as in ONNX Runtime); empty for
+    bytes that are not a well-formed protobuf or whose entries are not UTF-8 text."""
+    props: dict[str, str] = {}
+    try:
+        for number, entry in _fields(memoryview(model)):
+            if number == METADATA_PROPS and isinstance(entry, memoryview):
+                fields = {n: v for n, v in _fields(entry) if isinstance(v, memoryview)}
+                props[bytes(fields.get(KEY, b"")).decode()] = bytes(fields.get(VALUE, b"")).decode()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return props
 
 
 def _external(data: memoryview, message: str, depth: int) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, refinputs
+from toolkit import devices, onnx_wire, refinputs
 from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
@@ -377,14 +377,9 @@ class OnnxElsewhere(Runner):
 
 def _has_toolkit_metadata(data: bytes) -> bool:
     """Whether the .onnx is a toolkit model that takes MNIST images. One exported with its own input shape
-    (--input-shape) takes no image: it runs like a foreign file, on random data of its declared shape."""
-    import onnx
-
-    try:
-        model = onnx.load_model_from_string(data)  # external data is not loaded from bytes
-    except Exception:  # not a protobuf: ONNX Runtime will say so when it tries
-        return False
-    meta = {p.key: p.value for p in model.metadata_props}
+    (--input-shape) takes no image: it runs like a foreign file, on random data of its declared shape. Read
+    without the onnx package, which the inference-only install lacks."""
+    meta = onnx_wire.metadata(data)  # not a protobuf: {}, and ONNX Runtime will say why when it tries
     return "toolkit.format_version" in meta and meta.get("preprocessing") != refinputs.PREPROCESSING
 
 
