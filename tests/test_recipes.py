@@ -133,7 +133,23 @@ def test_bad_holdout_is_a_one_line_error(tmp_path, mnist_dir, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_reports_validation_accuracy_per_epoch(tmp_path, mnist_dir):
+def _drawn_curves(monkeypatch) -> list:
+    """The figures saved from here on, as {legend label: y values} per figure."""
+    import matplotlib.figure
+
+    curves = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        curves.append({line.get_label(): list(line.get_ydata()) for ax in self.axes for line in ax.get_lines()})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return curves
+
+
+def test_cli_reports_validation_accuracy_per_epoch(tmp_path, mnist_dir, monkeypatch):
+    curves = _drawn_curves(monkeypatch)
     run_dir = tmp_path / "run"
     result = run_cli("train", "--recipe", "best", "--epochs", "2", "--train-limit", "2000", "--holdout", "500",
                      "--out", run_dir, "--data-dir", mnist_dir)
@@ -143,3 +159,20 @@ def test_cli_reports_validation_accuracy_per_epoch(tmp_path, mnist_dir):
     history = json.loads((run_dir / "history.json").read_text())
     assert history["recipe"] == "best" and history["config"]["holdout"] == 500
     assert all(0 < row["val_accuracy"] <= 100 for row in history["epochs"])
+    # errors.png draws the held-out validation curve beside the train and test ones, each under its own name
+    rows = history["epochs"]
+    expected = {"train error": "train_accuracy", "test error": "test_accuracy",
+                "validation error (held-out training images)": "val_accuracy"}
+    assert list(curves[-1]) == list(expected)
+    for label, key in expected.items():
+        assert curves[-1][label] == pytest.approx([100 - row[key] for row in rows]), label
+
+
+def test_errors_plot_of_a_run_without_holdout_has_no_validation_curve(trained, tmp_path, monkeypatch):
+    from toolkit.plots import plot_errors
+    from toolkit.train import EpochStats
+
+    curves = _drawn_curves(monkeypatch)
+    rows = json.loads((trained / "history.json").read_text())["epochs"]
+    plot_errors([EpochStats(**row) for row in rows], tmp_path / "errors.png")
+    assert list(curves[-1]) == ["train error", "test error"]

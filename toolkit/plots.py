@@ -1,4 +1,4 @@
-"""PNG plots: the notebook's train/validation error curve, and the bench results as small multiples."""
+"""PNG plots: the notebook's train/test error curves, and the bench results as small multiples."""
 
 from __future__ import annotations
 
@@ -21,16 +21,20 @@ def pyplot():
 
 
 def plot_errors(history: Sequence[Any], path: str | Path, title: str = "") -> None:
-    """Train and evaluation error (%) per epoch, as the notebook asked for, written atomically to `path`."""
+    """Train and test error (%) per epoch, as the notebook asked for, and the validation error of a run that
+    held part of the training set out (`--holdout`); written atomically to `path`."""
     plt = pyplot()
     epochs = [row.epoch for row in history]
+    curves = {"train error": [row.train_error for row in history], "test error": [row.test_error for row in history]}
+    if history and all(row.val_accuracy is not None for row in history):
+        curves["validation error (held-out training images)"] = [100.0 - row.val_accuracy for row in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(epochs, [row.train_error for row in history], "o-", label="train error")
-    ax.plot(epochs, [row.test_error for row in history], "s-", label="validation error (MNIST test set)")
+    for (label, errors), marker in zip(curves.items(), ("o-", "s-", "^--"), strict=False):
+        ax.plot(epochs, errors, marker, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.set_yscale("log")
-    _percent_ticks(ax, [row.train_error for row in history] + [row.test_error for row in history])
+    _percent_ticks(ax, [e for errors in curves.values() for e in errors])
     ax.set_xticks(epochs)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
