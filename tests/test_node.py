@@ -166,8 +166,9 @@ def test_readme_node_snippets_run(node_example, exported, tmp_path, kind, suffix
     """Each documented snippet, saved as the file its first line names, prints Python's answer for a blank digit."""
     snippets = readme_snippets()
     assert len(snippets) == 2, list(snippets)
-    [code] = [code for first, code in snippets.items() if kind in first]
-    # beside examples/node/node_modules, so `onnxruntime-node` resolves as in a user's project
+    [(first, code)] = [(first, code) for first, code in snippets.items() if kind in first]
+    # saved anywhere but beside examples/node/node_modules, `onnxruntime-node` does not resolve
+    assert re.search(rf"save as examples/node/\w+\{suffix}\b", first), first
     script = NODE_DIR / f".readme-snippet-{tmp_path.name}{suffix}"
     (tmp_path / "exported").symlink_to(exported)
     try:
