@@ -111,7 +111,9 @@ def training(r: dict) -> list[str]:
 
 
 def recipes(r: dict) -> list[str]:
-    lines = [f"### What each ingredient adds (`benchmarks/recipes.py`, {machine(r['machine'])})", "",
+    # the heading names the baselines varied (rows without a verdict), so each file's section has its own anchor
+    baselines = " and ".join(f"`{name}`" for name, row in r["summary"].items() if "verdict" not in row)
+    lines = [f"### What each ingredient adds to {baselines} (`benchmarks/recipes.py`, {machine(r['machine'])})", "",
              f"Validation accuracy on the last {r['holdout']:,} training images, held out of training; the test "
              "set is not looked at.", "",
              "| variant | seeds | mean validation accuracy | lowest | recipe minus variant (points) | verdict |",

@@ -118,6 +118,49 @@ def test_every_link_and_picture_exists(doc):
         assert (doc.parent / link).exists(), f"{doc.relative_to(REPO)} links to {link}, which does not exist"
 
 
+def heading_slugs(text: str) -> list[str]:
+    """A markdown text's headings as GitHub slugs them, in order: the rendered text lowercased, every character but
+    letters, digits, `_`, `-` and spaces dropped, spaces turned to `-`."""
+    prose = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.S | re.M)  # a `# comment` in a code block is no heading
+    slugs = []
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", prose, flags=re.M):
+        rendered = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link shows its text
+        slugs.append(re.sub(r"[^\w\- ]", "", rendered.strip().lower()).replace(" ", "-"))
+    return slugs
+
+
+def heading_anchors(text: str) -> list[str]:
+    """The anchors GitHub gives the headings: their slugs, a repeated one suffixed -1, -2, ..."""
+    seen: dict[str, int] = {}
+    anchors = []
+    for slug in heading_slugs(text):
+        anchors.append(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_heading_anchors_follow_github():
+    text = ("# Top\n```bash\n# not a heading\n```\n## Inside a web page (`web.py`, 2 cores)\n"
+            "### From C++: the [AOTI](x.md) one\n")
+    assert heading_anchors(text + "## Top ##\n## Top\n") == [
+        "top", "inside-a-web-page-webpy-2-cores", "from-c-the-aoti-one", "top-1", "top-2"]
+
+
+@pytest.mark.parametrize("doc", [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_link_to_a_heading_finds_it(doc):
+    """A link's `#anchor` names a heading of the page it points to (a wrong one opens the page at its top), and no
+    page repeats a heading (GitHub would tell the two apart only by a -1 at the end of the second's anchor)."""
+    for link, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", doc.read_text()):
+        if re.match(r"[a-z]+://", link):
+            continue
+        target = (doc.parent / link) if link else doc
+        assert anchor in heading_anchors(target.read_text()), (
+            f"{doc.relative_to(REPO)} links to {link}#{anchor}, a heading {link or doc.name} does not have")
+    slugs = heading_slugs(doc.read_text())
+    assert len(set(slugs)) == len(slugs), sorted({s for s in slugs if slugs.count(s) > 1})
+
+
 def test_the_shipped_digits_are_the_mnist_test_images_they_are_named_after(mnist_dir):
     x, _ = load_split(mnist_dir, "test")
     digits = sorted((REPO / "examples" / "digits").glob("mnist-test-*.png"))
