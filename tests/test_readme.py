@@ -89,6 +89,14 @@ def test_the_rendered_blocks_match_the_committed_json(path):
                                          "python benchmarks/report.py --write README.md benchmarks/README.md")
 
 
+def test_the_headline_compares_fast_with_the_notebook_as_the_training_section_does():
+    """The headline's one-cell version of the comparison says the same sentence as benchmarks/README.md."""
+    report = _report()
+    [sentence] = re.findall(r"`fast` reaches 99\.0% \d+x sooner than .*?98\.8%(?: \(a lower bound\))?",
+                            "\n".join(report.headline()))
+    assert sentence in "\n".join(report.sections()).replace("**", "")
+
+
 def test_the_make_main_table_has_a_pinned_column_only_where_a_pinned_run_is_committed():
     report = _report()
     run = json.loads((report.RESULTS / "make_main.json").read_text())
