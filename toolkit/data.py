@@ -174,7 +174,7 @@ def mirrors() -> list[str]:
 
 def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tuple[dict[str, bytes], str]:
     found: dict[str, bytes] = {}
-    errors = []
+    reasons = []
     for name in names:
         for mirror in mirrors():
             url = f"{mirror}{name}.gz"
@@ -194,11 +194,23 @@ def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tupl
                 found[name] = _gunzip(buf, MNIST_SIZES[name], "the download")
                 break
             except (urllib.error.URLError, OSError, EOFError, ValueError, DataError) as e:
-                reason = getattr(e, "reason", e)
-                errors.append(f"{url}: {reason}")
+                reason = str(getattr(e, "reason", e))
+                reasons.append(reason)
                 log(f"  {url}: {reason}")
-    detail = f"{len(found)} file(s) downloaded" if found else "; ".join(errors[:2]) or "nothing to fetch"
+    detail = f"{len(found)} file(s) downloaded" if found else _failed(reasons) or "nothing to fetch"
     return found, detail
+
+
+def _failed(reasons: list[str]) -> str:
+    """What went wrong with the downloads, each reason once with how many it stopped: the log has already
+    named each URL with its reason, and the summary (and an error that lists every source) says it once."""
+    if not reasons:
+        return ""
+    counts = {reason: reasons.count(reason) for reason in reasons}
+    failed = f"{len(reasons)} download{'s' * (len(reasons) > 1)} failed"
+    if len(counts) == 1:
+        return f"{'all ' * (len(reasons) > 1)}{failed}: {reasons[0]}"
+    return f"{failed}: " + ", ".join(f"{n} x {reason}" for reason, n in counts.items())
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -325,6 +337,13 @@ def _try_source(raw: Path, source_name: str, fetch: Source, wanted: list[str], l
     return Attempt(source_name, files, obtained, detail)
 
 
+def _local_detail(problems: dict[str, str]) -> str:
+    """What the files already there came to, in the few words an error that lists every source can carry."""
+    if len(problems) == len(MNIST_FILES) and set(problems.values()) == {"missing"}:
+        return "none"
+    return "; ".join(f"{n}: {p}" for n, p in problems.items()) or "all verified"
+
+
 def ensure_mnist(
     data_dir: str | os.PathLike,
     *,
@@ -344,8 +363,7 @@ def ensure_mnist(
 
     problems = check_local(data_dir)
     good = [n for n in MNIST_FILES if n not in problems]
-    report.attempts.append(Attempt("files already there", list(MNIST_FILES), good,
-                                   "; ".join(f"{n}: {p}" for n, p in problems.items()) or "all verified"))
+    report.attempts.append(Attempt("files already there", list(MNIST_FILES), good, _local_detail(problems)))
     for name, problem in problems.items():
         log(f"{name}: {problem}")
 

@@ -238,7 +238,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def note(message: str) -> None:
     """A note on stderr (what a stage wrote, removed or kept), left out under --quiet like progress."""
     if not _state["quiet"]:
-        err.print(message, highlight=False)
+        err.print(message, highlight=False, soft_wrap=True)  # one line, as the terminal wraps it, never split
 
 
 def _print_result(renderable: Any) -> None:

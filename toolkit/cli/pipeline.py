@@ -59,10 +59,8 @@ def data(data_dir: DataDir = Path("data")) -> None:
     from toolkit.data import ensure_mnist
 
     with download_progress() as on_progress:
-        report = ensure_mnist(data_dir, log=note, progress=on_progress)
+        report = ensure_mnist(data_dir, log=note, progress=on_progress)  # which source gave what: in its notes
     out.print(_mnist_table(report, data_dir))
-    for attempt in report.attempts:
-        out.print(f"  {attempt.source}: {attempt.detail}")
 
 
 def _resumed_run(run_dir: Path):
