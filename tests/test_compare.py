@@ -88,6 +88,44 @@ def test_wrong_layout_and_bad_options_are_one_line_errors(trained, exported, mni
         assert message in line
 
 
+def _nhwc_torchscript(checkpoint, path):
+    """The checkpoint's model traced to TorchScript behind a permute: it takes [N,28,28,1], which the file does
+    not declare."""
+    import torch
+
+    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+
+    class Nhwc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(x.permute(0, 3, 1, 2))
+
+    with pytest.warns(FutureWarning):  # torch.jit's deprecation notice
+        torch.jit.trace(Nhwc(), torch.zeros(2, 28, 28, 1)).save(str(path))
+    return path
+
+
+def test_a_torch_file_fed_the_wrong_layout_says_what_it_was_fed(trained, exported, mnist_dir, tmp_path):
+    nhwc = _nhwc_torchscript(trained / "checkpoint.pt", tmp_path / "theirs.pt")
+    line = assert_one_line_error(run_cli("compare", exported / "model.onnx", nhwc, "--data-dir", mnist_dir,
+                                         "--limit", "200"), 2)
+    assert "theirs.pt failed while running on torchscript: RuntimeError: " in line and "channels" in line
+    assert "float32[N,1,28,28]" in line and "--layout nhwc" in line
+    assert "serialized code" not in line and "HERE" not in line  # TorchScript's traceback is left out
+    result = run_cli("compare", exported / "model.onnx", nhwc, "--data-dir", mnist_dir, "--limit", "200",
+                     "--layout", "nhwc", "--json", "-")
+    assert result.exit_code == 0 and json.loads(result.stdout)["agreement"] == 200, result.stderr
+    # bench times the file fed the same layout as it checks it with
+    bench = run_cli("bench", nhwc, "--layout", "nhwc", "--batch-sizes", "1", "--iterations", "2", "--rounds", "1",
+                    "--no-matmul-peak", "--data-dir", mnist_dir)
+    assert bench.exit_code == 0, bench.stderr
+
+
 def test_mean_and_std_must_keep_the_inputs_within_float32(trained, mnist_dir, tmp_path):
     """Finite as doubles but not as float32 inputs: refused up front, not fed as inf to give a false verdict."""
     foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx")

@@ -116,6 +116,11 @@ class Runner:
         raise NotImplementedError
 
     @property
+    def failure_hint(self) -> str:
+        """What to add to the message of a call that failed inside the model (what it was fed, what to try)."""
+        return ""
+
+    @property
     def time_limit_s(self) -> float | None:
         return self.options.time_limit_s
 
@@ -143,8 +148,12 @@ class Runner:
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception's text on one line, cut at `limit` characters (its type's name when it has none)."""
-    return " ".join(str(e).split())[:limit] or type(e).__name__
+    """An exception's text on one line, cut at `limit` characters (its type's name when it has none). A text that
+    carries a traceback (TorchScript's holds the serialized code of each frame) gives its last line: the error."""
+    text = str(e)
+    if "Traceback" in text:
+        text = next((line for line in reversed(text.splitlines()) if line.strip()), text)
+    return " ".join(text.split())[:limit] or type(e).__name__
 
 
 @contextlib.contextmanager
@@ -175,7 +184,8 @@ def run_guard(runner: Runner) -> Iterator[None]:
         if "alloc" in text.lower() or "out of memory" in text.lower():
             raise ConfigError(f"cannot allocate memory to run {runner.label} on {runner.runtime} "
                               f"({text[:120]}); use smaller batches") from None
-        raise ArtifactError(f"{runner.label} failed while running on {runner.runtime}: {text}") from None
+        raise ArtifactError(f"{runner.label} failed while running on {runner.runtime}: {text}"
+                            f"{runner.failure_hint}") from None
     else:
         if watch.ran_over():
             raise ArtifactError(timeout_message(runner))

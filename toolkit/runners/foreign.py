@@ -244,10 +244,19 @@ class ForeignTorchRunner(_ForeignFile, TorchRunner):
     def takes_images(self) -> bool:
         return True
 
-    def _feed(self, pixels: np.ndarray) -> Any:
+    def _host_input(self, pixels: np.ndarray) -> Any:
         import torch
 
-        return torch.from_numpy(_pixels_as(pixels, self.layout, np.float32, self.prep)).to(self.device)
+        return torch.from_numpy(_pixels_as(pixels, self.layout, np.float32, self.prep))
+
+    @property
+    def failure_hint(self) -> str:
+        """A failing call most often means the model takes another layout: which one it was fed, what else to try."""
+        how = f"--layout {self.layout}" if self.prep.layout != "auto" else \
+            "nchw: the toolkit reads no input shape from a torch file"
+        others = [f"{k} [N,{','.join(map(str, v))}]" for k, v in _SHAPES.items() if k != self.layout]
+        return (f"; it was fed float32[N,{','.join(map(str, _SHAPES[self.layout]))}] ({how}): if it takes another "
+                f"layout, pass --layout {', '.join(others[:-1])} or {others[-1]}")
 
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),

@@ -67,10 +67,14 @@ class TorchRunner(Runner):
         self.device = devices.torch_device(options.device)
         self.module = module
 
-    def _feed(self, pixels: np.ndarray) -> Any:
+    def _host_input(self, pixels: np.ndarray) -> Any:
+        """uint8 pixels -> this module's input tensor on the CPU."""
         import torch
 
-        return torch.from_numpy(super()._feed(pixels)).to(self.device)
+        return torch.from_numpy(super()._feed(pixels))
+
+    def _feed(self, pixels: np.ndarray) -> Any:
+        return self._host_input(pixels).to(self.device)
 
     def _infer(self, native: Any) -> list[Any]:
         import torch
@@ -81,7 +85,7 @@ class TorchRunner(Runner):
     def timed(self, batches: list[np.ndarray], io: str = "host") -> Timed:
         import torch
 
-        host = [torch.from_numpy(Runner._feed(self, b)) for b in batches]
+        host = [self._host_input(b) for b in batches]
         module, device = self.module, self.device
         if device == "cpu" or io == "host":
             def run_host(i: int) -> Any:
