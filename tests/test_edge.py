@@ -144,9 +144,12 @@ def test_verify_on_the_device_checks_every_onnx_artifact_against_the_golden_outp
     assert report["passed"] and report["reference"].startswith(f"{GOLDEN_NAME} sha256=")
     assert {r["artifact"] for r in report["results"]} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx",
                                                          "model.app.onnx"}
-    # no torch: the TorchScript file is left out with a note, not failed
-    assert "not verified: model.ts.pt" in report["skipped"]["torchscript"]
-    assert "model.ts.pt" in result.stdout
+    # no torch: the TorchScript file is left out with a note, not failed, naming the extra that brings torch; the
+    # other runtimes missing here would run none of these files, so they go unmentioned
+    note = "not installed (pip install 'toolkit[train]'); not verified: model.ts.pt"
+    assert report["skipped"] == {"torchscript": note}
+    notes = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    assert notes == [f"skipped torchscript: {note}"]
 
 
 def test_verify_on_the_device_refuses_an_altered_golden_file(device_python, on_device, mnist_dir, tmp_path):
@@ -165,7 +168,8 @@ def test_torchscript_alone_on_the_device_is_a_clear_error(device_python, on_devi
     result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format", "torchscript",
                     "--data-dir", mnist_dir)
     line = assert_one_line_error(result, 2)
-    assert "runtime torchscript not installed" in line and "not verified: model.ts.pt" in line
+    assert line == (f"error: nothing in {on_device}/ can be verified here: model.ts.pt needs runtime torchscript, "
+                    "not installed (pip install 'toolkit[train]')")
 
 
 def test_bench_on_the_device(device_python, on_device, mnist_dir, tmp_path):
@@ -180,6 +184,11 @@ def test_bench_on_the_device(device_python, on_device, mnist_dir, tmp_path):
     assert report["settings"]["reference"].startswith(f"{GOLDEN_NAME} sha256=")  # verified against the golden file
     assert report["model_flops_per_image"] == 4_586_000  # as export recorded it; no torch here to count it
     assert report["matmul_peak_gflops"] is None and "torch" not in report["versions"]
+    # of the runtimes missing here, only those that open an .onnx are noted, once, with the extra that has both
+    missing = "not installed (pip install 'toolkit[runtimes]')"
+    assert report["skipped"] == {"runtime openvino": missing, "runtime opencv": missing}
+    assert [line for line in result.stdout.splitlines() if line.startswith("skipped")] == [
+        f"skipped runtimes openvino, opencv: {missing}"]
 
 
 def test_compare_and_bench_of_onnx_files_on_the_device(device_python, on_device, mnist_dir, tmp_path):
@@ -201,6 +210,7 @@ def test_compare_and_bench_of_onnx_files_on_the_device(device_python, on_device,
     points = json.loads((tmp_path / "bench.json").read_text())["points"]
     verified = {p["format"]: p["verified"] for p in points if p["runtime"] == "onnxruntime"}
     assert verified == {"foreign.onnx": None, "model.onnx": True}  # a foreign file has nothing to be checked against
+    assert "torch" not in bench.stdout and "litert" not in bench.stdout  # runtimes no .onnx needs go unmentioned
 
 
 def test_a_copied_export_folder_verifies_and_benchmarks_without_its_checkpoint(exported, trained, mnist_dir,

@@ -6,6 +6,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from tests.conftest import NO_BF16, assert_one_line_error, fake_cpu_flags, run_cli
+from toolkit.artifacts import read_manifest, select
 from toolkit.errors import ConfigError
 from toolkit.verify import parse_tolerance_overrides
 
@@ -242,8 +243,15 @@ def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     monkeypatch.setitem(runners.RUNTIMES, "opencv", replace(runners.RUNTIMES["opencv"], module="no_such_cv2_module"))
     result = run_cli("verify", "--artifacts", exported, "--data-dir", mnist_dir, "--runtime", "opencv")
     assert "runtime opencv is not installed" in assert_one_line_error(result, 2)
+    assert "pip install 'toolkit[runtimes]'" in assert_one_line_error(result, 2)
     selection = runners.select_runtimes(["all"])
-    assert "opencv" not in selection.runtimes and "pip install" in selection.skipped["opencv"]
+    assert "opencv" not in selection.runtimes and selection.skipped["opencv"] == \
+        "not installed (pip install 'toolkit[runtimes]')"
+    # noted only where it would have run a selected file: OpenCV reads .onnx files, not TorchScript
+    artifacts = select(read_manifest(exported), ["onnx", "torchscript"], ["fp32"])
+    assert set(runners.would_run(selection, artifacts, ["cpu"])) == {"opencv"}
+    assert runners.would_run(selection, artifacts, ["cpu"], ["torchscript"]) == {}
+    assert runners.would_run(selection, artifacts, ["cpu"], native_only=True) == {}  # .onnx is ONNX Runtime's
 
 
 def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(trained, exported, mnist_dir,

@@ -281,9 +281,7 @@ def plan(artifacts: list[Artifact], runtimes: list[str], device: str, modes: tup
     that cannot run on `device` are skipped with a note. A runtime's extra compute modes (OpenVINO bf16) apply to
     the fp32 files, where they change something; one this CPU only emulates is left out with a note unless
     `modes` names it (runners.choose_modes)."""
-    todo, skipped = runners.runs(artifacts, runtimes, device)
-    if native_only:  # OpenVINO opens .onnx files too
-        todo = [run for run in todo if run.runtime == formats.FORMATS[run.format].native_runtime]
+    todo, skipped = runners.runs(artifacts, runtimes, device, native_only=native_only)  # OpenVINO opens .onnx too
     todo, left_out = runners.choose_modes(todo, modes)
     return [Job(run.runtime, run.source, run.mode) for run in todo], {**skipped, **left_out}
 
@@ -385,16 +383,23 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
         raise
 
 
-def _unverified_notes(skipped: dict[str, str], artifacts: list[Artifact], jobs: list[Job]) -> dict[str, str]:
-    """Each skipped runtime's note, naming the selected files that no other runtime checks (TorchScript without
-    torch): left out with a note, not failed."""
+def _unverified(selection: runners.Selection, artifacts: list[Artifact], jobs: list[Job], device: str,
+                native_only: bool) -> dict[str, list[str]]:
+    """Each runtime that is not installed but would have checked a selected file (only those are noted), with the
+    files that no other runtime checks (TorchScript without torch): left out with a note, not failed."""
     checked = {job.artifact.file for job in jobs}
-    notes = {}
-    for name, why in skipped.items():
-        spec = runners.RUNTIMES.get(name)
-        left = [a.file for a in artifacts if spec and spec.opens(a.format, a.precision) and a.file not in checked]
-        notes[name] = why + (f"; not verified: {', '.join(left)}" if left else "")
-    return notes
+    return {name: list(dict.fromkeys(run.source.file for run in todo if run.source.file not in checked))
+            for name, todo in runners.would_run(selection, artifacts, [device], native_only=native_only).items()}
+
+
+def _nothing_to_verify(folder: Path, selection: runners.Selection, unverified: dict[str, list[str]],
+                       skipped: dict[str, str]) -> ArtifactError:
+    """Why no file can be checked: none is selected, or each one's runtime is not installed or cannot run here."""
+    why = [f"{', '.join(files)} {'needs' if len(files) == 1 else 'need'} runtime {name}, {selection.skipped[name]}"
+           for name, files in unverified.items() if files] + [f"runtime {name} {n}" for name, n in skipped.items()]
+    return ArtifactError(f"nothing in {folder}/ can be verified here: {'; '.join(why)}" if why else
+                         f"no artifact in {folder}/ matches the formats/precisions asked for in runtime(s) "
+                         f"{', '.join(selection.runtimes) or 'none'}")
 
 
 def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None,
@@ -414,11 +419,11 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     artifacts = select(read_manifest(folder), list(config.formats), list(config.precisions))
     # by default each file in its own runtime only
     jobs, skipped = plan(artifacts, selection.runtimes, config.provider, config.modes, native_only=not config.runtimes)
-    skipped = {**_unverified_notes(selection.skipped, artifacts, jobs), **skipped}
+    unverified = _unverified(selection, artifacts, jobs, config.provider, native_only=not config.runtimes)
     if not jobs:
-        notes = "".join(f"; runtime {name} {why}" for name, why in skipped.items())
-        raise ArtifactError(f"no artifact in {folder}/ matches the formats/precisions asked for "
-                            f"in runtime(s) {', '.join(selection.runtimes) or 'none'}{notes}")
+        raise _nothing_to_verify(folder, selection, unverified, skipped)
+    skipped = {**{name: selection.skipped[name] + (f"; not verified: {', '.join(files)}" if files else "")
+                  for name, files in unverified.items()}, **skipped}
     progress(0, f"reference outputs ({config.reference or 'auto'})")
     ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
     results = []

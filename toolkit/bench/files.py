@@ -228,5 +228,6 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
         candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
     if not candidates:
         raise ConfigError("nothing to benchmark: no selected runtime runs these files on the devices asked for")
+    relevant = {r for path in paths for r in foreign.runtimes_for(path)}  # a runtime not installed is noted
     return Plan(candidates, opener, used, takes_images=any(f.inputs == MNIST_INPUTS for f in files), skipped=skipped,
-                skipped_runtimes=selection.skipped, files=files)
+                skipped_runtimes={k: v for k, v in selection.skipped.items() if k in relevant}, files=files)

@@ -343,5 +343,8 @@ def plan_manifest(config: BenchConfig) -> Plan:
     full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
             if config.verify or own else None)
     ref = sample(full, config.verify_images) if config.verify else None
+    missing = runners.would_run(selection, manifest, devices_used, list(config.formats), list(config.precisions),
+                                baseline=True)  # a runtime not installed is noted where it would have run something
     return Plan(candidates, Opener(ref, full.pixels if own else None), devices_used, takes_images=not own,
-                checkpoint=checkpoint, reference=ref, skipped=skipped, skipped_runtimes=selection.skipped)
+                checkpoint=checkpoint, reference=ref, skipped=skipped,
+                skipped_runtimes={k: v for k, v in selection.skipped.items() if k in missing})

@@ -29,7 +29,7 @@ from toolkit.cli.common import (
     out,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
-from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_table, _verify_table
+from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_skipped, _print_table, _verify_table
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
 from toolkit.formats import (
     DEFAULT_CALIBRATION_SIZE,
@@ -272,8 +272,7 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
-    for name, reason in report.skipped.items():
-        out.print(f"skipped {name}: {reason}", highlight=False)
+    _print_skipped(report.skipped)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)
     if json_path:

@@ -201,6 +201,18 @@ def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]
                    *((headers["verified"],) if same else ()))
 
 
+def _print_skipped(skipped: dict[str, str]) -> None:
+    """One line per reason for what was left out: runtimes that one extra would install share theirs."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        label = ", ".join(names)
+        if len(names) > 1 and all(n.startswith("runtime ") for n in names):
+            label = "runtimes " + ", ".join(n.removeprefix("runtime ") for n in names)
+        out.print(f"skipped {label}: {reason}", highlight=False)
+
+
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
     """The summary table, what was left out and why, and one recommendation per regime; with `sweep`, every
     point first. The targets are not printed: they are the project's goals, rendered by benchmarks/report.py."""
@@ -211,8 +223,7 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
         why = f" ({f['why_random']})" if f["why_random"] else ""
         checked = f"; verified against {f['reference']}" if f.get("reference") else ""
         out.print(f"{f['name']}: {f['inputs']}{why}; ran in {', '.join(f['runtimes'])}{checked}", highlight=False)
-    for name, reason in report.skipped.items():
-        out.print(f"skipped {name}: {reason}", highlight=False)
+    _print_skipped(report.skipped)
     for regime, f in report.fastest.items():
         out.print(bench_lib.fastest_line(f, regime), highlight=False)
     peaks = bench_lib.peaks_line(report)

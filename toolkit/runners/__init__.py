@@ -33,7 +33,7 @@ from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_gua
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "NO_NATIVE_MODE", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner",
            "RunnerOptions", "Runtime", "Selection", "Timed", "choose_modes", "modes_to_run", "open_runner",
-           "open_timed", "run_guard", "runs", "runtime_versions", "select_runtimes"]
+           "open_timed", "run_guard", "runs", "runtime_versions", "select_runtimes", "would_run"]
 
 OPENVINO_HINTS = _openvino.HINTS
 PYTORCH = "pytorch"  # the eager baseline's "format": the checkpoint itself
@@ -55,6 +55,11 @@ class Runtime:
     tunes: tuple[str, ...]  # the bench settings that apply: optimization, concurrency, io, cuda_graph, mode, hint
     description: str
     open: Opener  # (artifact or checkpoint path, options) -> Runner
+    extra: str = ""  # the toolkit extra that installs it (pyproject.toml); "": the base install has it
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'toolkit[{self.extra}]'" if self.extra else f"pip install {self.packages[0]}"
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -76,22 +81,23 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             _GPU, _F32, ("optimization", "concurrency", "io", "cuda_graph"),
             "ONNX Runtime (CPU, CUDA and TensorRT providers)", _ort.open_artifact),
     Runtime(PYTORCH, "torch", ("torch",), (PYTORCH,), ("fp32",), ("cpu", "cuda"), _F32, ("io",),
-            "PyTorch eager, from the checkpoint", _torch.open_eager),
+            "PyTorch eager, from the checkpoint", _torch.open_eager, "train"),
     Runtime("torchscript", "torch", ("torch",), ("torchscript",), formats.FORMATS["torchscript"].precisions,
-            ("cpu", "cuda"), _F32, ("io",), "the TorchScript archive in torch", _torch.open_scripted),
+            ("cpu", "cuda"), _F32, ("io",), "the TorchScript archive in torch", _torch.open_scripted, "train"),
     Runtime("torch-export", "torch", ("torch",), ("pt2",), formats.FORMATS["pt2"].precisions, ("cpu", "cuda"), _F32,
-            ("io",), "the torch.export program (.pt2) in torch", _torch_export.open_exported),
+            ("io",), "the torch.export program (.pt2) in torch", _torch_export.open_exported, "train"),
     Runtime("aoti", "torch", ("torch",), ("aoti",), formats.FORMATS["aoti"].precisions, ("cpu", "cuda"), _F32,
-            ("io",), "the AOTInductor package's compiled model, loaded by torch", _torch_export.open_aoti),
+            ("io",), "the AOTInductor package's compiled model, loaded by torch", _torch_export.open_aoti, "train"),
     Runtime("openvino", "openvino", ("openvino",), (*formats.ONNX_FORMATS, _openvino.IR), formats.PRECISIONS, ("cpu",),
             formats.MODES, ("mode", "hint"), "OpenVINO on the CPU, reading its IR or the .onnx",
-            _openvino.open_artifact),
+            _openvino.open_artifact, "runtimes"),
     Runtime("opencv", "cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
-            formats.ONNX_FORMATS, ("fp32",), ("cpu",), _F32, (), "OpenCV DNN on the CPU", _opencv.open_artifact),
+            formats.ONNX_FORMATS, ("fp32",), ("cpu",), _F32, (), "OpenCV DNN on the CPU", _opencv.open_artifact,
+            "runtimes"),
     Runtime("executorch", "executorch", ("executorch",), ("executorch",), ("fp32", "int8"), ("cpu",), _F32,
-            (), "ExecuTorch with the XNNPACK delegate, on the CPU", _executorch.open_artifact),
+            (), "ExecuTorch with the XNNPACK delegate, on the CPU", _executorch.open_artifact, "executorch"),
     Runtime("litert", "ai_edge_litert", ("ai-edge-litert",), ("tflite",), ("fp32", "int8"), ("cpu",),
-            _F32, (), "LiteRT's interpreter (XNNPACK) on the CPU", _litert.open_artifact),
+            _F32, (), "LiteRT's interpreter (XNNPACK) on the CPU", _litert.open_artifact, "litert"),
 )}
 # what verify uses unless told: each artifact's own runtime (formats.FORMATS[f].native_runtime)
 NATIVE_RUNTIMES = tuple(dict.fromkeys(f.native_runtime for f in formats.FORMATS.values()))
@@ -121,9 +127,9 @@ def select_runtimes(requested: tuple[str, ...] | list[str], default: tuple[str, 
         if spec.installed():
             selection.runtimes.append(name)
         elif name in explicit:
-            raise ConfigError(f"runtime {name} is not installed here; pip install {spec.packages[0]}")
+            raise ConfigError(f"runtime {name} is not installed here; {spec.install_hint}")
         else:
-            selection.skipped[name] = f"not installed (pip install {spec.packages[0]})"
+            selection.skipped[name] = f"not installed ({spec.install_hint})"
     return selection
 
 
@@ -174,31 +180,50 @@ def choose_modes(todo: list[Run], named: tuple[str, ...] = ()) -> tuple[list[Run
     return kept, notes
 
 
-def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None,
-             wanted_formats: list[str] | None, wanted_precisions: list[str] | None) -> list[Artifact | str]:
+def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None, wanted_formats: list[str] | None,
+             wanted_precisions: list[str] | None, native_only: bool = False) -> list[Artifact | str]:
     if PYTORCH in spec.formats:
         wanted = ((not wanted_formats or PYTORCH in wanted_formats)
                   and (not wanted_precisions or "fp32" in wanted_precisions))
         return [checkpoint] if checkpoint and wanted else []
-    return [a for a in chosen if spec.opens(a.format, a.precision)]
+    return [a for a in chosen if spec.opens(a.format, a.precision)
+            and (not native_only or formats.FORMATS[a.format].native_runtime == spec.name)]
 
 
 def runs(artifacts: list[Artifact], runtimes: list[str], device: str, formats: list[str] | None = None,
-         precisions: list[str] | None = None, checkpoint: str | None = None) -> tuple[list[Run], dict[str, str]]:
-    """Every (runtime, source, mode) to run on `device`: each runtime with each selected artifact it opens (the
-    'pytorch' runtime with `checkpoint`, when given); runtimes that cannot run on `device` are skipped with a
-    note. A runtime's extra compute modes (OpenVINO bf16) apply to the fp32 files, where they change something."""
+         precisions: list[str] | None = None, checkpoint: str | None = None,
+         native_only: bool = False) -> tuple[list[Run], dict[str, str]]:
+    """Every (runtime, source, mode) to run on `device`: each runtime with each selected artifact it opens (with
+    `native_only`, each artifact in its format's own runtime only; the 'pytorch' runtime with `checkpoint`, when
+    given); a runtime that would run something but cannot run on `device` is skipped with a note. A runtime's extra
+    compute modes (OpenVINO bf16) apply to the fp32 files, where they change something."""
     chosen = select(artifacts, formats, precisions)
     out, skipped = [], {}
     for name in runtimes:
         spec = RUNTIMES[name]
-        if device not in spec.devices:
+        sources = _sources(spec, chosen, checkpoint, formats, precisions, native_only)
+        if sources and device not in spec.devices:
             skipped[name] = f"runs on {', '.join(spec.devices)}, not {device}"
             continue
-        for source in _sources(spec, chosen, checkpoint, formats, precisions):
+        for source in sources:
             run = Run(name, source)
             out += [run._replace(mode=m) for m in (spec.modes if run.precision == "fp32" else spec.modes[:1])]
     return out, skipped
+
+
+def would_run(selection: Selection, artifacts: list[Artifact], devices: list[str], formats: list[str] | None = None,
+              precisions: list[str] | None = None, baseline: bool = False,
+              native_only: bool = False) -> dict[str, list[Run]]:
+    """Of the runtimes `selection` left out as not installed, those that would have run something selected here
+    (what `runs` would give them on one of `devices`; `baseline`: the PyTorch eager baseline counts where its
+    format is selected), with those runs. A note about any other would only be noise."""
+    out: dict[str, list[Run]] = {}
+    for device in devices:
+        todo, _ = runs(artifacts, list(selection.skipped), device, formats, precisions,
+                       "the checkpoint" if baseline else None, native_only)
+        for run in todo:
+            out.setdefault(run.runtime, []).append(run)
+    return out
 
 
 def open_runner(runtime: str, source: Artifact | str, options: RunnerOptions | None = None) -> Runner:
