@@ -70,6 +70,8 @@ def test_bench_summary_at_80_columns_names_every_runtime_and_file():
     wide = _render(*tables._summary_table(report, bench), width=200)
     assert "agreement" in wide and "(batch 1 / best)" in wide and "agreement" not in _render(
         *tables._summary_table(report, bench))
+    title = tables._summary_table(report, bench)[0].title  # where it ran, and how it was checked, in plain words
+    assert f"on {report.machine['cpu']}, {report.machine['cpu_cores']} cores" in title and ") (" not in title
 
 
 def test_verify_table_at_80_columns_keeps_names_and_verdicts():

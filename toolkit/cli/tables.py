@@ -145,7 +145,7 @@ def _compare_many_table(reports: list[Any]) -> Table:
 
 def _where(report: Any) -> str:
     gpu = report.machine.get("gpu")
-    return f"{report.machine['cpu']} ({report.machine['cpu_cores']} cores)" + (f" + {gpu['name']}" if gpu else "")
+    return f"{report.machine['cpu']}, {report.machine['cpu_cores']} cores" + (f" + {gpu['name']}" if gpu else "")
 
 
 def _points_table(report: Any) -> tuple[Table, tuple[str, ...]]:
@@ -171,7 +171,7 @@ _SUMMARY_HEADERS = {"runtime": "runtime", "file": "file", "precision": "precisio
 
 
 def _verified_on(report: Any) -> str:
-    """' (each verified on N test images)' where every row was verified on the same inputs, else '': bench FILE may
+    """'; each verified on N test images' where every row was verified on the same inputs, else '': bench FILE may
     mix an --input-shape export's files (its reference inputs) with MNIST ones, each verified on its own set."""
     fed = {str(f.get("inputs")) for f in report.settings.get("files") or []} or {str(report.settings.get("inputs"))}
     seen = {"reference inputs" if "reference inputs" in inputs else "test images" for inputs in fed}
@@ -179,7 +179,7 @@ def _verified_on(report: Any) -> str:
     every = {row["verified"] for row in report.summary} == {True}
     if not every or len(seen) != 1 or len(counts) != 1 or not report.summary[0]["checked_images"]:
         return ""
-    return f" (each verified on {report.summary[0]['checked_images']:,} {seen.pop()})"
+    return f"; each verified on {report.summary[0]['checked_images']:,} {seen.pop()}"
 
 
 def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]:
