@@ -74,6 +74,7 @@ def test_a_perturbed_model_fails_with_one_error_line(trained, exported, mnist_di
     assert "noisy.onnx" in line and "max |diff|" in line
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["passed"] is False and report["max_abs_diff"] > 1e-4 and report["n"] == 2000
+    assert report["agreement"] < 2000 and f"agreement {report['agreement']:,}/2,000 < 100.00%" in line  # as tabled
 
 
 def test_wrong_layout_and_bad_options_are_one_line_errors(trained, exported, mnist_dir, tmp_path):

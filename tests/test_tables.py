@@ -80,7 +80,7 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
                                computed_mode=computed,
                                max_abs_diff=1e-6, mean_abs_diff=1e-7, agreement=10000, n=10000, accuracy=99.1,
                                accuracy_delta=0.0, batch1_max_diff=1e-7, batch1_n=2000, passed=passed,
-                               failures=[] if passed else ["agreement 9000/10000 < 100.00%"])
+                               failures=[] if passed else ["agreement 9,000/10,000 < 100.00%"])
     results = [row("model.onnx", "onnxruntime"), row("model.onnx", "openvino"), row("model.onnx", "openvino", "bf16"),
                row("model.onnx", "openvino", "bf16", computed="f32"),
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
@@ -92,7 +92,7 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
     expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)
                  + (f"(computed{r.computed_mode})" if r.computed_mode else "")) for r in results]
     assert [(r[0], r[1].replace(" ", "")) for r in rows] == expected
-    assert "FAIL:agreement9000/10000<100.00%" in rows[4][-1].replace(" ", "") and rows[0][-1] == "pass"
+    assert "FAIL:agreement9,000/10,000<100.00%" in rows[4][-1].replace(" ", "") and rows[0][-1] == "pass"
     assert "…" not in text
 
 

@@ -216,11 +216,11 @@ def judge(tolerance: Tolerance, *, finite: bool, max_diff: float, agreement: int
     if tolerance.max_abs_diff is not None and not max_diff <= tolerance.max_abs_diff:
         failures.append(f"max |diff| {max_diff:.3g} > {tolerance.max_abs_diff:g}")
     if agreement < tolerance.min_agreement * n:
-        failures.append(f"agreement {agreement}/{n} < {tolerance.min_agreement:.2%}")
+        failures.append(f"agreement {agreement:,}/{n:,} < {tolerance.min_agreement:.2%}")  # as the tables count
     if tolerance.max_accuracy_change is not None and abs(accuracy_change) > tolerance.max_accuracy_change:
         failures.append(f"accuracy changed by {accuracy_change:+.2f} points (limit {tolerance.max_accuracy_change:g})")
     if batch1_diff is not None and not batch1_diff <= tolerance.max_batch_diff:
-        failures.append(f"batch 1 vs batch {n}: max |diff| {batch1_diff:.3g} > {tolerance.max_batch_diff:g}")
+        failures.append(f"batch 1 vs batch {n:,}: max |diff| {batch1_diff:.3g} > {tolerance.max_batch_diff:g}")
     return failures
 
 
