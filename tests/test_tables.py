@@ -96,6 +96,17 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
     assert "…" not in text
 
 
+def test_predictions_title_stays_on_one_line_at_80_columns():
+    from pathlib import Path
+
+    rows = [SimpleNamespace(file="d.png", digit=7, probability=0.99)]
+    long = "/" + "a-long-folder/" * 6 + "exported/model.app.onnx"  # 108 characters: its leading folders go
+    for model, shown in (("exported/model.app.onnx", "exported/model.app.onnx"),
+                         (long, "…/" + "a-long-folder/" * 2 + "exported/model.app.onnx")):
+        lines = _render(tables._predictions_table(rows, Path(model), width=80), ()).splitlines()
+        assert lines[0].strip() == f"predictions by {shown}" and lines[1].startswith("┏")
+
+
 def test_bench_plot_is_small_multiples_from_the_committed_results(tmp_path, monkeypatch):
     import matplotlib.figure
 

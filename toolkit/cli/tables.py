@@ -231,8 +231,13 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
         out.print(peaks, highlight=False)
 
 
-def _predictions_table(predictions: list[Any], model: Path) -> Table:
-    table = Table(title=f"predictions by {model}")
+def _predictions_table(predictions: list[Any], model: Path, width: int | None = None) -> Table:
+    """The digit and its probability per image, under a title on one line: the table at least as wide as the title,
+    which names the model by its path, its leading folders left out ('…/') where the whole does not fit `width`."""
+    width = width or out.width
+    tails = [str(model)] + [str(Path("…", *model.parts[k:])) for k in range(1, len(model.parts))]
+    title = next((t for t in (f"predictions by {t}" for t in tails) if len(t) <= width), f"predictions by {model.name}")
+    table = Table(title=title, min_width=min(len(title), width))
     for col in ("file", "digit", "probability"):
         table.add_column(col)
     for p in predictions:
