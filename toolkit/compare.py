@@ -165,6 +165,11 @@ def target_kind(a: str, b: str, as_: str) -> str:
     return "probabilities" if "probabilities" in (a, b) else "log_probs"
 
 
+def label(k: int) -> str:
+    """The k-th file's label (from 0), as the help names them: A, B, C, ... Z, then #27, #28, ..."""
+    return chr(ord("A") + k) if k < 26 else f"#{k + 1}"
+
+
 def compare(config: CompareConfig, on_progress: Callable[[int, int, str], None] | None = None) -> CompareReport:
     """Run A and B on the same inputs and judge B against A; on random data (a file whose input is not
     MNIST-shaped) there is no accuracy, and both must then take the same inputs. on_progress(done, total, what)
@@ -185,7 +190,7 @@ def compare_all(config: CompareConfig,
     total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
     measured, feeds = [], []
     for k, path in enumerate(paths):
-        tag, offset = "A" if k == 0 else ("B" if k == 1 else f"#{k + 1}"), k * n
+        tag, offset = label(k), k * n
         prep = config.prep_a if k == 0 else config.prep_b
         report(offset, total, f"opening {tag}: {Path(path).name}")
         runner, feed = _open(path, options, prep, config.shapes, own)

@@ -131,6 +131,8 @@ def _compare_table(report: Any) -> Any:
 
 def _compare_many_table(reports: list[Any]) -> Table:
     """compare with more than two files: A once, then a row per file judged against it."""
+    from toolkit.compare import label
+
     first = reports[0]
     table = Table(title=f"each file against A ({first.a.file}) on {first.n:,} {first.inputs}")
     for col in ("", "file", "runtime", "outputs", "accuracy %", "max |diff|", "agreement", "Δ acc", "result"):
@@ -138,7 +140,7 @@ def _compare_many_table(reports: list[Any]) -> Table:
                          overflow="fold")
     table.add_row("A", *_side_cells(first.a), "-", "-", "-", "reference")
     for k, r in enumerate(reports):
-        table.add_row("B" if k == 0 else f"#{k + 2}", *_side_cells(r.b), f"{r.max_abs_diff:.2e}",
+        table.add_row(label(k + 1), *_side_cells(r.b), f"{r.max_abs_diff:.2e}",
                       f"{r.agreement:,}/{r.n:,}", _known(r.accuracy_delta, "+.2f"), _result(r.passed, r.failures))
     return table
 
