@@ -97,6 +97,7 @@ def test_server_sends_isolation_headers_and_mime_types(server):
         assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
         assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
         assert int(headers["Content-Length"]) == len(body) > 0
+        assert headers["Server"] == "toolkit-web"  # no Python version, and no space after the name
     assert server.startswith("http://127.0.0.1:")
 
 

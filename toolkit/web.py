@@ -196,6 +196,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     table: tuple[Mount, ...] = ()
     server_version = "toolkit-web"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # http.server joins it with sys_version by a space, which then trails
     timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler puts it on the socket: every read and write is bounded
 
     def setup(self) -> None:
