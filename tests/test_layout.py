@@ -16,7 +16,7 @@ FLOORS = (
     ("artifacts", "model_files", "devices", "model", "safe_pickle", "augment", "refinputs"),
     ("runners", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "exporters", "train_step"),
-    ("export", "verify", "compare", "bench", "train", "plots", "triton", "web"),
+    ("export", "export_folder", "verify", "compare", "bench", "train", "plots", "triton", "web"),
     ("cli", "launch", "__main__"),
 )
 MAX_MODULE_LINES = 450

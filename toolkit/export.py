@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import exporters, fileio, golden, refinputs, sysinfo, usermodel
+from toolkit import export_folder, exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit.artifacts import (
     GOLDEN_NAME,
     MANIFEST_NAME,
-    RESULT_FILES,
     Artifact,
     GoldenEntry,
     Part,
     read_golden_entry,
-    read_manifest,
     write_manifest,
 )
 from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
@@ -196,7 +194,8 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
     ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs)
-    _others(out_dir, _previous_manifest(out_dir), ckpt_sha256, config.overwrite)  # early; checked again under the lock
+    export_folder.other_checkpoints(out_dir, export_folder.previous_manifest(out_dir), ckpt_sha256,
+                                   config.overwrite)  # early; checked again under the lock
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
     progress(0, "golden outputs on the " + ("test set" if inputs is None else "reference inputs"))
@@ -260,7 +259,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
                    ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
                    progress: Callable[[int, str], None]) -> ExportResult:
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
-    kept, removed = _previous_artifacts(out_dir, ctx.checkpoint_sha256, rebuilding, config.overwrite)
+    kept, removed = export_folder.previous_artifacts(out_dir, ctx.checkpoint_sha256, rebuilding, config.overwrite)
     for name in removed:
         log(f"removed {name}: it described another checkpoint's model")
     for a in kept:
@@ -365,73 +364,3 @@ def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:
     served = {FORMATS[f].file_name(p) for f, p in triton.ARTIFACTS}
     if rebuilt & served and triton.remove_repository(out_dir):
         log(f"removed {triton.REPOSITORY}/: its models were exported again (add --format triton to lay it out anew)")
-
-
-def _previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str],
-                        overwrite: bool) -> tuple[list[Artifact], list[str]]:
-    """Split an earlier export in `out_dir` into entries to keep and files removed.
-
-    Another checkpoint's export is replaced only with `overwrite`, and then its verify/bench results go too.
-    Only files this exporter itself writes are ever removed, and only inside `out_dir`; a manifest naming
-    anything else is refused (read_manifest), never followed.
-    """
-    previous = _previous_manifest(out_dir)
-    others = _others(out_dir, previous, checkpoint_sha256, overwrite)
-    removed = _remove_results(out_dir) if others else []
-    kept = []
-    for a in previous:
-        if a.file in rebuilding:
-            continue
-        on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
-        if a.source_sha256 == checkpoint_sha256 and on_disk:
-            kept.append(a)
-        else:
-            for file in a.files:
-                _remove_artifact(out_dir, file)
-                removed.append(file)
-    return kept, removed
-
-
-def _others(out_dir: Path, previous: list[Artifact], checkpoint_sha256: str, overwrite: bool) -> list[str]:
-    """The files of `previous` exported from another checkpoint; ConfigError if there are any and not `overwrite`."""
-    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
-    if others and not overwrite:
-        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
-                          "to replace it (its verify and bench results there go too), or choose another --out")
-    return others
-
-
-def _previous_manifest(out_dir: Path) -> list[Artifact]:
-    """The artifacts listed in `out_dir`'s manifest; none when there is no manifest."""
-    if not (out_dir / MANIFEST_NAME).exists() and not (out_dir / MANIFEST_NAME).is_symlink():
-        return []
-    try:
-        return read_manifest(out_dir)
-    except ArtifactError as e:
-        raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
-
-
-def _remove_results(out_dir: Path) -> list[str]:
-    """Remove the verify/bench results and the Triton repository of another checkpoint's export."""
-    removed = []
-    for name in RESULT_FILES:
-        if (out_dir / name).is_file() or (out_dir / name).is_symlink():
-            (out_dir / name).unlink()
-            removed.append(name)
-    if triton.remove_repository(out_dir):
-        removed.append(f"{triton.REPOSITORY}/")
-    return removed
-
-
-def _remove_artifact(out_dir: Path, file: str) -> None:
-    """Remove a listed file that is not kept, provided it is a name this exporter writes."""
-    exported_names = {name for f in FORMATS.values() for p in f.precisions
-                      for name in (f.file_name(p), *f.companion_names(p))}
-    path = out_dir / file
-    if file not in exported_names:
-        raise ArtifactError(f"bad manifest in {out_dir}/: {file} is not a file toolkit exports; "
-                            f"remove {out_dir / MANIFEST_NAME} or export into another folder")
-    try:
-        path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
-    except OSError as e:
-        raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None

@@ -1,0 +1,85 @@
+"""An export folder's earlier contents: which of its files a new export keeps, which it removes, and the export
+of another checkpoint that it never mixes with its own.
+
+Only files the exporter itself writes are ever removed, and only inside the folder; a manifest naming anything
+else is refused, never followed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.artifacts import MANIFEST_NAME, RESULT_FILES, Artifact, read_manifest
+from toolkit.errors import ArtifactError, ConfigError
+from toolkit.exporters import triton
+from toolkit.formats import FORMATS
+
+
+def previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str],
+                       overwrite: bool) -> tuple[list[Artifact], list[str]]:
+    """Split an earlier export in `out_dir` into entries to keep and files removed.
+
+    Another checkpoint's export is replaced only with `overwrite`, and then its verify/bench results go too.
+    Only files this exporter itself writes are ever removed, and only inside `out_dir`; a manifest naming
+    anything else is refused (read_manifest), never followed.
+    """
+    previous = previous_manifest(out_dir)
+    others = other_checkpoints(out_dir, previous, checkpoint_sha256, overwrite)
+    removed = _remove_results(out_dir) if others else []
+    kept = []
+    for a in previous:
+        if a.file in rebuilding:
+            continue
+        on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
+        if a.source_sha256 == checkpoint_sha256 and on_disk:
+            kept.append(a)
+        else:
+            for file in a.files:
+                _remove_artifact(out_dir, file)
+                removed.append(file)
+    return kept, removed
+
+
+def other_checkpoints(out_dir: Path, previous: list[Artifact], checkpoint_sha256: str, overwrite: bool) -> list[str]:
+    """The files of `previous` exported from another checkpoint; ConfigError if there are any and not `overwrite`."""
+    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
+    if others and not overwrite:
+        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
+                          "to replace it (its verify and bench results there go too), or choose another --out")
+    return others
+
+
+def previous_manifest(out_dir: Path) -> list[Artifact]:
+    """The artifacts listed in `out_dir`'s manifest; none when there is no manifest."""
+    if not (out_dir / MANIFEST_NAME).exists() and not (out_dir / MANIFEST_NAME).is_symlink():
+        return []
+    try:
+        return read_manifest(out_dir)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
+
+
+def _remove_results(out_dir: Path) -> list[str]:
+    """Remove the verify/bench results and the Triton repository of another checkpoint's export."""
+    removed = []
+    for name in RESULT_FILES:
+        if (out_dir / name).is_file() or (out_dir / name).is_symlink():
+            (out_dir / name).unlink()
+            removed.append(name)
+    if triton.remove_repository(out_dir):
+        removed.append(f"{triton.REPOSITORY}/")
+    return removed
+
+
+def _remove_artifact(out_dir: Path, file: str) -> None:
+    """Remove a listed file that is not kept, provided it is a name this exporter writes."""
+    exported_names = {name for f in FORMATS.values() for p in f.precisions
+                      for name in (f.file_name(p), *f.companion_names(p))}
+    path = out_dir / file
+    if file not in exported_names:
+        raise ArtifactError(f"bad manifest in {out_dir}/: {file} is not a file toolkit exports; "
+                            f"remove {out_dir / MANIFEST_NAME} or export into another folder")
+    try:
+        path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
+    except OSError as e:
+        raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None
