@@ -111,6 +111,29 @@ def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir, monkeypa
     assert (out / "notes.txt").read_text() == "mine"  # only toolkit's own files are ever removed
 
 
+def test_a_refused_export_names_both_checkpoints_and_how_the_default_was_chosen(tmp_path, exported_copy, trained,
+                                                                             monkeypatch):
+    ckpt = load_checkpoint(trained / "checkpoint.pt")  # a newer run beside the one exported/ came from
+    ckpt["state_dict"] = {k: v + 0.001 for k, v in ckpt["state_dict"].items()}
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    save_checkpoint(tmp_path / "runs" / "mine" / "checkpoint.pt",
+                    {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    monkeypatch.chdir(tmp_path)  # exported_copy is ./exported, its manifest names ../runs/convnet/checkpoint.pt
+    (tmp_path / "runs" / "convnet").mkdir()
+    line = assert_one_line_error(run_cli("export"), 2)
+    assert line.startswith("error: exported/ holds an export of runs/convnet/checkpoint.pt (model.app.onnx, ")
+    assert ("the checkpoint to export is runs/mine/checkpoint.pt, the newest run under runs/ (no --checkpoint "
+            "given); name the one you mean with --checkpoint, export into another folder with --out, or replace "
+            "that export with --overwrite") in line
+    named = assert_one_line_error(run_cli("export", "--checkpoint", "runs/mine/checkpoint.pt"), 2)
+    assert "(model.app.onnx, " in named and "), not of runs/mine/checkpoint.pt; export into another folder" in named
+    # into a folder of its own, the summary says which checkpoint was taken, and why
+    done = run_cli("export", "--format", "torchscript", "--out", "exported/mine", "--data-dir", tmp_path / "none")
+    assert done.exit_code == 0, done.stderr
+    assert "exporting runs/mine/checkpoint.pt, the newest run under runs/" in done.stderr
+    assert "artifacts from runs/mine/checkpoint.pt (the newest run)" in done.stdout
+
+
 def test_triton_repository_follows_tritons_own_schema(exported_copy, trained):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

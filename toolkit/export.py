@@ -7,6 +7,7 @@ atomically and checked before it is listed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from toolkit.artifacts import (
     read_golden_entry,
     write_manifest,
 )
-from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
+from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint, model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
 from toolkit.exporters import Built, ExportContext, triton
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE as DEFAULT_TRITON_MAX_BATCH_SIZE
@@ -52,7 +53,7 @@ Progress = Callable[[int, int, str], None]
 class ExportConfig:
     """How to export; what to export is the (format, precision) list that `plan` returns."""
 
-    checkpoint: str
+    checkpoint: str | None = None  # None: the newest run's (latest_checkpoint under runs/)
     out_dir: str = "exported"
     opset: int = DEFAULT_OPSET
     simplify: bool = True  # onnxslim pass over the exported graph
@@ -81,6 +82,7 @@ class ExportConfig:
 class ExportResult:
     artifacts: list[Artifact]
     manifest: str
+    checkpoint: str = ""  # the checkpoint exported: config.checkpoint, or the newest run's
     removed: list[str] = field(default_factory=list)
     triton_models: list[str] = field(default_factory=list)
     golden: GoldenEntry | None = None  # the reference outputs' manifest entry, when written or kept
@@ -184,7 +186,8 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     source = ModelSource(name=config.model, code=config.model_code, args=config.model_args,
                          input_shape=tuple(config.input_shape))
     inputs = None if not config.inputs else refinputs.load_inputs(config.inputs, tuple(config.input_shape))
-    ckpt, ckpt_sha256 = read_checkpoint(config.checkpoint, source)
+    checkpoint = config.checkpoint or str(latest_checkpoint(DEFAULT_RUNS_DIR))
+    ckpt, ckpt_sha256 = read_checkpoint(checkpoint, source)
     module = model_from_checkpoint(ckpt)
     if ckpt["model"].get("output", "log_probs") != "log_probs":
         log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
@@ -192,10 +195,12 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
             "log-probabilities as the toolkit's own models do")
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
-    ctx = ExportContext(os.path.relpath(Path(config.checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
+    ctx = ExportContext(os.path.relpath(Path(checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs)
-    export_folder.other_checkpoints(out_dir, export_folder.previous_manifest(out_dir), ckpt_sha256,
-                                   config.overwrite)  # early; checked again under the lock
+    export_folder.other_checkpoints(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
+                                    newest_run=config.checkpoint is None)  # early; checked again under the lock
+    if config.checkpoint is None:
+        log(f"exporting {checkpoint}, the newest run under {DEFAULT_RUNS_DIR}/ (--checkpoint names another)")
     if any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
     progress(0, "golden outputs on the " + ("test set" if inputs is None else "reference inputs"))
@@ -206,7 +211,8 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
         ckpt["metrics"] = {"test_accuracy": 100.0 * float((reference[0].argmax(1) == reference[1]).mean())}
 
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
-        return _export_locked(config, pairs, module, out_dir, ctx, log, reference, progress)
+        result = _export_locked(config, pairs, module, out_dir, ctx, log, reference, progress)
+    return dataclasses.replace(result, checkpoint=checkpoint)
 
 
 def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
@@ -259,7 +265,8 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
                    ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
                    progress: Callable[[int, str], None]) -> ExportResult:
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
-    kept, removed = export_folder.previous_artifacts(out_dir, ctx.checkpoint_sha256, rebuilding, config.overwrite)
+    kept, removed = export_folder.previous_artifacts(out_dir, ctx, rebuilding, config.overwrite,
+                                                     newest_run=config.checkpoint is None)
     for name in removed:
         log(f"removed {name}: it described another checkpoint's model")
     for a in kept:

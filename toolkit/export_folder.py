@@ -7,16 +7,18 @@ else is refused, never followed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from toolkit.artifacts import MANIFEST_NAME, RESULT_FILES, Artifact, read_manifest
+from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
-from toolkit.exporters import triton
+from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
 
 
-def previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[str],
-                       overwrite: bool) -> tuple[list[Artifact], list[str]]:
+def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool,
+                       newest_run: bool = False) -> tuple[list[Artifact], list[str]]:
     """Split an earlier export in `out_dir` into entries to keep and files removed.
 
     Another checkpoint's export is replaced only with `overwrite`, and then its verify/bench results go too.
@@ -24,14 +26,14 @@ def previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[st
     anything else is refused (read_manifest), never followed.
     """
     previous = previous_manifest(out_dir)
-    others = other_checkpoints(out_dir, previous, checkpoint_sha256, overwrite)
+    others = other_checkpoints(out_dir, previous, ctx, overwrite, newest_run)
     removed = _remove_results(out_dir) if others else []
     kept = []
     for a in previous:
         if a.file in rebuilding:
             continue
         on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
-        if a.source_sha256 == checkpoint_sha256 and on_disk:
+        if a.source_sha256 == ctx.checkpoint_sha256 and on_disk:
             kept.append(a)
         else:
             for file in a.files:
@@ -40,13 +42,30 @@ def previous_artifacts(out_dir: Path, checkpoint_sha256: str, rebuilding: set[st
     return kept, removed
 
 
-def other_checkpoints(out_dir: Path, previous: list[Artifact], checkpoint_sha256: str, overwrite: bool) -> list[str]:
-    """The files of `previous` exported from another checkpoint; ConfigError if there are any and not `overwrite`."""
-    others = sorted(a.file for a in previous if a.source_sha256 != checkpoint_sha256)
+def other_checkpoints(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,
+                      newest_run: bool = False) -> list[str]:
+    """The files of `previous` exported from another checkpoint than `ctx`'s; ConfigError if there are any and not
+    `overwrite`, naming both checkpoints and (`newest_run`: the user named none) how this one was chosen."""
+    others = [a for a in previous if a.source_sha256 != ctx.checkpoint_sha256]
     if others and not overwrite:
-        raise ConfigError(f"{out_dir}/ holds an export of another checkpoint ({', '.join(others)}); pass --overwrite "
-                          "to replace it (its verify and bench results there go too), or choose another --out")
-    return others
+        ours = _shown(out_dir, ctx.checkpoint_path)
+        theirs = sorted({_shown(out_dir, a.source_checkpoint) if a.source_checkpoint else "another checkpoint"
+                         for a in others})  # the same path: the file was replaced since (trained again)
+        theirs = [f"an earlier version of {t}" if t == ours else t for t in theirs]
+        held = f"{out_dir}/ holds an export of {', '.join(theirs)} ({', '.join(sorted(a.file for a in others))})"
+        chosen = (f"and the checkpoint to export is {ours}, the newest run under {DEFAULT_RUNS_DIR}/ (no --checkpoint "
+                  "given); name the one you mean with --checkpoint," if newest_run else f"not of {ours};")
+        raise ConfigError(f"{held}, {chosen} export into another folder with --out, or replace that export with "
+                          "--overwrite (its verify and bench results there go too)")
+    return sorted(a.file for a in others)
+
+
+def _shown(out_dir: Path, recorded: str) -> str:
+    """A checkpoint's path as a manifest records it (relative to `out_dir`), as a user here would type it: relative
+    to the current folder when it is below it, else absolute."""
+    path = os.path.normpath(os.path.join(out_dir.resolve(), recorded))
+    here = os.path.relpath(path)
+    return path if here.startswith("..") else here
 
 
 def previous_manifest(out_dir: Path) -> list[Artifact]:

@@ -119,12 +119,6 @@ def _config(cls: Any, **given: Any) -> Any:
     return cls(**{k: v for k, v in given.items() if v is not None and v != ()})
 
 
-def _default_checkpoint(checkpoint: Path | None) -> Path:
-    from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
-
-    return checkpoint or latest_checkpoint(DEFAULT_RUNS_DIR)
-
-
 def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Check output paths before any work starts, so a long run never fails at its last step and never
     replaces what is not a result file: a device, a FIFO, a link, a folder, one of the command's inputs, or a model,

@@ -16,7 +16,6 @@ from toolkit.cli.common import (
     VerifyTimeLimit,
     _config,
     _csv,
-    _default_checkpoint,
     _outputs,
     _path,
     _text,
@@ -157,7 +156,7 @@ def export(
         metavar="PRECISIONS", show_default="fp32",
         help=f"{', '.join(PRECISIONS)} or all; {_lower_precisions()}.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        parser=_path, metavar="PATH", show_default="the latest under runs/",
+        parser=_path, metavar="PATH", show_default="the newest run's, runs/*/checkpoint.pt by file time",
         help="Checkpoint to export: a toolkit checkpoint, or a plain state_dict saved with "
              "torch.save(model.state_dict(), PATH) (read weights-only).")] = None,
     model: Annotated[Optional[str], typer.Option(
@@ -208,7 +207,7 @@ def export(
     from toolkit.usermodel import parse_model_args
 
     pairs = plan(_csv(format) or ["onnx"], _csv(precision) or ["fp32"])
-    config = ExportConfig(checkpoint=str(_default_checkpoint(checkpoint)), out_dir=str(out_dir), opset=opset,
+    config = ExportConfig(checkpoint=str(checkpoint) if checkpoint else None, out_dir=str(out_dir), opset=opset,
                           model=model, model_code=model_code, model_args=parse_model_args(model_args),
                           simplify=simplify, data_dir=str(data_dir), calibration_size=calibration_size,
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
@@ -221,7 +220,7 @@ def export(
         raise ConfigError("--calibration-size sets how int8 files are calibrated; add --precision int8")
     with stage("exporting") as on_progress:
         result = run_export(config, pairs, log=note, on_progress=on_progress)
-    _print_table(*_artifacts_table(result, config.checkpoint))
+    _print_table(*_artifacts_table(result, result.checkpoint + (" (the newest run)" if checkpoint is None else "")))
     if result.triton_models:
         out.print(f"wrote Triton repository {Path(config.out_dir) / 'triton'}: {', '.join(result.triton_models)}")
     out.print(f"wrote {result.manifest}")
