@@ -170,6 +170,15 @@ def test_the_docs_examples_parse_as_their_command_does():
                 assert not unknown, f"{doc}: toolkit {name} {option} {value}: {unknown} is no such name"
 
 
+def test_an_export_example_of_a_named_checkpoint_writes_a_folder_of_its_own():
+    """A folder never mixes two checkpoints' files: an example that exports a --checkpoint into the default
+    exported/, where the examples before it export the newest run, would be refused as shown."""
+    for doc, name, args in doc_commands():
+        if name == "export" and "--checkpoint" in args:
+            out = args[args.index("--out") + 1] if "--out" in args else "exported"
+            assert os.path.normpath(out) != "exported", (doc, args)
+
+
 def test_a_default_said_to_be_the_recipes_is_set_by_every_recipe(helps):
     """`[default: (the recipe's)]` only where each recipe has a value of its own for that option."""
     for param in command("train").params:
