@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import toolkit.export
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, run_process
 from toolkit.artifacts import read_manifest
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.data import load_split
@@ -132,6 +132,16 @@ def test_a_refused_export_names_both_checkpoints_and_how_the_default_was_chosen(
     assert done.exit_code == 0, done.stderr
     assert "exporting runs/mine/checkpoint.pt, the newest run under runs/" in done.stderr
     assert "artifacts from runs/mine/checkpoint.pt (the newest run)" in done.stdout
+
+
+def test_torchscript_exports_of_one_checkpoint_are_byte_identical(tmp_path, trained, python):
+    # each in a process of its own, as a user runs them (TorchScript numbers the classes it compiles per process);
+    # with no test set there, no golden outputs are computed
+    for out in ("a", "b"):
+        done = run_process(python, "-m", "toolkit", "export", "--checkpoint", trained / "checkpoint.pt", "--format",
+                           "torchscript", "--out", tmp_path / out, "--data-dir", tmp_path / "none", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert file_digest(tmp_path / "a" / "model.ts.pt") == file_digest(tmp_path / "b" / "model.ts.pt")
 
 
 def test_triton_repository_follows_tritons_own_schema(exported_copy, trained):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -18,5 +19,9 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
     with quiet():
         traced = torch.jit.trace(module, ctx.example())
         frozen = torch.jit.freeze(traced)
-        torch.jit.save(frozen, str(tmp), _extra_files={META_KEY: json.dumps(metadata, indent=1)})
+        # into memory, then into `tmp`: saved to a file, the archive's root folder is named after that file, and
+        # the temporary file's name is random, so two exports of one model would differ
+        archive = io.BytesIO()
+        torch.jit.save(frozen, archive, _extra_files={META_KEY: json.dumps(metadata, indent=1)})
+    tmp.write_bytes(archive.getvalue())
     return Built(settings={"frozen": True, "traced": True})
