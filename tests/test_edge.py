@@ -88,7 +88,9 @@ def test_help_and_data_work_without_torch(device_python, mnist_dir):
     assert checked.stdout.count("verified") >= 4
 
 
-@pytest.mark.parametrize("command", [["train"], ["export", "--checkpoint", "missing.pt"]])
+# with no runs/ too: "no run to export (or resume); train one" would send the user to a command that needs torch
+@pytest.mark.parametrize("command", [["train"], ["train", "--resume"], ["export"],
+                                     ["export", "--checkpoint", "missing.pt"]])
 def test_a_command_that_needs_torch_names_the_extra(device_python, tmp_path, command):
     result = device(device_python, "-m", "toolkit", *command, cwd=tmp_path)
     line = assert_one_line_error(result, 2)

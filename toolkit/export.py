@@ -169,6 +169,13 @@ def _validate(config: ExportConfig) -> None:
                           f"got {config.triton_max_batch_size}")
 
 
+def check(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:
+    """ConfigError for settings that cannot work together, before anything is read or built (export checks them
+    first too; the CLI checks them before it says a missing torch, which the options did not need)."""
+    _validate(config)
+    _check_input_shape(config, pairs)
+
+
 def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda m: None,
            on_progress: Progress | None = None) -> ExportResult:
     """Build every (format, precision) in `pairs` from the checkpoint into `config.out_dir`.
@@ -181,8 +188,7 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
         if on_progress:
             on_progress(done, len(pairs) + 1, what)
 
-    _validate(config)
-    _check_input_shape(config, pairs)
+    check(config, pairs)
     source = ModelSource(name=config.model, code=config.model_code, args=config.model_args,
                          input_shape=tuple(config.input_shape))
     inputs = None if not config.inputs else refinputs.load_inputs(config.inputs, tuple(config.input_shape))

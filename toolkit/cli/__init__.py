@@ -9,7 +9,6 @@ imported inside each command so that `toolkit --help` and the torch-free `toolki
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect as inspect_module
 import signal
 import sys
@@ -21,7 +20,7 @@ import typer
 import typer.core
 
 from toolkit.cli import inspect, pipeline
-from toolkit.cli.common import _error, _state, err, out
+from toolkit.cli.common import _error, _state, err, installed, out
 from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
 
 # Plain (click) help rather than rich panels: it wraps the help text and never cuts an option's name, at any
@@ -50,15 +49,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _installed(module: str) -> bool:
-    """Whether `module` can be imported here, without importing it (an import hook that refuses it counts as
-    missing: it would refuse the real import too)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     """(help, short help) of a command: its docstring, and for one that needs an extra, which one and whether
     it is installed here."""
@@ -67,7 +57,7 @@ def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     extra = EXTRA_FOR_COMMAND.get(fn.__name__)
     if extra is None:
         return doc, summary + "."
-    missing = not _installed("torch")
+    missing = not installed("torch")
     note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
     return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 

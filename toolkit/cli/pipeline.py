@@ -26,6 +26,7 @@ from toolkit.cli.common import (
     note,
     openvino_options,
     out,
+    require,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
 from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_skipped, _print_table, _verify_table
@@ -119,6 +120,7 @@ def train(
         if kept:
             raise ConfigError("--resume continues a run with its own model and settings; drop "
                               + ", ".join(f"--{name.replace('_', '-')}" for name in kept))
+        require("torch")  # before looking for the run: with no torch, there is none to find and none to train
         run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
         state, config = _resumed_run(run_dir)
     else:
@@ -201,7 +203,7 @@ def export(
     """Export a checkpoint to ONNX, TorchScript, torch.export, AOTInductor, ExecuTorch, LiteRT or OpenVINO IR,
     with metadata and manifest.json."""
     from toolkit.errors import ConfigError
-    from toolkit.export import ExportConfig, plan
+    from toolkit.export import ExportConfig, check, plan
     from toolkit.export import export as run_export
     from toolkit.refinputs import parse_shape
     from toolkit.usermodel import parse_model_args
@@ -218,6 +220,8 @@ def export(
         raise ConfigError("--triton-max-batch-size sets the Triton repository's batch; add --format triton")
     if given(ctx, "calibration_size") and all(p != "int8" for _, p in pairs):
         raise ConfigError("--calibration-size sets how int8 files are calibrated; add --precision int8")
+    check(config, pairs)
+    require("torch")  # before the newest run is looked for: without torch, training one would fail as well
     with stage("exporting") as on_progress:
         result = run_export(config, pairs, log=note, on_progress=on_progress)
     _print_table(*_artifacts_table(result, result.checkpoint + (" (the newest run)" if checkpoint is None else "")))
