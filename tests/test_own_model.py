@@ -261,6 +261,19 @@ def test_bad_model_options_are_one_line(own_model, tmp_path, case, expected):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("model, hint", [
+    ([], 'train one with `toolkit train`, or save your model\'s weights with torch.save(model.state_dict(), "'),
+    (["--model", "convnet"], 'save your model\'s weights with torch.save(model.state_dict(), "'),
+    (["--model-code", "{dir}/my_models.py:TinyMLP"], 'save your model\'s weights with torch.save('),
+], ids=["found-from-shapes", "builtin", "own-class"])
+def test_a_missing_state_dict_says_how_to_save_one(own_model, tmp_path, model, hint):
+    # toolkit train makes no weights of a model named by --model or --model-code
+    args = [a.replace("{dir}", str(own_model)) for a in model]
+    line = assert_one_line_error(run_cli("export", "--checkpoint", tmp_path / "tiny.pt", *args, "--out",
+                                         tmp_path / "out"), 2)
+    assert "tiny.pt does not exist; " + hint in line and ("toolkit train" in line) == (not model)
+
+
 def test_an_output_that_is_not_ten_scores_is_refused(own_model, tmp_path):
     result = run_cli("export", "--checkpoint", own_model / "wrong.pt", "--model-code",
                      f"{own_model / 'my_models.py'}:Wrong", "--out", tmp_path / "out", "--data-dir", tmp_path)

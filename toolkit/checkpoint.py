@@ -50,23 +50,14 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} {fileio.absent(path, 'train one with `toolkit train`')}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{path} is {size / 2**20:.0f} MiB, larger than any toolkit checkpoint "
-                                  f"(limit {MAX_CHECKPOINT_BYTES >> 20} MiB)")
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    source = source or ModelSource()
+    data = _read_bytes(path, source, state_dict_ok)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
             warnings.simplefilter("ignore")
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(e)})") from None
-    source = source or ModelSource()
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         if not state_dict_ok:
             raise CheckpointError(f"{path} is not a toolkit checkpoint (no '{FORMAT}' tag); train one with "
@@ -88,6 +79,23 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
     _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
+
+
+def _read_bytes(path: Path, source: ModelSource, state_dict_ok: bool) -> bytes:
+    """The bytes of a checkpoint file, or CheckpointError for a file that is missing or too large."""
+    if not path.is_file():  # a model named by --model or --model-code is not one `toolkit train` makes
+        saved = f'save your model\'s weights with torch.save(model.state_dict(), "{path}")'
+        hint = saved if source.given else f"train one with `toolkit train`{', or ' + saved if state_dict_ok else ''}"
+        raise CheckpointError(f"checkpoint {path} {fileio.absent(path, hint)}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path} is {size / 2**20:.0f} MiB, larger than any toolkit checkpoint "
+                                  f"(limit {MAX_CHECKPOINT_BYTES >> 20} MiB)")
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    return data
 
 
 def check_finite_weights(state_dict: dict[str, Any], path: str | os.PathLike) -> None:
