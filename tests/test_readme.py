@@ -179,6 +179,16 @@ def test_the_shipped_digits_are_the_mnist_test_images_they_are_named_after(mnist
             np.testing.assert_array_equal(np.asarray(img.convert("L")), x[index])
 
 
+def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A README block run by bash in `cwd`, inside the environment (`. .venv/bin/activate`) with this checkout's
+    toolkit, whichever one the environment installed."""
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_DATA_DIR"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TOUR_TIMEOUT_S)
+
+
 @pytest.fixture
 def after_make_main(tmp_path, trained, exported, mnist_dir) -> Path:
     """A scratch folder laid out as `make main` leaves the repository: the checkpoint in its run folder, the
@@ -203,13 +213,9 @@ def after_make_main(tmp_path, trained, exported, mnist_dir) -> Path:
 def test_the_tour_runs_in_order_after_make_main(after_make_main):
     blocks = bash_blocks(section(README.read_text(), "Tour"))
     assert len(blocks) >= 5, "the tour lost its blocks"
-    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_DATA_DIR"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as `. .venv/bin/activate`
-    env["PYTHONPATH"] = str(REPO)  # this checkout's toolkit, whichever one the environment installed
     for i, block in enumerate(blocks, 1):
         start = time.monotonic()
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=after_make_main, env=env,
-                              capture_output=True, text=True, timeout=TOUR_TIMEOUT_S)
+        done = run_block(block, after_make_main)
         took = time.monotonic() - start
         assert done.returncode == 0, f"tour block {i} exited {done.returncode} after {took:.0f} s:\n{block}\n" \
                                      f"{done.stderr[-3000:]}"
@@ -218,6 +224,30 @@ def test_the_tour_runs_in_order_after_make_main(after_make_main):
     assert (after_make_main / "runs" / "mlp" / "checkpoint.pt").is_file()
     manifest = json.loads((after_make_main / "exported" / "mlp" / "manifest.json").read_text())
     assert {a["file"] for a in manifest["artifacts"]} == {"model.onnx"}
+
+
+def test_your_own_model_shows_how_to_make_the_files_its_commands_read(tmp_path, trained):
+    """Pasted after `make main`, the section's lines make the files its commands read: the class in my_models.py,
+    then the weights files; the export of that class then runs as written."""
+    text = section(README.read_text(), "Your own model")
+    [code] = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (tmp_path / "my_models.py").write_text(code)
+    run = tmp_path / make_main_run_folder()
+    run.mkdir(parents=True)
+    shutil.copy(trained / "checkpoint.pt", run / "checkpoint.pt")
+    [block] = bash_blocks(text)
+    lines = block.splitlines()
+    made = [line for line in lines if line.startswith("python ")]
+    own_class = [line for line in lines if "--model-code" in line]
+    assert made and len(own_class) == 1, block
+    done = run_block("\n".join([*made, *own_class]), tmp_path)
+    assert done.returncode == 0 and "error:" not in done.stderr, done.stderr[-3000:]
+    for line in lines:
+        words = line.split()
+        for option in ("--checkpoint", "--model-code"):
+            if option in words:
+                assert (tmp_path / words[words.index(option) + 1].split(":")[0]).is_file(), line
+    assert (tmp_path / "exported" / "tiny" / "manifest.json").is_file()
 
 
 def test_results_from_another_kind_of_cpu_are_shown_beside_the_main_ones():
