@@ -180,21 +180,25 @@ def test_triton_repository_follows_tritons_own_schema(exported_copy, trained):
     assert not [p.name for p in exported_copy.iterdir() if p.name.startswith(".")]
 
 
-def _write_garbage(path):
-    path.write_bytes(os.urandom(4096))
-    return path
-
-
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
-    ("garbage", "not a readable checkpoint"),
+    ("text", "ckpt.pt is not a PyTorch checkpoint (a torch.save file)"),  # not "a pickle a weights-only load refuses"
+    ("onnx", "ckpt.pt is not a PyTorch checkpoint (a torch.save file)"),
+    ("empty", "ckpt.pt is empty, not a PyTorch checkpoint"),
+    ("garbage", "not a readable checkpoint"),  # the start of a torch.save zip, then noise
     ("foreign", "not a toolkit checkpoint"),
     ("mismatch", "do not fit model 'mlp'"),
 ])
 def test_bad_checkpoints_are_one_line_errors_and_write_nothing(tmp_path, trained, case, message):
     path = tmp_path / "ckpt.pt"
-    if case == "garbage":
-        _write_garbage(path)
+    if case == "text":
+        path.write_text("# toolkit\n\nTrain the LeNet-style MNIST ConvNet\n")
+    elif case == "onnx":  # how every .onnx begins: ir_version, then the producer's name
+        path.write_bytes(b"\x08\x09\x12\x07pytorch\x1a\x052.9.0" + os.urandom(256))
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "garbage":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(4096))
     elif case == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
     elif case == "mismatch":  # a checkpoint that claims to be another model

@@ -82,7 +82,8 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
 
 
 def _read_bytes(path: Path, source: ModelSource, state_dict_ok: bool) -> bytes:
-    """The bytes of a checkpoint file, or CheckpointError for a file that is missing or too large."""
+    """The bytes of a checkpoint file, or CheckpointError for a file that is missing, too large, or not one torch.save
+    writes (told from its first bytes; nothing is unpickled)."""
     if not path.is_file():  # a model named by --model or --model-code is not one `toolkit train` makes
         saved = f'save your model\'s weights with torch.save(model.state_dict(), "{path}")'
         hint = saved if source.given else f"train one with `toolkit train`{', or ' + saved if state_dict_ok else ''}"
@@ -95,6 +96,10 @@ def _read_bytes(path: Path, source: ModelSource, state_dict_ok: bool) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    # torch.save writes a zip (torch 1.6 and later), a pickle of protocol 2 or later (its legacy format) or a tar
+    # (older still); anything else, a text file or an .onnx, torch's unpickler would call a refused pickle
+    if not (data[:4] == b"PK\x03\x04" or data[:1] == b"\x80" or data[257:262] == b"ustar"):
+        raise CheckpointError(f"{path} is {'empty, ' if not data else ''}not a PyTorch checkpoint (a torch.save file)")
     return data
 
 
