@@ -220,6 +220,17 @@ def test_a_run_checks_its_files_before_the_first_epoch(tmp_path, mnist_dir, monk
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("case, message", [("run-exists", "already holds a checkpoint; pass --resume"),
+                                           ("no-data", "MNIST file")])
+def test_a_refusal_before_training_prints_no_header(tmp_path, short_run, mnist_dir, case, message):
+    # in a pipe (as here) too, "training convnet (fast recipe) -> FOLDER" comes only once training starts
+    run_dir = _run_copy(short_run, tmp_path) if case == "run-exists" else tmp_path / "run"
+    data_dir = mnist_dir if case == "run-exists" else tmp_path / "none"
+    result = run_cli("train", "--epochs", "1", "--train-limit", "100", "--out", run_dir, "--data-dir", data_dir)
+    assert message in assert_one_line_error(result, 2)
+    assert result.stdout == ""
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path, short_run, mnist_dir):
     run_dir = _run_copy(short_run, tmp_path)
     before = (run_dir / "checkpoint.pt").read_bytes()

@@ -239,13 +239,20 @@ def epoch_display(header: str, epochs: int, validation: bool) -> Iterator[tuple[
     for col in columns:
         table.add_column(col, justify="right")
     terminal = out.is_terminal
-    if not terminal:
-        out.print(header)
-    # lazy: the display starts with the first batch, so errors found before training print alone
+    headed = [terminal]  # on a terminal, the header is the table's title
+
+    def head() -> None:
+        if not headed[0]:
+            out.print(header)
+            headed[0] = True
+
+    # lazy: the display, and in a pipe the header, start with the first batch, so that an error found before
+    # training (a run folder that holds a checkpoint, a device that is not there, no data) prints alone
     with StageProgress("epoch", console=out if terminal else err, above=table if terminal else None,
                        lazy=True) as progress:
 
         def on_epoch(s: Any, total: int) -> None:
+            head()
             if terminal:
                 table.add_row(*cells(s, total))
                 return
@@ -254,7 +261,9 @@ def epoch_display(header: str, epochs: int, validation: bool) -> Iterator[tuple[
 
         def on_batch(epoch: int, batch: int, total: int) -> None:
             if batch == 1:
+                head()
                 progress.restart(f"epoch {epoch}/{epochs}", total)
             progress.update(batch, total)  # cheap: the display redraws at its own rate
 
         yield on_epoch, on_batch
+        head()  # a resumed run that had no epoch left to train
