@@ -11,7 +11,6 @@ other with nothing to verify it against).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +36,7 @@ from toolkit.runners import (
 )
 from toolkit.runners.onnxruntime import default_threads as ort_default_threads
 
-__all__ = ["Candidate", "Plan", "Runner", "Timed", "has_torch", "plan_manifest",
-           "run_guard"]
+__all__ = ["Candidate", "Plan", "Runner", "Timed", "plan_manifest", "run_guard"]
 
 VERIFY_BATCH1_IMAGES = 100  # bench's own parity check runs this many images one at a time too
 
@@ -188,15 +186,11 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
     return out
 
 
-def has_torch() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: Selection,
                      skipped: dict[str, str]) -> str | None:
     """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
     the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
-    if not has_torch():
+    if not devices.has_torch():
         return None
     try:
         if usermodel.from_model_code(config.artifacts):
