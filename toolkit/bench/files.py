@@ -217,17 +217,18 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)
     no_data = _mnist_here(config.data_dir)
-    candidates, files, references = [], [], {}
+    candidates, files, references, relevant = [], [], {}, set()
     for path, name in _names(list(dict.fromkeys(paths))).items():
-        found = [r for r in foreign.runtimes_for(path) if r in selection.runtimes]
+        opens = foreign.runtimes_for(path)
+        relevant.update(opens)  # a runtime not installed is noted where it would have opened a file
+        found = [r for r in opens if r in selection.runtimes]
         if not found:
-            raise ConfigError(f"{path} opens in {', '.join(foreign.runtimes_for(path))}, none of them selected "
-                              "(--runtime) and installed here")
+            raise ConfigError(f"{path} opens in {', '.join(opens)}, none of them selected (--runtime) and installed "
+                              "here")
         files.append(BenchFile(path, name))
         _as_exported(config, opener, files[-1], references)
         candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
     if not candidates:
         raise ConfigError("nothing to benchmark: no selected runtime runs these files on the devices asked for")
-    relevant = {r for path in paths for r in foreign.runtimes_for(path)}  # a runtime not installed is noted
     return Plan(candidates, opener, used, takes_images=any(f.inputs == MNIST_INPUTS for f in files), skipped=skipped,
                 skipped_runtimes={k: v for k, v in selection.skipped.items() if k in relevant}, files=files)
