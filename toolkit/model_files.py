@@ -19,9 +19,10 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
     """`read_model_file`, with the bytes of the file's companions (its format's, e.g. model.bin beside model.xml):
     hash-checked against the manifest beside it when there is one, else read as they are."""
     path = Path(path)
-    data = read_model_file(path)
-    if (artifact := listed_artifact(path)) is not None:  # read_model_file checked the file against it
-        return data, read_verified_parts(artifact)
+    artifact = _listed_file(path)
+    if artifact is not None:
+        return read_verified(artifact), read_verified_parts(artifact)
+    data = _read_loose(path)
     fmt = FORMATS.get(format_of_file(path.name) or "")
     parts = [path.with_name(path.name[:-len(fmt.suffix)] + suffix) for suffix in fmt.companions] if fmt else []
     try:
@@ -35,10 +36,18 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     """The bytes of a model file to load: where a manifest lists it (`listed_artifact`), checked against its SHA-256
     before anything parses them; a loose file with no manifest beside it is read as is."""
     path = Path(path)
+    artifact = _listed_file(path)
+    return read_verified(artifact) if artifact is not None else _read_loose(path)
+
+
+def _listed_file(path: Path) -> Artifact | None:
+    """`listed_artifact` of a model file that must exist: ArtifactError where it does not."""
     if not path.is_file():
         raise ArtifactError(f"model file {path} {fileio.absent(path, 'run `toolkit export` first')}")
-    if (artifact := listed_artifact(path)) is not None:
-        return read_verified(artifact)
+    return listed_artifact(path)
+
+
+def _read_loose(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
