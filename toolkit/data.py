@@ -7,6 +7,7 @@ Sources are tried in order, each reported: files already there, torchvision's do
 
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
 import io
@@ -206,7 +207,7 @@ def _failed(reasons: list[str]) -> str:
     named each URL with its reason, and the summary (and an error that lists every source) says it once."""
     if not reasons:
         return ""
-    counts = {reason: reasons.count(reason) for reason in reasons}
+    counts = collections.Counter(reasons)  # in order of first failure
     failed = f"{len(reasons)} download{'s' * (len(reasons) > 1)} failed"
     if len(counts) == 1:
         return f"{'all ' * (len(reasons) > 1)}{failed}: {reasons[0]}"

@@ -195,11 +195,10 @@ def _file_in(mount: Mount, rest: str) -> Path | None:
 class _Handler(http.server.BaseHTTPRequestHandler):
     table: tuple[Mount, ...] = ()
     server_version = "toolkit-web"
-    sys_version = ""
+    timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler puts it on the socket: every read and write is bounded
 
     def version_string(self) -> str:
-        return self.server_version  # http.server joins it with sys_version by a space, which then trails
-    timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler puts it on the socket: every read and write is bounded
+        return self.server_version  # alone: http.server would add Python's version (sys_version) after a space
 
     def setup(self) -> None:
         super().setup()
