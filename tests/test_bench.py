@@ -450,7 +450,7 @@ def test_physical_cores_count_the_hyperthreads_of_a_core_once(tmp_path):
 
 def test_the_bench_check_spans_the_whole_test_set_evenly():
     from toolkit.bench.search import sample
-    from toolkit.verify import Reference
+    from toolkit.reference import Reference
 
     n = 10_000
     ref = Reference(pixels=np.arange(n).reshape(n, 1), labels=np.arange(n) % 10,

@@ -45,7 +45,7 @@ def test_golden_outputs_are_the_checkpoints_pytorch_outputs(exported, trained, m
     import torch
 
     from toolkit.checkpoint import model_from_checkpoint
-    from toolkit.verify import reference_outputs
+    from toolkit.reference import reference_outputs
 
     log_probs, entry = golden.load_reference(exported)
     pixels, labels = load_split(mnist_dir, "test")

@@ -15,7 +15,7 @@ FLOORS = (
      "telemetry", "onnx_wire"),
     ("artifacts", "model_files", "devices", "model", "safe_pickle", "augment", "refinputs"),
     ("runners", "data", "checkpoint", "recipes", "usermodel"),
-    ("runtime", "golden", "exporters", "train_step"),
+    ("runtime", "golden", "reference", "exporters", "train_step"),
     ("export", "export_folder", "verify", "compare", "bench", "train", "plots", "triton", "web"),
     ("cli", "launch", "__main__"),
 )

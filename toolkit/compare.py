@@ -29,6 +29,7 @@ from toolkit import artifacts, devices, fileio, formats, refinputs, sysinfo
 from toolkit import data as mnist
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
 from toolkit.model_files import listed_artifact
+from toolkit.reference import Reference, resolve_reference
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
 from toolkit.runners.foreign import (
@@ -40,7 +41,7 @@ from toolkit.runners.foreign import (
     scores,
     scores_kind,
 )
-from toolkit.verify import DEFAULT_TOLERANCES, Reference, Tolerance, judge, resolve_reference
+from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
 MNIST_INPUT = "MNIST test images"
 REFERENCE_INPUTS = "reference inputs"  # an --input-shape export's own inputs (inputs.npy), which have no labels

@@ -10,7 +10,6 @@ of them.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import sys
 import time
@@ -21,17 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import data as mnist
-from toolkit import devices, fileio, formats, golden, runners, sysinfo
-from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry, read_manifest, select
+from toolkit import devices, formats, runners, sysinfo
+from toolkit.artifacts import Artifact, read_manifest, select
 from toolkit.bounds import is_number_within
-from toolkit.errors import ArtifactError, CheckpointError, ConfigError, VerificationFailed
+from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
+from toolkit.reference import Reference, check_reference, resolve_reference
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.usermodel import ModelCodeNeeded, from_model_code
 
 MAX_BATCH1_IMAGES = 10_000
-# auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
-REFERENCES = ("auto", "checkpoint", "golden")
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class VerifyConfig:
     precisions: tuple[str, ...] = ()
     batch1_images: int = 2000  # how many test images also go through one at a time
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
-    reference: str = "auto"  # one of REFERENCES
+    reference: str = "auto"  # one of reference.REFERENCES
     # seconds one model call may run (None: no limit): a manifest can be forged, so its files may never finish
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
     modes: tuple[str, ...] = ()  # OpenVINO's compute modes; empty: f32, and bf16 where this CPU computes it natively
@@ -167,13 +163,6 @@ class VerifyReport:
                                      + " | ".join(failing))
 
 
-def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 log-probabilities of the checkpoint's model on the CPU, in the batches of its golden outputs."""
-    from toolkit.checkpoint import load_model
-
-    return golden.reference_log_probs(load_model(checkpoint), pixels)
-
-
 def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """(outputs comparable to the reference, predicted classes, what was compared) for one batch."""
     out = runner.run(pixels)
@@ -187,24 +176,6 @@ def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray,
     if values.shape != (n, 10):
         raise ArtifactError(f"{runner.label} returned shape {values.shape}, expected {(n, 10)}")
     return values, (values.argmax(1) if predicted is None else predicted), compared
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The test set and PyTorch's answers on it: what every runner is judged against."""
-
-    pixels: np.ndarray  # uint8 MNIST test images, or the model's own float32 inputs (reference inputs)
-    labels: np.ndarray | None  # None: reference inputs, which have no labels (no accuracy is known)
-    log_probs: np.ndarray
-    name: str = ""  # where the answers came from: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
-    checkpoint: str = ""  # the checkpoint they are the outputs of (for golden outputs: its recorded path)
-    source_sha256: str = ""  # that checkpoint's SHA-256, compared with each artifact's source_sha256
-
-    @property
-    def accuracy(self) -> float:
-        if self.labels is None:
-            return float("nan")  # unknown: written as null in JSON
-        return 100.0 * float((self.log_probs.argmax(1) == self.labels).mean())
 
 
 def judge(tolerance: Tolerance, *, finite: bool, max_diff: float, agreement: int, n: int,
@@ -315,74 +286,6 @@ def _not_run(job: Job, provider: str, n: int, why: str) -> ArtifactCheck:
                          judged_as=job.judged_as)
 
 
-def check_reference(choice: str) -> None:
-    if choice not in REFERENCES:
-        raise ConfigError(f"unknown reference {str(choice)[:40]!r}; use {', '.join(REFERENCES)}")
-
-
-def load_reference(checkpoint: str, data_dir: str) -> Reference:
-    """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
-    pixels, labels = mnist.load_split(data_dir, "test")
-    sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
-                     checkpoint=str(checkpoint), source_sha256=sha)
-
-
-def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
-    """The golden outputs export wrote beside the artifacts, with the test set they answer; torch-free.
-
-    A golden file changed since export is an ArtifactError for the whole run (golden.load_reference).
-    """
-    log_probs, entry = golden.load_reference(folder)
-    if "inputs" in entry.data:  # a model of another input shape: its reference inputs, no labels
-        return Reference(golden.reference_inputs(folder, entry, len(log_probs)), None, log_probs,
-                         name=f"{entry.file} sha256={entry.sha256[:12]}", checkpoint=entry.source_checkpoint,
-                         source_sha256=entry.source_sha256)
-    pixels, labels = mnist.load_split(data_dir, "test")
-    if entry.data.get("md5") != {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}:
-        raise ArtifactError(f"{entry.file} was not computed from the official MNIST test files; export again")
-    if len(log_probs) != len(pixels):
-        raise ArtifactError(f"{entry.file} holds {len(log_probs)} rows for {len(pixels)} test images; export again")
-    return Reference(pixels, labels, log_probs, name=f"{entry.file} sha256={entry.sha256[:12]}",
-                     checkpoint=entry.source_checkpoint, source_sha256=entry.source_sha256)
-
-
-def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint: str | None, choice: str,
-                      data_dir: str) -> Reference:
-    """The reference `choice` names. auto: the checkpoint's outputs when torch is installed and the checkpoint is
-    found (given, at its recorded path, or beside the manifest), else the golden outputs; without either, the
-    error says what is needed."""
-    check_reference(choice)
-    if choice == "golden":
-        return load_golden_reference(folder, data_dir)
-    if choice == "checkpoint":
-        if from_model_code(folder):
-            raise CheckpointError(f"the artifacts in {folder}/ come from model code (export's --model-code), which "
-                                  "verify never imports; compare with --reference golden, the outputs export wrote")
-        return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
-    has_golden = read_golden_entry(folder) is not None
-    if importlib.util.find_spec("torch") is None:
-        if has_golden:
-            return load_golden_reference(folder, data_dir)
-        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch "
-                            "is not installed to compute the reference from the checkpoint; export again with the "
-                            "MNIST test set present, or pip install 'toolkit[train]'")
-    try:
-        found = find_checkpoint(folder, artifacts, checkpoint)
-    except CheckpointError:
-        if has_golden:
-            return load_golden_reference(folder, data_dir)
-        raise
-    if has_golden and from_model_code(folder):
-        return load_golden_reference(folder, data_dir)
-    try:
-        return load_reference(str(found), data_dir)
-    except ModelCodeNeeded:  # a state_dict of a class only export's --model-code named
-        if has_golden:
-            return load_golden_reference(folder, data_dir)
-        raise
-
-
 def _unverified(selection: runners.Selection, artifacts: list[Artifact], jobs: list[Job], device: str,
                 native_only: bool) -> dict[str, list[str]]:
     """Each runtime that is not installed but would have checked a selected file (only those are noted), with the
@@ -405,7 +308,7 @@ def _nothing_to_verify(folder: Path, selection: runners.Selection, unverified: d
 def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | None = None,
            on_progress: Callable[[int, int, str], None] | None = None) -> VerifyReport:
     """Verify every selected artifact in `config.artifacts`, in each selected runtime, against its checkpoint's
-    PyTorch outputs (see resolve_reference for where they come from).
+    PyTorch outputs (see reference.resolve_reference for where they come from).
 
     on_artifact(result) follows each finished check; on_progress(done, total, what) says what starts next,
     the reference's outputs being the first of the steps."""

@@ -191,7 +191,7 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
     if not config.verify and not own_shape:
         return
     if folder not in references:
-        from toolkit.verify import resolve_reference
+        from toolkit.reference import resolve_reference
 
         references[folder] = resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
                                                config.data_dir)

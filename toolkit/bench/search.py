@@ -329,7 +329,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
     candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "", skipped)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
-    from toolkit.verify import resolve_reference
+    from toolkit.reference import resolve_reference
 
     # an export made with --input-shape takes no MNIST image: it is fed the reference inputs beside it, which its
     # reference (golden.npy, from model code) answers, as verify feeds and judges it

@@ -1,0 +1,112 @@
+"""What exported files are judged against: PyTorch's outputs on the MNIST test set, computed here with torch from
+the checkpoint, or the golden outputs export wrote beside the artifacts (read without torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import data as mnist
+from toolkit import fileio, golden
+from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError
+from toolkit.usermodel import ModelCodeNeeded, from_model_code
+
+# auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
+REFERENCES = ("auto", "checkpoint", "golden")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The test set and PyTorch's answers on it: what every runner is judged against."""
+
+    pixels: np.ndarray  # uint8 MNIST test images, or the model's own float32 inputs (reference inputs)
+    labels: np.ndarray | None  # None: reference inputs, which have no labels (no accuracy is known)
+    log_probs: np.ndarray
+    name: str = ""  # where the answers came from: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
+    checkpoint: str = ""  # the checkpoint they are the outputs of (for golden outputs: its recorded path)
+    source_sha256: str = ""  # that checkpoint's SHA-256, compared with each artifact's source_sha256
+
+    @property
+    def accuracy(self) -> float:
+        if self.labels is None:
+            return float("nan")  # unknown: written as null in JSON
+        return 100.0 * float((self.log_probs.argmax(1) == self.labels).mean())
+
+
+def reference_outputs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
+    """PyTorch fp32 log-probabilities of the checkpoint's model on the CPU, in the batches of its golden outputs."""
+    from toolkit.checkpoint import load_model
+
+    return golden.reference_log_probs(load_model(checkpoint), pixels)
+
+
+def check_reference(choice: str) -> None:
+    if choice not in REFERENCES:
+        raise ConfigError(f"unknown reference {str(choice)[:40]!r}; use {', '.join(REFERENCES)}")
+
+
+def load_reference(checkpoint: str, data_dir: str) -> Reference:
+    """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
+    pixels, labels = mnist.load_split(data_dir, "test")
+    sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
+    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
+                     checkpoint=str(checkpoint), source_sha256=sha)
+
+
+def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
+    """The golden outputs export wrote beside the artifacts, with the test set they answer; torch-free.
+
+    A golden file changed since export is an ArtifactError for the whole run (golden.load_reference).
+    """
+    log_probs, entry = golden.load_reference(folder)
+    if "inputs" in entry.data:  # a model of another input shape: its reference inputs, no labels
+        return Reference(golden.reference_inputs(folder, entry, len(log_probs)), None, log_probs,
+                         name=f"{entry.file} sha256={entry.sha256[:12]}", checkpoint=entry.source_checkpoint,
+                         source_sha256=entry.source_sha256)
+    pixels, labels = mnist.load_split(data_dir, "test")
+    if entry.data.get("md5") != {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}:
+        raise ArtifactError(f"{entry.file} was not computed from the official MNIST test files; export again")
+    if len(log_probs) != len(pixels):
+        raise ArtifactError(f"{entry.file} holds {len(log_probs)} rows for {len(pixels)} test images; export again")
+    return Reference(pixels, labels, log_probs, name=f"{entry.file} sha256={entry.sha256[:12]}",
+                     checkpoint=entry.source_checkpoint, source_sha256=entry.source_sha256)
+
+
+def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint: str | None, choice: str,
+                      data_dir: str) -> Reference:
+    """The reference `choice` names. auto: the checkpoint's outputs when torch is installed and the checkpoint is
+    found (given, at its recorded path, or beside the manifest), else the golden outputs; without either, the
+    error says what is needed."""
+    check_reference(choice)
+    if choice == "golden":
+        return load_golden_reference(folder, data_dir)
+    if choice == "checkpoint":
+        if from_model_code(folder):
+            raise CheckpointError(f"the artifacts in {folder}/ come from model code (export's --model-code), which "
+                                  "verify never imports; compare with --reference golden, the outputs export wrote")
+        return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
+    has_golden = read_golden_entry(folder) is not None
+    if importlib.util.find_spec("torch") is None:
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch "
+                            "is not installed to compute the reference from the checkpoint; export again with the "
+                            "MNIST test set present, or pip install 'toolkit[train]'")
+    try:
+        found = find_checkpoint(folder, artifacts, checkpoint)
+    except CheckpointError:
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise
+    if has_golden and from_model_code(folder):
+        return load_golden_reference(folder, data_dir)
+    try:
+        return load_reference(str(found), data_dir)
+    except ModelCodeNeeded:  # a state_dict of a class only export's --model-code named
+        if has_golden:
+            return load_golden_reference(folder, data_dir)
+        raise
