@@ -136,7 +136,7 @@ def test_golden_outputs_load_on_the_device_and_a_changed_file_is_refused(device_
 def test_verify_on_the_device_checks_every_onnx_artifact_against_the_golden_outputs(device_python, on_device,
                                                                                    mnist_dir, tmp_path):
     result = device(device_python, "-m", "toolkit", "verify", "--artifacts", on_device, "--format",
-                    "onnx,onnx-app,torchscript", "--data-dir", mnist_dir, "--json", tmp_path / "verify.json",
+                    "onnx,onnx-app,torchscript,pt2", "--data-dir", mnist_dir, "--json", tmp_path / "verify.json",
                     timeout=600)
     assert result.returncode == 0, result.stderr
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.app.onnx"):
@@ -146,12 +146,13 @@ def test_verify_on_the_device_checks_every_onnx_artifact_against_the_golden_outp
     assert report["passed"] and report["reference"].startswith(f"{GOLDEN_NAME} sha256=")
     assert {r["artifact"] for r in report["results"]} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx",
                                                          "model.app.onnx"}
-    # no torch: the TorchScript file is left out with a note, not failed, naming the extra that brings torch; the
-    # other runtimes missing here would run none of these files, so they go unmentioned
-    note = "not installed (pip install 'toolkit[train]'); not verified: model.ts.pt"
-    assert report["skipped"] == {"torchscript": note}
+    # no torch: the TorchScript and .pt2 files are left out with one note, not failed, naming the extra that brings
+    # torch; the other runtimes missing here would run none of these files, so they go unmentioned
+    missing = "not installed (pip install 'toolkit[train]')"
+    assert report["skipped"] == {"torchscript": missing, "torch-export": missing}
+    assert report["unverified"] == {"torchscript": ["model.ts.pt"], "torch-export": ["model.pt2"]}
     notes = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
-    assert notes == [f"skipped torchscript: {note}"]
+    assert notes == [f"skipped runtimes torchscript, torch-export: {missing}; not verified: model.ts.pt, model.pt2"]
 
 
 def test_verify_on_the_device_refuses_an_altered_golden_file(device_python, on_device, mnist_dir, tmp_path):

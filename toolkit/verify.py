@@ -144,6 +144,7 @@ class VerifyReport:
     seconds: float
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version
     skipped: dict[str, str] = field(default_factory=dict)
+    unverified: dict[str, list[str]] = field(default_factory=dict)  # a skipped runtime -> files no other one checked
     reference: str = ""  # what the outputs were compared with: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
 
     @property
@@ -325,8 +326,7 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     unverified = _unverified(selection, artifacts, jobs, config.provider, native_only=not config.runtimes)
     if not jobs:
         raise _nothing_to_verify(folder, selection, unverified, skipped)
-    skipped = {**{name: selection.skipped[name] + (f"; not verified: {', '.join(files)}" if files else "")
-                  for name, files in unverified.items()}, **skipped}
+    skipped = {**{name: selection.skipped[name] for name in unverified}, **skipped}
     progress(0, f"reference outputs ({config.reference or 'auto'})")
     ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
     results = []
@@ -350,4 +350,4 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         tolerances={k: asdict(v) for k, v in config.tolerances.items()},
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
         seconds=time.perf_counter() - t0, runtimes=runners.runtime_versions(used),
-        skipped=skipped, reference=ref.name)
+        skipped=skipped, unverified={name: files for name, files in unverified.items() if files}, reference=ref.name)

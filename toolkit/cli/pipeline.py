@@ -275,7 +275,7 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
-    _print_skipped(report.skipped)
+    _print_skipped(report.skipped, report.unverified)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)
     if json_path:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from toolkit.cli.common import _printable, out
+from toolkit.runners import RUNTIMES
 
 
 def _styled(text: str, style: str) -> Text:
@@ -203,16 +204,20 @@ def _summary_table(report: Any, bench_lib: Any) -> tuple[Table, tuple[str, ...]]
                    *((headers["verified"],) if same else ()))
 
 
-def _print_skipped(skipped: dict[str, str]) -> None:
-    """One line per reason for what was left out: runtimes that one extra would install share theirs."""
+def _print_skipped(skipped: dict[str, str], unverified: dict[str, list[str]] | None = None) -> None:
+    """One line per reason for what was left out: runtimes that one extra would install share theirs, followed by
+    the files (`unverified`, by name) that went unverified for want of them."""
     by_reason: dict[str, list[str]] = {}
     for name, reason in skipped.items():
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
         label = ", ".join(names)
-        if len(names) > 1 and all(n.startswith("runtime ") for n in names):
-            label = "runtimes " + ", ".join(n.removeprefix("runtime ") for n in names)
-        out.print(f"skipped {label}: {reason}", highlight=False)
+        runtimes = [n.removeprefix("runtime ") for n in names]  # bench names them "runtime X", verify "X"
+        if len(names) > 1 and all(r in RUNTIMES for r in runtimes):
+            label = "runtimes " + ", ".join(runtimes)
+        files = [f for n in names for f in (unverified or {}).get(n, [])]
+        note = f"; not verified: {', '.join(files)}" if files else ""
+        out.print(f"skipped {label}: {reason}{note}", highlight=False)
 
 
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
