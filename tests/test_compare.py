@@ -117,6 +117,7 @@ def test_a_torch_file_fed_the_wrong_layout_says_what_it_was_fed(trained, exporte
                                          "--limit", "200"), 2)
     assert "theirs.pt failed while running on torchscript: RuntimeError: " in line and "channels" in line
     assert "float32[N,1,28,28]" in line and "--layout nhwc" in line
+    assert line.endswith("(compare: A,B for the first file and the rest)")
     assert "serialized code" not in line and "HERE" not in line  # TorchScript's traceback is left out
     result = run_cli("compare", exported / "model.onnx", nhwc, "--data-dir", mnist_dir, "--limit", "200",
                      "--layout", "nhwc", "--json", "-")

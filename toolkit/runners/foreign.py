@@ -256,7 +256,8 @@ class ForeignTorchRunner(_ForeignFile, TorchRunner):
             "nchw: the toolkit reads no input shape from a torch file"
         others = [f"{k} [N,{','.join(map(str, v))}]" for k, v in _SHAPES.items() if k != self.layout]
         return (f"; it was fed float32[N,{','.join(map(str, _SHAPES[self.layout]))}] ({how}): if it takes another "
-                f"layout, pass --layout {', '.join(others[:-1])} or {others[-1]}")
+                f"layout, pass --layout {', '.join(others[:-1])} or {others[-1]} (compare: A,B for the first file "
+                "and the rest)")
 
 
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
