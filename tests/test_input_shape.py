@@ -17,11 +17,22 @@ pytest.importorskip("torch")
 
 K = 64
 SHAPE = (3, 32, 32)
+PATTERNS = np.random.default_rng(0).standard_normal((10, *SHAPE)).astype(np.float32)
+
+
+def colour_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` images of the ten PATTERNS under as much noise, and which pattern each is (its label)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(PATTERNS), n)
+    return (PATTERNS[labels] + rng.standard_normal((n, *SHAPE))).astype(np.float32), labels
 
 
 @pytest.fixture(scope="module")
 def colour_model(tmp_path_factory) -> Path:
-    """A tiny CNN on [N,3,32,32] written outside the toolkit, its state_dict, and reference inputs."""
+    """A tiny CNN on [N,3,32,32] written outside the toolkit, its state_dict, and reference inputs (with their
+    labels, which the toolkit never sees): images of ten patterns, its last layer fitted to tell them apart (least
+    squares over its random convolution's features, in well under a second), so its int8 files have real class
+    margins to keep."""
     import torch
 
     folder = tmp_path_factory.mktemp("colour")
@@ -44,8 +55,19 @@ def colour_model(tmp_path_factory) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.manual_seed(0)
-    torch.save(module.Colour().state_dict(), folder / "colour.pt")
-    np.save(folder / "ref.npy", np.random.default_rng(0).standard_normal((K, *SHAPE)).astype(np.float32))
+    model = module.Colour().eval()
+    fit, fit_labels = colour_images(512, seed=1)
+    with torch.no_grad():
+        features = torch.relu(model.conv(torch.from_numpy(fit))).flatten(1).double().numpy()
+    scores = 10.0 * np.eye(10)[fit_labels]
+    weight = np.linalg.solve(features.T @ features + np.eye(features.shape[1]), features.T @ scores)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.from_numpy(weight.T))
+        model.fc.bias.zero_()
+    torch.save(model.state_dict(), folder / "colour.pt")
+    images, labels = colour_images(K, seed=2)
+    np.save(folder / "ref.npy", images)
+    np.save(folder / "labels.npy", labels)
     return folder
 
 
@@ -56,13 +78,21 @@ def _export(folder: Path, *extra: str, out: str = "out"):
 
 @pytest.fixture(scope="module")
 def colour_export(colour_model: Path) -> Path:
+    # int8 calibrated on the calibration side of ref.npy, and judged on the other side
     result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
-                     "--format", "onnx,pt2,openvino,torchscript", "--precision", "fp32")
+                     "--format", "onnx,openvino", "--precision", "all")
     assert result.exit_code == 0, result.stderr
     result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy",
-                     "--format", "onnx", "--precision", "fp16")
+                     "--format", "pt2,torchscript", "--precision", "fp32")
     assert result.exit_code == 0, result.stderr
     return colour_model / "out"
+
+
+def _held_out() -> int:
+    """How many of the reference inputs judge an int8 file calibrated on the others."""
+    from toolkit.calibration import calibration_side
+
+    return int((~calibration_side(colour_images(K, seed=2)[0])).sum())
 
 
 def test_exported_with_the_shape_and_reference_inputs(colour_export: Path):
@@ -184,9 +214,11 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
     data = json.loads(report.read_text())
     assert data["reference_accuracy"] is None and data["n"] == K
     checked = {r["artifact"] for r in data["results"]}
-    assert {"model.onnx", "model.fp16.onnx", "model.pt2", "model.xml", "model.ts.pt"} <= checked
-    for r in data["results"]:
-        assert r["passed"] and r["agreement"] == K and r["accuracy"] is None, r
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.pt2", "model.xml", "model.int8.xml",
+            "model.ts.pt"} <= checked
+    for r in data["results"]:  # an int8 file on the reference inputs that did not calibrate it
+        assert r["passed"] and r["agreement"] == r["n"] == (_held_out() if r["precision"] == "int8" else K), r
+        assert r["accuracy"] is None, r
     # what a person reads says the same: reference inputs, no accuracy (never "nan")
     title = " ".join(result.stdout.split())
     assert f"on {K} reference inputs (no labels: accuracy unknown" in title and "nan" not in result.stdout
@@ -195,7 +227,7 @@ def test_verified_on_the_reference_inputs_without_accuracy(colour_export: Path, 
 def test_bench_over_the_folder_feeds_every_file_the_reference_inputs(colour_export: Path, tmp_path: Path):
     # as verify does: every file fed the reference inputs beside it and judged against golden.npy, no MNIST needed
     result = run_cli("bench", "--artifacts", colour_export, "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "8",
-                     "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
+                     "--precision", "fp32,fp16", "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
     bench = json.loads((tmp_path / "b.json").read_text())
     assert bench["settings"]["reference"].startswith("golden.npy")
@@ -266,12 +298,22 @@ def test_reference_inputs_that_are_not_npy_are_named_so(colour_model: Path):
 @pytest.mark.parametrize(("extra", "says"), [
     (("--input-shape", "3,32,32"), "needs --inputs"),
     (("--input-shape", "3,32,32", "--inputs", "REF", "--format", "onnx-app"), "28x28 uint8 pixels"),
-    (("--input-shape", "3,32,32", "--inputs", "REF", "--precision", "int8"), "int8 calibration"),
+    (("--input-shape", "3,32,32", "--inputs", "REF", "--format", "executorch", "--precision", "int8"),
+     "int8 quantization is built for MNIST models only"),
+    (("--input-shape", "3,32,32", "--inputs", "REF", "--calibration-inputs", "REF"), "add --precision int8"),
+    (("--calibration-inputs", "REF", "--precision", "int8"), "--calibration-inputs is for a model of another"),
+    (("--input-shape", "3,32,32", "--inputs", "ONE", "--precision", "int8"), "1 to calibrate and 0 to judge"),
+    (("--input-shape", "3,32,32", "--inputs", "REF", "--precision", "int8", "--calibration-inputs", "F64"),
+     "--calibration-inputs"),
     (("--input-shape", "3,x,32", "--inputs", "REF"), "positive sizes"),
     (("--inputs", "REF"), "another --input-shape"),
 ])
 def test_refusals_are_one_line_errors(colour_model: Path, extra, says):
-    args = [str(colour_model / "ref.npy") if a == "REF" else a for a in extra]
+    one_row = np.load(colour_model / "ref.npy")[:1]
+    for name, array in (("one.npy", one_row), ("f64.npy", one_row.astype(np.float64))):
+        np.save(colour_model / name, array)
+    files = {"REF": "ref.npy", "ONE": "one.npy", "F64": "f64.npy"}
+    args = [str(colour_model / files[a]) if a in files else a for a in extra]
     line = assert_one_line_error(_export(colour_model, *args, out="refused"), 2)
     assert says in line
     assert not (colour_model / "refused").exists()
@@ -385,3 +427,83 @@ def test_the_bench_plot_names_the_model_its_report_recorded(colour_export: Path,
     assert words(model="convnet") == "MNIST ConvNet" and words(model="mlp") == "MNIST MLP"
     assert words(model="Colour") == "Colour" and words(model="Colour", files=[{"file": "m.onnx"}]) == "model file"
     assert words(model="x\n<script>") == "model" and words(model=None) == "model" and words() == "model"
+
+
+def test_int8_is_calibrated_on_some_reference_inputs_and_judged_on_the_others(colour_export: Path,
+                                                                              colour_model: Path, tmp_path: Path):
+    from toolkit.calibration import calibration_side
+
+    held = _held_out()
+    assert 0 < held < K
+    manifest = json.loads((colour_export / "manifest.json").read_text())
+    int8 = {a["file"]: a["settings"] for a in manifest["artifacts"] if a["precision"] == "int8"}
+    assert set(int8) == {"model.int8.onnx", "model.int8.xml"}
+    for name, settings in int8.items():
+        assert settings["calibration_split"] == "reference inputs" and settings["calibration_images"] == K - held
+        assert settings["judged_on"].startswith(f"the {held} of the {K} reference inputs held out"), name
+        assert "agreement" in settings["judged_by"], name
+    assert int8["model.int8.onnx"]["chosen_by"] == "structure"  # no labels to hold candidates' accuracy to
+
+    # verify judges each on the held-out rows only, where it keeps PyTorch's answer on every one, and says so
+    result = run_cli("verify", "--artifacts", colour_export, "--precision", "int8", "--data-dir",
+                     tmp_path / "no-mnist", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert {(r["artifact"], r["runtime"]) for r in rows} >= {("model.int8.onnx", "onnxruntime"),
+                                                             ("model.int8.xml", "openvino")}
+    for r in rows:
+        assert r["passed"] and r["judged_as"] == "int8" and r["agreement"] == r["n"] == held, r
+        assert 0 < r["max_abs_diff"] < 1, r  # reported: int8 is not fp32, and is not judged as if it were
+    said = " ".join(result.stdout.split())
+    assert f"model.int8.onnx on onnxruntime: judged on the {held} of the {K} reference inputs held out" in said
+
+    # on their labels, which the toolkit never saw, the int8 file gets every held-out image right, as PyTorch does
+    import onnxruntime as ort
+
+    images, labels = np.load(colour_model / "ref.npy"), np.load(colour_model / "labels.npy")
+    keep = ~calibration_side(images)
+    session = ort.InferenceSession(str(colour_export / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert (session.run(None, {"image": images[keep]})[0].argmax(1) == labels[keep]).all()
+
+    # a limit it does not meet fails it, in one line naming the file
+    strict = run_cli("verify", "--artifacts", colour_export, "--format", "onnx", "--precision", "int8",
+                     "--tolerance", "int8.max_abs_diff=1e-6", "--data-dir", tmp_path / "no-mnist")
+    line = assert_one_line_error(strict, 1)
+    assert "model.int8.onnx: max |diff|" in line
+
+
+def test_bench_verifies_int8_files_on_the_held_out_reference_inputs(colour_export: Path, tmp_path: Path):
+    result = run_cli("bench", "--artifacts", colour_export, "--precision", "int8", "--data-dir", tmp_path / "no-mnist",
+                     "--batch-sizes", "8", "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    points = json.loads((tmp_path / "b.json").read_text())["points"]
+    assert {p["format"] for p in points} == {"onnx", "openvino"}
+    assert all(p["verified"] is True and p["checked_images"] == _held_out() for p in points)
+    # compare judges B against A on the same rows verify would
+    report = tmp_path / "c.json"
+    result = run_cli("compare", colour_export / "model.onnx", colour_export / "model.int8.onnx", "--judge-as", "int8",
+                     "--data-dir", tmp_path / "no-mnist", "--json", report)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(report.read_text())["n"] == _held_out()
+
+
+def test_int8_calibrated_on_inputs_of_another_scale_fails_verify(colour_model: Path, tmp_path: Path):
+    # --calibration-inputs a thousand times the scale of the model's inputs: the int8 steps are so coarse that every
+    # real input rounds to nothing, and verify, judging the files by agreement on all the reference inputs, fails them
+    np.save(tmp_path / "large.npy", colour_images(K, seed=3)[0] * np.float32(1000))
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy", "--format",
+                     "onnx,openvino", "--precision", "int8", "--calibration-inputs", tmp_path / "large.npy",
+                     out="large")
+    assert result.exit_code == 0, result.stderr
+    for entry in json.loads((colour_model / "large" / "manifest.json").read_text())["artifacts"]:
+        settings = entry["settings"]
+        assert settings["calibration_split"] == "calibration inputs" and settings["calibration_images"] == K
+        assert settings["calibration_inputs"]["file"] == "large.npy" and settings["calibration_inputs"]["rows"] == K
+        assert settings["reference_inputs_in_calibration"] == 0
+        assert settings["judged_on"] == f"all {K} reference inputs"
+    result = run_cli("verify", "--artifacts", colour_model / "large", "--data-dir", tmp_path / "no-mnist",
+                     "--json", tmp_path / "v.json")
+    line = assert_one_line_error(result, 1)
+    assert "model.int8.onnx: agreement" in line and "model.int8.xml: agreement" in line and "< 99.00%" in line
+    for row in json.loads((tmp_path / "v.json").read_text())["results"]:
+        assert row["n"] == K and row["agreement"] < 0.5 * K and not row["passed"], row

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, devices, fileio, formats, refinputs, sysinfo
+from toolkit import artifacts, calibration, devices, fileio, formats, refinputs, sysinfo
 from toolkit import data as mnist
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
 from toolkit.model_files import listed_artifact
@@ -187,6 +187,8 @@ def compare_all(config: CompareConfig,
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
     own = _exported_inputs(config.a, config.data_dir)
+    for path in paths if own is not None else []:  # an int8 file calibrated on some of them: the others, as verify
+        own = calibration.judged_rows(listed_artifact(path), own)
     n = min(config.limit or 10_000, len(own.pixels) if own else 10_000)
     total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
     measured, feeds = [], []

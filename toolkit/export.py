@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from toolkit import calibration, export_folder, exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit import data as mnist
-from toolkit import export_folder, exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit.artifacts import (
     GOLDEN_NAME,
     MANIFEST_NAME,
@@ -76,6 +76,8 @@ class ExportConfig:
     # (float32 .npy) its golden outputs are computed on and verify compares with
     input_shape: tuple[int, ...] = refinputs.MNIST_SHAPE
     inputs: str | None = None
+    # their int8 files' calibration inputs [M, *shape] (float32 .npy); None: the calibration side of `inputs`
+    calibration_inputs: str | None = None
 
 
 @dataclass
@@ -124,8 +126,9 @@ def _check_names(formats: list[str], precisions: list[str]) -> None:
 
 
 # the files that take any input shape (and are verified to), and why the others cannot
-INPUT_SHAPE_PAIRS = (("onnx", "fp32"), ("onnx", "fp16"), ("torchscript", "fp32"), ("pt2", "fp32"),
-                     ("openvino", "fp32"), ("aoti", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"))
+INPUT_SHAPE_PAIRS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("torchscript", "fp32"),
+                     ("pt2", "fp32"), ("openvino", "fp32"), ("openvino", "int8"), ("aoti", "fp32"),
+                     ("executorch", "fp32"), ("tflite", "fp32"))
 
 
 def _check_input_shape(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:
@@ -147,10 +150,21 @@ def _check_input_shape(config: ExportConfig, pairs: list[tuple[str, str]]) -> No
         if (fmt, precision) in INPUT_SHAPE_PAIRS:
             continue
         why = ("its input is 28x28 uint8 pixels" if fmt == "onnx-app" else
-               "int8 calibration uses MNIST training images" if precision == "int8" else
+               "its int8 quantization is built for MNIST models only" if precision == "int8" else
                "it is not built for another input shape")
         allowed = ", ".join(f"{f} {p}" for f, p in INPUT_SHAPE_PAIRS)
         raise ConfigError(f"{fmt} {precision} cannot take --input-shape ({why}); choose from: {allowed}")
+
+
+def _check_calibration_inputs(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:
+    """ConfigError for --calibration-inputs where nothing would be calibrated on them."""
+    if not config.calibration_inputs:
+        return
+    if refinputs.is_mnist(config.input_shape):
+        raise ConfigError("--calibration-inputs is for a model of another --input-shape; an MNIST model is "
+                          "calibrated on its training images")
+    if all(p != "int8" for _, p in pairs):
+        raise ConfigError("--calibration-inputs calibrates int8 files; add --precision int8")
 
 
 def _validate(config: ExportConfig) -> None:
@@ -174,6 +188,7 @@ def check(config: ExportConfig, pairs: list[tuple[str, str]]) -> None:
     first too; the CLI checks them before it says a missing torch, which the options did not need)."""
     _validate(config)
     _check_input_shape(config, pairs)
+    _check_calibration_inputs(config, pairs)
 
 
 def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda m: None,
@@ -192,6 +207,7 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     source = ModelSource(name=config.model, code=config.model_code, args=config.model_args,
                          input_shape=tuple(config.input_shape))
     inputs = None if not config.inputs else refinputs.load_inputs(config.inputs, tuple(config.input_shape))
+    own_calibration = None if inputs is None else _own_calibration(config, pairs, inputs, log)
     checkpoint = config.checkpoint or str(latest_checkpoint(DEFAULT_RUNS_DIR))
     ckpt, ckpt_sha256 = read_checkpoint(checkpoint, source)
     module = model_from_checkpoint(ckpt)
@@ -202,12 +218,13 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
     ctx = ExportContext(os.path.relpath(Path(checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
-                        input_shape=tuple(config.input_shape), reference_inputs=inputs)
+                        input_shape=tuple(config.input_shape), reference_inputs=inputs,
+                        own_calibration=own_calibration)
     export_folder.other_checkpoints(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
                                     newest_run=config.checkpoint is None)  # early; checked again under the lock
     if config.checkpoint is None:
         log(f"exporting {checkpoint}, the newest run under {DEFAULT_RUNS_DIR}/ (--checkpoint names another)")
-    if any(p == "int8" for _, p in pairs):
+    if inputs is None and any(p == "int8" for _, p in pairs):
         mnist.load_split(config.data_dir, "train")  # fail early, before any file is written
     progress(0, "golden outputs on the " + ("test set" if inputs is None else "reference inputs"))
     reference = _golden_outputs(module, config.data_dir, log) if inputs is None else \
@@ -219,6 +236,24 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     with fileio.folder_lock(out_dir):  # a second export into this folder waits, so models never mix
         result = _export_locked(config, pairs, module, out_dir, ctx, log, reference, progress)
     return dataclasses.replace(result, checkpoint=checkpoint)
+
+
+def _own_calibration(config: ExportConfig, pairs: list[tuple[str, str]], inputs, log: Log
+                     ) -> calibration.Calibration | None:
+    """The int8 calibration rows of a model of another input shape (its reference `inputs`): --calibration-inputs,
+    or a side of --inputs; None when no int8 file is built."""
+    if all(p != "int8" for _, p in pairs):
+        return None
+    path = config.calibration_inputs
+    if path:
+        rows = refinputs.load_inputs(path, tuple(config.input_shape), "--calibration-inputs")
+        found = calibration.plan(inputs, rows, config.calibration_size, config.seed,
+                                 {"file": Path(path).name, "sha256": fileio.file_digest(path)})
+    else:
+        found = calibration.plan(inputs, None, config.calibration_size, config.seed)
+    log(f"int8 calibrated on {len(found.inputs)} {found.settings['calibration_split']}, judged on "
+        f"{found.settings['judged_on']}")
+    return found
 
 
 def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:

@@ -65,35 +65,36 @@ def declares_own_input(sample_shape: list | tuple, meta: dict[str, str]) -> bool
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 
-def load_inputs(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 array [K, *shape] in the .npy at `path`, read without pickle; ConfigError in one line when the
-    file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN or infinity."""
+def load_inputs(path: str | os.PathLike, shape: tuple[int, ...], option: str = "--inputs") -> np.ndarray:
+    """The float32 array [K, *shape] in the .npy at `path` (given as `option`), read without pickle; ConfigError in
+    one line when the file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN
+    or infinity."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--inputs {path} is not a file")
+        raise ConfigError(f"{option} {path} is not a file")
     size = path.stat().st_size
     if size > MAX_INPUT_BYTES:
-        raise ConfigError(f"--inputs {path} is {size / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
+        raise ConfigError(f"{option} {path} is {size / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
     data = path.read_bytes()
     if not data.startswith(NPY_MAGIC):  # numpy would take any other bytes for a pickle
-        raise ConfigError(f"--inputs {path} is not a .npy file (it does not start with NumPy's header); "
+        raise ConfigError(f"{option} {path} is not a .npy file (it does not start with NumPy's header); "
                           "save it with np.save")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         why = "it holds Python objects (a pickle), which are never loaded" if "pickle" in str(e) else str(e)[:120]
-        raise ConfigError(f"--inputs {path} is not a plain .npy array: {why}") from None
+        raise ConfigError(f"{option} {path} is not a plain .npy array: {why}") from None
     want = f"float32 [K,{','.join(str(d) for d in shape)}]"
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
-        raise ConfigError(f"--inputs {path} holds {getattr(array, 'dtype', type(array).__name__)}, not {want}; "
+        raise ConfigError(f"{option} {path} holds {getattr(array, 'dtype', type(array).__name__)}, not {want}; "
                           "save it with np.save(path, x.astype(np.float32))")
     if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != tuple(shape):
-        raise ConfigError(f"--inputs {path} has shape {list(array.shape)}, not {want} (--input-shape "
+        raise ConfigError(f"{option} {path} has shape {list(array.shape)}, not {want} (--input-shape "
                           f"{','.join(str(d) for d in shape)})")
     if not 1 <= len(array) <= MAX_INPUT_ROWS:
-        raise ConfigError(f"--inputs {path} holds {len(array)} inputs; give 1 to {MAX_INPUT_ROWS}")
+        raise ConfigError(f"{option} {path} holds {len(array)} inputs; give 1 to {MAX_INPUT_ROWS}")
     if not np.isfinite(array).all():
-        raise ConfigError(f"--inputs {path} contains NaN or infinity")
+        raise ConfigError(f"{option} {path} contains NaN or infinity")
     return np.ascontiguousarray(array)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, formats, runners, sysinfo
+from toolkit import calibration, devices, formats, runners, sysinfo
 from toolkit.artifacts import Artifact, read_manifest, select
 from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError, VerificationFailed
@@ -270,7 +270,7 @@ def check_job(job: Job, device: str, ref: Reference, tolerances: dict[str, Toler
         runner.inputs_as_given = ref.labels is None  # reference inputs are the model's own input
         computed = runner.computed_mode
         judged = formats.judged_precision(job.artifact.precision, computed)
-        fields = check_runner(runner, ref, tolerances[judged], batch1_images)
+        fields = check_runner(runner, calibration.judged_rows(job.artifact, ref), tolerances[judged], batch1_images)
     except ArtifactError as e:
         return _not_run(job, device, len(ref.pixels), str(e))
     return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,

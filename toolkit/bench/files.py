@@ -75,6 +75,9 @@ class FileOpener(Opener):
     def reference(self, c: Candidate) -> Any:
         return self.references.get(str(c.source))
 
+    def artifact(self, c: Candidate) -> Artifact | None:
+        return self.artifacts.get(str(c.source))
+
     def inputs(self, c: Candidate) -> np.ndarray | None:
         return self.own_inputs_of.get(str(c.source))
 

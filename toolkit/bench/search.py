@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, refinputs, runners, sysinfo, usermodel
+from toolkit import calibration, devices, refinputs, runners, sysinfo, usermodel
 from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
@@ -228,16 +228,18 @@ def sample(ref: Any, images: int) -> Any:
                                log_probs=ref.log_probs[::step][:images])
 
 
-def _verdict_of(key: tuple, runner: Runner, ref: Any) -> dict[str, Any]:
-    """verify's judgement of one runner on the reference's inputs, with the default tolerances of the precision
-    it computes at (as verify judges: an OpenVINO bf16 mode that computes f32 is held to f32's)."""
+def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None) -> dict[str, Any]:
+    """verify's judgement of one runner on the reference's inputs (those that may judge its artifact), with the
+    default tolerances of the precision it computes at (as verify judges: an OpenVINO bf16 mode that computes f32
+    is held to f32's)."""
     from toolkit import verify
 
     runtime, fmt, precision, options = key
     computed = runner.computed_mode
     judged = judged_precision(precision, computed)
     try:
-        fields = verify.check_runner(runner, ref, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
+        fields = verify.check_runner(runner, calibration.judged_rows(artifact, ref), verify.DEFAULT_TOLERANCES[judged],
+                                     VERIFY_BATCH1_IMAGES)
     except ArtifactError as e:
         fields = {"passed": False, "failures": [str(e)]}
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
@@ -269,7 +271,7 @@ class Opener:
                                 f"{options_words(c.options)}", ms)
         ref = self.reference(c) if verify else None
         if ref is not None and c.verify_key not in self.verdicts:
-            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, ref),
+            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, ref, self.artifact(c)),
                                            "verified_with": options_words(c.options)}
         known = self.settings.setdefault(c.runtime, [])
         if runner.settings() not in known:
@@ -290,6 +292,10 @@ class Opener:
     def reference(self, c: Candidate) -> Any:
         """What the candidate is verified against; None: nothing."""
         return self.ref
+
+    def artifact(self, c: Candidate) -> Artifact | None:
+        """The manifest entry of the file the candidate runs; None: the checkpoint."""
+        return c.source if isinstance(c.source, Artifact) else None
 
     def verdict(self, c: Candidate) -> dict[str, Any] | None:
         return self.verdicts.get(c.verify_key)

@@ -175,8 +175,8 @@ def export(
     input_shape: Annotated[Optional[str], typer.Option(
         parser=_text, metavar="SHAPE", show_default="1,28,28: normalized MNIST",
         help="One sample's input shape of a --model-code model that does not take MNIST images (without the "
-             "batch); needs --inputs. onnx (fp32, fp16) and the other formats' fp32, but not onnx-app or Triton; "
-             "no accuracy is known.")] = None,
+             "batch); needs --inputs. onnx (fp32, fp16, int8), openvino (fp32, int8) and the other formats' fp32, "
+             "but not onnx-app or Triton; no accuracy is known.")] = None,
     inputs: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="FILE", show_default="none: MNIST's test set",
         help="Reference inputs for --input-shape: float32 [K, *SHAPE] (read without pickle); the golden outputs "
@@ -187,7 +187,12 @@ def export(
     opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = DEFAULT_OPSET,
     simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxslim.")] = True,
     calibration_size: Annotated[int, typer.Option(
-        metavar="N", help="Training images used to calibrate int8.")] = DEFAULT_CALIBRATION_SIZE,
+        metavar="N", help="Training images (with --input-shape: rows of its calibration inputs) used to calibrate "
+                          "int8.")] = DEFAULT_CALIBRATION_SIZE,
+    calibration_inputs: Annotated[Optional[Path], typer.Option(
+        parser=_path, metavar="FILE", show_default="about half of --inputs, chosen by a hash of each row; int8 is "
+                                                   "then judged on the other half",
+        help="int8 calibration inputs for --input-shape: float32 [M, *SHAPE] (read without pickle).")] = None,
     quant_format: Annotated[str, typer.Option(
         metavar="FORM", help="int8 graph form: qdq or qoperator.")] = QUANT_FORMATS[0],
     quant_activation: Annotated[str, typer.Option(
@@ -215,7 +220,8 @@ def export(
                           quant_format=quant_format, quant_activation=quant_activation, per_channel=per_channel,
                           overwrite=overwrite, triton="triton" in _csv(format),
                           triton_max_batch_size=triton_max_batch_size, input_shape=parse_shape(input_shape),
-                          inputs=str(inputs) if inputs else None)
+                          inputs=str(inputs) if inputs else None,
+                          calibration_inputs=str(calibration_inputs) if calibration_inputs else None)
     if given(ctx, "triton_max_batch_size") and not config.triton:  # given, it would be ignored
         raise ConfigError("--triton-max-batch-size sets the Triton repository's batch; add --format triton")
     if given(ctx, "calibration_size") and all(p != "int8" for _, p in pairs):
@@ -275,6 +281,10 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
+    for r in report.results:
+        if 0 < r.n < report.n:  # an int8 file calibrated on the other reference inputs (toolkit.calibration)
+            out.print(f"{r.name}: judged on the {r.n:,} of the {report.n:,} reference inputs held out from its int8 "
+                      "calibration", highlight=False)
     _print_skipped(report.skipped, report.unverified)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)

@@ -76,6 +76,8 @@ class ExportContext:
     int8_variant: dict[str, Any] = field(default_factory=dict)  # which int8 graph the onnx file got, and why
     input_shape: tuple[int, ...] = MNIST_SHAPE  # one sample's shape: normalized MNIST unless --input-shape
     reference_inputs: Any = None  # float32 [K, *input_shape] (--inputs), for a model of another input shape
+    # calibration.Calibration: the own inputs that calibrate int8 for a model of another input shape
+    own_calibration: Any = None
 
     def example(self, batch: int = 2, device: str = "cpu") -> Any:
         """A zero batch of `batch` samples to trace with (2 by default: torch.export specializes a batch of 1)."""

@@ -1,6 +1,7 @@
 """int8 quantization of the onnx format's fp32 graph: ONNX Runtime static quantization, calibrated on
 training images only (never the test set that verify judges it on). `calibration_set` is the one choice of
-those images, shared with the other int8 exporters (OpenVINO IR via NNCF).
+those images, shared with the other int8 exporters (OpenVINO IR via NNCF). A model of another input shape is
+calibrated on its own inputs instead (toolkit.calibration), and gets the all-int8 candidate.
 
 The graph handed to the quantizer is first rewritten (int8_graph: ReLU before max-pool, channels-last flatten)
 so that ONNX Runtime runs the quantized stack without Transposes or DequantizeLinear between its ops. The
@@ -64,8 +65,18 @@ def training_sets(options: BuildOptions, ctx: ExportContext):
 
 
 def calibration_set(options: BuildOptions, ctx: ExportContext):
-    """The normalized training images that calibrate every int8 file; records their number in `ctx`."""
+    """The inputs that calibrate every int8 file: normalized training images, or for a model of another input shape
+    its own (toolkit.calibration); records their number in `ctx`."""
+    if ctx.own_calibration is not None:
+        ctx.calibration_images = len(ctx.own_calibration.inputs)
+        return ctx.own_calibration.inputs
     return training_sets(options, ctx)[0]
+
+
+def calibration_settings(ctx: ExportContext) -> dict[str, Any]:
+    """What an int8 file's manifest entry says about its calibration rows (after `calibration_set` ran)."""
+    own = {} if ctx.own_calibration is None else ctx.own_calibration.settings
+    return {"calibration_images": ctx.calibration_images, "calibration_split": "train", **own}
 
 
 def candidates(fp32_model) -> dict[str, tuple[Any, list[str], list[str]]]:
@@ -167,6 +178,8 @@ def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOption
 def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
     """The int8 ModelProto of `fp32_model`: every candidate quantized, the one `int8_choice` picks on this CPU
     returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed."""
+    if ctx.own_calibration is not None:
+        return _quantize_own(fp32_model, options, ctx, workdir)
     calib, images, labels = training_sets(options, ctx)
     built = {name: (quantize_candidate(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
              for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
@@ -190,8 +203,18 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
     return model
 
 
+def _quantize_own(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
+    """The all-int8 ModelProto of a model of another input shape, calibrated on its own inputs: with no labelled
+    images to hold the candidates' accuracy to, none is chosen by measuring."""
+    graph, rewrites = _rewritten(fp32_model)
+    model = quantize_candidate(graph, [], calibration_set(options, ctx), options, workdir)
+    ctx.int8_variant = {"variant": ALL_INT8, "description": _DESCRIPTIONS[ALL_INT8], "fp32_nodes": [],
+                        "graph_rewrites": rewrites, "chosen_by": "structure",
+                        "reason": "a model of another input shape: no labelled images to measure candidates on"}
+    return model
+
+
 def settings(options: BuildOptions, ctx: ExportContext) -> dict[str, Any]:
     """How an int8 file was quantized, for its manifest entry (after `quantize` ran)."""
     return dict(quant_format=options.quant_format, activations=options.quant_activation, weights="s8",
-                per_channel=options.per_channel, calibration_images=ctx.calibration_images,
-                calibration_split="train", **ctx.int8_variant)
+                per_channel=options.per_channel, **calibration_settings(ctx), **ctx.int8_variant)

@@ -3,9 +3,9 @@
 fp32 is the onnx format's fp32 graph read by OpenVINO's ONNX frontend and saved as IR without fp16 weight
 compression; int8 is NNCF post-training quantization of that graph with each MaxPool -> Relu turned into
 Relu -> MaxPool (int8_graph.relu_before_pool: the same outputs; the ReLU fuses into the int8 convolution, whose
-output, and the pool, then stay u8 instead of going through fp32), calibrated on the same training images as
-the ONNX int8 file (int8.calibration_set). The metadata every artifact carries is stored in the
-IR's rt_info under "toolkit", one entry per key.
+output, and the pool, then stay u8 instead of going through fp32), calibrated on the same inputs as the ONNX int8
+file (int8.calibration_set: training images, or the own inputs of a model of another input shape). The metadata
+every artifact carries is stored in the IR's rt_info under "toolkit", one entry per key.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
                                 "weights": "fp32" if precision == "fp32" else "int8"}
     if precision == "int8":
         model = _quantize(model, options, ctx)
-        settings.update(quantizer="nncf", preset=PRESET, calibration_images=ctx.calibration_images,
-                        calibration_split="train", graph_rewrites=[f"Relu before MaxPool {p}" for p in moved])
+        settings.update(quantizer="nncf", preset=PRESET, **int8.calibration_settings(ctx),
+                        graph_rewrites=[f"Relu before MaxPool {p}" for p in moved])
     for key, value in metadata.items():
         model.set_rt_info(value, [RT_INFO_KEY, key])
     weights = scratch_path(tmp, FORMATS["openvino"].companions[0])

@@ -1,0 +1,76 @@
+"""Which of a model's own inputs calibrate its int8 files and which judge them (toolkit.calibration); torch-free.
+The files built and verified this way, end to end, are in test_input_shape.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from toolkit.calibration import FROM_CALIBRATION_INPUTS, FROM_REFERENCE_INPUTS, calibration_side, judged_rows, plan
+from toolkit.errors import ArtifactError, ConfigError
+from toolkit.reference import Reference
+
+ROWS = np.random.default_rng(0).standard_normal((400, 2, 3)).astype(np.float32)
+
+
+def _reference(rows: np.ndarray, labels=None) -> Reference:
+    return Reference(rows, labels, np.arange(len(rows) * 10, dtype=np.float32).reshape(-1, 10))
+
+
+def _int8(split: str, precision: str = "int8") -> SimpleNamespace:
+    return SimpleNamespace(file="model.int8.onnx", precision=precision, settings={"calibration_split": split})
+
+
+def test_a_row_is_on_one_side_wherever_it_is():
+    side = calibration_side(ROWS)
+    assert 150 < side.sum() < 250  # about half
+    order = np.random.default_rng(1).permutation(len(ROWS))
+    assert (calibration_side(ROWS[order]) == side[order]).all()  # keyed on values, not positions
+    doubled = np.concatenate([ROWS, ROWS[:10]])
+    assert (calibration_side(doubled)[-10:] == side[:10]).all()  # a duplicate is never on both sides
+    assert (calibration_side(ROWS[::7]) == side[::7]).all()  # bench's sample of every k-th row keeps the split
+
+
+def test_the_calibration_side_of_the_reference_inputs_calibrates():
+    found = plan(ROWS, None, size=50, seed=0)
+    side_rows = {r.tobytes() for r in ROWS[calibration_side(ROWS)]}
+    assert len(found.inputs) == 50 and all(r.tobytes() in side_rows for r in found.inputs)
+    assert found.settings["calibration_split"] == FROM_REFERENCE_INPUTS
+    held = int((~calibration_side(ROWS)).sum())
+    assert found.settings["judged_on"].startswith(f"the {held} of the 400 reference inputs held out")
+    assert (plan(ROWS, None, size=50, seed=0).inputs == found.inputs).all()  # the same pick every time
+    assert len(plan(ROWS, None, size=10_000, seed=0).inputs) == 400 - held  # all of that side, at most
+
+
+def test_too_few_reference_inputs_to_split_are_refused():
+    one_side = ROWS[calibration_side(ROWS)][:5]
+    for rows in (ROWS[:1], one_side):
+        with pytest.raises(ConfigError, match="--calibration-inputs"):
+            plan(rows, None, size=500, seed=0)
+    assert len(plan(one_side, ROWS, size=500, seed=0).inputs) == 400  # a file of its own needs no split
+
+
+def test_calibration_inputs_that_are_also_reference_inputs_are_counted():
+    calib = np.concatenate([ROWS[:3], ROWS[200:] + 1])
+    found = plan(ROWS[:100], calib, size=500, seed=0, source={"file": "c.npy", "sha256": "ab"})
+    assert found.settings["calibration_split"] == FROM_CALIBRATION_INPUTS
+    assert found.settings["calibration_inputs"] == {"file": "c.npy", "sha256": "ab", "rows": 203}
+    assert found.settings["reference_inputs_in_calibration"] == 3
+    assert found.settings["judged_on"] == "all 100 reference inputs, 3 of them also calibration rows"
+    assert len(plan(ROWS[:100], calib, size=20, seed=0).inputs) == 20
+
+
+def test_only_an_int8_file_calibrated_on_reference_inputs_is_judged_on_the_others():
+    ref = _reference(ROWS)
+    held = ~calibration_side(ROWS)
+    cut = judged_rows(_int8(FROM_REFERENCE_INPUTS), ref)
+    assert (cut.pixels == ROWS[held]).all() and (cut.log_probs == ref.log_probs[held]).all()
+    for artifact in (_int8(FROM_CALIBRATION_INPUTS), _int8("train"), _int8(FROM_REFERENCE_INPUTS, "fp32"), None,
+                     "runs/x/checkpoint.pt"):
+        assert judged_rows(artifact, ref) is ref
+    labelled = _reference(ROWS, labels=np.zeros(len(ROWS), np.int64))  # MNIST: the test set never calibrates
+    assert judged_rows(_int8(FROM_REFERENCE_INPUTS), labelled) is labelled
+    with pytest.raises(ArtifactError, match="none of the 3 reference inputs checked is held out"):
+        judged_rows(_int8(FROM_REFERENCE_INPUTS), _reference(ROWS[calibration_side(ROWS)][:3]))

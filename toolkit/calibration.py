@@ -1,0 +1,93 @@
+"""int8 calibration of a model of another input shape (--input-shape), and the reference inputs that judge it.
+
+Such a model has no MNIST training images: its int8 files are calibrated on its own inputs. With
+--calibration-inputs FILE.npy, on a seeded pick of --calibration-size rows of that file, and judged on every
+reference input (export counts the reference inputs that are also calibration rows and records the count).
+Without it, the reference inputs are split: a row whose values' SHA-256 starts with an even byte may calibrate,
+every other row is held out, and verify and bench judge the int8 files on the held-out rows only, so never on a
+row that calibrated them. The split is keyed on each row's values, not its position, so a row is on the same side
+wherever it appears: a duplicate is never on both sides, and bench's sample of every k-th row keeps the split.
+
+Without labels there is no accuracy: an int8 file is judged by the top-1 agreement of its outputs with PyTorch
+fp32's on those rows, against verify's int8 min_agreement (DEFAULT_TOLERANCES), its max |diff| reported.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ArtifactError, ConfigError
+
+# calibration_split of an int8 file's manifest entry: where its calibration rows came from
+FROM_REFERENCE_INPUTS = "reference inputs"  # the calibration side of --inputs; judged on the other side
+FROM_CALIBRATION_INPUTS = "calibration inputs"  # --calibration-inputs; judged on every reference input
+JUDGED_BY = ("top-1 agreement with PyTorch fp32 (the golden outputs) >= verify's int8 min_agreement; max |diff| "
+             "reported, not judged; no labels, so no accuracy")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The rows an export's int8 files are calibrated on, and what their manifest entries say about them."""
+
+    inputs: np.ndarray  # float32 [N, *input_shape]
+    settings: dict[str, Any]
+
+
+def calibration_side(rows: np.ndarray) -> np.ndarray:
+    """Which rows may calibrate (True) rather than judge: the first byte of the SHA-256 of each row's float32 bytes
+    is even."""
+    return np.fromiter((hashlib.sha256(np.ascontiguousarray(row, np.float32).tobytes()).digest()[0] % 2 == 0
+                        for row in rows), dtype=bool, count=len(rows))
+
+
+def plan(reference: np.ndarray, calibration_inputs: np.ndarray | None, size: int, seed: int,
+         source: dict[str, Any] | None = None) -> Calibration:
+    """The calibration rows: a seeded pick of `size` rows of `calibration_inputs` (the file `source` describes),
+    or, without them, of the calibration side of the `reference` inputs (ConfigError when either side of those is
+    empty)."""
+    rng = np.random.default_rng(seed)
+    if calibration_inputs is None:
+        pool = np.flatnonzero(calibration_side(reference))
+        held_out = len(reference) - len(pool)
+        if not len(pool) or not held_out:
+            raise ConfigError(f"int8 calibrates on about half of the reference inputs and is judged on the others; "
+                              f"the {len(reference)} in --inputs give {len(pool)} to calibrate and {held_out} to "
+                              "judge: give more, or --calibration-inputs FILE.npy")
+        pick = np.sort(rng.choice(pool, size=min(size, len(pool)), replace=False))
+        return Calibration(reference[pick], {
+            "calibration_split": FROM_REFERENCE_INPUTS,
+            "judged_on": f"the {held_out} of the {len(reference)} reference inputs held out from calibration (the "
+                         "SHA-256 of the row's float32 bytes starts with an odd byte)",
+            "judged_by": JUDGED_BY})
+    pick = np.sort(rng.choice(len(calibration_inputs), size=min(size, len(calibration_inputs)), replace=False))
+    chosen = calibration_inputs[pick]
+    seen = {np.ascontiguousarray(row).tobytes() for row in chosen}
+    overlap = sum(np.ascontiguousarray(row).tobytes() in seen for row in reference)
+    return Calibration(chosen, {
+        "calibration_split": FROM_CALIBRATION_INPUTS,
+        "calibration_inputs": {**(source or {}), "rows": len(calibration_inputs)},
+        "reference_inputs_in_calibration": int(overlap),
+        "judged_on": f"all {len(reference)} reference inputs"
+                     + (f", {overlap} of them also calibration rows" if overlap else ""),
+        "judged_by": JUDGED_BY})
+
+
+def judged_rows(artifact: Any, ref: Any) -> Any:
+    """`ref` (a reference.Reference) cut to the rows that may judge `artifact`: for an int8 file calibrated on the
+    calibration side of its reference inputs, the held-out rows; every row otherwise. ArtifactError when none
+    of the rows given is held out."""
+    settings = getattr(artifact, "settings", None) or {}
+    if (ref.labels is not None or getattr(artifact, "precision", "") != "int8"
+            or settings.get("calibration_split") != FROM_REFERENCE_INPUTS):
+        return ref
+    held_out = ~calibration_side(ref.pixels)
+    if not held_out.any():
+        raise ArtifactError(f"none of the {len(ref.pixels)} reference inputs checked is held out from the int8 "
+                            "calibration; check more of them")
+    return dataclasses.replace(ref, pixels=ref.pixels[held_out], log_probs=ref.log_probs[held_out])
