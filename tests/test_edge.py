@@ -98,6 +98,29 @@ def test_a_command_that_needs_torch_names_the_extra(device_python, tmp_path, com
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+# A runtime outside the base install is named with the extra that brings it, like torch above. The runtime is
+# needed to read a .tflite or .pte at all, so a file with nothing but its flatbuffer identifier stands in for one.
+@pytest.mark.parametrize("command, runtime", [
+    (["predict", "--model", "{folder}/model.xml", "{png}"], "openvino"),
+    (["compare", "{folder}/model.onnx", "{folder}/model.xml"], "openvino"),
+    (["predict", "--model", "{tmp}/model.tflite", "{png}"], "litert"),
+    (["compare", "{tmp}/model.tflite", "{folder}/model.onnx"], "litert"),
+    (["compare", "{folder}/model.onnx", "{tmp}/model.pte"], "executorch"),
+])
+def test_a_file_whose_runtime_is_not_installed_names_the_extra(device_python, on_device, mnist_dir, tmp_path, png,
+                                                               command, runtime):
+    for name, identifier in (("model.tflite", b"TFL3"), ("model.pte", b"ET12")):
+        (tmp_path / name).write_bytes(bytes(4) + identifier + bytes(24))
+    args = [a.format(folder=on_device, png=png, tmp=tmp_path) for a in command]
+    if args[0] == "compare":
+        args += ["--limit", "10", "--data-dir", mnist_dir]
+    result = device(device_python, "-m", "toolkit", *args)
+    line = assert_one_line_error(result, 2)
+    extra = {"openvino": "runtimes"}.get(runtime, runtime)  # the rows of toolkit.runners.RUNTIMES
+    assert line == (f"error: toolkit {args[0]} needs runtime {runtime}, which is not installed; "
+                    f"pip install 'toolkit[{extra}]'")
+
+
 def test_predict_on_the_device_agrees_with_the_golden_outputs(device_python, on_device, mnist_dir, tmp_path):
     pixels, labels = load_split(mnist_dir, "test")
     pngs = []

@@ -35,7 +35,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # (<list[Path]>), which says nothing to a user.
 typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
-# Modules outside the base (inference-only) install, and the extra that brings each one.
+# Modules outside the base (inference-only) install that are no runtime, and the extra that brings each one; a
+# runtime's module and extra are in its row of toolkit.runners.RUNTIMES.
 EXTRA_FOR_MODULE = {name: "train" for name in ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "matplotlib")}
 # Commands that cannot run on the base install: --help says which extra they need.
 EXTRA_FOR_COMMAND = {"train": "train", "export": "train"}
@@ -70,11 +71,10 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ModuleNotFoundError as e:
-            module = (e.name or "").partition(".")[0]
-            if module not in EXTRA_FOR_MODULE or _state["debug"]:
+            needed = _not_installed((e.name or "").partition(".")[0])
+            if needed is None or _state["debug"]:
                 raise
-            _error(f"toolkit {fn.__name__} needs {module}, which is not installed; "
-                   f"pip install 'toolkit[{EXTRA_FOR_MODULE[module]}]'")
+            _error(f"toolkit {fn.__name__} needs {needed[0]}, which is not installed; {needed[1]}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except ToolkitError as e:
             _traceback_if_debug()
@@ -98,6 +98,17 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     help_text, short_help = _help(fn)
     return app.command(help=help_text, short_help=short_help)(wrapper)
+
+
+def _not_installed(module: str) -> tuple[str, str] | None:
+    """(what a command that could not import `module` needs, the pip command that installs it), or None for a
+    module that no extra of toolkit brings: a bug, not a missing install."""
+    if module in EXTRA_FOR_MODULE:
+        return module, f"pip install 'toolkit[{EXTRA_FOR_MODULE[module]}]'"
+    from toolkit.runners import RUNTIMES
+
+    runtime = next((r for r in RUNTIMES.values() if r.module == module and r.extra), None)
+    return None if runtime is None else (f"runtime {runtime.name}", runtime.install_hint)
 
 
 def _traceback_if_debug() -> None:

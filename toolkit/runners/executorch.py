@@ -24,10 +24,10 @@ RUNTIME = "executorch"
 def load_program(data: bytes, label: str) -> Any:
     """The ExecuTorch program in the (hash-checked) bytes. The program reads them in place: whoever holds the
     program must hold the bytes too (ExecuTorchRunner does)."""
+    with native_logs.silenced():  # importing it logs a torch deprecation warning
+        from executorch.runtime import Runtime  # outside the try: a missing runtime is no unreadable file
     try:
-        with native_logs.silenced():  # importing it logs a torch deprecation warning, too
-            from executorch.runtime import Runtime
-
+        with native_logs.silenced():
             return Runtime.get().load_program(data)
     except Exception as e:  # the runtime raises RuntimeError/ValueError for what it cannot read
         raise load_error(label, RUNTIME, e) from None
