@@ -7,8 +7,10 @@ without Chromium except under CI (CI=true), where .ci/run installs it and a miss
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -134,6 +136,42 @@ def test_web_command_serves_only_an_unchanged_app_model(tmp_path, exported_copy)
         result = run_cli("web", "--model", model, "--port", "0")
         assert fragment in assert_one_line_error(result, code=2), model
 
+
+
+@contextlib.contextmanager
+def toolkit_web(python, model: Path, tmp_path: Path):
+    """`toolkit web --model MODEL` in a process of its own, with a stand-in for ONNX Runtime Web (these tests fetch
+    the model, never run it): yields the URL it prints."""
+    ort = tmp_path / "ort"
+    ort.mkdir()
+    (ort / "ort.wasm.min.mjs").write_text("")
+    proc = subprocess.Popen([python, "-m", "toolkit", "web", "--model", str(model), "--port", "0", "--ort", str(ort)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert found, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield found.group(0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_model_of_any_name_is_served_where_the_page_fetches_it(tmp_path, exported, python):
+    model = tmp_path / "digits.onnx"
+    shutil.copyfile(exported / "model.app.onnx", model)
+    with toolkit_web(python, model, tmp_path) as base:
+        assert get(base + "model/model.app.onnx")[:3:2] == (200, model.read_bytes())
+        assert get(base + "model/digits.onnx")[0] == 404
+
+
+def test_the_model_served_is_the_one_checked_at_startup(exported_copy, tmp_path, python):
+    app = exported_copy / "model.app.onnx"
+    checked = app.read_bytes()
+    with toolkit_web(python, app, tmp_path) as base:
+        shutil.copyfile(exported_copy / "model.onnx", app)  # replaced while serving: unchecked bytes
+        assert get(base + "model/model.app.onnx")[:3:2] == (200, checked)
 
 
 def test_web_command_refuses_a_model_whose_weights_are_in_another_file(tmp_path, exported):

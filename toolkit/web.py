@@ -3,8 +3,10 @@
 A stdlib HTTP server with the headers multi-threaded WebAssembly needs: Cross-Origin-Opener-Policy and
 Cross-Origin-Embedder-Policy make the page cross-origin isolated, which is what lets ONNX Runtime Web use
 SharedArrayBuffer threads. It serves only what the page needs, from a fixed table of mounts: the page's own
-files, ONNX Runtime Web's dist folder (from npm, under /ort/) and the one model file (/model/model.app.onnx).
-Every request path is confined to its mount's folder and to the file types that mount allows.
+files, ONNX Runtime Web's dist folder (from npm, under /ort/) and the one model, at the URL the page fetches
+(/model/model.app.onnx) whatever the file's name, from the bytes checked at startup (held in memory: a file
+replaced later is not served). Every request path is confined to its mount's folder and to the file types that
+mount allows.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ DEFAULT_SITE = _INSTALLED_SITE if (_INSTALLED_SITE / "index.html").is_file() els
     Path(__file__).resolve().parents[1] / "examples" / "web")
 DEFAULT_MODEL = Path("exported") / "model.app.onnx"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
-MODEL_URL = "/model/model.app.onnx"
+MODEL_URL = "/model/model.app.onnx"  # where the page (app.mjs) fetches the model
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -54,12 +56,14 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 @dataclass(frozen=True)
 class Mount:
-    """URL prefix `prefix` (ending in '/') serves files of `suffixes` from `folder`, or exactly one `file`."""
+    """URL prefix `prefix` (ending in '/') serves files of `suffixes` from `folder`; or, with `held`, the one name
+    `file` under it, whose bytes are `held` (the folder unused)."""
 
     prefix: str
-    folder: Path
+    folder: Path | None
     suffixes: frozenset[str] = SITE_TYPES
-    file: str | None = None  # when set, the only name served under this prefix
+    file: str | None = None
+    held: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -80,22 +84,23 @@ def mounts(config: WebConfig) -> tuple[Mount, ...]:
     model = Path(config.model)
     if not model.is_file():
         raise ArtifactError(f"{model} {fileio.absent(model, 'run `toolkit export --format onnx-app` first')}")
-    check_app_model(model)
+    checked = check_app_model(model)
     ort = find_ort(site, config.ort)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {config.port}")
+    prefix, _, name = MODEL_URL.rpartition("/")
     return (
         Mount("/ort/", ort, frozenset({".mjs", ".wasm"})),
-        Mount("/model/", model.resolve().parent, frozenset({".onnx"}), file=model.name),
+        Mount(prefix + "/", None, file=name, held=checked),
         *config.extra_mounts,
         Mount("/", site),
     )
 
 
-def check_app_model(model: Path) -> None:
-    """ArtifactError unless `model` is what the page runs: a toolkit .onnx that takes raw pixels (an onnx-app
+def check_app_model(model: Path) -> bytes:
+    """The bytes of `model`, checked to be what the page runs: a toolkit .onnx that takes raw pixels (an onnx-app
     export), unchanged since export where a manifest is beside it, with its weights inside it (the page is served
-    this one file), and one ONNX Runtime loads."""
+    this one file), and one ONNX Runtime loads; ArtifactError where they are not."""
     from toolkit.formats import kind_of
     from toolkit.model_files import read_model_file
     from toolkit.onnx_wire import has_external_data
@@ -112,6 +117,7 @@ def check_app_model(model: Path) -> None:
     if runner.kind != kind_of("onnx-app"):
         raise ArtifactError(f"{model} takes {runner.kind} input; the page runs the onnx-app export (model.app.onnx), "
                             "which takes raw pixels")
+    return data
 
 
 def ort_version(site: Path) -> str:
@@ -134,14 +140,23 @@ def find_ort(site: Path, given: Path | None) -> Path:
                       f"`npm install onnxruntime-web@{ort_version(site)}` here, or pass --ort FOLDER")
 
 
-def resolve(table: tuple[Mount, ...], url_path: str) -> Path | None:
-    """The file that `url_path` names in `table`, or None: nothing outside a mount's folder, no hidden or
-    node_modules path from the site, no file type the mount does not serve."""
+def content(table: tuple[Mount, ...], url_path: str) -> tuple[bytes, str] | None:
+    """The bytes that `url_path` names in `table` and their file type (suffix), or None: nothing outside a mount's
+    folder, no hidden or node_modules path from the site, no file type the mount does not serve."""
     path = _request_path(url_path)
-    if path is None:
+    mount = None if path is None else next((m for m in table if path.startswith(m.prefix)), None)
+    if mount is None:
         return None
-    mount = next((m for m in table if path.startswith(m.prefix)), None)
-    return None if mount is None else _file_in(mount, path[len(mount.prefix):])
+    rest = path[len(mount.prefix):]
+    if mount.held is not None:
+        return (mount.held, Path(rest).suffix) if rest == mount.file else None
+    target = _file_in(mount, rest)
+    if target is None:
+        return None
+    try:
+        return target.read_bytes(), target.suffix
+    except OSError:  # removed or unreadable since it was resolved: a 404, never a traceback on the console
+        return None
 
 
 def _request_path(url_path: str) -> str | None:
@@ -181,8 +196,6 @@ def loopback_host(host_header: str | None) -> bool:
 
 def _file_in(mount: Mount, rest: str) -> Path | None:
     """The file `rest` names under `mount`, if the mount serves it and it exists."""
-    if mount.file is not None and rest != mount.file:
-        return None
     if mount.prefix == "/" and rest.split("/", 1)[0] == "node_modules":
         return None
     folder = mount.folder.resolve()
@@ -230,17 +243,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not loopback_host(self.headers.get("Host")):
             self.send_error(421, "Misdirected Request: this server answers only to localhost")
             return
-        target = resolve(self.table, self.path)
-        if target is None:
+        found = content(self.table, self.path)
+        if found is None:
             self.send_error(404, "Not Found")
             return
-        try:
-            data = target.read_bytes()
-        except OSError:  # removed or unreadable since it was resolved: a 404, never a traceback on the console
-            self.send_error(404, "Not Found")
-            return
+        data, suffix = found
         self.send_response(200)
-        self.send_header("Content-Type", MIME_TYPES.get(target.suffix, "application/octet-stream"))
+        self.send_header("Content-Type", MIME_TYPES.get(suffix, "application/octet-stream"))
         self.send_header("Content-Length", str(len(data)))
         # cross-origin isolation: needed for SharedArrayBuffer, hence for multi-threaded wasm
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")

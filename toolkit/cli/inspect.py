@@ -280,7 +280,9 @@ def predict(
 
 def web(
     model: Annotated[Path, typer.Option(
-        parser=_path, metavar="PATH", help="The app-ready model to serve at /model/model.app.onnx.")] = DEFAULT_MODEL,
+        parser=_path, metavar="PATH",
+        help="The app-ready model (any name), checked at startup and served from memory at /model/model.app.onnx, "
+             "where the page fetches it.")] = DEFAULT_MODEL,
     port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1 (0 picks a free one).")] = DEFAULT_PORT,
     ort: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="FOLDER",
