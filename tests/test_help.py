@@ -197,3 +197,20 @@ def test_the_file_arguments_name_every_kind_of_file_they_open(helps):
             shown = "TorchScript" if fmt.name == "torchscript" else ".onnx" if fmt.suffix.endswith(".onnx") \
                 else fmt.suffix
             assert re.search(rf"{re.escape(shown)}\b", text), (name, fmt.name, text)
+
+
+def test_the_file_arguments_say_which_kinds_must_be_toolkit_made(helps):
+    """An .onnx, TorchScript, .pt2 or .aoti.pt2 file opens whoever made it; a .pte, .tflite or IR .xml only with the
+    toolkit's metadata inside (runners.foreign.open_file): the help lists those after the word toolkit."""
+    for name, argument in (("compare", "A"), ("bench", "FILE")):
+        text = " ".join(re.search(rf"^  {argument} (.*?)(?=^\S|^  [A-Z] )", helps[name], re.M | re.S).group(1).split())
+        anyone, _, toolkit_made = text.partition("toolkit")
+        assert all(s in anyone for s in (".onnx", "TorchScript", ".pt2", ".aoti.pt2")), (name, text)
+        assert all(s not in anyone and s in toolkit_made for s in (".pte", ".tflite", ".xml")), (name, text)
+
+
+def test_predict_help_names_every_kind_of_file_it_runs(helps):
+    model = " ".join(re.search(r"^  --model PATH(.*?)(?=^  -)", helps["predict"], re.M | re.S).group(1).split())
+    assert all(s in model for s in (".onnx", ".xml", ".tflite")), model
+    summary = " ".join(helps["predict"].split("Options:")[0].split())
+    assert all(s in summary for s in ("ONNX Runtime", "OpenVINO", "LiteRT")), summary

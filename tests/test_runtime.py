@@ -110,6 +110,16 @@ def test_bad_images_are_one_line_errors(tmp_path, exported):
     assert "is a folder" in assert_one_line_error(run_cli("predict", "--model", model, tmp_path), 2)
 
 
+@pytest.mark.parametrize("name, fmt", [("model.pte", "executorch"), ("model.aoti.pt2", "aoti"),
+                                       ("model.ts.pt", "torchscript")])
+def test_predict_refuses_a_file_that_needs_torch_by_its_format(tmp_path, digit_pngs, name, fmt):
+    model = tmp_path / name
+    model.write_bytes(b"")  # refused by its name, before it is read
+    line = assert_one_line_error(run_cli("predict", "--model", model, digit_pngs[0][0]), 2)
+    assert line == (f"error: {model} is in the {fmt} format, which needs torch to run; predict runs .onnx, OpenVINO "
+                    "IR (.xml) and .tflite files (use toolkit verify or compare for the others)")
+
+
 @pytest.mark.parametrize("model", ["model.app.onnx", "model.onnx", "model.xml"])
 def test_predict_stops_at_the_time_limit(exported, digit_pngs, model):
     # a call far shorter than the watcher's 0.1 s tick still passes a 1 ns limit: it fails like a stopped one

@@ -27,10 +27,10 @@ __all__ = ["Classifier", "ModelInfo", "Prediction", "predict_files"]
 
 
 class Classifier:
-    """A toolkit .onnx or IR, used from numpy: raw 28x28 uint8 digits in, probabilities out.
+    """A toolkit .onnx, IR or .tflite, used from numpy: raw 28x28 uint8 digits in, probabilities out.
 
     The file is read once and its bytes loaded (see `read_model_file`: checked against a manifest beside it).
-    `session` and `info` are ONNX Runtime's (None for an IR).
+    `session` and `info` are ONNX Runtime's (None for an IR or a .tflite).
     """
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
@@ -39,11 +39,11 @@ class Classifier:
         options = RunnerOptions(device=provider, threads=threads, time_limit_s=time_limit_s)
         fmt = format_of_file(self.path.name)
         if fmt is not None and fmt not in (*ONNX_FORMATS, openvino.IR, litert.FORMAT):
-            raise ConfigError(f"{self.path} is a {fmt} file, which needs torch to run; predict runs .onnx, OpenVINO "
-                              "IR (.xml) and .tflite files (use toolkit verify or compare for the others)")
+            raise ConfigError(f"{self.path} is in the {fmt} format, which needs torch to run; predict runs .onnx, "
+                              "OpenVINO IR (.xml) and .tflite files (use toolkit verify or compare for the others)")
         if fmt in (openvino.IR, litert.FORMAT):
             if provider != "cpu":
-                raise ConfigError(f"{self.path} is a {fmt} file, which runs on the CPU only, not {provider}")
+                raise ConfigError(f"{self.path} is in the {fmt} format, which runs on the CPU only, not {provider}")
             self.runner: Runner = (openvino.open_file(str(self.path), options) if fmt == openvino.IR
                                    else litert.open_bytes(read_model_file(self.path), str(self.path), options, fmt))
             self.session, self.info = None, None
@@ -110,7 +110,8 @@ class Prediction:
 
 def predict_files(paths: list[str | os.PathLike], model: str | os.PathLike, invert: bool | None = None,
                   provider: str = "cpu", time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> list[Prediction]:
-    """Classify image files with a toolkit .onnx: every image is read first, so a bad file fails fast."""
+    """Classify image files with a toolkit .onnx, IR or .tflite: every image is read first, so a bad file fails
+    fast."""
     pixels = np.stack([load_image(p, invert) for p in paths])
     probs = Classifier(model, provider, time_limit_s=time_limit_s).predict_proba(pixels)
     return [Prediction(file=str(p), digit=int(row.argmax()), probability=_rounded(row.max()),

@@ -116,8 +116,8 @@ def bench(
     ctx: typer.Context,
     files: Annotated[Optional[list[Path]], typer.Argument(
         parser=_path, metavar="FILE", show_default=False,
-        help="Time these model files alone (toolkit-made or not: .onnx, .pt2, .aoti.pt2, TorchScript, .pte, .tflite, "
-             "IR .xml), each in every runtime that opens it, instead of the artifacts folder.")] = None,
+        help="Time these model files alone (any .onnx, TorchScript, .pt2 or .aoti.pt2; a toolkit .pte, .tflite or IR "
+             ".xml), each in every runtime that opens it, instead of the artifacts folder.")] = None,
     runtime: Annotated[Optional[list[str]], typer.Option(
         metavar="RUNTIMES", show_default="every installed one",
         help=f"{', '.join(RUNTIME_NAMES)} or all.")] = None,
@@ -243,8 +243,8 @@ def predict(
     images: Annotated[list[Path], typer.Argument(parser=_path, metavar="IMAGES", help="PNG or JPEG files.")],
     model: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="PATH", show_default="exported/model.app.onnx, else exported/model.onnx",
-        help="A toolkit .onnx, or OpenVINO IR .xml with its .bin beside it; checked against the manifest.json "
-             "beside it, if any.")] = None,
+        help="A toolkit .onnx, .tflite, or OpenVINO IR .xml with its .bin beside it; checked against the "
+             "manifest.json beside it, if any.")] = None,
     invert: Annotated[Optional[bool], typer.Option(
         "--invert/--no-invert", show_default="detect",
         help="Force (or forbid) inverting dark-on-light images.")] = None,
@@ -253,7 +253,7 @@ def predict(
     time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
 ) -> None:
     """Classify digit images with the exported .onnx alone (ONNX Runtime, numpy and Pillow; no torch), or an IR
-    (OpenVINO, no torch)."""
+    (OpenVINO) or .tflite (LiteRT), also without torch."""
     from toolkit.errors import ConfigError
     from toolkit.runners.base import check_time_limit
     from toolkit.runtime import predict_files
