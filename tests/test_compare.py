@@ -89,6 +89,17 @@ def test_wrong_layout_and_bad_options_are_one_line_errors(trained, exported, mni
         assert message in line
 
 
+def test_shape_is_refused_where_no_file_is_a_foreign_onnx(exported, mnist_dir):
+    """--shape sets a foreign .onnx's dynamic dimensions; with no such file it would do nothing, unnoticed."""
+    for b in ("model.onnx", "model.ts.pt"):
+        result = run_cli("compare", exported / "model.onnx", exported / b, "--shape", "x=10", "--limit", "10",
+                         "--data-dir", mnist_dir)
+        assert assert_one_line_error(result, 2) == (
+            "error: --shape gives the dynamic dimensions of a foreign .onnx's inputs, and none of these files is "
+            "one; drop --shape")
+        assert result.stdout == ""
+
+
 def _nhwc_torchscript(checkpoint, path):
     """The checkpoint's model traced to TorchScript behind a permute: it takes [N,28,28,1], which the file does
     not declare."""

@@ -40,6 +40,7 @@ from toolkit.runners.foreign import (
     runtimes_for,
     scores,
     scores_kind,
+    takes_shapes,
 )
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
@@ -186,6 +187,9 @@ def compare_all(config: CompareConfig,
     t0 = time.perf_counter()
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
+    if config.shapes and not any(map(takes_shapes, paths)):  # it would do nothing, and the user would not know
+        raise ConfigError("--shape gives the dynamic dimensions of a foreign .onnx's inputs, and none of these files "
+                          "is one; drop --shape")
     own = _exported_inputs(config.a, config.data_dir)
     for path in paths if own is not None else []:  # an int8 file calibrated on some of them: the others, as verify
         own = calibration.judged_rows(listed_artifact(path), own)

@@ -292,6 +292,15 @@ _EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIF
 ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can read any .onnx
 
 
+def takes_shapes(path: str | Path) -> bool:
+    """Whether `open_file` opens `path` as a foreign .onnx: the one kind of file whose dynamic dimensions --shape
+    gives."""
+    if format_of_file(Path(path).name) == openvino.IR:
+        return False
+    data = read_model_file(path)
+    return data[4:8] not in _EDGE_OPENERS and archive_name(data) is None and not _has_toolkit_metadata(data)
+
+
 def runtimes_for(path: str | Path) -> tuple[str, ...]:
     """The runtimes that can open `path`, from its name and first bytes (nothing is loaded): ONNX Runtime,
     OpenVINO and OpenCV for an .onnx; the one runtime of its format for anything else."""
