@@ -111,6 +111,26 @@ def test_exporting_again_replaces_cleanly(tmp_path, trained, mnist_dir, monkeypa
     assert (out / "notes.txt").read_text() == "mine"  # only toolkit's own files are ever removed
 
 
+def test_golden_and_inputs_files_no_manifest_lists_are_the_users(tmp_path, short_run, mnist_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    np.save(out / "inputs.npy", np.ones((2, 3), np.float32))
+    np.save(out / "golden.npy", np.zeros((2, 10), np.float32))
+    mine = {name: (out / name).read_bytes() for name in ("inputs.npy", "golden.npy")}
+    # no test set: no golden outputs are written, and the files of those names stay as they were
+    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "torchscript", "--out", out,
+                     "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    assert {name: (out / name).read_bytes() for name in mine} == mine and "removed" not in result.stderr
+    assert "golden" not in json.loads((out / "manifest.json").read_text())
+    # golden outputs on the test set: golden.npy is written, inputs.npy (which they do not use) stays
+    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "torchscript", "--out", out,
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "inputs.npy").read_bytes() == mine["inputs.npy"] and "removed" not in result.stderr
+    assert json.loads((out / "manifest.json").read_text())["golden"]["data"]["split"] == "test"
+
+
 def test_a_refused_export_names_both_checkpoints_and_how_the_default_was_chosen(tmp_path, exported_copy, trained,
                                                                              monkeypatch):
     ckpt = load_checkpoint(trained / "checkpoint.pt")  # a newer run beside the one exported/ came from

@@ -20,7 +20,6 @@ from toolkit import calibration, export_folder, exporters, fileio, golden, refin
 from toolkit import data as mnist
 from toolkit.artifacts import (
     GOLDEN_NAME,
-    MANIFEST_NAME,
     Artifact,
     GoldenEntry,
     Part,
@@ -267,29 +266,34 @@ def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
 
 def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
                           log: Log) -> GoldenEntry | None:
-    """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint."""
+    """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint. Only a
+    golden.npy or inputs.npy the earlier manifest lists is removed: one that no manifest lists is the user's."""
+    listed = export_folder.listed_golden_files(out_dir)
     if reference is not None:
         recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
         if recorded:
             log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
-        else:  # golden outputs on the test set: earlier reference inputs describe nothing now
+        elif refinputs.INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
             _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
         entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
                                     source_sha256=ctx.checkpoint_sha256, inputs=recorded)
         log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
         return entry
     try:
-        previous = read_golden_entry(out_dir) if (out_dir / MANIFEST_NAME).is_file() else None
+        previous = read_golden_entry(out_dir) if GOLDEN_NAME in listed else None
     except ArtifactError:
         previous = None  # a damaged entry is not kept; its file goes below
-    if (previous is not None and previous.source_sha256 == ctx.checkpoint_sha256
-            and Path(previous.path).is_file() and not Path(previous.path).is_symlink()):
+    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256
+    if same and Path(previous.path).is_file() and not Path(previous.path).is_symlink():
         log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
         return previous
     log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
         "checkpoint); run `toolkit data` and export with --data-dir to write them")
-    _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint")
-    _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "it went with those golden outputs")
+    if GOLDEN_NAME in listed:
+        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint"
+                      if previous is not None and not same else "it is not the file the manifest describes")
+    if refinputs.INPUTS_NAME in listed:
+        _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "it went with those golden outputs")
     return None
 
 

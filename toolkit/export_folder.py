@@ -1,8 +1,8 @@
 """An export folder's earlier contents: which of its files a new export keeps, which it removes, and the export
 of another checkpoint that it never mixes with its own.
 
-Only files the exporter itself writes are ever removed, and only inside the folder; a manifest naming anything
-else is refused, never followed.
+Only files the exporter itself writes and the earlier manifest lists are ever removed, and only inside the folder;
+a manifest naming anything else is refused, never followed.
 """
 
 from __future__ import annotations
@@ -10,11 +10,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from toolkit.artifacts import MANIFEST_NAME, RESULT_FILES, Artifact, read_manifest
+from toolkit.artifacts import (
+    GOLDEN_KEY,
+    GOLDEN_NAME,
+    MANIFEST_NAME,
+    RESULT_FILES,
+    Artifact,
+    read_manifest,
+    read_manifest_field,
+)
 from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
+from toolkit.refinputs import INPUTS_NAME
 
 
 def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool,
@@ -58,6 +67,19 @@ def other_checkpoints(out_dir: Path, previous: list[Artifact], ctx: ExportContex
         raise ConfigError(f"{held}, {chosen} export into another folder with --out, or replace that export with "
                           "--overwrite (its verify and bench results there go too)")
     return sorted(a.file for a in others)
+
+
+def listed_golden_files(out_dir: Path) -> set[str]:
+    """golden.npy and inputs.npy where the folder's manifest lists them (the golden outputs and their reference
+    inputs): the only ones export removes; a file of those names that no manifest lists is the user's."""
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return set()
+    entry = read_manifest_field(out_dir, GOLDEN_KEY)
+    if not isinstance(entry, dict):
+        return set()
+    data = entry.get("data")
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    return {name for name in (GOLDEN_NAME, INPUTS_NAME) if name in (entry.get("file"), inputs)}
 
 
 def _shown(out_dir: Path, recorded: str) -> str:
