@@ -171,6 +171,17 @@ MODEL_CODE = '''
             return self.body(x)
 
 
+    class Scaled(TinyMLP):
+        """TinyMLP's weights, its logits scaled: other arguments, the same state_dict."""
+
+        def __init__(self, hidden=64, scale=1.0):
+            super().__init__(hidden)
+            self.scale = scale
+
+        def forward(self, x):
+            return self.body(x) * self.scale
+
+
     class Wrong(nn.Module):
         def __init__(self):
             super().__init__()
@@ -191,7 +202,7 @@ OWN_MODEL_FORMATS = tuple(f for f in FORMATS if f != "aoti")
 
 @pytest.fixture(scope="module")
 def own_model(tmp_path_factory) -> Path:
-    """my_models.py (TinyMLP, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights) in one folder."""
+    """my_models.py (TinyMLP, Scaled, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights) in one folder."""
     import importlib.util
 
     folder = tmp_path_factory.mktemp("own_model")
@@ -233,6 +244,45 @@ def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path
     result = run_cli("bench", "--artifacts", out, "--data-dir", mnist_dir, "--runtime", "onnxruntime,pytorch",
                      "--batch-sizes", "1", "--seconds", "0.05", "--rounds", "1")
     assert "your own code" in assert_one_line_error(result, 2)
+
+
+def test_the_same_weights_as_another_model_are_another_export(own_model, mnist_dir, tmp_path):
+    """A folder never mixes models: the same state_dict as another class, with other --model-args, changed code or
+    another --input-shape is refused, naming what differs, and replaces the export with --overwrite."""
+    code, out = tmp_path / "models.py", tmp_path / "out"
+    code.write_text((own_model / "my_models.py").read_text())
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).standard_normal((4, 4, 14, 14)).astype(np.float32))
+
+    def export(name: str, args: str, *extra):
+        return run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code", f"{code}:{name}",
+                       "--model-args", args, "--out", out, *extra)
+
+    assert export("Scaled", '{"hidden": 32}', "--format", "torchscript", "--data-dir", mnist_dir).exit_code == 0
+    before = (out / "manifest.json").read_text()
+    for name, args, extra, says in [
+        ("Scaled", '{"hidden": 32, "scale": 3.0}', (), '--model-args {"hidden": 32} there, {"hidden": 32, '
+         '"scale": 3.0} now'),
+        ("TinyMLP", '{"hidden": 32}', (), "model Scaled there, TinyMLP now"),
+        ("Scaled", '{"hidden": 32}', ("--input-shape", "4,14,14", "--inputs", tmp_path / "in.npy"),
+         "--input-shape 1,28,28 there, 4,14,14 now"),
+    ]:
+        line = assert_one_line_error(export(name, args, *extra, "--format", "onnx"), 2)
+        assert f"holds an export of {own_model / 'tiny.pt'} as another model: {says} (model.ts.pt); " in line
+    code.write_text(code.read_text() + "# changed\n")
+    line = assert_one_line_error(export("Scaled", '{"hidden": 32}', "--format", "onnx"), 2)
+    assert f"as another model: --model-code {code}:Scaled has changed since (model.ts.pt)" in line
+    assert (out / "manifest.json").read_text() == before and not (out / "model.onnx").exists()
+
+    # replaced: without a test set, the golden outputs of the model before go too, never kept for this one
+    result = export("Scaled", '{"hidden": 32, "scale": 3.0}', "--format", "onnx", "--overwrite",
+                    "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    assert "removed golden.npy: it was computed from another checkpoint or model" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx"] and "golden" not in manifest
+    assert manifest["model"]["args"] == {"hidden": 32, "scale": 3.0}
+    assert not (out / "model.ts.pt").exists() and not (out / "golden.npy").exists()
 
 
 # --- refusals: one line, exit 2, nothing written --------------------------------------------------------------

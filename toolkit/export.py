@@ -194,9 +194,9 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
            on_progress: Progress | None = None) -> ExportResult:
     """Build every (format, precision) in `pairs` from the checkpoint into `config.out_dir`.
 
-    Artifacts from an earlier export of the same checkpoint that are not rebuilt stay listed; those from
-    another checkpoint are deleted, so the folder never mixes models. on_progress(done, total, what) says which
-    step starts next: the golden outputs, then each file.
+    Artifacts from an earlier export of the same checkpoint and model that are not rebuilt stay listed; those
+    of another checkpoint or model are deleted (with `overwrite`), so the folder never mixes models.
+    on_progress(done, total, what) says which step starts next: the golden outputs, then each file.
     """
     def progress(done: int, what: str) -> None:
         if on_progress:
@@ -210,17 +210,17 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     checkpoint = config.checkpoint or str(latest_checkpoint(DEFAULT_RUNS_DIR))
     ckpt, ckpt_sha256 = read_checkpoint(checkpoint, source)
     module = model_from_checkpoint(ckpt)
-    if ckpt["model"].get("output", "log_probs") != "log_probs":
-        log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
-            f"{'log' if ckpt['model']['output'] == 'probabilities' else 'log_softmax'}, so they return "
-            "log-probabilities as the toolkit's own models do")
     out_dir = fileio.check_writable_dir(config.out_dir, "exported artifacts")
     # recorded relative to the manifest, so a copied folder (with runs/ beside it) still finds it
     ctx = ExportContext(os.path.relpath(Path(checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs,
                         own_calibration=own_calibration)
-    export_folder.other_checkpoints(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
-                                    newest_run=config.checkpoint is None)  # early; checked again under the lock
+    export_folder.other_exports(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
+                                newest_run=config.checkpoint is None)  # early; checked again under the lock
+    if ckpt["model"].get("output", "log_probs") != "log_probs":
+        log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
+            f"{'log' if ckpt['model']['output'] == 'probabilities' else 'log_softmax'}, so they return "
+            "log-probabilities as the toolkit's own models do")
     if config.checkpoint is None:
         log(f"exporting {checkpoint}, the newest run under {DEFAULT_RUNS_DIR}/ (--checkpoint names another)")
     if inputs is None and any(p == "int8" for _, p in pairs):
@@ -266,31 +266,38 @@ def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
 
 def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
                           log: Log) -> GoldenEntry | None:
-    """Write the golden outputs; without new ones, keep the earlier file only if it came from this checkpoint. Only a
+    """Write the golden outputs; without new ones, keep the earlier file only if it came from this export. Only a
     golden.npy or inputs.npy the earlier manifest lists is removed: one that no manifest lists is the user's."""
     listed = export_folder.listed_golden_files(out_dir)
-    if reference is not None:
-        recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
-        if recorded:
-            log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
-        elif refinputs.INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
-            _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
-        entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
-                                    source_sha256=ctx.checkpoint_sha256, inputs=recorded)
-        log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
-        return entry
+    if reference is None:
+        return _keep_golden(out_dir, listed, data_dir, ctx, log)
+    recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
+    if recorded:
+        log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
+    elif refinputs.INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
+        _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
+    entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
+                                source_sha256=ctx.checkpoint_sha256, inputs=recorded)
+    log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
+    return entry
+
+
+def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log) -> GoldenEntry | None:
+    """Without a test set: the golden outputs the manifest lists, if computed from this checkpoint and model;
+    otherwise none, and the files listed with them go."""
     try:
         previous = read_golden_entry(out_dir) if GOLDEN_NAME in listed else None
     except ArtifactError:
         previous = None  # a damaged entry is not kept; its file goes below
-    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256
+    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256 and \
+        not export_folder.model_changes(out_dir, ctx)
     if same and Path(previous.path).is_file() and not Path(previous.path).is_symlink():
         log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
         return previous
     log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
         "checkpoint); run `toolkit data` and export with --data-dir to write them")
     if GOLDEN_NAME in listed:
-        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint"
+        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint or model"
                       if previous is not None and not same else "it is not the file the manifest describes")
     if refinputs.INPUTS_NAME in listed:
         _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "it went with those golden outputs")
@@ -313,7 +320,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
     kept, removed = export_folder.previous_artifacts(out_dir, ctx, rebuilding, config.overwrite,
                                                      newest_run=config.checkpoint is None)
     for name in removed:
-        log(f"removed {name}: it described another checkpoint's model")
+        log(f"removed {name}: it described another checkpoint or model")
     for a in kept:
         a.source_checkpoint = ctx.checkpoint_path
     built = []

@@ -1,5 +1,5 @@
 """An export folder's earlier contents: which of its files a new export keeps, which it removes, and the export
-of another checkpoint that it never mixes with its own.
+of another checkpoint or model that it never mixes with its own.
 
 Only files the exporter itself writes and the earlier manifest lists are ever removed, and only inside the folder;
 a manifest naming anything else is refused, never followed.
@@ -7,9 +7,12 @@ a manifest naming anything else is refused, never followed.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
+from toolkit import fileio
 from toolkit.artifacts import (
     GOLDEN_KEY,
     GOLDEN_NAME,
@@ -23,26 +26,29 @@ from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
-from toolkit.refinputs import INPUTS_NAME
+from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE
+
+_REPLACE = ("export into another folder with --out, or replace that export with --overwrite (its verify and bench "
+            "results there go too)")
 
 
 def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool,
                        newest_run: bool = False) -> tuple[list[Artifact], list[str]]:
     """Split an earlier export in `out_dir` into entries to keep and files removed.
 
-    Another checkpoint's export is replaced only with `overwrite`, and then its verify/bench results go too.
-    Only files this exporter itself writes are ever removed, and only inside `out_dir`; a manifest naming
-    anything else is refused (read_manifest), never followed.
+    Another export (of another checkpoint or model: other_exports) is replaced only with `overwrite`, and then its
+    verify/bench results go too. Only files this exporter itself writes are ever removed, and only inside `out_dir`;
+    a manifest naming anything else is refused (read_manifest), never followed.
     """
     previous = previous_manifest(out_dir)
-    others = other_checkpoints(out_dir, previous, ctx, overwrite, newest_run)
+    others = other_exports(out_dir, previous, ctx, overwrite, newest_run)
     removed = _remove_results(out_dir) if others else []
     kept = []
     for a in previous:
         if a.file in rebuilding:
             continue
         on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
-        if a.source_sha256 == ctx.checkpoint_sha256 and on_disk:
+        if a.file not in others and on_disk:
             kept.append(a)
         else:
             for file in a.files:
@@ -51,22 +57,63 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
     return kept, removed
 
 
-def other_checkpoints(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,
-                      newest_run: bool = False) -> list[str]:
-    """The files of `previous` exported from another checkpoint than `ctx`'s; ConfigError if there are any and not
-    `overwrite`, naming both checkpoints and (`newest_run`: the user named none) how this one was chosen."""
-    others = [a for a in previous if a.source_sha256 != ctx.checkpoint_sha256]
+def other_exports(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,
+                  newest_run: bool = False) -> list[str]:
+    """The files of `previous` that are another export than `ctx`'s: of another checkpoint, or of the same weights
+    as another model (model_changes). ConfigError if there are any and not `overwrite`, naming what differs and
+    (`newest_run`: the user named no checkpoint) how this checkpoint was chosen."""
+    changes = model_changes(out_dir, ctx) if previous else []
+    others = [a for a in previous if changes or a.source_sha256 != ctx.checkpoint_sha256]
     if others and not overwrite:
         ours = _shown(out_dir, ctx.checkpoint_path)
-        theirs = sorted({_shown(out_dir, a.source_checkpoint) if a.source_checkpoint else "another checkpoint"
-                         for a in others})  # the same path: the file was replaced since (trained again)
-        theirs = [f"an earlier version of {t}" if t == ours else t for t in theirs]
-        held = f"{out_dir}/ holds an export of {', '.join(theirs)} ({', '.join(sorted(a.file for a in others))})"
+        files = ", ".join(sorted(a.file for a in others))
+        if all(a.source_sha256 == ctx.checkpoint_sha256 for a in others):
+            raise ConfigError(f"{out_dir}/ holds an export of {ours} as another model: {'; '.join(changes)} "
+                              f"({files}); {_REPLACE}")
         chosen = (f"and the checkpoint to export is {ours}, the newest run under {DEFAULT_RUNS_DIR}/ (no --checkpoint "
                   "given); name the one you mean with --checkpoint," if newest_run else f"not of {ours};")
-        raise ConfigError(f"{held}, {chosen} export into another folder with --out, or replace that export with "
-                          "--overwrite (its verify and bench results there go too)")
+        raise ConfigError(f"{out_dir}/ holds an export of {_other_checkpoints(out_dir, others, ours)} ({files}), "
+                          f"{chosen} {_REPLACE}")
     return sorted(a.file for a in others)
+
+
+def _other_checkpoints(out_dir: Path, others: list[Artifact], ours: str) -> str:
+    """The checkpoints `others` were exported from, as a user here would name them."""
+    theirs = sorted({_shown(out_dir, a.source_checkpoint) if a.source_checkpoint else "another checkpoint"
+                     for a in others})  # the same path: the file was replaced since (trained again)
+    return ", ".join(f"an earlier version of {t}" if t == ours else t for t in theirs)
+
+
+def _identity(model: dict[str, Any]) -> dict[str, Any]:
+    """What makes a model the same one besides its weights, as JSON holds it: its class, its code (the file's
+    SHA-256, else the module's name), its constructor's arguments and its input shape."""
+    shape = model.get("input_shape") or MNIST_SHAPE
+    return json.loads(fileio.json_text({
+        "model": model.get("name"), "--model-code": model.get("code_sha256") or model.get("code"),
+        "--model-args": model.get("args") or {},
+        "--input-shape": ",".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape}))
+
+
+def model_changes(out_dir: Path, ctx: ExportContext) -> list[str]:
+    """How the model recorded in `out_dir`'s manifest differs from `ctx`'s (the same weights can be built as other
+    models), one phrase each; none when it is the same. A manifest without a model entry predates plain
+    state_dicts: its checkpoint alone made the model."""
+    recorded = read_manifest_field(out_dir, "model")
+    if not isinstance(recorded, dict):
+        return []
+    theirs, ours = _identity(recorded), _identity(ctx.ckpt["model"])
+    changes = []
+    for key in (k for k in ours if theirs[k] != ours[k]):
+        then, now = theirs[key], ours[key]
+        if key == "--model-code":  # name the code as given, not its hash
+            then, now = recorded.get("code"), ctx.ckpt["model"].get("code")
+        changes.append(f"{key} {now} has changed since" if then == now else
+                       f"{key} {_phrase(then)} there, {_phrase(now)} now")
+    return changes
+
+
+def _phrase(value: Any) -> str:
+    return "none" if value is None else value if isinstance(value, str) else fileio.json_text(value, indent=None)
 
 
 def listed_golden_files(out_dir: Path) -> set[str]:
@@ -101,7 +148,7 @@ def previous_manifest(out_dir: Path) -> list[Artifact]:
 
 
 def _remove_results(out_dir: Path) -> list[str]:
-    """Remove the verify/bench results and the Triton repository of another checkpoint's export."""
+    """Remove the verify/bench results and the Triton repository of another export."""
     removed = []
     for name in RESULT_FILES:
         if (out_dir / name).is_file() or (out_dir / name).is_symlink():
