@@ -372,6 +372,8 @@ def test_the_cpu_family_and_model_tell_apart_cpus_named_alike(tmp_path):
     assert sysinfo.cpu_id(str(cpuinfo)) == "family 26, model 2"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Arm CPU\nCPU part\t: 0xd0c\n")
     assert sysinfo.cpu_id(str(cpuinfo)) is None and sysinfo.cpu_id(str(tmp_path / "missing")) is None
+    cpuinfo.write_text("cpu family\t: ²\nmodel\t\t: 2\n")  # ASCII digits only
+    assert sysinfo.cpu_id(str(cpuinfo)) is None
 
 
 def _series(p50_ms, images_per_s, batch):

@@ -612,6 +612,13 @@ def test_web_refuses_a_host_that_is_not_loopback(web, host, status):
     assert reply.split(b"\r\n", 1)[0].split()[1] == str(status).encode(), reply[:200]
 
 
+def test_a_port_of_other_than_ascii_digits_is_not_loopback():
+    from toolkit.web import loopback_host
+
+    # http.server reads a header as Latin-1, where '²' is one byte
+    assert loopback_host("[::1]:8000") and not loopback_host("[::1]:²") and not loopback_host("[::1]:８０")
+
+
 def test_web_drops_a_half_sent_request(web, capsys):
     import socket
     import urllib.parse

@@ -507,3 +507,12 @@ def test_int8_calibrated_on_inputs_of_another_scale_fails_verify(colour_model: P
     assert "model.int8.onnx: agreement" in line and "model.int8.xml: agreement" in line and "< 99.00%" in line
     for row in json.loads((tmp_path / "v.json").read_text())["results"]:
         assert row["n"] == K and row["agreement"] < 0.5 * K and not row["passed"], row
+
+
+@pytest.mark.parametrize("shape", ["²,32,32", "３,32,32", "9" * 5000 + ",32,32"],
+                         ids=["superscript", "full-width", "endless"])
+def test_a_shape_of_other_than_ascii_digits_is_refused(colour_model: Path, shape):
+    line = assert_one_line_error(_export(colour_model, "--input-shape", shape, "--inputs", colour_model / "ref.npy",
+                                         out="refused-shape"), 2)
+    assert "positive sizes" in line
+    assert not (colour_model / "refused-shape").exists()

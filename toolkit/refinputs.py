@@ -34,7 +34,9 @@ def parse_shape(text: str | None) -> tuple[int, ...]:
     if not text:
         return MNIST_SHAPE
     parts = [p.strip() for p in str(text).split(",")]
-    if not 1 <= len(parts) <= MAX_DIMS or not all(p.isdigit() and 0 < int(p) <= MAX_DIM for p in parts):
+    # ASCII digits only: str.isdigit() takes '²' too, which int() refuses; a size of many digits is no size
+    if not 1 <= len(parts) <= MAX_DIMS or not all(p.isascii() and p.isdigit() and len(p) <= len(str(MAX_DIM))
+                                                   and 0 < int(p) <= MAX_DIM for p in parts):
         raise ConfigError(f"--input-shape {str(text)[:40]!r} must be 1 to {MAX_DIMS} positive sizes (at most "
                           f"{MAX_DIM}) separated by commas, without the batch, e.g. 3,32,32")
     return tuple(int(p) for p in parts)

@@ -60,7 +60,7 @@ def cpu_id(path: str = "/proc/cpuinfo") -> str | None:
     """The x86 CPU's family and model numbers as the kernel reports them ('family 26, model 2'): what tells apart
     CPUs that a virtual machine names alike ('AMD EPYC'); None where the file does not say."""
     fields = _cpuinfo(("cpu family", "model"), path)
-    if not all(fields.get(k, "").isdigit() for k in ("cpu family", "model")):
+    if not all(v.isascii() and v.isdigit() for v in (fields.get("cpu family", ""), fields.get("model", ""))):
         return None
     return f"family {fields['cpu family']}, model {fields['model']}"
 
@@ -119,6 +119,6 @@ def _nvidia_driver() -> str | None:
     try:
         with open("/proc/driver/nvidia/version") as f:
             first = f.readline()
-        return next((tok for tok in first.split() if tok[:1].isdigit() and "." in tok), None)
+        return next((tok for tok in first.split() if tok[:1].isascii() and tok[:1].isdigit() and "." in tok), None)
     except OSError:
         return None

@@ -182,7 +182,7 @@ def loopback_host(host_header: str | None) -> bool:
     host = host_header.strip().lower()
     if host.startswith("["):  # [::1]:8000
         host, closed, port = host[1:].partition("]")
-        if not closed or (port and not (port.startswith(":") and port[1:].isdigit())):
+        if not closed or (port and not (port.startswith(":") and port[1:].isascii() and port[1:].isdigit())):
             return False
     elif host.count(":") == 1:
         host = host.partition(":")[0]
