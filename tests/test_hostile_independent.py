@@ -278,6 +278,13 @@ def test_bad_metadata_is_one_line(models, tmp_path, mnist_dir, command, changes)
     assert "metadata" in line
 
 
+def test_a_manifest_number_too_long_to_read_is_no_field(tmp_path):
+    from toolkit.artifacts import read_manifest_field
+
+    (tmp_path / "manifest.json").write_text('{"input_shape": [' + "9" * 5000 + "]}")
+    assert read_manifest_field(tmp_path, "input_shape") is None
+
+
 @pytest.fixture(scope="module")
 def ir_base(models):
     """A constant classifier as an OpenVINO model, without toolkit rt_info: each case adds its own."""

@@ -299,10 +299,12 @@ def test_the_same_weights_as_another_model_are_another_export(own_model, mnist_d
     (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", '{"width": 32}'], "unexpected keyword"),
     (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", '{"hidden": NaN}'], "holds NaN"),
     (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", '{"hidden": 1e400}'], "holds 1e400"),
+    (["--model-code", "{dir}/my_models.py:TinyMLP", "--model-args", '{"hidden": ' + "9" * 5000 + "}"],
+     "an integer of 5000 digits"),
     (["--model-args", '{"hidden": 32}'], "needs --model or --model-code"),
     (["--model", "convnet", "--model-code", "{dir}/my_models.py:TinyMLP"], "not both"),
 ], ids=["wrong-builtin", "missing-class", "not-a-module", "missing-file", "no-class", "shape-mismatch",
-        "bad-json", "json-not-object", "bad-kwarg", "nan-arg", "infinite-arg", "args-alone", "both"])
+        "bad-json", "json-not-object", "bad-kwarg", "nan-arg", "infinite-arg", "endless-int", "args-alone", "both"])
 def test_bad_model_options_are_one_line(own_model, tmp_path, case, expected):
     out = tmp_path / "out"
     args = [a.replace("{dir}", str(own_model)) for a in case]

@@ -230,7 +230,7 @@ def read_manifest_field(folder: str | os.PathLike, key: str) -> Any:
     _, raw = _manifest_bytes(Path(folder))
     try:
         return json.loads(raw.decode("utf-8")).get(key)
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+    except (ValueError, AttributeError, RecursionError):  # bad UTF-8 or JSON, or an integer too long to read
         return None
 
 

@@ -71,6 +71,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits)
+        raise ConfigError(f"--model-args holds an integer of {len(text.lstrip('-'))} digits, more than Python "
+                          "reads; give smaller numbers") from None
+
+
 def parse_model_args(text: str | None) -> dict[str, Any]:
     """--model-args: a JSON object of keyword arguments; anything else is a ConfigError saying so."""
     if not text:
@@ -78,7 +86,7 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     if len(text) > MAX_MODEL_ARGS_CHARS:
         raise ConfigError(f"--model-args is longer than {MAX_MODEL_ARGS_CHARS} characters")
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ConfigError(f"--model-args is not valid JSON ({str(e)[:120]}); give an object, e.g. "
                           "'{\"hidden\": 128}'") from None
