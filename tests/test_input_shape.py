@@ -516,3 +516,36 @@ def test_a_shape_of_other_than_ascii_digits_is_refused(colour_model: Path, shape
                                          out="refused-shape"), 2)
     assert "positive sizes" in line
     assert not (colour_model / "refused-shape").exists()
+
+
+EXP_COLOUR = """
+    import torch
+    from torch import nn
+
+
+    class ExpColour(nn.Module):
+        \"\"\"Colour on exp(x): an input above 88 overflows.\"\"\"
+
+        def __init__(self, width=4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+            self.fc = nn.Linear(width * 16 * 16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x.exp())).flatten(1)).log_softmax(1)
+"""
+
+
+def test_nan_outputs_on_reference_inputs_are_refused(colour_model: Path):
+    """Finite on the probe batch, NaN on two of the reference inputs: no golden outputs to verify against."""
+    (colour_model / "exp_colour.py").write_text(textwrap.dedent(EXP_COLOUR))
+    inputs = np.load(colour_model / "ref.npy")
+    inputs[[5, 9]] = 100.0
+    np.save(colour_model / "large.npy", inputs)
+    out = colour_model / "refused-nan"
+    result = run_cli("export", "--checkpoint", colour_model / "colour.pt", "--model-code",
+                     f"{colour_model / 'exp_colour.py'}:ExpColour", "--input-shape", "3,32,32", "--inputs",
+                     colour_model / "large.npy", "--format", "onnx", "--out", out)
+    line = assert_one_line_error(result, 2)
+    assert "NaN or infinite log-probabilities on 2 of the 64 reference inputs" in line
+    assert not out.exists() or not any(out.iterdir())

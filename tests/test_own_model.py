@@ -193,6 +193,13 @@ MODEL_CODE = '''
 
     class NotAModule:
         pass
+
+
+    class LogOfLogits(TinyMLP):
+        """log() of logits, some negative: NaN."""
+
+        def forward(self, x):
+            return self.body(x).log()
 '''
 
 
@@ -202,7 +209,8 @@ OWN_MODEL_FORMATS = tuple(f for f in FORMATS if f != "aoti")
 
 @pytest.fixture(scope="module")
 def own_model(tmp_path_factory) -> Path:
-    """my_models.py (TinyMLP, Scaled, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights) in one folder."""
+    """my_models.py (TinyMLP, Scaled, LogOfLogits, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights)
+    in one folder."""
     import importlib.util
 
     folder = tmp_path_factory.mktemp("own_model")
@@ -330,6 +338,36 @@ def test_an_output_that_is_not_ten_scores_is_refused(own_model, tmp_path):
     result = run_cli("export", "--checkpoint", own_model / "wrong.pt", "--model-code",
                      f"{own_model / 'my_models.py'}:Wrong", "--out", tmp_path / "out", "--data-dir", tmp_path)
     assert "returns float32 [3, 7]" in assert_one_line_error(result, 2)
+
+
+BROKEN_MODELS = [
+    ("LogOfLogits", "returns NaN or infinity on the probe batch"),
+]
+
+
+@pytest.mark.parametrize("cls, expected", BROKEN_MODELS, ids=[cls for cls, _ in BROKEN_MODELS])
+def test_a_model_that_gives_nan_is_refused(own_model, tmp_path, mnist_dir, cls, expected):
+    """NaN scores would make golden outputs that nothing can be verified against."""
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:{cls}", "--model-args", '{"hidden": 32}', "--out", out,
+                     "--format", "onnx", "--data-dir", mnist_dir)
+    assert expected in assert_one_line_error(result, 2)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_weights_whose_outputs_overflow_are_refused(tmp_path, mnist_dir):
+    """Finite weights, but so large that every output is infinite or NaN: refused before anything is written."""
+    from toolkit.model import build_model
+
+    torch.save({k: v * 1e25 for k, v in build_model("mlp", hidden_sizes=[16]).state_dict().items()},
+               tmp_path / "huge.pt")
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", tmp_path / "huge.pt", "--out", out, "--format", "onnx",
+                     "--data-dir", mnist_dir)
+    line = assert_one_line_error(result, 2)
+    assert "NaN or infinite log-probabilities on 10,000 of the 10,000 MNIST test images" in line
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_an_unknown_state_dict_asks_for_its_class(own_model, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from toolkit import data as mnist
 from toolkit import fileio, refinputs, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
-from toolkit.errors import ArtifactError
+from toolkit.errors import ArtifactError, CheckpointError
 from toolkit.preprocess import MEAN, STD, normalize
 
 WHAT = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
@@ -32,11 +32,12 @@ BATCH = 500
 
 def reference_log_probs(model, pixels: np.ndarray) -> np.ndarray:
     """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for uint8 images [N, 28, 28]."""
-    return outputs_on_inputs(model, normalize(pixels, MEAN, STD))
+    return outputs_on_inputs(model, normalize(pixels, MEAN, STD), "MNIST test images")
 
 
-def outputs_on_inputs(model, inputs: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for the model's own float32 inputs."""
+def outputs_on_inputs(model, inputs: np.ndarray, what: str = "reference inputs") -> np.ndarray:
+    """PyTorch fp32 log-probabilities of `model` (in eval mode) on the CPU for the model's own float32 inputs;
+    CheckpointError when any is NaN or infinite: no file could be verified against them."""
     import torch
 
     from toolkit.model import MODELS
@@ -48,7 +49,13 @@ def outputs_on_inputs(model, inputs: np.ndarray) -> np.ndarray:
         # the built-in models: a user's model may view() a feature map, which a channels_last tensor refuses
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+        log_probs = torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+    bad = int((~np.isfinite(log_probs)).any(axis=1).sum())
+    if bad:
+        raise CheckpointError(f"the checkpoint's model gives NaN or infinite log-probabilities on {bad:,} of the "
+                              f"{len(log_probs):,} {what}; only a model with finite outputs can be exported and "
+                              "verified")
+    return log_probs
 
 
 def has_test_set(data_dir: str | os.PathLike) -> bool:

@@ -226,6 +226,9 @@ def output_kind(model, what: str, input_shape: tuple[int, ...] = MNIST_SHAPE) ->
             type(y).__name__
         raise ConfigError(f"{what} returns {got} for an input of shape [{PROBE_BATCH},{shape}]; a classifier "
                           "the toolkit exports returns [N,10] scores (log-probabilities, probabilities or logits)")
+    if not torch.isfinite(y).all():
+        raise ConfigError(f"{what} returns NaN or infinity on the probe batch ({given} [{PROBE_BATCH},{shape}]); "
+                          "a model the toolkit exports returns finite scores")
     y = y.double()
     if torch.allclose(y.exp().sum(1), torch.ones(PROBE_BATCH, dtype=y.dtype), atol=1e-3):
         return "log_probs"
