@@ -156,6 +156,8 @@ def test_the_notebooks_export_benches(notebook_export, mnist_dir, tmp_path):
 # --- a class of one's own ----------------------------------------------------------------------------------
 
 MODEL_CODE = '''
+    import sys
+
     import torch
     from torch import nn
 
@@ -195,11 +197,35 @@ MODEL_CODE = '''
         pass
 
 
+    class QuitsWhenBuilt(TinyMLP):
+        def __init__(self, hidden=64):
+            sys.exit(0)
+
+
+    class QuitsWhenRun(TinyMLP):
+        def forward(self, x):
+            sys.exit(0)
+
+
     class LogOfLogits(TinyMLP):
         """log() of logits, some negative: NaN."""
 
         def forward(self, x):
             return self.body(x).log()
+
+
+    class OneBatchSize(TinyMLP):
+        """Written for batches of 3 only."""
+
+        def forward(self, x):
+            return self.body(x.reshape(3, 1, 28, 28)).log_softmax(1)
+
+
+    class QuitsOnLargeBatches(TinyMLP):
+        def forward(self, x):
+            if len(x) > 3:
+                sys.exit(0)
+            return self.body(x).log_softmax(1)
 '''
 
 
@@ -209,8 +235,8 @@ OWN_MODEL_FORMATS = tuple(f for f in FORMATS if f != "aoti")
 
 @pytest.fixture(scope="module")
 def own_model(tmp_path_factory) -> Path:
-    """my_models.py (TinyMLP, Scaled, LogOfLogits, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s weights)
-    in one folder."""
+    """my_models.py (TinyMLP, Scaled, its broken subclasses, Wrong, NotAModule) and tiny.pt (TinyMLP(hidden=32)'s
+    weights) in one folder."""
     import importlib.util
 
     folder = tmp_path_factory.mktemp("own_model")
@@ -341,13 +367,18 @@ def test_an_output_that_is_not_ten_scores_is_refused(own_model, tmp_path):
 
 
 BROKEN_MODELS = [
+    ("QuitsWhenBuilt", "building QuitsWhenBuilt "),
+    ("QuitsWhenRun", "failed on a normalized MNIST batch [3,1,28,28]: SystemExit"),
     ("LogOfLogits", "returns NaN or infinity on the probe batch"),
+    ("OneBatchSize", "failed on the MNIST test images (batches of up to 500): RuntimeError"),
+    ("QuitsOnLargeBatches", "failed on the MNIST test images (batches of up to 500): SystemExit"),
 ]
 
 
 @pytest.mark.parametrize("cls, expected", BROKEN_MODELS, ids=[cls for cls, _ in BROKEN_MODELS])
-def test_a_model_that_gives_nan_is_refused(own_model, tmp_path, mnist_dir, cls, expected):
-    """NaN scores would make golden outputs that nothing can be verified against."""
+def test_a_model_that_quits_fails_or_gives_nan_is_refused(own_model, tmp_path, mnist_dir, cls, expected):
+    """sys.exit in the user's code is an error, not the end of export; NaN scores would make golden outputs that
+    nothing can be verified against."""
     out = tmp_path / "out"
     result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
                      f"{own_model / 'my_models.py'}:{cls}", "--model-args", '{"hidden": 32}', "--out", out,

@@ -18,8 +18,9 @@ import numpy as np
 from toolkit import data as mnist
 from toolkit import fileio, refinputs, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, GoldenEntry, read_golden_entry, read_verified_golden
-from toolkit.errors import ArtifactError, CheckpointError
+from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.preprocess import MEAN, STD, normalize
+from toolkit.usermodel import first_line
 
 WHAT = ("PyTorch float32 log-probabilities (log_softmax) of the source checkpoint's model on the CPU, "
         "one row per MNIST test image in file order")
@@ -43,13 +44,23 @@ def outputs_on_inputs(model, inputs: np.ndarray, what: str = "reference inputs")
     from toolkit.model import MODELS
 
     x = torch.from_numpy(inputs)
-    if type(model) in MODELS.values():
+    builtin = type(model) in MODELS.values()
+    if builtin:
         # channels_last weights make every feature map channels_last (the one-channel input is both layouts at
         # once). On a copy: the caller's model, which export goes on to convert, keeps its weights' layout. Only
         # the built-in models: a user's model may view() a feature map, which a channels_last tensor refuses
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        log_probs = torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+    try:
+        with torch.inference_mode():
+            log_probs = torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)]).numpy()
+    except (Exception, SystemExit) as e:  # a user's forward may raise anything, or call sys.exit
+        if builtin:
+            raise
+        raise ConfigError(f"the model failed on the {what} (batches of up to {BATCH}): {type(e).__name__}: "
+                          f"{first_line(e)}") from None
+    if log_probs.shape != (len(x), 10):
+        raise ConfigError(f"the model returns {list(log_probs.shape)} for the {len(x):,} {what}, not "
+                          f"[{len(x)}, 10]")
     bad = int((~np.isfinite(log_probs)).any(axis=1).sum())
     if bad:
         raise CheckpointError(f"the checkpoint's model gives NaN or infinite log-probabilities on {bad:,} of the "

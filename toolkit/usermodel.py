@@ -172,13 +172,13 @@ def _import(where: str) -> Any:
     except ConfigError:
         raise
     except (Exception, SystemExit) as e:  # the user's code may raise anything while it is imported
-        raise ConfigError(f"importing {where} failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise ConfigError(f"importing {where} failed: {type(e).__name__}: {first_line(e)}") from None
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(folder)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return " ".join(text.splitlines()[0].split())[:200] if text else "(no message)"
 
@@ -189,9 +189,9 @@ def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str
     batch of `input_shape` samples (normalized MNIST by default) to [N,10]; returns (model, its output kind)."""
     try:
         model = cls(**args)
-    except Exception as e:  # the user's constructor may raise anything
+    except (Exception, SystemExit) as e:  # the user's constructor may raise anything, or call sys.exit
         raise ConfigError(f"building {what} with --model-args {json.dumps(args)[:100]} failed: "
-                          f"{type(e).__name__}: {_first_line(e)}") from None
+                          f"{type(e).__name__}: {first_line(e)}") from None
     try:
         model.load_state_dict(state_dict, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -201,7 +201,7 @@ def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str
 
 def _mismatch(e: Exception) -> str:
     """torch's load_state_dict error in one line: its first complaints, not the whole list."""
-    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [_first_line(e)]
+    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [first_line(e)]
     return " ".join(" ".join(lines).split())[:300]
 
 
@@ -218,9 +218,9 @@ def output_kind(model, what: str, input_shape: tuple[int, ...] = MNIST_SHAPE) ->
     try:
         with torch.inference_mode():
             y = model(probe)
-    except Exception as e:  # the user's forward may raise anything
+    except (Exception, SystemExit) as e:  # the user's forward may raise anything, or call sys.exit
         raise ConfigError(f"{what} failed on {given} [{PROBE_BATCH},{shape}]: "
-                          f"{type(e).__name__}: {_first_line(e)}") from None
+                          f"{type(e).__name__}: {first_line(e)}") from None
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (PROBE_BATCH, 10) or not y.is_floating_point():
         got = f"{str(y.dtype).replace('torch.', '')} {list(y.shape)}" if isinstance(y, torch.Tensor) else \
             type(y).__name__
