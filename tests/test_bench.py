@@ -404,6 +404,16 @@ def test_search_rule_picks_the_lowest_p50_and_the_most_images_per_second():
     assert tuning.probe_batch((1,)) == 1
 
 
+def test_a_matmul_peak_needs_the_models_flops():
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.pipeline import _peaks_wanted
+
+    skipped = {}
+    assert not _peaks_wanted(BenchConfig(matmul_peak=True), ["cpu"], None, skipped)
+    assert "FLOPs are unknown" in skipped["matmul peak"]
+    assert _peaks_wanted(BenchConfig(matmul_peak=True), ["cpu"], 4_586_000, {})
+
+
 def test_one_call_is_also_tried_on_one_thread_and_on_every_hyperthread(monkeypatch):
     from toolkit.bench import search
     from toolkit.bench.config import BenchConfig

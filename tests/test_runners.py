@@ -2,12 +2,13 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
 from tests.conftest import NO_BF16, REPO, fake_cpu_flags, run_process
-from toolkit import formats, runners
+from toolkit import devices, formats, runners, sysinfo
 from toolkit.artifacts import find_checkpoint, read_manifest
 from toolkit.data import load_split
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
@@ -114,6 +115,23 @@ def test_what_a_runtime_cannot_open_or_run_on(manifest):
     with pytest.raises(ConfigError, match="unknown runtime"):
         runners.select_runtimes(["tensorflow"])
     assert runners.select_runtimes([]).runtimes == [r for r in runners.RUNTIMES if runners.RUNTIMES[r].installed()]
+
+
+def test_a_module_an_import_hook_refuses_is_not_installed(monkeypatch):
+    """A process that blocks torch with an import hook (as the torch-free tests do) sees what an install without
+    torch sees: the torch runtimes skipped, no CUDA through torch, never the hook's ImportError."""
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torch":
+                raise ImportError(f"{name} is blocked")
+
+    monkeypatch.setattr(sys, "meta_path", [BlockTorch(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # else find_spec answers from the module already imported
+    assert not sysinfo.installed("torch") and sysinfo.installed("numpy")
+    selection = runners.select_runtimes([])
+    torch_runtimes = {name for name, r in runners.RUNTIMES.items() if r.module == "torch"}
+    assert torch_runtimes == set(selection.skipped) and not torch_runtimes & set(selection.runtimes)
+    assert devices.torch_unavailable("cuda") == "torch is not installed"
 
 
 def test_an_allocation_failure_is_a_one_line_config_error(manifest):

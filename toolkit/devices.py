@@ -11,10 +11,10 @@ Torch-free: onnxruntime and torch are imported only by the checks that need them
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import sysinfo
 from toolkit.errors import ConfigError
 
 
@@ -50,10 +50,6 @@ def torch_device(name: str) -> str:
     return DEVICES[name].torch
 
 
-def has_torch() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def onnxruntime_unavailable(name: str) -> str | None:
     """Why this onnxruntime build cannot run on device `name`; None when it offers the device's provider."""
     import onnxruntime as ort
@@ -85,7 +81,7 @@ def torch_unavailable(name: str) -> str | None:
     """Why torch cannot run on device `name` here; None when it can (always on the CPU)."""
     if DEVICES[name].torch == "cpu":
         return None
-    if not has_torch():
+    if not sysinfo.installed("torch"):
         return "torch is not installed"
     import torch
 
@@ -106,7 +102,7 @@ def expand(requested: tuple[str, ...] | list[str]) -> tuple[list[str], dict[str,
     for name, device in DEVICES.items():
         if onnxruntime_unavailable(name):
             skipped[name] = f"{device.provider} is not in this onnxruntime build"
-        elif name != CPU and not has_torch():
+        elif name != CPU and not sysinfo.installed("torch"):
             skipped[name] = "cannot look for a CUDA device without torch; name the provider to try it"
         elif torch_unavailable(name):
             skipped[name] = "no CUDA device visible"

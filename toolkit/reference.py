@@ -3,14 +3,13 @@ the checkpoint, or the golden outputs export wrote beside the artifacts (read wi
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import fileio, golden
+from toolkit import fileio, golden, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
@@ -90,7 +89,7 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
                                   "verify never imports; compare with --reference golden, the outputs export wrote")
         return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
     has_golden = read_golden_entry(folder) is not None
-    if importlib.util.find_spec("torch") is None:
+    if not sysinfo.installed("torch"):
         if has_golden:
             return load_golden_reference(folder, data_dir)
         raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch "

@@ -1,8 +1,10 @@
-"""What produced a file: tool versions and the machine, recorded in checkpoints, manifests and results."""
+"""What produced a file: tool versions and the machine, recorded in checkpoints, manifests and results; and which
+optional packages this install has."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 from typing import Any
@@ -21,6 +23,16 @@ def versions(*packages: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return found
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it. An import hook that refuses it counts as
+    missing, as it would refuse the real import too: a process that blocks torch sees what a torch-free install
+    sees."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _cpuinfo(keys: tuple[str, ...], path: str = "/proc/cpuinfo") -> dict[str, str]:

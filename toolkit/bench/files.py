@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, fileio
+from toolkit import devices, fileio, sysinfo
 from toolkit.artifacts import Artifact, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.search import Candidate, Opener, Plan, candidates_of, sample
@@ -87,8 +87,8 @@ def _devices(config: BenchConfig) -> tuple[list[str], dict[str, str]]:
     wanted, skipped = devices.expand(config.providers)
     usable = []
     for name in wanted:
-        missing = None if name == devices.CPU else (
-            devices.onnxruntime_unavailable(name) or (devices.torch_unavailable(name) if devices.has_torch() else None))
+        missing = None if name == devices.CPU else (devices.onnxruntime_unavailable(name) or (
+            devices.torch_unavailable(name) if sysinfo.installed("torch") else None))
         if missing:
             skipped[name] = missing
         else:

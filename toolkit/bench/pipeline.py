@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import toolkit.bench.tuning as tuning
-from toolkit import devices, runners, sysinfo
+from toolkit import runners, sysinfo
 from toolkit.artifacts import read_manifest_field, read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.files import MNIST_INPUTS, REFERENCE_INPUTS, plan_files
@@ -37,7 +37,7 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
     ONNX-only run needs neither torch nor the checkpoint, and verifies against the golden outputs then.
     """
     t_start = time.perf_counter()
-    if config.threads and devices.has_torch():
+    if config.threads and sysinfo.installed("torch"):
         import torch
 
         torch.set_num_threads(config.threads)
@@ -174,7 +174,7 @@ def _peaks_wanted(config: BenchConfig, devices: list[str], flops: int | None, sk
     """Whether to measure the matmul peaks; when asked for but not possible, `skipped` says why."""
     if not (config.matmul_peak and "cpu" in devices):
         return False
-    if not devices.has_torch():
+    if not sysinfo.installed("torch"):
         skipped["matmul peak"] = "measured with torch, which is not installed (--no-matmul-peak)"
         return False
     if flops is None:

@@ -190,7 +190,7 @@ def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: S
                      skipped: dict[str, str]) -> str | None:
     """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
     the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
-    if not devices.has_torch():
+    if not sysinfo.installed("torch"):
         return None
     try:
         if usermodel.from_model_code(config.artifacts):

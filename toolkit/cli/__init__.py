@@ -19,8 +19,9 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
+from toolkit import sysinfo
 from toolkit.cli import inspect, pipeline
-from toolkit.cli.common import _error, _state, err, installed, out
+from toolkit.cli.common import _error, _state, err, out
 from toolkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ToolkitError
 
 # Plain (click) help rather than rich panels: it wraps the help text and never cuts an option's name, at any
@@ -58,7 +59,7 @@ def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     extra = EXTRA_FOR_COMMAND.get(fn.__name__)
     if extra is None:
         return doc, summary + "."
-    missing = not installed("torch")
+    missing = not sysinfo.installed("torch")
     note = f"Needs the {extra} extra: pip install 'toolkit[{extra}]'" + (" (not installed here)." if missing else ".")
     return f"{doc}\n\n{note}", f"{summary} [needs toolkit[{extra}]{': not installed' if missing else ''}]"
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from toolkit import sysinfo
 from toolkit.runners import RUNTIMES
 
 # Piped output is 200 columns wide: tables stay whole in logs and CI. On a terminal, tables that do not fit
@@ -96,22 +97,11 @@ def _ints(values: list[str] | None, what: str) -> list[int]:
         raise ConfigError(f"{what} must be whole numbers, e.g. 1,8,64") from None
 
 
-def installed(module: str) -> bool:
-    """Whether `module` can be imported here, without importing it (an import hook that refuses it counts as
-    missing: it would refuse the real import too)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def require(module: str) -> None:
     """Raise ModuleNotFoundError, which every command turns into "needs MODULE, which is not installed; pip install
     ...", when `module` is missing: called once the options have passed their checks, before work that would fail
     for another reason first (export with no run to default to: training one needs torch too)."""
-    if not installed(module):
+    if not sysinfo.installed(module):
         raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 

@@ -10,7 +10,6 @@ every artifact carries is stored in the IR's rt_info under "toolkit", one entry 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from toolkit import sysinfo
 from toolkit.errors import ConfigError
 from toolkit.exporters import BuildOptions, Built, ExportContext, int8, int8_graph, quiet, scratch_path
 from toolkit.exporters import onnx as onnx_graph
@@ -56,7 +56,7 @@ def build(module: nn.Module, precision: str, options: BuildOptions, ctx: ExportC
 
 
 def _check_installed(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not sysinfo.installed(m)]
     if missing:
         raise ConfigError(f"exporting OpenVINO IR needs {' and '.join(missing)}: pip install 'toolkit[openvino]' "
                           "(or leave out --format openvino)")

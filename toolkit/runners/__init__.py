@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ class Runtime:
         return f"pip install 'toolkit[{self.extra}]'" if self.extra else f"pip install {self.packages[0]}"
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        return sysinfo.installed(self.module)
 
     def version(self) -> str | None:
         for package in self.packages:
