@@ -134,6 +134,17 @@ def test_a_module_an_import_hook_refuses_is_not_installed(monkeypatch):
     assert devices.torch_unavailable("cuda") == "torch is not installed"
 
 
+def test_the_eager_baseline_is_missed_only_where_it_would_have_run():
+    no_torch = runners.Selection([], {"pytorch": "not installed"})
+    assert runners.would_run(no_torch, [], ["cpu"], baseline=True) == {"pytorch": []}  # it runs no artifact
+    assert runners.would_run(no_torch, [], ["tensorrt", "cuda"], None, ["fp32"], baseline=True) == {"pytorch": []}
+    assert runners.would_run(no_torch, [], ["cpu"]) == {}  # not asked about
+    assert runners.would_run(no_torch, [], ["cpu"], ["onnx"], baseline=True) == {}  # its format is not selected
+    assert runners.would_run(no_torch, [], ["cpu"], None, ["int8"], baseline=True) == {}  # nor its precision
+    assert runners.would_run(no_torch, [], ["tensorrt"], baseline=True) == {}  # it does not run there
+    assert runners.would_run(runners.Selection(["pytorch"]), [], ["cpu"], baseline=True) == {}  # installed
+
+
 def test_an_allocation_failure_is_a_one_line_config_error(manifest):
     runner = runners.open_runner("onnxruntime", manifest["model.onnx"])
 

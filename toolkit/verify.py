@@ -292,7 +292,7 @@ def _unverified(selection: runners.Selection, artifacts: list[Artifact], jobs: l
     """Each runtime that is not installed but would have checked a selected file (only those are noted), with the
     files that no other runtime checks (TorchScript without torch): left out with a note, not failed."""
     checked = {job.artifact.file for job in jobs}
-    return {name: list(dict.fromkeys(run.source.file for run in todo if run.source.file not in checked))
+    return {name: [a.file for a in todo if a.file not in checked]
             for name, todo in runners.would_run(selection, artifacts, [device], native_only=native_only).items()}
 
 

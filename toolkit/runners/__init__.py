@@ -179,12 +179,15 @@ def choose_modes(todo: list[Run], named: tuple[str, ...] = ()) -> tuple[list[Run
     return kept, notes
 
 
+def _baseline_selected(wanted_formats: list[str] | None, wanted_precisions: list[str] | None) -> bool:
+    """Whether the formats and precisions selected (none: all) take in the PyTorch eager baseline's, pytorch/fp32."""
+    return (not wanted_formats or PYTORCH in wanted_formats) and (not wanted_precisions or "fp32" in wanted_precisions)
+
+
 def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None, wanted_formats: list[str] | None,
              wanted_precisions: list[str] | None, native_only: bool = False) -> list[Artifact | str]:
     if PYTORCH in spec.formats:
-        wanted = ((not wanted_formats or PYTORCH in wanted_formats)
-                  and (not wanted_precisions or "fp32" in wanted_precisions))
-        return [checkpoint] if checkpoint and wanted else []
+        return [checkpoint] if checkpoint and _baseline_selected(wanted_formats, wanted_precisions) else []
     return [a for a in chosen if spec.opens(a.format, a.precision)
             and (not native_only or formats.FORMATS[a.format].native_runtime == spec.name)]
 
@@ -212,16 +215,21 @@ def runs(artifacts: list[Artifact], runtimes: list[str], device: str, formats: l
 
 def would_run(selection: Selection, artifacts: list[Artifact], devices: list[str], formats: list[str] | None = None,
               precisions: list[str] | None = None, baseline: bool = False,
-              native_only: bool = False) -> dict[str, list[Run]]:
-    """Of the runtimes `selection` left out as not installed, those that would have run something selected here
-    (what `runs` would give them on one of `devices`; `baseline`: the PyTorch eager baseline counts where its
-    format is selected), with those runs. A note about any other would only be noise."""
-    out: dict[str, list[Run]] = {}
+              native_only: bool = False) -> dict[str, list[Artifact]]:
+    """Of the runtimes `selection` left out as not installed, those that would have run something selected here on
+    one of `devices`, each with the artifacts it would have run. With `baseline`, the PyTorch eager baseline counts
+    too where its format is selected; it runs the checkpoint, so it lists no artifact. A note about any other runtime
+    would only be noise."""
+    out: dict[str, list[Artifact]] = {}
     for device in devices:
-        todo, _ = runs(artifacts, list(selection.skipped), device, formats, precisions,
-                       "the checkpoint" if baseline else None, native_only)
+        todo, _ = runs(artifacts, list(selection.skipped), device, formats, precisions, native_only=native_only)
         for run in todo:
-            out.setdefault(run.runtime, []).append(run)
+            sources = out.setdefault(run.runtime, [])
+            if run.source not in sources:  # once, whatever the modes and devices it would run at
+                sources.append(run.source)
+    if (baseline and PYTORCH in selection.skipped and _baseline_selected(formats, precisions)
+            and set(devices) & set(RUNTIMES[PYTORCH].devices)):
+        out[PYTORCH] = []
     return out
 
 
