@@ -210,11 +210,12 @@ def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
     """An on_progress(name, done_bytes, total_bytes) callback for data's downloads, one file after another;
     nothing shows when every file is already there."""
     with StageProgress("downloading", as_bytes=True, lazy=True) as progress:
-        current = [""]
+        current = ""
 
         def on_progress(name: str, done: int, total: int | None) -> None:
-            if name != current[0]:
-                current[0] = name
+            nonlocal current
+            if name != current:
+                current = name
                 progress.restart(f"downloading {name}", total)
             progress.update(done, total)
 
@@ -239,12 +240,13 @@ def epoch_display(header: str, epochs: int, validation: bool) -> Iterator[tuple[
     for col in columns:
         table.add_column(col, justify="right")
     terminal = out.is_terminal
-    headed = [terminal]  # on a terminal, the header is the table's title
+    headed = terminal  # on a terminal, the header is the table's title
 
     def head() -> None:
-        if not headed[0]:
+        nonlocal headed
+        if not headed:
             out.print(header)
-            headed[0] = True
+            headed = True
 
     # lazy: the display, and in a pipe the header, start with the first batch, so that an error found before
     # training (a run folder that holds a checkpoint, a device that is not there, no data) prints alone
