@@ -577,6 +577,7 @@ def test_bench_judges_a_bf16_run_by_the_precision_it_computed(monkeypatch):
                         {"passed": True, "agreement": 10, "n": 10, "max_abs_diff": 0.0, "failures": []})
     key = ("openvino", "onnx", "fp32", RunnerOptions(mode="bf16"))
     for computed, judged in (("f32", "fp32"), ("bf16", "bf16")):
-        verdict = search._verdict_of(key, SimpleNamespace(computed_mode=computed), ref=None)
+        verdict = search._verdict_of(key, SimpleNamespace(computed_mode=computed),
+                                     ref=SimpleNamespace(labels=None), artifact=None)
         assert used.pop() == verify.DEFAULT_TOLERANCES[judged] and verdict["judged_as"] == judged
         assert verdict.get("computed_mode") == ("f32" if computed == "f32" else None)

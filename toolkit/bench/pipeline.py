@@ -170,9 +170,9 @@ def _file_report(config: BenchConfig, plan: Plan, points: list[BenchPoint]) -> B
         runtimes=plan.opener.runtimes(), verification=plan.opener.verification())
 
 
-def _peaks_wanted(config: BenchConfig, devices: list[str], flops: int | None, skipped: dict[str, str]) -> bool:
+def _peaks_wanted(config: BenchConfig, device_names: list[str], flops: int | None, skipped: dict[str, str]) -> bool:
     """Whether to measure the matmul peaks; when asked for but not possible, `skipped` says why."""
-    if not (config.matmul_peak and "cpu" in devices):
+    if not (config.matmul_peak and "cpu" in device_names):
         return False
     if not sysinfo.installed("torch"):
         skipped["matmul peak"] = "measured with torch, which is not installed (--no-matmul-peak)"
