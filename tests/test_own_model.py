@@ -226,6 +226,31 @@ MODEL_CODE = '''
             if len(x) > 3:
                 sys.exit(0)
             return self.body(x).log_softmax(1)
+
+
+    class QuitsWhenTraced(TinyMLP):
+        """Fine when run, and when torch.export traces it; TorchScript's trace ends the process."""
+
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                sys.exit(0)
+            return self.body(x).log_softmax(1)
+
+
+    class CtrlCWhenTraced(TinyMLP):
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise KeyboardInterrupt
+            return self.body(x).log_softmax(1)
+
+
+    class QuitsOnTheExampleBatch(TinyMLP):
+        """Fine on the probe and the test images; the exporters trace a batch of 2."""
+
+        def forward(self, x):
+            if len(x) == 2:
+                sys.exit(0)
+            return self.body(x).log_softmax(1)
 '''
 
 
@@ -385,6 +410,33 @@ def test_a_model_that_quits_fails_or_gives_nan_is_refused(own_model, tmp_path, m
                      "--format", "onnx", "--data-dir", mnist_dir)
     assert expected in assert_one_line_error(result, 2)
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("cls, formats, fails", [
+    ("QuitsWhenTraced", "onnx,torchscript", "torchscript/fp32"),
+    ("QuitsOnTheExampleBatch", "onnx", "onnx/fp32"),
+])
+def test_a_model_that_quits_while_exported_is_refused(own_model, tmp_path, mnist_dir, cls, formats, fails):
+    """sys.exit while an exporter traces the model is that file's failure, in one line; the files built before it
+    go with it, and no manifest is written."""
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:{cls}", "--model-args", '{"hidden": 32}', "--out", out,
+                     "--format", formats, "--data-dir", mnist_dir)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert lines[-1] == f"error: exporting {fails} failed: SystemExit: 0"
+    assert ("removed model.onnx: the export did not finish" in lines) == (fails != "onnx/fp32")
+    assert list(out.iterdir()) == []
+
+
+def test_ctrl_c_while_exported_still_interrupts(own_model, tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:CtrlCWhenTraced", "--model-args", '{"hidden": 32}', "--out", out,
+                     "--format", "onnx,torchscript", "--data-dir", mnist_dir)
+    assert result.exit_code == 130 and result.stderr.strip().endswith("interrupted")
+    assert list(out.iterdir()) == []
 
 
 def test_weights_whose_outputs_overflow_are_refused(tmp_path, mnist_dir):

@@ -7,6 +7,7 @@ atomically and checked before it is listed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -323,10 +324,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         log(f"removed {name}: it described another checkpoint or model")
     for a in kept:
         a.source_checkpoint = ctx.checkpoint_path
-    built = []
-    for i, (fmt, precision) in enumerate(pairs, 1):
-        progress(i, f"{fmt} {precision}")
-        built.append(_build(config, fmt, precision, module, out_dir, ctx, log))
+    built = _build_all(config, pairs, module, out_dir, ctx, log, progress)
     progress(len(pairs) + 1, "manifest")
 
     golden_entry = _write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
@@ -349,7 +347,26 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
                         triton_models=[m.name for m in triton_models], golden=golden_entry)
 
 
-def _gist(error: Exception) -> str:
+def _build_all(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path, ctx: ExportContext,
+               log: Log, progress: Callable[[int, str], None]) -> list[Artifact]:
+    """Build every pair. When one fails (or is interrupted), the files built before it that no manifest lists are
+    removed: a later export would take them for the user's."""
+    listed = export_folder.listed_files(out_dir)
+    built: list[Artifact] = []
+    try:
+        for i, (fmt, precision) in enumerate(pairs, 1):
+            progress(i, f"{fmt} {precision}")
+            built.append(_build(config, fmt, precision, module, out_dir, ctx, log))
+    except BaseException:
+        for file in sorted({file for a in built for file in a.files} - listed):
+            with contextlib.suppress(OSError):  # the failure is what to report
+                (out_dir / file).unlink(missing_ok=True)
+                log(f"removed {file}: the export did not finish")
+        raise
+    return built
+
+
+def _gist(error: BaseException) -> str:
     """One line that says why an exporter failed: its message's first line, and for a message of many lines (a
     compiler's, as AOTInductor's CppCompileError carries) the first line that names an error as well."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
@@ -373,7 +390,7 @@ def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path
             parts = _place_parts(out_dir, FORMATS[fmt].companion_names(precision), built.parts)
         except ToolkitError:
             raise
-        except Exception as e:  # an exporter failure is reported, never half-written
+        except (Exception, SystemExit) as e:  # an exporter failure, or the model's sys.exit while it is traced
             raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: {_gist(e)}") from e
         finally:
             for scratch in built.parts:

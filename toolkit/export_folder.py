@@ -129,6 +129,17 @@ def listed_golden_files(out_dir: Path) -> set[str]:
     return {name for name in (GOLDEN_NAME, INPUTS_NAME) if name in (entry.get("file"), inputs)}
 
 
+def listed_files(out_dir: Path) -> set[str]:
+    """Every name the manifest in `out_dir` lists: its artifacts' files, the golden outputs with their reference
+    inputs, and the Triton repository."""
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return set()
+    listed = {file for a in previous_manifest(out_dir) for file in a.files} | listed_golden_files(out_dir)
+    if isinstance(read_manifest_field(out_dir, "triton"), dict):
+        listed.add(triton.REPOSITORY)
+    return listed
+
+
 def _shown(out_dir: Path, recorded: str) -> str:
     """A checkpoint's path as a manifest records it (relative to `out_dir`), as a user here would type it: relative
     to the current folder when it is below it, else absolute."""
