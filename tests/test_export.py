@@ -123,12 +123,45 @@ def test_golden_and_inputs_files_no_manifest_lists_are_the_users(tmp_path, short
     assert result.exit_code == 0, result.stderr
     assert {name: (out / name).read_bytes() for name in mine} == mine and "removed" not in result.stderr
     assert "golden" not in json.loads((out / "manifest.json").read_text())
-    # golden outputs on the test set: golden.npy is written, inputs.npy (which they do not use) stays
-    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "torchscript", "--out", out,
-                     "--data-dir", mnist_dir)
+    # golden outputs on the test set: the user's golden.npy is replaced only with --overwrite, and inputs.npy (which
+    # they do not use) stays
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "torchscript", "--out", out,
+            "--data-dir", mnist_dir)
+    assert "holds golden.npy, which no manifest there lists" in assert_one_line_error(run_cli(*args), 2)
+    assert (out / "golden.npy").read_bytes() == mine["golden.npy"]
+    result = run_cli(*args, "--overwrite")
     assert result.exit_code == 0, result.stderr
     assert (out / "inputs.npy").read_bytes() == mine["inputs.npy"] and "removed" not in result.stderr
     assert json.loads((out / "manifest.json").read_text())["golden"]["data"]["split"] == "test"
+
+
+def test_a_file_no_manifest_lists_is_replaced_only_with_overwrite(tmp_path, short_run, mnist_dir, monkeypatch):
+    """A model.onnx of the user's own, or left by an export whose manifest is gone, is named and kept, before
+    anything is computed; --overwrite replaces it. What export never writes (a README, bench results) is in no
+    export's way."""
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"mine")
+    (out / "README.md").write_text("notes")
+    (out / "bench-cpu.json").write_text("{}")
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "onnx,torchscript", "--out", out,
+            "--data-dir", mnist_dir)
+    with monkeypatch.context() as m:
+        m.setattr(toolkit.export, "_golden_outputs", lambda *a: pytest.fail("golden outputs computed first"))
+        line = assert_one_line_error(run_cli(*args), 2)
+    assert line == (f"error: {out}/ holds model.onnx, which no manifest there lists (your own, or left by an export "
+                    "whose manifest is gone); move it away, export into another folder with --out, or replace "
+                    "it with --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "bench-cpu.json", "model.onnx"]
+    assert (out / "model.onnx").read_bytes() == b"mine"
+
+    result = run_cli(*args, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert {a.file for a in read_manifest(out)} == {"model.onnx", "model.ts.pt"} and "removed" not in result.stderr
+    assert (out / "model.onnx").read_bytes() != b"mine"
+    assert (out / "README.md").read_text() == "notes" and (out / "bench-cpu.json").read_text() == "{}"
+    # listed now: exported again without --overwrite, beside the README and the results
+    assert run_cli(*args).exit_code == 0
 
 
 def test_a_refused_export_names_both_checkpoints_and_how_the_default_was_chosen(tmp_path, exported_copy, trained,

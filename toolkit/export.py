@@ -216,8 +216,13 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ctx = ExportContext(os.path.relpath(Path(checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs,
                         own_calibration=own_calibration)
-    export_folder.other_exports(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
-                                newest_run=config.checkpoint is None)  # early; checked again under the lock
+    # before the work, once an export under way there has finished (and listed or removed what it wrote); another
+    # checkpoint's export may land there in the meantime, so that is checked again under the lock
+    with fileio.folder_lock(out_dir, shared=True):
+        export_folder.other_exports(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
+                                    newest_run=config.checkpoint is None)
+        export_folder.check_unlisted(out_dir, export_folder.written_names(
+            pairs, golden.has_test_set(config.data_dir), inputs is not None, config.triton), config.overwrite)
     if ckpt["model"].get("output", "log_probs") != "log_probs":
         log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
             f"{'log' if ckpt['model']['output'] == 'probabilities' else 'log_softmax'}, so they return "
@@ -438,5 +443,6 @@ def _lay_out_triton(config: ExportConfig, out_dir: Path, kept: list[Artifact], b
 def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:
     """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
     served = {FORMATS[f].file_name(p) for f, p in triton.ARTIFACTS}
-    if rebuilt & served and triton.remove_repository(out_dir):
+    if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(out_dir) and \
+            triton.remove_repository(out_dir):
         log(f"removed {triton.REPOSITORY}/: its models were exported again (add --format triton to lay it out anew)")

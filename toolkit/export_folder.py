@@ -2,7 +2,8 @@
 of another checkpoint or model that it never mixes with its own.
 
 Only files the exporter itself writes and the earlier manifest lists are ever removed, and only inside the folder;
-a manifest naming anything else is refused, never followed.
+a manifest naming anything else is refused, never followed. A file of a name the exporter writes that no manifest
+lists is the user's, and is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -138,6 +139,35 @@ def listed_files(out_dir: Path) -> set[str]:
     if isinstance(read_manifest_field(out_dir, "triton"), dict):
         listed.add(triton.REPOSITORY)
     return listed
+
+
+def written_names(pairs: list[tuple[str, str]], test_set: bool, reference_inputs: bool, triton_repository: bool
+                  ) -> set[str]:
+    """The names an export of `pairs` writes: each file with its companions, golden.npy (its golden outputs on the
+    MNIST test set, when there is one, or on the reference inputs, written as inputs.npy) and the Triton
+    repository."""
+    names = {name for f, p in pairs for name in (FORMATS[f].file_name(p), *FORMATS[f].companion_names(p))}
+    if test_set or reference_inputs:
+        names.add(GOLDEN_NAME)
+    if reference_inputs:
+        names.add(INPUTS_NAME)
+    if triton_repository:
+        names.add(triton.REPOSITORY)
+    return names
+
+
+def check_unlisted(out_dir: Path, names: set[str], overwrite: bool) -> None:
+    """ConfigError, unless `overwrite`, when `out_dir` holds one of `names` (what this export writes) that no
+    manifest lists: the user's own file, or one left by an export whose manifest is gone, is never replaced
+    unasked."""
+    listed = listed_files(out_dir)
+    found = sorted(name + "/" * (out_dir / name).is_dir() for name in names - listed
+                   if os.path.lexists(out_dir / name))
+    if found and not overwrite:
+        them = "them" if len(found) > 1 else "it"
+        raise ConfigError(f"{out_dir}/ holds {', '.join(found)}, which no manifest there lists (your own, or left by "
+                          f"an export whose manifest is gone); move {them} away, export into another folder with "
+                          f"--out, or replace {them} with --overwrite")
 
 
 def _shown(out_dir: Path, recorded: str) -> str:
