@@ -549,3 +549,42 @@ def test_nan_outputs_on_reference_inputs_are_refused(colour_model: Path):
     line = assert_one_line_error(result, 2)
     assert "NaN or infinite log-probabilities on 2 of the 64 reference inputs" in line
     assert not out.exists() or not any(out.iterdir())
+
+
+LOG_COLOUR = """
+    import torch
+    from torch import nn
+
+
+    class LogColour(nn.Module):
+        \"\"\"Colour on log(x): written for positive inputs, NaN on others.\"\"\"
+
+        def __init__(self, width=4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+            self.fc = nn.Linear(width * 16 * 16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x.log())).flatten(1))
+"""
+
+
+def test_the_model_is_probed_on_its_reference_inputs(colour_model: Path):
+    """Positive reference inputs: exported, though zeros or random values would make it NaN; negative ones are
+    refused on the probe."""
+    (colour_model / "log_colour.py").write_text(textwrap.dedent(LOG_COLOUR))
+    inputs = np.load(colour_model / "ref.npy")
+    np.save(colour_model / "positive.npy", np.abs(inputs) + 0.1)
+
+    def export(name: str, out: str):
+        return run_cli("export", "--checkpoint", colour_model / "colour.pt", "--model-code",
+                       f"{colour_model / 'log_colour.py'}:LogColour", "--input-shape", "3,32,32", "--inputs",
+                       colour_model / name, "--format", "onnx", "--out", colour_model / out)
+
+    result = export("positive.npy", "log-colour")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((colour_model / "log-colour" / "manifest.json").read_text())
+    assert manifest["model"]["output"] == "logits" and manifest["golden"]["shape"] == [K, 10]
+    line = assert_one_line_error(export("ref.npy", "refused-negative"), 2)
+    assert "returns NaN or infinity on the probe batch (rows of --inputs [3,3,32,32])" in line
+    assert not (colour_model / "refused-negative").exists()

@@ -205,8 +205,9 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
 
     check(config, pairs)
     source = ModelSource(name=config.model, code=config.model_code, args=config.model_args,
-                         input_shape=tuple(config.input_shape))
+                         input_shape=tuple(config.input_shape))  # its options checked before any file is read
     inputs = None if not config.inputs else refinputs.load_inputs(config.inputs, tuple(config.input_shape))
+    source = dataclasses.replace(source, reference_inputs=inputs)
     own_calibration = None if inputs is None else _own_calibration(config, pairs, inputs, log)
     checkpoint = config.checkpoint or str(latest_checkpoint(DEFAULT_RUNS_DIR))
     ckpt, ckpt_sha256 = read_checkpoint(checkpoint, source)

@@ -45,6 +45,8 @@ class ModelSource:
     code: str | None = None  # FILE.py:CLASS or package.module:CLASS
     args: dict[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, ...] = MNIST_SHAPE  # one sample's shape (the batch comes first)
+    # the reference inputs [K, *input_shape] (--inputs): the model is probed on rows of them, inputs it takes
+    reference_inputs: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not is_mnist(self.input_shape) and not self.code:
@@ -183,10 +185,8 @@ def first_line(e: BaseException) -> str:
     return " ".join(text.splitlines()[0].split())[:200] if text else "(no message)"
 
 
-def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str,
-          input_shape: tuple[int, ...] = MNIST_SHAPE):
-    """An instance of `cls` built with `args`, the state_dict loaded strictly, in eval mode, checked to map a
-    batch of `input_shape` samples (normalized MNIST by default) to [N,10]; returns (model, its output kind)."""
+def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str):
+    """An instance of `cls` built with `args`, the state_dict loaded strictly, in eval mode."""
     try:
         model = cls(**args)
     except (Exception, SystemExit) as e:  # the user's constructor may raise anything, or call sys.exit
@@ -196,7 +196,7 @@ def build(cls: type, args: dict[str, Any], state_dict: dict[str, Any], what: str
         model.load_state_dict(state_dict, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"the weights do not fit {what}: {_mismatch(e)}") from None
-    return model.eval(), output_kind(model, what, tuple(input_shape))
+    return model.eval()
 
 
 def _mismatch(e: Exception) -> str:
@@ -205,16 +205,22 @@ def _mismatch(e: Exception) -> str:
     return " ".join(" ".join(lines).split())[:300]
 
 
-def output_kind(model, what: str, input_shape: tuple[int, ...] = MNIST_SHAPE) -> str:
-    """What `model` returns for a batch of `input_shape` samples (normalized MNIST by default): log_probs,
-    probabilities or logits (OUTPUT_KINDS); ConfigError when it is not a float [N,10] tensor or the model fails
-    on such an input."""
+def output_kind(model, what: str, input_shape: tuple[int, ...] = MNIST_SHAPE, reference_inputs: Any = None) -> str:
+    """What `model` returns for a batch of `input_shape` samples: log_probs, probabilities or logits (OUTPUT_KINDS);
+    ConfigError when it is not a float [N,10] tensor or the model fails on such an input. The batch is the first
+    rows of `reference_inputs` [K, *input_shape] (repeated when K is smaller) where given: the inputs the model is
+    written for (log(x) of always positive inputs is NaN on others); else a zero row (normalized MNIST's mean) and
+    random ones."""
     import torch
 
     shape = ",".join(str(d) for d in input_shape)
-    given = "a normalized MNIST batch" if is_mnist(input_shape) else "a batch of --input-shape"
-    probe = torch.cat([torch.zeros(1, *input_shape), torch.randn(PROBE_BATCH - 1, *input_shape,
-                                                                 generator=torch.Generator().manual_seed(0))])
+    if reference_inputs is not None:
+        given = "rows of --inputs"
+        probe = torch.as_tensor(reference_inputs[[i % len(reference_inputs) for i in range(PROBE_BATCH)]])
+    else:
+        given = "a normalized MNIST batch" if is_mnist(input_shape) else "a batch of --input-shape"
+        probe = torch.cat([torch.zeros(1, *input_shape), torch.randn(PROBE_BATCH - 1, *input_shape,
+                                                                     generator=torch.Generator().manual_seed(0))])
     try:
         with torch.inference_mode():
             y = model(probe)
@@ -264,7 +270,9 @@ def checkpoint_from_state_dict(state_dict: dict[str, Any], source: ModelSource, 
     ckpt: dict[str, Any] = {"format": "state_dict", "config": {}, "history": [], "state_dict": state_dict}
     if source.code:
         cls = load_class(source.code)
-        _, kind = build(cls, source.args, state_dict, f"{cls.__name__} ({source.code})", source.input_shape)
+        what = f"{cls.__name__} ({source.code})"
+        kind = output_kind(build(cls, source.args, state_dict, what), what, source.input_shape,
+                           source.reference_inputs)
         code_file = Path(source.code.rpartition(":")[0])
         ckpt["model"] = {"name": cls.__name__, "args": dict(source.args), "code": source.code,
                          "code_sha256": fileio.file_digest(code_file) if code_file.suffix == ".py" else None,
@@ -294,9 +302,9 @@ def checkpoint_from_state_dict(state_dict: dict[str, Any], source: ModelSource, 
 
 
 def model_from_code(ckpt: dict[str, Any]):
-    """The model of a checkpoint built from user code (checkpoint_from_state_dict), returning log-probabilities."""
-    model, _ = build(ckpt["_class"], ckpt["model"]["args"], ckpt["state_dict"], ckpt["model"]["name"],
-                     tuple(ckpt["model"].get("input_shape", MNIST_SHAPE)))
+    """The model of a checkpoint built from user code (checkpoint_from_state_dict, which probed its output kind),
+    returning log-probabilities."""
+    model = build(ckpt["_class"], ckpt["model"]["args"], ckpt["state_dict"], ckpt["model"]["name"])
     return with_log_probs(model, ckpt["_output"])
 
 
