@@ -20,11 +20,9 @@ from typing import Any
 from toolkit import calibration, export_folder, exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit import data as mnist
 from toolkit.artifacts import (
-    GOLDEN_NAME,
     Artifact,
     GoldenEntry,
     Part,
-    read_golden_entry,
     write_manifest,
 )
 from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint, model_from_checkpoint, read_checkpoint
@@ -271,55 +269,6 @@ def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
     return golden.reference_log_probs(module, pixels), labels
 
 
-def _write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
-                          log: Log) -> GoldenEntry | None:
-    """Write the golden outputs; without new ones, keep the earlier file only if it came from this export. Only a
-    golden.npy or inputs.npy the earlier manifest lists is removed: one that no manifest lists is the user's."""
-    listed = export_folder.listed_golden_files(out_dir)
-    if reference is None:
-        return _keep_golden(out_dir, listed, data_dir, ctx, log)
-    recorded = None if ctx.reference_inputs is None else refinputs.write_inputs(out_dir, ctx.reference_inputs)
-    if recorded:
-        log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
-    elif refinputs.INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
-        _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
-    entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
-                                source_sha256=ctx.checkpoint_sha256, inputs=recorded)
-    log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
-    return entry
-
-
-def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log) -> GoldenEntry | None:
-    """Without a test set: the golden outputs the manifest lists, if computed from this checkpoint and model;
-    otherwise none, and the files listed with them go."""
-    try:
-        previous = read_golden_entry(out_dir) if GOLDEN_NAME in listed else None
-    except ArtifactError:
-        previous = None  # a damaged entry is not kept; its file goes below
-    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256 and \
-        not export_folder.model_changes(out_dir, ctx)
-    if same and Path(previous.path).is_file() and not Path(previous.path).is_symlink():
-        log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
-        return previous
-    log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
-        "checkpoint); run `toolkit data` and export with --data-dir to write them")
-    if GOLDEN_NAME in listed:
-        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint or model"
-                      if previous is not None and not same else "it is not the file the manifest describes")
-    if refinputs.INPUTS_NAME in listed:
-        _remove_stale(out_dir / refinputs.INPUTS_NAME, log, "it went with those golden outputs")
-    return None
-
-
-def _remove_stale(stale: Path, log: Log, why: str) -> None:
-    if stale.exists() or stale.is_symlink():
-        try:
-            stale.unlink()  # a symlink is removed itself, never what it points to
-        except OSError as e:
-            raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
-        log(f"removed {stale.name}: {why}")
-
-
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path,
                    ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
                    progress: Callable[[int, str], None]) -> ExportResult:
@@ -333,7 +282,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
     built = _build_all(config, pairs, module, out_dir, ctx, log, progress)
     progress(len(pairs) + 1, "manifest")
 
-    golden_entry = _write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
+    golden_entry = export_folder.write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
     extra: dict[str, Any] = {
         "toolkit_version": sysinfo.versions()["toolkit"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,5 +1,5 @@
-"""An export folder's earlier contents: which of its files a new export keeps, which it removes, and the export
-of another checkpoint or model that it never mixes with its own.
+"""An export folder's earlier contents: which of its files a new export keeps (its golden outputs too), which it
+removes, and the export of another checkpoint or model that it never mixes with its own.
 
 Only files the exporter itself writes and the earlier manifest lists are ever removed, and only inside the folder;
 a manifest naming anything else is refused, never followed. A file of a name the exporter writes that no manifest
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from toolkit import fileio
+from toolkit import fileio, golden
 from toolkit.artifacts import (
     GOLDEN_KEY,
     GOLDEN_NAME,
     MANIFEST_NAME,
     RESULT_FILES,
     Artifact,
+    GoldenEntry,
+    read_golden_entry,
     read_manifest,
     read_manifest_field,
 )
@@ -27,7 +30,9 @@ from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
-from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE
+from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE, write_inputs
+
+Log = Callable[[str], None]
 
 _REPLACE = ("export into another folder with --out, or replace that export with --overwrite (its verify and bench "
             "results there go too)")
@@ -212,3 +217,52 @@ def _remove_artifact(out_dir: Path, file: str) -> None:
         path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
     except OSError as e:
         raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None
+
+
+def write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
+                         log: Log) -> GoldenEntry | None:
+    """Write the golden outputs; without new ones, keep the earlier file only if it came from this export. Only a
+    golden.npy or inputs.npy the earlier manifest lists is removed: one that no manifest lists is the user's."""
+    listed = listed_golden_files(out_dir)
+    if reference is None:
+        return _keep_golden(out_dir, listed, data_dir, ctx, log)
+    recorded = None if ctx.reference_inputs is None else write_inputs(out_dir, ctx.reference_inputs)
+    if recorded:
+        log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
+    elif INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
+        _remove_stale(out_dir / INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
+    entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
+                                source_sha256=ctx.checkpoint_sha256, inputs=recorded)
+    log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
+    return entry
+
+
+def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log) -> GoldenEntry | None:
+    """Without a test set: the golden outputs the manifest lists, if computed from this checkpoint and model;
+    otherwise none, and the files listed with them go."""
+    try:
+        previous = read_golden_entry(out_dir) if GOLDEN_NAME in listed else None
+    except ArtifactError:
+        previous = None  # a damaged entry is not kept; its file goes below
+    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256 and \
+        not model_changes(out_dir, ctx)
+    if same and Path(previous.path).is_file() and not Path(previous.path).is_symlink():
+        log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
+        return previous
+    log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
+        "checkpoint); run `toolkit data` and export with --data-dir to write them")
+    if GOLDEN_NAME in listed:
+        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint or model"
+                      if previous is not None and not same else "it is not the file the manifest describes")
+    if INPUTS_NAME in listed:
+        _remove_stale(out_dir / INPUTS_NAME, log, "it went with those golden outputs")
+    return None
+
+
+def _remove_stale(stale: Path, log: Log, why: str) -> None:
+    if stale.exists() or stale.is_symlink():
+        try:
+            stale.unlink()  # a symlink is removed itself, never what it points to
+        except OSError as e:
+            raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
+        log(f"removed {stale.name}: {why}")
