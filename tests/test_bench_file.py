@@ -4,6 +4,7 @@ they fit and the data is here, else random inputs."""
 import json
 
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from tests.conftest import assert_one_line_error, run_cli
@@ -116,6 +117,27 @@ def test_a_runtime_that_cannot_open_the_file_is_refused(exported, mnist_dir):
     line = assert_one_line_error(run_cli("bench", exported / "model.onnx", "--device", "cuda", *QUICK,
                                          "--data-dir", mnist_dir), 2)
     assert "cuda" in line
+
+
+FOREIGN_FILE = "a foreign file (how pixels become its input)"
+FILE_OPTIONS = [("--shape", "x=3", "a foreign .onnx (the dynamic dimensions of its inputs)"),
+                ("--mean", "0.5", FOREIGN_FILE), ("--std", "0.3081", FOREIGN_FILE), ("--layout", "nchw", FOREIGN_FILE)]
+
+
+@pytest.mark.parametrize("option, value, whom", FILE_OPTIONS, ids=[o[0] for o in FILE_OPTIONS])
+def test_an_option_no_file_takes_is_refused_before_anything_runs(exported, mnist_dir, tmp_path, option, value, whom):
+    """How a foreign file is fed does nothing over a folder, nor to a file that feeds itself: a toolkit file its
+    manifest lists (even a TorchScript one) runs as that export's file, and a loose toolkit .onnx reads its own
+    metadata. Given anyway (even at its default value), the option is refused, not silently left unused."""
+    loose = tmp_path / "loose.onnx"
+    loose.write_bytes((exported / "model.onnx").read_bytes())
+    for files, why in (([], "no FILE is given"), ([loose], "none of these files is one"),
+                       ([exported / "model.onnx", exported / "model.ts.pt"],
+                        "none of these files is one (a file a manifest lists is fed as its export says)")):
+        result = run_cli("bench", *files, option, value, *FAST, "--artifacts", exported, "--no-verify",
+                         "--runtime", "onnxruntime,torchscript", "--data-dir", mnist_dir, "--json", tmp_path / "b.json")
+        assert assert_one_line_error(result, 2) == f"error: {option} is for {whom}, and {why}; drop {option}"
+        assert result.stdout == "" and not (tmp_path / "b.json").exists()
 
 
 def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):

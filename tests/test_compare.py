@@ -95,9 +95,23 @@ def test_shape_is_refused_where_no_file_is_a_foreign_onnx(exported, mnist_dir):
         result = run_cli("compare", exported / "model.onnx", exported / b, "--shape", "x=10", "--limit", "10",
                          "--data-dir", mnist_dir)
         assert assert_one_line_error(result, 2) == (
-            "error: --shape gives the dynamic dimensions of a foreign .onnx's inputs, and none of these files is "
-            "one; drop --shape")
+            "error: --shape is for a foreign .onnx (the dynamic dimensions of its inputs), and none of these files "
+            "is one; drop --shape")
         assert result.stdout == ""
+
+
+@pytest.mark.parametrize("options", [["--mean", "0.5"], ["--std", "0.3081"], ["--layout", "nchw,flat"],
+                                     ["--mean", "0.5", "--std", "0.2"]])
+def test_feeding_options_are_refused_where_every_file_feeds_itself(exported, mnist_dir, options):
+    """A toolkit .onnx, IR, .pte or .tflite is fed as its own metadata says: --mean, --std or --layout (even at its
+    default value) would do nothing, unnoticed."""
+    result = run_cli("compare", exported / "model.onnx", exported / "model.xml", exported / "model.int8.onnx",
+                     *options, "--limit", "10", "--data-dir", mnist_dir)
+    given = " and ".join(o for o in options if o.startswith("--"))
+    assert assert_one_line_error(result, 2) == (
+        f"error: {given} {'are' if ' and ' in given else 'is'} for a foreign file (how pixels become its input), and "
+        f"none of these files is one; drop {given}")
+    assert result.stdout == ""
 
 
 def _nhwc_torchscript(checkpoint, path):

@@ -383,6 +383,26 @@ def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_e
         assert "do not take the same inputs" in line and "reference inputs float32[N,3,32,32]" in line
 
 
+def test_compare_on_reference_inputs_refuses_options_that_would_do_nothing(colour_export: Path, tmp_path: Path):
+    """Reference inputs are fed as they are, even to a foreign .onnx: no pixel is normalized or laid out, so --mean,
+    --std and --layout do nothing; and a file of the export opens as its artifact, so --shape does nothing to it
+    (it reaches a loose .onnx only)."""
+    import shutil
+    shutil.copy(colour_export / "model.onnx", tmp_path / "loose.onnx")
+    for option, value in (("--mean", "0.5"), ("--std", "0.3081"), ("--layout", "flat")):
+        result = run_cli("compare", colour_export / "model.onnx", tmp_path / "loose.onnx", option, value,
+                         "--data-dir", tmp_path / "none")
+        assert assert_one_line_error(result, 2) == (
+            f"error: {option} is for a foreign file (how pixels become its input), and every file is fed the "
+            f"reference inputs of A's export as they are; drop {option}")
+    result = run_cli("compare", colour_export / "model.onnx", colour_export / "model.xml", "--shape", "x=3x32x32",
+                     "--data-dir", tmp_path / "none")
+    assert assert_one_line_error(result, 2) == (
+        "error: --shape is for a foreign .onnx (the dynamic dimensions of its inputs), and none of these files is "
+        "one; drop --shape")
+    assert result.stdout == ""
+
+
 def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_export: Path, tmp_path: Path):
     # the manifest says which input its files take; reference inputs of another shape are not an answer to run A on
     import shutil

@@ -36,11 +36,12 @@ from toolkit.runners.foreign import (
     ForeignOnnxRunner,
     Preprocessing,
     open_file,
+    options_taken,
     random_pixels,
+    refuse_unused,
     runtimes_for,
     scores,
     scores_kind,
-    takes_shapes,
 )
 from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
@@ -83,6 +84,7 @@ class CompareConfig:
     more: tuple[str, ...] = ()  # further files, each judged against A like B (with B's preprocessing)
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --shape: dynamic dimensions of ONNX inputs
+    options_given: tuple[str, ...] = ()  # of foreign.FILE_OPTIONS, those set: one no file takes is refused
 
     def __post_init__(self) -> None:
         check_time_limit(self.time_limit_s)
@@ -187,10 +189,8 @@ def compare_all(config: CompareConfig,
     t0 = time.perf_counter()
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
-    if config.shapes and not any(map(takes_shapes, paths)):  # it would do nothing, and the user would not know
-        raise ConfigError("--shape gives the dynamic dimensions of a foreign .onnx's inputs, and none of these files "
-                          "is one; drop --shape")
     own = _exported_inputs(config.a, config.data_dir)
+    _refuse_unused(config, paths, own is not None)
     for path in paths if own is not None else []:  # an int8 file calibrated on some of them: the others, as verify
         own = calibration.judged_rows(listed_artifact(path), own)
     n = min(config.limit or 10_000, len(own.pixels) if own else 10_000)
@@ -210,6 +210,17 @@ def compare_all(config: CompareConfig,
         measured.append(_measure(path, tag, runner, prep, pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
     return [_judged(config, [measured[0], side], n, t0) for side in measured[1:]]
+
+
+def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
+    """ConfigError for an option of how a foreign file is fed that no file here takes, as `_open` opens them: on
+    the reference inputs of A's export (`own`), fed as they are, no file takes --mean, --std or --layout, and a
+    file of an export opens as its artifact."""
+    given = {*config.options_given, *(["shape"] if config.shapes else [])}
+    if not own:
+        return refuse_unused(given, map(options_taken, paths))
+    refuse_unused(given - {"shape"}, [], "every file is fed the reference inputs of A's export as they are")
+    refuse_unused(given, [frozenset() if listed_artifact(p) else options_taken(p) for p in paths])
 
 
 def _exported_inputs(path: str, data_dir: str) -> Reference | None:

@@ -206,16 +206,29 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
         bench_file.reference = references[folder].name
 
 
+def _refuse_unused(paths: list[str], given: set[str]) -> None:
+    """ConfigError for an option of how a foreign file is fed that none of `paths` takes, as `FileOpener` opens
+    them: a file a manifest lists as its artifact, fed as its metadata says; any other as `foreign.open_file`."""
+    from toolkit.runners import foreign
+
+    listed = [listed_artifact(p) is not None for p in paths]
+    why = "none of these files is one" + (" (a file a manifest lists is fed as its export says)" if any(listed) else "")
+    foreign.refuse_unused(given, [frozenset() if own else foreign.options_taken(p) for p, own in zip(paths, listed)],
+                          why)
+
+
 def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
-               shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+               shapes: dict[str, tuple[int, ...]] | None = None, options_given: tuple[str, ...] = ()) -> Plan:
     """Every file in every selected runtime that opens it, on every device asked for that is here. A runtime that
-    cannot load a file is left out with its reason (an error where it was named); a file none can load fails."""
+    cannot load a file is left out with its reason (an error where it was named); a file none can load fails. An
+    option of how a foreign file is fed (`options_given`, --shape where `shapes`) that no file takes is refused."""
     from toolkit.runners import foreign
 
     prep = prep or foreign.Preprocessing()
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"{path} {fileio.absent(path)}")
+    _refuse_unused(paths, {*options_given, *(["shape"] if shapes else [])})
     selection = select_runtimes(config.runtimes)
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)

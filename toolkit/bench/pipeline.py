@@ -49,13 +49,15 @@ def bench(config: BenchConfig, on_progress: Progress | None = None) -> BenchRepo
 
 
 def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
-                shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None) -> BenchReport:
+                shapes: dict[str, tuple[int, ...]] | None = None, on_progress: Progress | None = None,
+                options_given: tuple[str, ...] = ()) -> BenchReport:
     """Time model files alone, each in every selected runtime and device that opens it (see bench/files.py): MNIST
     test images where a file's input fits and the data is here, else random inputs of its declared shapes. A toolkit
     file is verified against its export's reference, as over its folder; a foreign file has none. No targets are
-    computed (a file's FLOPs are unknown)."""
+    computed (a file's FLOPs are unknown). `options_given`: those of foreign.FILE_OPTIONS that were set, each
+    refused where no file takes it."""
     t_start = time.perf_counter()
-    plan = plan_files(config, paths, prep, shapes)
+    plan = plan_files(config, paths, prep, shapes, options_given)
     points, search = _points(config, plan, on_progress)
     return _finish(_file_report(config, plan, points), search, t_start)
 

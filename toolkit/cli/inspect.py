@@ -46,6 +46,7 @@ BENCH = defaults(BenchConfig)
 
 
 def compare(
+    ctx: typer.Context,
     a: Annotated[Path, typer.Argument(
         parser=_path, metavar="A",
         help="The reference model: .onnx, TorchScript, .pt2, .aoti.pt2, or a toolkit IR .xml, .pte or .tflite.")],
@@ -63,7 +64,8 @@ def compare(
              "else log-softmax), log_probs, probabilities, raw.")] = "auto",
     mean: Annotated[float, typer.Option(
         metavar="MEAN", help=f"Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels); "
-                             f"{MEAN_STD_RANGES}.")] = MEAN,
+                             f"{MEAN_STD_RANGES}. Refused, as --std, --layout and --shape are, where no file "
+                             "takes it.")] = MEAN,
     std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
@@ -71,8 +73,8 @@ def compare(
              "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for all files, or A,B (B's for every file after A).")
     ] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
-        metavar="INPUT=DIMS", help="Foreign files fed random data: an input's dynamic dimensions after the batch, "
-                                   "e.g. x=3x16.")] = None,
+        metavar="INPUT=DIMS", help="A foreign .onnx fed random data: an input's dynamic dimensions after the "
+                                   "batch, e.g. x=3x16.")] = None,
     provider: DeviceOption = CPU,
     limit: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="all 10,000", help="Only the first N test images.")] = None,
@@ -99,7 +101,7 @@ def compare(
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
                            limit=limit, time_limit_s=time_limit, more=tuple(str(m) for m in more or ()),
-                           shapes=parse_shapes(_csv(shape)))
+                           shapes=parse_shapes(_csv(shape)), options_given=_file_options(ctx))
     with stage("comparing") as on_progress:  # counts the images run, A's then the others'
         reports = compare_all(config, on_progress)
     report = reports[0]
@@ -186,13 +188,16 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(
         parser=_path, metavar="PATH", help="Write a PNG of throughput against batch size here.")] = None,
     mean: Annotated[float, typer.Option(
-        metavar="MEAN", help=f"With FILE: input = (pixel/255 - mean) / std for a float image input; "
-                             f"{MEAN_STD_RANGES}.")] = MEAN,
+        metavar="MEAN", help=f"With FILE: input = (pixel/255 - mean) / std for a foreign file's float image input; "
+                             f"{MEAN_STD_RANGES}. Refused, as --std, --layout and --shape are, where no file takes "
+                             "it.")] = MEAN,
     std: Annotated[float, typer.Option(metavar="STD", help="With FILE: see --mean.")] = STD,
     layout: Annotated[str, typer.Option(
-        metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the image input's layout).")] = "auto",
+        metavar="LAYOUT", help="With FILE: auto, nchw, nhwc, nhw or flat (the layout of a foreign "
+                               "file's image input).")] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
-        metavar="INPUT=DIMS", help="With FILE: an input's dynamic dimensions after the batch, e.g. x=3x16.")] = None,
+        metavar="INPUT=DIMS", help="With FILE: a foreign .onnx input's dynamic dimensions after the batch, e.g. "
+                                   "x=3x16.")] = None,
     time_limit: TimeLimit = DEFAULT_TIME_LIMIT_S,
     data_dir: DataDir = Path("data"),
 ) -> None:
@@ -208,6 +213,11 @@ def bench(
     """
     _outputs(json_path, markdown, plot, inputs=(*(files or ()), *export_inputs(artifacts, checkpoint)))
     openvino_options(_csv(runtime), mode=mode is not None, hint=given(ctx, "hint"))
+    file_options = _file_options(ctx)
+    if not files and file_options:  # over a folder, every file feeds itself from its metadata
+        from toolkit.runners.foreign import refuse_unused
+
+        refuse_unused(file_options, [], "no FILE is given")
     from toolkit import bench as bench_lib
 
     config = _config(  # BenchConfig checks every number, the time limit too
@@ -227,7 +237,7 @@ def bench(
 
             report = bench_lib.bench_files(config, [str(f) for f in files],
                                            Preprocessing(mean=mean, std=std, layout=layout),
-                                           parse_shapes(_csv(shape)), on_progress=on_progress)
+                                           parse_shapes(_csv(shape)), on_progress, file_options)
     _print_bench(report, bench_lib, sweep)
     if json_path:
         _write_json(json_path, report.to_json())
@@ -237,6 +247,13 @@ def bench(
         write_bytes(markdown, bench_lib.markdown_table(report).encode())
     if plot:
         bench_lib.plot(report, plot)
+
+
+def _file_options(ctx: typer.Context) -> tuple[str, ...]:
+    """The options of how a foreign file is fed (--shape, --layout, --mean, --std) that were given."""
+    from toolkit.runners.foreign import FILE_OPTIONS
+
+    return tuple(name for name in FILE_OPTIONS if given(ctx, name))
 
 
 def predict(

@@ -13,6 +13,7 @@ model's folder); the toolkit's own files are read through their manifest's hash 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(d
            "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 SCORES = "scores"
 FOREIGN = "foreign"  # a runner's kind for a file without toolkit metadata: its output is taken as the scores
+FEEDING = ("layout", "mean", "std")  # the options that say how pixels become a foreign file's input
+FILE_OPTIONS = ("shape", *FEEDING)  # ... and with --shape, every option of how a foreign file is fed
 
 
 @dataclass(frozen=True)
@@ -263,9 +266,8 @@ class ForeignTorchRunner(_ForeignFile, TorchRunner):
 def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Preprocessing = Preprocessing(),
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
     """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file, or a toolkit OpenVINO IR
-    (.xml, its .bin beside it). A toolkit .onnx (with its
-    metadata) runs as itself, its own normalization read from the file; anything else as a foreign file with
-    `prep`."""
+    (.xml, its .bin beside it). A toolkit .onnx (with its metadata) runs as itself, its own normalization read
+    from the file; anything else as a foreign file with `prep` (see `options_taken`)."""
     options = options or RunnerOptions()
     if format_of_file(Path(path).name) == openvino.IR:  # the graph and its .bin, both checked like one file
         return openvino.open_file(str(path), options)
@@ -292,13 +294,28 @@ _EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIF
 ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can read any .onnx
 
 
-def takes_shapes(path: str | Path) -> bool:
-    """Whether `open_file` opens `path` as a foreign .onnx: the one kind of file whose dynamic dimensions --shape
-    gives."""
+def options_taken(path: str | Path) -> frozenset[str]:
+    """The FILE_OPTIONS `open_file` uses for `path`: all of them for a foreign .onnx; the FEEDING ones for a
+    TorchScript, .pt2 or .aoti.pt2 file, toolkit-made or not (the toolkit reads no normalization from it); none for
+    a file that feeds itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite)."""
     if format_of_file(Path(path).name) == openvino.IR:
-        return False
+        return frozenset()
     data = read_model_file(path)
-    return data[4:8] not in _EDGE_OPENERS and archive_name(data) is None and not _has_toolkit_metadata(data)
+    if archive_name(data) is not None:
+        return frozenset(FEEDING)
+    return frozenset() if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data) else frozenset(FILE_OPTIONS)
+
+
+def refuse_unused(given: Collection[str], taken: Iterable[frozenset[str]], why: str = "") -> None:
+    """ConfigError naming the options of `given` that no file takes (`taken`: what each file takes, as the command
+    opens it; `why`: why none does): such an option would do nothing, and the user would not know."""
+    used = frozenset().union(*taken)
+    for names, whom in ((("shape",), "a foreign .onnx (the dynamic dimensions of its inputs)"),
+                        (FEEDING, "a foreign file (how pixels become its input)")):
+        unused = " and ".join(f"--{n}" for n in names if n in given and n not in used)
+        if unused:
+            raise ConfigError(f"{unused} {'are' if ' and ' in unused else 'is'} for {whom}, and "
+                              f"{why or 'none of these files is one'}; drop {unused}")
 
 
 def runtimes_for(path: str | Path) -> tuple[str, ...]:
