@@ -121,6 +121,17 @@ def test_a_file_whose_runtime_is_not_installed_names_the_extra(device_python, on
                     f"pip install 'toolkit[{extra}]'")
 
 
+@pytest.mark.parametrize("name, identifier, runtime", [("model.tflite", b"TFL3", "litert"),
+                                                       ("model.pte", b"ET12", "executorch")])
+def test_bench_of_a_file_whose_runtime_is_not_installed_names_the_extra(device_python, tmp_path, name, identifier,
+                                                                        runtime):
+    (tmp_path / name).write_bytes(bytes(4) + identifier + bytes(24))  # as above: which runtime opens it is all
+    result = device(device_python, "-m", "toolkit", "bench", tmp_path / name, "--data-dir", tmp_path / "none")
+    assert assert_one_line_error(result, 2) == (
+        f"error: {tmp_path / name} opens in {runtime}, none of them selected (--runtime) and installed here; not "
+        f"installed: {runtime} (pip install 'toolkit[{runtime}]')")
+
+
 def test_predict_on_the_device_agrees_with_the_golden_outputs(device_python, on_device, mnist_dir, tmp_path):
     pixels, labels = load_split(mnist_dir, "test")
     pngs = []

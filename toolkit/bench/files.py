@@ -206,6 +206,13 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
         bench_file.reference = references[folder].name
 
 
+def _not_installed(runtimes: tuple[str, ...]) -> str:
+    """'; not installed: NAMES (how to install them)' for those of `runtimes` that are not installed, else ''."""
+    missing = [r for r in runtimes if not RUNTIMES[r].installed()]
+    hints = dict.fromkeys(RUNTIMES[r].install_hint for r in missing)
+    return f"; not installed: {', '.join(missing)} ({'; '.join(hints)})" if missing else ""
+
+
 def _refuse_unused(paths: list[str], given: set[str]) -> None:
     """ConfigError for an option of how a foreign file is fed that none of `paths` takes, as `FileOpener` opens
     them: a file a manifest lists as its artifact, fed as its metadata says; any other as `foreign.open_file`."""
@@ -240,7 +247,7 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
         found = [r for r in opens if r in selection.runtimes]
         if not found:
             raise ConfigError(f"{path} opens in {', '.join(opens)}, none of them selected (--runtime) and installed "
-                              "here")
+                              f"here{_not_installed(opens)}")
         files.append(BenchFile(path, name))
         _as_exported(config, opener, files[-1], references)
         candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
