@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -283,6 +284,52 @@ def test_a_manifest_number_too_long_to_read_is_no_field(tmp_path):
 
     (tmp_path / "manifest.json").write_text('{"input_shape": [' + "9" * 5000 + "]}")
     assert read_manifest_field(tmp_path, "input_shape") is None
+
+
+def _pt2_metadata(path: Path, case: str) -> None:
+    """The archive's toolkit.json rewritten as `case` says: JSON nested past Python's recursion limit, an integer
+    past the digits Python reads, or a compressed stream whose first block is of no valid type."""
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            if info.filename.endswith("/extra/toolkit.json"):
+                meta, info.compress_type = info, zipfile.ZIP_DEFLATED
+                data = {"deep-json": "[" * 5000 + "]" * 5000, "huge-integer": '{"mean": 1' + "0" * 5000 + "}",
+                        "damaged-deflate": json.dumps({"pad": "x" * 4000})}[case].encode()
+            z.writestr(info, data)
+    if case == "damaged-deflate":
+        raw, at = bytearray(path.read_bytes()), meta.header_offset
+        raw[at + 30 + sum(struct.unpack("<HH", raw[at + 26:at + 30]))] |= 0b110  # past its local header: BTYPE 11
+        path.write_bytes(bytes(raw))
+
+
+PT2_CASES = [("deep-json", "its toolkit.json is not readable JSON (maximum recursion"),
+             ("huge-integer", "its toolkit.json is not readable JSON (Exceeds the limit"),
+             ("damaged-deflate", "is not a readable PT2 archive (Error -3")]
+
+
+@pytest.mark.parametrize("case, says", PT2_CASES, ids=[c[0] for c in PT2_CASES])
+def test_bad_metadata_in_a_pt2_is_one_line(exported_copy, mnist_dir, case, says):
+    """A .pt2 whose manifest entry is made to match it (as anyone who can write the folder can) is still read
+    safely: its metadata, checked before torch loads anything, fails in one line, whatever it holds."""
+    from toolkit.fileio import file_digest
+
+    path = exported_copy / "model.pt2"
+    _pt2_metadata(path, case)
+    manifest = json.loads((exported_copy / "manifest.json").read_text())
+    entry = next(e for e in manifest["artifacts"] if e["file"] == "model.pt2")
+    entry["sha256"], entry["size_bytes"] = file_digest(path), path.stat().st_size
+    (exported_copy / "manifest.json").write_text(json.dumps(manifest))
+    line = _one_error(*_inproc("verify", "--artifacts", exported_copy, "--format", "pt2", "--data-dir", mnist_dir),
+                      expected=1)
+    assert says in line
+
+
+def test_deeply_nested_metadata_in_a_pte_or_tflite_is_one_line(monkeypatch):
+    deep = "[" * 5000 + "]" * 5000
+    assert "maximum recursion depth" in _open_pte(monkeypatch, deep)
+    assert "maximum recursion depth" in _open_tflite(deep)
 
 
 @pytest.fixture(scope="module")

@@ -67,13 +67,18 @@ def archive_metadata(data: bytes, label: str) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             entry = next((i for i in z.infolist() if i.filename.endswith(f"/extra/{META_KEY}")), None)
-            if entry is None:
-                raise ArtifactError(f"{label} carries no toolkit metadata ({META_KEY}); export again")
-            if entry.file_size > MAX_METADATA_BYTES:
-                raise ArtifactError(f"{label}: its {META_KEY} is larger than {MAX_METADATA_BYTES} bytes")
-            meta = json.loads(z.read(entry).decode("utf-8"))
-    except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as e:
+            raw = z.read(entry) if entry is not None and entry.file_size <= MAX_METADATA_BYTES else None
+    except Exception as e:  # zipfile raises its own, zlib's, lzma's, NotImplementedError... for a damaged entry
         raise ArtifactError(f"{label} is not a readable PT2 archive ({one_line(e, 120)}); export again") from None
+    if entry is None:
+        raise ArtifactError(f"{label} carries no toolkit metadata ({META_KEY}); export again")
+    if raw is None:
+        raise ArtifactError(f"{label}: its {META_KEY} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer too long to read, nesting too deep
+        why = one_line(e, 120)
+        raise ArtifactError(f"{label}: its {META_KEY} is not readable JSON ({why}); export again") from None
     if not isinstance(meta, dict):
         raise ArtifactError(f"{label}: its {META_KEY} is not an object; export again")
     return meta
