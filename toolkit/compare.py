@@ -32,13 +32,12 @@ from toolkit.model_files import listed_artifact
 from toolkit.reference import Reference, resolve_reference
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
+from toolkit.runners.feeding import Preprocessing, refuse_unused
 from toolkit.runners.foreign import (
     ForeignOnnxRunner,
-    Preprocessing,
     open_file,
     options_taken,
     random_pixels,
-    refuse_unused,
     runtimes_for,
     scores,
     scores_kind,
@@ -84,7 +83,7 @@ class CompareConfig:
     more: tuple[str, ...] = ()  # further files, each judged against A like B (with B's preprocessing)
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --shape: dynamic dimensions of ONNX inputs
-    options_given: tuple[str, ...] = ()  # of foreign.FILE_OPTIONS, those set: one no file takes is refused
+    options_given: tuple[str, ...] = ()  # of feeding.FILE_OPTIONS, those set: one no file takes is refused
 
     def __post_init__(self) -> None:
         check_time_limit(self.time_limit_s)

@@ -216,11 +216,11 @@ def _not_installed(runtimes: tuple[str, ...]) -> str:
 def _refuse_unused(paths: list[str], given: set[str]) -> None:
     """ConfigError for an option of how a foreign file is fed that none of `paths` takes, as `FileOpener` opens
     them: a file a manifest lists as its artifact, fed as its metadata says; any other as `foreign.open_file`."""
-    from toolkit.runners import foreign
+    from toolkit.runners import feeding, foreign
 
     listed = [listed_artifact(p) is not None for p in paths]
     why = "none of these files is one" + (" (a file a manifest lists is fed as its export says)" if any(listed) else "")
-    foreign.refuse_unused(given, [frozenset() if own else foreign.options_taken(p) for p, own in zip(paths, listed)],
+    feeding.refuse_unused(given, [frozenset() if own else foreign.options_taken(p) for p, own in zip(paths, listed)],
                           why)
 
 
@@ -229,9 +229,9 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     """Every file in every selected runtime that opens it, on every device asked for that is here. A runtime that
     cannot load a file is left out with its reason (an error where it was named); a file none can load fails. An
     option of how a foreign file is fed (`options_given`, --shape where `shapes`) that no file takes is refused."""
-    from toolkit.runners import foreign
+    from toolkit.runners import feeding, foreign
 
-    prep = prep or foreign.Preprocessing()
+    prep = prep or feeding.Preprocessing()
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"{path} {fileio.absent(path)}")

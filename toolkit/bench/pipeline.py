@@ -54,7 +54,7 @@ def bench_files(config: BenchConfig, paths: list[str], prep: Any = None,
     """Time model files alone, each in every selected runtime and device that opens it (see bench/files.py): MNIST
     test images where a file's input fits and the data is here, else random inputs of its declared shapes. A toolkit
     file is verified against its export's reference, as over its folder; a foreign file has none. No targets are
-    computed (a file's FLOPs are unknown). `options_given`: those of foreign.FILE_OPTIONS that were set, each
+    computed (a file's FLOPs are unknown). `options_given`: those of feeding.FILE_OPTIONS that were set, each
     refused where no file takes it."""
     t_start = time.perf_counter()
     plan = plan_files(config, paths, prep, shapes, options_given)

@@ -92,7 +92,7 @@ def compare(
     _outputs(json_path, inputs=(a, b, *(more or ())))
     from toolkit.compare import CompareConfig, compare_all, parse_tolerance, raise_for_failures, reports_json
     from toolkit.errors import ConfigError
-    from toolkit.runners.foreign import Preprocessing, parse_shapes
+    from toolkit.runners.feeding import Preprocessing, parse_shapes
 
     layouts = _csv([layout]) or ["auto"]
     if len(layouts) > 2:
@@ -215,7 +215,7 @@ def bench(
     openvino_options(_csv(runtime), mode=mode is not None, hint=given(ctx, "hint"))
     file_options = _file_options(ctx)
     if not files and file_options:  # over a folder, every file feeds itself from its metadata
-        from toolkit.runners.foreign import refuse_unused
+        from toolkit.runners.feeding import refuse_unused
 
         refuse_unused(file_options, [], "no FILE is given")
     from toolkit import bench as bench_lib
@@ -233,7 +233,7 @@ def bench(
         if not files:
             report = bench_lib.bench(config, on_progress=on_progress)
         else:
-            from toolkit.runners.foreign import Preprocessing, parse_shapes
+            from toolkit.runners.feeding import Preprocessing, parse_shapes
 
             report = bench_lib.bench_files(config, [str(f) for f in files],
                                            Preprocessing(mean=mean, std=std, layout=layout),
@@ -251,7 +251,7 @@ def bench(
 
 def _file_options(ctx: typer.Context) -> tuple[str, ...]:
     """The options of how a foreign file is fed (--shape, --layout, --mean, --std) that were given."""
-    from toolkit.runners.foreign import FILE_OPTIONS
+    from toolkit.runners.feeding import FILE_OPTIONS
 
     return tuple(name for name in FILE_OPTIONS if given(ctx, name))
 

@@ -13,77 +13,29 @@ model's folder); the toolkit's own files are read through their manifest's hash 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit import devices, onnx_wire, refinputs
-from toolkit.bounds import is_number_within
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
-from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
 from toolkit.model_files import read_model_file
-from toolkit.preprocess import MEAN, STD
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
 from toolkit.runners import opencv, openvino, torch_export
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, Runner, RunnerOptions, Timed, run_guard
+from toolkit.runners.feeding import FEEDING, FILE_OPTIONS, SHAPES, Preprocessing
 from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
-LAYOUTS = ("auto", "nchw", "nhwc", "nhw", "flat")
-_SHAPES = {"nchw": (1, 28, 28), "nhwc": (28, 28, 1), "nhw": (28, 28), "flat": (784,)}
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
            "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 SCORES = "scores"
 FOREIGN = "foreign"  # a runner's kind for a file without toolkit metadata: its output is taken as the scores
-FEEDING = ("layout", "mean", "std")  # the options that say how pixels become a foreign file's input
-FILE_OPTIONS = ("shape", *FEEDING)  # ... and with --shape, every option of how a foreign file is fed
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How MNIST pixels become a foreign model's input: (pixel / 255 - mean) / std, in `layout`.
-    uint8 inputs get the raw pixels."""
-
-    mean: float = MEAN
-    std: float = STD
-    layout: str = "auto"  # auto: from the declared input shape
-
-    def __post_init__(self) -> None:
-        _check_range("mean", self.mean, -MAX_ABS_MEAN, MAX_ABS_MEAN)
-        _check_range("std", self.std, MIN_STD, MAX_STD)
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {self.layout!r}; use {', '.join(LAYOUTS)}")
-
-
-def _check_range(name: str, value: Any, low: float, high: float) -> None:
-    """ConfigError unless `value` is a number in [low, high]: the range a toolkit file's metadata may declare, in
-    which (pixel/255 - mean) / std stays finite in float32 for every pixel."""
-    if not is_number_within(value, low, high):
-        raise ConfigError(f"--{name} must be a number in [{low:g}, {high:g}], so that (pixel/255 - mean) / std fits "
-                          f"float32; not {value!r}")
-
-
-def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """'NAME=3x224x224' (the dims after the batch) -> {NAME: (3, 224, 224)}."""
-    shapes = {}
-    for item in items:
-        name, _, dims = item.partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not name or not shape or any(not 1 <= d <= 65_536 for d in shape):
-            raise ConfigError(f"bad --shape {item!r}; use INPUT=DxDx... (the dimensions after the batch)")
-        if name in shapes:
-            raise ConfigError(f"--shape names input {name!r} twice; give each input once")
-        shapes[name] = shape
-    return shapes
 
 
 def is_torchscript(data: bytes) -> bool:
@@ -131,7 +83,7 @@ class _Input:
             raise ArtifactError(f"{label}: input {name!r} has dynamic dimensions {list(shape)}; pass --shape "
                                 f"{name}=Dx... with the dimensions after the batch")
         self.rest = tuple(int(d) for d in rest)
-        self.layout = next((k for k, v in _SHAPES.items() if v == self.rest), None)
+        self.layout = next((k for k, v in SHAPES.items() if v == self.rest), None)
 
     def random(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -154,7 +106,7 @@ def _pixels_as(pixels: np.ndarray, layout: str, dtype: Any, prep: Preprocessing)
     x = np.asarray(pixels)
     if dtype != np.uint8:
         x = ((x.astype(np.float32) / 255.0 - prep.mean) / prep.std).astype(dtype)
-    return x.reshape(len(x), *_SHAPES[layout])
+    return x.reshape(len(x), *SHAPES[layout])
 
 
 class _ForeignFile:
@@ -201,7 +153,7 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         inp = self.inputs[0]
         if self.prep.layout != "auto" and inp.layout != self.prep.layout:
             raise ArtifactError(f"{self.label}: input {inp.name!r} has shape [N,{','.join(map(str, inp.rest))}], "
-                                f"not layout {self.prep.layout} [N,{','.join(map(str, _SHAPES[self.prep.layout]))}]")
+                                f"not layout {self.prep.layout} [N,{','.join(map(str, SHAPES[self.prep.layout]))}]")
         return inp if inp.layout else None
 
     @property
@@ -257,8 +209,8 @@ class ForeignTorchRunner(_ForeignFile, TorchRunner):
         """A failing call most often means the model takes another layout: which one it was fed, what else to try."""
         how = f"--layout {self.layout}" if self.prep.layout != "auto" else \
             "nchw: the toolkit reads no input shape from a torch file"
-        others = [f"{k} [N,{','.join(map(str, v))}]" for k, v in _SHAPES.items() if k != self.layout]
-        return (f"; it was fed float32[N,{','.join(map(str, _SHAPES[self.layout]))}] ({how}): if it takes another "
+        others = [f"{k} [N,{','.join(map(str, v))}]" for k, v in SHAPES.items() if k != self.layout]
+        return (f"; it was fed float32[N,{','.join(map(str, SHAPES[self.layout]))}] ({how}): if it takes another "
                 f"layout, pass --layout {', '.join(others[:-1])} or {others[-1]} (compare: A,B for the first file "
                 "and the rest)")
 
@@ -304,18 +256,6 @@ def options_taken(path: str | Path) -> frozenset[str]:
     if archive_name(data) is not None:
         return frozenset(FEEDING)
     return frozenset() if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data) else frozenset(FILE_OPTIONS)
-
-
-def refuse_unused(given: Collection[str], taken: Iterable[frozenset[str]], why: str = "") -> None:
-    """ConfigError naming the options of `given` that no file takes (`taken`: what each file takes, as the command
-    opens it; `why`: why none does): such an option would do nothing, and the user would not know."""
-    used = frozenset().union(*taken)
-    for names, whom in ((("shape",), "a foreign .onnx (the dynamic dimensions of its inputs)"),
-                        (FEEDING, "a foreign file (how pixels become its input)")):
-        unused = " and ".join(f"--{n}" for n in names if n in given and n not in used)
-        if unused:
-            raise ConfigError(f"{unused} {'are' if ' and ' in unused else 'is'} for {whom}, and "
-                              f"{why or 'none of these files is one'}; drop {unused}")
 
 
 def runtimes_for(path: str | Path) -> tuple[str, ...]:
