@@ -244,6 +244,24 @@ MODEL_CODE = '''
             return self.body(x).log_softmax(1)
 
 
+    class CtrlCOnTheExampleBatch(TinyMLP):
+        """A Ctrl-C that lands where the exporter wraps it in an error of its own, as torch.onnx does."""
+
+        def forward(self, x):
+            if len(x) == 2:
+                raise RuntimeError("export failed") from KeyboardInterrupt()
+            return self.body(x).log_softmax(1)
+
+
+    class TermOnTheExampleBatch(TinyMLP):
+        def forward(self, x):
+            if len(x) == 2:
+                from toolkit.cli import Terminated  # what the CLI's SIGTERM handler raises
+
+                raise RuntimeError("export failed") from Terminated()
+            return self.body(x).log_softmax(1)
+
+
     class QuitsOnTheExampleBatch(TinyMLP):
         """Fine on the probe and the test images; the exporters trace a batch of 2."""
 
@@ -426,8 +444,91 @@ def test_a_model_that_quits_while_exported_is_refused(own_model, tmp_path, mnist
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert lines[-1] == f"error: exporting {fails} failed: SystemExit: 0"
-    assert ("removed model.onnx: the export did not finish" in lines) == (fails != "onnx/fp32")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("cls, code, said", [("CtrlCOnTheExampleBatch", 130, "interrupted"),
+                                             ("TermOnTheExampleBatch", 143, "terminated")])
+def test_ctrl_c_or_sigterm_while_onnx_traces_is_no_exporter_failure(own_model, tmp_path, mnist_dir, cls, code, said):
+    """torch.onnx wraps the KeyboardInterrupt in an error of its own: it still ends the export as a signal does."""
+    out = tmp_path / "out"
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                     f"{own_model / 'my_models.py'}:{cls}", "--model-args", '{"hidden": 32}', "--out", out,
+                     "--format", "onnx", "--data-dir", mnist_dir)
+    assert result.exit_code == code and result.stderr.strip().splitlines()[-1] == said, result.stderr
+    assert list(out.iterdir()) == []
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """Every file and folder below `folder` (hidden ones too), with each file's SHA-256."""
+    from toolkit.fileio import file_digest
+
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() else file_digest(p) for p in sorted(folder.rglob("*"))}
+
+
+def _export_own(own_model: Path, cls: str, out: Path, mnist_dir, *extra: str):
+    return run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code",
+                   f"{own_model / 'my_models.py'}:{cls}", "--model-args", '{"hidden": 32}', "--out", out,
+                   "--data-dir", mnist_dir, *extra)
+
+
+@pytest.mark.parametrize("first, extra", [("TinyMLP", ("--overwrite",)), ("QuitsWhenTraced", ("--opset", "18"))],
+                         ids=["overwrite-another-model", "same-model-changed"])
+def test_a_failed_export_leaves_the_folder_as_it_was(own_model, tmp_path, mnist_dir, first, extra):
+    """All or nothing: a format that fails after another was built leaves every file of the previous export (and
+    its verify results) byte for byte, and nothing of its own."""
+    out = tmp_path / "out"
+    assert _export_own(own_model, first, out, mnist_dir, "--format", "onnx", "--precision", "fp32,int8").exit_code == 0
+    (out / "verify.json").write_text("{}")
+    before = _files(out)
+    result = _export_own(own_model, "QuitsWhenTraced", out, mnist_dir, "--format", "onnx,torchscript", *extra)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: exporting torchscript/fp32 failed: ")
+    assert _files(out) == before
+
+
+def test_a_failure_after_the_files_are_built_leaves_the_folder_as_it_was(own_model, tmp_path, mnist_dir):
+    """A full disk while the golden outputs are written: the models built before are not left unlisted, so the
+    folder is as it was and an export there later is not refused."""
+    import resource
+    import subprocess
+
+    def small_disk():  # golden.npy is 400 KB, the models about 100 KB each; EFBIG as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (250_000, 250_000))
+
+    out = tmp_path / "out"
+    assert _export_own(own_model, "TinyMLP", out, mnist_dir, "--format", "onnx").exit_code == 0
+    before = _files(out)
+    args = ["export", "--checkpoint", own_model / "tiny.pt", "--model-code", f"{own_model / 'my_models.py'}:TinyMLP",
+            "--model-args", '{"hidden": 32}', "--out", out, "--data-dir", mnist_dir, "--format", "onnx,torchscript",
+            "--opset", "18"]
+    done = subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_disk)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write {out / 'golden.npy'}"), done.stderr
+    assert _files(out) == before
+    assert _export_own(own_model, "TinyMLP", out, mnist_dir, "--format", "onnx,torchscript").exit_code == 0
+
+
+def test_a_triton_folder_no_manifest_lists_stays_with_overwrite(own_model, tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    assert _export_own(own_model, "TinyMLP", out, mnist_dir, "--format", "onnx").exit_code == 0
+    (out / "triton" / "mine" / "1").mkdir(parents=True)
+    (out / "triton" / "mine" / "config.pbtxt").write_text("mine")
+    result = _export_own(own_model, "Scaled", out, mnist_dir, "--format", "onnx", "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert "removed triton/" not in result.stderr
+    assert (out / "triton" / "mine" / "config.pbtxt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "golden.npy"])
+def test_a_folder_of_an_exported_name_is_refused_before_anything_is_built(own_model, tmp_path, mnist_dir, name):
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    line = assert_one_line_error(_export_own(own_model, "TinyMLP", out, mnist_dir, "--format", "onnx",
+                                             "--overwrite"), 2)
+    assert f"{out / name} is a folder, where export writes its {name}; move it away" in line
+    assert sorted(p.name for p in out.iterdir()) == [name]
 
 
 def test_ctrl_c_while_exported_still_interrupts(own_model, tmp_path, mnist_dir):

@@ -281,12 +281,13 @@ def read_verified_parts(artifact: Artifact) -> list[bytes]:
 
 
 def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: dict[str, Any],
-                   golden: GoldenEntry | None = None) -> Path:
+                   golden: GoldenEntry | None = None, to: Path | None = None) -> Path:
+    """Write `<folder>/manifest.json` (or the scratch file `to` that becomes it); its final path."""
     path = Path(folder) / MANIFEST_NAME
     listed = {**extra, "artifacts": [a.to_json() for a in artifacts]}
     if golden is not None:
         listed[GOLDEN_KEY] = golden.to_json()
-    fileio.write_json(path, listed)
+    fileio.write_json(to or path, listed, path)
     return path
 
 

@@ -7,7 +7,6 @@ atomically and checked before it is listed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from toolkit import calibration, export_folder, exporters, fileio, golden, refinputs, sysinfo, usermodel
 from toolkit import data as mnist
 from toolkit.artifacts import (
+    MANIFEST_NAME,
     Artifact,
     GoldenEntry,
     Part,
@@ -27,7 +27,7 @@ from toolkit.artifacts import (
 )
 from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint, model_from_checkpoint, read_checkpoint
 from toolkit.errors import ArtifactError, ConfigError, ToolkitError
-from toolkit.exporters import Built, ExportContext, triton
+from toolkit.exporters import ExportContext, triton
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE as DEFAULT_TRITON_MAX_BATCH_SIZE
 from toolkit.formats import (
     DEFAULT_CALIBRATION_SIZE,
@@ -39,6 +39,7 @@ from toolkit.formats import (
     QUANT_ACTIVATIONS,
     QUANT_FORMATS,
 )
+from toolkit.staging import Staging
 from toolkit.usermodel import ModelSource
 
 MAX_CALIBRATION_IMAGES = 60000
@@ -272,52 +273,48 @@ def _golden_outputs(module, data_dir: str, log: Log) -> tuple[Any, Any] | None:
 def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path,
                    ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
                    progress: Callable[[int, str], None]) -> ExportResult:
+    """Write every new file under a scratch name, then put them all in place at once (toolkit/staging.py): a failure
+    before that leaves the folder as it was."""
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
-    kept, removed = export_folder.previous_artifacts(out_dir, ctx, rebuilding, config.overwrite,
-                                                     newest_run=config.checkpoint is None)
-    for name in removed:
-        log(f"removed {name}: it described another checkpoint or model")
-    for a in kept:
-        a.source_checkpoint = ctx.checkpoint_path
-    built = _build_all(config, pairs, module, out_dir, ctx, log, progress)
-    progress(len(pairs) + 1, "manifest")
+    staging = Staging(out_dir)
+    try:
+        kept = export_folder.previous_artifacts(out_dir, ctx, rebuilding, config.overwrite, staging,
+                                                newest_run=config.checkpoint is None)
+        for a in kept:
+            a.source_checkpoint = ctx.checkpoint_path
+        built = _build_all(config, pairs, module, staging, ctx, log, progress)
+        progress(len(pairs) + 1, "manifest")
+        golden_entry = export_folder.write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log, staging)
+        extra: dict[str, Any] = {
+            "toolkit_version": sysinfo.versions()["toolkit"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint": ctx.checkpoint_path,  # relative to this folder
+            "checkpoint_sha256": ctx.checkpoint_sha256,
+            "model": usermodel.describe(ctx.ckpt),  # how verify and bench may rebuild it (model code: never by itself)
+        }
+        if refinputs.is_mnist(ctx.input_shape):  # for bench's efficiency targets where torch is absent
+            from toolkit.model import forward_flops  # torch: imported once the options have passed their checks
 
-    golden_entry = export_folder.write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log)
-    extra: dict[str, Any] = {
-        "toolkit_version": sysinfo.versions()["toolkit"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": ctx.checkpoint_path,  # relative to this folder
-        "checkpoint_sha256": ctx.checkpoint_sha256,
-        "model": usermodel.describe(ctx.ckpt),  # how verify and bench may rebuild it (model code: never by itself)
-    }
-    if refinputs.is_mnist(ctx.input_shape):  # for bench's efficiency targets where torch is absent
-        from toolkit.model import forward_flops  # torch: imported once the options have passed their checks
-
-        extra["model_flops_per_image"] = forward_flops(module)
-    else:
-        extra["input_shape"] = list(ctx.input_shape)
-    triton_models = _lay_out_triton(config, out_dir, kept, built, extra, log)
-    manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry)
+            extra["model_flops_per_image"] = forward_flops(module)
+        else:
+            extra["input_shape"] = list(ctx.input_shape)
+        triton_models = _lay_out_triton(config, staging, kept, built, extra, log)
+        manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry,
+                                  to=staging.scratch(MANIFEST_NAME))
+        removed = staging.commit(log)
+    finally:
+        staging.discard()  # what is left after a failure; nothing after the commit
     return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
                         triton_models=[m.name for m in triton_models], golden=golden_entry)
 
 
-def _build_all(config: ExportConfig, pairs: list[tuple[str, str]], module, out_dir: Path, ctx: ExportContext,
+def _build_all(config: ExportConfig, pairs: list[tuple[str, str]], module, staging: Staging, ctx: ExportContext,
                log: Log, progress: Callable[[int, str], None]) -> list[Artifact]:
-    """Build every pair. When one fails (or is interrupted), the files built before it that no manifest lists are
-    removed: a later export would take them for the user's."""
-    listed = export_folder.listed_files(out_dir)
+    """Build every pair into scratch files of `staging`."""
     built: list[Artifact] = []
-    try:
-        for i, (fmt, precision) in enumerate(pairs, 1):
-            progress(i, f"{fmt} {precision}")
-            built.append(_build(config, fmt, precision, module, out_dir, ctx, log))
-    except BaseException:
-        for file in sorted({file for a in built for file in a.files} - listed):
-            with contextlib.suppress(OSError):  # the failure is what to report
-                (out_dir / file).unlink(missing_ok=True)
-                log(f"removed {file}: the export did not finish")
-        raise
+    for i, (fmt, precision) in enumerate(pairs, 1):
+        progress(i, f"{fmt} {precision}")
+        built.append(_build(config, fmt, precision, module, staging, ctx, log))
     return built
 
 
@@ -331,68 +328,83 @@ def _gist(error: BaseException) -> str:
     return (lines[0] if cause is None else f"{lines[0]}: {cause}")[:300]
 
 
-def _build(config: ExportConfig, fmt: str, precision: str, module, out_dir: Path, ctx: ExportContext,
+def _build(config: ExportConfig, fmt: str, precision: str, module, staging: Staging, ctx: ExportContext,
            log: Log) -> Artifact:
-    """Build one file (and its companions) with its format's exporter and describe it for the manifest."""
+    """Build one file (and its companions) with its format's exporter into scratch files of `staging`, and describe
+    it for the manifest."""
     name = FORMATS[fmt].file_name(precision)
     meta = exporters.metadata(ctx, fmt, precision)
     build = exporters.builder(fmt)
     t0 = time.perf_counter()
-    with fileio.atomic_path(out_dir / name) as tmp:
-        built = Built()
-        try:
-            built = build(module, precision, config, ctx, tmp, meta)
-            parts = _place_parts(out_dir, FORMATS[fmt].companion_names(precision), built.parts)
-        except ToolkitError:
-            raise
-        except (Exception, SystemExit) as e:  # an exporter failure, or the model's sys.exit while it is traced
-            raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: {_gist(e)}") from e
-        finally:
-            for scratch in built.parts:
-                scratch.unlink(missing_ok=True)
-        inputs, outputs = built.io or exporters.io_spec(fmt, tmp, ctx.input_shape)
-        seconds = time.perf_counter() - t0
-        artifact = Artifact(
-            file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,
-            sha256=fileio.file_digest(tmp), inputs=inputs, outputs=outputs,
-            source_checkpoint=ctx.checkpoint_path, source_sha256=ctx.checkpoint_sha256,
-            test_accuracy=ctx.ckpt.get("metrics", {}).get("test_accuracy"),
-            opset=built.opset, settings=built.settings,
-            versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim",
-                                      *(("openvino", "nncf") if parts else ())),
-            export_seconds=round(seconds, 3), parts=parts, path=str((out_dir / name).resolve()))
+    tmp = staging.scratch(name)
+    try:
+        built = build(module, precision, config, ctx, tmp, meta)
+        parts = _stage_parts(staging, FORMATS[fmt].companion_names(precision), built.parts)
+    except ToolkitError:
+        raise
+    except (Exception, SystemExit) as e:  # an exporter failure, or the model's sys.exit while it is traced
+        interrupt = _interrupt(e)
+        if interrupt is not None:  # Ctrl-C or SIGTERM, which torch.onnx wraps in its own error
+            raise interrupt from None
+        raise ArtifactError(f"exporting {fmt}/{precision} failed: {type(e).__name__}: {_gist(e)}") from e
+    inputs, outputs = built.io or exporters.io_spec(fmt, tmp, ctx.input_shape)
+    seconds = time.perf_counter() - t0
+    artifact = Artifact(
+        file=name, format=fmt, precision=precision, size_bytes=tmp.stat().st_size,
+        sha256=fileio.file_digest(tmp), inputs=inputs, outputs=outputs,
+        source_checkpoint=ctx.checkpoint_path, source_sha256=ctx.checkpoint_sha256,
+        test_accuracy=ctx.ckpt.get("metrics", {}).get("test_accuracy"),
+        opset=built.opset, settings=built.settings,
+        versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxslim",
+                                  *(("openvino", "nncf") if parts else ())),
+        export_seconds=round(seconds, 3), parts=parts, path=str((staging.out_dir / name).resolve()))
     log(f"wrote {', '.join(artifact.files)} ({artifact.total_bytes / 1024:.0f} KiB, {artifact.export_seconds:.1f} s)")
     return artifact
 
 
-def _place_parts(out_dir: Path, names: tuple[str, ...], written: list[Path]) -> list[Part]:
-    """Hash each companion file the builder wrote and rename it to its name (before the main file is renamed:
-    until the manifest is written, the old manifest's hashes refuse the new files)."""
+def _interrupt(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM) in `error`'s chain of causes, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _stage_parts(staging: Staging, names: tuple[str, ...], written: list[Path]) -> list[Part]:
+    """Hash each companion file the builder wrote; `staging` renames it to its name with the main file (until the
+    new manifest replaces the old one, the old manifest's hashes refuse the new files)."""
     assert len(written) == len(names), f"the exporter wrote {len(written)} companion files, not {len(names)}"
     parts = []
     for scratch, name in zip(written, names):
+        staging.add(name, scratch)
         parts.append(Part(file=name, size_bytes=scratch.stat().st_size, sha256=fileio.file_digest(scratch)))
-        with fileio.atomic_path(out_dir / name) as tmp:
-            os.replace(scratch, tmp)
     return parts
 
 
-def _lay_out_triton(config: ExportConfig, out_dir: Path, kept: list[Artifact], built: list[Artifact],
+def _lay_out_triton(config: ExportConfig, staging: Staging, kept: list[Artifact], built: list[Artifact],
                     extra: dict[str, Any], log: Log) -> list[triton.TritonModel]:
-    """Write the Triton repository when asked (and list it in `extra`); otherwise drop one gone stale."""
+    """Stage the Triton repository when asked (and list it in `extra`); otherwise drop one gone stale."""
+    out_dir = staging.out_dir
     if not config.triton:
-        _drop_stale_triton(out_dir, {a.file for a in built}, log)
+        _drop_stale_triton(staging, {a.file for a in built})
         return []
-    models = triton.write_repository(out_dir, kept + built, config.triton_max_batch_size)
+    models, staging.triton = triton.stage_repository(out_dir, kept + built, config.triton_max_batch_size,
+                                                     sources=staging.files)
+    staging.replace_triton = lambda folder: triton.replace_repository(out_dir, folder)
     extra["triton"] = {"repository": triton.REPOSITORY, "models": [
         {"name": m.name, "artifact": m.artifact, "platform": m.platform} for m in models]}
     log(f"wrote {triton.REPOSITORY}/ with {len(models)} models")
     return models
 
 
-def _drop_stale_triton(out_dir: Path, rebuilt: set[str], log: Log) -> None:
+def _drop_stale_triton(staging: Staging, rebuilt: set[str]) -> None:
     """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
+    out_dir = staging.out_dir
     served = {FORMATS[f].file_name(p) for f, p in triton.ARTIFACTS}
-    if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(out_dir) and \
-            triton.remove_repository(out_dir):
-        log(f"removed {triton.REPOSITORY}/: its models were exported again (add --format triton to lay it out anew)")
+    if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(out_dir):
+        staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir),
+                       "its models were exported again (add --format triton to lay it out anew)")

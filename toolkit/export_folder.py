@@ -31,6 +31,7 @@ from toolkit.errors import ArtifactError, ConfigError
 from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
 from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE, write_inputs
+from toolkit.staging import Staging
 
 Log = Callable[[str], None]
 
@@ -38,9 +39,10 @@ _REPLACE = ("export into another folder with --out, or replace that export with 
             "results there go too)")
 
 
-def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool,
-                       newest_run: bool = False) -> tuple[list[Artifact], list[str]]:
-    """Split an earlier export in `out_dir` into entries to keep and files removed.
+def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool, staging: Staging,
+                       newest_run: bool = False) -> list[Artifact]:
+    """The entries of an earlier export in `out_dir` to keep; the files of the others are removed when `staging`
+    commits.
 
     Another export (of another checkpoint or model: other_exports) is replaced only with `overwrite`, and then its
     verify/bench results go too. Only files this exporter itself writes are ever removed, and only inside `out_dir`;
@@ -48,7 +50,8 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
     """
     previous = previous_manifest(out_dir)
     others = other_exports(out_dir, previous, ctx, overwrite, newest_run)
-    removed = _remove_results(out_dir) if others else []
+    if others:
+        _remove_results(out_dir, staging)
     kept = []
     for a in previous:
         if a.file in rebuilding:
@@ -58,9 +61,11 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
             kept.append(a)
         else:
             for file in a.files:
-                _remove_artifact(out_dir, file)
-                removed.append(file)
-    return kept, removed
+                staging.remove(file, _artifact_remover(out_dir, file), _OTHER)
+    return kept
+
+
+_OTHER = "it described another checkpoint or model"
 
 
 def other_exports(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,
@@ -164,7 +169,9 @@ def written_names(pairs: list[tuple[str, str]], test_set: bool, reference_inputs
 def check_unlisted(out_dir: Path, names: set[str], overwrite: bool) -> None:
     """ConfigError, unless `overwrite`, when `out_dir` holds one of `names` (what this export writes) that no
     manifest lists: the user's own file, or one left by an export whose manifest is gone, is never replaced
-    unasked."""
+    unasked. Something other than a regular file of such a name (a Triton repository: other than a folder) is
+    refused even with `overwrite`."""
+    _check_kinds(out_dir, names)
     listed = listed_files(out_dir)
     found = sorted(name + "/" * (out_dir / name).is_dir() for name in names - listed
                    if os.path.lexists(out_dir / name))
@@ -173,6 +180,19 @@ def check_unlisted(out_dir: Path, names: set[str], overwrite: bool) -> None:
         raise ConfigError(f"{out_dir}/ holds {', '.join(found)}, which no manifest there lists (your own, or left by "
                           f"an export whose manifest is gone); move {them} away, export into another folder with "
                           f"--out, or replace {them} with --overwrite")
+
+
+def _check_kinds(out_dir: Path, names: set[str]) -> None:
+    for name in sorted(names):
+        path = out_dir / name
+        if not os.path.lexists(path):
+            continue
+        folder = name == triton.REPOSITORY
+        kind = "a symbolic link" if path.is_symlink() else "" if (path.is_dir() if folder else path.is_file()) \
+            else "a folder" if path.is_dir() else "a file" if folder else "not a regular file"
+        if kind:
+            raise ConfigError(f"{path} is {kind}, where export writes its {'Triton repository' if folder else name}; "
+                              "move it away or export into another folder with --out")
 
 
 def _shown(out_dir: Path, recorded: str) -> str:
@@ -193,26 +213,27 @@ def previous_manifest(out_dir: Path) -> list[Artifact]:
         raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
 
 
-def _remove_results(out_dir: Path) -> list[str]:
-    """Remove the verify/bench results and the Triton repository of another export."""
-    removed = []
+def _remove_results(out_dir: Path, staging: Staging) -> None:
+    """Remove the verify/bench results of another export, and its Triton repository where its manifest lists one (a
+    triton/ folder that no manifest lists is the user's)."""
     for name in RESULT_FILES:
         if (out_dir / name).is_file() or (out_dir / name).is_symlink():
-            (out_dir / name).unlink()
-            removed.append(name)
-    if triton.remove_repository(out_dir):
-        removed.append(f"{triton.REPOSITORY}/")
-    return removed
+            staging.remove(name, lambda path=out_dir / name: _unlink(path), _OTHER)
+    if triton.REPOSITORY in listed_files(out_dir):
+        staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir), _OTHER)
 
 
-def _remove_artifact(out_dir: Path, file: str) -> None:
-    """Remove a listed file that is not kept, provided it is a name this exporter writes."""
+def _artifact_remover(out_dir: Path, file: str) -> Callable[[], None]:
+    """How to remove a listed file that is not kept, provided it is a name this exporter writes."""
     exported_names = {name for f in FORMATS.values() for p in f.precisions
                       for name in (f.file_name(p), *f.companion_names(p))}
-    path = out_dir / file
     if file not in exported_names:
         raise ArtifactError(f"bad manifest in {out_dir}/: {file} is not a file toolkit exports; "
                             f"remove {out_dir / MANIFEST_NAME} or export into another folder")
+    return lambda: _unlink(out_dir / file)
+
+
+def _unlink(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
     except OSError as e:
@@ -220,24 +241,28 @@ def _remove_artifact(out_dir: Path, file: str) -> None:
 
 
 def write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
-                         log: Log) -> GoldenEntry | None:
-    """Write the golden outputs; without new ones, keep the earlier file only if it came from this export. Only a
-    golden.npy or inputs.npy the earlier manifest lists is removed: one that no manifest lists is the user's."""
+                         log: Log, staging: Staging) -> GoldenEntry | None:
+    """Write the golden outputs (to scratch files `staging` puts in place); without new ones, keep the earlier file
+    only if it came from this export. Only a golden.npy or inputs.npy the earlier manifest lists is removed: one that
+    no manifest lists is the user's."""
     listed = listed_golden_files(out_dir)
     if reference is None:
-        return _keep_golden(out_dir, listed, data_dir, ctx, log)
-    recorded = None if ctx.reference_inputs is None else write_inputs(out_dir, ctx.reference_inputs)
+        return _keep_golden(out_dir, listed, data_dir, ctx, log, staging)
+    recorded = None if ctx.reference_inputs is None else \
+        write_inputs(out_dir, ctx.reference_inputs, to=staging.scratch(INPUTS_NAME))
     if recorded:
         log(f"wrote {recorded['inputs']} (reference inputs, {recorded['size_bytes'] / 1024:.0f} KiB)")
     elif INPUTS_NAME in listed:  # golden outputs on the test set: the earlier inputs describe nothing
-        _remove_stale(out_dir / INPUTS_NAME, log, "the golden outputs are on the MNIST test set now")
+        _remove_stale(out_dir / INPUTS_NAME, staging, "the golden outputs are on the MNIST test set now")
     entry = golden.write_golden(out_dir, *reference, source_checkpoint=ctx.checkpoint_path,
-                                source_sha256=ctx.checkpoint_sha256, inputs=recorded)
+                                source_sha256=ctx.checkpoint_sha256, inputs=recorded,
+                                to=staging.scratch(GOLDEN_NAME))
     log(f"wrote {entry.file} (golden outputs, {entry.size_bytes / 1024:.0f} KiB)")
     return entry
 
 
-def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log) -> GoldenEntry | None:
+def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log, staging: Staging
+                 ) -> GoldenEntry | None:
     """Without a test set: the golden outputs the manifest lists, if computed from this checkpoint and model;
     otherwise none, and the files listed with them go."""
     try:
@@ -252,17 +277,13 @@ def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportCont
     log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
         "checkpoint); run `toolkit data` and export with --data-dir to write them")
     if GOLDEN_NAME in listed:
-        _remove_stale(out_dir / GOLDEN_NAME, log, "it was computed from another checkpoint or model"
+        _remove_stale(out_dir / GOLDEN_NAME, staging, "it was computed from another checkpoint or model"
                       if previous is not None and not same else "it is not the file the manifest describes")
     if INPUTS_NAME in listed:
-        _remove_stale(out_dir / INPUTS_NAME, log, "it went with those golden outputs")
+        _remove_stale(out_dir / INPUTS_NAME, staging, "it went with those golden outputs")
     return None
 
 
-def _remove_stale(stale: Path, log: Log, why: str) -> None:
+def _remove_stale(stale: Path, staging: Staging, why: str) -> None:
     if stale.exists() or stale.is_symlink():
-        try:
-            stale.unlink()  # a symlink is removed itself, never what it points to
-        except OSError as e:
-            raise ArtifactError(f"cannot remove {stale}: {e.strerror or e}") from None
-        log(f"removed {stale.name}: {why}")
+        staging.remove(stale.name, lambda: _unlink(stale), why)

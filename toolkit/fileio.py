@@ -21,10 +21,11 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it.
 
-    A reader therefore sees either the old file or the complete new one, never a half-written file.
+    A reader therefore sees either the old file or the complete new one, never a half-written file. `shown`: the
+    path an error names (where `path` is a scratch file that later becomes it).
     """
     from toolkit.errors import OutputError
 
@@ -42,7 +43,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as e:  # disk full, read-only folder, a folder in the way: the old file stays as it was
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {shown or path}: {e.strerror or e}") from None
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
@@ -67,9 +68,9 @@ def check_target(path: Path) -> None:
                       "regular file (or - for standard output where the option allows it)")
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Atomically write `data` to `path`."""
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, shown: str | os.PathLike | None = None) -> None:
+    """Atomically write `data` to `path` (errors name `shown`, if given)."""
+    with atomic_path(path, shown) as tmp:
         tmp.write_bytes(data)
 
 
@@ -88,9 +89,9 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as indented strict JSON (see `json_text`)."""
-    write_bytes(path, (json_text(obj) + "\n").encode())
+def write_json(path: str | os.PathLike, obj: Any, shown: str | os.PathLike | None = None) -> None:
+    """Atomically write `obj` as indented strict JSON (see `json_text`; errors name `shown`, if given)."""
+    write_bytes(path, (json_text(obj) + "\n").encode(), shown)
 
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:

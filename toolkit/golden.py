@@ -82,11 +82,13 @@ def npy_bytes(log_probs: np.ndarray) -> bytes:
 
 
 def write_golden(folder: str | os.PathLike, log_probs: np.ndarray, labels: np.ndarray | None, *,
-                 source_checkpoint: str, source_sha256: str, inputs: dict | None = None) -> GoldenEntry:
-    """Atomically write `<folder>/golden.npy` and return its manifest entry. `inputs`: what refinputs.write_inputs
-    recorded, for outputs on reference inputs (no labels, so no accuracy) rather than the MNIST test set."""
+                 source_checkpoint: str, source_sha256: str, inputs: dict | None = None,
+                 to: Path | None = None) -> GoldenEntry:
+    """Atomically write `<folder>/golden.npy` (or the scratch file `to` that becomes it) and return its manifest
+    entry. `inputs`: what refinputs.write_inputs recorded, for outputs on reference inputs (no labels, so no accuracy)
+    rather than the MNIST test set."""
     data = npy_bytes(log_probs)
-    fileio.write_bytes(Path(folder) / GOLDEN_NAME, data)
+    fileio.write_bytes(to or Path(folder) / GOLDEN_NAME, data, Path(folder) / GOLDEN_NAME)
     if inputs is None:
         source = {"split": "test", "md5": {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}}
         what, accuracy = WHAT, 100.0 * float((log_probs.argmax(1) == labels).mean())

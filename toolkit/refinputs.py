@@ -106,10 +106,11 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_inputs(folder: str | os.PathLike, inputs: np.ndarray) -> dict:
-    """Atomically write `<folder>/inputs.npy`; what the golden outputs' entry records about it."""
+def write_inputs(folder: str | os.PathLike, inputs: np.ndarray, to: Path | None = None) -> dict:
+    """Atomically write `<folder>/inputs.npy` (or the scratch file `to` that becomes it); what the golden outputs'
+    entry records about it."""
     data = npy_bytes(inputs)
-    fileio.write_bytes(Path(folder) / INPUTS_NAME, data)
+    fileio.write_bytes(to or Path(folder) / INPUTS_NAME, data, Path(folder) / INPUTS_NAME)
     return {"inputs": INPUTS_NAME, "input_shape": list(inputs.shape[1:]), "rows": len(inputs),
             "size_bytes": len(data), "sha256": fileio.digest(data)}
 

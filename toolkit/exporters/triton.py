@@ -96,33 +96,54 @@ def remove_repository(out_dir: str | os.PathLike) -> bool:
 def write_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> list[TritonModel]:
     """Lay out `<out_dir>/triton/` for the served artifacts (ARTIFACTS), replacing any earlier repository."""
+    models, staging = stage_repository(out_dir, artifacts, max_batch_size)
+    replace_repository(out_dir, staging)
+    return models
+
+
+def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
+                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, sources: dict[str, Path] | None = None
+                     ) -> tuple[list[TritonModel], Path]:
+    """The repository for the served artifacts, laid out in a hidden folder of `out_dir` (replace_repository puts
+    it in place); `sources`: where an artifact's file is while it is not yet in `out_dir`."""
     if not 1 <= max_batch_size <= MAX_MAX_BATCH_SIZE:
         raise ConfigError(f"Triton max batch size must be between 1 and {MAX_MAX_BATCH_SIZE}, got {max_batch_size}")
     out_dir = Path(out_dir)
     served = [a for a in artifacts if (a.format, a.precision) in ARTIFACTS]
     models = [model_config(a, max_batch_size) for a in served]
     target = out_dir / REPOSITORY
+    staging = None
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-", dir=out_dir))
-        try:
-            for model, artifact in zip(models, served):
-                version = staging / model.name / "1"
-                version.mkdir(parents=True)
-                shutil.copyfile(out_dir / artifact.file, version / _platform(artifact)[1])
-                (staging / model.name / "config.pbtxt").write_text(model.config)
-            os.chmod(staging, 0o755)
-            old = None
-            if target.is_symlink() or target.is_file():
-                raise OutputError(f"{target} exists and is not a folder; remove it to export a Triton repository")
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-old-", dir=out_dir))
-                os.replace(target, old / REPOSITORY)
-            os.replace(staging, target)
-            if old is not None:
-                shutil.rmtree(old)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+        for model, artifact in zip(models, served):
+            version = staging / model.name / "1"
+            version.mkdir(parents=True)
+            shutil.copyfile((sources or {}).get(artifact.file, out_dir / artifact.file),
+                            version / _platform(artifact)[1])
+            (staging / model.name / "config.pbtxt").write_text(model.config)
+        os.chmod(staging, 0o755)
+    except OSError as e:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
+    return models, staging
+
+
+def replace_repository(out_dir: str | os.PathLike, staging: Path) -> None:
+    """Rename the staged repository to `<out_dir>/triton/`, in place of an earlier one."""
+    target = Path(out_dir) / REPOSITORY
+    try:
+        if target.is_symlink() or target.is_file():
+            raise OutputError(f"{target} exists and is not a folder; remove it to export a Triton repository")
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-old-", dir=out_dir))
+            os.replace(target, old / REPOSITORY)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old)
     except OSError as e:
         raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
-    return models
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

@@ -1,0 +1,112 @@
+"""An export's new files, written under hidden scratch names in its folder and put in place together at the end.
+
+Until `commit`, the folder's own files are untouched: a failed or interrupted export discards its scratch files
+and leaves the folder exactly as it was. `commit` only removes and renames (it needs no disk space): first the
+previous export's stale files go, then the new files take their names (the previous manifest's hashes refuse them
+until the new manifest replaces it), then the Triton repository, and the manifest last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from toolkit.errors import OutputError
+
+Log = Callable[[str], None]
+
+
+class Staging:
+    """The scratch files of one export into `out_dir`, and what its commit removes."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.files: dict[str, Path] = {}  # final name -> scratch file, renamed in this order
+        self.stale: dict[str, tuple[Callable[[], object], str]] = {}  # name -> (how to remove it, why)
+        self.triton: Path | None = None  # a staged Triton repository
+        self.replace_triton: Callable[[Path], object] | None = None
+
+    def scratch(self, name: str) -> Path:
+        """A new empty file beside `out_dir/name` that commit renames to `name`."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out_dir)
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
+        except OSError as e:
+            raise OutputError(f"cannot write {self.out_dir / name}: {e.strerror or e}") from None
+        self.files[name] = Path(tmp)
+        return Path(tmp)
+
+    def add(self, name: str, scratch: Path) -> None:
+        """A scratch file written elsewhere in `out_dir` (a builder's companion file) that commit renames to `name`."""
+        self.files[name] = scratch
+
+    def remove(self, name: str, how: Callable[[], object], why: str) -> None:
+        """Remove `name` at commit (`how` does it), saying `why`."""
+        self.stale.setdefault(name, (how, why))
+
+    def discard(self) -> None:
+        """Remove every scratch file (and what a builder wrote beside it): the folder is as it was."""
+        for scratch in self.files.values():
+            for leftover in [scratch, *scratch.parent.glob(f"{_escaped(scratch.name)}?*")]:
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+        if self.triton is not None:
+            shutil.rmtree(self.triton, ignore_errors=True)
+        self.files, self.triton = {}, None
+
+    def commit(self, log: Log) -> list[str]:
+        """Put everything in place (see the module's docstring); the names removed. A signal waits until it ends."""
+        manifest = [(name, path) for name, path in self.files.items() if name == MANIFEST_LAST]
+        with _signals_deferred():
+            for name, (how, why) in self.stale.items():
+                how()
+                log(f"removed {name}: {why}")
+            for name, scratch in self.files.items():
+                if name != MANIFEST_LAST:
+                    _rename(scratch, self.out_dir / name)
+            if self.triton is not None and self.replace_triton is not None:
+                self.replace_triton(self.triton)
+            for name, scratch in manifest:
+                _rename(scratch, self.out_dir / name)
+        self.files, self.triton = {}, None
+        return list(self.stale)
+
+
+MANIFEST_LAST = "manifest.json"
+
+
+def _escaped(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _rename(scratch: Path, path: Path) -> None:
+    try:
+        os.replace(scratch, path)  # a symlink at `path` is replaced itself, never followed
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while the files are put in place, then act on them as their handlers would."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in caught[:1]:
+            signal.raise_signal(s)
