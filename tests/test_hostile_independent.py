@@ -185,11 +185,16 @@ def test_predict_refuses_a_hostile_image(exported, tmp_path, sentinel, make):
     assert _snapshot(sentinel) == before
 
 
-def test_a_16_bit_png_gives_the_same_digit_as_its_8_bit_twin(exported, tmp_path):
-    eight = _digit_png(tmp_path / "eight.png", seed=3)
-    sixteen = tmp_path / "sixteen.png"
-    Image.fromarray(np.asarray(Image.open(eight)).astype(np.uint16) * 257).save(sixteen)
-    assert Image.open(sixteen).mode.startswith("I")
+@pytest.mark.parametrize("transparency", [None, 0], ids=["opaque", "transparent-black"])
+def test_a_16_bit_png_gives_the_same_digit_as_its_8_bit_twin(exported, tmp_path, transparency):
+    pixels = np.asarray(Image.open(_digit_png(tmp_path / "noise.png", seed=3)))
+    pixels = np.where(pixels < 128, 0, pixels).astype(np.uint8)  # black for the transparent gray to take
+    options = {} if transparency is None else {"transparency": transparency}  # a tRNS chunk: one gray value
+    eight, sixteen = tmp_path / "eight.png", tmp_path / "sixteen.png"
+    Image.fromarray(pixels).save(eight, **options)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(sixteen, **options)
+    with Image.open(sixteen) as img:
+        assert img.mode.startswith("I") and img.info.get("transparency") == transparency
     result = _cli("predict", "--json", "-", eight, sixteen, "--model", exported / "model.app.onnx", cwd=tmp_path)
     _check(result, 0)
     a, b = json.loads(result.stdout)

@@ -56,12 +56,15 @@ def load_image(path: str | os.PathLike, invert: bool | None = None) -> np.ndarra
                 raise ImageError(f"{path}: {img.width}x{img.height} is too large "
                                  f"(limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit gray: convert("L") or "RGBA" would clip
+                values = np.asarray(img, dtype=np.float64)
+                gray = np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8)
+                if "transparency" in img.info:  # one transparent gray value: white shows through, as below
+                    gray[values == img.info["transparency"]] = 255
+            elif img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit gray: convert("L") would clip at 255
-                gray = np.rint(np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257).astype(np.uint8)
+                gray = np.asarray(Image.alpha_composite(background, rgba).convert("L"), dtype=np.uint8)
             else:
                 gray = np.asarray(img.convert("L"), dtype=np.uint8)
     except ImageError:
