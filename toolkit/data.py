@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fileio
-from toolkit.errors import DataError, OutputError
+from toolkit.errors import ConfigError, DataError, OutputError
 from toolkit.preprocess import MEAN, STD, normalize
 
 # MD5 of the uncompressed official files.
@@ -345,6 +345,16 @@ def _local_detail(problems: dict[str, str]) -> str:
     return "; ".join(f"{n}: {p}" for n, p in problems.items()) or "all verified"
 
 
+def _check_repairable(raw: Path, problems: dict[str, str]) -> None:
+    """Make the folder the files are written to, or raise naming the files it should have repaired."""
+    try:
+        fileio.check_writable_dir(raw, "MNIST data")
+    except ConfigError as e:
+        if set(problems.values()) == {"missing"}:
+            raise
+        raise DataError(f"{_local_detail(problems)}; repairing needs write access: {e}") from None
+
+
 def ensure_mnist(
     data_dir: str | os.PathLike,
     *,
@@ -359,10 +369,12 @@ def ensure_mnist(
     """
     sources = SOURCES if sources is None else sources
     raw = raw_dir(data_dir)
-    fileio.check_writable_dir(raw, "MNIST data")
     report = DataReport(data_dir=str(data_dir))
 
-    problems = check_local(data_dir)
+    # verified files need no write access (a read-only data folder is fine); a repair does
+    problems = check_local(data_dir) if raw.is_dir() else dict.fromkeys(MNIST_FILES, "missing")
+    if problems:
+        _check_repairable(raw, problems)
     good = [n for n in MNIST_FILES if n not in problems]
     report.attempts.append(Attempt("files already there", list(MNIST_FILES), good, _local_detail(problems)))
     for name, problem in problems.items():
