@@ -116,6 +116,19 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "toolkit data" in assert_one_line_error(result, 2)
 
 
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory, mnist_dir):
+    """A real run of 2 epochs on 500 images on the CPU, stopped after its first: one epoch left to resume."""
+    run_dir = tmp_path_factory.mktemp("cut-run") / "run"
+
+    def stop(stats, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(epochs=2, train_limit=500, device="cpu"), mnist_dir, run_dir, on_epoch=stop)
+    return run_dir
+
+
 def _run_copy(short_run, tmp_path, mutate=lambda ckpt: None):
     """A copy of a real run folder whose checkpoint `mutate` changed (saved with torch.save, as a tool would)."""
     run_dir = tmp_path / "run"
@@ -149,19 +162,19 @@ def test_resume_refuses_an_impossible_history(tmp_path, short_run, mnist_dir, fi
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
 
 
-def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, short_run, mnist_dir):
+def test_resume_reads_a_history_written_before_its_optional_fields(tmp_path, cut_run, mnist_dir):
     def older(ckpt):
         for row in ckpt["history"]:
             for key in ("val_loss", "val_accuracy", "peak_lr"):
                 del row[key]
 
-    run_dir = _run_copy(short_run, tmp_path, older)
+    run_dir = _run_copy(cut_run, tmp_path, older)
     result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
     assert "resumed after epoch 1" in result.stdout
 
 
-def test_resume_trains_the_checkpoint_it_showed_though_the_file_changes(tmp_path, short_run, mnist_dir,
+def test_resume_trains_the_checkpoint_it_showed_though_the_file_changes(tmp_path, cut_run, mnist_dir,
                                                                         monkeypatch):
     import shutil
 
@@ -171,7 +184,7 @@ def test_resume_trains_the_checkpoint_it_showed_though_the_file_changes(tmp_path
     done = run_cli("train", "--model", "mlp", "--epochs", "1", "--train-limit", "500", "--device", "cpu", "--out",
                    other, "--data-dir", mnist_dir)
     assert done.exit_code == 0, done.stderr
-    run_dir = _run_copy(short_run, tmp_path)
+    run_dir = _run_copy(cut_run, tmp_path)
     display = toolkit.cli.pipeline.epoch_display
 
     def replaced_then_displayed(*args, **kwargs):
@@ -238,3 +251,56 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, short_run, mnist_di
     assert "give one" in assert_one_line_error(result, 2)
     assert (run_dir / "checkpoint.pt").read_bytes() == before
 
+
+
+def _no_data_read(monkeypatch):
+    import toolkit.train
+
+    monkeypatch.setattr(toolkit.train, "_load_tensors", lambda *a: pytest.fail("the data was read first"))
+
+
+@pytest.mark.parametrize("files", [["history.json"], ["errors.png"], ["history.json", "errors.png"]])
+def test_a_new_run_never_replaces_files_already_in_its_folder(tmp_path, mnist_dir, monkeypatch, files):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in files:
+        (run_dir / name).write_text("my notes\n")
+    args = ["train", "--epochs", "1", "--train-limit", "500", "--device", "cpu", "--out", run_dir,
+            "--data-dir", mnist_dir]
+    _no_data_read(monkeypatch)
+    line = assert_one_line_error(run_cli(*args), 2)
+    assert f"{run_dir} already holds {' and '.join(files)}; pass --overwrite to replace" in line, line
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(files)
+    assert all((run_dir / name).read_text() == "my notes\n" for name in files)
+    monkeypatch.undo()
+    result = run_cli(*args, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((run_dir / "history.json").read_text())["epochs"][0]["epoch"] == 1
+    assert (run_dir / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_a_folder_named_checkpoint_pt_is_refused_as_what_it_is(tmp_path, mnist_dir, monkeypatch, flag):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint.pt").mkdir(parents=True)
+    _no_data_read(monkeypatch)
+    result = run_cli("train", "--epochs", "1", "--train-limit", "500", "--device", "cpu", "--out", run_dir,
+                     "--data-dir", mnist_dir, *flag)
+    line = assert_one_line_error(result, 2)
+    assert line == (f"error: {run_dir / 'checkpoint.pt'} is a folder, not a checkpoint; move it away or choose "
+                    "another --out"), line
+    assert [p.name for p in run_dir.iterdir()] == ["checkpoint.pt"] and (run_dir / "checkpoint.pt").is_dir()
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, short_run, mnist_dir, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("checkpoint.pt", "history.json", "errors.png"):
+        (run_dir / name).write_bytes((short_run / name).read_bytes())
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
+    _no_data_read(monkeypatch)
+    result = run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == (f"{run_dir} has finished its 1 epoch; nothing to resume (to train longer: a "
+                                     "new run with --epochs N, in another --out or here with --overwrite)")
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()} == before

@@ -175,17 +175,17 @@ def train(
     if resume:
         state = resume_from if resume_from is not None else load_checkpoint(ckpt_path)
         config = config_from_checkpoint(state["config"], config)
+        if (why := finished(run_dir, state, config)):
+            raise ConfigError(why)
     validate(config)
     device = resolve_device(config.device)
-    if not resume and ckpt_path.exists() and not overwrite:
-        raise ConfigError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
-                          "--overwrite to start again, or choose another --out")
+    _check_run_files(run_dir, keep=not (resume or overwrite))
     use_bf16 = config.bf16 and bf16_supported(device)
     if device == "cpu":
         heap.keep_freed_memory()  # each step reuses the last step's memory instead of page-faulting on new
 
     data = _load_tensors(config, data_dir, device)
-    _prepare_run_folder(run_dir)  # once the data is there: a failed start leaves no folder
+    fileio.check_writable_dir(run_dir, "run folder")  # once the data is there: a failed start leaves no folder
     torch.manual_seed(config.seed)
     rngs = Generators(shuffle=torch.Generator().manual_seed(config.seed),
                       augment=torch.Generator().manual_seed(config.seed + 1))
@@ -233,15 +233,40 @@ def _as_applied(config: TrainConfig, model) -> TrainConfig:
     return config
 
 
-def _prepare_run_folder(run_dir: Path) -> None:
-    """Make the run folder and check that each file a run writes there can be written, before the first epoch
-    rather than after it."""
-    fileio.check_writable_dir(run_dir, "run folder")
+def finished(run_dir: str | Path, state: dict[str, Any], config: TrainConfig) -> str | None:
+    """Why resuming the run of checkpoint `state` would train nothing (its history holds all its epochs), or None;
+    None too for a history that does not hold together, which resuming then refuses, saying what is wrong."""
+    try:
+        done = len(_history(state["history"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if done != config.epochs or state.get("epoch") != done:
+        return None
+    return (f"{run_dir} has finished its {config.epochs} epoch{'s' * (config.epochs != 1)}; nothing to resume "
+            "(to train longer: a new run with --epochs N, in another --out or here with --overwrite)")
+
+
+def _check_run_files(run_dir: Path, keep: bool) -> None:
+    """Before any data is read: refuse a folder (or a link, FIFO, ...) where a run file goes, and, with `keep`
+    (a new run without --overwrite), any run file already there, so nothing of a user's is replaced unasked."""
+    if not run_dir.is_dir():
+        return  # nothing in it yet; whether it can be made is checked once the data is there
     for name in RUN_FILES:
+        path = run_dir / name
         try:
-            fileio.check_target(run_dir / name)
+            fileio.check_target(path)
         except IsADirectoryError:
-            raise OutputError(f"cannot write {run_dir / name}: a folder is in the way") from None
+            problem = (f"{path} is a folder, not a checkpoint" if name == CHECKPOINT_NAME
+                       else f"cannot write {path}: a folder is in the way")
+            raise OutputError(f"{problem}; move it away or choose another --out") from None
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not keep or not existing:
+        return
+    if CHECKPOINT_NAME in existing:
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                          "--overwrite to start again, or choose another --out")
+    raise ConfigError(f"{run_dir} already holds {' and '.join(existing)}; pass --overwrite to replace "
+                      f"{'them' if len(existing) > 1 else 'it'}, or choose another --out")
 
 
 @dataclass

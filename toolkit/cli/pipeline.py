@@ -73,6 +73,21 @@ def _resumed_run(run_dir: Path):
     return state, config_from_checkpoint(state["config"], make_config(DEFAULT_RECIPE))
 
 
+def _run_to_resume(ctx: typer.Context, out_dir: Path | None, overrides: dict):
+    """The folder of the run to resume, its checkpoint and its settings; options that would change them are refused."""
+    from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
+    from toolkit.errors import ConfigError
+
+    kept = [name for name in ("model", "recipe", "seed", "device") if given(ctx, name)]
+    kept += [name for name, value in overrides.items() if value is not None]
+    if kept:
+        raise ConfigError("--resume continues a run with its own model and settings; drop "
+                          + ", ".join(f"--{name.replace('_', '-')}" for name in kept))
+    require("torch")  # before looking for the run: with no torch, there is none to find and none to train
+    run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
+    return (run_dir, *_resumed_run(run_dir))
+
+
 def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(metavar="MODEL", help="convnet or mlp.")] = DEFAULT_MODEL,
@@ -94,7 +109,9 @@ def train(
         help="Run folder.")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue the run in --out (without --out: the latest run under runs/).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start again in a run folder that holds a checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Start again in a run folder that holds a run's files (checkpoint.pt, history.json, errors.png), "
+             "replacing them.")] = False,
     train_limit: Annotated[Optional[int], typer.Option(
         metavar="N", show_default="all 60,000", help="Train on the first N images only (smoke tests).")] = None,
     holdout: Annotated[Optional[int], typer.Option(
@@ -108,21 +125,19 @@ def train(
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Train a model on MNIST; writes checkpoint.pt, history.json and errors.png to the run folder."""
-    from toolkit.checkpoint import DEFAULT_RUNS_DIR, latest_checkpoint
-    from toolkit.errors import ConfigError
+    from toolkit.checkpoint import DEFAULT_RUNS_DIR
     from toolkit.recipes import make_config
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, train_limit=train_limit, holdout=holdout, bf16=bf16)
     state = None
     if resume:
-        kept = [name for name in ("model", "recipe", "seed", "device") if given(ctx, name)]
-        kept += [name for name, value in overrides.items() if value is not None]
-        if kept:
-            raise ConfigError("--resume continues a run with its own model and settings; drop "
-                              + ", ".join(f"--{name.replace('_', '-')}" for name in kept))
-        require("torch")  # before looking for the run: with no torch, there is none to find and none to train
-        run_dir = out_dir or latest_checkpoint(DEFAULT_RUNS_DIR).parent
-        state, config = _resumed_run(run_dir)
+        run_dir, state, config = _run_to_resume(ctx, out_dir, overrides)
+        from toolkit.train import finished
+
+        # nothing to do is not a failure (a script may resume to be sure); --overwrite too is refused by train
+        if not overwrite and (why := finished(run_dir, state, config)):
+            out.print(why, soft_wrap=True)
+            return
     else:
         config = make_config(recipe, model=model, seed=seed, device=device, **overrides)
         run_dir = out_dir or DEFAULT_RUNS_DIR / f"{config.model}-{config.recipe}-seed{config.seed}"
