@@ -3,12 +3,22 @@ The files built and verified this way, end to end, are in test_input_shape.py.""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from toolkit.calibration import FROM_CALIBRATION_INPUTS, FROM_REFERENCE_INPUTS, calibration_side, judged_rows, plan
+from toolkit.calibration import (
+    FROM_CALIBRATION_INPUTS,
+    FROM_REFERENCE_INPUTS,
+    NothingHeldOut,
+    also_calibrating,
+    calibration_side,
+    judged_rows,
+    plan,
+)
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.reference import Reference
 
@@ -19,8 +29,13 @@ def _reference(rows: np.ndarray, labels=None) -> Reference:
     return Reference(rows, labels, np.arange(len(rows) * 10, dtype=np.float32).reshape(-1, 10))
 
 
-def _int8(split: str, precision: str = "int8") -> SimpleNamespace:
-    return SimpleNamespace(file="model.int8.onnx", precision=precision, settings={"calibration_split": split})
+def _int8(split, precision: str = "int8", folder: Path | None = None, **settings) -> SimpleNamespace:
+    """The manifest entry of an int8 file calibrated as `split` says, in `folder` (beside a manifest whose golden
+    outputs' reference inputs have the SHA-256 'ab')."""
+    if folder is not None:
+        (folder / "manifest.json").write_text(json.dumps({"golden": {"data": {"sha256": "ab"}}}))
+    return SimpleNamespace(file="model.int8.onnx", precision=precision, path=str((folder or Path(".")) / "m.onnx"),
+                           settings={"reference_inputs_sha256": "ab", **settings, "calibration_split": split})
 
 
 def test_a_row_is_on_one_side_wherever_it_is():
@@ -62,15 +77,30 @@ def test_calibration_inputs_that_are_also_reference_inputs_are_counted():
     assert len(plan(ROWS[:100], calib, size=20, seed=0).inputs) == 20
 
 
-def test_only_an_int8_file_calibrated_on_reference_inputs_is_judged_on_the_others():
+def test_only_an_int8_file_calibrated_on_reference_inputs_is_judged_on_the_others(tmp_path: Path):
     ref = _reference(ROWS)
     held = ~calibration_side(ROWS)
-    cut = judged_rows(_int8(FROM_REFERENCE_INPUTS), ref)
+    cut = judged_rows(_int8(FROM_REFERENCE_INPUTS, folder=tmp_path), ref)
     assert (cut.pixels == ROWS[held]).all() and (cut.log_probs == ref.log_probs[held]).all()
-    for artifact in (_int8(FROM_CALIBRATION_INPUTS), _int8("train"), _int8(FROM_REFERENCE_INPUTS, "fp32"), None,
-                     "runs/x/checkpoint.pt"):
+    calibrated = _int8(FROM_CALIBRATION_INPUTS, folder=tmp_path, calibration_inputs={"sha256": "cd", "rows": 9},
+                       reference_inputs_in_calibration=3)
+    for artifact in (calibrated, _int8(FROM_REFERENCE_INPUTS, "fp32"), None, "runs/x/checkpoint.pt"):
         assert judged_rows(artifact, ref) is ref
+    assert also_calibrating(calibrated, ref) == 3 and also_calibrating(_int8(FROM_REFERENCE_INPUTS), ref) == 0
     labelled = _reference(ROWS, labels=np.zeros(len(ROWS), np.int64))  # MNIST: the test set never calibrates
     assert judged_rows(_int8(FROM_REFERENCE_INPUTS), labelled) is labelled
-    with pytest.raises(ArtifactError, match="none of the 3 reference inputs checked is held out"):
-        judged_rows(_int8(FROM_REFERENCE_INPUTS), _reference(ROWS[calibration_side(ROWS)][:3]))
+    with pytest.raises(NothingHeldOut, match="none of the 3 reference inputs checked is held out.*--inputs"):
+        judged_rows(_int8(FROM_REFERENCE_INPUTS, folder=tmp_path), _reference(ROWS[calibration_side(ROWS)][:3]))
+
+
+@pytest.mark.parametrize("settings", [
+    {"calibration_split": "train"}, {"calibration_split": None}, {"calibration_split": 5},
+    {"calibration_split": FROM_CALIBRATION_INPUTS},  # without what that calibration recorded
+    {"calibration_split": FROM_CALIBRATION_INPUTS, "calibration_inputs": {"sha256": "cd", "rows": 9},
+     "reference_inputs_in_calibration": "3"},
+])
+def test_an_int8_entry_that_does_not_say_what_calibrated_it_is_malformed(tmp_path: Path, settings):
+    with pytest.raises(ArtifactError, match="does not say which rows calibrated it"):
+        judged_rows(_int8(settings.pop("calibration_split"), folder=tmp_path, **settings), _reference(ROWS))
+    with pytest.raises(ArtifactError, match="for other reference inputs"):
+        judged_rows(_int8(FROM_REFERENCE_INPUTS, folder=tmp_path, reference_inputs_sha256="ef"), _reference(ROWS))

@@ -608,3 +608,107 @@ def test_the_model_is_probed_on_its_reference_inputs(colour_model: Path):
     line = assert_one_line_error(export("ref.npy", "refused-negative"), 2)
     assert "returns NaN or infinity on the probe batch (rows of --inputs [3,3,32,32])" in line
     assert not (colour_model / "refused-negative").exists()
+
+
+def _copy_with_int8_settings(colour_export: Path, folder: Path, change) -> Path:
+    """A copy of the export whose int8 entries' settings `change` rewrote (a hand-edited manifest)."""
+    import shutil
+
+    shutil.copytree(colour_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["precision"] == "int8":
+            change(a["settings"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("split", ["deleted", "bogus", 5, None, "train", "calibration inputs"])
+def test_an_int8_entry_that_does_not_say_what_calibrated_it_is_refused(colour_export: Path, tmp_path: Path, split):
+    def change(settings):
+        settings.pop("calibration_split")
+        if split != "deleted":
+            settings["calibration_split"] = split
+
+    folder = _copy_with_int8_settings(colour_export, tmp_path / "x", change)
+    no_mnist = tmp_path / "no-mnist"
+    line = assert_one_line_error(run_cli("verify", "--artifacts", folder, "--format", "onnx", "--precision", "int8",
+                                         "--data-dir", no_mnist))
+    assert "model.int8.onnx does not say which rows calibrated it" in line
+    if split == "bogus":  # bench and compare refuse it as verify does, before timing or comparing anything
+        bench = run_cli("bench", "--artifacts", folder, "--format", "onnx", "--precision", "int8", "--data-dir",
+                        no_mnist, "--batch-sizes", "1", "--seconds", "0.05", "--rounds", "1")
+        assert "does not say which rows calibrated it" in assert_one_line_error(bench)
+        bench = run_cli("bench", folder / "model.int8.onnx", "--data-dir", no_mnist, "--batch-sizes", "1",
+                        "--seconds", "0.05", "--rounds", "1")
+        assert "does not say which rows calibrated it" in assert_one_line_error(bench)
+        compare = run_cli("compare", folder / "model.onnx", folder / "model.int8.onnx", "--data-dir", no_mnist)
+        assert "does not say which rows calibrated it" in assert_one_line_error(compare)
+
+
+def test_an_int8_entry_of_other_reference_inputs_is_refused(colour_export: Path, tmp_path: Path):
+    folder = _copy_with_int8_settings(colour_export, tmp_path / "x",
+                                      lambda settings: settings.update(reference_inputs_sha256="0" * 64))
+    line = assert_one_line_error(run_cli("verify", "--artifacts", folder, "--format", "onnx", "--precision", "int8",
+                                         "--data-dir", tmp_path / "no-mnist"))
+    assert "model.int8.onnx was calibrated and judged for other reference inputs than inputs.npy" in line
+
+
+def test_new_reference_inputs_drop_the_int8_files_calibrated_for_the_old(colour_model: Path, tmp_path: Path):
+    shape = ("--input-shape", "3,32,32", "--format", "onnx")
+    both = ("--inputs", colour_model / "ref.npy", "--calibration-inputs", colour_model / "ref.npy")
+    result = _export(colour_model, *shape, "--precision", "fp32,int8", *both, out="reinputs")
+    assert result.exit_code == 0, result.stderr
+    np.save(tmp_path / "fewer.npy", np.load(colour_model / "ref.npy")[:40])
+    result = _export(colour_model, *shape, "--precision", "fp32", "--inputs", tmp_path / "fewer.npy", out="reinputs")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "removed model.int8.onnx: it was calibrated and judged on other reference inputs" in said
+    folder = colour_model / "reinputs"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx"]
+    assert not (folder / "model.int8.onnx").exists()
+
+
+def test_int8_calibrated_on_the_reference_inputs_themselves_says_so(colour_model: Path, tmp_path: Path):
+    ref = colour_model / "ref.npy"
+    result = _export(colour_model, "--input-shape", "3,32,32", "--format", "onnx", "--precision", "int8",
+                     "--inputs", ref, "--calibration-inputs", ref, out="overlap")
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("verify", "--artifacts", colour_model / "overlap", "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"judged on all {K} reference inputs, {K} of which also calibrated it" in said
+
+
+def test_bench_says_an_int8_file_it_could_not_judge_was_not_checked(colour_export: Path, tmp_path: Path):
+    from toolkit.calibration import calibration_side
+
+    assert calibration_side(colour_images(K, seed=2)[0][:1])[0]  # the one row sampled calibrated the file
+    result = run_cli("bench", "--artifacts", colour_export, "--format", "onnx", "--precision", "int8",
+                     "--verify-images", "1", "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "1",
+                     "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "FAILED" not in said
+    assert ("not verified: onnxruntime onnx/int8: not checked: none of the 1 reference inputs checked is held out "
+            "from the int8 calibration") in said and "--verify-images" in said
+    assert all(p["verified"] is None for p in json.loads((tmp_path / "b.json").read_text())["points"])
+
+
+@pytest.mark.parametrize(("rows", "junk", "says"), [
+    (10**9, b"", "its header says 1000000000 rows of [3, 32, 32] float32 (12,288,000,000,000 bytes of data)"),
+    (K, b"xyz", f"its header says {K} rows of [3, 32, 32] float32 ({K * 3 * 32 * 32 * 4:,} bytes of data), but the "
+                f"file holds {K * 3 * 32 * 32 * 4 + 3:,} bytes"),
+])
+def test_an_npy_whose_header_does_not_match_its_size_is_refused(colour_model: Path, tmp_path: Path, rows, junk,
+                                                                says):
+    import io
+
+    buf = io.BytesIO()  # a small file whose header claims `rows` (numpy would try to allocate them all)
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (rows, 3, 32, 32)})
+    (tmp_path / "bad.npy").write_bytes(buf.getvalue() + np.load(colour_model / "ref.npy").tobytes() + junk)
+    line = assert_one_line_error(_export(colour_model, "--input-shape", "3,32,32", "--inputs", tmp_path / "bad.npy",
+                                         out="refused-header"), 2)
+    assert says in line
+    assert not (colour_model / "refused-header").exists()

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit import fileio, refinputs
+from toolkit.artifacts import read_manifest_field
 from toolkit.errors import ArtifactError, ConfigError
 
 # calibration_split of an int8 file's manifest entry: where its calibration rows came from
@@ -52,6 +56,8 @@ def plan(reference: np.ndarray, calibration_inputs: np.ndarray | None, size: int
     or, without them, of the calibration side of the `reference` inputs (ConfigError when either side of those is
     empty)."""
     rng = np.random.default_rng(seed)
+    # what the int8 files depend on besides the weights: an export with other --inputs does not keep them
+    judged = {"reference_inputs_sha256": fileio.digest(refinputs.npy_bytes(reference))}
     if calibration_inputs is None:
         pool = np.flatnonzero(calibration_side(reference))
         held_out = len(reference) - len(pool)
@@ -64,7 +70,7 @@ def plan(reference: np.ndarray, calibration_inputs: np.ndarray | None, size: int
             "calibration_split": FROM_REFERENCE_INPUTS,
             "judged_on": f"the {held_out} of the {len(reference)} reference inputs held out from calibration (the "
                          "SHA-256 of the row's float32 bytes starts with an odd byte)",
-            "judged_by": JUDGED_BY})
+            "judged_by": JUDGED_BY, **judged})
     pick = np.sort(rng.choice(len(calibration_inputs), size=min(size, len(calibration_inputs)), replace=False))
     chosen = calibration_inputs[pick]
     seen = {np.ascontiguousarray(row).tobytes() for row in chosen}
@@ -75,19 +81,66 @@ def plan(reference: np.ndarray, calibration_inputs: np.ndarray | None, size: int
         "reference_inputs_in_calibration": int(overlap),
         "judged_on": f"all {len(reference)} reference inputs"
                      + (f", {overlap} of them also calibration rows" if overlap else ""),
-        "judged_by": JUDGED_BY})
+        "judged_by": JUDGED_BY, **judged})
 
 
-def judged_rows(artifact: Any, ref: Any) -> Any:
-    """`ref` (a reference.Reference) cut to the rows that may judge `artifact`: for an int8 file calibrated on the
-    calibration side of its reference inputs, the held-out rows; every row otherwise. ArtifactError when none
-    of the rows given is held out."""
+def _judged_on_inputs(artifact: Any, ref: Any) -> bool:
+    """Whether `artifact` is an int8 file judged on reference inputs (an --input-shape export's)."""
+    return ref.labels is None and getattr(artifact, "precision", "") == "int8"
+
+
+def check_entry(artifact: Any, ref: Any) -> None:
+    """ArtifactError (a malformed manifest) when the entry of an int8 file judged on reference inputs does not say
+    where its calibration rows came from, in full, or was made for other reference inputs than the folder's: the
+    rows that judge it cannot be known then, and judging it on its own calibration rows would pass it unearned."""
+    if not _judged_on_inputs(artifact, ref):
+        return
+    settings = getattr(artifact, "settings", None)
+    settings = settings if isinstance(settings, dict) else {}
+    split, source = settings.get("calibration_split"), settings.get("calibration_inputs")
+    overlap = settings.get("reference_inputs_in_calibration")
+    complete = split == FROM_REFERENCE_INPUTS or (
+        split == FROM_CALIBRATION_INPUTS and isinstance(source, dict) and isinstance(source.get("sha256"), str)
+        and type(source.get("rows")) is int and type(overlap) is int and overlap >= 0)
+    folder = Path(getattr(artifact, "path", "") or ".").parent
+    where = f"{folder / 'manifest.json'}: {getattr(artifact, 'file', 'the int8 file')}"
+    if not complete:
+        raise ArtifactError(f"{where} does not say which rows calibrated it (settings.calibration_split "
+                            f"{json.dumps(split)[:40]}, or its record of the calibration inputs, is malformed); "
+                            "export it again")
+    golden = read_manifest_field(folder, "golden")
+    data = golden.get("data") if isinstance(golden, dict) else None
+    if settings.get("reference_inputs_sha256") != (data.get("sha256") if isinstance(data, dict) else None):
+        raise ArtifactError(f"{where} was calibrated and judged for other reference inputs than "
+                            f"{refinputs.INPUTS_NAME} beside it; export it again")
+
+
+def also_calibrating(artifact: Any, ref: Any) -> int:
+    """How many of the reference inputs `ref` (all of an export's) also calibrated `artifact`: the overlap of
+    --calibration-inputs with --inputs its manifest entry records; 0 for any other file."""
     settings = getattr(artifact, "settings", None) or {}
-    if (ref.labels is not None or getattr(artifact, "precision", "") != "int8"
-            or settings.get("calibration_split") != FROM_REFERENCE_INPUTS):
+    if not _judged_on_inputs(artifact, ref) or settings.get("calibration_split") != FROM_CALIBRATION_INPUTS:
+        return 0
+    return int(settings.get("reference_inputs_in_calibration") or 0)
+
+
+class NothingHeldOut(ArtifactError):
+    """None of the reference inputs checked may judge an int8 file: each of them calibrated it."""
+
+
+MORE_INPUTS = "export again with more reference inputs (--inputs), or calibrate on --calibration-inputs FILE.npy"
+
+
+def judged_rows(artifact: Any, ref: Any, more: str = MORE_INPUTS) -> Any:
+    """`ref` (a reference.Reference) cut to the rows that may judge `artifact`: for an int8 file calibrated on the
+    calibration side of its reference inputs, the held-out rows; every row otherwise. ArtifactError when its
+    manifest entry is malformed (check_entry); NothingHeldOut, saying `more` (how to get such rows), when none of
+    the rows given is held out."""
+    check_entry(artifact, ref)
+    if not _judged_on_inputs(artifact, ref) or artifact.settings.get("calibration_split") != FROM_REFERENCE_INPUTS:
         return ref
     held_out = ~calibration_side(ref.pixels)
     if not held_out.any():
-        raise ArtifactError(f"none of the {len(ref.pixels)} reference inputs checked is held out from the int8 "
-                            "calibration; check more of them")
+        raise NothingHeldOut(f"none of the {len(ref.pixels)} reference inputs checked is held out from the int8 "
+                             f"calibration (each may calibrate it); {more}")
     return dataclasses.replace(ref, pixels=ref.pixels[held_out], log_probs=ref.log_probs[held_out])

@@ -30,7 +30,7 @@ from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.exporters import ExportContext, triton
 from toolkit.formats import FORMATS
-from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE, write_inputs
+from toolkit.refinputs import INPUTS_NAME, MNIST_SHAPE, npy_bytes, write_inputs
 from toolkit.staging import Staging
 
 Log = Callable[[str], None]
@@ -45,8 +45,10 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
     commits.
 
     Another export (of another checkpoint or model: other_exports) is replaced only with `overwrite`, and then its
-    verify/bench results go too. Only files this exporter itself writes are ever removed, and only inside `out_dir`;
-    a manifest naming anything else is refused (read_manifest), never followed.
+    verify/bench results go too. An int8 file calibrated on other reference inputs than this export's goes, said
+    in the log: its calibration and the rows that judge it came from those. Only files this exporter itself writes
+    are ever removed, and only inside `out_dir`; a manifest naming anything else is refused (read_manifest), never
+    followed.
     """
     previous = previous_manifest(out_dir)
     others = other_exports(out_dir, previous, ctx, overwrite, newest_run)
@@ -57,15 +59,28 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
         if a.file in rebuilding:
             continue
         on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
-        if a.file not in others and on_disk:
+        stale = a.file not in others and _of_other_inputs(a, ctx)
+        if a.file not in others and on_disk and not stale:
             kept.append(a)
         else:
             for file in a.files:
-                staging.remove(file, _artifact_remover(out_dir, file), _OTHER)
+                staging.remove(file, _artifact_remover(out_dir, file), _OTHER_INPUTS if stale else _OTHER)
     return kept
 
 
 _OTHER = "it described another checkpoint or model"
+_OTHER_INPUTS = ("it was calibrated and judged on other reference inputs than --inputs now; export it again with "
+                 "--precision int8")
+
+
+def _of_other_inputs(artifact: Artifact, ctx: ExportContext) -> bool:
+    """Whether `artifact` was calibrated on reference inputs (its own or beside --calibration-inputs) other than
+    `ctx`'s, which decide the rows that judge it."""
+    settings = artifact.settings if isinstance(artifact.settings, dict) else {}
+    if "calibration_split" not in settings and "reference_inputs_sha256" not in settings:
+        return False  # calibrated on the MNIST training images, or not int8
+    ours = None if ctx.reference_inputs is None else fileio.digest(npy_bytes(ctx.reference_inputs))
+    return settings.get("reference_inputs_sha256") != ours
 
 
 def other_exports(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,

@@ -67,6 +67,26 @@ def declares_own_input(sample_shape: list | tuple, meta: dict[str, str]) -> bool
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 
+def _check_header(data: bytes, path: Path, option: str) -> None:
+    """ConfigError when the .npy header's shape is implausible or the file does not hold exactly the bytes it says,
+    before numpy allocates the array the header claims. ValueError for a header numpy cannot read."""
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(buf, max_header_size=10_000)
+    if dtype.hasobject or not isinstance(shape, tuple) or not shape:
+        return  # refused by np.load below (a pickle) or by the dtype and shape checks after it
+    if not 1 <= len(shape) <= MAX_DIMS + 1 or any(d > MAX_INPUT_ROWS * MAX_DIM for d in shape):
+        raise ConfigError(f"{option} {path} has shape {list(shape)[:MAX_DIMS + 2]} in its header; give at most "
+                          f"{MAX_INPUT_ROWS} inputs of at most {MAX_DIMS} sizes")
+    want = dtype.itemsize * int(np.prod(shape, dtype=object))
+    held = len(data) - buf.tell()
+    if want != held:
+        raise ConfigError(f"{option} {path}: its header says {shape[0]} rows of {list(shape[1:])} {dtype} "
+                          f"({want:,} bytes of data), but the file holds {held:,} bytes after the header; "
+                          "save it again with np.save")
+
+
 def load_inputs(path: str | os.PathLike, shape: tuple[int, ...], option: str = "--inputs") -> np.ndarray:
     """The float32 array [K, *shape] in the .npy at `path` (given as `option`), read without pickle; ConfigError in
     one line when the file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN
@@ -82,6 +102,7 @@ def load_inputs(path: str | os.PathLike, shape: tuple[int, ...], option: str = "
         raise ConfigError(f"{option} {path} is not a .npy file (it does not start with NumPy's header); "
                           "save it with np.save")
     try:
+        _check_header(data, path, option)
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         why = "it holds Python objects (a pickle), which are never loaded" if "pickle" in str(e) else str(e)[:120]

@@ -124,6 +124,7 @@ class ArtifactCheck:
     mode: str = formats.DEFAULT_MODE  # the runtime's compute mode (formats.MODES: OpenVINO's f32 or bf16)
     judged_as: str = ""  # the tolerance applied: the lower of the file's precision and the mode computed
     computed_mode: str = ""  # the mode the runtime reports computing at, where it is not `mode`
+    also_calibrating: int = 0  # of the n inputs that judged an int8 file, those that also calibrated it
 
     @property
     def name(self) -> str:
@@ -275,7 +276,8 @@ def check_job(job: Job, device: str, ref: Reference, tolerances: dict[str, Toler
         return _not_run(job, device, len(ref.pixels), str(e))
     return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,
                          provider=device, seconds=time.perf_counter() - t0, runtime=job.runtime, mode=job.mode,
-                         judged_as=judged, computed_mode="" if computed == job.mode else computed, **fields)
+                         judged_as=judged, computed_mode="" if computed == job.mode else computed,
+                         also_calibrating=calibration.also_calibrating(job.artifact, ref), **fields)
 
 
 def _not_run(job: Job, provider: str, n: int, why: str) -> ArtifactCheck:
@@ -329,6 +331,8 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     skipped = {**{name: selection.skipped[name] for name in unverified}, **skipped}
     progress(0, f"reference outputs ({config.reference or 'auto'})")
     ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
+    for artifact in artifacts:  # a manifest that cannot say which rows judge an int8 file is refused, not guessed
+        calibration.check_entry(artifact, ref)
     results = []
     for i, job in enumerate(jobs, 1):
         mode = "" if job.mode == formats.DEFAULT_MODE else f" {job.mode}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import devices, fileio, sysinfo
+from toolkit import calibration, devices, fileio, sysinfo
 from toolkit.artifacts import Artifact, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.search import Candidate, Opener, Plan, candidates_of, sample
@@ -198,6 +198,7 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
 
         references[folder] = resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
                                                config.data_dir)
+    calibration.check_entry(artifact, references[folder])  # refused as verify refuses it, before any timing
     if own_shape:
         opener.own_inputs_of[bench_file.file] = references[folder].pixels
         bench_file.inputs = REFERENCE_INPUTS

@@ -238,8 +238,10 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None)
     computed = runner.computed_mode
     judged = judged_precision(precision, computed)
     try:
-        fields = verify.check_runner(runner, calibration.judged_rows(artifact, ref), verify.DEFAULT_TOLERANCES[judged],
-                                     VERIFY_BATCH1_IMAGES)
+        rows = calibration.judged_rows(artifact, ref, "give more with --verify-images N")
+        fields = verify.check_runner(runner, rows, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
+    except calibration.NothingHeldOut as e:  # nothing was checked: not a failure, and not a pass
+        fields = {"passed": None, "failures": [f"not checked: {e}"]}
     except ArtifactError as e:
         fields = {"passed": False, "failures": [str(e)]}
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
@@ -342,6 +344,8 @@ def plan_manifest(config: BenchConfig) -> Plan:
     own = refinputs.other_input_shape(config.artifacts) is not None
     full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
             if config.verify or own else None)
+    for artifact in manifest if full is not None else []:  # refused as verify refuses it, before any timing
+        calibration.check_entry(artifact, full)
     ref = sample(full, config.verify_images) if config.verify else None
     missing = runners.would_run(selection, manifest, devices_used, list(config.formats), list(config.precisions),
                                 baseline=True)  # a runtime not installed is noted where it would have run something

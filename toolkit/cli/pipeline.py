@@ -300,6 +300,9 @@ exit 1 if any fails."""  # one line in `toolkit --help`
         if 0 < r.n < report.n:  # an int8 file calibrated on the other reference inputs (toolkit.calibration)
             out.print(f"{r.name}: judged on the {r.n:,} of the {report.n:,} reference inputs held out from its int8 "
                       "calibration", highlight=False)
+        elif r.also_calibrating:  # --calibration-inputs that overlap --inputs
+            out.print(f"{r.name}: judged on all {r.n:,} reference inputs, {r.also_calibrating:,} of which also "
+                      "calibrated it (--calibration-inputs shares them with --inputs)", highlight=False)
     _print_skipped(report.skipped, report.unverified)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)

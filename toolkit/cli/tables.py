@@ -231,6 +231,10 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
         checked = f"; verified against {f['reference']}" if f.get("reference") else ""
         out.print(f"{f['name']}: {f['inputs']}{why}; ran in {', '.join(f['runtimes'])}{checked}", highlight=False)
     _print_skipped(report.skipped)
+    unchecked = {f"{v['runtime']} {v['artifact']}: {v['failures'][0]}" for v in report.verification.values()
+                 if v.get("passed") is None and v.get("failures")}  # a verdict that could not be computed: why
+    for line in sorted(unchecked):
+        out.print(f"not verified: {line}", highlight=False)
     for regime, f in report.fastest.items():
         out.print(bench_lib.fastest_line(f, regime), highlight=False)
     peaks = bench_lib.peaks_line(report)
