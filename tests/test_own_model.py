@@ -5,6 +5,7 @@ written outside the toolkit exported with --model-code; and the one-line refusal
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -550,7 +551,8 @@ def test_weights_whose_outputs_overflow_are_refused(tmp_path, mnist_dir):
     result = run_cli("export", "--checkpoint", tmp_path / "huge.pt", "--out", out, "--format", "onnx",
                      "--data-dir", mnist_dir)
     line = assert_one_line_error(result, 2)
-    assert "NaN or infinite log-probabilities on 10,000 of the 10,000 MNIST test images" in line
+    # how many of the rows overflow depends on the random weights and on the CPU's arithmetic: most of them do
+    assert re.search(r"NaN or infinite log-probabilities on [\d,]+ of the 10,000 MNIST test images", line), line
     assert not out.exists() or not any(out.iterdir())
 
 
