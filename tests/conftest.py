@@ -129,6 +129,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                  any(name in item.fixturenames for name in SHARED_BUILDS)))
 
 
+@pytest.fixture(autouse=True)
+def _console_as_it_was():
+    """The CLI's --quiet/--debug stay set on its shared console after an in-process run; a test that prints through
+    that console next must not inherit them."""
+    from toolkit.cli.common import _state, out
+
+    saved, quiet = dict(_state), out.quiet
+    yield
+    _state.update(saved)
+    out.quiet = quiet
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """Real MNIST, verified; shared across test sessions in $TOOLKIT_TEST_DATA or <repo>/.cache/mnist."""
