@@ -11,9 +11,9 @@ from radon.complexity import cc_visit
 PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 # A module may import modules on its own floor or below, never above. Within a floor, no cycles.
 FLOORS = (
-    ("errors", "bounds", "fileio", "staging", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten",
+    ("errors", "bounds", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten",
      "native_logs", "telemetry", "onnx_wire"),
-    ("artifacts", "model_files", "devices", "model", "safe_pickle", "augment", "refinputs", "calibration"),
+    ("artifacts", "staging", "model_files", "devices", "model", "safe_pickle", "augment", "refinputs", "calibration"),
     ("runners", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "reference", "exporters", "train_step"),
     ("export", "export_folder", "verify", "compare", "bench", "train", "plots", "triton", "web"),

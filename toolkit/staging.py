@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from toolkit.artifacts import MANIFEST_NAME
 from toolkit.errors import OutputError
 
 Log = Callable[[str], None]
@@ -65,13 +66,13 @@ class Staging:
 
     def commit(self, log: Log) -> list[str]:
         """Put everything in place (see the module's docstring); the names removed. A signal waits until it ends."""
-        manifest = [(name, path) for name, path in self.files.items() if name == MANIFEST_LAST]
+        manifest = [(name, path) for name, path in self.files.items() if name == MANIFEST_NAME]
         with _signals_deferred():
             for name, (how, why) in self.stale.items():
                 how()
                 log(f"removed {name}: {why}")
             for name, scratch in self.files.items():
-                if name != MANIFEST_LAST:
+                if name != MANIFEST_NAME:
                     _rename(scratch, self.out_dir / name)
             if self.triton is not None and self.replace_triton is not None:
                 self.replace_triton(self.triton)
@@ -80,8 +81,6 @@ class Staging:
         self.files, self.triton = {}, None
         return list(self.stale)
 
-
-MANIFEST_LAST = "manifest.json"
 
 
 def _escaped(name: str) -> str:
