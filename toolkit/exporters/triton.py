@@ -93,14 +93,6 @@ def remove_repository(out_dir: str | os.PathLike) -> bool:
     return True
 
 
-def write_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
-                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> list[TritonModel]:
-    """Lay out `<out_dir>/triton/` for the served artifacts (ARTIFACTS), replacing any earlier repository."""
-    models, staging = stage_repository(out_dir, artifacts, max_batch_size)
-    replace_repository(out_dir, staging)
-    return models
-
-
 def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, sources: dict[str, Path] | None = None
                      ) -> tuple[list[TritonModel], Path]:
