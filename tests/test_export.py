@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import toolkit.artifacts
 import toolkit.export
 from tests.conftest import assert_one_line_error, run_cli, run_process
 from toolkit.artifacts import read_manifest
@@ -162,6 +163,24 @@ def test_a_file_no_manifest_lists_is_replaced_only_with_overwrite(tmp_path, shor
     assert (out / "README.md").read_text() == "notes" and (out / "bench-cpu.json").read_text() == "{}"
     # listed now: exported again without --overwrite, beside the README and the results
     assert run_cli(*args).exit_code == 0
+
+
+def test_one_export_reads_the_earlier_manifest_once_before_the_work_and_once_under_the_lock(tmp_path, short_run,
+                                                                                             mnist_dir, monkeypatch):
+    """What an export decides from the manifest already in its folder (another export there, files no manifest lists,
+    what it keeps, the golden outputs) comes from one read before the work and one under the folder's lock, where
+    another export may have landed in between."""
+    out = tmp_path / "exported"
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out)
+    assert run_cli(*args, "--format", "torchscript", "--data-dir", mnist_dir).exit_code == 0
+    reads, read = [], toolkit.artifacts._manifest_bytes
+    with monkeypatch.context() as m:
+        m.setattr(toolkit.artifacts, "_manifest_bytes", lambda folder: reads.append(folder) or read(folder))
+        # no test set here: the golden outputs the manifest lists are kept, judged on the same read
+        result = run_cli(*args, "--format", "onnx", "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0 and "kept the golden outputs" in result.stderr, result.stderr
+    assert len(reads) == 2 and all(os.path.samefile(folder, out) for folder in reads)
+    assert {a.file for a in read_manifest(out)} == {"model.onnx", "model.ts.pt"}  # the TorchScript file kept
 
 
 def test_a_refused_export_names_both_checkpoints_and_how_the_default_was_chosen(tmp_path, exported_copy, trained,

@@ -201,10 +201,17 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
     Every entry is checked (plain file names, known formats and precisions, well-formed hashes); anything
     else makes the whole manifest a bad one (ArtifactError), never a path to follow.
     """
+    return read_manifest_fields(folder)[0]
+
+
+def read_manifest_fields(folder: str | os.PathLike) -> tuple[list[Artifact], dict[str, Any]]:
+    """`read_manifest`, with the manifest's top-level fields as written, from the same read: the caller checks each
+    field it uses (`golden_entry` checks the golden outputs')."""
     folder = Path(folder)
     path, raw = _manifest_bytes(folder)
     try:
-        entries = json.loads(raw.decode("utf-8"))["artifacts"]
+        fields = json.loads(raw.decode("utf-8"))
+        entries = fields["artifacts"]
         if not isinstance(entries, list):
             raise TypeError("'artifacts' is not a list")
         artifacts = [_check_entry(folder, entry) for entry in entries]
@@ -219,7 +226,7 @@ def read_manifest(folder: str | os.PathLike) -> list[Artifact]:
         raise ArtifactError(f"{path} lists a file twice; export again")
     for artifact in artifacts:
         artifact.path = str((folder / artifact.file).absolute())
-    return artifacts
+    return artifacts, fields
 
 
 MAX_MODEL_FLOPS = 10 ** 15
@@ -347,6 +354,17 @@ def read_golden_entry(folder: str | os.PathLike) -> GoldenEntry | None:
     path, raw = _manifest_bytes(folder)
     try:
         manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} is not UTF-8 text; not a toolkit manifest, export again") from None
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path} has a bad golden-output entry ({str(e)[:200]}); export again") from None
+    return golden_entry(folder, manifest)
+
+
+def golden_entry(folder: str | os.PathLike, manifest: Any) -> GoldenEntry | None:
+    """`read_golden_entry` of the manifest of `folder` as already read and parsed (`manifest`)."""
+    folder = Path(folder)
+    try:
         if not isinstance(manifest, dict):
             raise TypeError("the manifest is not an object")
         if manifest.get(GOLDEN_KEY) is None:
@@ -354,10 +372,9 @@ def read_golden_entry(folder: str | os.PathLike) -> GoldenEntry | None:
         golden = _check_golden(folder, manifest[GOLDEN_KEY])
     except ArtifactError:
         raise
-    except UnicodeDecodeError:
-        raise ArtifactError(f"{path} is not UTF-8 text; not a toolkit manifest, export again") from None
-    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:
-        raise ArtifactError(f"{path} has a bad golden-output entry ({str(e)[:200]}); export again") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{folder / MANIFEST_NAME} has a bad golden-output entry ({str(e)[:200]}); "
+                            "export again") from None
     golden.path = str((folder / golden.file).absolute())
     return golden
 

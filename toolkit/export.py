@@ -219,9 +219,9 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     # before the work, once an export under way there has finished (and listed or removed what it wrote); another
     # checkpoint's export may land there in the meantime, so that is checked again under the lock
     with fileio.folder_lock(out_dir, shared=True):
-        export_folder.other_exports(out_dir, export_folder.previous_manifest(out_dir), ctx, config.overwrite,
-                                    newest_run=config.checkpoint is None)
-        export_folder.check_unlisted(out_dir, export_folder.written_names(
+        previous = export_folder.previous_manifest(out_dir)
+        export_folder.other_exports(out_dir, previous, ctx, config.overwrite, newest_run=config.checkpoint is None)
+        export_folder.check_unlisted(out_dir, previous, export_folder.written_names(
             pairs, golden.has_test_set(config.data_dir), inputs is not None, config.triton), config.overwrite)
     if ckpt["model"].get("output", "log_probs") != "log_probs":
         log(f"{ckpt['model']['name']} returns {ckpt['model']['output']}: the exported files end with "
@@ -274,17 +274,20 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
                    ctx: ExportContext, log: Log, reference: tuple[Any, Any] | None,
                    progress: Callable[[int, str], None]) -> ExportResult:
     """Write every new file under a scratch name, then put them all in place at once (toolkit/staging.py): a failure
-    before that leaves the folder as it was."""
+    before that leaves the folder as it was. The earlier manifest is read once here: under the lock, nothing else
+    changes it until the new one replaces it."""
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
     staging = Staging(out_dir)
     try:
-        kept = export_folder.previous_artifacts(out_dir, ctx, rebuilding, config.overwrite, staging,
+        previous = export_folder.previous_manifest(out_dir)
+        kept = export_folder.previous_artifacts(out_dir, previous, ctx, rebuilding, config.overwrite, staging,
                                                 newest_run=config.checkpoint is None)
         for a in kept:
             a.source_checkpoint = ctx.checkpoint_path
         built = _build_all(config, pairs, module, staging, ctx, log, progress)
         progress(len(pairs) + 1, "manifest")
-        golden_entry = export_folder.write_or_keep_golden(out_dir, reference, config.data_dir, ctx, log, staging)
+        golden_entry = export_folder.write_or_keep_golden(out_dir, previous, reference, config.data_dir, ctx, log,
+                                                          staging)
         extra: dict[str, Any] = {
             "toolkit_version": sysinfo.versions()["toolkit"],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -298,7 +301,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
             extra["model_flops_per_image"] = forward_flops(module)
         else:
             extra["input_shape"] = list(ctx.input_shape)
-        triton_models = _lay_out_triton(config, staging, kept, built, extra, log)
+        triton_models = _lay_out_triton(config, staging, previous, kept, built, extra, log)
         manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry,
                                   to=staging.scratch(MANIFEST_NAME))
         removed = staging.commit(log)
@@ -385,12 +388,13 @@ def _stage_parts(staging: Staging, names: tuple[str, ...], written: list[Path]) 
     return parts
 
 
-def _lay_out_triton(config: ExportConfig, staging: Staging, kept: list[Artifact], built: list[Artifact],
-                    extra: dict[str, Any], log: Log) -> list[triton.TritonModel]:
-    """Stage the Triton repository when asked (and list it in `extra`); otherwise drop one gone stale."""
+def _lay_out_triton(config: ExportConfig, staging: Staging, previous: export_folder.Previous, kept: list[Artifact],
+                    built: list[Artifact], extra: dict[str, Any], log: Log) -> list[triton.TritonModel]:
+    """Stage the Triton repository when asked (and list it in `extra`); otherwise drop one gone stale (one the
+    `previous` manifest lists)."""
     out_dir = staging.out_dir
     if not config.triton:
-        _drop_stale_triton(staging, {a.file for a in built})
+        _drop_stale_triton(staging, previous, {a.file for a in built})
         return []
     models, staging.triton = triton.stage_repository(out_dir, kept + built, config.triton_max_batch_size,
                                                      sources=staging.files)
@@ -401,10 +405,10 @@ def _lay_out_triton(config: ExportConfig, staging: Staging, kept: list[Artifact]
     return models
 
 
-def _drop_stale_triton(staging: Staging, rebuilt: set[str]) -> None:
+def _drop_stale_triton(staging: Staging, previous: export_folder.Previous, rebuilt: set[str]) -> None:
     """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
     out_dir = staging.out_dir
     served = {FORMATS[f].file_name(p) for f, p in triton.ARTIFACTS}
-    if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(out_dir):
+    if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(previous):
         staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir),
                        "its models were exported again (add --format triton to lay it out anew)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,8 @@ from toolkit.artifacts import (
     RESULT_FILES,
     Artifact,
     GoldenEntry,
-    read_golden_entry,
-    read_manifest,
-    read_manifest_field,
+    golden_entry,
+    read_manifest_fields,
 )
 from toolkit.checkpoint import DEFAULT_RUNS_DIR
 from toolkit.errors import ArtifactError, ConfigError
@@ -39,8 +39,17 @@ _REPLACE = ("export into another folder with --out, or replace that export with 
             "results there go too)")
 
 
-def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], overwrite: bool, staging: Staging,
-                       newest_run: bool = False) -> list[Artifact]:
+@dataclass
+class Previous:
+    """An export folder's earlier manifest, read once (`previous_manifest`) for all that one look at the folder
+    decides: its artifacts and its top-level fields, none of either where there is no manifest."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def previous_artifacts(out_dir: Path, previous: Previous, ctx: ExportContext, rebuilding: set[str], overwrite: bool,
+                       staging: Staging, newest_run: bool = False) -> list[Artifact]:
     """The entries of an earlier export in `out_dir` to keep; the files of the others are removed when `staging`
     commits.
 
@@ -50,12 +59,11 @@ def previous_artifacts(out_dir: Path, ctx: ExportContext, rebuilding: set[str], 
     are ever removed, and only inside `out_dir`; a manifest naming anything else is refused (read_manifest), never
     followed.
     """
-    previous = previous_manifest(out_dir)
     others = other_exports(out_dir, previous, ctx, overwrite, newest_run)
     if others:
-        _remove_results(out_dir, staging)
+        _remove_results(out_dir, previous, staging)
     kept = []
-    for a in previous:
+    for a in previous.artifacts:
         if a.file in rebuilding:
             continue
         on_disk = all((out_dir / f).is_file() and not (out_dir / f).is_symlink() for f in a.files)
@@ -83,13 +91,13 @@ def _of_other_inputs(artifact: Artifact, ctx: ExportContext) -> bool:
     return settings.get("reference_inputs_sha256") != ours
 
 
-def other_exports(out_dir: Path, previous: list[Artifact], ctx: ExportContext, overwrite: bool,
+def other_exports(out_dir: Path, previous: Previous, ctx: ExportContext, overwrite: bool,
                   newest_run: bool = False) -> list[str]:
     """The files of `previous` that are another export than `ctx`'s: of another checkpoint, or of the same weights
     as another model (model_changes). ConfigError if there are any and not `overwrite`, naming what differs and
     (`newest_run`: the user named no checkpoint) how this checkpoint was chosen."""
-    changes = model_changes(out_dir, ctx) if previous else []
-    others = [a for a in previous if changes or a.source_sha256 != ctx.checkpoint_sha256]
+    changes = model_changes(previous, ctx) if previous.artifacts else []
+    others = [a for a in previous.artifacts if changes or a.source_sha256 != ctx.checkpoint_sha256]
     if others and not overwrite:
         ours = _shown(out_dir, ctx.checkpoint_path)
         files = ", ".join(sorted(a.file for a in others))
@@ -120,11 +128,11 @@ def _identity(model: dict[str, Any]) -> dict[str, Any]:
         "--input-shape": ",".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape}))
 
 
-def model_changes(out_dir: Path, ctx: ExportContext) -> list[str]:
-    """How the model recorded in `out_dir`'s manifest differs from `ctx`'s (the same weights can be built as other
+def model_changes(previous: Previous, ctx: ExportContext) -> list[str]:
+    """How the model recorded in the `previous` manifest differs from `ctx`'s (the same weights can be built as other
     models), one phrase each; none when it is the same. A manifest without a model entry predates plain
     state_dicts: its checkpoint alone made the model."""
-    recorded = read_manifest_field(out_dir, "model")
+    recorded = previous.fields.get("model")
     if not isinstance(recorded, dict):
         return []
     theirs, ours = _identity(recorded), _identity(ctx.ckpt["model"])
@@ -142,12 +150,10 @@ def _phrase(value: Any) -> str:
     return "none" if value is None else value if isinstance(value, str) else fileio.json_text(value, indent=None)
 
 
-def listed_golden_files(out_dir: Path) -> set[str]:
+def listed_golden_files(previous: Previous) -> set[str]:
     """golden.npy and inputs.npy where the folder's manifest lists them (the golden outputs and their reference
     inputs): the only ones export removes; a file of those names that no manifest lists is the user's."""
-    if not (out_dir / MANIFEST_NAME).is_file():
-        return set()
-    entry = read_manifest_field(out_dir, GOLDEN_KEY)
+    entry = previous.fields.get(GOLDEN_KEY)
     if not isinstance(entry, dict):
         return set()
     data = entry.get("data")
@@ -155,13 +161,11 @@ def listed_golden_files(out_dir: Path) -> set[str]:
     return {name for name in (GOLDEN_NAME, INPUTS_NAME) if name in (entry.get("file"), inputs)}
 
 
-def listed_files(out_dir: Path) -> set[str]:
-    """Every name the manifest in `out_dir` lists: its artifacts' files, the golden outputs with their reference
+def listed_files(previous: Previous) -> set[str]:
+    """Every name the `previous` manifest lists: its artifacts' files, the golden outputs with their reference
     inputs, and the Triton repository."""
-    if not (out_dir / MANIFEST_NAME).is_file():
-        return set()
-    listed = {file for a in previous_manifest(out_dir) for file in a.files} | listed_golden_files(out_dir)
-    if isinstance(read_manifest_field(out_dir, "triton"), dict):
+    listed = {file for a in previous.artifacts for file in a.files} | listed_golden_files(previous)
+    if isinstance(previous.fields.get("triton"), dict):
         listed.add(triton.REPOSITORY)
     return listed
 
@@ -181,13 +185,13 @@ def written_names(pairs: list[tuple[str, str]], test_set: bool, reference_inputs
     return names
 
 
-def check_unlisted(out_dir: Path, names: set[str], overwrite: bool) -> None:
+def check_unlisted(out_dir: Path, previous: Previous, names: set[str], overwrite: bool) -> None:
     """ConfigError, unless `overwrite`, when `out_dir` holds one of `names` (what this export writes) that no
-    manifest lists: the user's own file, or one left by an export whose manifest is gone, is never replaced
-    unasked. Something other than a regular file of such a name (a Triton repository: other than a folder) is
-    refused even with `overwrite`."""
+    manifest (`previous`, its own) lists: the user's own file, or one left by an export whose manifest is gone, is
+    never replaced unasked. Something other than a regular file of such a name (a Triton repository: other than a
+    folder) is refused even with `overwrite`."""
     _check_kinds(out_dir, names)
-    listed = listed_files(out_dir)
+    listed = listed_files(previous)
     found = sorted(name + "/" * (out_dir / name).is_dir() for name in names - listed
                    if os.path.lexists(out_dir / name))
     if found and not overwrite:
@@ -218,23 +222,23 @@ def _shown(out_dir: Path, recorded: str) -> str:
     return path if here.startswith("..") else here
 
 
-def previous_manifest(out_dir: Path) -> list[Artifact]:
-    """The artifacts listed in `out_dir`'s manifest; none when there is no manifest."""
+def previous_manifest(out_dir: Path) -> Previous:
+    """`out_dir`'s manifest, read and checked once; empty when there is no manifest."""
     if not (out_dir / MANIFEST_NAME).exists() and not (out_dir / MANIFEST_NAME).is_symlink():
-        return []
+        return Previous()
     try:
-        return read_manifest(out_dir)
+        return Previous(*read_manifest_fields(out_dir))
     except ArtifactError as e:
         raise ArtifactError(f"{e} (remove {out_dir / MANIFEST_NAME} or export into another folder)") from None
 
 
-def _remove_results(out_dir: Path, staging: Staging) -> None:
+def _remove_results(out_dir: Path, previous: Previous, staging: Staging) -> None:
     """Remove the verify/bench results of another export, and its Triton repository where its manifest lists one (a
     triton/ folder that no manifest lists is the user's)."""
     for name in RESULT_FILES:
         if (out_dir / name).is_file() or (out_dir / name).is_symlink():
             staging.remove(name, lambda path=out_dir / name: _unlink(path), _OTHER)
-    if triton.REPOSITORY in listed_files(out_dir):
+    if triton.REPOSITORY in listed_files(previous):
         staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir), _OTHER)
 
 
@@ -255,14 +259,14 @@ def _unlink(path: Path) -> None:
         raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None
 
 
-def write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_dir: str, ctx: ExportContext,
-                         log: Log, staging: Staging) -> GoldenEntry | None:
+def write_or_keep_golden(out_dir: Path, previous: Previous, reference: tuple[Any, Any] | None, data_dir: str,
+                         ctx: ExportContext, log: Log, staging: Staging) -> GoldenEntry | None:
     """Write the golden outputs (to scratch files `staging` puts in place); without new ones, keep the earlier file
     only if it came from this export. Only a golden.npy or inputs.npy the earlier manifest lists is removed: one that
     no manifest lists is the user's."""
-    listed = listed_golden_files(out_dir)
+    listed = listed_golden_files(previous)
     if reference is None:
-        return _keep_golden(out_dir, listed, data_dir, ctx, log, staging)
+        return _keep_golden(out_dir, previous, listed, data_dir, ctx, log, staging)
     recorded = None if ctx.reference_inputs is None else \
         write_inputs(out_dir, ctx.reference_inputs, to=staging.scratch(INPUTS_NAME))
     if recorded:
@@ -276,24 +280,24 @@ def write_or_keep_golden(out_dir: Path, reference: tuple[Any, Any] | None, data_
     return entry
 
 
-def _keep_golden(out_dir: Path, listed: set[str], data_dir: str, ctx: ExportContext, log: Log, staging: Staging
-                 ) -> GoldenEntry | None:
+def _keep_golden(out_dir: Path, previous: Previous, listed: set[str], data_dir: str, ctx: ExportContext, log: Log,
+                 staging: Staging) -> GoldenEntry | None:
     """Without a test set: the golden outputs the manifest lists, if computed from this checkpoint and model;
     otherwise none, and the files listed with them go."""
     try:
-        previous = read_golden_entry(out_dir) if GOLDEN_NAME in listed else None
+        earlier = golden_entry(out_dir, previous.fields) if GOLDEN_NAME in listed else None
     except ArtifactError:
-        previous = None  # a damaged entry is not kept; its file goes below
-    same = previous is not None and previous.source_sha256 == ctx.checkpoint_sha256 and \
-        not model_changes(out_dir, ctx)
-    if same and Path(previous.path).is_file() and not Path(previous.path).is_symlink():
+        earlier = None  # a damaged entry is not kept; its file goes below
+    same = earlier is not None and earlier.source_sha256 == ctx.checkpoint_sha256 and \
+        not model_changes(previous, ctx)
+    if same and Path(earlier.path).is_file() and not Path(earlier.path).is_symlink():
         log(f"no MNIST test set in {data_dir}: kept the golden outputs written earlier from this checkpoint")
-        return previous
+        return earlier
     log(f"no MNIST test set in {data_dir}: golden outputs not written (verify will then need torch and the "
         "checkpoint); run `toolkit data` and export with --data-dir to write them")
     if GOLDEN_NAME in listed:
         _remove_stale(out_dir / GOLDEN_NAME, staging, "it was computed from another checkpoint or model"
-                      if previous is not None and not same else "it is not the file the manifest describes")
+                      if earlier is not None and not same else "it is not the file the manifest describes")
     if INPUTS_NAME in listed:
         _remove_stale(out_dir / INPUTS_NAME, staging, "it went with those golden outputs")
     return None
