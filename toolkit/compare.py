@@ -188,10 +188,12 @@ def compare_all(config: CompareConfig,
     t0 = time.perf_counter()
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
-    own = _exported_inputs(config.a, config.data_dir)
+    export_a = _own_export(config.a)
+    own = _exported_inputs(export_a, config.data_dir)
     _refuse_unused(config, paths, own is not None)
-    for path in paths if own is not None else []:  # an int8 file calibrated on some of them: the others, as verify
-        own = calibration.judged_rows(listed_artifact(path), own)
+    exports = [export_a, *map(_own_export, paths[1:])]  # each file's manifest entry, read once
+    for artifact, _ in exports if own is not None else []:  # an int8 file calibrated on some: the others, as verify
+        own = calibration.judged_rows(artifact, own)
     n = min(config.limit or 10_000, len(own.pixels) if own else 10_000)
     total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
     measured, feeds = [], []
@@ -199,7 +201,7 @@ def compare_all(config: CompareConfig,
         tag, offset = label(k), k * n
         prep = config.prep_a if k == 0 else config.prep_b
         report(offset, total, f"opening {tag}: {Path(path).name}")
-        runner, feed = _open(path, options, prep, config.shapes, own)
+        runner, feed = _open(path, exports[k], options, prep, config.shapes, own)
         feeds.append(feed)
         if k == 0:
             pixels, labels = (own.pixels[:n], None) if own else _inputs(config.data_dir, feed == MNIST_INPUT, n)
@@ -222,10 +224,14 @@ def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
     refuse_unused(given, [frozenset() if listed_artifact(p) else options_taken(p) for p in paths])
 
 
-def _exported_inputs(path: str, data_dir: str) -> Reference | None:
-    """verify's reference for the export `path` is a toolkit file of, when that export was made with --input-shape
-    (its reference inputs, checked against the manifest as verify and bench check them); else None."""
-    artifact, shape = _own_export(path)
+Export = tuple[artifacts.Artifact | None, list[int] | None]  # a file's manifest entry, and its export's input shape
+
+
+def _exported_inputs(export: Export, data_dir: str) -> Reference | None:
+    """verify's reference for the export a toolkit file is of (`export`: its `_own_export`), when that export was
+    made with --input-shape (its reference inputs, checked against the manifest as verify and bench check them);
+    else None."""
+    artifact, shape = export
     if shape is None:
         return None
     folder = Path(artifact.path).parent
@@ -236,7 +242,7 @@ def _exported_inputs(path: str, data_dir: str) -> Reference | None:
     return ref
 
 
-def _own_export(path: str) -> tuple[artifacts.Artifact | None, list[int] | None]:
+def _own_export(path: str) -> Export:
     """`path`'s entry in the manifest beside it (None: a loose file), and the input shape of that export where it
     was made with --input-shape (None: it takes MNIST images)."""
     artifact = listed_artifact(path)
@@ -247,13 +253,13 @@ def _reference_feed(shape: Any) -> str:
     return f"{REFERENCE_INPUTS} float32[N,{','.join(map(str, shape))}]"
 
 
-def _open(path: str, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
+def _open(path: str, export: Export, options: RunnerOptions, prep: Preprocessing, shapes: dict[str, tuple[int, ...]],
           own: Reference | None) -> tuple[Runner | None, str]:
     """The file opened, and what it is fed. Against an --input-shape export's reference inputs (`own`), a toolkit
     file of an export of that input shape opens as its artifact and takes them as given, and so does an .onnx of
     no export whose one input is float32 of that shape; any other file is not opened (None): what it is said to
-    take differs from A's, and it is refused."""
-    artifact, shape = _own_export(path)
+    take differs from A's, and it is refused. `export`: the file's `_own_export`."""
+    artifact, shape = export
     if own is None:
         runner = open_file(path, options, prep, shapes)
         if shape is not None and getattr(runner, "takes_images", True):  # its IR or .pt2 would be fed MNIST
