@@ -463,6 +463,8 @@ def test_int8_is_calibrated_on_some_reference_inputs_and_judged_on_the_others(co
         assert settings["judged_on"].startswith(f"the {held} of the {K} reference inputs held out"), name
         assert "agreement" in settings["judged_by"], name
     assert int8["model.int8.onnx"]["chosen_by"] == "structure"  # no labels to hold candidates' accuracy to
+    assert int8["model.int8.onnx"]["variant"] == "int8-all-convs" and "another input shape" in \
+        int8["model.int8.onnx"]["reason"]
 
     # verify judges each on the held-out rows only, where it keeps PyTorch's answer on every one, and says so
     result = run_cli("verify", "--artifacts", colour_export, "--precision", "int8", "--data-dir",

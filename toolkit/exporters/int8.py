@@ -177,12 +177,19 @@ def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOption
 
 def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
     """The int8 ModelProto of `fp32_model`: every candidate quantized, the one `int8_choice` picks on this CPU
-    returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed."""
-    if ctx.own_calibration is not None:
-        return _quantize_own(fp32_model, options, ctx, workdir)
-    calib, images, labels = training_sets(options, ctx)
+    returned, and the choice recorded in `ctx.int8_variant`; scratch files go in `workdir` and are removed.
+
+    A model of another input shape is calibrated on its own inputs and gets the all-int8 candidate alone: with no
+    labelled images to hold the candidates' accuracy to, none is chosen by measuring."""
+    if ctx.own_calibration is None:
+        calib, images, labels = training_sets(options, ctx)
+        graphs = candidates(fp32_model)
+    else:
+        calib, images, labels = calibration_set(options, ctx), [], []
+        graph, rewrites = _rewritten(fp32_model)
+        graphs = {ALL_INT8: (graph, [], rewrites)}
     built = {name: (quantize_candidate(graph, fp32_nodes, calib, options, workdir), fp32_nodes, rewrites)
-             for name, (graph, fp32_nodes, rewrites) in candidates(fp32_model).items()}
+             for name, (graph, fp32_nodes, rewrites) in graphs.items()}
     if len(built) > 1 and len(images):
         measured = int8_choice.measure(fp32_model.SerializeToString(),
                                        {n: m.SerializeToString() for n, (m, _, _) in built.items()}, images, labels)
@@ -195,22 +202,14 @@ def quantize(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Pat
                                   "holds_accuracy": m.holds_accuracy} for m in measured]}
     else:
         name = next(iter(built))
-        record = {"chosen_by": "structure", "reason": "the only candidate: the graph has no Conv to keep in fp32"
-                  if len(built) == 1 else "no training images outside the calibration set to measure on"}
+        reason = ("a model of another input shape: no labelled images to measure candidates on"
+                  if ctx.own_calibration is not None else
+                  "the only candidate: the graph has no Conv to keep in fp32" if len(built) == 1 else
+                  "no training images outside the calibration set to measure on")
+        record = {"chosen_by": "structure", "reason": reason}
     model, fp32_nodes, rewrites = built[name]
     ctx.int8_variant = {"variant": name, "description": _DESCRIPTIONS[name], "fp32_nodes": fp32_nodes,
                         "graph_rewrites": rewrites, **record}
-    return model
-
-
-def _quantize_own(fp32_model, options: BuildOptions, ctx: ExportContext, workdir: Path):
-    """The all-int8 ModelProto of a model of another input shape, calibrated on its own inputs: with no labelled
-    images to hold the candidates' accuracy to, none is chosen by measuring."""
-    graph, rewrites = _rewritten(fp32_model)
-    model = quantize_candidate(graph, [], calibration_set(options, ctx), options, workdir)
-    ctx.int8_variant = {"variant": ALL_INT8, "description": _DESCRIPTIONS[ALL_INT8], "fp32_nodes": [],
-                        "graph_rewrites": rewrites, "chosen_by": "structure",
-                        "reason": "a model of another input shape: no labelled images to measure candidates on"}
     return model
 
 
