@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import assert_one_line_error, run_cli
 from toolkit import fileio
 from toolkit.errors import OutputError
+from toolkit.staging import Staging
 
 
 def test_a_regular_file_is_replaced_whole(tmp_path):
@@ -63,3 +64,22 @@ def test_an_output_folder_on_a_link_to_nothing_is_not_called_a_file(tmp_path, sh
                                              "onnx", "--out", out), 2)
         assert f"{named} is a link to nothing, not a folder" in line
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_staged_write_fills_its_scratch_file_itself(tmp_path):
+    """An export's scratch file is the only temporary file of its write: filled in place, renamed only at commit."""
+    staging = Staging(tmp_path)
+    scratch = staging.scratch("manifest.json")
+    inode = os.stat(scratch).st_ino
+    fileio.write_json(tmp_path / "manifest.json", {"a": 1}, to=scratch)
+    assert os.stat(scratch).st_ino == inode and json.loads(scratch.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [scratch.name]
+    assert staging.commit(lambda line: None) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    # a write that fails names the file it was to become, and leaves no half-written scratch file behind
+    scratch = staging.scratch("golden.npy")
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'golden.npy'}: "):
+        with fileio.atomic_path(tmp_path / "golden.npy", to=scratch) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+    assert not scratch.exists() and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]

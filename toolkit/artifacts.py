@@ -294,7 +294,7 @@ def write_manifest(folder: str | os.PathLike, artifacts: list[Artifact], extra: 
     listed = {**extra, "artifacts": [a.to_json() for a in artifacts]}
     if golden is not None:
         listed[GOLDEN_KEY] = golden.to_json()
-    fileio.write_json(to or path, listed, path)
+    fileio.write_json(path, listed, to)
     return path
 
 

@@ -21,32 +21,42 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, to: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it.
 
-    A reader therefore sees either the old file or the complete new one, never a half-written file. `shown`: the
-    path an error names (where `path` is a scratch file that later becomes it).
+    A reader therefore sees either the old file or the complete new one, never a half-written file. `to`: a
+    temporary file already made for `path` (an export's scratch file, renamed to `path` when the export commits),
+    yielded itself and kept on success; errors name `path` all the same.
     """
     from toolkit.errors import OutputError
 
     path = Path(path)
     tmp_path = None
+    written = False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_target(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
+        if to is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            check_target(path)
+        tmp_path = temp_beside(path) if to is None else Path(to)
         yield tmp_path
-        os.replace(tmp_path, path)
+        if to is None:
+            os.replace(tmp_path, path)
+        written = True
     except OSError as e:  # disk full, read-only folder, a folder in the way: the old file stays as it was
-        raise OutputError(f"cannot write {shown or path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        if tmp_path is not None:
+        if tmp_path is not None and not (written and to is not None):  # a half-written scratch file goes too
             tmp_path.unlink(missing_ok=True)
+
+
+def temp_beside(path: Path) -> Path:
+    """A new empty hidden file in `path`'s folder, to be renamed to `path` once written. OSError if it cannot be."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
+    return Path(tmp)
 
 
 def check_target(path: Path) -> None:
@@ -68,9 +78,9 @@ def check_target(path: Path) -> None:
                       "regular file (or - for standard output where the option allows it)")
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, shown: str | os.PathLike | None = None) -> None:
-    """Atomically write `data` to `path` (errors name `shown`, if given)."""
-    with atomic_path(path, shown) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, to: str | os.PathLike | None = None) -> None:
+    """Atomically write `data` to `path` (or into `to`, its scratch file: see `atomic_path`)."""
+    with atomic_path(path, to) as tmp:
         tmp.write_bytes(data)
 
 
@@ -89,9 +99,9 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any, shown: str | os.PathLike | None = None) -> None:
-    """Atomically write `obj` as indented strict JSON (see `json_text`; errors name `shown`, if given)."""
-    write_bytes(path, (json_text(obj) + "\n").encode(), shown)
+def write_json(path: str | os.PathLike, obj: Any, to: str | os.PathLike | None = None) -> None:
+    """Atomically write `obj` as indented strict JSON (see `json_text`; `to`: see `atomic_path`)."""
+    write_bytes(path, (json_text(obj) + "\n").encode(), to)
 
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:

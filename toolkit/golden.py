@@ -88,7 +88,7 @@ def write_golden(folder: str | os.PathLike, log_probs: np.ndarray, labels: np.nd
     entry. `inputs`: what refinputs.write_inputs recorded, for outputs on reference inputs (no labels, so no accuracy)
     rather than the MNIST test set."""
     data = npy_bytes(log_probs)
-    fileio.write_bytes(to or Path(folder) / GOLDEN_NAME, data, Path(folder) / GOLDEN_NAME)
+    fileio.write_bytes(Path(folder) / GOLDEN_NAME, data, to)
     if inputs is None:
         source = {"split": "test", "md5": {name: mnist.MNIST_FILES[name] for name in mnist.SPLITS["test"]}}
         what, accuracy = WHAT, 100.0 * float((log_probs.argmax(1) == labels).mean())

@@ -131,7 +131,7 @@ def write_inputs(folder: str | os.PathLike, inputs: np.ndarray, to: Path | None 
     """Atomically write `<folder>/inputs.npy` (or the scratch file `to` that becomes it); what the golden outputs'
     entry records about it."""
     data = npy_bytes(inputs)
-    fileio.write_bytes(to or Path(folder) / INPUTS_NAME, data, Path(folder) / INPUTS_NAME)
+    fileio.write_bytes(Path(folder) / INPUTS_NAME, data, to)
     return {"inputs": INPUTS_NAME, "input_shape": list(inputs.shape[1:]), "rows": len(inputs),
             "size_bytes": len(data), "sha256": fileio.digest(data)}
 

@@ -12,11 +12,11 @@ import contextlib
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from toolkit import fileio
 from toolkit.artifacts import MANIFEST_NAME
 from toolkit.errors import OutputError
 
@@ -36,15 +36,11 @@ class Staging:
     def scratch(self, name: str) -> Path:
         """A new empty file beside `out_dir/name` that commit renames to `name`."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out_dir)
-            os.close(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
+            tmp = fileio.temp_beside(self.out_dir / name)
         except OSError as e:
             raise OutputError(f"cannot write {self.out_dir / name}: {e.strerror or e}") from None
-        self.files[name] = Path(tmp)
-        return Path(tmp)
+        self.files[name] = tmp
+        return tmp
 
     def add(self, name: str, scratch: Path) -> None:
         """A scratch file written elsewhere in `out_dir` (a builder's companion file) that commit renames to `name`."""
