@@ -304,7 +304,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         triton_models = _lay_out_triton(config, staging, previous, kept, built, extra, log)
         manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry,
                                   to=staging.scratch(MANIFEST_NAME))
-        removed = staging.commit(log)
+        removed = staging.commit(log, export_folder.listed_files(previous))
     finally:
         staging.discard()  # what is left after a failure; nothing after the commit
     return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
@@ -396,9 +396,8 @@ def _lay_out_triton(config: ExportConfig, staging: Staging, previous: export_fol
     if not config.triton:
         _drop_stale_triton(staging, previous, {a.file for a in built})
         return []
-    models, staging.triton = triton.stage_repository(out_dir, kept + built, config.triton_max_batch_size,
-                                                     sources=staging.files)
-    staging.replace_triton = lambda folder: triton.replace_repository(out_dir, folder)
+    models, staged = triton.stage_repository(out_dir, kept + built, config.triton_max_batch_size, sources=staging.files)
+    staging.add_folder(triton.REPOSITORY, staged, lambda folder: triton.replace_repository(out_dir, folder))
     extra["triton"] = {"repository": triton.REPOSITORY, "models": [
         {"name": m.name, "artifact": m.artifact, "platform": m.platform} for m in models]}
     log(f"wrote {triton.REPOSITORY}/ with {len(models)} models")

@@ -8,6 +8,7 @@ Not a format of its own (formats.py has no row for it): it serves copies of the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -122,20 +123,24 @@ def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
 
 
 def replace_repository(out_dir: str | os.PathLike, staging: Path) -> None:
-    """Rename the staged repository to `<out_dir>/triton/`, in place of an earlier one."""
+    """Rename the staged repository to `<out_dir>/triton/`, in place of an earlier one (which stays where the new one
+    could not take its place)."""
     target = Path(out_dir) / REPOSITORY
+    old = None
     try:
         if target.is_symlink() or target.is_file():
             raise OutputError(f"{target} exists and is not a folder; remove it to export a Triton repository")
-        old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-old-", dir=out_dir))
             os.replace(target, old / REPOSITORY)
         os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old)
     except OSError as e:
         raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+        if old is not None:
+            if not os.path.lexists(target) and (old / REPOSITORY).is_dir():
+                with contextlib.suppress(OSError):
+                    os.replace(old / REPOSITORY, target)
+            shutil.rmtree(old, ignore_errors=True)
