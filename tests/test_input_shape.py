@@ -494,6 +494,33 @@ def test_int8_is_calibrated_on_some_reference_inputs_and_judged_on_the_others(co
     assert "model.int8.onnx: max |diff|" in line
 
 
+def test_verify_checks_each_int8_entry_and_splits_the_reference_inputs_once(colour_export: Path, tmp_path: Path,
+                                                                            monkeypatch):
+    from toolkit import calibration
+
+    held, checked, split = _held_out(), [], []
+    check_entry, calibration_side = calibration.check_entry, calibration.calibration_side
+
+    def counted_check(artifact, ref):
+        checked.append(artifact.file)
+        return check_entry(artifact, ref)
+
+    def counted_split(rows):
+        split.append(len(rows))
+        return calibration_side(rows)
+
+    monkeypatch.setattr(calibration, "check_entry", counted_check)
+    monkeypatch.setattr(calibration, "calibration_side", counted_split)
+    result = run_cli("verify", "--artifacts", colour_export, "--precision", "int8", "--runtime",
+                     "onnxruntime,openvino", "--data-dir", tmp_path / "no-mnist", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert {(r["artifact"], r["runtime"]) for r in rows} == {  # model.int8.onnx judged twice, on the same rows
+        ("model.int8.onnx", "onnxruntime"), ("model.int8.onnx", "openvino"), ("model.int8.xml", "openvino")}
+    assert all(r["passed"] and r["n"] == held for r in rows), rows
+    assert sorted(checked) == ["model.int8.onnx", "model.int8.xml"] and split == [K]
+
+
 def test_bench_verifies_int8_files_on_the_held_out_reference_inputs(colour_export: Path, tmp_path: Path):
     result = run_cli("bench", "--artifacts", colour_export, "--precision", "int8", "--data-dir", tmp_path / "no-mnist",
                      "--batch-sizes", "8", "--seconds", "0.05", "--rounds", "1", "--json", tmp_path / "b.json")

@@ -131,16 +131,40 @@ class NothingHeldOut(ArtifactError):
 MORE_INPUTS = "export again with more reference inputs (--inputs), or calibrate on --calibration-inputs FILE.npy"
 
 
+class JudgedRows:
+    """The rows of `ref` (a reference.Reference) that may judge each file, for a run that judges files again and
+    again (verify: a file in each runtime and mode): each manifest entry checked once (check_entry), and the
+    rows split into calibration and held-out rows once, however many times a file is judged. `more` says how to
+    get held-out rows where none is."""
+
+    def __init__(self, ref: Any, more: str = MORE_INPUTS) -> None:
+        self.ref, self.more = ref, more
+        self._checked: dict[int, Any] = {}  # id -> the entry checked, kept so that its id is not reused
+        self._held_out: Any = None  # `ref` cut to its held-out rows, once asked for
+
+    def check(self, artifact: Any) -> None:
+        """check_entry, the first time this entry is asked about."""
+        if id(artifact) not in self._checked:
+            check_entry(artifact, self.ref)
+            self._checked[id(artifact)] = artifact
+
+    def of(self, artifact: Any) -> Any:
+        """`ref` cut to the rows that may judge `artifact`: for an int8 file calibrated on the calibration side of
+        its reference inputs, the held-out rows; every row otherwise. ArtifactError when its manifest entry is
+        malformed (check_entry); NothingHeldOut, saying `more`, when none of the rows is held out."""
+        self.check(artifact)
+        ref = self.ref
+        if not _judged_on_inputs(artifact, ref) or artifact.settings.get("calibration_split") != FROM_REFERENCE_INPUTS:
+            return ref
+        if self._held_out is None:
+            keep = ~calibration_side(ref.pixels)
+            self._held_out = dataclasses.replace(ref, pixels=ref.pixels[keep], log_probs=ref.log_probs[keep])
+        if not len(self._held_out.pixels):
+            raise NothingHeldOut(f"none of the {len(ref.pixels)} reference inputs checked is held out from the int8 "
+                                 f"calibration (each may calibrate it); {self.more}")
+        return self._held_out
+
+
 def judged_rows(artifact: Any, ref: Any, more: str = MORE_INPUTS) -> Any:
-    """`ref` (a reference.Reference) cut to the rows that may judge `artifact`: for an int8 file calibrated on the
-    calibration side of its reference inputs, the held-out rows; every row otherwise. ArtifactError when its
-    manifest entry is malformed (check_entry); NothingHeldOut, saying `more` (how to get such rows), when none of
-    the rows given is held out."""
-    check_entry(artifact, ref)
-    if not _judged_on_inputs(artifact, ref) or artifact.settings.get("calibration_split") != FROM_REFERENCE_INPUTS:
-        return ref
-    held_out = ~calibration_side(ref.pixels)
-    if not held_out.any():
-        raise NothingHeldOut(f"none of the {len(ref.pixels)} reference inputs checked is held out from the int8 "
-                             f"calibration (each may calibrate it); {more}")
-    return dataclasses.replace(ref, pixels=ref.pixels[held_out], log_probs=ref.log_probs[held_out])
+    """`ref` (a reference.Reference) cut to the rows that may judge `artifact` (JudgedRows.of, for one file)."""
+    return JudgedRows(ref, more).of(artifact)

@@ -259,19 +259,20 @@ def plan(artifacts: list[Artifact], runtimes: list[str], device: str, modes: tup
     return [Job(run.runtime, run.source, run.mode) for run in todo], {**skipped, **left_out}
 
 
-def check_job(job: Job, device: str, ref: Reference, tolerances: dict[str, Tolerance], batch1_images: int,
-              time_limit_s: float | None = None) -> ArtifactCheck:
-    """Open the job's runner from the hash-checked bytes and judge it by the tolerance of the precision it
-    computes at (an OpenVINO bf16 job that computes f32 is judged as f32); what it raises (running past
-    `time_limit_s` included) is its own failure."""
+def check_job(job: Job, device: str, judged_rows: calibration.JudgedRows, tolerances: dict[str, Tolerance],
+              batch1_images: int, time_limit_s: float | None = None) -> ArtifactCheck:
+    """Open the job's runner from the hash-checked bytes and judge it, on the rows of the reference that may judge
+    it, by the tolerance of the precision it computes at (an OpenVINO bf16 job that computes f32 is judged as f32);
+    what it raises (running past `time_limit_s` included) is its own failure."""
     t0 = time.perf_counter()
+    ref = judged_rows.ref
     options = runners.RunnerOptions(device=device, mode=job.mode, time_limit_s=time_limit_s)
     try:
         runner = runners.open_runner(job.runtime, job.artifact, options)
         runner.inputs_as_given = ref.labels is None  # reference inputs are the model's own input
         computed = runner.computed_mode
         judged = formats.judged_precision(job.artifact.precision, computed)
-        fields = check_runner(runner, calibration.judged_rows(job.artifact, ref), tolerances[judged], batch1_images)
+        fields = check_runner(runner, judged_rows.of(job.artifact), tolerances[judged], batch1_images)
     except ArtifactError as e:
         return _not_run(job, device, len(ref.pixels), str(e))
     return ArtifactCheck(artifact=job.artifact.file, format=job.artifact.format, precision=job.artifact.precision,
@@ -331,14 +332,15 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
     skipped = {**{name: selection.skipped[name] for name in unverified}, **skipped}
     progress(0, f"reference outputs ({config.reference or 'auto'})")
     ref = resolve_reference(folder, artifacts, config.checkpoint, config.reference, config.data_dir)
+    judged_rows = calibration.JudgedRows(ref)  # each entry checked once, however many runtimes run its file
     for artifact in artifacts:  # a manifest that cannot say which rows judge an int8 file is refused, not guessed
-        calibration.check_entry(artifact, ref)
+        judged_rows.check(artifact)
     results = []
     for i, job in enumerate(jobs, 1):
         mode = "" if job.mode == formats.DEFAULT_MODE else f" {job.mode}"
         progress(i, f"{job.artifact.file} in {job.runtime}{mode}")
         # the runner opens the hash-checked bytes: a file that is not what was exported is "not run", never loaded
-        result = check_job(job, config.provider, ref, config.tolerances, config.batch1_images,
+        result = check_job(job, config.provider, judged_rows, config.tolerances, config.batch1_images,
                            config.time_limit_s)
         if job.artifact.source_sha256 != ref.source_sha256:
             result.failures.append("exported from a different checkpoint than the one verified against")
