@@ -304,3 +304,37 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, short_run,
     assert result.stdout.strip() == (f"{run_dir} has finished its 1 epoch; nothing to resume (to train longer: a "
                                      "new run with --epochs N, in another --out or here with --overwrite)")
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()} == before
+
+
+DAMAGED_WEIGHTS = [  # the last layer of the ConvNet that short_run and cut_run train
+    (lambda weights: weights.pop("fc_layer2.bias"), 'Missing key(s) in state_dict: "fc_layer2.bias"'),
+    (lambda weights: weights.update({"fc_layer2.bias": torch.zeros(3)}),
+     "size mismatch for fc_layer2.bias: copying a param with shape torch.Size([3])"),
+    (lambda weights: weights.update({"extra.weight": torch.zeros(3)}),
+     'Unexpected key(s) in state_dict: "extra.weight"'),
+]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_WEIGHTS)
+def test_resuming_a_finished_run_with_damaged_weights_says_so(tmp_path, short_run, mnist_dir, monkeypatch, damage,
+                                                             message):
+    run_dir = _run_copy(short_run, tmp_path, lambda ckpt: damage(ckpt["state_dict"]))
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    _no_data_read(monkeypatch)  # nothing to train: said from the checkpoint alone
+    line = assert_one_line_error(run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir), 2)
+    assert line.startswith(f"error: cannot resume from {run_dir / 'checkpoint.pt'}: ") and message in line, line
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_WEIGHTS)
+def test_resuming_a_run_with_damaged_weights_names_what_is_wrong(tmp_path, cut_run, mnist_dir, damage, message):
+    run_dir = _run_copy(cut_run, tmp_path, lambda ckpt: damage(ckpt["state_dict"]))
+    line = assert_one_line_error(run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir), 2)
+    assert line.startswith(f"error: cannot resume from {run_dir / 'checkpoint.pt'}: ") and message in line, line
+
+
+def test_resuming_a_finished_run_with_nan_weights_says_so(tmp_path, short_run, mnist_dir):
+    run_dir = _run_copy(short_run, tmp_path, lambda ckpt: ckpt["state_dict"]["fc_layer2.bias"].fill_(float("nan")))
+    line = assert_one_line_error(run_cli("train", "--resume", "--out", run_dir, "--data-dir", mnist_dir), 2)
+    assert "weight fc_layer2.bias holds NaN or infinite values" in line, line

@@ -235,15 +235,38 @@ def _as_applied(config: TrainConfig, model) -> TrainConfig:
 
 def finished(run_dir: str | Path, state: dict[str, Any], config: TrainConfig) -> str | None:
     """Why resuming the run of checkpoint `state` would train nothing (its history holds all its epochs), or None;
-    None too for a history that does not hold together, which resuming then refuses, saying what is wrong."""
+    None too for a history that does not hold together, which resuming then refuses, saying what is wrong.
+    CheckpointError, as resuming words it, when the run has finished but its weights do not fit its model: there is
+    nothing to train, but the checkpoint is damaged, which is what matters."""
     try:
         done = len(_history(state["history"]))
     except (KeyError, TypeError, ValueError):
         return None
     if done != config.epochs or state.get("epoch") != done:
         return None
+    _check_weights(state, config, Path(run_dir) / CHECKPOINT_NAME)
     return (f"{run_dir} has finished its {config.epochs} epoch{'s' * (config.epochs != 1)}; nothing to resume "
             "(to train longer: a new run with --epochs N, in another --out or here with --overwrite)")
+
+
+def _check_weights(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """CheckpointError when the weights of checkpoint `state` (those exported, and the raw ones a run with averaging
+    keeps apart) do not load into the model of its settings: a tensor missing, extra or of another shape."""
+    from toolkit.model import build_model
+
+    model = build_model(config.model)
+    try:
+        for key in ("state_dict", "training_state_dict"):
+            if key in state:
+                model.load_state_dict(state[key])
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(_cannot_resume(path, e)) from None
+
+
+def _cannot_resume(path: Path, e: Exception) -> str:
+    """Why a checkpoint cannot be resumed, on one line: torch puts the missing or misshapen tensors on the lines
+    after its first."""
+    return f"cannot resume from {path}: {' '.join(str(e).split())[:300]}"
 
 
 def _check_run_files(run_dir: Path, keep: bool) -> None:
@@ -359,7 +382,7 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scheduler, ave
                              f"{str(state['epoch'])[:20]}")
         return history
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(_cannot_resume(path, e)) from None
 
 
 def _history(rows: list[Any]) -> list[EpochStats]:
