@@ -282,3 +282,42 @@ def test_a_detour_through_a_symlinked_folder_is_kept_as_given(trained, tmp_path)
     through = tmp_path / "link" / ".." / trained.name / "checkpoint.pt"
     assert shortest(through) == through  # normalized it would name tmp_path/convnet/..., another path
     assert shortest(trained / ".." / trained.name / "checkpoint.pt") == trained / "checkpoint.pt"
+
+
+def test_the_checkpoint_hash_recorded_is_that_of_the_bytes_loaded(short_run, mnist_dir, tmp_path, monkeypatch):
+    """The reference reads its checkpoint once: the SHA-256 it records is the file's, and a file replaced after it
+    was first read cannot give its outputs under the first file's hash."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from toolkit import fileio
+    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.reference import load_reference
+
+    path = tmp_path / "checkpoint.pt"
+    shutil.copyfile(short_run / "checkpoint.pt", path)
+    first = path.read_bytes()
+    ref = load_reference(str(path), str(mnist_dir))
+    assert ref.source_sha256 == hashlib.sha256(first).hexdigest()
+
+    other = load_checkpoint(path)  # the same run with its weights doubled: other outputs
+    other["state_dict"] = {k: v * 2 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    save_checkpoint(tmp_path / "other.pt", other)
+    other_ref = load_reference(str(tmp_path / "other.pt"), str(mnist_dir))
+    assert not np.allclose(other_ref.log_probs, ref.log_probs, atol=1e-3)
+
+    def swapped_after(read):  # the file is replaced by the other one as soon as anything has read it
+        def reading(*args, **kwargs):
+            got = read(*args, **kwargs)
+            if Path(args[0]) == path:
+                shutil.copyfile(tmp_path / "other.pt", path)
+            return got
+        return reading
+
+    monkeypatch.setattr(fileio, "file_digest", swapped_after(fileio.file_digest))
+    monkeypatch.setattr(Path, "read_bytes", swapped_after(Path.read_bytes))
+    swapped = load_reference(str(path), str(mnist_dir))
+    assert path.read_bytes() != first  # it was replaced
+    assert swapped.source_sha256 == ref.source_sha256
+    np.testing.assert_allclose(swapped.log_probs, ref.log_probs, atol=1e-5)

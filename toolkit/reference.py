@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import fileio, golden, sysinfo
+from toolkit import golden, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
@@ -49,11 +49,16 @@ def check_reference(choice: str) -> None:
 
 
 def load_reference(checkpoint: str, data_dir: str) -> Reference:
-    """The checkpoint's PyTorch outputs on the test set, computed here (needs torch)."""
+    """The checkpoint's PyTorch outputs on the test set, computed here (needs torch). The file is read once: the
+    SHA-256 recorded is that of the very bytes the model is loaded from (checkpoint.read_checkpoint), so a file
+    replaced while it is read cannot pass its outputs off under another file's hash."""
+    from toolkit.checkpoint import model_from_checkpoint, read_checkpoint
+
     pixels, labels = mnist.load_split(data_dir, "test")
-    sha = fileio.file_digest(checkpoint) if Path(checkpoint).is_file() else ""
-    return Reference(pixels, labels, reference_outputs(checkpoint, pixels), name=f"checkpoint {checkpoint}",
-                     checkpoint=str(checkpoint), source_sha256=sha)
+    ckpt, sha = read_checkpoint(checkpoint)
+    log_probs = golden.reference_log_probs(model_from_checkpoint(ckpt), pixels)
+    return Reference(pixels, labels, log_probs, name=f"checkpoint {checkpoint}", checkpoint=str(checkpoint),
+                     source_sha256=sha)
 
 
 def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:
