@@ -53,6 +53,21 @@ def run_process(*args: str | os.PathLike, timeout: float = 300, **kwargs) -> sub
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+# `python -m toolkit` with RLIMIT_FSIZE set by the child itself before the toolkit loads: a write past the limit
+# fails with EFBIG, as on a full disk (Python ignores SIGXFSZ)
+_ON_A_SMALL_DISK = ("import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+                    "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                    "runpy.run_module('toolkit', run_name='__main__', alter_sys=True)")
+
+
+def run_on_a_small_disk(max_bytes: int, *args: str | os.PathLike, timeout: float = 300
+                        ) -> subprocess.CompletedProcess:
+    """Run `python -m toolkit ARGS` in a process that cannot write a file past `max_bytes`. The child sets the
+    limit, not a preexec_fn: that runs in a fork of this process, whose threads (JAX's, once a tflite export has
+    run here; JAX warns at every fork) may hold locks the forked child then waits on forever."""
+    return run_process(sys.executable, "-c", _ON_A_SMALL_DISK, str(max_bytes), *args, timeout=timeout)
+
+
 def train_cut_after_first_epoch_then_resumed(config, data_dir: Path, run_dir: Path):
     """Train `config` into `run_dir`, stopped (as by Ctrl-C) after its first epoch, then resumed to the end;
     returns the resumed run's result."""

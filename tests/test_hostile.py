@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 import torch
 
-from tests.conftest import PROGRESS_LINE, Result
+from tests.conftest import PROGRESS_LINE, Result, run_on_a_small_disk
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.fileio import file_digest
 
@@ -507,16 +507,9 @@ def test_sigterm_ends_an_export_like_ctrl_c(ctx):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(ctx):
-    import resource
-    import subprocess
-
-    def small_disk():  # writes beyond 1 MiB fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
-    out = ctx.work / "run"
-    done = subprocess.run([sys.executable, "-m", "toolkit", "train", "--epochs", "1", "--train-limit", "2000",
-                           "--out", out, "--data-dir", ctx.mnist], capture_output=True, text=True, timeout=300,
-                          preexec_fn=small_disk)
+    out = ctx.work / "run"  # writes beyond 1 MiB fail
+    done = run_on_a_small_disk(1 << 20, "train", "--epochs", "1", "--train-limit", "2000", "--out", out,
+                               "--data-dir", ctx.mnist)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "checkpoint" in lines[0], done.stderr

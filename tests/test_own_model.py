@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, run_on_a_small_disk
 from toolkit.formats import FORMATS, PRECISIONS
 
 torch = pytest.importorskip("torch")
@@ -491,20 +491,13 @@ def test_a_failed_export_leaves_the_folder_as_it_was(own_model, tmp_path, mnist_
 def test_a_failure_after_the_files_are_built_leaves_the_folder_as_it_was(own_model, tmp_path, mnist_dir):
     """A full disk while the golden outputs are written: the models built before are not left unlisted, so the
     folder is as it was and an export there later is not refused."""
-    import resource
-    import subprocess
-
-    def small_disk():  # golden.npy is 400 KB, the models about 100 KB each; EFBIG as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (250_000, 250_000))
-
     out = tmp_path / "out"
     assert _export_own(own_model, "TinyMLP", out, mnist_dir, "--format", "onnx").exit_code == 0
     before = _files(out)
     args = ["export", "--checkpoint", own_model / "tiny.pt", "--model-code", f"{own_model / 'my_models.py'}:TinyMLP",
             "--model-args", '{"hidden": 32}', "--out", out, "--data-dir", mnist_dir, "--format", "onnx,torchscript",
             "--opset", "18"]
-    done = subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=small_disk)
+    done = run_on_a_small_disk(250_000, *args)  # golden.npy is 400 KB, the models about 100 KB each
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
         f"error: cannot write {out / 'golden.npy'}"), done.stderr
     assert _files(out) == before
