@@ -140,6 +140,23 @@ def test_an_option_no_file_takes_is_refused_before_anything_runs(exported, mnist
         assert result.stdout == "" and not (tmp_path / "b.json").exists()
 
 
+def test_files_are_read_for_feeding_options_only_when_one_is_given(exported, mnist_dir, tmp_path, monkeypatch):
+    """Plain `bench FILE` gives no option of how a foreign file is fed: nothing is read to refuse one, while one
+    given is still refused."""
+    from toolkit.runners import foreign
+
+    read, options_taken = [], foreign.options_taken
+    monkeypatch.setattr(foreign, "options_taken", lambda path: read.append(path) or options_taken(path))
+    loose = tmp_path / "loose.onnx"  # a toolkit .onnx no manifest lists: what it takes is read from the file
+    loose.write_bytes((exported / "model.onnx").read_bytes())
+    args = (loose, *FAST, "--runtime", "onnxruntime", "--data-dir", mnist_dir)
+    result = run_cli("bench", *args)
+    assert result.exit_code == 0, result.stderr
+    assert read == []
+    line = assert_one_line_error(run_cli("bench", *args, "--layout", "nchw"), 2)
+    assert "--layout is for a foreign file" in line and read == [str(loose)]
+
+
 def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):
     # a link counts too: the manifest beside the file it leads to governs it
     link = tmp_path / "int8.onnx"

@@ -236,3 +236,19 @@ def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):
     report = json.loads(result.stdout)
     assert report["passed"] is True and report["inputs"] == "random data" and report["n"] == 30
     assert not (tmp_path / "no-mnist").exists()
+
+
+def test_files_are_read_for_feeding_options_only_when_one_is_given(exported, mnist_dir, monkeypatch):
+    """Plain `compare A B` gives no option of how a foreign file is fed: nothing is read to refuse one, while one
+    given is still refused."""
+    from toolkit import compare
+    from toolkit.runners.foreign import options_taken
+
+    read = []
+    monkeypatch.setattr(compare, "options_taken", lambda path: read.append(path) or options_taken(path))
+    files = (exported / "model.onnx", exported / "model.ts.pt", "--limit", "10", "--data-dir", mnist_dir)
+    result = run_cli("compare", *files)
+    assert result.exit_code == 0, result.stderr
+    assert read == []
+    line = assert_one_line_error(run_cli("compare", *files, "--shape", "x=10"), 2)
+    assert "--shape is for a foreign .onnx" in line and read

@@ -32,7 +32,7 @@ from toolkit.model_files import listed_artifact
 from toolkit.reference import Reference, resolve_reference
 from toolkit.runners import Runner, RunnerOptions, open_runner
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S, check_time_limit
-from toolkit.runners.feeding import Preprocessing, refuse_unused
+from toolkit.runners.feeding import Preprocessing, options_set, refuse_unused
 from toolkit.runners.foreign import (
     ForeignOnnxRunner,
     open_file,
@@ -217,7 +217,9 @@ def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
     """ConfigError for an option of how a foreign file is fed that no file here takes, as `_open` opens them: on
     the reference inputs of A's export (`own`), fed as they are, no file takes --mean, --std or --layout, and a
     file of an export opens as its artifact."""
-    given = {*config.options_given, *(["shape"] if config.shapes else [])}
+    given = options_set(config.options_given, config.shapes)
+    if not given:  # nothing to refuse: no file is opened or read for it
+        return
     if not own:
         return refuse_unused(given, map(options_taken, paths))
     refuse_unused(given - {"shape"}, [], "every file is fed the reference inputs of A's export as they are")

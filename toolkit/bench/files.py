@@ -217,6 +217,8 @@ def _not_installed(runtimes: tuple[str, ...]) -> str:
 def _refuse_unused(paths: list[str], given: set[str]) -> None:
     """ConfigError for an option of how a foreign file is fed that none of `paths` takes, as `FileOpener` opens
     them: a file a manifest lists as its artifact, fed as its metadata says; any other as `foreign.open_file`."""
+    if not given:  # nothing to refuse: no file is opened or read for it
+        return
     from toolkit.runners import feeding, foreign
 
     listed = [listed_artifact(p) is not None for p in paths]
@@ -236,7 +238,7 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"{path} {fileio.absent(path)}")
-    _refuse_unused(paths, {*options_given, *(["shape"] if shapes else [])})
+    _refuse_unused(paths, feeding.options_set(options_given, shapes))
     selection = select_runtimes(config.runtimes)
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)

@@ -5,7 +5,7 @@ such an option when no file given takes it. It loads no runtime: the CLI checks 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,12 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             raise ConfigError(f"--shape names input {name!r} twice; give each input once")
         shapes[name] = shape
     return shapes
+
+
+def options_set(given: Iterable[str], shapes: Mapping[str, Any] | None) -> set[str]:
+    """The options of how a foreign file is fed that the command line set: those `given`, and --shape where
+    `shapes` names any input."""
+    return {*given, *(["shape"] if shapes else [])}
 
 
 def refuse_unused(given: Collection[str], taken: Iterable[frozenset[str]], why: str = "") -> None:
