@@ -60,14 +60,12 @@ class FileOpener(Opener):
     def open_file(self, runtime: str, path: str, options: RunnerOptions) -> Runner:
         options = replace(options, time_limit_s=self.time_limit_s)
         if path in self.artifacts:
-            runner = open_runner(runtime, self.artifacts[path], options)
-            runner.inputs_as_given = path in self.own_inputs_of  # its own input already, as verify feeds it
-            return runner
+            return open_runner(runtime, self.artifacts[path], options)
         from toolkit.runners import foreign
 
         return foreign.open_in(runtime, path, options, self.prep, self.shapes)
 
-    def load(self, c: Candidate) -> tuple[Runner, float]:
+    def opened(self, c: Candidate) -> tuple[Runner, float]:
         t0 = time.perf_counter()
         runner = self.open_file(c.runtime, str(c.source), c.options)
         return runner, (time.perf_counter() - t0) * 1e3
@@ -256,5 +254,5 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
         candidates += _plan_file(config, opener, files[-1], found, set(config.runtimes) - {"all"}, used, no_data)
     if not candidates:
         raise ConfigError("nothing to benchmark: no selected runtime runs these files on the devices asked for")
-    return Plan(candidates, opener, used, takes_images=any(f.inputs == MNIST_INPUTS for f in files), skipped=skipped,
+    return Plan(candidates, opener, used, skipped=skipped,
                 skipped_runtimes={k: v for k, v in selection.skipped.items() if k in relevant}, files=files)

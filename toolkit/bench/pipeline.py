@@ -68,17 +68,17 @@ def _pixels(config: BenchConfig, plan: Plan) -> Callable[[Candidate], np.ndarray
     pixels."""
     from toolkit.runners import foreign
 
-    mnist = bench_pixels(config.data_dir) if plan.takes_images else None
-    noise = foreign.random_pixels() if plan.files else None
     kinds = {f.file: f.inputs for f in plan.files}
+
+    def images(c: Candidate) -> bool:  # not its own inputs, and over a folder or a file recorded as taking images
+        return plan.opener.inputs(c) is None and (not plan.files or kinds[str(c.source)] == MNIST_INPUTS)
+
+    mnist = bench_pixels(config.data_dir) if any(map(images, plan.candidates)) else None
+    noise = foreign.random_pixels() if plan.files else None
 
     def fed(c: Candidate) -> np.ndarray:
         own = plan.opener.inputs(c)
-        if own is not None:
-            return own
-        if not plan.files:  # over a folder: the MNIST test images
-            return mnist
-        return mnist if kinds[str(c.source)] == MNIST_INPUTS and mnist is not None else noise
+        return own if own is not None else mnist if images(c) else noise
 
     return fed
 

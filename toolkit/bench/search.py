@@ -281,10 +281,15 @@ class Opener:
         return runner
 
     def load(self, c: Candidate) -> tuple[Runner, float]:
-        """The candidate's runner and how long opening it took, in milliseconds."""
-        runner, ms = open_timed(c.runtime, c.source, c.options)
+        """The candidate's runner, told whether it is fed its own inputs (`inputs`), and how long opening it took,
+        in milliseconds."""
+        runner, ms = self.opened(c)
         runner.inputs_as_given = self.inputs(c) is not None
         return runner, ms
+
+    def opened(self, c: Candidate) -> tuple[Runner, float]:
+        """The candidate's runner and how long opening it took, in milliseconds."""
+        return open_timed(c.runtime, c.source, c.options)
 
     def inputs(self, c: Candidate) -> np.ndarray | None:
         """What the candidate is fed as given, its model's own input already: its export's reference inputs (an
@@ -320,7 +325,6 @@ class Plan:
     candidates: list[Candidate]
     opener: Any  # Opener, or bench.files' FileOpener
     devices: list[str]
-    takes_images: bool = True  # False: no candidate is fed MNIST test images (random data, or its own inputs)
     checkpoint: str | None = None
     reference: Any = None  # verify's reference, when the candidates are verified
     skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
@@ -349,6 +353,6 @@ def plan_manifest(config: BenchConfig) -> Plan:
     ref = sample(full, config.verify_images) if config.verify else None
     missing = runners.would_run(selection, manifest, devices_used, list(config.formats), list(config.precisions),
                                 baseline=True)  # a runtime not installed is noted where it would have run something
-    return Plan(candidates, Opener(ref, full.pixels if own else None), devices_used, takes_images=not own,
+    return Plan(candidates, Opener(ref, full.pixels if own else None), devices_used,
                 checkpoint=checkpoint, reference=ref, skipped=skipped,
                 skipped_runtimes={k: v for k, v in selection.skipped.items() if k in missing})
