@@ -354,6 +354,7 @@ def test_compare_feeds_an_export_its_reference_inputs(colour_export: Path, tmp_p
     for side in (data["a"], data["b"]):
         assert side["preprocessing"] == {"from": "none: the model's own input, as given", "mean": 0.0, "std": 1.0}
     assert f"on {K} reference inputs" in " ".join(result.stdout.split())
+    assert "judged on" not in result.stdout  # no int8 file: every reference input judged B
 
 
 def test_compare_refuses_a_changed_reference_input_file_and_other_files(colour_export: Path, tmp_path: Path,
@@ -528,12 +529,23 @@ def test_bench_verifies_int8_files_on_the_held_out_reference_inputs(colour_expor
     points = json.loads((tmp_path / "b.json").read_text())["points"]
     assert {p["format"] for p in points} == {"onnx", "openvino"}
     assert all(p["verified"] is True and p["checked_images"] == _held_out() for p in points)
-    # compare judges B against A on the same rows verify would
+    held = f"judged on the {_held_out()} of the {K} reference inputs held out from its int8 calibration"
+    said = " ".join(result.stdout.split())
+    assert f"onnxruntime onnx/int8: {held}" in said and f"openvino openvino/int8: {held}" in said
+    # compare judges B against A on the same rows verify would, and says so as verify does
     report = tmp_path / "c.json"
-    result = run_cli("compare", colour_export / "model.onnx", colour_export / "model.int8.onnx", "--judge-as", "int8",
-                     "--data-dir", tmp_path / "no-mnist", "--json", report)
+    both = (colour_export / "model.onnx", colour_export / "model.int8.onnx", "--judge-as", "int8")
+    result = run_cli("compare", *both, "--data-dir", tmp_path / "no-mnist", "--json", report)
     assert result.exit_code == 0, result.stderr
-    assert json.loads(report.read_text())["n"] == _held_out()
+    data = json.loads(report.read_text())
+    assert data["n"] == data["b"]["held_out"] == _held_out() and data["reference_inputs"] == K
+    assert data["a"]["held_out"] == 0
+    said = " ".join(result.stdout.split())
+    assert f"{colour_export / 'model.int8.onnx'}: {held}" in said and said.count("judged on") == 1
+    result = run_cli("compare", *both, "--limit", "5", "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    assert f"judged on the first 5 of the {_held_out()} of the {K} reference inputs held out" in " ".join(
+        result.stdout.split())
 
 
 def test_int8_calibrated_on_inputs_of_another_scale_fails_verify(colour_model: Path, tmp_path: Path):
@@ -708,6 +720,11 @@ def test_int8_calibrated_on_the_reference_inputs_themselves_says_so(colour_model
     assert result.exit_code == 0, result.stderr
     said = " ".join(result.stdout.split())
     assert f"judged on all {K} reference inputs, {K} of which also calibrated it" in said
+    int8 = colour_model / "overlap" / "model.int8.onnx"
+    result = run_cli("compare", int8, int8, "--judge-as", "int8", "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"{int8}: judged on all {K} reference inputs, {K} of which also calibrated it" in said
 
 
 def test_bench_says_an_int8_file_it_could_not_judge_was_not_checked(colour_export: Path, tmp_path: Path):

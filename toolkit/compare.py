@@ -107,6 +107,11 @@ class Side:
     accuracy: float | None  # None: the file was fed random data (its input is not MNIST-shaped)
     preprocessing: dict[str, Any]
     input: str = MNIST_INPUT  # what it was fed: MNIST test images, or random data of its declared inputs
+    # an int8 file of the export whose reference inputs were fed (toolkit.calibration): how many of them are held out
+    # from its calibration, where it was calibrated on the others (every file is then compared on those only), and
+    # how many also calibrated it, where it was calibrated on --calibration-inputs; as verify reports them
+    held_out: int = 0
+    also_calibrating: int = 0
 
 
 @dataclass
@@ -124,6 +129,7 @@ class CompareReport:
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
     inputs: str = MNIST_INPUT  # what both files were fed
+    reference_inputs: int | None = None  # how many reference inputs A's export has, where they were fed
 
     @property
     def passed(self) -> bool:
@@ -189,11 +195,10 @@ def compare_all(config: CompareConfig,
     options = RunnerOptions(device=config.provider, time_limit_s=config.time_limit_s)
     paths = [config.a, config.b, *config.more]
     export_a = _own_export(config.a)
-    own = _exported_inputs(export_a, config.data_dir)
-    _refuse_unused(config, paths, own is not None)
+    full = _exported_inputs(export_a, config.data_dir)
+    _refuse_unused(config, paths, full is not None)
     exports = [export_a, *map(_own_export, paths[1:])]  # each file's manifest entry, read once
-    for artifact, _ in exports if own is not None else []:  # an int8 file calibrated on some: the others, as verify
-        own = calibration.judged_rows(artifact, own)
+    own, held_out = _rows_judged([a for a, _ in exports], full) if full is not None else (None, [])
     n = min(config.limit or 10_000, len(own.pixels) if own else 10_000)
     total, report = len(paths) * n, on_progress or (lambda done, total, what: None)
     measured, feeds = [], []
@@ -210,7 +215,24 @@ def compare_all(config: CompareConfig,
                               f"{feeds[k]}): there is nothing to compare them on")
         measured.append(_measure(path, tag, runner, prep, pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
-    return [_judged(config, [measured[0], side], n, t0) for side in measured[1:]]
+        if full is not None:  # as verify reports an int8 file judged on some of these inputs, or its calibration's
+            last = measured[-1][0]
+            last.held_out = held_out[k]
+            last.also_calibrating = calibration.also_calibrating(exports[k][0], full)
+    rows = len(full.pixels) if full is not None else None
+    return [_judged(config, [measured[0], side], n, t0, rows) for side in measured[1:]]
+
+
+def _rows_judged(entries: list[artifacts.Artifact | None], own: Reference) -> tuple[Reference, list[int]]:
+    """The reference inputs of A's export (`own`) cut to the rows that may judge every file (`entries`: their
+    manifest entries), as verify judges each (an int8 file calibrated on some of them: the others), and for each
+    file how many of them are held out from its calibration (0: it was not calibrated on some of them)."""
+    held_out = []
+    for artifact in entries:
+        cut = calibration.judged_rows(artifact, own)
+        held_out.append(len(cut.pixels) if cut is not own else 0)
+        own = cut
+    return own, held_out
 
 
 def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
@@ -344,7 +366,8 @@ def _feed_of(runner: Any) -> str:
                                           for i in runner.inputs)
 
 
-def _judged(config: CompareConfig, measured: list, n: int, t0: float) -> CompareReport:
+def _judged(config: CompareConfig, measured: list, n: int, t0: float,
+            reference_inputs: int | None = None) -> CompareReport:
     (a, va, ka), (b, vb, kb) = measured
     compared = target_kind(ka, kb, config.as_)
     if compared != "raw":
@@ -361,4 +384,5 @@ def _judged(config: CompareConfig, measured: list, n: int, t0: float) -> Compare
                          agreement=agreement, accuracy_delta=change, tolerance=asdict(config.tolerance),
                          failures=failures, seconds=time.perf_counter() - t0,
                          versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
-                         inputs=a.input if a.input == b.input else f"{a.input} / {b.input}")
+                         inputs=a.input if a.input == b.input else f"{a.input} / {b.input}",
+                         reference_inputs=reference_inputs)

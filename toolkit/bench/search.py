@@ -236,7 +236,7 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None)
 
     runtime, fmt, precision, options = key
     computed = runner.computed_mode
-    judged = judged_precision(precision, computed)
+    judged, rows = judged_precision(precision, computed), ref
     try:
         rows = calibration.judged_rows(artifact, ref, "give more with --verify-images N")
         fields = verify.check_runner(runner, rows, verify.DEFAULT_TOLERANCES[judged], VERIFY_BATCH1_IMAGES)
@@ -246,7 +246,8 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None)
         fields = {"passed": False, "failures": [str(e)]}
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
             **({"computed_mode": computed} if computed != options.mode else {}),
-            **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")}}
+            **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")},
+            **({"held_out_of": len(ref.pixels)} if rows is not ref and "n" in fields else {})}  # n: those held out
 
 
 class Opener:

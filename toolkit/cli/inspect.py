@@ -30,7 +30,13 @@ from toolkit.cli.common import (
     out,
 )
 from toolkit.cli.progress import stage
-from toolkit.cli.tables import _compare_many_table, _compare_table, _predictions_table, _print_bench
+from toolkit.cli.tables import (
+    _compare_many_table,
+    _compare_table,
+    _predictions_table,
+    _print_bench,
+    _print_compared_on,
+)
 from toolkit.devices import CPU
 from toolkit.formats import FORMATS
 from toolkit.metadata import MAX_ABS_MEAN, MAX_STD, MIN_STD
@@ -109,6 +115,7 @@ def compare(
     on = report.inputs if report.inputs == "MNIST test images" else f"{report.inputs} (no accuracy: not MNIST)"
     compared = ", ".join(dict.fromkeys(r.compared for r in reports))
     out.print(f"compared {compared} on {report.n:,} {on} in {reports[-1].seconds:.1f} s", highlight=False)
+    _print_compared_on(reports)
     if json_path:
         _write_json(json_path, reports_json(reports))
     raise_for_failures(reports)

@@ -29,7 +29,14 @@ from toolkit.cli.common import (
     require,
 )
 from toolkit.cli.progress import download_progress, epoch_display, stage
-from toolkit.cli.tables import _artifacts_table, _mnist_table, _print_skipped, _print_table, _verify_table
+from toolkit.cli.tables import (
+    _artifacts_table,
+    _mnist_table,
+    _print_judged_on,
+    _print_skipped,
+    _print_table,
+    _verify_table,
+)
 from toolkit.exporters.triton import DEFAULT_MAX_BATCH_SIZE
 from toolkit.formats import (
     DEFAULT_CALIBRATION_SIZE,
@@ -296,13 +303,8 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     with stage("verifying") as on_progress:
         report = run_verify(config, on_progress=on_progress)
     _print_table(*_verify_table(report))
-    for r in report.results:
-        if 0 < r.n < report.n:  # an int8 file calibrated on the other reference inputs (toolkit.calibration)
-            out.print(f"{r.name}: judged on the {r.n:,} of the {report.n:,} reference inputs held out from its int8 "
-                      "calibration", highlight=False)
-        elif r.also_calibrating:  # --calibration-inputs that overlap --inputs
-            out.print(f"{r.name}: judged on all {r.n:,} reference inputs, {r.also_calibrating:,} of which also "
-                      "calibrated it (--calibration-inputs shares them with --inputs)", highlight=False)
+    for r in report.results:  # an int8 file judged on some of its reference inputs, or on its calibration rows too
+        _print_judged_on(r.name, r.n, report.n, r.also_calibrating)
     _print_skipped(report.skipped, report.unverified)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)

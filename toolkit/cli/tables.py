@@ -220,6 +220,31 @@ def _print_skipped(skipped: dict[str, str], unverified: dict[str, list[str]] | N
         out.print(f"skipped {label}: {reason}{note}", highlight=False)
 
 
+def _print_judged_on(name: str, n: int, total: int, also_calibrating: int = 0, held_out: int | None = None) -> None:
+    """A line saying which of `total` reference inputs judged the int8 file `name` (toolkit.calibration), where not
+    simply all of them: `held_out` (default `n`) held out from its calibration, or all of them, `also_calibrating`
+    of which calibrated it too; n, those judged, may be the first of them only."""
+    held = n if held_out is None else held_out
+    first = f"the first {n:,} of " if n < held else ""
+    if 0 < held < total:
+        line = f"judged on {first}the {held:,} of the {total:,} reference inputs held out from its int8 calibration"
+    elif also_calibrating:
+        line = (f"judged on {first or 'all '}{total:,} reference inputs, {also_calibrating:,} of which also "
+                "calibrated it (--calibration-inputs shares them with --inputs)")
+    else:
+        return
+    out.print(f"{name}: {line}", highlight=False)
+
+
+def _print_compared_on(reports: list[Any]) -> None:
+    """compare on an export's reference inputs: a line, as verify prints it, for each int8 file of it judged on some
+    of them only, or on its calibration rows too (every file is compared on the rows that judge each one)."""
+    first = reports[0]
+    total = first.reference_inputs
+    for side in {side.file: side for r in reports for side in (r.a, r.b)}.values() if total else ():
+        _print_judged_on(side.file, first.n, total, side.also_calibrating, side.held_out or total)
+
+
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
     """The summary table, what was left out and why, and one recommendation per regime; with `sweep`, every
     point first. The targets are not printed: they are the project's goals, rendered by benchmarks/report.py."""
@@ -235,6 +260,10 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
                  if v.get("passed") is None and v.get("failures")}  # a verdict that could not be computed: why
     for line in sorted(unchecked):
         out.print(f"not verified: {line}", highlight=False)
+    judged = {(f"{v['runtime']} {v['artifact']}", v["n"], v["held_out_of"]) for v in report.verification.values()
+              if v.get("held_out_of")}  # an int8 file verified on the reference inputs its calibration left out
+    for name, n, total in sorted(judged):
+        _print_judged_on(name, n, total)
     for regime, f in report.fastest.items():
         out.print(bench_lib.fastest_line(f, regime), highlight=False)
     peaks = bench_lib.peaks_line(report)
