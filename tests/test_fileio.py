@@ -74,7 +74,7 @@ def test_a_staged_write_fills_its_scratch_file_itself(tmp_path):
     fileio.write_json(tmp_path / "manifest.json", {"a": 1}, to=scratch)
     assert os.stat(scratch).st_ino == inode and json.loads(scratch.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == [scratch.name]
-    assert staging.commit(lambda line: None, set()) == []
+    assert staging.commit(lambda line: None) == []
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     # a write that fails names the file it was to become, and leaves no half-written scratch file behind
     scratch = staging.scratch("golden.npy")

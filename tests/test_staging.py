@@ -1,28 +1,33 @@
-"""An export whose commit fails part-way: the folder holds nothing of it that no manifest lists, and the earlier
-export still verifies, or verify refuses what changed."""
+"""An export whose commit fails part-way, or is stopped by a crash: the folder is again exactly as it was, and the
+earlier export still verifies."""
 
 import errno
-import json
 import os
+import shutil
 
 from tests.conftest import run_cli
-from toolkit.artifacts import read_manifest
+from toolkit.staging import ASIDE_PREFIX, Staging
 
 
-def _listed(out) -> set[str]:
-    """Every name the manifest in `out` lists, itself included."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    names = {file for a in read_manifest(out) for file in a.files} | {"manifest.json", manifest["golden"]["file"]}
-    return names | ({manifest["triton"]["repository"]} if "triton" in manifest else set())
+def _snapshot(folder) -> dict[str, bytes | str]:
+    """Every name under `folder`, hidden ones too, with its bytes (a folder: "folder", a link: its target)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        found[name] = f"-> {os.readlink(path)}" if path.is_symlink() else "folder" if path.is_dir() \
+            else path.read_bytes()
+    return found
 
 
-def _export_failing(monkeypatch, args, n: int, interrupt: bool) -> list[str]:
-    """Export with `args`, the `n`-th rename failing (as Ctrl-C, with `interrupt`); the names renamed to."""
+def _export_failing(monkeypatch, args, n: int, interrupt: bool = False, crash: bool = False) -> list[str]:
+    """Export with `args`, the `n`-th rename failing (as Ctrl-C, with `interrupt`; with `crash`, every rename from
+    the `n`-th on, so that none is undone); each rename's target, "aside/<name>" for one into the folder set aside."""
     real_replace, calls = os.replace, []
 
     def replace(src, dst, *rest, **kwargs):
-        calls.append(os.path.basename(dst))
-        if len(calls) == n:
+        aside = os.path.basename(os.path.dirname(dst)).startswith(ASIDE_PREFIX)
+        calls.append("aside/" * aside + os.path.basename(dst))
+        if len(calls) == n or (crash and len(calls) > n):
             raise KeyboardInterrupt if interrupt else PermissionError(errno.EACCES, "Permission denied")
         return real_replace(src, dst, *rest, **kwargs)
 
@@ -33,49 +38,74 @@ def _export_failing(monkeypatch, args, n: int, interrupt: bool) -> list[str]:
     if interrupt:
         assert result.exit_code == 130 and last.endswith("interrupted"), result.stderr
     else:
-        assert result.exit_code == 2 and last.startswith("error: cannot write") and "Permission denied" in last
+        assert result.exit_code == 2 and last.startswith("error: cannot ") and "Permission denied" in last, \
+            result.stderr
     assert "Traceback" not in result.stderr
+    if crash:
+        assert "could not put back every file" in result.stderr, result.stderr
     return calls
 
 
-def _still_verifies_or_is_refused(out, mnist_dir) -> None:
+def _verifies(out, mnist_dir) -> None:
     verified = run_cli("verify", "--artifacts", out, "--data-dir", mnist_dir, "--batch1-images", "0")
-    if verified.exit_code != 0:  # a file rebuilt in place: the earlier manifest's hash refuses it
-        assert "changed since export" in verified.stdout + verified.stderr, verified.stderr
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
 
 
-def test_a_commit_that_fails_part_way_leaves_nothing_unlisted(tmp_path, short_run, mnist_dir, monkeypatch):
+def test_a_commit_that_fails_part_way_leaves_the_folder_as_it_was(tmp_path, short_run, mnist_dir, monkeypatch):
     out = tmp_path / "exp"
     args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out, "--data-dir", mnist_dir)
     assert run_cli(*args, "--format", "onnx").exit_code == 0
-    manifest, listed = (out / "manifest.json").read_bytes(), _listed(out)
-    assert listed == {"manifest.json", "model.onnx", "golden.npy"}
-    # the renames of the commit of the Triton repository and the files it serves, in order
-    renames = ["model.onnx", "model.app.onnx", "model.ts.pt", "golden.npy", "triton", "manifest.json"]
-    for n in (3, 5, 6):  # an unlisted new file in place (on Ctrl-C), then the Triton repository, then the manifest
-        calls = _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), n, interrupt=n == 3)
-        assert calls[:n] == renames[:n]
-        assert (out / "manifest.json").read_bytes() == manifest
-        assert {p.name for p in out.iterdir()} == listed, n  # no new file but model.onnx, no hidden scratch file
-    _still_verifies_or_is_refused(out, mnist_dir)  # the listed names hold the earlier bytes or are refused by hash
+    before = _snapshot(out)
+    assert set(before) == {"manifest.json", "model.onnx", "golden.npy"}
+    # the renames of the commit of the Triton repository and the files it serves, in order: a file of a name the
+    # earlier export holds goes aside before the new one takes it
+    renames = ["aside/model.onnx", "model.onnx", "model.app.onnx", "model.ts.pt", "aside/golden.npy", "golden.npy",
+               "triton", "manifest.json"]
+    calls = _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), 7, interrupt=True)  # Ctrl-C
+    assert calls[:7] == renames[:7]
+    assert _snapshot(out) == before  # every earlier file back, nothing new, no hidden file or folder left
 
-    # nothing left in the way: the next export needs no --overwrite
     assert run_cli(*args, "--format", "onnx,triton").exit_code == 0
-    manifest, listed = (out / "manifest.json").read_bytes(), _listed(out)
-    assert listed == {p.name for p in out.iterdir()} == set(renames)
-    # with a Triton repository in place: it goes aside, the new one comes in (failing: the earlier one is put back),
-    # then the manifest
-    renames[4:5] = ["triton", "triton"]
-    for n in (6, 7):
-        repository = (out / "triton").stat().st_ino
-        calls = _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), n, interrupt=n == 6)
-        assert calls[:n] == renames[:n]
-        assert (out / "manifest.json").read_bytes() == manifest
-        if n == 6:  # the earlier repository stays
-            assert {p.name for p in out.iterdir()} == listed and (out / "triton").stat().st_ino == repository
-        else:  # the new one goes again: the manifest there describes another
-            assert {p.name for p in out.iterdir()} == listed - {"triton"}
-    _still_verifies_or_is_refused(out, mnist_dir)
-    assert run_cli(*args, "--format", "onnx,triton").exit_code == 0
-    assert _listed(out) == {p.name for p in out.iterdir()} == listed
-    assert run_cli("verify", "--artifacts", out, "--data-dir", mnist_dir).exit_code == 0
+    before = _snapshot(out)
+    assert not [name for name in before if name.startswith(".")]  # no folder set aside, no scratch file
+    assert {name for name in before if "/" not in name} == {*renames[1:4], *renames[5:]}
+    # without --format triton, the repository, now stale, goes aside first; then the manifest fails
+    calls = _export_failing(monkeypatch, (*args, "--format", "onnx"), 6)
+    assert calls[:6] == ["aside/triton", "aside/model.onnx", "model.onnx", "aside/golden.npy", "golden.npy",
+                         "manifest.json"]
+    assert _snapshot(out) == before
+    # with --format triton, the earlier repository goes aside when the new one takes its name
+    calls = _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), 10)
+    assert calls[8:10] == ["aside/triton", "triton"]
+    assert _snapshot(out) == before
+    _verifies(out, mnist_dir)
+
+
+def test_the_next_export_settles_what_a_crash_in_a_commit_set_aside(tmp_path, short_run, mnist_dir, monkeypatch):
+    out = tmp_path / "exp"
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out, "--data-dir", mnist_dir, "--format",
+            "onnx,triton")
+    assert run_cli(*args).exit_code == 0
+    before, lines = _snapshot(out), []
+    # stopped as the manifest was to be renamed, and nothing undone: the earlier files wait in the folder set aside
+    calls = _export_failing(monkeypatch, args, 11, crash=True)
+    assert calls[8:11] == ["aside/triton", "triton", "manifest.json"]
+    left = _snapshot(out)
+    assert [name for name in left if name.startswith(ASIDE_PREFIX)] and left != before
+    Staging(out).recover(lines.append)  # what the next export does first
+    assert _snapshot(out) == before
+    assert lines[0].startswith(f"put back golden.npy, model.app.onnx, model.onnx, model.ts.pt, triton from {out}/")
+    _verifies(out, mnist_dir)
+
+    # stopped after it: the new export stands, and the next export removes the earlier files set aside
+    real_rmtree = shutil.rmtree
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "rmtree", lambda path, *a, **k: (_ for _ in ()).throw(OSError(errno.EBUSY, "Busy"))
+                  if ASIDE_PREFIX in str(path) else real_rmtree(path, *a, **k))
+        result = run_cli(*args)
+    assert result.exit_code == 0 and "could not remove" in result.stderr, result.stderr
+    done = _snapshot(out)
+    assert [name for name in done if name.startswith(ASIDE_PREFIX)]
+    result = run_cli(*args)
+    assert result.exit_code == 0 and f"removed {out}/{ASIDE_PREFIX}" in result.stderr, result.stderr
+    assert set(_snapshot(out)) == {name for name in done if not name.startswith(ASIDE_PREFIX)}

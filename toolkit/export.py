@@ -279,6 +279,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
     rebuilding = {FORMATS[f].file_name(p) for f, p in pairs}
     staging = Staging(out_dir)
     try:
+        staging.recover(log)  # what an export stopped by a crash set aside
         previous = export_folder.previous_manifest(out_dir)
         kept = export_folder.previous_artifacts(out_dir, previous, ctx, rebuilding, config.overwrite, staging,
                                                 newest_run=config.checkpoint is None)
@@ -304,7 +305,7 @@ def _export_locked(config: ExportConfig, pairs: list[tuple[str, str]], module, o
         triton_models = _lay_out_triton(config, staging, previous, kept, built, extra, log)
         manifest = write_manifest(out_dir, kept + built, extra, golden=golden_entry,
                                   to=staging.scratch(MANIFEST_NAME))
-        removed = staging.commit(log, export_folder.listed_files(previous))
+        removed = staging.commit(log)
     finally:
         staging.discard()  # what is left after a failure; nothing after the commit
     return ExportResult(artifacts=kept + built, manifest=str(manifest), removed=removed,
@@ -397,7 +398,7 @@ def _lay_out_triton(config: ExportConfig, staging: Staging, previous: export_fol
         _drop_stale_triton(staging, previous, {a.file for a in built})
         return []
     models, staged = triton.stage_repository(out_dir, kept + built, config.triton_max_batch_size, sources=staging.files)
-    staging.add_folder(triton.REPOSITORY, staged, lambda folder: triton.replace_repository(out_dir, folder))
+    staging.add_folder(triton.REPOSITORY, staged)
     extra["triton"] = {"repository": triton.REPOSITORY, "models": [
         {"name": m.name, "artifact": m.artifact, "platform": m.platform} for m in models]}
     log(f"wrote {triton.REPOSITORY}/ with {len(models)} models")
@@ -406,8 +407,7 @@ def _lay_out_triton(config: ExportConfig, staging: Staging, previous: export_fol
 
 def _drop_stale_triton(staging: Staging, previous: export_folder.Previous, rebuilt: set[str]) -> None:
     """A Triton repository serves copies of the artifacts: once one of them is rebuilt, the copy is stale."""
-    out_dir = staging.out_dir
     served = {FORMATS[f].file_name(p) for f, p in triton.ARTIFACTS}
     if rebuilt & served and triton.REPOSITORY in export_folder.listed_files(previous):
-        staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir),
-                       "its models were exported again (add --format triton to lay it out anew)")
+        staging.remove(f"{triton.REPOSITORY}/", "its models were exported again (add --format triton to lay it out "
+                       "anew)")

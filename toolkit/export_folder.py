@@ -72,7 +72,8 @@ def previous_artifacts(out_dir: Path, previous: Previous, ctx: ExportContext, re
             kept.append(a)
         else:
             for file in a.files:
-                staging.remove(file, _artifact_remover(out_dir, file), _OTHER_INPUTS if stale else _OTHER)
+                _check_exported(out_dir, file)
+                staging.remove(file, _OTHER_INPUTS if stale else _OTHER)
     return kept
 
 
@@ -237,26 +238,18 @@ def _remove_results(out_dir: Path, previous: Previous, staging: Staging) -> None
     triton/ folder that no manifest lists is the user's)."""
     for name in RESULT_FILES:
         if (out_dir / name).is_file() or (out_dir / name).is_symlink():
-            staging.remove(name, lambda path=out_dir / name: _unlink(path), _OTHER)
+            staging.remove(name, _OTHER)
     if triton.REPOSITORY in listed_files(previous):
-        staging.remove(f"{triton.REPOSITORY}/", lambda: triton.remove_repository(out_dir), _OTHER)
+        staging.remove(f"{triton.REPOSITORY}/", _OTHER)
 
 
-def _artifact_remover(out_dir: Path, file: str) -> Callable[[], None]:
-    """How to remove a listed file that is not kept, provided it is a name this exporter writes."""
+def _check_exported(out_dir: Path, file: str) -> None:
+    """ArtifactError unless a listed file that is not kept, which commit removes, is a name this exporter writes."""
     exported_names = {name for f in FORMATS.values() for p in f.precisions
                       for name in (f.file_name(p), *f.companion_names(p))}
     if file not in exported_names:
         raise ArtifactError(f"bad manifest in {out_dir}/: {file} is not a file toolkit exports; "
                             f"remove {out_dir / MANIFEST_NAME} or export into another folder")
-    return lambda: _unlink(out_dir / file)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)  # a symlink is removed itself, never what it points to
-    except OSError as e:
-        raise ArtifactError(f"cannot remove {path}: {e.strerror or e}") from None
 
 
 def write_or_keep_golden(out_dir: Path, previous: Previous, reference: tuple[Any, Any] | None, data_dir: str,
@@ -305,4 +298,4 @@ def _keep_golden(out_dir: Path, previous: Previous, listed: set[str], data_dir: 
 
 def _remove_stale(stale: Path, staging: Staging, why: str) -> None:
     if stale.exists() or stale.is_symlink():
-        staging.remove(stale.name, lambda: _unlink(stale), why)
+        staging.remove(stale.name, why)

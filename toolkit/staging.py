@@ -1,12 +1,19 @@
 """An export's new files, written under hidden scratch names in its folder and put in place together at the end.
 
 Until `commit`, the folder's own files are untouched: a failed or interrupted export discards its scratch files
-and leaves the folder exactly as it was. `commit` only removes and renames (it needs no disk space): first the
-previous export's stale files go, then the new files take their names (the previous manifest's hashes refuse them
-until the new manifest replaces it), then the Triton repository, and the manifest last. Should one of these steps
-fail, the new files already in place that the manifest there does not list, and the new Triton repository, are taken
-away again: the folder then holds nothing of this export but files the earlier manifest lists, whose hashes refuse
-those that differ from the files it describes.
+and leaves the folder exactly as it was. `commit` only renames (it needs no disk space, and copies nothing): into
+one hidden folder it makes in the export folder, `.export-old-<tag>-...`, go first the previous export's stale files,
+then, one by one, each file of a name a new file takes, before the new one is renamed to it; the Triton repository
+likewise, and the manifest last, over the previous one. That last rename is the point of no return: should any step
+before it fail (an error, Ctrl-C), every rename made is undone, in reverse order, and the folder is again exactly as
+it was; once it is done, the folder set aside is deleted (should that fail, it is said, and the export stands).
+
+A crash in between (the process killed, the power gone) leaves the folder set aside. `recover`, run by the next
+export before it reads the folder, settles it: the tag is the start of the new manifest's SHA-256, so if the
+manifest in place is that one, the commit had passed its point of no return and the folder set aside is deleted;
+otherwise its files are put back under their names (over the new ones; a new file of a name the previous manifest
+does not list stays, and the next export replaces it only with --overwrite). Until then the previous manifest's
+hashes refuse the new files that took its files' names.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from toolkit import fileio
@@ -25,6 +33,9 @@ from toolkit.errors import OutputError
 
 Log = Callable[[str], None]
 
+ASIDE_PREFIX = ".export-old-"  # then the start of the new manifest's SHA-256, "-" and mkdtemp's random part
+_TAG = 16
+
 
 class Staging:
     """The scratch files of one export into `out_dir`, and what its commit removes."""
@@ -32,8 +43,8 @@ class Staging:
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
         self.files: dict[str, Path] = {}  # final name -> scratch file, renamed in this order
-        self.stale: dict[str, tuple[Callable[[], object], str]] = {}  # name -> (how to remove it, why)
-        self.folder: tuple[str, Path, Callable[[Path], object]] | None = None  # name, staged folder, how to put it
+        self.stale: dict[str, str] = {}  # name (a folder's ending in "/") -> why it goes
+        self.folder: tuple[str, Path] | None = None  # name, staged folder
 
     def scratch(self, name: str) -> Path:
         """A new empty file beside `out_dir/name` that commit renames to `name`."""
@@ -48,14 +59,13 @@ class Staging:
         """A scratch file written elsewhere in `out_dir` (a builder's companion file) that commit renames to `name`."""
         self.files[name] = scratch
 
-    def add_folder(self, name: str, staged: Path, put: Callable[[Path], object]) -> None:
-        """A folder laid out elsewhere in `out_dir` (the Triton repository) that commit puts in place as `name` with
-        `put`."""
-        self.folder = (name, staged, put)
+    def add_folder(self, name: str, staged: Path) -> None:
+        """A folder laid out elsewhere in `out_dir` (the Triton repository) that commit renames to `name`."""
+        self.folder = (name, staged)
 
-    def remove(self, name: str, how: Callable[[], object], why: str) -> None:
-        """Remove `name` at commit (`how` does it), saying `why`."""
-        self.stale.setdefault(name, (how, why))
+    def remove(self, name: str, why: str) -> None:
+        """Remove `name` of `out_dir` (a file, a link, or a folder named with a final "/") at commit, saying `why`."""
+        self.stale.setdefault(name, why)
 
     def discard(self) -> None:
         """Remove every scratch file (and what a builder wrote beside it): the folder is as it was."""
@@ -67,55 +77,118 @@ class Staging:
             shutil.rmtree(self.folder[1], ignore_errors=True)
         self.files, self.folder = {}, None
 
-    def commit(self, log: Log, listed: Collection[str]) -> list[str]:
-        """Put everything in place (see the module's docstring); the names removed. `listed`: the names the folder's
-        manifest lists now. A signal waits until it ends; a failure takes back what was put in place (see the module's
-        docstring) and raises."""
-        manifest = [(name, path) for name, path in self.files.items() if name == MANIFEST_NAME]
-        taken: list[str] = []  # what a failure takes back
+    def commit(self, log: Log) -> list[str]:
+        """Put everything in place, the manifest (which must be among the files) last; the names removed. A signal
+        waits until it ends; a failure before the manifest is in place undoes every rename and raises (see the
+        module's docstring)."""
+        manifest = self.files[MANIFEST_NAME]
+        try:
+            tag = fileio.file_digest(manifest)[:_TAG]
+            aside = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{tag}-", dir=self.out_dir))
+        except OSError as e:
+            raise OutputError(f"cannot write in {self.out_dir}/: {e.strerror or e}") from None
+        done: list[tuple[Path, Path]] = []  # the renames made, which a failure undoes
         with _signals_deferred():
-            for name, (how, why) in self.stale.items():
-                how()
-                log(f"removed {name}: {why}")
             try:
+                for name in self.stale:
+                    _move_aside(self.out_dir / name.rstrip("/"), aside, done, "remove")
                 for name, scratch in self.files.items():
                     if name != MANIFEST_NAME:
-                        _rename(scratch, self.out_dir / name)
-                        if name not in listed:
-                            taken.append(name)
+                        _move_aside(self.out_dir / name, aside, done)
+                        _rename(scratch, self.out_dir / name, done)
                 if self.folder is not None:
-                    name, staged, put = self.folder
-                    put(staged)
-                    taken.append(name)  # listed or not: no hash in the manifest guards the copies it holds
-                for name, scratch in manifest:
-                    _rename(scratch, self.out_dir / name)
+                    name, staged = self.folder
+                    _check_folder(self.out_dir / name)
+                    _move_aside(self.out_dir / name, aside, done)
+                    _rename(staged, self.out_dir / name, done)
+                _rename(manifest, self.out_dir / MANIFEST_NAME, done)  # the point of no return
             except BaseException:
-                _take_back(self.out_dir, taken)
+                _undo(done, aside, log)
                 raise
-        self.files, self.folder = {}, None
+            self.files, self.folder = {}, None
+            for name, why in self.stale.items():
+                log(f"removed {name}: {why}")
+            _delete_aside(aside, log)
         return list(self.stale)
 
+    def recover(self, log: Log) -> None:
+        """Settle the folders set aside by commits a crash stopped (see the module's docstring). OutputError if a
+        file cannot be put back."""
+        manifest = self.out_dir / MANIFEST_NAME
+        digest = fileio.file_digest(manifest) if manifest.is_file() and not manifest.is_symlink() else ""
+        for aside in sorted(self.out_dir.glob(f"{_escaped(ASIDE_PREFIX)}*")):
+            if not aside.is_dir() or aside.is_symlink():
+                continue
+            tag = aside.name[len(ASIDE_PREFIX):].split("-")[0]
+            if len(tag) == _TAG and digest.startswith(tag):  # the commit was done but for deleting it
+                _delete_aside(aside, log)
+                log(f"removed {aside}/, the earlier files of an export that was stopped once it was done")
+                continue
+            names = sorted(p.name for p in aside.iterdir())
+            for name in names:
+                _put_back(aside / name, self.out_dir / name)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+            log(f"put back {', '.join(names) or 'nothing'} from {aside}/, where an export that was stopped part-way "
+                "had set the earlier export's files aside")
 
-def _take_back(out_dir: Path, names: list[str]) -> None:
-    """Remove what a failed commit put in place under `names` (files, a folder), as far as the file system lets it."""
-    for name in names:
-        path = out_dir / name
+
+def _move_aside(path: Path, aside: Path, done: list[tuple[Path, Path]], verb: str = "write") -> None:
+    """Rename `path`, if there is one and it was not set aside already, into `aside`."""
+    if os.path.lexists(path) and not os.path.lexists(aside / path.name):
+        try:
+            os.replace(path, aside / path.name)  # a symlink is moved itself, never followed
+        except OSError as e:
+            raise OutputError(f"cannot {verb} {path}: {e.strerror or e}") from None
+        done.append((path, aside / path.name))
+
+
+def _rename(scratch: Path, path: Path, done: list[tuple[Path, Path]]) -> None:
+    try:
+        os.replace(scratch, path)  # nothing is at `path` but for the manifest, which it replaces
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    done.append((scratch, path))
+
+
+def _check_folder(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputError(f"{path} exists and is not a folder; move it away to write the folder there")
+
+
+def _undo(done: list[tuple[Path, Path]], aside: Path, log: Log) -> None:
+    """Undo the renames `done`, last first: each new file back to its scratch name, each earlier file back to its
+    own; what cannot go back stays in `aside` (said), for the next export's `recover`."""
+    for source, target in reversed(done):
         with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            os.replace(target, source)
+    try:
+        aside.rmdir()
+    except OSError:
+        log(f"could not put back every file of {aside.parent}/: those left are in {aside}/, and the next export "
+            f"into {aside.parent}/ puts them back")
+
+
+def _put_back(kept: Path, path: Path) -> None:
+    """Put a file (or folder) set aside back as `path`, over what a stopped commit put there."""
+    try:
+        if kept.is_dir() and not kept.is_symlink() and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # the stopped export's Triton repository: copies that no hash guards
+        os.replace(kept, path)
+    except OSError as e:
+        raise OutputError(f"cannot put back {path} from {kept}: {e.strerror or e}; put it back, or remove "
+                          f"{kept.parent} to lose the earlier export") from None
+
+
+def _delete_aside(aside: Path, log: Log) -> None:
+    try:
+        shutil.rmtree(aside)
+    except OSError as e:
+        log(f"could not remove {aside}/ (the files this export replaced): {e.strerror or e}")
 
 
 def _escaped(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _rename(scratch: Path, path: Path) -> None:
-    try:
-        os.replace(scratch, path)  # a symlink at `path` is replaced itself, never followed
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

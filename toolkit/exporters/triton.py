@@ -8,7 +8,6 @@ Not a format of its own (formats.py has no row for it): it serves copies of the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -82,23 +81,11 @@ def model_config(artifact: Artifact, max_batch_size: int) -> TritonModel:
     return TritonModel(name, artifact.file, platform, text)
 
 
-def remove_repository(out_dir: str | os.PathLike) -> bool:
-    """Remove `<out_dir>/triton/` if it is a real folder (a symlink there is never followed); True if removed."""
-    target = Path(out_dir) / REPOSITORY
-    if not target.is_dir() or target.is_symlink():
-        return False
-    try:
-        shutil.rmtree(target)
-    except OSError as e:
-        raise OutputError(f"cannot remove {target}: {e.strerror or e}") from None
-    return True
-
-
 def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, sources: dict[str, Path] | None = None
                      ) -> tuple[list[TritonModel], Path]:
-    """The repository for the served artifacts, laid out in a hidden folder of `out_dir` (replace_repository puts
-    it in place); `sources`: where an artifact's file is while it is not yet in `out_dir`."""
+    """The repository for the served artifacts, laid out in a hidden folder of `out_dir` (the export's commit puts
+    it in place: toolkit/staging.py); `sources`: where an artifact's file is while it is not yet in `out_dir`."""
     if not 1 <= max_batch_size <= MAX_MAX_BATCH_SIZE:
         raise ConfigError(f"Triton max batch size must be between 1 and {MAX_MAX_BATCH_SIZE}, got {max_batch_size}")
     out_dir = Path(out_dir)
@@ -120,27 +107,3 @@ def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
             shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
     return models, staging
-
-
-def replace_repository(out_dir: str | os.PathLike, staging: Path) -> None:
-    """Rename the staged repository to `<out_dir>/triton/`, in place of an earlier one (which stays where the new one
-    could not take its place)."""
-    target = Path(out_dir) / REPOSITORY
-    old = None
-    try:
-        if target.is_symlink() or target.is_file():
-            raise OutputError(f"{target} exists and is not a folder; remove it to export a Triton repository")
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-old-", dir=out_dir))
-            os.replace(target, old / REPOSITORY)
-        os.replace(staging, target)
-    except OSError as e:
-        raise OutputError(f"cannot write the Triton repository in {target}: {e.strerror or e}") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-        if old is not None:
-            if not os.path.lexists(target) and (old / REPOSITORY).is_dir():
-                with contextlib.suppress(OSError):
-                    os.replace(old / REPOSITORY, target)
-            shutil.rmtree(old, ignore_errors=True)
