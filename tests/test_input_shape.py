@@ -252,6 +252,48 @@ def test_a_changed_reference_input_file_is_refused(colour_export: Path, tmp_path
         assert "inputs.npy" in line
 
 
+def _swap_after_each_read(monkeypatch, name: str, replacement: bytes) -> None:
+    """Another writer replaces the file `name` with `replacement` right after anything reads it."""
+    read = Path.read_bytes
+
+    def read_then_swap(self: Path) -> bytes:
+        data = read(self)
+        if self.name == name:
+            self.write_bytes(replacement)
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_swap)
+
+
+def test_the_reference_inputs_loaded_are_the_bytes_hashed(colour_export: Path, tmp_path: Path, monkeypatch):
+    # the file is replaced after its bytes were read and hashed: those bytes are loaded, not the file read again
+    import io
+    import shutil
+
+    from toolkit import refinputs
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_export, copy)
+    hashed = (copy / "inputs.npy").read_bytes()
+    _swap_after_each_read(monkeypatch, "inputs.npy", refinputs.npy_bytes(np.load(io.BytesIO(hashed)) + 1))
+    entry = json.loads((copy / "manifest.json").read_text())["golden"]["data"]
+    loaded = refinputs.read_inputs(copy, entry)
+    assert np.array_equal(loaded, np.load(io.BytesIO(hashed)))
+
+
+def test_the_calibration_inputs_recorded_are_the_bytes_loaded(colour_model: Path, tmp_path: Path, monkeypatch):
+    # the SHA-256 in the manifest is that of the rows that calibrated, however the file changes after it was read
+    from toolkit import fileio, refinputs
+    calibrating = refinputs.npy_bytes(colour_images(48, seed=5)[0])
+    (tmp_path / "calib.npy").write_bytes(calibrating)
+    _swap_after_each_read(monkeypatch, "calib.npy", refinputs.npy_bytes(colour_images(20, seed=6)[0]))
+    result = _export(colour_model, "--input-shape", "3,32,32", "--inputs", colour_model / "ref.npy", "--format",
+                     "onnx", "--precision", "int8", "--calibration-inputs", tmp_path / "calib.npy", out="read-once")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((colour_model / "read-once" / "manifest.json").read_text())
+    recorded = manifest["artifacts"][0]["settings"]["calibration_inputs"]
+    assert recorded == {"file": "calib.npy", "sha256": fileio.digest(calibrating), "rows": 48}
+
+
 @pytest.mark.parametrize(("name", "array", "says"), [
     ("shape.npy", np.zeros((4, 3, 28, 28), np.float32), "not float32 [K,3,32,32]"),
     ("nan.npy", np.full((4, 3, 32, 32), np.nan, np.float32), "NaN or infinity"),

@@ -251,9 +251,11 @@ def _own_calibration(config: ExportConfig, pairs: list[tuple[str, str]], inputs,
         return None
     path = config.calibration_inputs
     if path:
-        rows = refinputs.load_inputs(path, tuple(config.input_shape), "--calibration-inputs")
+        # read once: the SHA-256 recorded is that of the very bytes the rows are parsed from
+        data = refinputs.read_input_bytes(path, "--calibration-inputs")
+        rows = refinputs.parse_inputs(data, path, tuple(config.input_shape), "--calibration-inputs")
         found = calibration.plan(inputs, rows, config.calibration_size, config.seed,
-                                 {"file": Path(path).name, "sha256": fileio.file_digest(path)})
+                                 {"file": Path(path).name, "sha256": fileio.digest(data)})
     else:
         found = calibration.plan(inputs, None, config.calibration_size, config.seed)
     log(f"int8 calibrated on {len(found.inputs)} {found.settings['calibration_split']}, judged on "

@@ -91,13 +91,28 @@ def load_inputs(path: str | os.PathLike, shape: tuple[int, ...], option: str = "
     """The float32 array [K, *shape] in the .npy at `path` (given as `option`), read without pickle; ConfigError in
     one line when the file is missing, too large, not a plain .npy, of another dtype or shape, empty, or holds NaN
     or infinity."""
+    return parse_inputs(read_input_bytes(path, option), path, shape, option)
+
+
+def read_input_bytes(path: str | os.PathLike, option: str = "--inputs") -> bytes:
+    """The bytes of the .npy at `path` (given as `option`), read once: what is hashed is what `parse_inputs` is
+    then given. ConfigError when it is not a file or is too large."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{option} {path} is not a file")
     size = path.stat().st_size
     if size > MAX_INPUT_BYTES:
         raise ConfigError(f"{option} {path} is {size / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
-    data = path.read_bytes()
+    return path.read_bytes()
+
+
+def parse_inputs(data: bytes, path: str | os.PathLike, shape: tuple[int, ...], option: str = "--inputs"
+                 ) -> np.ndarray:
+    """The float32 array [K, *shape] in `data`, the bytes of the .npy at `path` (named in errors only, never read
+    again), checked as `load_inputs` says."""
+    path = Path(path)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ConfigError(f"{option} {path} is {len(data) / 2**20:.0f} MiB; at most {MAX_INPUT_BYTES // 2**20} MiB")
     if not data.startswith(NPY_MAGIC):  # numpy would take any other bytes for a pickle
         raise ConfigError(f"{option} {path} is not a .npy file (it does not start with NumPy's header); "
                           "save it with np.save")
@@ -154,7 +169,7 @@ def read_inputs(folder: str | os.PathLike, recorded: dict) -> np.ndarray:
     data = path.read_bytes()
     if fileio.digest(data) != recorded.get("sha256"):
         raise ArtifactError(f"{path} changed since export (SHA-256 differs); export again")
-    try:
-        return load_inputs(path, tuple(shape))
+    try:  # the very bytes hashed: the file is not read again, so what is loaded is what matched
+        return parse_inputs(data, path, tuple(shape))
     except ConfigError as e:
         raise ArtifactError(f"{e}; export again") from None
