@@ -33,7 +33,8 @@ def _int8(split, precision: str = "int8", folder: Path | None = None, **settings
     """The manifest entry of an int8 file calibrated as `split` says, in `folder` (beside a manifest whose golden
     outputs' reference inputs have the SHA-256 'ab')."""
     if folder is not None:
-        (folder / "manifest.json").write_text(json.dumps({"golden": {"data": {"sha256": "ab"}}}))
+        golden = {"data": {"sha256": "ab"}, "shape": [len(ROWS), 10]}  # the outputs on ROWS
+        (folder / "manifest.json").write_text(json.dumps({"golden": golden}))
     return SimpleNamespace(file="model.int8.onnx", precision=precision, path=str((folder or Path(".")) / "m.onnx"),
                            settings={"reference_inputs_sha256": "ab", **settings, "calibration_split": split})
 
@@ -98,9 +99,27 @@ def test_only_an_int8_file_calibrated_on_reference_inputs_is_judged_on_the_other
     {"calibration_split": FROM_CALIBRATION_INPUTS},  # without what that calibration recorded
     {"calibration_split": FROM_CALIBRATION_INPUTS, "calibration_inputs": {"sha256": "cd", "rows": 9},
      "reference_inputs_in_calibration": "3"},
+    *({"calibration_split": FROM_CALIBRATION_INPUTS, "calibration_inputs": {"sha256": "cd", "rows": rows},
+       "reference_inputs_in_calibration": 0} for rows in (0, -1, 10**30, True, 2.0)),
 ])
 def test_an_int8_entry_that_does_not_say_what_calibrated_it_is_malformed(tmp_path: Path, settings):
     with pytest.raises(ArtifactError, match="does not say which rows calibrated it"):
         judged_rows(_int8(settings.pop("calibration_split"), folder=tmp_path, **settings), _reference(ROWS))
     with pytest.raises(ArtifactError, match="for other reference inputs"):
         judged_rows(_int8(FROM_REFERENCE_INPUTS, folder=tmp_path, reference_inputs_sha256="ef"), _reference(ROWS))
+
+
+@pytest.mark.parametrize(("rows", "overlap", "refused"), [
+    (9, 10, True), (1, 10**30, True), (len(ROWS) + 1, len(ROWS) + 1, True), (len(ROWS), -1, True),
+    (9, 9, False), (len(ROWS) + 1, len(ROWS), False), (1, 0, False),
+])
+def test_more_reference_inputs_in_calibration_than_there_are_is_malformed(tmp_path: Path, rows, overlap, refused):
+    # the overlap cannot exceed the calibration inputs' rows nor the reference inputs': such a record is no record
+    artifact = _int8(FROM_CALIBRATION_INPUTS, folder=tmp_path, calibration_inputs={"sha256": "cd", "rows": rows},
+                     reference_inputs_in_calibration=overlap)
+    if not refused:
+        assert judged_rows(artifact, _reference(ROWS)).pixels is ROWS
+        return
+    with pytest.raises(ArtifactError, match=r"model.int8.onnx (records .* reference inputs among its calibration "
+                                            r"rows, more than|does not say which rows).*export it again$"):
+        judged_rows(artifact, _reference(ROWS))

@@ -737,6 +737,18 @@ def test_an_int8_entry_of_other_reference_inputs_is_refused(colour_export: Path,
     assert "model.int8.onnx was calibrated and judged for other reference inputs than inputs.npy" in line
 
 
+def test_an_int8_entry_that_records_more_overlap_than_inputs_is_refused(colour_export: Path, tmp_path: Path):
+    def change(settings):
+        settings.update(calibration_split="calibration inputs", calibration_inputs={"sha256": "x", "rows": 1},
+                        reference_inputs_in_calibration=10**30)
+
+    folder = _copy_with_int8_settings(colour_export, tmp_path / "x", change)
+    line = assert_one_line_error(run_cli("verify", "--artifacts", folder, "--format", "onnx", "--precision", "int8",
+                                         "--data-dir", tmp_path / "no-mnist"))
+    assert "model.int8.onnx records over a billion reference inputs among its calibration rows, " \
+           f"more than its 1 calibration inputs or the {K} reference inputs; export it again" in line
+
+
 def test_new_reference_inputs_drop_the_int8_files_calibrated_for_the_old(colour_model: Path, tmp_path: Path):
     shape = ("--input-shape", "3,32,32", "--format", "onnx")
     both = ("--inputs", colour_model / "ref.npy", "--calibration-inputs", colour_model / "ref.npy")

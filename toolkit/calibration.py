@@ -99,12 +99,9 @@ def check_entry(artifact: Any, ref: Any) -> None:
     settings = settings if isinstance(settings, dict) else {}
     split, source = settings.get("calibration_split"), settings.get("calibration_inputs")
     overlap = settings.get("reference_inputs_in_calibration")
-    complete = split == FROM_REFERENCE_INPUTS or (
-        split == FROM_CALIBRATION_INPUTS and isinstance(source, dict) and isinstance(source.get("sha256"), str)
-        and type(source.get("rows")) is int and type(overlap) is int and overlap >= 0)
     folder = Path(getattr(artifact, "path", "") or ".").parent
     where = f"{folder / 'manifest.json'}: {getattr(artifact, 'file', 'the int8 file')}"
-    if not complete:
+    if not _complete(split, source, overlap):
         raise ArtifactError(f"{where} does not say which rows calibrated it (settings.calibration_split "
                             f"{json.dumps(split)[:40]}, or its record of the calibration inputs, is malformed); "
                             "export it again")
@@ -113,6 +110,29 @@ def check_entry(artifact: Any, ref: Any) -> None:
     if settings.get("reference_inputs_sha256") != (data.get("sha256") if isinstance(data, dict) else None):
         raise ArtifactError(f"{where} was calibrated and judged for other reference inputs than "
                             f"{refinputs.INPUTS_NAME} beside it; export it again")
+    if split == FROM_CALIBRATION_INPUTS:
+        _check_overlap(where, overlap, source["rows"], golden.get("shape") if isinstance(golden, dict) else None)
+
+
+def _complete(split: Any, source: Any, overlap: Any) -> bool:
+    """Whether an int8 entry's record of its calibration rows is whole: its split, and for --calibration-inputs
+    their SHA-256, their rows (1 to MAX_INPUT_ROWS) and how many reference inputs were among them."""
+    return split == FROM_REFERENCE_INPUTS or (
+        split == FROM_CALIBRATION_INPUTS and isinstance(source, dict) and isinstance(source.get("sha256"), str)
+        and type(source.get("rows")) is int and 1 <= source["rows"] <= refinputs.MAX_INPUT_ROWS
+        and type(overlap) is int and overlap >= 0)
+
+
+def _check_overlap(where: str, overlap: int, rows: int, golden_shape: Any) -> None:
+    """ArtifactError when more reference inputs are recorded as calibration rows than there are calibration inputs
+    (`rows`) or reference inputs (the golden outputs' rows): a record that cannot be true says nothing."""
+    total = golden_shape[0] if isinstance(golden_shape, list) and golden_shape and type(golden_shape[0]) is int \
+        else None
+    if overlap > rows or (total is not None and overlap > total):
+        shown = f"{overlap:,}" if overlap <= 10**9 else "over a billion"
+        of_reference = "" if total is None else f" or the {total:,} reference inputs"
+        raise ArtifactError(f"{where} records {shown} reference inputs among its calibration rows, more than its "
+                            f"{rows:,} calibration inputs{of_reference}; export it again")
 
 
 def also_calibrating(artifact: Any, ref: Any) -> int:
