@@ -446,17 +446,40 @@ def test_compare_on_reference_inputs_refuses_options_that_would_do_nothing(colou
     assert result.stdout == ""
 
 
-def test_compare_refuses_a_manifest_whose_input_shape_is_not_its_inputs(colour_export: Path, tmp_path: Path):
-    # the manifest says which input its files take; reference inputs of another shape are not an answer to run A on
+@pytest.mark.parametrize("shape", [[3, 32], [1, 28, 28], [3, 32, 32.0], "abc", None, "deleted"])
+def test_a_manifest_whose_input_shape_is_not_its_inputs_is_refused(colour_export: Path, tmp_path: Path, shape):
+    # the manifest says which input its files take: bench and compare refuse one that is not its reference inputs'
+    # (a runtime error, or random data instead of the reference inputs, otherwise)
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(colour_export, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["input_shape"] = [3, 32]
+    manifest.pop("input_shape")
+    if shape != "deleted":
+        manifest["input_shape"] = shape
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    line = assert_one_line_error(run_cli("compare", copy / "model.onnx", copy / "model.xml", "--data-dir",
-                                         tmp_path / "none"), 2)
-    assert "input_shape [3, 32]" in line and "[3,32,32]" in line
+    gives = "no input_shape" if shape in (None, "deleted") else f"input_shape {json.dumps(shape)}"
+    timing = ("--batch-sizes", "1", "--seconds", "0.05", "--rounds", "1", "--data-dir", tmp_path / "none")
+    for args in (("bench", "--artifacts", copy, *timing), ("bench", copy / "model.onnx", *timing),
+                 ("bench", copy / "model.xml", "--no-verify", *timing),
+                 ("compare", copy / "model.onnx", copy / "model.xml", "--data-dir", tmp_path / "none")):
+        line = assert_one_line_error(run_cli(*args), 2)
+        assert line == (f"error: {copy / 'manifest.json'} gives {gives}, but its reference inputs' entry says "
+                        "[3,32,32]; export again"), args
+
+
+def test_an_input_shape_with_no_reference_inputs_is_refused(tmp_path: Path):
+    from toolkit.errors import ArtifactError
+    from toolkit.refinputs import other_input_shape
+
+    def manifest(**fields) -> Path:
+        (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [], **fields}))
+        return tmp_path
+
+    assert other_input_shape(manifest()) is None  # an MNIST export
+    assert other_input_shape(manifest(input_shape=[1, 28, 28])) is None
+    with pytest.raises(ArtifactError, match=r"gives input_shape \[3, 32, 32\], but it lists no reference"):
+        other_input_shape(manifest(input_shape=[3, 32, 32]))
 
 
 def test_bench_files_of_both_inputs_say_no_one_count_of_verified_images(colour_export: Path, exported: Path,

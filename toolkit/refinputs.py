@@ -10,13 +10,14 @@ dtype, shape and values checked before it is used. torch-free.
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from toolkit import fileio
-from toolkit.artifacts import read_manifest_field
+from toolkit.artifacts import golden_entry, read_manifest_fields
 from toolkit.errors import ConfigError
 
 MNIST_SHAPE = (1, 28, 28)
@@ -47,9 +48,36 @@ def is_mnist(shape: tuple[int, ...]) -> bool:
 
 
 def other_input_shape(folder: str | os.PathLike) -> list[int] | None:
-    """The input shape of an export made with --input-shape whose files take no MNIST image; else None."""
-    shape = read_manifest_field(folder, "input_shape")
-    return shape if isinstance(shape, list) and not is_mnist(tuple(shape)) else None
+    """The input shape of an export made with --input-shape whose files take no MNIST image; else None.
+
+    The manifest's top-level input_shape must be the shape its reference inputs' entry (the golden outputs')
+    records: ArtifactError, a malformed manifest, where it is another, malformed, missing while that entry exists,
+    or given without that entry (MNIST's excepted). One manifest read, so both come from the same bytes."""
+    from toolkit.errors import ArtifactError
+
+    _, fields = read_manifest_fields(folder)
+    shape = fields.get("input_shape")
+    golden = golden_entry(folder, fields)
+    data = golden.data if golden is not None and "inputs" in golden.data else None
+    recorded = None if data is None else data.get("input_shape")
+    if data is None and shape in (None, list(MNIST_SHAPE)):
+        return None
+    if shape is not None and _is_shape(shape) and shape == recorded and not is_mnist(tuple(shape)):
+        return shape
+    gives = "no input_shape" if shape is None else f"input_shape {json.dumps(shape)[:40]}"
+    entry = ("it lists no reference inputs" if data is None else
+             f"its reference inputs' entry says {_shown(recorded)}")
+    raise ArtifactError(f"{Path(folder) / 'manifest.json'} gives {gives}, but {entry}; export again")
+
+
+def _shown(shape: object) -> str:
+    return f"[{','.join(map(str, shape))}]" if _is_shape(shape) else json.dumps(shape)[:40]
+
+
+def _is_shape(shape: object) -> bool:
+    """Whether `shape` is a per-sample shape --input-shape takes: 1 to MAX_DIMS sizes of 1 to MAX_DIM."""
+    return (isinstance(shape, list) and 1 <= len(shape) <= MAX_DIMS
+            and all(type(d) is int and 0 < d <= MAX_DIM for d in shape))
 
 
 def layout(shape: tuple[int, ...]) -> str:
