@@ -119,7 +119,7 @@ def test_a_runtime_that_cannot_open_the_file_is_refused(exported, mnist_dir):
     assert "cuda" in line
 
 
-FOREIGN_FILE = "a foreign file (how pixels become its input)"
+FOREIGN_FILE = "a foreign file fed images (how pixels become its input)"
 FILE_OPTIONS = [("--shape", "x=3", "a foreign .onnx (the dynamic dimensions of its inputs)"),
                 ("--mean", "0.5", FOREIGN_FILE), ("--std", "0.3081", FOREIGN_FILE), ("--layout", "nchw", FOREIGN_FILE)]
 
@@ -146,7 +146,7 @@ def test_files_are_read_for_feeding_options_only_when_one_is_given(exported, mni
     from toolkit.runners import foreign
 
     read, options_taken = [], foreign.options_taken
-    monkeypatch.setattr(foreign, "options_taken", lambda path: read.append(path) or options_taken(path))
+    monkeypatch.setattr(foreign, "options_taken", lambda path, *a: read.append(path) or options_taken(path, *a))
     loose = tmp_path / "loose.onnx"  # a toolkit .onnx no manifest lists: what it takes is read from the file
     loose.write_bytes((exported / "model.onnx").read_bytes())
     args = (loose, *FAST, "--runtime", "onnxruntime", "--data-dir", mnist_dir)
@@ -155,6 +155,22 @@ def test_files_are_read_for_feeding_options_only_when_one_is_given(exported, mni
     assert read == []
     line = assert_one_line_error(run_cli("bench", *args, "--layout", "nchw"), 2)
     assert "--layout is for a foreign file" in line and read == [str(loose)]
+
+
+def test_feeding_options_are_refused_for_a_foreign_onnx_fed_random_data(mnist_dir, tmp_path):
+    """A foreign .onnx whose input is no image is fed random data: --mean, --std and --layout would do nothing and
+    are refused, and its settings in the report name no mean or std."""
+    rand = constant_classifier(tmp_path / "rand.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
+    for option, value in (("--mean", "0.3"), ("--std", "2"), ("--layout", "nchw")):
+        line = assert_one_line_error(run_cli("bench", rand, option, value, *QUICK, "--runtime", "onnxruntime",
+                                             "--data-dir", mnist_dir), 2)
+        assert line == f"error: {option} is for {FOREIGN_FILE}, and none of these files is one; drop {option}"
+    result = run_cli("bench", rand, *QUICK, "--runtime", "onnxruntime,openvino", "--data-dir", mnist_dir,
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    runtimes = json.loads((tmp_path / "b.json").read_text())["runtimes"]
+    settings = [s for r in runtimes.values() for s in r["settings"]]
+    assert settings and all(s["input"] == "random data" and "mean" not in s and "std" not in s for s in settings)
 
 
 def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):

@@ -109,7 +109,8 @@ def test_feeding_options_are_refused_where_every_file_feeds_itself(exported, mni
                      *options, "--limit", "10", "--data-dir", mnist_dir)
     given = " and ".join(o for o in options if o.startswith("--"))
     assert assert_one_line_error(result, 2) == (
-        f"error: {given} {'are' if ' and ' in given else 'is'} for a foreign file (how pixels become its input), and "
+        f"error: {given} {'are' if ' and ' in given else 'is'} for a foreign file fed images (how pixels become its "
+        "input), and "
         f"none of these files is one; drop {given}")
     assert result.stdout == ""
 
@@ -225,6 +226,39 @@ def test_compare_takes_the_dynamic_dimensions_of_files_fed_random_data(tmp_path,
     assert json.loads(result.stdout)["passed"] is True
 
 
+def test_feeding_options_are_refused_for_a_foreign_onnx_fed_random_data(tmp_path, mnist_dir):
+    """--mean, --std and --layout do nothing to a foreign .onnx whose input is no image (it is fed random data):
+    they are refused, and its report records no preprocessing; a file whose --shape makes it take images [N,784]
+    takes them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.onnx_models import constant_classifier
+
+    rand = constant_classifier(tmp_path / "rand.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Tile", ["m", "reps"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "d"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+                              [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 10])])
+    flat = tmp_path / "flat.onnx"  # [N, d]: random data, or with --shape x=784 MNIST images
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), str(flat))
+    for option, value in (("--mean", "0.3"), ("--std", "7"), ("--layout", "nchw")):
+        for files in ((rand, rand), (flat, flat, "--shape", "x=7")):
+            result = run_cli("compare", *files, option, value, "--limit", "10", "--data-dir", mnist_dir)
+            assert assert_one_line_error(result, 2) == (
+                f"error: {option} is for a foreign file fed images (how pixels become its input), and none of these "
+                f"files is one; drop {option}")
+    result = run_cli("compare", rand, rand, "--limit", "10", "--json", "-", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    none = {"from": "none: random data of its own inputs"}
+    assert report["a"]["preprocessing"] == report["b"]["preprocessing"] == none
+    result = run_cli("compare", flat, flat, "--shape", "x=784", "--mean", "0.3", "--limit", "10", "--json", "-",
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["b"]["preprocessing"] == {"mean": 0.3, "std": 0.3081, "layout": "auto"}
+
 
 def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):
     from tests.onnx_models import constant_classifier
@@ -245,7 +279,7 @@ def test_files_are_read_for_feeding_options_only_when_one_is_given(exported, mni
     from toolkit.runners.foreign import options_taken
 
     read = []
-    monkeypatch.setattr(compare, "options_taken", lambda path: read.append(path) or options_taken(path))
+    monkeypatch.setattr(compare, "options_taken", lambda path, *a: read.append(path) or options_taken(path, *a))
     files = (exported / "model.onnx", exported / "model.ts.pt", "--limit", "10", "--data-dir", mnist_dir)
     result = run_cli("compare", *files)
     assert result.exit_code == 0, result.stderr

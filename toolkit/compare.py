@@ -242,9 +242,9 @@ def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
     if not given:  # nothing to refuse: no file is opened or read for it
         return
     if not own:
-        return refuse_unused(given, map(options_taken, paths))
+        return refuse_unused(given, [options_taken(p, config.shapes) for p in paths])
     refuse_unused(given - {"shape"}, [], "every file is fed the reference inputs of A's export as they are")
-    refuse_unused(given, [frozenset() if listed_artifact(p) else options_taken(p) for p in paths])
+    refuse_unused(given, [frozenset() if listed_artifact(p) else options_taken(p, config.shapes) for p in paths])
 
 
 Export = tuple[artifacts.Artifact | None, list[int] | None]  # a file's manifest entry, and its export's input shape
@@ -329,6 +329,8 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
         preprocessing = {"from": refinputs.PREPROCESSING, "mean": 0.0, "std": 1.0}
     elif toolkit_model:
         preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+    elif not getattr(runner, "takes_images", True):
+        preprocessing = {"from": "none: random data of its own inputs"}  # --mean, --std and --layout do nothing
     else:
         preprocessing = asdict(prep)
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,

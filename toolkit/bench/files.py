@@ -212,7 +212,7 @@ def _not_installed(runtimes: tuple[str, ...]) -> str:
     return f"; not installed: {', '.join(missing)} ({'; '.join(hints)})" if missing else ""
 
 
-def _refuse_unused(paths: list[str], given: set[str]) -> None:
+def _refuse_unused(paths: list[str], given: set[str], shapes: dict[str, tuple[int, ...]] | None) -> None:
     """ConfigError for an option of how a foreign file is fed that none of `paths` takes, as `FileOpener` opens
     them: a file a manifest lists as its artifact, fed as its metadata says; any other as `foreign.open_file`."""
     if not given:  # nothing to refuse: no file is opened or read for it
@@ -221,8 +221,8 @@ def _refuse_unused(paths: list[str], given: set[str]) -> None:
 
     listed = [listed_artifact(p) is not None for p in paths]
     why = "none of these files is one" + (" (a file a manifest lists is fed as its export says)" if any(listed) else "")
-    feeding.refuse_unused(given, [frozenset() if own else foreign.options_taken(p) for p, own in zip(paths, listed)],
-                          why)
+    taken = [frozenset() if own else foreign.options_taken(p, shapes) for p, own in zip(paths, listed)]
+    feeding.refuse_unused(given, taken, why)
 
 
 def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
@@ -236,7 +236,7 @@ def plan_files(config: BenchConfig, paths: list[str], prep: Any = None,
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"{path} {fileio.absent(path)}")
-    _refuse_unused(paths, feeding.options_set(options_given, shapes))
+    _refuse_unused(paths, feeding.options_set(options_given, shapes), shapes)
     selection = select_runtimes(config.runtimes)
     used, skipped = _devices(config)
     opener = FileOpener(prep, shapes, config.time_limit_s)

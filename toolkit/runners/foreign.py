@@ -161,7 +161,8 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         return self.image is not None
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "file": self.label, "mean": self.prep.mean, "std": self.prep.std,
+        fed = {"mean": self.prep.mean, "std": self.prep.std} if self.image else {}  # random data: neither is used
+        return {**super().settings(), "file": self.label, **fed,
                 "input": "MNIST test images" if self.image else "random data",
                 "layout": self.image.layout if self.image else "-"}
 
@@ -246,8 +247,9 @@ _EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIF
 ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can read any .onnx
 
 
-def options_taken(path: str | Path) -> frozenset[str]:
-    """The FILE_OPTIONS `open_file` uses for `path`: all of them for a foreign .onnx; the FEEDING ones for a
+def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> frozenset[str]:
+    """The FILE_OPTIONS `open_file` uses for `path` (its inputs' dimensions given by `shapes`): for a foreign .onnx,
+    --shape, and the FEEDING ones where it is fed MNIST images (not random data); the FEEDING ones for a
     TorchScript, .pt2 or .aoti.pt2 file, toolkit-made or not (the toolkit reads no normalization from it); none for
     a file that feeds itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite)."""
     if format_of_file(Path(path).name) == openvino.IR:
@@ -255,7 +257,13 @@ def options_taken(path: str | Path) -> frozenset[str]:
     data = read_model_file(path)
     if archive_name(data) is not None:
         return frozenset(FEEDING)
-    return frozenset() if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data) else frozenset(FILE_OPTIONS)
+    if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data):
+        return frozenset()
+    try:  # its declared inputs, as ONNX Runtime reads them when the file is run
+        runner = ForeignOnnxRunner(path, RunnerOptions(threads=1, optimization="none"), shapes=shapes)
+    except (ArtifactError, ConfigError):
+        return frozenset(FILE_OPTIONS)  # opening it to run it will say what is wrong
+    return frozenset(FILE_OPTIONS if runner.takes_images else ("shape",))
 
 
 def runtimes_for(path: str | Path) -> tuple[str, ...]:
