@@ -322,12 +322,39 @@ def test_an_export_over_one_with_reference_inputs_leaves_none_behind(colour_mode
 
 
 def test_predict_says_a_model_of_other_inputs_is_not_a_digit_classifier(colour_export: Path, mnist_dir, tmp_path):
+    """Every file of an --input-shape export is refused in one line before it runs, whatever its format, also one
+    whose input is [N,28,28] like a digit's: its metadata says it takes its model's own inputs."""
+    import importlib.util
+
+    import torch
     from PIL import Image
 
     x, _ = load_split(mnist_dir, "test")
     Image.fromarray(x[0]).save(tmp_path / "digit.png")
-    result = run_cli("predict", "--model", colour_export / "model.onnx", tmp_path / "digit.png")
-    assert "not 28x28 digit images" in assert_one_line_error(result, 2)
+    (tmp_path / "flat.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+
+        class Flat(nn.Sequential):
+            def __init__(self):
+                super().__init__(nn.Flatten(), nn.Linear(784, 10))
+    """))
+    torch.manual_seed(0)
+    torch.save({"1.weight": torch.randn(10, 784), "1.bias": torch.zeros(10)}, tmp_path / "flat.pt")
+    np.save(tmp_path / "ref28.npy", np.random.default_rng(0).standard_normal((16, 28, 28)).astype(np.float32))
+    names = {"onnx": "model.onnx", "openvino": "model.xml"}
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_litert"):
+        names["tflite"] = "model.tflite"
+    result = run_cli("export", "--checkpoint", tmp_path / "flat.pt", "--model-code", f"{tmp_path / 'flat.py'}:Flat",
+                     "--input-shape", "28,28", "--inputs", tmp_path / "ref28.npy", "--format", ",".join(names),
+                     "--out", tmp_path / "flat")
+    assert result.exit_code == 0, result.stderr
+    for model in [colour_export / "model.onnx", colour_export / "model.xml", colour_export / "model.int8.onnx",
+                  *(tmp_path / "flat" / name for name in names.values())]:
+        line = assert_one_line_error(run_cli("predict", "--model", model, tmp_path / "digit.png"), 2)
+        assert line == (f"error: {model} was exported with --input-shape: it takes its model's own inputs, not "
+                        "28x28 digit images; predict classifies digits (toolkit verify and compare run models of "
+                        "other inputs)")
 
 
 def test_reference_inputs_that_are_not_npy_are_named_so(colour_model: Path):

@@ -19,6 +19,7 @@ from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import ONNX_FORMATS, format_of_file
 from toolkit.model_files import read_model_file
 from toolkit.preprocess import load_image
+from toolkit.refinputs import PREPROCESSING
 from toolkit.runners import Runner, RunnerOptions, litert, openvino
 from toolkit.runners.base import DEFAULT_TIME_LIMIT_S
 from toolkit.runners.onnxruntime import ModelInfo, OnnxRuntimeRunner
@@ -51,8 +52,13 @@ class Classifier:
             self.runner = OnnxRuntimeRunner.toolkit_model(read_model_file(self.path), str(self.path), options,
                                                           folder=self.path.parent)
             self.session, self.info = self.runner.session, self.runner.info
+        if self.runner.metadata.get("preprocessing") == PREPROCESSING:  # whatever its format and input shape
+            raise ConfigError(f"{self.path} was exported with --input-shape: it takes its model's own inputs, not "
+                              "28x28 digit images; predict classifies digits (toolkit verify and compare run models "
+                              "of other inputs)")
+        if self.session is not None:
             shape = list(self.session.get_inputs()[0].shape)
-            if shape[1:] not in ([1, 28, 28], [28, 28]):  # a model exported with --input-shape
+            if shape[1:] not in ([1, 28, 28], [28, 28]):  # not a digit model's input
                 raise ConfigError(f"{self.path} takes inputs of shape {shape}, not 28x28 digit images; predict "
                                   "classifies digits (toolkit verify and compare run models of other inputs)")
 

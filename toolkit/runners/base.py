@@ -92,6 +92,7 @@ class Runner:
         self.options = options
         self.mean, self.std = MEAN, STD
         self.inputs_as_given = False  # True: fed reference inputs, the model's own input already, not pixels
+        self.metadata: dict[str, str] = {}  # the toolkit metadata read from the file, where it has any
 
     @property
     def outputs(self) -> tuple[str, ...]:

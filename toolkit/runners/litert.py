@@ -88,6 +88,7 @@ class LiteRtRunner(Runner):
                                 "shape their metadata's input_layout declares")
         self.batch = shape[0]
         self.mean, self.std = normalization.mean, normalization.std
+        self.metadata = metadata or {}
 
     def settings(self) -> dict[str, Any]:
         return {"device": "cpu", "threads": self.options.threads, "file_batch": self.batch}

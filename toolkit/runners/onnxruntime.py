@@ -188,6 +188,7 @@ class OnnxRuntimeRunner(Runner):
         self.session, self.info, self._source = session, info, source
         if info is not None:
             self.mean, self.std = info.mean, info.std
+            self.metadata = info.metadata
         self._uncancel()
 
     def _cancel(self) -> bool:

@@ -93,10 +93,11 @@ class OpenVinoRunner(Runner):
     runtime = RUNTIME
 
     def __init__(self, compiled: Any, label: str, options: RunnerOptions,
-                 normalization: tuple[float, float] | None = None) -> None:
+                 normalization: tuple[float, float] | None = None, metadata: dict[str, str] | None = None) -> None:
         super().__init__(label, input_kind(compiled), options)
         if normalization is not None:
             self.mean, self.std = normalization
+        self.metadata = metadata or {}
         self.compiled = compiled
         self.request = compiled.create_infer_request()
 
@@ -181,4 +182,4 @@ def _ir_runner(model: Any, label: str, options: RunnerOptions, declared_format: 
     normalization = toolkit_normalization(model, label)
     compiled = compile_model(model, options, label)
     check_kind(label, declared_format, input_kind(compiled))
-    return OpenVinoRunner(compiled, label, options, normalization)
+    return OpenVinoRunner(compiled, label, options, normalization, ir_metadata(model))
