@@ -254,6 +254,31 @@ def test_a_runtime_that_is_not_installed(exported, mnist_dir, monkeypatch):
     assert runners.would_run(selection, artifacts, ["cpu"], native_only=True) == {}  # .onnx is ONNX Runtime's
 
 
+def test_require_all_fails_a_run_that_left_a_selected_file_unverified(exported, mnist_dir, tmp_path, monkeypatch):
+    """A file whose runtime is not installed is noted as not verified and the run passes (an inference-only
+    install verifies what it can); --require-all makes that exit 1, naming the file."""
+    from dataclasses import replace
+
+    from toolkit import runners
+
+    monkeypatch.setitem(runners.RUNTIMES, "openvino",
+                        replace(runners.RUNTIMES["openvino"], module="no_such_openvino_module"))
+    args = ("verify", "--artifacts", exported, "--format", "onnx,openvino", "--precision", "fp32", "--reference",
+            "golden", "--batch1-images", "10", "--data-dir", mnist_dir, "--json", tmp_path / "v.json")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "not verified: model.xml" in result.stdout
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["passed"] is True and report["not_verified"] == ["model.xml"]
+    (tmp_path / "v.json").unlink()
+    result = run_cli(*args, "--require-all")
+    assert assert_one_line_error(result, 1) == (
+        "error: not verified (--require-all): model.xml: its runtime is not installed or cannot run on this device")
+    assert json.loads((tmp_path / "v.json").read_text())["not_verified"] == ["model.xml"]  # the report is written
+    monkeypatch.undo()
+    assert run_cli(*args, "--require-all").exit_code == 0  # every selected file verified
+
+
 def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(trained, exported, mnist_dir,
                                                                               tmp_path):
     """A manifest keeps its checkpoint relative to its own folder ("../runs/..."); joined, that path reads

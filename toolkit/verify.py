@@ -146,6 +146,7 @@ class VerifyReport:
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version
     skipped: dict[str, str] = field(default_factory=dict)
     unverified: dict[str, list[str]] = field(default_factory=dict)  # a skipped runtime -> files no other one checked
+    not_verified: list[str] = field(default_factory=list)  # every selected file that no runtime here checked
     reference: str = ""  # what the outputs were compared with: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
 
     @property
@@ -155,14 +156,19 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
-    def raise_for_failures(self) -> None:
-        """Raise VerificationFailed naming every failing artifact and why."""
+    def raise_for_failures(self, require_all: bool = False) -> None:
+        """Raise VerificationFailed naming every failing artifact and why; with `require_all`, also naming the
+        selected files that were not verified (their runtime not installed, or unable to run on the device)."""
         failing = [f"{r.artifact}{'' if r.runtime in runners.NATIVE_RUNTIMES else f' on {r.runtime}'}"
                    f"{'' if r.mode == formats.DEFAULT_MODE else f' {r.mode}'}: {'; '.join(r.failures)}"
                    for r in self.results if not r.passed]
         if failing:
             raise VerificationFailed(f"{len(failing)} of {len(self.results)} artifact(s) failed verification: "
                                      + " | ".join(failing))
+        if require_all and self.not_verified:
+            whose = "its runtime is" if len(self.not_verified) == 1 else "their runtimes are"
+            raise VerificationFailed(f"not verified (--require-all): {', '.join(self.not_verified)}: {whose} not "
+                                     "installed or cannot run on this device")
 
 
 def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -299,6 +305,12 @@ def _unverified(selection: runners.Selection, artifacts: list[Artifact], jobs: l
             for name, todo in runners.would_run(selection, artifacts, [device], native_only=native_only).items()}
 
 
+def _not_checked(artifacts: list[Artifact], jobs: list[Job]) -> list[str]:
+    """The selected files that no job checks (their runtime not installed, or unable to run on the device)."""
+    checked = {job.artifact.file for job in jobs}
+    return [a.file for a in artifacts if a.file not in checked]
+
+
 def _nothing_to_verify(folder: Path, selection: runners.Selection, unverified: dict[str, list[str]],
                        skipped: dict[str, str]) -> ArtifactError:
     """Why no file can be checked: none is selected, or each one's runtime is not installed or cannot run here."""
@@ -356,4 +368,5 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         tolerances={k: asdict(v) for k, v in config.tolerances.items()},
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
         seconds=time.perf_counter() - t0, runtimes=runners.runtime_versions(used),
-        skipped=skipped, unverified={name: files for name, files in unverified.items() if files}, reference=ref.name)
+        skipped=skipped, unverified={name: files for name, files in unverified.items() if files}, reference=ref.name,
+        not_verified=_not_checked(artifacts, jobs))

@@ -286,6 +286,9 @@ def verify(
         metavar="MODES", show_default="f32, and bf16 where the CPU computes it natively",
         help="OpenVINO inference precisions to check the fp32 files at: f32, bf16 (one this CPU only emulates is "
              "checked when named).")] = None,
+    require_all: Annotated[bool, typer.Option(
+        help="Exit 1 also when a selected file is not verified because its runtime is not installed or cannot run "
+             "on this device (without it, such a file is noted as not verified, and the run passes).")] = False,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
@@ -310,4 +313,4 @@ exit 1 if any fails."""  # one line in `toolkit --help`
               highlight=False)
     if json_path:
         _write_json(json_path, report.to_json())
-    report.raise_for_failures()
+    report.raise_for_failures(require_all)
