@@ -1,3 +1,4 @@
+import collections
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import torch
 import toolkit.artifacts
 import toolkit.export
 from tests.conftest import assert_one_line_error, run_cli, run_process
-from toolkit.artifacts import read_manifest
+from toolkit.artifacts import read_manifest, read_manifest_field
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.data import load_split
 from toolkit.fileio import file_digest
@@ -363,3 +364,48 @@ def test_a_checkpoint_without_metrics_still_exports(tmp_path, short_run, mnist_d
     assert result.exit_code == 0, result.stderr
     accuracy = read_manifest(tmp_path / "out")[0].test_accuracy
     assert 0 < accuracy <= 100  # measured on the test set, as for a plain state_dict
+
+
+CRAFTED_MODEL_FIELDS = {  # what only the toolkit sets in memory, or only a model from the user's code records
+    "class": (lambda c: c.update(_class=collections.OrderedDict) or c["model"].update(args={"a": 1}),
+              "holds the key '_class', which no checkpoint file has"),
+    "class-name": (lambda c: c.update(_class="os.system"), "holds the key '_class'"),
+    "output-kind": (lambda c: c.update(_output="logits"), "holds the key '_output'"),
+    "output": (lambda c: c["model"].update(output="probabilities"),
+               "records output 'probabilities' for the built-in model convnet"),
+    "code": (lambda c: c["model"].update(code="my_models.py:Net"), "records code 'my_models.py:Net'"),
+    "input-shape": (lambda c: c["model"].update(input_shape=[3, 8, 8]), "records input_shape"),
+    "name": (lambda c: c["model"].update(name="resnet"), "names the model 'resnet', not a built-in one"),
+    "args": (lambda c: c["model"].update(args={"hidden_sizes": [8]}),
+             "invalid arguments for model convnet (model convnet takes no argument hidden_sizes)"),
+    "args-list": (lambda c: c["model"].update(args=[8]), "invalid arguments for model convnet (they are not a"),
+}
+
+
+def test_a_checkpoint_file_names_no_class_and_no_other_model_than_its_own(tmp_path, short_run, mnist_dir):
+    """The class a model from code is built with is set in memory, never read from a file; and a toolkit
+    checkpoint's model is the built-in one it names, so nothing false about it reaches a manifest. export, verify
+    and bench each refuse such a file in one line, having written nothing."""
+    folder = tmp_path / "exported"
+    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "onnx", "--out", folder,
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    before = {p.name: file_digest(p) for p in folder.iterdir()}
+    for case, (mutate, message) in CRAFTED_MODEL_FIELDS.items():
+        path, out = tmp_path / f"{case}.pt", tmp_path / f"out-{case}"
+        _tampered_checkpoint(short_run / "checkpoint.pt", path, mutate)
+        for argv in (["export", "--checkpoint", path, "--out", out],
+                     ["verify", "--artifacts", folder, "--checkpoint", path, "--batch1-images", "2"],
+                     ["bench", "--artifacts", folder, "--checkpoint", path, "--runtime", "pytorch", "--batch-sizes",
+                      "1", "--seconds", "0.02", "--rounds", "1", "--no-matmul-peak"]):
+            result = run_cli(*argv, "--data-dir", mnist_dir)
+            assert message in assert_one_line_error(result, 2), (case, argv[0])
+        assert not out.exists() or not any(out.iterdir())
+    assert {p.name: file_digest(p) for p in folder.iterdir()} == before
+    # the same fields as `toolkit train` writes them pass
+    _tampered_checkpoint(short_run / "checkpoint.pt", tmp_path / "plain.pt", lambda c: c["model"].update(
+        output="log_probs", args={"num_classes": 10}))
+    result = run_cli("export", "--checkpoint", tmp_path / "plain.pt", "--format", "onnx", "--out", tmp_path / "plain",
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    assert read_manifest_field(tmp_path / "plain", "model")["output"] == "log_probs"

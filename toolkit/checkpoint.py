@@ -77,6 +77,11 @@ def read_checkpoint(path: str | os.PathLike, source: ModelSource | None = None,
     for key, kind in (("model", dict), ("state_dict", dict), ("config", dict), ("history", list)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} lacks a valid '{key}'; it is damaged or was not written by toolkit")
+    in_process = [k for k in ckpt if isinstance(k, str) and k.startswith("_")]
+    if in_process:  # the toolkit's own keys for a model from code, set in memory when the user names the code
+        raise CheckpointError(f"{path} holds the key {in_process[0][:40]!r}, which no checkpoint file has; it is "
+                              "damaged or was not written by toolkit")
+    _check_model(ckpt["model"], path)
     _check_metrics(ckpt, path)
     return ckpt, fileio.digest(data)
 
@@ -112,6 +117,31 @@ def check_finite_weights(state_dict: dict[str, Any], path: str | os.PathLike) ->
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: weight {str(name)[:80]} holds NaN or infinite values; the model is "
                                   "broken (did its training diverge?) and cannot be used")
+
+
+def _check_model(spec: dict[str, Any], path: Path) -> None:
+    """A toolkit checkpoint's model is a built-in one, as `toolkit train` records it: its name one of theirs, its
+    arguments ones it takes, and nothing only a model from the user's code records (its code, its input shape, an
+    output other than the log-probabilities the built-in models return), which export would copy into its manifest."""
+    from toolkit.model import MODELS, check_args
+
+    damaged = "it is damaged or was not written by toolkit"
+    name, args = spec.get("name"), spec.get("args") or {}
+    if not isinstance(name, str) or name not in MODELS:
+        raise CheckpointError(f"{path} names the model {str(name)[:40]!r}, not a built-in one "
+                              f"({', '.join(MODELS)}); {damaged}")
+    try:
+        if not isinstance(args, dict):
+            raise ConfigError("they are not a mapping")
+        check_args(name, args)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} records invalid arguments for model {name} ({e}); {damaged}") from None
+    foreign = [k for k in ("code", "code_sha256", "input_shape") if k in spec]
+    if spec.get("output", "log_probs") != "log_probs":
+        foreign.append("output")
+    if foreign:
+        raise CheckpointError(f"{path} records {foreign[0]} {str(spec[foreign[0]])[:40]!r} for the built-in model "
+                              f"{name}, which has no code of yours and returns log_probs; {damaged}")
 
 
 def _check_metrics(ckpt: dict[str, Any], path: Path) -> None:
@@ -154,7 +184,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
     """Rebuild the model a checkpoint describes, load its weights, and put it in eval mode."""
     from toolkit.model import build_model
 
-    if "_class" in ckpt:  # a class from the user's code, imported as they asked (never named by a file)
+    if "_class" in ckpt:  # a class from the user's code, imported as they asked (read_checkpoint refuses a file's)
         return usermodel.model_from_code(ckpt)
     spec = ckpt["model"]
     try:

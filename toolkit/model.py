@@ -63,7 +63,7 @@ MODELS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP}
 MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS = 8, 8192  # bounds for constructor arguments read from files
 
 
-def _check_args(name: str, kwargs: dict[str, Any]) -> None:
+def check_args(name: str, kwargs: dict[str, Any]) -> None:
     """Constructor arguments (from a checkpoint, i.e. a file) are bounded before any layer is allocated."""
     allowed = {"convnet": {"num_classes"}, "mlp": {"hidden_sizes", "num_classes"}}[name]
     unknown = set(kwargs) - allowed
@@ -82,7 +82,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name with its (bounded) constructor arguments."""
     if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"unknown model {str(name)[:40]!r}; choose one of: {', '.join(MODELS)}")
-    _check_args(name, kwargs)
+    check_args(name, kwargs)
     return MODELS[name](**kwargs)
 
 
