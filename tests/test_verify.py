@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -346,3 +347,57 @@ def test_the_checkpoint_hash_recorded_is_that_of_the_bytes_loaded(short_run, mni
     assert path.read_bytes() != first  # it was replaced
     assert swapped.source_sha256 == ref.source_sha256
     np.testing.assert_allclose(swapped.log_probs, ref.log_probs, atol=1e-5)
+
+
+def test_a_manifests_checkpoint_path_leads_nowhere_outside_the_project(short_run, mnist_dir, tmp_path, monkeypatch):
+    """export records the checkpoint relative to the manifest (exported/../runs/...), and verify follows that path
+    to a regular file in the folder holding the export folder, or in the current folder; never out of them (an
+    absolute path, ../.. out, a symbolic link out), not even to a file of the recorded SHA-256."""
+    import os
+    import shutil
+
+    from toolkit import fileio
+
+    project = tmp_path / "project"
+    (project / "runs" / "run").mkdir(parents=True)
+    checkpoint = project / "runs" / "run" / "checkpoint.pt"
+    shutil.copyfile(short_run / "checkpoint.pt", checkpoint)
+    shutil.copyfile(checkpoint, tmp_path / "outside.pt")  # the very weights, outside the project
+    (project / "runs" / "link.pt").symlink_to(tmp_path / "outside.pt")
+    for out in ("exported", "exported/nested"):  # README's layouts: exported/ and exported/NAME beside runs/
+        result = run_cli("export", "--checkpoint", checkpoint, "--format", "onnx", "--out", project / out,
+                         "--data-dir", mnist_dir)
+        assert result.exit_code == 0, result.stderr
+    assert read_manifest(project / "exported")[0].source_checkpoint == "../runs/run/checkpoint.pt"
+    digested = []
+    digest = fileio.file_digest
+    monkeypatch.setattr(fileio, "file_digest", lambda path, *a: digested.append(os.path.abspath(path)) or
+                        digest(path, *a))
+
+    def verified(folder, reference="auto"):
+        result = run_cli("verify", "--artifacts", folder, "--reference", reference, "--batch1-images", "2",
+                         "--data-dir", mnist_dir, "--json", tmp_path / "v.json")
+        return result, json.loads((tmp_path / "v.json").read_text()) if result.exit_code == 0 else None
+
+    result, report = verified(project / "exported")  # the normal layout, from any current folder
+    assert report["reference"] == f"checkpoint {checkpoint}", result.stdout
+    monkeypatch.chdir(project)  # exported/NAME: its checkpoint is in the current folder
+    result, report = verified(Path("exported/nested"))
+    assert report["reference"] == "checkpoint runs/run/checkpoint.pt", result.stdout
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a current folder that holds neither the project nor outside.pt
+    for i, recorded in enumerate(("/etc/passwd", "../../outside.pt", "../runs/link.pt")):
+        folder = project / f"copy{i}"
+        shutil.copytree(project / "exported", folder)
+        path = folder / "manifest.json"
+        manifest = json.loads(path.read_text())
+        for artifact in manifest["artifacts"]:
+            artifact["source_checkpoint"] = recorded
+        path.write_text(json.dumps(manifest))
+        digested.clear()
+        result, report = verified(folder)  # auto: the golden outputs instead
+        assert not [p for p in digested if not p.startswith(str(folder))], recorded
+        assert report["reference"].startswith("golden.npy"), result.stdout
+        message = assert_one_line_error(verified(folder, "checkpoint")[0], 2)
+        assert f"{recorded} (not followed:" in message
+        assert not [p for p in digested if not p.startswith(str(folder))], recorded
