@@ -63,17 +63,19 @@ def endless_loop(path: Path, image: bool = False, metadata: dict[str, str] | Non
 
 
 def constant_classifier(path: Path, scores: list[float], metadata: dict[str, str] | None = None,
-                        input_shape: tuple = ("N", 1, 28, 28)) -> Path:
-    """float input -> the same ten `scores` for every image (output named log_probs)."""
+                        input_shape: tuple = ("N", 1, 28, 28), uint8: bool = False) -> Path:
+    """float (or `uint8`) input -> the same ten `scores` for every image (output named log_probs)."""
     from onnx import TensorProto as T
     from onnx import helper as h
 
     features = int(np.prod([d for d in input_shape[1:]]))
-    nodes = [h.make_node("Reshape", ["x", "shape"], ["flat"]), h.make_node("MatMul", ["flat", "w"], ["zero"]),
-             h.make_node("Add", ["zero", "b"], ["log_probs"])]
+    nodes = [h.make_node("Reshape", ["xf" if uint8 else "x", "shape"], ["flat"]),
+             h.make_node("MatMul", ["flat", "w"], ["zero"]), h.make_node("Add", ["zero", "b"], ["log_probs"])]
+    if uint8:  # raw pixels in, as floats into the rest
+        nodes.insert(0, h.make_node("Cast", ["x"], ["xf"], to=T.FLOAT))
     inits = [h.make_tensor("shape", T.INT64, [2], [0, -1]),
              h.make_tensor("w", T.FLOAT, [features, 10], np.zeros(features * 10, np.float32).tolist()),
              h.make_tensor("b", T.FLOAT, [10], [float(v) for v in scores])]
-    graph = h.make_graph(nodes, "constant", [h.make_tensor_value_info("x", T.FLOAT, list(input_shape))],
-                         [h.make_tensor_value_info("log_probs", T.FLOAT, ["N", 10])], inits)
+    x = h.make_tensor_value_info("x", T.UINT8 if uint8 else T.FLOAT, list(input_shape))
+    graph = h.make_graph(nodes, "constant", [x], [h.make_tensor_value_info("log_probs", T.FLOAT, ["N", 10])], inits)
     return _save(graph, path, metadata)

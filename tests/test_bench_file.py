@@ -120,8 +120,9 @@ def test_a_runtime_that_cannot_open_the_file_is_refused(exported, mnist_dir):
 
 
 FOREIGN_FILE = "a foreign file fed images (how pixels become its input)"
+FLOAT_FILE = "a foreign file fed float images (how its pixels are normalized)"
 FILE_OPTIONS = [("--shape", "x=3", "a foreign .onnx (the dynamic dimensions of its inputs)"),
-                ("--mean", "0.5", FOREIGN_FILE), ("--std", "0.3081", FOREIGN_FILE), ("--layout", "nchw", FOREIGN_FILE)]
+                ("--mean", "0.5", FLOAT_FILE), ("--std", "0.3081", FLOAT_FILE), ("--layout", "nchw", FOREIGN_FILE)]
 
 
 @pytest.mark.parametrize("option, value, whom", FILE_OPTIONS, ids=[o[0] for o in FILE_OPTIONS])
@@ -161,16 +162,34 @@ def test_feeding_options_are_refused_for_a_foreign_onnx_fed_random_data(mnist_di
     """A foreign .onnx whose input is no image is fed random data: --mean, --std and --layout would do nothing and
     are refused, and its settings in the report name no mean or std."""
     rand = constant_classifier(tmp_path / "rand.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
-    for option, value in (("--mean", "0.3"), ("--std", "2"), ("--layout", "nchw")):
+    for option, value, whom in (("--mean", "0.3", FLOAT_FILE), ("--std", "2", FLOAT_FILE),
+                                ("--layout", "nchw", FOREIGN_FILE)):
         line = assert_one_line_error(run_cli("bench", rand, option, value, *QUICK, "--runtime", "onnxruntime",
                                              "--data-dir", mnist_dir), 2)
-        assert line == f"error: {option} is for {FOREIGN_FILE}, and none of these files is one; drop {option}"
+        assert line == f"error: {option} is for {whom}, and none of these files is one; drop {option}"
     result = run_cli("bench", rand, *QUICK, "--runtime", "onnxruntime,openvino", "--data-dir", mnist_dir,
                      "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.stderr
     runtimes = json.loads((tmp_path / "b.json").read_text())["runtimes"]
     settings = [s for r in runtimes.values() for s in r["settings"]]
     assert settings and all(s["input"] == "random data" and "mean" not in s and "std" not in s for s in settings)
+
+
+def test_mean_and_std_are_refused_for_a_foreign_onnx_fed_raw_uint8_pixels(mnist_dir, tmp_path):
+    """A foreign .onnx whose input is uint8 is fed the raw pixels: --mean and --std would do nothing and are
+    refused; --layout is taken, and its settings in the report name no mean or std."""
+    raw = constant_classifier(tmp_path / "raw.onnx", [1.0] + [0.0] * 9, input_shape=("N", 28, 28), uint8=True)
+    for option, value in (("--mean", "0.3"), ("--std", "2")):
+        line = assert_one_line_error(run_cli("bench", raw, option, value, *QUICK, "--runtime", "onnxruntime",
+                                             "--data-dir", mnist_dir), 2)
+        assert line == f"error: {option} is for {FLOAT_FILE}, and none of these files is one; drop {option}"
+    result = run_cli("bench", raw, "--layout", "nhw", *QUICK, "--runtime", "onnxruntime,openvino",
+                     "--data-dir", mnist_dir, "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    runtimes = json.loads((tmp_path / "b.json").read_text())["runtimes"]
+    settings = [s for r in runtimes.values() for s in r["settings"]]
+    assert settings and all(s["input"] == "MNIST test images" and s["layout"] == "nhw" and "mean" not in s
+                            and "std" not in s for s in settings)
 
 
 def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):

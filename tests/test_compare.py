@@ -8,6 +8,9 @@ import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
 
+FOREIGN_FILE = "a foreign file fed images (how pixels become its input)"
+FLOAT_FILE = "a foreign file fed float images (how its pixels are normalized)"
+
 
 def _foreign_onnx(checkpoint, path, *, shift=5.0, noise=0.0):
     """The checkpoint's model as someone else might export it: flat [N,784] input, logits out (log-probs
@@ -108,10 +111,10 @@ def test_feeding_options_are_refused_where_every_file_feeds_itself(exported, mni
     result = run_cli("compare", exported / "model.onnx", exported / "model.xml", exported / "model.int8.onnx",
                      *options, "--limit", "10", "--data-dir", mnist_dir)
     given = " and ".join(o for o in options if o.startswith("--"))
+    whom = FOREIGN_FILE if given == "--layout" else FLOAT_FILE
     assert assert_one_line_error(result, 2) == (
-        f"error: {given} {'are' if ' and ' in given else 'is'} for a foreign file fed images (how pixels become its "
-        "input), and "
-        f"none of these files is one; drop {given}")
+        f"error: {given} {'are' if ' and ' in given else 'is'} for {whom}, and none of these files is one; "
+        f"drop {given}")
     assert result.stdout == ""
 
 
@@ -243,12 +246,12 @@ def test_feeding_options_are_refused_for_a_foreign_onnx_fed_random_data(tmp_path
                               [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 10])])
     flat = tmp_path / "flat.onnx"  # [N, d]: random data, or with --shape x=784 MNIST images
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), str(flat))
-    for option, value in (("--mean", "0.3"), ("--std", "7"), ("--layout", "nchw")):
+    for option, value, whom in (("--mean", "0.3", FLOAT_FILE), ("--std", "7", FLOAT_FILE),
+                                ("--layout", "nchw", FOREIGN_FILE)):
         for files in ((rand, rand), (flat, flat, "--shape", "x=7")):
             result = run_cli("compare", *files, option, value, "--limit", "10", "--data-dir", mnist_dir)
             assert assert_one_line_error(result, 2) == (
-                f"error: {option} is for a foreign file fed images (how pixels become its input), and none of these "
-                f"files is one; drop {option}")
+                f"error: {option} is for {whom}, and none of these files is one; drop {option}")
     result = run_cli("compare", rand, rand, "--limit", "10", "--json", "-", "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -258,6 +261,24 @@ def test_feeding_options_are_refused_for_a_foreign_onnx_fed_random_data(tmp_path
                      "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["b"]["preprocessing"] == {"mean": 0.3, "std": 0.3081, "layout": "auto"}
+
+
+def test_mean_and_std_are_refused_for_a_foreign_onnx_fed_raw_uint8_pixels(tmp_path, mnist_dir):
+    """A foreign .onnx whose input is uint8 [N,28,28] is fed the raw pixels: --mean and --std would do nothing and
+    are refused, --layout is taken, and its report records no mean or std."""
+    from tests.onnx_models import constant_classifier
+
+    raw = constant_classifier(tmp_path / "raw.onnx", [1.0] + [0.0] * 9, input_shape=("N", 28, 28), uint8=True)
+    for option, value in (("--mean", "0.3"), ("--std", "7")):
+        result = run_cli("compare", raw, raw, option, value, "--limit", "10", "--data-dir", mnist_dir)
+        assert assert_one_line_error(result, 2) == (
+            f"error: {option} is for {FLOAT_FILE}, and none of these files is one; drop {option}")
+    result = run_cli("compare", raw, raw, "--layout", "nhw", "--limit", "10", "--json", "-", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["a"]["input"] == report["b"]["input"] == "MNIST test images"
+    assert report["a"]["preprocessing"] == report["b"]["preprocessing"] == {"from": "none: raw uint8 pixels",
+                                                                            "layout": "nhw"}
 
 
 def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):

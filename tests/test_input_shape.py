@@ -460,10 +460,12 @@ def test_compare_on_reference_inputs_refuses_options_that_would_do_nothing(colou
     import shutil
     shutil.copy(colour_export / "model.onnx", tmp_path / "loose.onnx")
     for option, value in (("--mean", "0.5"), ("--std", "0.3081"), ("--layout", "flat")):
+        whom = ("images (how pixels become its input)" if option == "--layout"
+                else "float images (how its pixels are normalized)")
         result = run_cli("compare", colour_export / "model.onnx", tmp_path / "loose.onnx", option, value,
                          "--data-dir", tmp_path / "none")
         assert assert_one_line_error(result, 2) == (
-            f"error: {option} is for a foreign file fed images (how pixels become its input), and every file is fed "
+            f"error: {option} is for a foreign file fed {whom}, and every file is fed "
             f"the reference inputs of A's export as they are; drop {option}")
     result = run_cli("compare", colour_export / "model.onnx", colour_export / "model.xml", "--shape", "x=3x32x32",
                      "--data-dir", tmp_path / "none")

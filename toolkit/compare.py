@@ -331,6 +331,8 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
         preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
     elif not getattr(runner, "takes_images", True):
         preprocessing = {"from": "none: random data of its own inputs"}  # --mean, --std and --layout do nothing
+    elif not getattr(runner, "normalizes", True):
+        preprocessing = {"from": "none: raw uint8 pixels", "layout": prep.layout}  # --mean and --std do nothing
     else:
         preprocessing = asdict(prep)
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,

@@ -72,7 +72,8 @@ def refuse_unused(given: Collection[str], taken: Iterable[frozenset[str]], why: 
     opens it; `why`: why none does): such an option would do nothing, and the user would not know."""
     used = frozenset().union(*taken)
     for names, whom in ((("shape",), "a foreign .onnx (the dynamic dimensions of its inputs)"),
-                        (FEEDING, "a foreign file fed images (how pixels become its input)")):
+                        (("layout",), "a foreign file fed images (how pixels become its input)"),
+                        (("mean", "std"), "a foreign file fed float images (how its pixels are normalized)")):
         unused = " and ".join(f"--{n}" for n in names if n in given and n not in used)
         if unused:
             raise ConfigError(f"{unused} {'are' if ' and ' in unused else 'is'} for {whom}, and "

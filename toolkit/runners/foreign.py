@@ -160,8 +160,13 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
     def takes_images(self) -> bool:
         return self.image is not None
 
+    @property
+    def normalizes(self) -> bool:
+        """Whether --mean and --std apply: it takes images, as floats (a uint8 input gets the raw pixels)."""
+        return self.image is not None and self.image.dtype != np.uint8
+
     def settings(self) -> dict[str, Any]:
-        fed = {"mean": self.prep.mean, "std": self.prep.std} if self.image else {}  # random data: neither is used
+        fed = {"mean": self.prep.mean, "std": self.prep.std} if self.normalizes else {}  # neither is used otherwise
         return {**super().settings(), "file": self.label, **fed,
                 "input": "MNIST test images" if self.image else "random data",
                 "layout": self.image.layout if self.image else "-"}
@@ -249,9 +254,10 @@ ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can re
 
 def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> frozenset[str]:
     """The FILE_OPTIONS `open_file` uses for `path` (its inputs' dimensions given by `shapes`): for a foreign .onnx,
-    --shape, and the FEEDING ones where it is fed MNIST images (not random data); the FEEDING ones for a
-    TorchScript, .pt2 or .aoti.pt2 file, toolkit-made or not (the toolkit reads no normalization from it); none for
-    a file that feeds itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite)."""
+    --shape, and --layout where it is fed MNIST images (not random data), and --mean and --std where those images
+    are floats (not raw uint8 pixels); the FEEDING ones for a TorchScript, .pt2 or .aoti.pt2 file, toolkit-made or
+    not (the toolkit reads no normalization from it); none for a file that feeds itself from its toolkit metadata
+    (a toolkit .onnx, IR, .pte or .tflite)."""
     if format_of_file(Path(path).name) == openvino.IR:
         return frozenset()
     data = read_model_file(path)
@@ -263,7 +269,9 @@ def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         runner = ForeignOnnxRunner(path, RunnerOptions(threads=1, optimization="none"), shapes=shapes)
     except (ArtifactError, ConfigError):
         return frozenset(FILE_OPTIONS)  # opening it to run it will say what is wrong
-    return frozenset(FILE_OPTIONS if runner.takes_images else ("shape",))
+    if not runner.takes_images:
+        return frozenset(("shape",))
+    return frozenset(FILE_OPTIONS if runner.normalizes else ("shape", "layout"))
 
 
 def runtimes_for(path: str | Path) -> tuple[str, ...]:
@@ -326,6 +334,10 @@ class OnnxElsewhere(Runner):
     @property
     def takes_images(self) -> bool:
         return getattr(self.spec, "takes_images", True)
+
+    @property
+    def normalizes(self) -> bool:
+        return getattr(self.spec, "normalizes", True)
 
     def settings(self) -> dict[str, Any]:
         words = ({"inference_precision": self.options.mode, "performance_hint": self.options.hint}
