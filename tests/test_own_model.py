@@ -363,6 +363,27 @@ def test_the_same_weights_as_another_model_are_another_export(own_model, mnist_d
     assert not (out / "model.ts.pt").exists() and not (out / "golden.npy").exists()
 
 
+def test_the_code_hash_recorded_is_that_of_the_bytes_that_ran(own_model, tmp_path):
+    """--model-code FILE.py is read once, and exactly the bytes hashed are run: a file that changes while it is
+    imported (here it rewrites itself) cannot pass its new text off as the code the export was built with."""
+    import hashlib
+
+    code = tmp_path / "rewrites.py"
+    ran = (own_model / "my_models.py").read_text() + textwrap.dedent("""
+        from pathlib import Path
+
+        Path(__file__).write_text(Path(__file__).read_text() + "# rewritten while imported\\n")
+        """)
+    code.write_text(ran)
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code", f"{code}:TinyMLP",
+                     "--model-args", '{"hidden": 32}', "--format", "torchscript", "--out", tmp_path / "out",
+                     "--data-dir", tmp_path / "no-mnist")
+    assert result.exit_code == 0, result.stderr
+    assert code.read_text() == ran + "# rewritten while imported\n"  # it changed while it was imported, once
+    model = json.loads((tmp_path / "out" / "manifest.json").read_text())["model"]
+    assert model["code_sha256"] == hashlib.sha256(ran.encode()).hexdigest()
+
+
 # --- refusals: one line, exit 2, nothing written --------------------------------------------------------------
 
 @pytest.mark.parametrize("case, expected", [

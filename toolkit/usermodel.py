@@ -27,6 +27,7 @@ from toolkit.refinputs import MNIST_SHAPE, is_mnist
 # where a state_dict is often nested, in a dict saved with training state beside it
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 MAX_MODEL_ARGS_CHARS = 10_000
+MAX_CODE_BYTES = 16 << 20  # a model's .py file is some kilobytes
 PROBE_BATCH = 3
 # the output kinds a classifier returns, and the ending that turns each into log-probabilities
 OUTPUT_KINDS = ("log_probs", "probabilities", "logits")
@@ -132,45 +133,61 @@ def infer_builtin(state_dict: dict[str, Any]) -> tuple[str, dict[str, Any]] | No
     return None
 
 
-def load_class(code: str) -> type:
+def load_class(code: str) -> tuple[type, str | None]:
     """The nn.Module subclass `code` names (FILE.py:CLASS, or package.module:CLASS importable from the current
-    folder); importing it runs the file's code. ConfigError, in one line, for anything that goes wrong."""
+    folder), and the SHA-256 of the very bytes of FILE.py that ran (None for a module imported by name); importing
+    it runs the file's code. ConfigError, in one line, for anything that goes wrong."""
     from torch import nn
 
     where, sep, name = code.rpartition(":")
     if not sep or not where or not name.isidentifier():
         raise ConfigError(f"--model-code {code!r} must be FILE.py:CLASS or package.module:CLASS")
-    module = _import(where)
+    module, sha256 = _import(where)
     cls = getattr(module, name, None)
     if cls is None:
         raise ConfigError(f"{where} has no class {name}")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(f"{where}:{name} is not a torch.nn.Module subclass")
-    return cls
+    return cls, sha256
 
 
-def _import(where: str) -> Any:
+def _read_code(path: Path) -> bytes:
+    """The bytes of a model's .py file, read once: what runs is what is hashed."""
+    try:
+        with open(path, "rb") as f:
+            source = f.read(MAX_CODE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read model code {path}: {e.strerror or e}") from None
+    if len(source) > MAX_CODE_BYTES:
+        raise ConfigError(f"model code {path} is larger than {MAX_CODE_BYTES >> 20} MiB; not a model's source")
+    return source
+
+
+def _import(where: str) -> tuple[Any, str | None]:
     """Import a .py file by its path (its folder searched first, as when it runs as a script) or a module by its
-    dotted name (the current folder searched first, as `python -m` does)."""
+    dotted name (the current folder searched first, as `python -m` does). A file is read once and exactly those
+    bytes are run; the SHA-256 returned with the module is theirs (None for a module imported by name)."""
     path = Path(where)
     by_path = where.endswith(".py")
     if by_path and not path.is_file():
         raise ConfigError(f"model code {where} does not exist")
+    source = _read_code(path) if by_path else None
     folder = str(path.resolve().parent) if by_path else str(Path.cwd())
     sys.path.insert(0, folder)
     try:
-        if not by_path:
-            return importlib.import_module(where)
+        if source is None:
+            return importlib.import_module(where), None
         name = f"toolkit_user_model_{fileio.digest(str(path.resolve()).encode())[:12]}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
+        code = compile(source, spec.origin, "exec", dont_inherit=True)  # not this module's __future__ flags
         sys.modules[name] = module  # as an import would: dataclasses and pickling look the module up by name
         try:
-            spec.loader.exec_module(module)
+            exec(code, module.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise
-        return module
+        return module, fileio.digest(source)
     except ConfigError:
         raise
     except (Exception, SystemExit) as e:  # the user's code may raise anything while it is imported
@@ -269,14 +286,12 @@ def checkpoint_from_state_dict(state_dict: dict[str, Any], source: ModelSource, 
 
     ckpt: dict[str, Any] = {"format": "state_dict", "config": {}, "history": [], "state_dict": state_dict}
     if source.code:
-        cls = load_class(source.code)
+        cls, code_sha256 = load_class(source.code)
         what = f"{cls.__name__} ({source.code})"
         kind = output_kind(build(cls, source.args, state_dict, what), what, source.input_shape,
                            source.reference_inputs)
-        code_file = Path(source.code.rpartition(":")[0])
         ckpt["model"] = {"name": cls.__name__, "args": dict(source.args), "code": source.code,
-                         "code_sha256": fileio.file_digest(code_file) if code_file.suffix == ".py" else None,
-                         "output": kind}
+                         "code_sha256": code_sha256, "output": kind}
         if not is_mnist(source.input_shape):
             ckpt["model"]["input_shape"] = list(source.input_shape)
         ckpt.update(_class=cls, _output=kind)
