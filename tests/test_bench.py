@@ -1,4 +1,5 @@
 import json
+import shutil
 import time
 
 import numpy as np
@@ -164,6 +165,42 @@ def test_format_pytorch_narrows_the_run_to_that_runtime(exported, mnist_dir, tmp
     points = json.loads((tmp_path / "b.json").read_text())["points"]
     assert [(p["runtime"], p["format"], p["batch_size"]) for p in points] == [("pytorch", "pytorch", 1),
                                                                             ("pytorch", "pytorch", 2)]
+
+
+def test_the_pytorch_baseline_loads_only_the_checkpoint_the_manifest_records(short_run, mnist_dir, tmp_path):
+    """The eager baseline, and the FLOPs counted for an export that recorded none, load the checkpoint from bytes
+    checked against the SHA-256 the manifest records: another checkpoint named with --checkpoint, or the one found
+    replaced after bench found it, is refused in one line, never timed as the source of these files."""
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.pipeline import _model_flops
+    from toolkit.bench.search import plan_manifest
+    from toolkit.errors import CheckpointError
+
+    (tmp_path / "run").mkdir()
+    found, other, folder = tmp_path / "run" / "checkpoint.pt", tmp_path / "other.pt", tmp_path / "exported"
+    shutil.copy(short_run / "checkpoint.pt", found)
+    result = run_cli("export", "--checkpoint", found, "--format", "onnx", "--precision", "fp32", "--out", folder,
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    ckpt = torch.load(found, weights_only=True)
+    ckpt["state_dict"] = {k: v * 0.5 for k, v in ckpt["state_dict"].items()}  # the same model, other weights
+    torch.save(ckpt, other)
+
+    result = run_cli("bench", "--artifacts", folder, "--checkpoint", other, "--format", "pytorch", "--batch-sizes",
+                     "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-matmul-peak", "--no-verify",
+                     "--data-dir", mnist_dir)
+    assert f"checkpoint {other} is not the one these artifacts were exported from" in assert_one_line_error(result, 2)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["model_flops_per_image"]  # as an older export wrote it: bench counts them on the checkpoint
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    config = BenchConfig(artifacts=str(folder), data_dir=str(mnist_dir), formats=("pytorch",), verify=False)
+    plan = plan_manifest(config)  # finds the checkpoint by its SHA-256
+    assert _model_flops(config, plan.checkpoint) > 0
+    shutil.copy(other, found)  # replaced after it was found
+    for load in (lambda: plan.opener(plan.candidates[0]), lambda: _model_flops(config, plan.checkpoint)):
+        with pytest.raises(CheckpointError, match="is not the one these artifacts were exported from"):
+            load()
 
 
 def test_fastest_names_only_verified_configurations():

@@ -7,6 +7,7 @@ pickle from a file can run code.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,29 @@ def _load_failure(e: Exception) -> str:
         return (f"it holds objects a weights-only load refuses{': ' + ' '.join(reason.split())[:120] if reason else ''}"
                 "; loading it fully would run code from the file, which the toolkit never does")
     return " ".join(text.splitlines()[0].split())[:200] if text else type(e).__name__
+
+
+@dataclass(frozen=True)
+class RecordedCheckpoint:
+    """A checkpoint file and the SHA-256 a manifest records as its artifacts' source: loaded (load_recorded) only
+    from bytes of that hash."""
+
+    path: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def load_recorded(checkpoint: RecordedCheckpoint) -> dict[str, Any]:
+    """The checkpoint (read_checkpoint: read once, loaded from the bytes it hashed), or CheckpointError when those
+    bytes are not the ones the manifest records: a file replaced, or another checkpoint named."""
+    ckpt, sha256 = read_checkpoint(checkpoint.path)
+    if sha256 != checkpoint.sha256:
+        raise CheckpointError(f"checkpoint {checkpoint.path} is not the one these artifacts were exported from "
+                              "(SHA-256 differs from the manifest); refusing to load it, pass that one with "
+                              "--checkpoint")
+    return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

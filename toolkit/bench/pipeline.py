@@ -25,6 +25,7 @@ from toolkit.bench.peaks import int8_matmul_peak_gops, matmul_peak_gflops, threa
 from toolkit.bench.results import BenchPoint, BenchReport, fastest, summarize, targets
 from toolkit.bench.search import Candidate, Plan, plan_manifest
 from toolkit.bench.timing import ROTATE, Budget, Job, Series, bench_pixels, steps, time_rounds
+from toolkit.checkpoint import RecordedCheckpoint
 
 Progress = Callable[[int, int, str], None]
 
@@ -186,16 +187,17 @@ def _peaks_wanted(config: BenchConfig, device_names: list[str], flops: int | Non
     return True
 
 
-def _model_flops(config: BenchConfig, checkpoint: str | None) -> int | None:
+def _model_flops(config: BenchConfig, checkpoint: RecordedCheckpoint | None) -> int | None:
     """FLOPs of one image's forward pass: as export recorded them in the manifest, else counted on the
-    checkpoint's model (an older export) where torch and the checkpoint are here; None when neither is known."""
+    checkpoint's model (an older export) where torch and the checkpoint are here, loaded from bytes of the SHA-256
+    the manifest records; None when neither is known."""
     recorded = read_model_flops(config.artifacts)
     if recorded is not None or checkpoint is None:
         return recorded
-    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.checkpoint import load_recorded, model_from_checkpoint
     from toolkit.model import forward_flops
 
-    return forward_flops(model_from_checkpoint(load_checkpoint(checkpoint)))
+    return forward_flops(model_from_checkpoint(load_recorded(checkpoint)))
 
 
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:

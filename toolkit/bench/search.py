@@ -20,6 +20,7 @@ from toolkit import calibration, devices, refinputs, runners, sysinfo, usermodel
 from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
+from toolkit.checkpoint import RecordedCheckpoint
 from toolkit.errors import ArtifactError, CheckpointError
 from toolkit.formats import judged_precision
 from toolkit.runners import (
@@ -46,7 +47,7 @@ class Candidate:
     """One runtime configuration to time: a source opened in a runtime with options, and how it is called."""
 
     runtime: str
-    source: Artifact | str  # an artifact, or a path: the checkpoint (PyTorch eager baseline) or a model file
+    source: Artifact | RecordedCheckpoint | str  # an artifact, the checkpoint (PyTorch eager baseline), or a model file
     format: str
     precision: str
     options: RunnerOptions
@@ -171,7 +172,7 @@ def candidates_of(config: BenchConfig, name: str, device: str, source: Artifact 
 
 
 def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str], manifest: list[Artifact],
-                     checkpoint: str, skipped: dict[str, str] | None = None) -> list[Candidate]:
+                     checkpoint: RecordedCheckpoint | None, skipped: dict[str, str] | None = None) -> list[Candidate]:
     """Every configuration to time: runtime x device x source x the settings that runtime takes. A compute mode
     left out because this CPU only emulates it gets a note in `skipped`."""
     out = []
@@ -187,9 +188,10 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
 
 
 def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: Selection,
-                     skipped: dict[str, str]) -> str | None:
-    """The checkpoint, for the PyTorch eager baseline and the model's FLOPs; None when it is not needed or, unless
-    the baseline was asked for by name, not found (then the baseline is skipped with the reason)."""
+                     skipped: dict[str, str]) -> RecordedCheckpoint | None:
+    """The checkpoint, for the PyTorch eager baseline and the model's FLOPs, with the SHA-256 the manifest records
+    (each load is refused on other bytes: load_recorded); None when it is not needed or, unless the baseline was
+    asked for by name, not found (then the baseline is skipped with the reason)."""
     if not sysinfo.installed("torch"):
         return None
     try:
@@ -197,7 +199,8 @@ def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: S
             # the weights alone cannot rebuild the model, and a manifest never names code to import
             raise CheckpointError("the export's model came from your own code (--model-code), which bench does not "
                                   "import: its PyTorch baseline cannot be rebuilt")
-        return str(find_checkpoint(config.artifacts, manifest, config.checkpoint))
+        path = find_checkpoint(config.artifacts, manifest, config.checkpoint)
+        return RecordedCheckpoint(str(path), next((a.source_sha256 for a in manifest), ""))
     except CheckpointError as e:
         if "pytorch" in config.runtimes or "pytorch" in config.formats:
             raise
@@ -326,7 +329,7 @@ class Plan:
     candidates: list[Candidate]
     opener: Any  # Opener, or bench.files' FileOpener
     devices: list[str]
-    checkpoint: str | None = None
+    checkpoint: RecordedCheckpoint | None = None
     reference: Any = None  # verify's reference, when the candidates are verified
     skipped: dict[str, str] = field(default_factory=dict)  # what was left out, and why
     skipped_runtimes: dict[str, str] = field(default_factory=dict)
@@ -339,7 +342,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
     devices_used, skipped = devices.expand(config.providers)
     manifest = read_manifest(config.artifacts)
     checkpoint = _find_checkpoint(config, manifest, selection, skipped)
-    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint or "", skipped)
+    candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint, skipped)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
     from toolkit.reference import resolve_reference
@@ -347,7 +350,7 @@ def plan_manifest(config: BenchConfig) -> Plan:
     # an export made with --input-shape takes no MNIST image: it is fed the reference inputs beside it, which its
     # reference (golden.npy, from model code) answers, as verify feeds and judges it
     own = refinputs.other_input_shape(config.artifacts) is not None
-    full = (resolve_reference(config.artifacts, manifest, checkpoint, "auto", config.data_dir)
+    full = (resolve_reference(config.artifacts, manifest, checkpoint and checkpoint.path, "auto", config.data_dir)
             if config.verify or own else None)
     for artifact in manifest if full is not None else []:  # refused as verify refuses it, before any timing
         calibration.check_entry(artifact, full)

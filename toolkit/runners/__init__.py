@@ -16,7 +16,7 @@ import importlib.metadata
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from toolkit import devices, formats, sysinfo
 from toolkit.artifacts import Artifact, select
@@ -29,6 +29,9 @@ from toolkit.runners import openvino as _openvino
 from toolkit.runners import torch as _torch
 from toolkit.runners import torch_export as _torch_export
 from toolkit.runners.base import IO_MODES, Runner, RunnerOptions, Timed, run_guard
+
+if TYPE_CHECKING:
+    from toolkit.checkpoint import RecordedCheckpoint
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "NO_NATIVE_MODE", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner",
            "RunnerOptions", "Runtime", "Selection", "Timed", "choose_modes", "modes_to_run", "open_runner",
@@ -141,7 +144,7 @@ class Run(NamedTuple):
     """One source in one runtime and compute mode: what verify checks and bench times."""
 
     runtime: str
-    source: Artifact | str  # an artifact, or the checkpoint path for the PyTorch eager baseline
+    source: Artifact | RecordedCheckpoint | str  # an artifact, or the checkpoint for the PyTorch eager baseline
     mode: str = formats.DEFAULT_MODE
 
     @property
@@ -184,8 +187,9 @@ def _baseline_selected(wanted_formats: list[str] | None, wanted_precisions: list
     return (not wanted_formats or PYTORCH in wanted_formats) and (not wanted_precisions or "fp32" in wanted_precisions)
 
 
-def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None, wanted_formats: list[str] | None,
-             wanted_precisions: list[str] | None, native_only: bool = False) -> list[Artifact | str]:
+def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: RecordedCheckpoint | str | None,
+             wanted_formats: list[str] | None, wanted_precisions: list[str] | None,
+             native_only: bool = False) -> list[Artifact | RecordedCheckpoint | str]:
     if PYTORCH in spec.formats:
         return [checkpoint] if checkpoint and _baseline_selected(wanted_formats, wanted_precisions) else []
     return [a for a in chosen if spec.opens(a.format, a.precision)
@@ -193,7 +197,7 @@ def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: str | None, want
 
 
 def runs(artifacts: list[Artifact], runtimes: list[str], device: str, formats: list[str] | None = None,
-         precisions: list[str] | None = None, checkpoint: str | None = None,
+         precisions: list[str] | None = None, checkpoint: RecordedCheckpoint | str | None = None,
          native_only: bool = False) -> tuple[list[Run], dict[str, str]]:
     """Every (runtime, source, mode) to run on `device`: each runtime with each selected artifact it opens (with
     `native_only`, each artifact in its format's own runtime only; the 'pytorch' runtime with `checkpoint`, when
@@ -233,8 +237,9 @@ def would_run(selection: Selection, artifacts: list[Artifact], devices: list[str
     return out
 
 
-def open_runner(runtime: str, source: Artifact | str, options: RunnerOptions | None = None) -> Runner:
-    """Open `source` (an artifact, or the checkpoint path for 'pytorch') in `runtime`, timing nothing."""
+def open_runner(runtime: str, source: Artifact | RecordedCheckpoint | str,
+                options: RunnerOptions | None = None) -> Runner:
+    """Open `source` (an artifact, or the checkpoint for 'pytorch') in `runtime`, timing nothing."""
     options = options or RunnerOptions()
     spec = RUNTIMES[runtime]
     devices.check(options.device)
@@ -245,7 +250,8 @@ def open_runner(runtime: str, source: Artifact | str, options: RunnerOptions | N
     return spec.open(source, options)
 
 
-def open_timed(runtime: str, source: Artifact | str, options: RunnerOptions) -> tuple[Runner, float]:
+def open_timed(runtime: str, source: Artifact | RecordedCheckpoint | str,
+               options: RunnerOptions) -> tuple[Runner, float]:
     """A runner and how long opening it took, in milliseconds."""
     t0 = time.perf_counter()
     runner = open_runner(runtime, source, options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from toolkit import devices, formats
 from toolkit.artifacts import Artifact, read_verified
 from toolkit.errors import ArtifactError, ProviderUnavailable
 from toolkit.runners.base import Runner, RunnerOptions, Timed
+
+if TYPE_CHECKING:
+    from toolkit.checkpoint import RecordedCheckpoint
 
 
 def check_device(device: str) -> None:
@@ -42,14 +45,18 @@ def load_torchscript(data: bytes, device: str, label: str, *,
         raise ArtifactError(f"{label} {what} ({first})") from None
 
 
-def load_eager(checkpoint: str, device: str) -> Any:
-    """The checkpoint's model, rebuilt from the file alone, on `device`."""
-    from toolkit.checkpoint import load_model
+def load_eager(checkpoint: str | RecordedCheckpoint, device: str) -> Any:
+    """The checkpoint's model, rebuilt from the file alone, on `device`; a RecordedCheckpoint only from bytes of the
+    SHA-256 its manifest records."""
+    from toolkit.checkpoint import RecordedCheckpoint, load_model, load_recorded, model_from_checkpoint
     from toolkit.errors import CheckpointError
     from toolkit.usermodel import ModelCodeNeeded
 
     try:
-        model = load_model(checkpoint)
+        if isinstance(checkpoint, RecordedCheckpoint):
+            model = model_from_checkpoint(load_recorded(checkpoint))
+        else:
+            model = load_model(checkpoint)
     except ModelCodeNeeded:
         raise CheckpointError(f"{checkpoint} holds the weights of a class from model code, which the toolkit imports "
                               "only when export is told to: the PyTorch eager baseline cannot be rebuilt; leave it "
@@ -102,7 +109,7 @@ class TorchRunner(Runner):
         return Timed(run_device)
 
 
-def open_eager(checkpoint: str, options: RunnerOptions) -> TorchRunner:
+def open_eager(checkpoint: str | RecordedCheckpoint, options: RunnerOptions) -> TorchRunner:
     return TorchRunner(load_eager(checkpoint, options.device), str(checkpoint), "pytorch", options)
 
 
