@@ -79,3 +79,25 @@ def constant_classifier(path: Path, scores: list[float], metadata: dict[str, str
     x = h.make_tensor_value_info("x", T.UINT8 if uint8 else T.FLOAT, list(input_shape))
     graph = h.make_graph(nodes, "constant", [x], [h.make_tensor_value_info("log_probs", T.FLOAT, ["N", 10])], inits)
     return _save(graph, path, metadata)
+
+
+def linear_classifier(path: Path, input_type: str = "float32", seed: int = 0) -> Path:
+    """A seeded linear classifier, logits out. float32 input [N,1,28,28]: pixels normalized by the feeder, as
+    (pixel/255 - 0.1307) / 0.3081; an integer `input_type` [N,28,28]: the raw pixels 0..255, which the graph
+    normalizes the same way, so both files give the same scores for the same images."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    w = np.random.default_rng(seed).standard_normal((784, 10)).astype(np.float32) * 0.05
+    nodes = [h.make_node("Reshape", ["xn", "shape"], ["flat"]), h.make_node("MatMul", ["flat", "w"], ["logits"])]
+    inits = [h.make_tensor("shape", T.INT64, [2], [0, -1]), h.make_tensor("w", T.FLOAT, [784, 10], w.ravel())]
+    if input_type == "float32":
+        nodes.insert(0, h.make_node("Identity", ["x"], ["xn"]))
+        x = h.make_tensor_value_info("x", T.FLOAT, ["N", 1, 28, 28])
+    else:
+        nodes[:0] = [h.make_node("Cast", ["x"], ["xf"], to=T.FLOAT), h.make_node("Div", ["xf", "max"], ["x01"]),
+                     h.make_node("Sub", ["x01", "mean"], ["xc"]), h.make_node("Div", ["xc", "std"], ["xn"])]
+        inits += [h.make_tensor(n, T.FLOAT, [], [v]) for n, v in (("max", 255.0), ("mean", 0.1307), ("std", 0.3081))]
+        x = h.make_tensor_value_info("x", h.np_dtype_to_tensor_dtype(np.dtype(input_type)), ["N", 28, 28])
+    graph = h.make_graph(nodes, "linear", [x], [h.make_tensor_value_info("logits", T.FLOAT, ["N", 10])], inits)
+    return _save(graph, path)

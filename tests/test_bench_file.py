@@ -192,6 +192,30 @@ def test_mean_and_std_are_refused_for_a_foreign_onnx_fed_raw_uint8_pixels(mnist_
                             and "std" not in s for s in settings)
 
 
+def test_an_integer_image_input_is_fed_raw_pixels_and_int8_is_refused(mnist_dir, tmp_path):
+    """A foreign .onnx whose image input is int32 is fed the raw pixels, like a uint8 one: --mean and --std are
+    refused and its settings name none; an int8 one, which cannot hold them, is refused in one line."""
+    from tests.onnx_models import linear_classifier
+
+    raw = linear_classifier(tmp_path / "int32.onnx", "int32")
+    line = assert_one_line_error(run_cli("bench", raw, "--mean", "0.3", *QUICK, "--runtime", "onnxruntime",
+                                         "--data-dir", mnist_dir), 2)
+    assert line == f"error: --mean is for {FLOAT_FILE}, and none of these files is one; drop --mean"
+    result = run_cli("bench", raw, *QUICK, "--runtime", "onnxruntime", "--data-dir", mnist_dir,
+                     "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.stderr
+    settings = json.loads((tmp_path / "b.json").read_text())["runtimes"]["onnxruntime"]["settings"]
+    assert settings and all(s["input"] == "MNIST test images" and s["layout"] == "nhw" and "mean" not in s
+                            and "std" not in s for s in settings)
+    int8 = linear_classifier(tmp_path / "int8.onnx", "int8")
+    result = run_cli("bench", int8, *QUICK, "--runtime", "onnxruntime", "--data-dir", mnist_dir,
+                     "--json", tmp_path / "c.json")
+    assert assert_one_line_error(result, 2).endswith(
+        f"{int8}: image input 'x' is tensor(int8), which cannot hold the raw pixels 0..255 an integer image input "
+        "is fed")
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_a_toolkit_file_by_path_is_verified_as_over_its_folder(exported, mnist_dir, tmp_path):
     # a link counts too: the manifest beside the file it leads to governs it
     link = tmp_path / "int8.onnx"

@@ -281,6 +281,38 @@ def test_mean_and_std_are_refused_for_a_foreign_onnx_fed_raw_uint8_pixels(tmp_pa
                                                                             "layout": "nhw"}
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "int64"])
+def test_an_integer_image_input_is_fed_the_raw_pixels(tmp_path, mnist_dir, dtype):
+    """A foreign .onnx whose image input is any integer type that holds 0..255 gets the raw pixels, as a uint8 one
+    does, not the normalized floats cast to integers: it matches the same classifier taking float images, and
+    --mean and --std, which would do nothing to it, are refused."""
+    from tests.onnx_models import linear_classifier
+
+    floats = linear_classifier(tmp_path / "float.onnx")
+    raw = linear_classifier(tmp_path / f"{dtype}.onnx", dtype)
+    result = run_cli("compare", floats, raw, "--limit", "200", "--json", "-", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["agreement"] == 200 and report["max_abs_diff"] <= 1e-4
+    assert report["b"]["input"] == "MNIST test images"
+    assert report["b"]["preprocessing"] == {"from": "none: raw uint8 pixels", "layout": "auto"}
+    line = assert_one_line_error(run_cli("compare", raw, raw, "--std", "0.5", "--limit", "10",
+                                         "--data-dir", mnist_dir), 2)
+    assert line == f"error: --std is for {FLOAT_FILE}, and none of these files is one; drop --std"
+
+
+def test_an_int8_image_input_is_refused(tmp_path, mnist_dir):
+    """int8 cannot hold the raw pixels 0..255 an integer image input is fed: such a file is refused in one line
+    naming its input and type, not judged on pixels cut to fit."""
+    from tests.onnx_models import linear_classifier
+
+    raw = linear_classifier(tmp_path / "int8.onnx", "int8")
+    for files in ((raw, raw), (linear_classifier(tmp_path / "float.onnx"), raw)):
+        line = assert_one_line_error(run_cli("compare", *files, "--limit", "10", "--data-dir", mnist_dir), 2)
+        assert line == (f"error: {raw}: image input 'x' is tensor(int8), which cannot hold the raw pixels 0..255 "
+                        "an integer image input is fed")
+
+
 def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):
     from tests.onnx_models import constant_classifier
 

@@ -69,7 +69,7 @@ def compare(
         help="What |diff| is taken on: auto (same kind as given, else both as probabilities if either is, "
              "else log-softmax), log_probs, probabilities, raw.")] = "auto",
     mean: Annotated[float, typer.Option(
-        metavar="MEAN", help=f"Foreign files: input = (pixel/255 - mean) / std (uint8 inputs get raw pixels); "
+        metavar="MEAN", help=f"Foreign files: input = (pixel/255 - mean) / std (integer inputs get raw pixels); "
                              f"{MEAN_STD_RANGES}. Refused, as --std, --layout and --shape are, where no file "
                              "takes it.")] = MEAN,
     std: Annotated[float, typer.Option(metavar="STD", help="Foreign files: see --mean.")] = STD,

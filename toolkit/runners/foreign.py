@@ -32,8 +32,9 @@ from toolkit.runners.onnxruntime import OnnxRuntimeRunner, create_session
 from toolkit.runners.torch import TorchRunner, load_torchscript
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-           "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
-           "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+           "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+           "tensor(uint64)": np.uint64, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+           "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 SCORES = "scores"
 FOREIGN = "foreign"  # a runner's kind for a file without toolkit metadata: its output is taken as the scores
 
@@ -70,7 +71,7 @@ class _Input:
                  label: str = "") -> None:
         if onnx_type not in _DTYPES:
             raise ArtifactError(f"{label}: input {name!r} has type {onnx_type}, which the toolkit cannot feed")
-        self.name, self.dtype = name, _DTYPES[onnx_type]
+        self.name, self.onnx_type, self.dtype = name, onnx_type, _DTYPES[onnx_type]
         self.batch_fixed = shape[0] if shape and isinstance(shape[0], int) else None
         if not shape:  # timed at batch 8, one call would count as 8 inputs
             raise ArtifactError(f"{label}: input {name!r} is a scalar, with no batch dimension; the toolkit feeds "
@@ -84,6 +85,11 @@ class _Input:
                                 f"{name}=Dx... with the dimensions after the batch")
         self.rest = tuple(int(d) for d in rest)
         self.layout = next((k for k, v in SHAPES.items() if v == self.rest), None)
+
+    @property
+    def integer(self) -> bool:
+        """Whether it takes integers: as an image input, the raw pixels 0..255 (where its type holds them)."""
+        return bool(np.issubdtype(self.dtype, np.integer))
 
     def random(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -103,8 +109,12 @@ def random_pixels(n: int = 10_000, seed: int = 0) -> np.ndarray:
 
 
 def _pixels_as(pixels: np.ndarray, layout: str, dtype: Any, prep: Preprocessing) -> np.ndarray:
+    """MNIST pixels as an image input of `dtype` takes them: an integer one the raw pixels 0..255 (its type holds
+    them: see `_image_input`), a float one `(pixel/255 - mean) / std`."""
     x = np.asarray(pixels)
-    if dtype != np.uint8:
+    if np.issubdtype(dtype, np.integer):
+        x = x.astype(dtype)
+    else:
         x = ((x.astype(np.float32) / 255.0 - prep.mean) / prep.std).astype(dtype)
     return x.reshape(len(x), *SHAPES[layout])
 
@@ -145,7 +155,8 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         self.output_name = (tens or outputs)[0].name
 
     def _image_input(self) -> _Input | None:
-        """The input MNIST images go into: the only input, when its shape fits a layout (or the one asked for)."""
+        """The input MNIST images go into: the only input, when its shape fits a layout (or the one asked for).
+        An integer one takes the raw pixels, so its type must hold 0..255 (int8 cannot: refused)."""
         if len(self.inputs) != 1 or self.inputs[0].dtype == np.bool_:
             if self.prep.layout != "auto":
                 raise ArtifactError(f"{self.label} has {len(self.inputs)} inputs; --layout needs one image input")
@@ -154,6 +165,9 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
         if self.prep.layout != "auto" and inp.layout != self.prep.layout:
             raise ArtifactError(f"{self.label}: input {inp.name!r} has shape [N,{','.join(map(str, inp.rest))}], "
                                 f"not layout {self.prep.layout} [N,{','.join(map(str, SHAPES[self.prep.layout]))}]")
+        if inp.layout and inp.integer and np.iinfo(inp.dtype).max < 255:
+            raise ArtifactError(f"{self.label}: image input {inp.name!r} is {inp.onnx_type}, which cannot hold the "
+                                "raw pixels 0..255 an integer image input is fed")
         return inp if inp.layout else None
 
     @property
@@ -162,8 +176,8 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
 
     @property
     def normalizes(self) -> bool:
-        """Whether --mean and --std apply: it takes images, as floats (a uint8 input gets the raw pixels)."""
-        return self.image is not None and self.image.dtype != np.uint8
+        """Whether --mean and --std apply: it takes images, as floats (an integer input gets the raw pixels)."""
+        return self.image is not None and not self.image.integer
 
     def settings(self) -> dict[str, Any]:
         fed = {"mean": self.prep.mean, "std": self.prep.std} if self.normalizes else {}  # neither is used otherwise
@@ -255,9 +269,9 @@ ONNX_RUNTIMES = ("onnxruntime", openvino.RUNTIME, opencv.RUNTIME)  # what can re
 def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> frozenset[str]:
     """The FILE_OPTIONS `open_file` uses for `path` (its inputs' dimensions given by `shapes`): for a foreign .onnx,
     --shape, and --layout where it is fed MNIST images (not random data), and --mean and --std where those images
-    are floats (not raw uint8 pixels); the FEEDING ones for a TorchScript, .pt2 or .aoti.pt2 file, toolkit-made or
-    not (the toolkit reads no normalization from it); none for a file that feeds itself from its toolkit metadata
-    (a toolkit .onnx, IR, .pte or .tflite)."""
+    are floats (not raw pixels, as an integer input takes them); the FEEDING ones for a TorchScript, .pt2 or
+    .aoti.pt2 file, toolkit-made or not (the toolkit reads no normalization from it); none for a file that feeds
+    itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite)."""
     if format_of_file(Path(path).name) == openvino.IR:
         return frozenset()
     data = read_model_file(path)
