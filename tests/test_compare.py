@@ -313,6 +313,35 @@ def test_an_int8_image_input_is_refused(tmp_path, mnist_dir):
                         "an integer image input is fed")
 
 
+def test_a_foreign_onnx_is_read_once_and_those_bytes_are_loaded(tmp_path, monkeypatch):
+    """What a foreign .onnx takes, and the model run, come from the one read of the file (hash-checked where a
+    manifest lists it): ONNX Runtime does not open it again, where it could find another model."""
+    import shutil
+
+    from tests.onnx_models import constant_classifier, linear_classifier
+    from toolkit.runners import foreign
+    from toolkit.runners.base import RunnerOptions
+
+    raw = linear_classifier(tmp_path / "raw.onnx", "int32")  # MNIST images, as raw pixels
+    other = constant_classifier(tmp_path / "other.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
+    path, reads, read = tmp_path / "model.onnx", [], foreign.read_model_file
+
+    def read_then_replace(p):  # the file is another model once it has been read
+        data = read(p)
+        reads.append(p)
+        shutil.copy(other, p)
+        return data
+
+    monkeypatch.setattr(foreign, "read_model_file", read_then_replace)
+    shutil.copy(raw, path)
+    assert foreign.options_taken(path) == {"shape", "layout"} and reads == [path]
+    shutil.copy(raw, path)
+    runner = foreign.open_file(path, RunnerOptions(threads=1))
+    assert runner.takes_images and not runner.normalizes and reads == [path, path]
+    scores, _ = foreign.scores(runner, foreign.random_pixels(4))
+    assert scores.shape == (4, 10) and len(np.unique(scores.argmax(1))) > 1  # not the constant classifier
+
+
 def test_compare_of_files_fed_random_data_needs_no_mnist(tmp_path):
     from tests.onnx_models import constant_classifier
 

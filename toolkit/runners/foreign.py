@@ -7,8 +7,8 @@ type). Its outputs: the first output of shape [N, 10] is taken as the class scor
 
 A TorchScript file is code: loading it runs what its author wrote, and so are a torch.export program (its
 loader unpickles) and an AOTInductor package (a shared library). Only give files you trust like a script.
-An ONNX file is loaded from its path, so ONNX Runtime resolves external data (refusing paths that leave the
-model's folder); the toolkit's own files are read through their manifest's hash check.
+A file is loaded from the bytes read (checked against its manifest's hash, where one lists it); an ONNX file's
+external data is read from its folder, ONNX Runtime refusing paths that leave it.
 """
 
 from __future__ import annotations
@@ -138,11 +138,14 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
     """A foreign .onnx in ONNX Runtime: MNIST pixels in when its input fits, random data otherwise."""
 
     def __init__(self, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 shapes: dict[str, tuple[int, ...]] | None = None, data: bytes | None = None) -> None:
+        """`data`: the file's bytes, already read (and hash-checked where a manifest lists it), loaded as they are
+        with its external data read from its folder; None: ONNX Runtime reads the file at `path`."""
         self.path, self.prep = Path(path), prep
-        session = create_session(self.path, options.device, threads=options.threads,
-                                 optimization=options.optimization, label=str(path))
-        super().__init__(session, str(path), FOREIGN, options, source=self.path)  # no toolkit metadata: info None
+        model = self.path if data is None else data
+        session = create_session(model, options.device, threads=options.threads,
+                                 optimization=options.optimization, label=str(path), folder=self.path.parent)
+        super().__init__(session, str(path), FOREIGN, options, source=model)  # no toolkit metadata: info None
         declared = self.session.get_inputs()
         unknown = set(shapes or {}) - {i.name for i in declared}
         if unknown:  # before the inputs: a misspelt name must not look like a missing --shape
@@ -259,7 +262,7 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
         return ForeignTorchRunner(module, str(path), options, prep)
     if _has_toolkit_metadata(data):
         return OnnxRuntimeRunner.toolkit_model(data, str(path), options, folder=Path(path).parent)
-    return ForeignOnnxRunner(path, options, prep, shapes)
+    return ForeignOnnxRunner(path, options, prep, shapes, data)  # the bytes read: the file is not read again
 
 
 _EDGE_OPENERS = {_executorch.IDENTIFIER: _executorch.open_bytes, _litert.IDENTIFIER: _litert.open_bytes}
@@ -279,8 +282,8 @@ def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         return frozenset(FEEDING)
     if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data):
         return frozenset()
-    try:  # its declared inputs, as ONNX Runtime reads them when the file is run
-        runner = ForeignOnnxRunner(path, RunnerOptions(threads=1, optimization="none"), shapes=shapes)
+    try:  # its declared inputs, as ONNX Runtime reads them when the file is run (from the bytes read here)
+        runner = ForeignOnnxRunner(path, RunnerOptions(threads=1, optimization="none"), shapes=shapes, data=data)
     except (ArtifactError, ConfigError):
         return frozenset(FILE_OPTIONS)  # opening it to run it will say what is wrong
     if not runner.takes_images:
