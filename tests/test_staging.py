@@ -19,9 +19,11 @@ def _snapshot(folder) -> dict[str, bytes | str]:
     return found
 
 
-def _export_failing(monkeypatch, args, n: int, interrupt: bool = False, crash: bool = False) -> list[str]:
+def _export_failing(monkeypatch, args, n: int, interrupt: bool = False, crash: bool = False,
+                    killed: bool = False) -> list[str]:
     """Export with `args`, the `n`-th rename failing (as Ctrl-C, with `interrupt`; with `crash`, every rename from
-    the `n`-th on, so that none is undone); each rename's target, "aside/<name>" for one into the folder set aside."""
+    the `n`-th on, so that none is undone; with `killed` too, no scratch file is removed either, as when the process
+    is killed); each rename's target, "aside/<name>" for one into the folder set aside."""
     real_replace, calls = os.replace, []
 
     def replace(src, dst, *rest, **kwargs):
@@ -33,6 +35,8 @@ def _export_failing(monkeypatch, args, n: int, interrupt: bool = False, crash: b
 
     with monkeypatch.context() as m:
         m.setattr(os, "replace", replace)
+        if killed:
+            m.setattr(Staging, "discard", lambda self: None)
         result = run_cli(*args)
     last = result.stderr.strip().splitlines()[-1]  # after the log of what was built
     if interrupt:
@@ -109,3 +113,33 @@ def test_the_next_export_settles_what_a_crash_in_a_commit_set_aside(tmp_path, sh
     result = run_cli(*args)
     assert result.exit_code == 0 and f"removed {out}/{ASIDE_PREFIX}" in result.stderr, result.stderr
     assert set(_snapshot(out)) == {name for name in done if not name.startswith(ASIDE_PREFIX)}
+
+
+def test_an_export_after_a_crash_removes_the_new_files_the_crash_left(tmp_path, short_run, mnist_dir, monkeypatch):
+    """A crash in the commit leaves new files of names the earlier manifest does not list: the next export removes
+    them (they are the toolkit's, not the user's), with the scratch files, so a plain export just works."""
+    out = tmp_path / "exp"
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out, "--data-dir", mnist_dir)
+    assert run_cli(*args, "--format", "onnx").exit_code == 0
+    before, lines = _snapshot(out), []
+    # killed as the manifest was to be renamed: model.app.onnx, model.ts.pt and triton/ are new names, in place
+    calls = _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), 8, crash=True, killed=True)
+    assert calls[5:8] == ["golden.npy", "triton", "manifest.json"]
+    left = {name for name in _snapshot(out) if "/" not in name}
+    assert {"model.app.onnx", "model.ts.pt", "triton"} <= left
+    assert [name for name in left if name.startswith(".manifest.json.")]  # the new manifest, never renamed
+    Staging(out).recover(lines.append)
+    assert _snapshot(out) == before  # the earlier export, and nothing else
+    assert lines[1] == f"removed model.app.onnx, model.ts.pt, triton from {out}/, which an export that was " \
+        "stopped part-way had put in place", lines
+
+    # the same crash again; then a plain export (no --overwrite) settles it first and writes what it was asked for
+    _export_failing(monkeypatch, (*args, "--format", "onnx,triton"), 8, crash=True, killed=True)
+    result = run_cli(*args, "--format", "onnx,triton")
+    assert result.exit_code == 0, result.stderr
+    assert "removed model.app.onnx, model.ts.pt, triton from" in result.stderr
+    done = _snapshot(out)
+    assert {name for name in done if "/" not in name} == {"manifest.json", "model.onnx", "model.app.onnx",
+                                                          "model.ts.pt", "golden.npy", "triton"}
+    assert not [name for name in done if "/." in f"/{name}"]  # no folder set aside, no scratch file
+    _verifies(out, mnist_dir)

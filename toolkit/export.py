@@ -216,9 +216,11 @@ def export(config: ExportConfig, pairs: list[tuple[str, str]], log: Log = lambda
     ctx = ExportContext(os.path.relpath(Path(checkpoint).resolve(), out_dir.resolve()), ckpt_sha256, ckpt,
                         input_shape=tuple(config.input_shape), reference_inputs=inputs,
                         own_calibration=own_calibration)
-    # before the work, once an export under way there has finished (and listed or removed what it wrote); another
-    # checkpoint's export may land there in the meantime, so that is checked again under the lock
-    with fileio.folder_lock(out_dir, shared=True):
+    # before the work, once an export under way there has finished (and listed or removed what it wrote) and what
+    # one stopped by a crash left is settled (its new files are not the user's, and no --overwrite is asked for
+    # them); another checkpoint's export may land there in the meantime, so that is checked again under the lock
+    with fileio.folder_lock(out_dir):
+        Staging(out_dir).recover(log)
         previous = export_folder.previous_manifest(out_dir)
         export_folder.other_exports(out_dir, previous, ctx, config.overwrite, newest_run=config.checkpoint is None)
         export_folder.check_unlisted(out_dir, previous, export_folder.written_names(

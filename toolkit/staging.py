@@ -11,17 +11,21 @@ it was; once it is done, the folder set aside is deleted (should that fail, it i
 A crash in between (the process killed, the power gone) leaves the folder set aside. `recover`, run by the next
 export before it reads the folder, settles it: the tag is the start of the new manifest's SHA-256, so if the
 manifest in place is that one, the commit had passed its point of no return and the folder set aside is deleted;
-otherwise its files are put back under their names (over the new ones; a new file of a name the previous manifest
-does not list stays, and the next export replaces it only with --overwrite). Until then the previous manifest's
-hashes refuse the new files that took its files' names.
+otherwise its files are put back under their names (over the new ones), and the new files of names the previous
+manifest does not list, with the scratch files the commit had not yet renamed, are removed: the commit notes in the
+folder set aside, before its first rename, each name it puts in place with its scratch file's name and inode, and
+only a file of that inode is removed. Until then the previous manifest's hashes refuse the new files that took its
+files' names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +39,7 @@ Log = Callable[[str], None]
 
 ASIDE_PREFIX = ".export-old-"  # then the start of the new manifest's SHA-256, "-" and mkdtemp's random part
 _TAG = 16
+_WRITTEN = ".written"  # in the folder set aside: what its commit puts in place (no name an export writes is hidden)
 
 
 class Staging:
@@ -85,6 +90,7 @@ class Staging:
         try:
             tag = fileio.file_digest(manifest)[:_TAG]
             aside = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{tag}-", dir=self.out_dir))
+            self._note_written(aside)
         except OSError as e:
             raise OutputError(f"cannot write in {self.out_dir}/: {e.strerror or e}") from None
         done: list[tuple[Path, Path]] = []  # the renames made, which a failure undoes
@@ -111,6 +117,17 @@ class Staging:
             _delete_aside(aside, log)
         return list(self.stale)
 
+    def _note_written(self, aside: Path) -> None:
+        """Note in `aside` each name commit puts in place, with its scratch file's (or folder's) name and inode, so
+        that `recover` removes exactly what a stopped commit left. OSError, `aside` removed, if it cannot."""
+        staged = [*self.files.items(), *([self.folder] if self.folder is not None else [])]
+        try:
+            (aside / _WRITTEN).write_text(json.dumps([[name, scratch.name, os.lstat(scratch).st_ino]
+                                                      for name, scratch in staged]))
+        except OSError:
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
+
     def recover(self, log: Log) -> None:
         """Settle the folders set aside by commits a crash stopped (see the module's docstring). OutputError if a
         file cannot be put back."""
@@ -124,13 +141,19 @@ class Staging:
                 _delete_aside(aside, log)
                 log(f"removed {aside}/, the earlier files of an export that was stopped once it was done")
                 continue
-            names = sorted(p.name for p in aside.iterdir())
+            names = sorted(p.name for p in aside.iterdir() if p.name != _WRITTEN)
             for name in names:
                 _put_back(aside / name, self.out_dir / name)
+            removed = _take_back(self.out_dir, aside)
             with contextlib.suppress(OSError):
+                (aside / _WRITTEN).unlink(missing_ok=True)
                 aside.rmdir()
-            log(f"put back {', '.join(names) or 'nothing'} from {aside}/, where an export that was stopped part-way "
-                "had set the earlier export's files aside")
+            if names or not removed:
+                log(f"put back {', '.join(names) or 'nothing'} from {aside}/, where an export that was stopped "
+                    "part-way had set the earlier export's files aside")
+            if removed:
+                log(f"removed {', '.join(removed)} from {self.out_dir}/, which an export that was stopped part-way "
+                    "had put in place")
 
 
 def _move_aside(path: Path, aside: Path, done: list[tuple[Path, Path]], verb: str = "write") -> None:
@@ -159,14 +182,20 @@ def _check_folder(path: Path) -> None:
 def _undo(done: list[tuple[Path, Path]], aside: Path, log: Log) -> None:
     """Undo the renames `done`, last first: each new file back to its scratch name, each earlier file back to its
     own; what cannot go back stays in `aside` (said), for the next export's `recover`."""
+    undone = True
     for source, target in reversed(done):
-        with contextlib.suppress(OSError):
+        try:
             os.replace(target, source)
+        except OSError:
+            undone = False
     try:
+        if not undone:  # the note stays, for `recover` to remove the new files left in place
+            raise OSError
+        (aside / _WRITTEN).unlink(missing_ok=True)
         aside.rmdir()
     except OSError:
         log(f"could not put back every file of {aside.parent}/: those left are in {aside}/, and the next export "
-            f"into {aside.parent}/ puts them back")
+            f"into {aside.parent}/ puts them back and removes the new ones")
 
 
 def _put_back(kept: Path, path: Path) -> None:
@@ -178,6 +207,48 @@ def _put_back(kept: Path, path: Path) -> None:
     except OSError as e:
         raise OutputError(f"cannot put back {path} from {kept}: {e.strerror or e}; put it back, or remove "
                           f"{kept.parent} to lose the earlier export") from None
+
+
+def _take_back(out_dir: Path, aside: Path) -> list[str]:
+    """Remove what the commit stopped with `aside` left, as it noted there: each new file (or folder) still in place
+    of a name nothing was set aside for, and each scratch file it had not yet renamed; only one of the inode noted,
+    never a link, and only a plain name in `out_dir`. The names removed."""
+    try:
+        noted = json.loads((aside / _WRITTEN).read_text())
+    except (OSError, ValueError):  # none: set aside before the note was made, or before any rename
+        return []
+    removed = []
+    for entry in noted if isinstance(noted, list) else []:
+        if not (isinstance(entry, list) and len(entry) == 3 and all(_plain(n) for n in entry[:2])
+                and isinstance(entry[2], int)):
+            continue
+        name, scratch, inode = entry
+        if _remove_file(out_dir / name, inode):
+            removed.append(name)
+        _remove_file(out_dir / scratch, inode)
+    return sorted(removed)
+
+
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+
+
+def _remove_file(path: Path, inode: int) -> bool:
+    """Remove `path` if it is the regular file or folder of `inode` (a link is never followed); whether it was."""
+    try:
+        st = os.lstat(path)
+        if st.st_ino != inode or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)  # the stopped export's Triton repository
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise OutputError(f"cannot remove {path}, which an export that was stopped part-way wrote: "
+                          f"{e.strerror or e}; remove it") from None
+    return True
 
 
 def _delete_aside(aside: Path, log: Log) -> None:
