@@ -9,10 +9,11 @@ import pytest
 
 from tests.conftest import NO_BF16, REPO, fake_cpu_flags, run_process
 from toolkit import devices, formats, runners, sysinfo
-from toolkit.artifacts import find_checkpoint, read_manifest
+from toolkit.artifacts import read_manifest
 from toolkit.data import load_split
 from toolkit.errors import ArtifactError, ConfigError, ProviderUnavailable
 from toolkit.runners import openvino
+from toolkit.source_checkpoint import find_checkpoint
 
 
 @pytest.fixture(scope="module")

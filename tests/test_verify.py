@@ -286,8 +286,9 @@ def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(t
     exported/../runs/...: verify names and loads it as runs/..., the same file."""
     import os
 
-    from toolkit.artifacts import find_checkpoint, read_manifest
+    from toolkit.artifacts import read_manifest
     from toolkit.fileio import file_digest
+    from toolkit.source_checkpoint import find_checkpoint
 
     manifest = read_manifest(exported)
     assert ".." in manifest[0].source_checkpoint  # the detour is there to take out

@@ -10,8 +10,9 @@ import numpy as np
 
 from toolkit import data as mnist
 from toolkit import golden, sysinfo
-from toolkit.artifacts import GOLDEN_NAME, Artifact, find_checkpoint, read_golden_entry
+from toolkit.artifacts import GOLDEN_NAME, Artifact, read_golden_entry
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
+from toolkit.source_checkpoint import find_checkpoint
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
 
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs

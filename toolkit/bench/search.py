@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import calibration, devices, refinputs, runners, sysinfo, usermodel
-from toolkit.artifacts import Artifact, find_checkpoint, read_manifest
+from toolkit.artifacts import Artifact, read_manifest
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
 from toolkit.checkpoint import RecordedCheckpoint
@@ -36,6 +36,7 @@ from toolkit.runners import (
     select_runtimes,
 )
 from toolkit.runners.onnxruntime import default_threads as ort_default_threads
+from toolkit.source_checkpoint import find_checkpoint
 
 __all__ = ["Candidate", "Plan", "Runner", "Timed", "plan_manifest", "run_guard"]
 
