@@ -402,3 +402,45 @@ def test_a_manifests_checkpoint_path_leads_nowhere_outside_the_project(short_run
         message = assert_one_line_error(verified(folder, "checkpoint")[0], 2)
         assert f"{recorded} (not followed:" in message
         assert not [p for p in digested if not p.startswith(str(folder))], recorded
+
+
+def test_a_checkpoint_beside_the_manifest_is_never_read_through_a_symbolic_link(short_run, mnist_dir, tmp_path,
+                                                                               monkeypatch):
+    """Where the recorded path is not followed, verify and bench look for the checkpoint among the `*.pt` files
+    beside the manifest; a symbolic link there may lead anywhere and is skipped, not even hashed, though it leads
+    to a file of the recorded SHA-256. A regular file there is found."""
+    import os
+    import shutil
+
+    from toolkit import fileio
+    from toolkit.errors import CheckpointError
+    from toolkit.source_checkpoint import find_checkpoint
+
+    folder = tmp_path / "exported"
+    result = run_cli("export", "--checkpoint", short_run / "checkpoint.pt", "--format", "onnx", "--out", folder,
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for artifact in manifest["artifacts"]:
+        artifact["source_checkpoint"] = "../runs/run/checkpoint.pt"  # not there
+    path.write_text(json.dumps(manifest))
+    (tmp_path / "outside").mkdir()
+    shutil.copyfile(short_run / "checkpoint.pt", tmp_path / "outside" / "checkpoint.pt")  # the very weights
+    (folder / "link.pt").symlink_to(tmp_path / "outside" / "checkpoint.pt")
+    monkeypatch.chdir(tmp_path / "outside")
+    digested = []
+    digest = fileio.file_digest
+    monkeypatch.setattr(fileio, "file_digest", lambda p, *a: digested.append(os.path.abspath(p)) or digest(p, *a))
+
+    with pytest.raises(CheckpointError):
+        find_checkpoint(folder, read_manifest(folder))
+    result = run_cli("verify", "--artifacts", folder, "--batch1-images", "2", "--data-dir", mnist_dir, "--json",
+                     tmp_path / "v.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "v.json").read_text())["reference"].startswith("golden.npy"), result.stdout
+    assert str(folder / "link.pt") not in digested
+
+    (folder / "link.pt").unlink()
+    shutil.copyfile(tmp_path / "outside" / "checkpoint.pt", folder / "copied.pt")
+    assert find_checkpoint(folder, read_manifest(folder)) == folder / "copied.pt"

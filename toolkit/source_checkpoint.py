@@ -21,8 +21,8 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
 
     `explicit` (--checkpoint) wins as given (verify then reports a mismatch as a failure). Otherwise the manifest's
     recorded path (relative to the manifest, followed only as `_followed` allows), then any `*.pt` beside the
-    manifest, is used if its SHA-256 is the one recorded; only regular files are hashed. CheckpointError says
-    exactly what is needed when none fits.
+    manifest (`_beside`), is used if its SHA-256 is the one recorded; only regular files are hashed. CheckpointError
+    says exactly what is needed when none fits.
     """
     if explicit:
         return Path(explicit)
@@ -30,7 +30,7 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     wanted = {a.source_sha256 for a in artifacts}
     recorded = [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
     candidates = [p for p in recorded if _followed(folder, p)]
-    candidates += sorted(p for p in folder.glob("*.pt") if not p.name.endswith(FORMATS["torchscript"].suffix))
+    candidates += _beside(folder)
     for path in candidates:
         try:
             if path.is_file() and path.stat().st_size < 1 << 30 and fileio.file_digest(path) in wanted:
@@ -40,6 +40,19 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     raise CheckpointError(f"the checkpoint these artifacts were exported from (SHA-256 {next(iter(wanted), '')[:16]}"
                           f"...) is not at {_where(recorded, candidates)} nor beside {folder / MANIFEST_NAME}; "
                           "pass it with --checkpoint or copy it next to the manifest")
+
+
+def _beside(folder: Path) -> list[Path]:
+    """The `*.pt` files beside the manifest in `folder` that may be its checkpoint: regular files, never a symbolic
+    link (a name read from the folder is confined to it, and a link may lead anywhere), nor a TorchScript file."""
+    found = []
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode) and not path.name.endswith(FORMATS["torchscript"].suffix):
+                found.append(path)
+        except OSError:  # gone since
+            continue
+    return found
 
 
 def _where(recorded: list[Path], candidates: list[Path]) -> str:
