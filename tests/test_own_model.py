@@ -308,6 +308,7 @@ def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path
     report = verified(out, mnist_dir, tmp_path)
     # the class is never imported because a manifest names it: the reference is the golden outputs
     assert report["reference"].startswith("golden.npy")
+    assert report["reference_note"].startswith("the model came from your code")
     assert {r["format"] for r in report["results"]} == set(OWN_MODEL_FORMATS)
     assert all(r["agreement"] == 10_000 for r in report["results"] if r["judged_as"] == "fp32")
 

@@ -85,9 +85,11 @@ def test_verify_table_at_80_columns_keeps_names_and_verdicts():
                row("model.onnx", "openvino", "bf16", computed="f32"),
                row("a-much-longer-artifact-name.fp16.onnx", "opencv", passed=False), row("model.ts.pt", "torchscript")]
     report = SimpleNamespace(n=10000, reference_accuracy=99.1, provider="cpu",
-                             reference="golden.npy sha256=0123456789ab",
-                             results=results)
+                             reference="golden.npy sha256=0123456789ab", results=results,
+                             reference_note="the checkpoint runs/a-long-run-name/checkpoint.pt is not there")
     text = _render(*tables._verify_table(report))
+    assert "checkpoint not used: the checkpoint runs/a-long-run-name/checkpoint.pt is not there" in " ".join(
+        text.split())  # the note under the title, wrapped at 80 columns
     rows = _rows(text)
     expected = [(r.artifact, r.runtime + ("" if r.mode == "f32" else r.mode)
                  + (f"(computed{r.computed_mode})" if r.computed_mode else "")) for r in results]

@@ -399,6 +399,8 @@ def test_a_manifests_checkpoint_path_leads_nowhere_outside_the_project(short_run
         result, report = verified(folder)  # auto: the golden outputs instead
         assert not [p for p in digested if not p.startswith(str(folder))], recorded
         assert report["reference"].startswith("golden.npy"), result.stdout
+        why = "the manifest's source_checkpoint is outside the folder above the export and the current folder"
+        assert report["reference_note"].startswith(why) and f"checkpoint not used: {why}" in result.stdout
         message = assert_one_line_error(verified(folder, "checkpoint")[0], 2)
         assert f"{recorded} (not followed:" in message
         assert not [p for p in digested if not p.startswith(str(folder))], recorded
@@ -444,3 +446,33 @@ def test_a_checkpoint_beside_the_manifest_is_never_read_through_a_symbolic_link(
     (folder / "link.pt").unlink()
     shutil.copyfile(tmp_path / "outside" / "checkpoint.pt", folder / "copied.pt")
     assert find_checkpoint(folder, read_manifest(folder)) == folder / "copied.pt"
+
+
+def test_auto_says_why_the_checkpoint_was_not_used(short_run, mnist_dir, tmp_path, monkeypatch):
+    """auto falls back to the golden outputs when the checkpoint is gone: the title on stdout and the JSON say
+    why; with the checkpoint there it is used, and there is no note."""
+    import shutil
+
+    (tmp_path / "runs" / "run").mkdir(parents=True)
+    checkpoint = tmp_path / "runs" / "run" / "checkpoint.pt"
+    shutil.copyfile(short_run / "checkpoint.pt", checkpoint)
+    assert run_cli("export", "--checkpoint", checkpoint, "--format", "onnx", "--precision", "fp32", "--out",
+                   tmp_path / "exported", "--data-dir", mnist_dir).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+
+    def verified():
+        result = run_cli("verify", "--artifacts", "exported", "--batch1-images", "2", "--data-dir", mnist_dir,
+                         "--json", "v.json")
+        assert result.exit_code == 0 and "not used" not in result.stderr, result.stderr  # stderr: progress only
+        return result.stdout, json.loads(Path("v.json").read_text())
+
+    stdout, report = verified()
+    assert report["reference"] == "checkpoint runs/run/checkpoint.pt" and report["reference_note"] == ""
+    assert "checkpoint not used" not in stdout
+    checkpoint.rename(tmp_path / "moved.pt")
+    stdout, report = verified()
+    assert report["reference"].startswith("golden.npy sha256=")
+    assert report["reference_note"] == "the checkpoint runs/run/checkpoint.pt is not there"
+    title = stdout.splitlines()[:2]  # the title names the reference, the line under it why
+    assert "parity with PyTorch (golden.npy sha256=" in title[0], stdout
+    assert title[1].strip() == "checkpoint not used: the checkpoint runs/run/checkpoint.pt is not there", stdout

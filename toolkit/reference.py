@@ -3,16 +3,17 @@ the checkpoint, or the golden outputs export wrote beside the artifacts (read wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from toolkit import data as mnist
-from toolkit import golden, sysinfo
+from toolkit import fileio, golden, sysinfo
 from toolkit.artifacts import GOLDEN_NAME, Artifact, read_golden_entry
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
-from toolkit.source_checkpoint import find_checkpoint
+from toolkit.source_checkpoint import find_checkpoint, followed
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
 
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
@@ -29,6 +30,7 @@ class Reference:
     name: str = ""  # where the answers came from: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
     checkpoint: str = ""  # the checkpoint they are the outputs of (for golden outputs: its recorded path)
     source_sha256: str = ""  # that checkpoint's SHA-256, compared with each artifact's source_sha256
+    note: str = ""  # auto only: why the golden outputs were used and not the checkpoint (empty when it was)
 
     @property
     def accuracy(self) -> float:
@@ -95,23 +97,44 @@ def resolve_reference(folder: str | Path, artifacts: list[Artifact], checkpoint:
                                   "verify never imports; compare with --reference golden, the outputs export wrote")
         return load_reference(str(find_checkpoint(folder, artifacts, checkpoint)), data_dir)
     has_golden = read_golden_entry(folder) is not None
+
+    def golden_because(note: str) -> Reference:
+        return replace(load_golden_reference(folder, data_dir), note=note)
+
     if not sysinfo.installed("torch"):
         if has_golden:
-            return load_golden_reference(folder, data_dir)
+            return golden_because("torch is not installed")
         raise ArtifactError(f"{Path(folder) / 'manifest.json'} lists no golden outputs ({GOLDEN_NAME}) and torch "
                             "is not installed to compute the reference from the checkpoint; export again with the "
                             "MNIST test set present, or pip install 'toolkit[train]'")
+    if has_golden and from_model_code(folder):
+        return golden_because("the model came from your code (export's --model-code), which toolkit never imports")
     try:
         found = find_checkpoint(folder, artifacts, checkpoint)
     except CheckpointError:
         if has_golden:
-            return load_golden_reference(folder, data_dir)
+            return golden_because(_not_found(Path(folder), artifacts))
         raise
-    if has_golden and from_model_code(folder):
-        return load_golden_reference(folder, data_dir)
     try:
         return load_reference(str(found), data_dir)
     except ModelCodeNeeded:  # a state_dict of a class only export's --model-code named
         if has_golden:
-            return load_golden_reference(folder, data_dir)
+            return golden_because(f"the checkpoint {found} holds the weights of a class of your code, which toolkit "
+                                  "never imports")
         raise
+
+
+def _not_found(folder: Path, artifacts: list[Artifact]) -> str:
+    """Why find_checkpoint found no checkpoint for the artifacts in `folder`, in one short sentence."""
+    recorded = artifacts[0].source_checkpoint if artifacts else ""
+    if not recorded:
+        return "the manifest records no checkpoint and none of its SHA-256 is beside it"
+    path = fileio.shortest((folder / recorded).parent) / Path(recorded).name  # the file gone, its folder not
+    if not os.path.lexists(path):
+        return f"the checkpoint {path} is not there"
+    if not os.path.isfile(path):
+        return f"the checkpoint {path} is not a file"
+    if not followed(folder, path):
+        return ("the manifest's source_checkpoint is outside the folder above the export and the current folder, "
+                "so it was not followed")
+    return f"the checkpoint {path} is not the file the artifacts were exported from (its SHA-256 differs)"

@@ -20,7 +20,7 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     """The checkpoint the artifacts were exported from, found by its SHA-256, so a copied folder still works.
 
     `explicit` (--checkpoint) wins as given (verify then reports a mismatch as a failure). Otherwise the manifest's
-    recorded path (relative to the manifest, followed only as `_followed` allows), then any `*.pt` beside the
+    recorded path (relative to the manifest, followed only as `followed` allows), then any `*.pt` beside the
     manifest (`_beside`), is used if its SHA-256 is the one recorded; only regular files are hashed. CheckpointError
     says exactly what is needed when none fits.
     """
@@ -29,7 +29,7 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
     folder = Path(folder)
     wanted = {a.source_sha256 for a in artifacts}
     recorded = [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
-    candidates = [p for p in recorded if _followed(folder, p)]
+    candidates = [p for p in recorded if followed(folder, p)]
     candidates += _beside(folder)
     for path in candidates:
         try:
@@ -65,7 +65,7 @@ def _where(recorded: list[Path], candidates: list[Path]) -> str:
     return str(recorded[0])
 
 
-def _followed(folder: Path, path: Path) -> bool:
+def followed(folder: Path, path: Path) -> bool:
     """Whether the checkpoint path the manifest in `folder` records is read. A path read from a file stays in its
     folder; export records the run's checkpoint beside the export (exported/../runs/NAME/checkpoint.pt), so it is
     followed to a regular file, symbolic links resolved, inside the folder that holds the export folder or inside

@@ -148,6 +148,7 @@ class VerifyReport:
     unverified: dict[str, list[str]] = field(default_factory=dict)  # a skipped runtime -> files no other one checked
     not_verified: list[str] = field(default_factory=list)  # every selected file that no runtime here checked
     reference: str = ""  # what the outputs were compared with: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
+    reference_note: str = ""  # why the golden outputs were used and not the checkpoint, in auto (reference.py)
 
     @property
     def passed(self) -> bool:
@@ -369,4 +370,4 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
         seconds=time.perf_counter() - t0, runtimes=runners.runtime_versions(used),
         skipped=skipped, unverified={name: files for name, files in unverified.items() if files}, reference=ref.name,
-        not_verified=_not_checked(artifacts, jobs))
+        reference_note=ref.note, not_verified=_not_checked(artifacts, jobs))

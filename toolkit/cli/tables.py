@@ -86,7 +86,8 @@ def _verify_table(report: Any) -> tuple[Table, tuple[str, ...]]:
     known = not (report.reference_accuracy is None or math.isnan(report.reference_accuracy))
     inputs = (f"{report.n:,} MNIST test images (PyTorch accuracy {report.reference_accuracy:.2f}%" if known
               else f"{report.n:,} reference inputs (no labels: accuracy unknown")
-    table = _table(f"parity with PyTorch ({report.reference}) on {inputs}, device {report.provider})",
+    note = f"\ncheckpoint not used: {report.reference_note}" if report.reference_note else ""
+    table = _table(f"parity with PyTorch ({report.reference}) on {inputs}, device {report.provider}){note}",
                    ["artifact", "runtime", "precision", "max |diff|", "mean |diff|", "agreement", "accuracy %",
                     "Δ acc", "batch-1 |diff|", "result"], names=("artifact", "runtime", "precision"), left=("result",))
     for r in report.results:
