@@ -167,15 +167,10 @@ def test_format_pytorch_narrows_the_run_to_that_runtime(exported, mnist_dir, tmp
                                                                             ("pytorch", "pytorch", 2)]
 
 
-def test_the_pytorch_baseline_loads_only_the_checkpoint_the_manifest_records(short_run, mnist_dir, tmp_path):
-    """The eager baseline, and the FLOPs counted for an export that recorded none, load the checkpoint from bytes
-    checked against the SHA-256 the manifest records: another checkpoint named with --checkpoint, or the one found
-    replaced after bench found it, is refused in one line, never timed as the source of these files."""
-    from toolkit.bench.config import BenchConfig
-    from toolkit.bench.pipeline import _model_flops
-    from toolkit.bench.search import plan_manifest
-    from toolkit.errors import CheckpointError
-
+@pytest.fixture
+def other_weights(short_run, mnist_dir, tmp_path):
+    """An export of a copy of a run's checkpoint, and a checkpoint of the same model with other weights: (the
+    checkpoint found by its SHA-256, the other one, the export folder)."""
     (tmp_path / "run").mkdir()
     found, other, folder = tmp_path / "run" / "checkpoint.pt", tmp_path / "other.pt", tmp_path / "exported"
     shutil.copy(short_run / "checkpoint.pt", found)
@@ -185,22 +180,58 @@ def test_the_pytorch_baseline_loads_only_the_checkpoint_the_manifest_records(sho
     ckpt = torch.load(found, weights_only=True)
     ckpt["state_dict"] = {k: v * 0.5 for k, v in ckpt["state_dict"].items()}  # the same model, other weights
     torch.save(ckpt, other)
+    return found, other, folder
 
-    result = run_cli("bench", "--artifacts", folder, "--checkpoint", other, "--format", "pytorch", "--batch-sizes",
-                     "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-matmul-peak", "--no-verify",
-                     "--data-dir", mnist_dir)
-    assert f"checkpoint {other} is not the one these artifacts were exported from" in assert_one_line_error(result, 2)
 
+def _never_timed(monkeypatch):
+    import toolkit.bench.pipeline as pipeline
+
+    def timed(*args, **kwargs):
+        raise AssertionError("a configuration was timed")
+
+    monkeypatch.setattr(pipeline, "time_rounds", timed)
+
+
+@pytest.mark.parametrize("args", [
+    ["--format", "pytorch", "--no-verify"],  # the eager baseline of another checkpoint
+    ["--format", "onnx", "--runtime", "onnxruntime"],  # the files verified against another checkpoint's outputs
+    ["FILE"],  # a toolkit file by path, verified against its export's reference
+])
+def test_a_checkpoint_other_than_the_artifacts_source_is_refused_before_timing(other_weights, mnist_dir,
+                                                                                monkeypatch, args):
+    """bench reads the checkpoint once, before timing anything, and refuses one whose SHA-256 is not the one the
+    manifest records, as verify fails every file against it: for the eager baseline, and for the reference the
+    files are verified against (which was computed from the file named, its hash never compared)."""
+    _, other, folder = other_weights
+    _never_timed(monkeypatch)
+    where = [folder / "model.onnx"] if args == ["FILE"] else ["--artifacts", folder, *args]
+    result = run_cli("bench", *where, "--checkpoint", other, "--batch-sizes", "1", "--iterations", "2", "--rounds",
+                     "1", "--warmup", "0", "--no-matmul-peak", "--verify-images", "50", "--data-dir", mnist_dir)
+    error = assert_one_line_error(result, 2)
+    assert f"checkpoint {other} is not the one" in error and "SHA-256 differs from the manifest" in error
+
+
+def test_the_baseline_reference_and_flops_come_from_the_bytes_checked_before_timing(other_weights, mnist_dir):
+    """The checkpoint found by its SHA-256 is read once, before timing: the reference outputs, the eager baseline
+    and the FLOPs counted for an export that recorded none are all built from those very bytes, so the file
+    replaced after bench read it changes nothing (it was reloaded by path before, and refused or judged on)."""
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.pipeline import _model_flops
+    from toolkit.bench.search import plan_manifest
+
+    found, other, folder = other_weights
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["model_flops_per_image"]  # as an older export wrote it: bench counts them on the checkpoint
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    config = BenchConfig(artifacts=str(folder), data_dir=str(mnist_dir), formats=("pytorch",), verify=False)
-    plan = plan_manifest(config)  # finds the checkpoint by its SHA-256
+    config = BenchConfig(artifacts=str(folder), data_dir=str(mnist_dir), formats=("pytorch",), verify_images=50)
+    plan = plan_manifest(config)  # finds the checkpoint by its SHA-256, reads it, computes the reference
+    assert plan.checkpoint.sha256 == plan.reference.source_sha256 == manifest["artifacts"][0]["source_sha256"]
+    shutil.copy(other, found)  # replaced after it was read
+    runner = plan.opener(plan.candidates[0])  # verified against the reference on opening
+    assert plan.opener.verdict(plan.candidates[0])["passed"] is True
+    out = runner.run(plan.reference.pixels)["log_probs"]
+    np.testing.assert_allclose(out, plan.reference.log_probs, atol=1e-4)
     assert _model_flops(config, plan.checkpoint) > 0
-    shutil.copy(other, found)  # replaced after it was found
-    for load in (lambda: plan.opener(plan.candidates[0]), lambda: _model_flops(config, plan.checkpoint)):
-        with pytest.raises(CheckpointError, match="is not the one these artifacts were exported from"):
-            load()
 
 
 def test_fastest_names_only_verified_configurations():

@@ -7,7 +7,7 @@ pickle from a file can run code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,25 +172,30 @@ def _load_failure(e: Exception) -> str:
 
 @dataclass(frozen=True)
 class RecordedCheckpoint:
-    """A checkpoint file and the SHA-256 a manifest records as its artifacts' source: loaded (load_recorded) only
-    from bytes of that hash."""
+    """The checkpoint a manifest records as its artifacts' source, read once (read_recorded) from bytes of the
+    SHA-256 it records and held: every model built from it (`model()`) comes from those very bytes, never from
+    the file read again."""
 
     path: str
     sha256: str
+    ckpt: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.path
 
+    def model(self) -> Any:
+        """A fresh model of the checkpoint, in eval mode (its weights copied: the held checkpoint is never changed)."""
+        return model_from_checkpoint(self.ckpt)
 
-def load_recorded(checkpoint: RecordedCheckpoint) -> dict[str, Any]:
-    """The checkpoint (read_checkpoint: read once, loaded from the bytes it hashed), or CheckpointError when those
-    bytes are not the ones the manifest records: a file replaced, or another checkpoint named."""
-    ckpt, sha256 = read_checkpoint(checkpoint.path)
-    if sha256 != checkpoint.sha256:
-        raise CheckpointError(f"checkpoint {checkpoint.path} is not the one these artifacts were exported from "
-                              "(SHA-256 differs from the manifest); refusing to load it, pass that one with "
-                              "--checkpoint")
-    return ckpt
+
+def read_recorded(path: str | os.PathLike, sha256: str) -> RecordedCheckpoint:
+    """The checkpoint at `path` (read_checkpoint: read once, loaded from the bytes it hashed), or CheckpointError when
+    those bytes are not the ones whose SHA-256 the manifest records (`sha256`): another checkpoint named."""
+    ckpt, digest = read_checkpoint(path)
+    if digest != sha256:
+        raise CheckpointError(f"checkpoint {path} is not the one these artifacts were exported from (SHA-256 differs "
+                              "from the manifest); pass that one with --checkpoint")
+    return RecordedCheckpoint(str(path), sha256, ckpt)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

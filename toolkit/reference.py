@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from toolkit.artifacts import GOLDEN_NAME, Artifact, read_golden_entry
 from toolkit.errors import ArtifactError, CheckpointError, ConfigError
 from toolkit.source_checkpoint import find_checkpoint, followed
 from toolkit.usermodel import ModelCodeNeeded, from_model_code
+
+if TYPE_CHECKING:
+    from toolkit.checkpoint import RecordedCheckpoint
 
 # auto: the checkpoint's outputs computed with torch when both are here, else the golden outputs
 REFERENCES = ("auto", "checkpoint", "golden")
@@ -62,6 +66,29 @@ def load_reference(checkpoint: str, data_dir: str) -> Reference:
     log_probs = golden.reference_log_probs(model_from_checkpoint(ckpt), pixels)
     return Reference(pixels, labels, log_probs, name=f"checkpoint {checkpoint}", checkpoint=str(checkpoint),
                      source_sha256=sha)
+
+
+def recorded_reference(checkpoint: RecordedCheckpoint, data_dir: str) -> Reference:
+    """The outputs of a checkpoint already read and checked against its manifest (checkpoint.read_recorded): bench
+    judges its runners against the very bytes its PyTorch eager baseline is built from."""
+    pixels, labels = mnist.load_split(data_dir, "test")
+    log_probs = golden.reference_log_probs(checkpoint.model(), pixels)
+    return Reference(pixels, labels, log_probs, name=f"checkpoint {checkpoint.path}", checkpoint=checkpoint.path,
+                     source_sha256=checkpoint.sha256)
+
+
+def check_source(ref: Reference, artifacts: list[Artifact]) -> None:
+    """CheckpointError unless every one of `artifacts` was exported from the checkpoint whose outputs `ref` holds.
+    verify fails each such file; bench refuses the run before timing anything, as it refuses the eager baseline
+    of another checkpoint (checkpoint.read_recorded)."""
+    other = next((a for a in artifacts if a.source_sha256 != ref.source_sha256), None)
+    if other is None:
+        return
+    if ref.name.startswith("checkpoint "):
+        raise CheckpointError(f"checkpoint {ref.checkpoint} is not the one {other.file} was exported from (SHA-256 "
+                              "differs from the manifest); pass that one with --checkpoint")
+    raise ArtifactError(f"{ref.name} holds the outputs of another checkpoint than {other.file} was exported from; "
+                        "export again")
 
 
 def load_golden_reference(folder: str | Path, data_dir: str) -> Reference:

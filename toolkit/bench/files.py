@@ -191,12 +191,14 @@ def _as_exported(config: BenchConfig, opener: FileOpener, bench_file: BenchFile,
     opener.artifacts[bench_file.file] = artifact
     if not config.verify and not own_shape:
         return
-    if folder not in references:
-        from toolkit.reference import resolve_reference
+    from toolkit.reference import check_source, resolve_reference
 
+    if folder not in references:
         references[folder] = resolve_reference(folder, read_manifest(folder), config.checkpoint, "auto",
                                                config.data_dir)
-    calibration.check_entry(artifact, references[folder])  # refused as verify refuses it, before any timing
+    # refused before any timing: an entry verify refuses, or a reference (--checkpoint) the file was not exported from
+    calibration.check_entry(artifact, references[folder])
+    check_source(references[folder], [artifact])
     if own_shape:
         opener.own_inputs_of[bench_file.file] = references[folder].pixels
         bench_file.inputs = REFERENCE_INPUTS

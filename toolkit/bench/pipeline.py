@@ -189,15 +189,14 @@ def _peaks_wanted(config: BenchConfig, device_names: list[str], flops: int | Non
 
 def _model_flops(config: BenchConfig, checkpoint: RecordedCheckpoint | None) -> int | None:
     """FLOPs of one image's forward pass: as export recorded them in the manifest, else counted on the
-    checkpoint's model (an older export) where torch and the checkpoint are here, loaded from bytes of the SHA-256
-    the manifest records; None when neither is known."""
+    checkpoint's model (an older export) where torch and the checkpoint are here, built from the bytes bench read and
+    checked against the manifest before timing; None when neither is known."""
     recorded = read_model_flops(config.artifacts)
     if recorded is not None or checkpoint is None:
         return recorded
-    from toolkit.checkpoint import load_recorded, model_from_checkpoint
     from toolkit.model import forward_flops
 
-    return forward_flops(model_from_checkpoint(load_recorded(checkpoint)))
+    return forward_flops(checkpoint.model())
 
 
 def _settings(config: BenchConfig, providers: list[str]) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from toolkit import calibration, devices, refinputs, runners, sysinfo, usermodel
-from toolkit.artifacts import Artifact, read_manifest
+from toolkit.artifacts import Artifact, read_manifest, read_model_flops
 from toolkit.bench.config import BenchConfig
 from toolkit.bench.results import BenchPoint
-from toolkit.checkpoint import RecordedCheckpoint
+from toolkit.checkpoint import RecordedCheckpoint, read_recorded
 from toolkit.errors import ArtifactError, CheckpointError
 from toolkit.formats import judged_precision
 from toolkit.runners import (
@@ -190,9 +190,11 @@ def build_candidates(config: BenchConfig, runtimes: list[str], devices: list[str
 
 def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: Selection,
                      skipped: dict[str, str]) -> RecordedCheckpoint | None:
-    """The checkpoint, for the PyTorch eager baseline and the model's FLOPs, with the SHA-256 the manifest records
-    (each load is refused on other bytes: load_recorded); None when it is not needed or, unless the baseline was
-    asked for by name, not found (then the baseline is skipped with the reason)."""
+    """The checkpoint, read once and checked against the SHA-256 the manifest records before anything is timed
+    (checkpoint.read_recorded): the reference outputs, the PyTorch eager baseline and the model's FLOPs are all
+    built from those bytes. None when this run uses none of them (it is then not even loaded) or, unless the
+    baseline was asked for by name, when it is not found (then the baseline is skipped with the reason). A
+    `--checkpoint` that is not the artifacts' source is refused, as verify fails every file against it."""
     if not sysinfo.installed("torch"):
         return None
     try:
@@ -201,7 +203,6 @@ def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: S
             raise CheckpointError("the export's model came from your own code (--model-code), which bench does not "
                                   "import: its PyTorch baseline cannot be rebuilt")
         path = find_checkpoint(config.artifacts, manifest, config.checkpoint)
-        return RecordedCheckpoint(str(path), next((a.source_sha256 for a in manifest), ""))
     except CheckpointError as e:
         if "pytorch" in config.runtimes or "pytorch" in config.formats:
             raise
@@ -210,6 +211,18 @@ def _find_checkpoint(config: BenchConfig, manifest: list[Artifact], selection: S
             if not config.formats and (not config.precisions or "fp32" in config.precisions):
                 skipped["runtime pytorch"] = str(e)
         return None
+    if not (config.checkpoint or _uses_checkpoint(config, selection)):
+        return None
+    return read_recorded(path, next((a.source_sha256 for a in manifest), ""))
+
+
+def _uses_checkpoint(config: BenchConfig, selection: Selection) -> bool:
+    """Whether the run loads the checkpoint: for the reference outputs (verified, or an export made with
+    --input-shape), the PyTorch eager baseline, or the FLOPs of an export that recorded none."""
+    return (config.verify or refinputs.other_input_shape(config.artifacts) is not None
+            or read_model_flops(config.artifacts) is None
+            or ("pytorch" in selection.runtimes
+                and runners.baseline_selected(list(config.formats), list(config.precisions))))
 
 
 # --- opening the runners --------------------------------------------------------------------------------
@@ -337,6 +350,20 @@ class Plan:
     files: list[Any] = field(default_factory=list)  # bench FILE...: each file's runtimes and inputs
 
 
+def _reference(config: BenchConfig, manifest: list[Artifact], checkpoint: RecordedCheckpoint | None) -> Any:
+    """verify's reference (auto): the outputs of the checkpoint bench already read and checked, else, where it has
+    none, golden.npy (or the error saying what is needed). Refused, before any timing, when the files' source is
+    not the checkpoint it holds the outputs of (verify would fail every such file)."""
+    from toolkit.reference import check_source, recorded_reference, resolve_reference
+
+    if checkpoint is not None:
+        ref = recorded_reference(checkpoint, config.data_dir)
+    else:
+        ref = resolve_reference(config.artifacts, manifest, None, "auto", config.data_dir)
+    check_source(ref, manifest)
+    return ref
+
+
 def plan_manifest(config: BenchConfig) -> Plan:
     """Every selected runtime on every artifact (and the checkpoint) it opens, verified first unless told not."""
     selection = select_runtimes(config.runtimes)
@@ -346,13 +373,10 @@ def plan_manifest(config: BenchConfig) -> Plan:
     candidates = build_candidates(config, selection.runtimes, devices_used, manifest, checkpoint, skipped)
     if not candidates:
         raise ArtifactError("nothing to benchmark: no runtime opens an artifact (or the checkpoint) in the selection")
-    from toolkit.reference import resolve_reference
-
     # an export made with --input-shape takes no MNIST image: it is fed the reference inputs beside it, which its
     # reference (golden.npy, from model code) answers, as verify feeds and judges it
     own = refinputs.other_input_shape(config.artifacts) is not None
-    full = (resolve_reference(config.artifacts, manifest, checkpoint and checkpoint.path, "auto", config.data_dir)
-            if config.verify or own else None)
+    full = _reference(config, manifest, checkpoint) if config.verify or own else None
     for artifact in manifest if full is not None else []:  # refused as verify refuses it, before any timing
         calibration.check_entry(artifact, full)
     ref = sample(full, config.verify_images) if config.verify else None

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from toolkit.checkpoint import RecordedCheckpoint
 
 __all__ = ["IO_MODES", "NATIVE_RUNTIMES", "NO_NATIVE_MODE", "OPENVINO_HINTS", "RUNTIMES", "Run", "Runner",
-           "RunnerOptions", "Runtime", "Selection", "Timed", "choose_modes", "modes_to_run", "open_runner",
-           "open_timed", "run_guard", "runs", "runtime_versions", "select_runtimes", "would_run"]
+           "RunnerOptions", "Runtime", "Selection", "Timed", "baseline_selected", "choose_modes", "modes_to_run",
+           "open_runner", "open_timed", "run_guard", "runs", "runtime_versions", "select_runtimes", "would_run"]
 
 OPENVINO_HINTS = _openvino.HINTS
 PYTORCH = "pytorch"  # the eager baseline's "format": the checkpoint itself
@@ -182,7 +182,7 @@ def choose_modes(todo: list[Run], named: tuple[str, ...] = ()) -> tuple[list[Run
     return kept, notes
 
 
-def _baseline_selected(wanted_formats: list[str] | None, wanted_precisions: list[str] | None) -> bool:
+def baseline_selected(wanted_formats: list[str] | None, wanted_precisions: list[str] | None) -> bool:
     """Whether the formats and precisions selected (none: all) take in the PyTorch eager baseline's, pytorch/fp32."""
     return (not wanted_formats or PYTORCH in wanted_formats) and (not wanted_precisions or "fp32" in wanted_precisions)
 
@@ -191,7 +191,7 @@ def _sources(spec: Runtime, chosen: list[Artifact], checkpoint: RecordedCheckpoi
              wanted_formats: list[str] | None, wanted_precisions: list[str] | None,
              native_only: bool = False) -> list[Artifact | RecordedCheckpoint | str]:
     if PYTORCH in spec.formats:
-        return [checkpoint] if checkpoint and _baseline_selected(wanted_formats, wanted_precisions) else []
+        return [checkpoint] if checkpoint and baseline_selected(wanted_formats, wanted_precisions) else []
     return [a for a in chosen if spec.opens(a.format, a.precision)
             and (not native_only or formats.FORMATS[a.format].native_runtime == spec.name)]
 
@@ -231,7 +231,7 @@ def would_run(selection: Selection, artifacts: list[Artifact], devices: list[str
             sources = out.setdefault(run.runtime, [])
             if run.source not in sources:  # once, whatever the modes and devices it would run at
                 sources.append(run.source)
-    if (baseline and PYTORCH in selection.skipped and _baseline_selected(formats, precisions)
+    if (baseline and PYTORCH in selection.skipped and baseline_selected(formats, precisions)
             and set(devices) & set(RUNTIMES[PYTORCH].devices)):
         out[PYTORCH] = []
     return out

@@ -46,15 +46,15 @@ def load_torchscript(data: bytes, device: str, label: str, *,
 
 
 def load_eager(checkpoint: str | RecordedCheckpoint, device: str) -> Any:
-    """The checkpoint's model, rebuilt from the file alone, on `device`; a RecordedCheckpoint only from bytes of the
-    SHA-256 its manifest records."""
-    from toolkit.checkpoint import RecordedCheckpoint, load_model, load_recorded, model_from_checkpoint
+    """The checkpoint's model, rebuilt from the file alone, on `device`; a RecordedCheckpoint's from the bytes it
+    holds, read and checked against its manifest once (checkpoint.read_recorded), never from the file again."""
+    from toolkit.checkpoint import RecordedCheckpoint, load_model
     from toolkit.errors import CheckpointError
     from toolkit.usermodel import ModelCodeNeeded
 
     try:
         if isinstance(checkpoint, RecordedCheckpoint):
-            model = model_from_checkpoint(load_recorded(checkpoint))
+            model = checkpoint.model()
         else:
             model = load_model(checkpoint)
     except ModelCodeNeeded:
