@@ -350,6 +350,21 @@ CASES: list[tuple[str, Callable[[Ctx], list], int, str]] = [
                                            c.exported / "model.app.onnx"], 2, "inputs"),
     ("predict-json-over-manifest", lambda c: ["predict", "--model", c.exported / "model.app.onnx", c.digit(),
                                               "--json", c.exported / "manifest.json"], 2, "inputs"),
+    # a training run's files beside its checkpoint, Python code (a model's) and a Triton config are no results
+    ("verify-json-over-a-runs-history", lambda c: ["verify", "--artifacts", c.exported, "--json",
+                                                   c.checkpoint.parent / "history.json", "--data-dir", c.mnist], 2,
+     "a training run's file"),
+    ("compare-json-over-a-runs-history", lambda c: ["compare", c.exported / "model.onnx", c.exported / "model.onnx",
+                                                    "--json", c.checkpoint.parent / "history.json", "--data-dir",
+                                                    c.mnist], 2, "a training run's file"),
+    ("bench-plot-over-a-runs-errors-png", lambda c: ["bench", "--artifacts", c.exported, "--plot",
+                                                     c.checkpoint.parent / "errors.png", "--data-dir", c.mnist], 2,
+     "a training run's file"),
+    ("verify-json-over-python-code", lambda c: (c.work / "net.py").write_text("from torch import nn\n") and [
+        "verify", "--artifacts", c.exported, "--json", c.work / "net.py", "--data-dir", c.mnist], 2, "Python code"),
+    ("bench-json-over-a-triton-config", lambda c: (c.work / "config.pbtxt").write_text('name: "m"\n') and [
+        "bench", "--artifacts", c.exported, "--json", c.work / "config.pbtxt", "--data-dir", c.mnist], 2,
+     "export file"),
     # --- bench: numbers finite and bounded, outputs checked before the work, files checked before loading
     ("bench-seconds-nan", lambda c: ["bench", "--artifacts", c.exported, "--seconds", "nan"], 2, "seconds"),
     ("bench-seconds-inf", lambda c: ["bench", "--artifacts", c.exported, "--seconds", "inf"], 2, "seconds"),

@@ -325,6 +325,27 @@ def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path
     assert "your own code" in assert_one_line_error(result, 2)
 
 
+def test_results_never_replace_the_model_code_an_export_records(own_model, mnist_dir, tmp_path, monkeypatch):
+    """--json, --markdown: never over the model code the manifest records (`--model-code my_models.py:CLASS`, a
+    path from the folder export ran in), which the next export of the model imports, nor over any other .py file."""
+    monkeypatch.chdir(tmp_path)
+    code = (own_model / "my_models.py").read_text()
+    Path("my_models.py").write_text(code)
+    Path("other.py").write_text(code)
+    result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code", "my_models.py:TinyMLP",
+                     "--model-args", '{"hidden": 32}', "--format", "onnx", "--precision", "fp32", "--out", "out",
+                     "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    for argv, says in (
+        (["verify", "--artifacts", "out", "--json", "my_models.py"], "one of this command's inputs (my_models.py)"),
+        (["bench", "--artifacts", "out", "--markdown", "my_models.py"], "one of this command's inputs"),
+        (["compare", "out/model.onnx", "out/model.onnx", "--json", "my_models.py"], "it is Python code"),
+        (["verify", "--artifacts", "out", "--json", "other.py"], "it is Python code"),
+    ):
+        assert says in assert_one_line_error(run_cli(*argv, "--data-dir", mnist_dir), 2), argv
+    assert Path("my_models.py").read_text() == code and Path("other.py").read_text() == code
+
+
 def test_the_same_weights_as_another_model_are_another_export(own_model, mnist_dir, tmp_path):
     """A folder never mixes models: the same state_dict as another class, with other --model-args, changed code or
     another --input-shape is refused, naming what differs, and replaces the export with --overwrite."""

@@ -19,6 +19,7 @@ from toolkit.usermodel import ModelSource
 FORMAT = "toolkit-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+RUN_FILES = (CHECKPOINT_NAME, "history.json", "errors.png")  # what a training run writes into its folder
 MAX_CHECKPOINT_BYTES = 256 << 20  # a ConvNet checkpoint is about 5 MiB
 DEFAULT_RUNS_DIR = Path("runs")
 

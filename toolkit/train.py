@@ -19,13 +19,11 @@ from typing import Any
 from toolkit import data as mnist
 from toolkit import devices, fileio, heap, sysinfo
 from toolkit.bounds import is_number_within
-from toolkit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from toolkit.checkpoint import CHECKPOINT_NAME, RUN_FILES, load_checkpoint, save_checkpoint
 from toolkit.errors import CheckpointError, ConfigError, OutputError, ProviderUnavailable
 from toolkit.model import count_parameters
 from toolkit.recipes import TrainConfig, config_from_checkpoint, validate
 from toolkit.train_step import Step, build_training, first_layer, frozen_from, train_epoch
-
-RUN_FILES = (CHECKPOINT_NAME, "history.json", "errors.png")  # what a run writes into its folder
 
 
 def resolve_device(device: str) -> str:

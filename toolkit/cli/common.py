@@ -130,8 +130,8 @@ def _config(cls: Any, **given: Any) -> Any:
 
 def _outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Check output paths before any work starts, so a long run never fails at its last step and never
-    replaces what is not a result file: a device, a FIFO, a link, a folder, one of the command's inputs, or a model,
-    checkpoint or export file wherever it is.
+    replaces what is not a result file: a device, a FIFO, a link, a folder, one of the command's inputs, a model,
+    checkpoint or export file wherever it is, Python code, or a training run's file beside its checkpoint.
 
     `--json -` means stdout: the JSON is then the only thing printed there (tables are left out).
     """
@@ -155,7 +155,8 @@ def _model_names() -> tuple[str, tuple[str, ...]]:
     from toolkit.artifacts import MANIFEST_NAME
     from toolkit.formats import FORMATS
 
-    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)} | {".npy", ".pt", ".pth"}
+    # .pbtxt: the config.pbtxt of each model in an export's Triton repository, which the server reads
+    suffixes = {s for f in FORMATS.values() for s in (f.suffix, *f.companions)} | {".npy", ".pt", ".pth", ".pbtxt"}
     return MANIFEST_NAME, tuple(sorted(suffixes))
 
 
@@ -178,8 +179,9 @@ def _is_binary(path: Path) -> bool:
 def export_inputs(folder: Path, checkpoint: Path | None = None) -> tuple[Path, ...]:
     """What a command reads from an export folder, which its outputs may not replace: the manifest, the model
     files and their companions, the golden outputs and reference inputs (.npy), the checkpoints beside it, the
-    checkpoint the manifest names, and `checkpoint` (--checkpoint)."""
-    from toolkit.artifacts import read_manifest
+    checkpoint the manifest names, the model code it records (`--model-code FILE.py:CLASS`), and `checkpoint`
+    (--checkpoint)."""
+    from toolkit.artifacts import read_manifest_fields
     from toolkit.errors import ArtifactError
 
     try:
@@ -187,10 +189,26 @@ def export_inputs(folder: Path, checkpoint: Path | None = None) -> tuple[Path, .
     except OSError:
         files = []
     try:  # the reference checkpoint, usually in the run folder, recorded relative to the manifest
-        files += [folder / a.source_checkpoint for a in read_manifest(folder)[:1] if a.source_checkpoint]
+        artifacts, fields = read_manifest_fields(folder)
     except ArtifactError:
-        pass  # no manifest, or a bad one: the command itself says so
-    return (*files, *([checkpoint] if checkpoint is not None else []))
+        artifacts, fields = [], {}  # no manifest, or a bad one: the command itself says so
+    files += [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
+    code = _model_code_file(fields.get("model"))
+    return (*files, *([code] if code is not None else []), *([checkpoint] if checkpoint is not None else []))
+
+
+def _model_code_file(model: Any) -> Path | None:
+    """The file of the model code a manifest records (`FILE.py:CLASS`, a path export read relative to the folder it
+    ran in, as the same path from here names it) when it is there; None for none, a module name (its files are
+    .py files, which no result replaces anyway) or a value no export writes."""
+    code = model.get("code") if isinstance(model, dict) else None
+    where = code.rpartition(":")[0] if isinstance(code, str) else ""
+    if not where.endswith(".py"):
+        return None
+    try:
+        return Path(where) if Path(where).is_file() else None
+    except (OSError, ValueError):  # a name too long, or with a NUL byte: nothing to protect
+        return None
 
 
 def _check_output(path: Path, inputs: list[Path]) -> None:
@@ -212,9 +230,17 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
         raise ConfigError(f"cannot write {path}: {parent} is not a writable folder")
 
 
+def _is_run_file(path: Path) -> bool:
+    """Whether `path` is one of a training run's files (history.json, errors.png) beside the run's checkpoint."""
+    from toolkit.checkpoint import CHECKPOINT_NAME, RUN_FILES
+
+    return path.name in RUN_FILES and (path.parent / CHECKPOINT_NAME).is_file()
+
+
 def _check_replaceable(path: Path, inputs: list[Path]) -> None:
     """ConfigError unless the existing file at `path` may be replaced by a result: not one of the command's
-    inputs, not a model, checkpoint or export file, nor binary data of any name."""
+    inputs, not a model, checkpoint or export file, not Python code (model code), not a training run's record
+    beside its checkpoint, nor binary data of any name."""
     from toolkit.errors import ConfigError
 
     same = next((i for i in inputs if i.exists() and os.path.samefile(path, i)), None)
@@ -223,6 +249,12 @@ def _check_replaceable(path: Path, inputs: list[Path]) -> None:
     if _is_model_file(path):
         raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
                           "give the results a file name of their own")
+    if path.suffix.lower() == ".py":
+        raise ConfigError(f"cannot write {path}: it is Python code (model code, perhaps), not a results file; "
+                          "give the results a file name of their own")
+    if _is_run_file(path):
+        raise ConfigError(f"cannot write {path}: it is a training run's file, beside its checkpoint, not a results "
+                          "file; give the results a file name of their own")
     if _is_binary(path):
         raise ConfigError(f"cannot write {path}: it holds binary data, not a result (JSON, markdown or a PNG); "
                           "give the results a file name of their own")
