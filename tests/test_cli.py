@@ -94,6 +94,29 @@ def test_bad_options_are_refused_before_torch_loads(tmp_path, python, args, mess
     assert not (tmp_path / "out").exists()
 
 
+# An empty item in a comma list is a malformed list, never read as a shorter one (`--batch-sizes 1,,2` as 1,2):
+# refused in one line, before torch loads, whatever the list holds (numbers, formats, precisions)
+@pytest.mark.parametrize("args", [
+    ["bench", "--batch-sizes", "1,,2"],
+    ["bench", "--concurrency", "2,"],
+    ["export", "--precision", "fp32,,int8"],
+    ["verify", "--format", ",onnx"],
+    ["bench", "--batch-sizes", "1, ,2"],
+], ids=["bench-batch-sizes", "bench-concurrency-trailing", "export-precision", "verify-format-leading", "blank"])
+def test_an_empty_item_in_a_comma_list_is_refused(tmp_path, python, args):
+    done = run_process(python, "-c", _WITHOUT_TORCH, *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: the list {args[-1]!r} has an empty item"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_comma_lists_take_spaces_around_items_and_repeated_flags():
+    from toolkit.cli.common import _csv, _ints
+
+    assert _ints(["1, 8", " 64 "], "batch sizes") == [1, 8, 64]
+    assert _csv(["onnx ,torchscript", "openvino"]) == ["onnx", "torchscript", "openvino"]
+
+
 # A signal that arrives while the CLI's modules still load: the hook sends it as `import toolkit.cli` starts,
 # then lets the import go on. `python -m toolkit` and the `toolkit` script share the one entry point.
 _SIGNAL_WHILE_LOADING = """

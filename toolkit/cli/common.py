@@ -78,14 +78,20 @@ def _error(message: str, label: str = "error:") -> None:
 
 
 def _csv(values: list[str] | None) -> list[str]:
-    """Options given as repeated flags and/or comma lists ('--format onnx,torchscript'). A value that names
-    nothing ('--batch-sizes ""') is an error, not the option's default."""
+    """Options given as repeated flags and/or comma lists ('--format onnx,torchscript', spaces allowed around
+    each item). A value that names nothing ('--batch-sizes ""') is an error, not the option's default, and so is
+    an empty item ('--batch-sizes 1,,2'): a list with a hole in it is malformed, never read as a shorter one."""
     from toolkit.errors import ConfigError
 
     if any(not item.strip(" ,") for item in values or []):
         raise ConfigError(f"an option was given an empty value ({', '.join(map(repr, values or []))}); name at least "
                           "one, or leave the option out for its default")
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+    items = [v.strip() for item in values or [] for v in item.split(",")]
+    if not all(items):
+        hole = next(item for item in values or [] if not all(v.strip() for v in item.split(",")))
+        raise ConfigError(f"the list {hole[:60]!r} has an empty item (two commas in a row, or one at an end); "
+                          "give each value once, separated by single commas")
+    return items
 
 
 def _ints(values: list[str] | None, what: str) -> list[int]:
