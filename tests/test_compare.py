@@ -277,8 +277,8 @@ def test_mean_and_std_are_refused_for_a_foreign_onnx_fed_raw_uint8_pixels(tmp_pa
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["a"]["input"] == report["b"]["input"] == "MNIST test images"
-    assert report["a"]["preprocessing"] == report["b"]["preprocessing"] == {"from": "none: raw uint8 pixels",
-                                                                            "layout": "nhw"}
+    assert report["a"]["preprocessing"] == report["b"]["preprocessing"] == {
+        "from": "none: raw pixels 0..255 as uint8", "layout": "nhw"}
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "int64"])
@@ -295,7 +295,7 @@ def test_an_integer_image_input_is_fed_the_raw_pixels(tmp_path, mnist_dir, dtype
     report = json.loads(result.stdout)
     assert report["passed"] is True and report["agreement"] == 200 and report["max_abs_diff"] <= 1e-4
     assert report["b"]["input"] == "MNIST test images"
-    assert report["b"]["preprocessing"] == {"from": "none: raw uint8 pixels", "layout": "auto"}
+    assert report["b"]["preprocessing"] == {"from": f"none: raw pixels 0..255 as {dtype}", "layout": "auto"}
     line = assert_one_line_error(run_cli("compare", raw, raw, "--std", "0.5", "--limit", "10",
                                          "--data-dir", mnist_dir), 2)
     assert line == f"error: --std is for {FLOAT_FILE}, and none of these files is one; drop --std"

@@ -331,8 +331,9 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
         preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
     elif not getattr(runner, "takes_images", True):
         preprocessing = {"from": "none: random data of its own inputs"}  # --mean, --std and --layout do nothing
-    elif not getattr(runner, "normalizes", True):
-        preprocessing = {"from": "none: raw uint8 pixels", "layout": prep.layout}  # --mean and --std do nothing
+    elif not getattr(runner, "normalizes", True):  # an integer image input: --mean and --std do nothing
+        preprocessing = {"from": f"none: raw pixels 0..255 as {np.dtype(runner.image.dtype).name}",
+                         "layout": prep.layout}
     else:
         preprocessing = asdict(prep)
     side = Side(file=str(path), runtime=runner.runtime, toolkit_model=toolkit_model, outputs=kind,
