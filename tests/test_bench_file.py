@@ -3,6 +3,7 @@ they fit and the data is here, else random inputs."""
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -245,3 +246,34 @@ def test_a_tampered_toolkit_file_by_path_is_refused_as_over_its_folder(exported_
         by_path = assert_one_line_error(run_cli("bench", model, *FAST, "--data-dir", mnist_dir), 2)
         assert name in by_path and "changed since export" in by_path and folder.removeprefix("error: ") in by_path
         path.write_bytes(original)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "opencv"])
+def test_an_onnx_in_openvino_or_opencv_runs_the_bytes_read_once(tmp_path, monkeypatch, runtime):
+    """OpenVINO and OpenCV are given the bytes ONNX Runtime read (hash-checked where a manifest lists the file) to
+    say how the file is fed: the file is not read again, where it could be another model."""
+    import shutil
+
+    from tests.onnx_models import linear_classifier
+    from toolkit.runners import foreign
+    from toolkit.runners.base import RunnerOptions
+
+    pytest.importorskip("openvino" if runtime == "openvino" else "cv2")
+    mine = linear_classifier(tmp_path / "mine.onnx")
+    other = linear_classifier(tmp_path / "other.onnx", seed=1)  # the same inputs and outputs, other weights
+    path, reads, read = tmp_path / "model.onnx", [], foreign.read_model_file
+
+    def read_then_replace(p):  # the file is another model once it has been read
+        data = read(p)
+        reads.append(p)
+        shutil.copy(other, p)
+        return data
+
+    pixels = foreign.random_pixels(8)
+    expected, _ = foreign.scores(foreign.open_file(mine, RunnerOptions(threads=1)), pixels)
+    monkeypatch.setattr(foreign, "read_model_file", read_then_replace)
+    shutil.copy(mine, path)
+    runner = foreign.open_in(runtime, path, RunnerOptions(threads=1))
+    assert runner.runtime == runtime and reads == [path]
+    scores, _ = foreign.scores(runner, pixels)
+    np.testing.assert_allclose(scores, expected, atol=1e-4)

@@ -310,10 +310,15 @@ def runtimes_for(path: str | Path) -> tuple[str, ...]:
 def open_in(runtime: str, path: str | Path, options: RunnerOptions, prep: Preprocessing = Preprocessing(),
             shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
     """`path` in `runtime`: the runtime `open_file` picks for it, or OpenVINO or OpenCV reading an .onnx, fed
-    as ONNX Runtime reads its inputs (a toolkit .onnx with its own normalization, any other as a foreign file)."""
+    as ONNX Runtime reads its inputs (a toolkit .onnx with its own normalization, any other as a foreign file).
+    OpenVINO and OpenCV load the very bytes ONNX Runtime was given (read once, and hash-checked where a manifest
+    lists the file), not the file read again."""
     if runtime in (openvino.RUNTIME, opencv.RUNTIME) and runtimes_for(path) == ONNX_RUNTIMES:
         spec = open_file(path, replace(options, device=devices.CPU, threads=1), prep, shapes)
-        return OnnxElsewhere(runtime, spec, read_model_file(path), options)
+        data = spec.model_bytes if isinstance(spec, OnnxRuntimeRunner) else None
+        if data is None:  # no longer an .onnx since its first bytes were read
+            raise ArtifactError(f"{path} changed while it was opened; give it again")
+        return OnnxElsewhere(runtime, spec, data, options)
     runner = open_file(path, options, prep, shapes)
     if runner.runtime != runtime:
         raise ConfigError(f"{path} runs in {runner.runtime}, not {runtime}")

@@ -191,6 +191,11 @@ class OnnxRuntimeRunner(Runner):
             self.metadata = info.metadata
         self._uncancel()
 
+    @property
+    def model_bytes(self) -> bytes | None:
+        """The bytes the session was built from (None: it was built from a path)."""
+        return self._source if isinstance(self._source, bytes) else None
+
     def _cancel(self) -> bool:
         self.run_options.terminate = True  # ONNX Runtime checks it between nodes, Loop iterations included
         return True
