@@ -261,17 +261,17 @@ def test_an_onnx_in_openvino_or_opencv_runs_the_bytes_read_once(tmp_path, monkey
     pytest.importorskip("openvino" if runtime == "openvino" else "cv2")
     mine = linear_classifier(tmp_path / "mine.onnx")
     other = linear_classifier(tmp_path / "other.onnx", seed=1)  # the same inputs and outputs, other weights
-    path, reads, read = tmp_path / "model.onnx", [], foreign.read_model_file
+    path, reads, read = tmp_path / "model.onnx", [], foreign.read_listed_model_file
 
     def read_then_replace(p):  # the file is another model once it has been read
-        data = read(p)
+        read_back = read(p)
         reads.append(p)
         shutil.copy(other, p)
-        return data
+        return read_back
 
     pixels = foreign.random_pixels(8)
     expected, _ = foreign.scores(foreign.open_file(mine, RunnerOptions(threads=1)), pixels)
-    monkeypatch.setattr(foreign, "read_model_file", read_then_replace)
+    monkeypatch.setattr(foreign, "read_listed_model_file", read_then_replace)
     shutil.copy(mine, path)
     runner = foreign.open_in(runtime, path, RunnerOptions(threads=1))
     assert runner.runtime == runtime and reads == [path]

@@ -12,9 +12,10 @@ FOREIGN_FILE = "a foreign file fed images (how pixels become its input)"
 FLOAT_FILE = "a foreign file fed float images (how its pixels are normalized)"
 
 
-def _foreign_onnx(checkpoint, path, *, shift=5.0, noise=0.0):
+def _foreign_onnx(checkpoint, path, *, shift=5.0, noise=0.0, mean=None):
     """The checkpoint's model as someone else might export it: flat [N,784] input, logits out (log-probs
-    plus a constant), other names, no toolkit metadata; `noise` perturbs the first conv's weights."""
+    plus a constant), other names, no toolkit metadata; `noise` perturbs the first conv's weights, and with
+    `mean` its input is (pixel/255 - mean) / 0.3081, not the toolkit's normalization."""
     import torch
 
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,6 +32,8 @@ def _foreign_onnx(checkpoint, path, *, shift=5.0, noise=0.0):
             self.m = model
 
         def forward(self, x):
+            if mean is not None:  # back to the pixels in [0, 1], then as the toolkit normalizes them
+                x = (x * 0.3081 + mean - 0.1307) / 0.3081
             return self.m(x.reshape(-1, 1, 28, 28)) + shift
 
     torch.onnx.export(Flat(), torch.zeros(2, 784), str(path), input_names=["pixels"], output_names=["scores"],
@@ -106,16 +109,33 @@ def test_shape_is_refused_where_no_file_is_a_foreign_onnx(exported, mnist_dir):
 @pytest.mark.parametrize("options", [["--mean", "0.5"], ["--std", "0.3081"], ["--layout", "nchw,flat"],
                                      ["--mean", "0.5", "--std", "0.2"]])
 def test_feeding_options_are_refused_where_every_file_feeds_itself(exported, mnist_dir, options):
-    """A toolkit .onnx, IR, .pte or .tflite is fed as its own metadata says: --mean, --std or --layout (even at its
-    default value) would do nothing, unnoticed."""
+    """A toolkit .onnx, IR, .pte or .tflite is fed as its own metadata says, and a TorchScript or .pt2 file its
+    manifest lists as its export says: --mean, --std or --layout (even at its default value) would do nothing,
+    unnoticed."""
     result = run_cli("compare", exported / "model.onnx", exported / "model.xml", exported / "model.int8.onnx",
-                     *options, "--limit", "10", "--data-dir", mnist_dir)
+                     exported / "model.ts.pt", exported / "model.pt2", *options, "--limit", "10",
+                     "--data-dir", mnist_dir)
     given = " and ".join(o for o in options if o.startswith("--"))
     whom = FOREIGN_FILE if given == "--layout" else FLOAT_FILE
     assert assert_one_line_error(result, 2) == (
         f"error: {given} {'are' if ' and ' in given else 'is'} for {whom}, and none of these files is one; "
         f"drop {given}")
     assert result.stdout == ""
+
+
+def test_a_toolkit_torch_file_is_fed_as_its_export_says(trained, exported, mnist_dir, tmp_path):
+    """A TorchScript or .pt2 file that the manifest beside it lists is fed as its export says, as a toolkit .onnx
+    is: --mean, given for a foreign file beside it, does not change what it is fed."""
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx", mean=0.5)
+    result = run_cli("compare", foreign, exported / "model.ts.pt", exported / "model.pt2", "--mean", "0.5",
+                     "--limit", "500", "--json", "-", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["reference"]["preprocessing"]["mean"] == 0.5
+    for c in report["comparisons"]:
+        assert c["agreement"] == 500 and c["b"]["toolkit_model"] is True
+        assert c["b"]["preprocessing"] == {"from": "its export (the manifest beside it)", "mean": 0.1307,
+                                           "std": 0.3081}
 
 
 def _nhwc_torchscript(checkpoint, path):
@@ -324,15 +344,15 @@ def test_a_foreign_onnx_is_read_once_and_those_bytes_are_loaded(tmp_path, monkey
 
     raw = linear_classifier(tmp_path / "raw.onnx", "int32")  # MNIST images, as raw pixels
     other = constant_classifier(tmp_path / "other.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
-    path, reads, read = tmp_path / "model.onnx", [], foreign.read_model_file
+    path, reads, read = tmp_path / "model.onnx", [], foreign.read_listed_model_file
 
     def read_then_replace(p):  # the file is another model once it has been read
-        data = read(p)
+        read_back = read(p)
         reads.append(p)
         shutil.copy(other, p)
-        return data
+        return read_back
 
-    monkeypatch.setattr(foreign, "read_model_file", read_then_replace)
+    monkeypatch.setattr(foreign, "read_listed_model_file", read_then_replace)
     shutil.copy(raw, path)
     assert foreign.options_taken(path) == {"shape", "layout"} and reads == [path]
     shutil.copy(raw, path)

@@ -45,6 +45,7 @@ from toolkit.verify import DEFAULT_TOLERANCES, Tolerance, judge
 
 MNIST_INPUT = "MNIST test images"
 REFERENCE_INPUTS = "reference inputs"  # an --input-shape export's own inputs (inputs.npy), which have no labels
+TORCH_RUNTIMES = ("torchscript", "torch-export", "aoti")
 CHUNK_IMAGES = 1000  # images per call, so progress can be reported as the run goes
 COMPARE_AS = ("auto", "log_probs", "probabilities", "raw")
 _OPTIONAL = ("max_abs_diff", "max_accuracy_change")  # may be switched off with "none"
@@ -101,7 +102,7 @@ class CompareConfig:
 class Side:
     file: str
     runtime: str
-    toolkit_model: bool  # a toolkit .onnx read as itself (its own normalization); else preprocessing applies
+    toolkit_model: bool  # a toolkit file fed as itself (its own normalization); else preprocessing applies
     outputs: str  # what the file gives: log_probs, probabilities or logits
     accuracy: float | None  # None: the file was fed random data (its input is not MNIST-shaped)
     preprocessing: dict[str, Any]
@@ -327,8 +328,10 @@ def _measure(path: str, tag: str, runner: Any, prep: Preprocessing, pixels: np.n
     as_given = getattr(runner, "inputs_as_given", False)  # reference inputs, fed unchanged: no normalization
     if as_given:
         preprocessing = {"from": refinputs.PREPROCESSING, "mean": 0.0, "std": 1.0}
-    elif toolkit_model:
-        preprocessing = {"from": "the file's toolkit metadata", "mean": runner.mean, "std": runner.std}
+    elif toolkit_model:  # a torch file the toolkit made is fed as its export says, as verify feeds it
+        source = "its export (the manifest beside it)" if runner.runtime in TORCH_RUNTIMES else \
+            "the file's toolkit metadata"
+        preprocessing = {"from": source, "mean": runner.mean, "std": runner.std}
     elif not getattr(runner, "takes_images", True):
         preprocessing = {"from": "none: random data of its own inputs"}  # --mean, --std and --layout do nothing
     elif not getattr(runner, "normalizes", True):  # an integer image input: --mean and --std do nothing

@@ -35,9 +35,14 @@ def read_model_bundle(path: str | os.PathLike) -> tuple[bytes, list[bytes]]:
 def read_model_file(path: str | os.PathLike) -> bytes:
     """The bytes of a model file to load: where a manifest lists it (`listed_artifact`), checked against its SHA-256
     before anything parses them; a loose file with no manifest beside it is read as is."""
+    return read_listed_model_file(path)[0]
+
+
+def read_listed_model_file(path: str | os.PathLike) -> tuple[bytes, Artifact | None]:
+    """`read_model_file`, with the manifest entry its bytes were checked against (None: a loose file)."""
     path = Path(path)
     artifact = _listed_file(path)
-    return read_verified(artifact) if artifact is not None else _read_loose(path)
+    return (read_verified(artifact) if artifact is not None else _read_loose(path)), artifact
 
 
 def _listed_file(path: Path) -> Artifact | None:

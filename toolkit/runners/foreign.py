@@ -1,6 +1,6 @@
 """Runners for model files the toolkit did not make: any ONNX, TorchScript, pt2 or aoti digit classifier.
 
-A foreign file has no manifest and no toolkit metadata, so what it expects is given by options
+A foreign file has no toolkit metadata and no manifest lists it, so what it expects is given by options
 (`Preprocessing`: mean, std, layout) and read from the file itself (the ONNX input's declared shape and
 type). Its outputs: the first output of shape [N, 10] is taken as the class scores, whatever they are
 (log-probabilities, logits or probabilities); `scores_kind` tells which.
@@ -22,7 +22,7 @@ import numpy as np
 from toolkit import devices, onnx_wire, refinputs
 from toolkit.errors import ArtifactError, ConfigError
 from toolkit.formats import FORMATS, format_of_file
-from toolkit.model_files import read_model_file
+from toolkit.model_files import read_listed_model_file, read_model_file
 from toolkit.runners import executorch as _executorch
 from toolkit.runners import litert as _litert
 from toolkit.runners import opencv, openvino, torch_export
@@ -209,7 +209,7 @@ class ForeignOnnxRunner(_ForeignFile, OnnxRuntimeRunner):
 
 
 class ForeignTorchRunner(_ForeignFile, TorchRunner):
-    """A TorchScript file, torch.export program or AOTInductor package (toolkit-made or not): runs its author's
+    """A TorchScript file, torch.export program or AOTInductor package no manifest lists: runs its author's
     code. Input float32 in `prep.layout` (auto: [N,1,28,28]); the output is taken as the class scores."""
 
     def __init__(self, module: Any, label: str, options: RunnerOptions, prep: Preprocessing,
@@ -242,13 +242,16 @@ def open_file(path: str | Path, options: RunnerOptions | None = None, prep: Prep
               shapes: dict[str, tuple[int, ...]] | None = None) -> Runner:
     """A runner for any .onnx, TorchScript, torch.export (.pt2) or AOTInductor file, or a toolkit OpenVINO IR
     (.xml, its .bin beside it). A toolkit .onnx (with its metadata) runs as itself, its own normalization read
-    from the file; anything else as a foreign file with `prep` (see `options_taken`)."""
+    from the file, and a TorchScript, .pt2 or .aoti.pt2 file that a manifest beside it lists as the artifact it
+    is, fed as its export says; anything else as a foreign file with `prep` (see `options_taken`)."""
     options = options or RunnerOptions()
     if format_of_file(Path(path).name) == openvino.IR:  # the graph and its .bin, both checked like one file
         return openvino.open_file(str(path), options)
-    data = read_model_file(path)  # checked against a manifest beside it, if there is one
+    data, artifact = read_listed_model_file(path)  # checked against a manifest beside it, if there is one
     if data[4:8] in _EDGE_OPENERS:  # a toolkit .pte or .tflite: its metadata is in the file
         return _EDGE_OPENERS[data[4:8]](data, str(path), options)
+    if artifact is not None and archive_name(data) is not None:
+        return torch_export.open_listed(data, artifact, str(path), options)
     kind = torch_export.archive_kind(data)
     if kind == torch_export.PT2:
         module = torch_export.load_exported(data, options.device, str(path))
@@ -273,13 +276,14 @@ def options_taken(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
     """The FILE_OPTIONS `open_file` uses for `path` (its inputs' dimensions given by `shapes`): for a foreign .onnx,
     --shape, and --layout where it is fed MNIST images (not random data), and --mean and --std where those images
     are floats (not raw pixels, as an integer input takes them); the FEEDING ones for a TorchScript, .pt2 or
-    .aoti.pt2 file, toolkit-made or not (the toolkit reads no normalization from it); none for a file that feeds
-    itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite)."""
+    .aoti.pt2 file that no manifest lists (the toolkit reads no normalization from it); none for a file that feeds
+    itself from its toolkit metadata (a toolkit .onnx, IR, .pte or .tflite) or as its export says (a TorchScript,
+    .pt2 or .aoti.pt2 file a manifest lists)."""
     if format_of_file(Path(path).name) == openvino.IR:
         return frozenset()
-    data = read_model_file(path)
+    data, artifact = read_listed_model_file(path)
     if archive_name(data) is not None:
-        return frozenset(FEEDING)
+        return frozenset() if artifact is not None else frozenset(FEEDING)
     if data[4:8] in _EDGE_OPENERS or _has_toolkit_metadata(data):
         return frozenset()
     try:  # its declared inputs, as ONNX Runtime reads them when the file is run (from the bytes read here)

@@ -113,7 +113,8 @@ def open_eager(checkpoint: str | RecordedCheckpoint, options: RunnerOptions) -> 
     return TorchRunner(load_eager(checkpoint, options.device), str(checkpoint), "pytorch", options)
 
 
-def open_scripted(artifact: Artifact, options: RunnerOptions) -> TorchRunner:
+def open_scripted(artifact: Artifact, options: RunnerOptions, data: bytes | None = None) -> TorchRunner:
+    """`data`: the artifact's bytes, already read and checked against its manifest entry (None: read them)."""
     check_device(options.device)  # before reading: no GPU here is the first thing to say
-    module = load_torchscript(read_verified(artifact), options.device, artifact.file)
+    module = load_torchscript(read_verified(artifact) if data is None else data, options.device, artifact.file)
     return TorchRunner(module, artifact.file, "torchscript", options)

@@ -29,7 +29,7 @@ from toolkit import devices
 from toolkit.artifacts import META_KEY, Artifact, read_verified
 from toolkit.errors import ArtifactError, ProviderUnavailable
 from toolkit.runners.base import RunnerOptions, one_line
-from toolkit.runners.torch import TorchRunner, check_device
+from toolkit.runners.torch import TorchRunner, check_device, open_scripted
 
 PT2, AOTI = "pt2", "aoti"
 # The model names inside an AOTInductor package, per device (exporters/aoti.py compiles them).
@@ -174,15 +174,30 @@ def _temp_dir(folder: str) -> Iterator[None]:
             os.environ["TMPDIR"] = before
 
 
-def open_exported(artifact: Artifact, options: RunnerOptions) -> TorchRunner:
+def open_exported(artifact: Artifact, options: RunnerOptions, data: bytes | None = None) -> TorchRunner:
+    """`data`: the artifact's bytes, already read and checked against its manifest entry (None: read them)."""
     check_device(options.device)  # before reading: no GPU here is the first thing to say
-    data = read_verified(artifact)
+    data = read_verified(artifact) if data is None else data
     check_metadata(data, artifact)
     return TorchRunner(load_exported(data, options.device, artifact.file), artifact.file, "torch-export", options)
 
 
-def open_aoti(artifact: Artifact, options: RunnerOptions) -> TorchRunner:
+def open_aoti(artifact: Artifact, options: RunnerOptions, data: bytes | None = None) -> TorchRunner:
+    """`data`: as for `open_exported`."""
     check_device(options.device)
-    data = read_verified(artifact)
+    data = read_verified(artifact) if data is None else data
     check_metadata(data, artifact)
     return TorchRunner(load_aoti(data, options.device, artifact.file), artifact.file, "aoti", options)
+
+
+def open_listed(data: bytes, artifact: Artifact, label: str, options: RunnerOptions) -> TorchRunner:
+    """A TorchScript, .pt2 or .aoti.pt2 file a manifest lists (`artifact`), opened by its path (`label`) as verify
+    and bench open that artifact, from the bytes read and checked against that entry (`data`): fed the toolkit's
+    normalization in its export's layout, as a toolkit .onnx is, not as options say."""
+    kind = archive_kind(data) or "torchscript"
+    if artifact.format != kind:
+        raise ArtifactError(f"{label} is a {kind} archive, but the manifest beside it lists it as {artifact.format}; "
+                            "export again")
+    runner = {"torchscript": open_scripted, PT2: open_exported, AOTI: open_aoti}[kind](artifact, options, data)
+    runner.label = label
+    return runner
