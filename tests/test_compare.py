@@ -138,6 +138,28 @@ def test_a_toolkit_torch_file_is_fed_as_its_export_says(trained, exported, mnist
                                            "std": 0.3081}
 
 
+def test_a_layout_per_file_is_checked_against_its_own_files(trained, exported, mnist_dir, tmp_path):
+    """--layout A,B gives A's layout to A alone and B's to B and the files after it: one that those files do not
+    take (a toolkit file feeds itself) is refused in one line naming them, though another file takes a layout;
+    auto asks nothing of a file."""
+    foreign = _foreign_onnx(trained / "checkpoint.pt", tmp_path / "theirs.onnx")  # flat [N,784]
+    onnx, ts = exported / "model.onnx", exported / "model.ts.pt"
+    why = "but a layout is for a foreign file fed images (how pixels become its input)"
+    for files, layouts, whom, which in (
+            ((foreign, onnx), "flat,nchw", f"B ({onnx})", "it is not one"),
+            ((ts, foreign), "nchw,flat", f"A ({ts})", "it is not one"),
+            ((foreign, onnx, ts), "flat,nchw", f"B ({onnx}), C ({ts})", "none of them is one")):
+        result = run_cli("compare", *files, "--layout", layouts, "--limit", "10", "--data-dir", mnist_dir)
+        assert assert_one_line_error(result, 2) == (
+            f"error: --layout {layouts} gives {whom} layout {layouts.split(',')[1 if 'B' in whom else 0]}, {why}, "
+            f"and {which}; give auto in its place")
+    for files, layouts in (((ts, foreign), "auto,flat"), ((foreign, onnx, ts), "flat,auto"),
+                           ((foreign, onnx, foreign), "flat,flat")):
+        result = run_cli("compare", *files, "--layout", layouts, "--limit", "10", "--json", "-",
+                         "--data-dir", mnist_dir)
+        assert result.exit_code == 0 and json.loads(result.stdout)["passed"] is True, result.stderr
+
+
 def _nhwc_torchscript(checkpoint, path):
     """The checkpoint's model traced to TorchScript behind a permute: it takes [N,28,28,1], which the file does
     not declare."""

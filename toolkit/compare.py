@@ -84,6 +84,7 @@ class CompareConfig:
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # per model call: a file the toolkit did not write may never end
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --shape: dynamic dimensions of ONNX inputs
     options_given: tuple[str, ...] = ()  # of feeding.FILE_OPTIONS, those set: one no file takes is refused
+    layout_per_file: bool = False  # --layout A,B: prep_a's layout given for A alone, prep_b's for B and the rest
 
     def __post_init__(self) -> None:
         check_time_limit(self.time_limit_s)
@@ -238,14 +239,31 @@ def _rows_judged(entries: list[artifacts.Artifact | None], own: Reference) -> tu
 def _refuse_unused(config: CompareConfig, paths: list[str], own: bool) -> None:
     """ConfigError for an option of how a foreign file is fed that no file here takes, as `_open` opens them: on
     the reference inputs of A's export (`own`), fed as they are, no file takes --mean, --std or --layout, and a
-    file of an export opens as its artifact."""
+    file of an export opens as its artifact. A layout given for A alone, or for B and the files after it
+    (--layout A,B), must be taken there."""
     given = options_set(config.options_given, config.shapes)
     if not given:  # nothing to refuse: no file is opened or read for it
         return
     if not own:
-        return refuse_unused(given, [options_taken(p, config.shapes) for p in paths])
+        taken = [options_taken(p, config.shapes) for p in paths]
+        refuse_unused(given, taken)
+        if "layout" in given and config.layout_per_file:
+            _refuse_unused_layouts(config, paths, taken)
+        return
     refuse_unused(given - {"shape"}, [], "every file is fed the reference inputs of A's export as they are")
     refuse_unused(given, [frozenset() if listed_artifact(p) else options_taken(p, config.shapes) for p in paths])
+
+
+def _refuse_unused_layouts(config: CompareConfig, paths: list[str], taken: list[frozenset[str]]) -> None:
+    """ConfigError for a layout of --layout A,B (other than auto) that its own files do not take: A's by A, B's by
+    B and every file after it; the error names the files."""
+    both = f"{config.prep_a.layout},{config.prep_b.layout}"
+    for layout, first, end in ((config.prep_a.layout, 0, 1), (config.prep_b.layout, 1, len(paths))):
+        if layout != "auto" and not any("layout" in t for t in taken[first:end]):
+            whom = ", ".join(f"{label(k)} ({paths[k]})" for k in range(first, end))
+            which = "it is not one" if end - first == 1 else "none of them is one"
+            raise ConfigError(f"--layout {both} gives {whom} layout {layout}, but a layout is for a foreign file fed "
+                              f"images (how pixels become its input), and {which}; give auto in its place")
 
 
 Export = tuple[artifacts.Artifact | None, list[int] | None]  # a file's manifest entry, and its export's input shape

@@ -76,7 +76,8 @@ def compare(
     layout: Annotated[str, typer.Option(
         metavar="LAYOUT",
         help="Foreign files: auto (ONNX: from the input's shape; torch files: nchw), nchw [N,1,28,28], nhwc "
-             "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for all files, or A,B (B's for every file after A).")
+             "[N,28,28,1], nhw [N,28,28], flat [N,784]; one for all files, or A,B (B's for every file after A; "
+             "either, unless auto, refused where its own files take no layout).")
     ] = "auto",
     shape: Annotated[Optional[list[str]], typer.Option(
         metavar="INPUT=DIMS", help="A foreign .onnx fed random data: an input's dynamic dimensions after the "
@@ -107,7 +108,8 @@ def compare(
     config = CompareConfig(a=str(a), b=str(b), data_dir=str(data_dir), provider=provider, prep_a=prep_a,
                            prep_b=prep_b, as_=compare_as, tolerance=parse_tolerance(_csv(tolerance), judge_as),
                            limit=limit, time_limit_s=time_limit, more=tuple(str(m) for m in more or ()),
-                           shapes=parse_shapes(_csv(shape)), options_given=_file_options(ctx))
+                           shapes=parse_shapes(_csv(shape)), options_given=_file_options(ctx),
+                           layout_per_file=len(layouts) == 2)
     with stage("comparing") as on_progress:  # counts the images run, A's then the others'
         reports = compare_all(config, on_progress)
     report = reports[0]
