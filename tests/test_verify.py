@@ -271,13 +271,53 @@ def test_require_all_fails_a_run_that_left_a_selected_file_unverified(exported, 
     assert "not verified: model.xml" in result.stdout
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["passed"] is True and report["not_verified"] == ["model.xml"]
+    missing = "runtime openvino not installed (pip install 'toolkit[runtimes]')"
+    assert report["not_verified_why"] == {"model.xml": missing}
+    assert result.stdout.count("not verified") == 1  # the skipped line names it; no second note
     (tmp_path / "v.json").unlink()
     result = run_cli(*args, "--require-all")
-    assert assert_one_line_error(result, 1) == (
-        "error: not verified (--require-all): model.xml: its runtime is not installed or cannot run on this device")
+    assert assert_one_line_error(result, 1) == f"error: not verified (--require-all): model.xml: {missing}"
     assert json.loads((tmp_path / "v.json").read_text())["not_verified"] == ["model.xml"]  # the report is written
     monkeypatch.undo()
     assert run_cli(*args, "--require-all").exit_code == 0  # every selected file verified
+
+
+@pytest.mark.parametrize("args, file, why", [
+    (["--runtime", "openvino", "--mode", "f32", "--format", "torchscript,onnx", "--precision", "fp32"], "model.ts.pt",
+     "no selected runtime (openvino) opens torchscript files"),
+    (["--runtime", "opencv", "--format", "onnx", "--precision", "fp32,int8"], "model.int8.onnx",
+     "opencv runs only fp32 files"),
+])
+def test_a_selected_file_no_selected_runtime_opens_is_noted_with_why(exported, mnist_dir, tmp_path, args, file,
+                                                                     why):
+    """Every installed runtime can run here, yet none selected opens the file: the note, the JSON and
+    --require-all's error say so, and not that a runtime is missing."""
+    args = ("verify", "--artifacts", exported, *args, "--reference", "golden", "--batch1-images", "2",
+            "--data-dir", mnist_dir, "--json", tmp_path / "v.json")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert f"not verified: {file}: {why}" in result.stdout.splitlines()
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["passed"] is True and report["not_verified"] == [file] and report["not_verified_why"] == {file: why}
+    result = run_cli(*args, "--require-all")
+    assert assert_one_line_error(result, 1) == f"error: not verified (--require-all): {file}: {why}"
+    assert f"not verified: {file}: {why}" in result.stdout.splitlines()
+
+
+def test_a_selected_file_whose_runtime_cannot_run_on_the_device_is_noted_with_why(exported, mnist_dir, tmp_path,
+                                                                                  monkeypatch):
+    from dataclasses import replace
+
+    from toolkit import runners
+
+    monkeypatch.setitem(runners.RUNTIMES, "openvino", replace(runners.RUNTIMES["openvino"], devices=("cuda",)))
+    result = run_cli("verify", "--artifacts", exported, "--runtime", "onnxruntime,openvino", "--format",
+                     "onnx,openvino", "--precision", "fp32", "--reference", "golden", "--batch1-images", "2",
+                     "--data-dir", mnist_dir, "--json", tmp_path / "v.json", "--require-all")
+    why = "runtime openvino runs on cuda, not cpu"
+    assert assert_one_line_error(result, 1) == f"error: not verified (--require-all): model.xml: {why}"
+    assert f"not verified: model.xml: {why}" in result.stdout.splitlines()
+    assert json.loads((tmp_path / "v.json").read_text())["not_verified_why"] == {"model.xml": why}
 
 
 def test_the_checkpoint_found_through_the_manifest_is_named_without_its_detour(trained, exported, mnist_dir,

@@ -146,7 +146,7 @@ class VerifyReport:
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version
     skipped: dict[str, str] = field(default_factory=dict)
     unverified: dict[str, list[str]] = field(default_factory=dict)  # a skipped runtime -> files no other one checked
-    not_verified: list[str] = field(default_factory=list)  # every selected file that no runtime here checked
+    not_verified_why: dict[str, str] = field(default_factory=dict)  # each selected file that no runtime checked -> why
     reference: str = ""  # what the outputs were compared with: "checkpoint <path>" or "golden.npy sha256=<12 hex>"
     reference_note: str = ""  # why the golden outputs were used and not the checkpoint, in auto (reference.py)
 
@@ -154,12 +154,25 @@ class VerifyReport:
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
 
+    @property
+    def not_verified(self) -> list[str]:
+        """Every selected file that no runtime here checked."""
+        return list(self.not_verified_why)
+
+    def not_verified_by_reason(self, leave_out: tuple[str, ...] = ()) -> dict[str, list[str]]:
+        """{why: the files not verified for that reason}, but those in `leave_out`."""
+        grouped: dict[str, list[str]] = {}
+        for file, why in self.not_verified_why.items():
+            if file not in leave_out:
+                grouped.setdefault(why, []).append(file)
+        return grouped
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "not_verified": self.not_verified, "passed": self.passed}
 
     def raise_for_failures(self, require_all: bool = False) -> None:
         """Raise VerificationFailed naming every failing artifact and why; with `require_all`, also naming the
-        selected files that were not verified (their runtime not installed, or unable to run on the device)."""
+        selected files that were not verified, and why (_why_not_checked)."""
         failing = [f"{r.artifact}{'' if r.runtime in runners.NATIVE_RUNTIMES else f' on {r.runtime}'}"
                    f"{'' if r.mode == formats.DEFAULT_MODE else f' {r.mode}'}: {'; '.join(r.failures)}"
                    for r in self.results if not r.passed]
@@ -167,9 +180,8 @@ class VerifyReport:
             raise VerificationFailed(f"{len(failing)} of {len(self.results)} artifact(s) failed verification: "
                                      + " | ".join(failing))
         if require_all and self.not_verified:
-            whose = "its runtime is" if len(self.not_verified) == 1 else "their runtimes are"
-            raise VerificationFailed(f"not verified (--require-all): {', '.join(self.not_verified)}: {whose} not "
-                                     "installed or cannot run on this device")
+            raise VerificationFailed("not verified (--require-all): " + " | ".join(
+                f"{', '.join(files)}: {why}" for why, files in self.not_verified_by_reason().items()))
 
 
 def _comparable(runner: runners.Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -306,10 +318,25 @@ def _unverified(selection: runners.Selection, artifacts: list[Artifact], jobs: l
             for name, todo in runners.would_run(selection, artifacts, [device], native_only=native_only).items()}
 
 
-def _not_checked(artifacts: list[Artifact], jobs: list[Job]) -> list[str]:
-    """The selected files that no job checks (their runtime not installed, or unable to run on the device)."""
+def _why_not_checked(artifacts: list[Artifact], jobs: list[Job], selection: runners.Selection,
+                     skipped: dict[str, str], native_only: bool) -> dict[str, str]:
+    """Each selected file that no job checks, and why: the runtimes that open it are not installed or cannot run
+    on the device (their notes in `selection.skipped` and `skipped`), or no runtime selected opens it at all."""
     checked = {job.artifact.file for job in jobs}
-    return [a.file for a in artifacts if a.file not in checked]
+    left_out = {**selection.skipped, **skipped}
+    why = {}
+    for a in artifacts:
+        if a.file in checked:
+            continue
+        native = formats.FORMATS[a.format].native_runtime
+        openers = [name for name in (*selection.runtimes, *selection.skipped)
+                   if runners.RUNTIMES[name].opens(a.format, a.precision) and (not native_only or name == native)]
+        reasons = [f"runtime {name} {left_out[name]}" for name in openers if name in left_out]
+        some_precisions = [f"{name} runs only {', '.join(runners.RUNTIMES[name].precisions)} files"
+                           for name in selection.runtimes if a.format in runners.RUNTIMES[name].formats]
+        why[a.file] = "; ".join(reasons or some_precisions) or (
+            f"no selected runtime ({', '.join(selection.runtimes)}) opens {a.format} files")
+    return why
 
 
 def _nothing_to_verify(folder: Path, selection: runners.Selection, unverified: dict[str, list[str]],
@@ -370,4 +397,5 @@ def verify(config: VerifyConfig, on_artifact: Callable[[ArtifactCheck], None] | 
         versions=sysinfo.versions("torch", "onnx", "onnxruntime-gpu", "onnxruntime"),
         seconds=time.perf_counter() - t0, runtimes=runners.runtime_versions(used),
         skipped=skipped, unverified={name: files for name, files in unverified.items() if files}, reference=ref.name,
-        reference_note=ref.note, not_verified=_not_checked(artifacts, jobs))
+        reference_note=ref.note,
+        not_verified_why=_why_not_checked(artifacts, jobs, selection, skipped, native_only=not config.runtimes))

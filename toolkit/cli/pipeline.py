@@ -33,6 +33,7 @@ from toolkit.cli.tables import (
     _artifacts_table,
     _mnist_table,
     _print_judged_on,
+    _print_not_verified,
     _print_skipped,
     _print_table,
     _verify_table,
@@ -287,8 +288,9 @@ def verify(
         help="OpenVINO inference precisions to check the fp32 files at: f32, bf16 (one this CPU only emulates is "
              "checked when named).")] = None,
     require_all: Annotated[bool, typer.Option(
-        help="Exit 1 also when a selected file is not verified because its runtime is not installed or cannot run "
-             "on this device (without it, such a file is noted as not verified, and the run passes).")] = False,
+        help="Exit 1 also when a selected file is not verified: its runtime is not installed or cannot run on this "
+             "device, or no runtime named with --runtime opens it (without it, such a file is noted as not verified, "
+             "with why, and the run passes).")] = False,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run all 10,000 MNIST test images through every artifact and compare with PyTorch's outputs; \
@@ -309,6 +311,7 @@ exit 1 if any fails."""  # one line in `toolkit --help`
     for r in report.results:  # an int8 file judged on some of its reference inputs, or on its calibration rows too
         _print_judged_on(r.name, r.n, report.n, r.also_calibrating)
     _print_skipped(report.skipped, report.unverified)
+    _print_not_verified(report)
     out.print(f"verified in {report.seconds:.1f} s ({', '.join(f'{k} {v}' for k, v in report.runtimes.items())})",
               highlight=False)
     if json_path:

@@ -221,6 +221,13 @@ def _print_skipped(skipped: dict[str, str], unverified: dict[str, list[str]] | N
         out.print(f"skipped {label}: {reason}{note}", highlight=False)
 
 
+def _print_not_verified(report: Any) -> None:
+    """verify: one line per reason for the selected files left unverified that no `skipped` line names already."""
+    named = tuple(f for files in report.unverified.values() for f in files)
+    for why, files in report.not_verified_by_reason(leave_out=named).items():
+        out.print(f"not verified: {', '.join(files)}: {why}", highlight=False)
+
+
 def _print_judged_on(name: str, n: int, total: int, also_calibrating: int = 0, held_out: int | None = None) -> None:
     """A line saying which of `total` reference inputs judged the int8 file `name` (toolkit.calibration), where not
     simply all of them: `held_out` (default `n`) held out from its calibration, or all of them, `also_calibrating`
