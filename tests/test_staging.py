@@ -3,6 +3,7 @@ earlier export still verifies."""
 
 import errno
 import os
+import re
 import shutil
 
 from tests.conftest import run_cli
@@ -143,3 +144,48 @@ def test_an_export_after_a_crash_removes_the_new_files_the_crash_left(tmp_path, 
                                                           "model.ts.pt", "golden.npy", "triton"}
     assert not [name for name in done if "/." in f"/{name}"]  # no folder set aside, no scratch file
     _verifies(out, mnist_dir)
+
+
+# `python -m toolkit ARGS`, killed (SIGKILL: nothing of it runs after) as it starts to build its TorchScript file,
+# once the ONNX file is written under its scratch name
+_KILLED_BUILDING_TORCHSCRIPT = (
+    "import os, runpy, signal; import toolkit.exporters.torchscript as ts; "
+    "ts.build = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+    "runpy.run_module('toolkit', run_name='__main__', alter_sys=True)")
+
+
+def test_an_export_removes_the_scratch_files_of_one_killed_before_its_commit(tmp_path, short_run, mnist_dir):
+    """A process killed while it writes its files leaves their scratch files, which no commit ever saw: the next
+    export, which holds the folder's lock, removes them, and only them (no user's file, link or folder that merely
+    looks like one, nor the scratch file of a verify or bench result, written without the lock)."""
+    import signal
+    import sys
+
+    from tests.conftest import run_process
+
+    out = tmp_path / "exp"
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out, "--data-dir", mnist_dir)
+    killed = run_process(sys.executable, "-c", _KILLED_BUILDING_TORCHSCRIPT, *args, "--format", "onnx,torchscript")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    scratch = sorted(name for name in _snapshot(out) if name.startswith("."))
+    assert [re.sub(r"\.[a-z0-9_]{8}\.tmp$", "", name) for name in scratch] == [".model.onnx", ".model.ts.pt"], scratch
+    assert (out / scratch[0]).stat().st_size > 0  # the ONNX file, written
+
+    (tmp_path / "mine").write_text("a user's file")
+    theirs = {".model.onnx.abcd_123.tmp": "folder", ".model.ts.pt.abcd_123.tmp": "-> ../mine",
+              ".verify.json.abcd_123.tmp": b"{", ".notes.abcd_123.tmp": b"mine", ".model.onnx.abc.tmp": b"mine",
+              ".model.onnx.abcd_123.tmp.bin": b"mine"}
+    (out / ".model.onnx.abcd_123.tmp").mkdir()
+    (out / ".model.ts.pt.abcd_123.tmp").symlink_to("../mine")
+    for name, data in theirs.items():
+        if isinstance(data, bytes):
+            (out / name).write_bytes(data)
+
+    result = run_cli(*args, "--format", "onnx")
+    assert result.exit_code == 0, result.stderr
+    assert f"removed {', '.join(scratch)} from {out}/, the scratch files of an export that was stopped before it " \
+        "was done" in result.stderr.splitlines()
+    done = _snapshot(out)
+    assert {name: data for name, data in done.items() if name.startswith(".")} == theirs
+    assert {name for name in done if not name.startswith(".")} == {"manifest.json", "model.onnx", "golden.npy"}
+    assert (tmp_path / "mine").read_text() == "a user's file"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ def temp_beside(path: Path) -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make artifacts unreadable to others
     return Path(tmp)
+
+
+# the name `temp_beside` gives a file for NAME: ".NAME." + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_name_of(name: str) -> str | None:
+    """The name whose `temp_beside` file `name` is named like (".model.onnx.k3_x9abq.tmp": "model.onnx"), or None."""
+    found = _TEMP_NAME.fullmatch(name)
+    return found.group(1) if found else None
 
 
 def check_target(path: Path) -> None:

@@ -15,7 +15,9 @@ otherwise its files are put back under their names (over the new ones), and the 
 manifest does not list, with the scratch files the commit had not yet renamed, are removed: the commit notes in the
 folder set aside, before its first rename, each name it puts in place with its scratch file's name and inode, and
 only a file of that inode is removed. Until then the previous manifest's hashes refuse the new files that took its
-files' names.
+files' names. A crash before the commit (while the files are written) leaves only scratch files, which `recover`
+removes too: under the folder's exclusive lock, which every export holds while its scratch files exist, a scratch
+file of a name an export writes is no live export's.
 """
 
 from __future__ import annotations
@@ -32,14 +34,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from toolkit import fileio
-from toolkit.artifacts import MANIFEST_NAME
+from toolkit.artifacts import GOLDEN_NAME, MANIFEST_NAME
 from toolkit.errors import OutputError
+from toolkit.formats import FORMATS
+from toolkit.refinputs import INPUTS_NAME
 
 Log = Callable[[str], None]
 
 ASIDE_PREFIX = ".export-old-"  # then the start of the new manifest's SHA-256, "-" and mkdtemp's random part
 _TAG = 16
 _WRITTEN = ".written"  # in the folder set aside: what its commit puts in place (no name an export writes is hidden)
+# each file name an export writes, with the endings of the companion files a builder writes beside its scratch file
+# (exporters.scratch_path: ".model.xml.<random>.tmp.bin"); verify's and bench's results are no export's: they are
+# written without the lock, and their scratch files may be a live command's
+_OWN_FILES = {MANIFEST_NAME: (), GOLDEN_NAME: (), INPUTS_NAME: (),
+              **{f.file_name(p): f.companions for f in FORMATS.values() for p in f.precisions}}
 
 
 class Staging:
@@ -129,8 +138,9 @@ class Staging:
             raise
 
     def recover(self, log: Log) -> None:
-        """Settle the folders set aside by commits a crash stopped (see the module's docstring). OutputError if a
-        file cannot be put back."""
+        """Settle the folders set aside by commits a crash stopped, and remove the scratch files of exports a crash
+        stopped before their commit (see the module's docstring); only under the folder's exclusive lock. OutputError
+        if a file cannot be put back."""
         manifest = self.out_dir / MANIFEST_NAME
         digest = fileio.file_digest(manifest) if manifest.is_file() and not manifest.is_symlink() else ""
         for aside in sorted(self.out_dir.glob(f"{_escaped(ASIDE_PREFIX)}*")):
@@ -154,6 +164,7 @@ class Staging:
             if removed:
                 log(f"removed {', '.join(removed)} from {self.out_dir}/, which an export that was stopped part-way "
                     "had put in place")
+        _remove_scratch(self.out_dir, log)
 
 
 def _move_aside(path: Path, aside: Path, done: list[tuple[Path, Path]], verb: str = "write") -> None:
@@ -249,6 +260,39 @@ def _remove_file(path: Path, inode: int) -> bool:
         raise OutputError(f"cannot remove {path}, which an export that was stopped part-way wrote: "
                           f"{e.strerror or e}; remove it") from None
     return True
+
+
+def _remove_scratch(out_dir: Path, log: Log) -> None:
+    """Remove the scratch files a stopped export left in `out_dir`: regular files (never a link or a folder) named as
+    `fileio.temp_beside` names one for a file an export writes, or as a companion file beside one; said in one line."""
+    removed, failed = [], []
+    try:
+        entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not (_own_scratch(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            failed.append(f"{entry.name} ({e.strerror or e})")
+    if removed:
+        log(f"removed {', '.join(removed)} from {out_dir}/, the scratch files of an export that was stopped before "
+            "it was done")
+    if failed:
+        log(f"could not remove {', '.join(failed)} from {out_dir}/, the scratch files of an export that was stopped")
+
+
+def _own_scratch(name: str) -> bool:
+    """Whether `name` is that of a scratch file of a name an export writes, or of a companion file beside one."""
+    if fileio.temp_name_of(name) in _OWN_FILES:
+        return True
+    stem, ending = os.path.splitext(name)
+    return ending in _OWN_FILES.get(fileio.temp_name_of(stem) or "", ())
 
 
 def _delete_aside(aside: Path, log: Log) -> None:
