@@ -83,3 +83,16 @@ def test_a_staged_write_fills_its_scratch_file_itself(tmp_path):
             tmp.write_bytes(b"half")
             raise OSError(28, "No space left on device")
     assert not scratch.exists() and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_open_regular_reads_only_the_regular_file_it_checked(tmp_path):
+    (tmp_path / "file").write_bytes(b"data")
+    (tmp_path / "link").symlink_to("file")
+    os.mkfifo(tmp_path / "fifo")
+    with fileio.open_regular(tmp_path / "link") as f:  # followed where asked
+        assert fileio.stream_digest(f) == fileio.digest(b"data") == fileio.file_digest(tmp_path / "file")
+    with pytest.raises(OSError):
+        fileio.open_regular(tmp_path / "link", follow_links=False)
+    for path in (tmp_path / "fifo", tmp_path):  # refused at once: a FIFO does not block the open
+        with pytest.raises(OSError):
+            fileio.open_regular(path)

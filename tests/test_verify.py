@@ -411,9 +411,9 @@ def test_a_manifests_checkpoint_path_leads_nowhere_outside_the_project(short_run
         assert result.exit_code == 0, result.stderr
     assert read_manifest(project / "exported")[0].source_checkpoint == "../runs/run/checkpoint.pt"
     digested = []
-    digest = fileio.file_digest
-    monkeypatch.setattr(fileio, "file_digest", lambda path, *a: digested.append(os.path.abspath(path)) or
-                        digest(path, *a))
+    opened = fileio.open_regular
+    monkeypatch.setattr(fileio, "open_regular", lambda path, *a, **k: digested.append(os.path.abspath(path)) or
+                        opened(path, *a, **k))
 
     def verified(folder, reference="auto"):
         result = run_cli("verify", "--artifacts", folder, "--reference", reference, "--batch1-images", "2",
@@ -472,8 +472,9 @@ def test_a_checkpoint_beside_the_manifest_is_never_read_through_a_symbolic_link(
     (folder / "link.pt").symlink_to(tmp_path / "outside" / "checkpoint.pt")
     monkeypatch.chdir(tmp_path / "outside")
     digested = []
-    digest = fileio.file_digest
-    monkeypatch.setattr(fileio, "file_digest", lambda p, *a: digested.append(os.path.abspath(p)) or digest(p, *a))
+    opened = fileio.open_regular
+    monkeypatch.setattr(fileio, "open_regular", lambda p, *a, **k: digested.append(os.path.abspath(p)) or
+                        opened(p, *a, **k))
 
     with pytest.raises(CheckpointError):
         find_checkpoint(folder, read_manifest(folder))
@@ -482,6 +483,19 @@ def test_a_checkpoint_beside_the_manifest_is_never_read_through_a_symbolic_link(
     assert result.exit_code == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "v.json").read_text())["reference"].startswith("golden.npy"), result.stdout
     assert str(folder / "link.pt") not in digested
+
+    # a link put in place of a regular file after the look at the folder is not read either: the file is opened
+    # without following a link, and the descriptor read is the one checked to be a regular file
+    from toolkit import source_checkpoint
+
+    with monkeypatch.context() as m:
+        m.setattr(source_checkpoint, "_beside", lambda folder: [folder / "link.pt"])
+        with pytest.raises(CheckpointError):
+            find_checkpoint(folder, read_manifest(folder))
+        (folder / "link.pt").unlink()
+        os.mkfifo(folder / "link.pt")  # nor does a FIFO hold the search (opened, it is no regular file)
+        with pytest.raises(CheckpointError):
+            find_checkpoint(folder, read_manifest(folder))
 
     (folder / "link.pt").unlink()
     shutil.copyfile(tmp_path / "outside" / "checkpoint.pt", folder / "copied.pt")

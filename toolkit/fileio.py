@@ -8,6 +8,7 @@ link, a folder) in one line, leaving it as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,7 +19,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @contextlib.contextmanager
@@ -120,11 +121,30 @@ def digest(data: bytes, algorithm: str = "sha256") -> str:
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return stream_digest(f, algorithm)
+
+
+def stream_digest(f: BinaryIO, algorithm: str = "sha256") -> str:
+    """The digest of what is left to read in the open file `f`."""
+    h = hashlib.new(algorithm)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> BinaryIO:
+    """`path` opened for reading, if what was opened is a regular file: checked (fstat) on the very descriptor then
+    read, so nothing put in its place after an earlier look is read instead. `follow_links=False`: a symbolic link at
+    `path` is refused too (O_NOFOLLOW). O_NONBLOCK: a FIFO does not hold the open. OSError if not."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def shortest(path: str | os.PathLike) -> Path:
@@ -169,8 +189,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait_s: float = 600.0) -> Iterator[None]:
-    """Hold an advisory lock on `folder` itself (exclusive for writers, shared for readers).
+def folder_lock(folder: str | os.PathLike, *, wait_s: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `folder` itself.
 
     Two exports into one folder then run one after the other instead of mixing their files. The lock is
     taken on the folder's own descriptor, so no lock file is left behind. Waits up to `wait_s`, then raises.
@@ -187,7 +207,7 @@ def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait_s: floa
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:

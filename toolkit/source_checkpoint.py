@@ -21,25 +21,34 @@ def find_checkpoint(folder: str | os.PathLike, artifacts: list[Artifact], explic
 
     `explicit` (--checkpoint) wins as given (verify then reports a mismatch as a failure). Otherwise the manifest's
     recorded path (relative to the manifest, followed only as `followed` allows), then any `*.pt` beside the
-    manifest (`_beside`), is used if its SHA-256 is the one recorded; only regular files are hashed. CheckpointError
-    says exactly what is needed when none fits.
+    manifest (`_beside`), is used if its SHA-256 is the one recorded; only regular files are hashed, checked on the
+    descriptor read (one beside the manifest opened without following a symbolic link). CheckpointError says
+    exactly what is needed when none fits.
     """
     if explicit:
         return Path(explicit)
     folder = Path(folder)
     wanted = {a.source_sha256 for a in artifacts}
     recorded = [folder / a.source_checkpoint for a in artifacts[:1] if a.source_checkpoint]
-    candidates = [p for p in recorded if followed(folder, p)]
-    candidates += _beside(folder)
-    for path in candidates:
-        try:
-            if path.is_file() and path.stat().st_size < 1 << 30 and fileio.file_digest(path) in wanted:
-                return fileio.shortest(path)  # the manifest's path is relative to its folder: exported/../runs/...
-        except OSError:
-            continue
+    reachable = [p for p in recorded if followed(folder, p)]
+    beside = _beside(folder)
+    candidates = reachable + beside
+    for path, follow_links in [*((p, True) for p in reachable), *((p, False) for p in beside)]:
+        if _digest(path, follow_links) in wanted:
+            return fileio.shortest(path)  # the manifest's path is relative to its folder: exported/../runs/...
     raise CheckpointError(f"the checkpoint these artifacts were exported from (SHA-256 {next(iter(wanted), '')[:16]}"
                           f"...) is not at {_where(recorded, candidates)} nor beside {folder / MANIFEST_NAME}; "
                           "pass it with --checkpoint or copy it next to the manifest")
+
+
+def _digest(path: Path, follow_links: bool) -> str | None:
+    """The SHA-256 of the regular file at `path` (`follow_links=False`: never through a symbolic link), read from the
+    descriptor checked; None for anything else, or a file of 1 GiB or more."""
+    try:
+        with fileio.open_regular(path, follow_links=follow_links) as f:
+            return fileio.stream_digest(f) if os.fstat(f.fileno()).st_size < 1 << 30 else None
+    except OSError:
+        return None
 
 
 def _beside(folder: Path) -> list[Path]:
