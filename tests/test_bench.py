@@ -646,6 +646,6 @@ def test_bench_judges_a_bf16_run_by_the_precision_it_computed(monkeypatch):
     key = ("openvino", "onnx", "fp32", RunnerOptions(mode="bf16"))
     for computed, judged in (("f32", "fp32"), ("bf16", "bf16")):
         verdict = search._verdict_of(key, SimpleNamespace(computed_mode=computed),
-                                     ref=SimpleNamespace(labels=None), artifact=None)
+                                     ref=SimpleNamespace(labels=None), artifact=None, total=10)
         assert used.pop() == verify.DEFAULT_TOLERANCES[judged] and verdict["judged_as"] == judged
         assert verdict.get("computed_mode") == ("f32" if computed == "f32" else None)

@@ -15,6 +15,7 @@ from toolkit.calibration import (
     FROM_REFERENCE_INPUTS,
     NothingHeldOut,
     also_calibrating,
+    also_calibrating_among,
     calibration_side,
     judged_rows,
     plan,
@@ -88,6 +89,11 @@ def test_only_an_int8_file_calibrated_on_reference_inputs_is_judged_on_the_other
     for artifact in (calibrated, _int8(FROM_REFERENCE_INPUTS, "fp32"), None, "runs/x/checkpoint.pt"):
         assert judged_rows(artifact, ref) is ref
     assert also_calibrating(calibrated, ref) == 3 and also_calibrating(_int8(FROM_REFERENCE_INPUTS), ref) == 0
+    # of a sample of the 400, how many also calibrated it: the record says 3 of all 400, not which
+    assert also_calibrating_among(calibrated, ref, 400, 400) == (3, 3)
+    assert also_calibrating_among(calibrated, ref, 50, 400) == (0, 3)
+    assert also_calibrating_among(calibrated, ref, 399, 400) == (2, 3)
+    assert also_calibrating_among(_int8(FROM_REFERENCE_INPUTS), ref, 50, 400) == (0, 0)
     labelled = _reference(ROWS, labels=np.zeros(len(ROWS), np.int64))  # MNIST: the test set never calibrates
     assert judged_rows(_int8(FROM_REFERENCE_INPUTS), labelled) is labelled
     with pytest.raises(NothingHeldOut, match="none of the 3 reference inputs checked is held out.*--inputs"):

@@ -833,6 +833,34 @@ def test_int8_calibrated_on_the_reference_inputs_themselves_says_so(colour_model
     assert f"{int8}: judged on all {K} reference inputs, {K} of which also calibrated it" in said
 
 
+def test_bench_says_how_many_rows_judging_an_int8_file_also_calibrated_it(colour_model: Path, tmp_path: Path):
+    """--calibration-inputs that hold 40 of the 64 reference inputs: bench says, as verify does, how many of the rows
+    it judged the int8 file on also calibrated it; on a sample of them, the range the export's record leaves open."""
+    np.save(tmp_path / "some.npy", np.load(colour_model / "ref.npy")[:40])
+    result = _export(colour_model, "--input-shape", "3,32,32", "--format", "onnx", "--precision", "int8",
+                     "--inputs", colour_model / "ref.npy", "--calibration-inputs", tmp_path / "some.npy",
+                     out="some-overlap")
+    assert result.exit_code == 0, result.stderr
+
+    def bench(images: int) -> tuple[str, dict]:
+        report = tmp_path / f"b{images}.json"
+        result = run_cli("bench", "--artifacts", colour_model / "some-overlap", "--verify-images", str(images),
+                         "--runtime", "onnxruntime", "--data-dir", tmp_path / "no-mnist", "--batch-sizes", "8",
+                         "--seconds", "0.05", "--rounds", "1", "--json", report)
+        assert result.exit_code == 0, result.stderr
+        [verdict] = json.loads(report.read_text())["verification"].values()
+        return " ".join(result.stdout.split()), verdict
+
+    said, verdict = bench(K)
+    assert (f"onnxruntime onnx/int8: judged on all {K} reference inputs, 40 of which also calibrated it "
+            "(--calibration-inputs shares them with --inputs)") in said
+    assert verdict["n"] == verdict["reference_inputs"] == K and verdict["also_calibrating"] == 40
+    said, verdict = bench(32)  # every other row: at least 8 of them are among the 40
+    assert f"judged on 32 of the {K} reference inputs, 8 to 32 of which also calibrated it" in said
+    assert "records how many, not which" in said and said.count("judged on") == 1
+    assert verdict["also_calibrating_range"] == [8, 32] and "also_calibrating" not in verdict
+
+
 def test_bench_says_an_int8_file_it_could_not_judge_was_not_checked(colour_export: Path, tmp_path: Path):
     from toolkit.calibration import calibration_side
 

@@ -144,6 +144,15 @@ def also_calibrating(artifact: Any, ref: Any) -> int:
     return int(settings.get("reference_inputs_in_calibration") or 0)
 
 
+def also_calibrating_among(artifact: Any, ref: Any, judged: int, total: int) -> tuple[int, int]:
+    """Of `judged` rows of an export's `total` reference inputs (`ref`: them, or a sample of them), how many also
+    calibrated `artifact`, as (at least, at most): its manifest entry records how many of all of them did, not
+    which, so the count in a sample is known only where that record settles it (all rows judged, none or every one
+    calibrating, or more calibrating than a sample could miss)."""
+    overlap = also_calibrating(artifact, ref)
+    return max(0, judged - (total - overlap)), min(judged, overlap)
+
+
 class NothingHeldOut(ArtifactError):
     """None of the reference inputs checked may judge an int8 file: each of them calibrated it."""
 

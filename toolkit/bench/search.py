@@ -245,10 +245,10 @@ def sample(ref: Any, images: int) -> Any:
                                log_probs=ref.log_probs[::step][:images])
 
 
-def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None) -> dict[str, Any]:
-    """verify's judgement of one runner on the reference's inputs (those that may judge its artifact), with the
-    default tolerances of the precision it computes at (as verify judges: an OpenVINO bf16 mode that computes f32
-    is held to f32's)."""
+def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None, total: int) -> dict[str, Any]:
+    """verify's judgement of one runner on the reference's inputs (those that may judge its artifact; `ref` may be
+    a sample of the `total` there are), with the default tolerances of the precision it computes at (as verify
+    judges: an OpenVINO bf16 mode that computes f32 is held to f32's)."""
     from toolkit import verify
 
     runtime, fmt, precision, options = key
@@ -264,7 +264,22 @@ def _verdict_of(key: tuple, runner: Runner, ref: Any, artifact: Artifact | None)
     return {"runtime": runtime, "artifact": f"{fmt}/{precision}", "judged_as": judged,
             **({"computed_mode": computed} if computed != options.mode else {}),
             **{k: fields.get(k) for k in ("passed", "agreement", "n", "max_abs_diff", "failures")},
-            **({"held_out_of": len(ref.pixels)} if rows is not ref and "n" in fields else {})}  # n: those held out
+            **(_judged_on(artifact, ref, rows, fields["n"], total) if "n" in fields else {})}
+
+
+def _judged_on(artifact: Artifact | None, ref: Any, rows: Any, n: int, total: int) -> dict[str, Any]:
+    """Which rows judged an int8 file of an --input-shape export (toolkit.calibration), as verify says it: of the
+    `ref` rows checked, the n held out from its calibration (held_out_of: those checked); or, where
+    --calibration-inputs shares rows with the `total` reference inputs, how many of the n judged also calibrated it
+    (also_calibrating, or [at least, at most] where a sample of them leaves it open: the manifest records how many
+    of all of them did, not which)."""
+    if rows is not ref:
+        return {"held_out_of": len(ref.pixels)}
+    least, most = calibration.also_calibrating_among(artifact, ref, n, total)
+    if not most:
+        return {}
+    return {"reference_inputs": total,
+            **({"also_calibrating": most} if least == most else {"also_calibrating_range": [least, most]})}
 
 
 class Opener:
@@ -291,7 +306,9 @@ class Opener:
                                 f"{options_words(c.options)}", ms)
         ref = self.reference(c) if verify else None
         if ref is not None and c.verify_key not in self.verdicts:
-            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, ref, self.artifact(c)),
+            own = self.inputs(c)  # every reference input of an --input-shape export; `ref` may be a sample
+            total = len(ref.pixels) if own is None else len(own)
+            self.verdicts[c.verify_key] = {**_verdict_of(c.runner_key, runner, ref, self.artifact(c), total),
                                            "verified_with": options_words(c.options)}
         known = self.settings.setdefault(c.runtime, [])
         if runner.settings() not in known:

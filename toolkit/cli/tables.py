@@ -253,6 +253,23 @@ def _print_compared_on(reports: list[Any]) -> None:
         _print_judged_on(side.file, first.n, total, side.also_calibrating, side.held_out or total)
 
 
+def _print_bench_judged_on(verification: dict[str, dict[str, Any]]) -> None:
+    """bench: a line, as verify prints it, for each int8 file verified on the reference inputs its calibration left
+    out, or on some that calibrated it too (those bench checked may be a sample: then the count may be a range)."""
+    judged = {(f"{v['runtime']} {v['artifact']}", v["n"], v.get("held_out_of") or 0, v.get("reference_inputs") or 0,
+               *(v.get("also_calibrating_range") or [v.get("also_calibrating") or 0] * 2))
+              for v in verification.values() if v.get("held_out_of") or v.get("reference_inputs")}
+    for name, n, held_out_of, total, least, most in sorted(judged):
+        if held_out_of or n == total:
+            _print_judged_on(name, n, held_out_of or total, most)
+            continue
+        count = f"{most:,}" if least == most else f"up to {most:,}" if not least else f"{least:,} to {most:,}"
+        why = "them with --inputs" if least == most else (f"some of the {total:,} with --inputs; the export records "
+                                                         "how many, not which")
+        out.print(f"{name}: judged on {n:,} of the {total:,} reference inputs, {count} of which also calibrated it "
+                  f"(--calibration-inputs shares {why})", highlight=False)
+
+
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
     """The summary table, what was left out and why, and one recommendation per regime; with `sweep`, every
     point first. The targets are not printed: they are the project's goals, rendered by benchmarks/report.py."""
@@ -268,10 +285,7 @@ def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
                  if v.get("passed") is None and v.get("failures")}  # a verdict that could not be computed: why
     for line in sorted(unchecked):
         out.print(f"not verified: {line}", highlight=False)
-    judged = {(f"{v['runtime']} {v['artifact']}", v["n"], v["held_out_of"]) for v in report.verification.values()
-              if v.get("held_out_of")}  # an int8 file verified on the reference inputs its calibration left out
-    for name, n, total in sorted(judged):
-        _print_judged_on(name, n, total)
+    _print_bench_judged_on(report.verification)
     for regime, f in report.fastest.items():
         out.print(bench_lib.fastest_line(f, regime), highlight=False)
     peaks = bench_lib.peaks_line(report)
