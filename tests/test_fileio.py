@@ -96,3 +96,19 @@ def test_open_regular_reads_only_the_regular_file_it_checked(tmp_path):
     for path in (tmp_path / "fifo", tmp_path):  # refused at once: a FIFO does not block the open
         with pytest.raises(OSError):
             fileio.open_regular(path)
+
+
+def test_a_writable_folder_check_does_not_mind_its_probe_removed(tmp_path, monkeypatch):
+    """An export holding a folder's lock removes the probe files left there, and may remove the live probe of another
+    export that is checking that it can write there: that check still passes, and leaves no probe."""
+    real_open = os.open
+
+    def open_(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if os.path.basename(path).startswith(fileio.WRITE_TEST):
+            os.unlink(path)  # removed at once by the export that holds the lock
+        return fd
+
+    monkeypatch.setattr(os, "open", open_)
+    assert fileio.check_writable_dir(tmp_path / "exp", "exported artifacts") == tmp_path / "exp"
+    assert os.listdir(tmp_path / "exp") == []

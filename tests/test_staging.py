@@ -189,3 +189,71 @@ def test_an_export_removes_the_scratch_files_of_one_killed_before_its_commit(tmp
     assert {name: data for name, data in done.items() if name.startswith(".")} == theirs
     assert {name for name in done if not name.startswith(".")} == {"manifest.json", "model.onnx", "golden.npy"}
     assert (tmp_path / "mine").read_text() == "a user's file"
+
+
+# the next export's first int8 candidate is quantized, its work files written, and the process killed
+_KILLED_QUANTIZING = (
+    "import os, runpy, signal; import toolkit.exporters.int8_phases as phases; "
+    "phases.uint8_max = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+    "runpy.run_module('toolkit', run_name='__main__', alter_sys=True)")
+
+
+def test_an_export_removes_the_scratch_folders_and_work_files_of_one_killed(tmp_path, short_run, mnist_dir):
+    """The other scratch names a killed export leaves in its folder, int8 quantization's work files (and what ONNX
+    Runtime writes beside them), OpenVINO's and the Triton repository's scratch folders, the writable folder's probe,
+    are removed by the next export too, in one line; a name of another pattern, a link, or a file where a folder is
+    made (or the other way round) stays."""
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from tests.conftest import run_process
+    from toolkit import fileio
+    from toolkit.exporters import triton
+
+    out = tmp_path / "exp"
+    args = ("export", "--checkpoint", short_run / "checkpoint.pt", "--out", out, "--data-dir", mnist_dir)
+    killed = run_process(sys.executable, "-c", _KILLED_QUANTIZING, *args, "--format", "onnx", "--precision", "int8",
+                         "--calibration-size", "100")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = sorted(name for name in os.listdir(out) if name.startswith(fileio.INT8_SCRATCH))
+    assert [re.sub(r"^\.int8-[0-9]+-", "", name) for name in work] == ["out.onnx", "pre.onnx", "raw.onnx"], work
+    side = f"{fileio.int8_scratch_stem(time.time_ns())}pre-opt.onnx"  # as an earlier ONNX Runtime names its own
+    (out / side).write_bytes(b"onnx")
+    (out / f"{work[0]}.data").write_bytes(b"weights")
+    staged = triton.stage_repository(out, [])[1]  # the Triton repository, as an export lays it out
+    (staged / "convnet").mkdir()
+    (staged / "convnet" / "config.pbtxt").write_text("name: ...")
+    (staged / "convnet" / "link").symlink_to(tmp_path / "theirs")  # removed itself, never followed
+    openvino = fileio.scratch_folder(out, fileio.OPENVINO_SCRATCH)
+    (openvino / "model.bin").write_bytes(b"weights")
+    fd, probe = tempfile.mkstemp(dir=out, prefix=fileio.WRITE_TEST)
+    os.close(fd)
+    ours = [p.name + "/" * p.is_dir() for p in sorted(out.iterdir())]  # with the int8 file's scratch file
+    assert len(ours) == 9 and f"{staged.name}/" in ours and f"{openvino.name}/" in ours and os.path.basename(probe) \
+        in ours and [n for n in ours if fileio.temp_name_of(n)] == [n for n in ours if n.startswith(".model.int8")]
+
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes").write_text("a user's file")
+    theirs = {".openvino-notes": "folder", ".openvino-notes/model.bin": b"mine", ".triton-abcd_123": "-> ../theirs",
+              ".openvino-abcd_123": b"a file, not a folder", ".write-test-abcd_123": "folder",
+              ".write-test-abcd_12": b"mine", ".int8-123-raw.onnx": "-> ../theirs/notes",
+              ".int8-123-other.onnx": b"mine", ".int8-notes-raw.onnx": b"mine", ".int8-123-raw": b"mine"}
+    (out / ".openvino-notes").mkdir()
+    (out / ".write-test-abcd_123").mkdir()
+    (out / ".triton-abcd_123").symlink_to("../theirs")
+    (out / ".int8-123-raw.onnx").symlink_to("../theirs/notes")
+    for name, data in theirs.items():
+        if isinstance(data, bytes):
+            (out / name).write_bytes(data)
+
+    result = run_cli(*args, "--format", "onnx")
+    assert result.exit_code == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("removed ")]
+    assert said == [f"removed {', '.join(ours)} from {out}/, the scratch files of an export that was stopped before "
+                    "it was done"], result.stderr
+    done = _snapshot(out)
+    assert {name: data for name, data in done.items() if name.startswith(".")} == theirs
+    assert {name for name in done if not name.startswith(".")} == {"manifest.json", "model.onnx", "golden.npy"}
+    assert (tmp_path / "theirs" / "notes").read_text() == "a user's file"

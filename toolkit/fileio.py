@@ -71,6 +71,38 @@ def temp_name_of(name: str) -> str | None:
     return found.group(1) if found else None
 
 
+# The other hidden scratch names an export makes in its folder, each here only, so that what makes one and what
+# removes the ones a killed export left (toolkit/staging.py) cannot drift apart. tempfile's names: the prefix, then
+# 8 random characters.
+OPENVINO_SCRATCH = ".openvino-"  # a folder (mkdtemp): OpenVINO saves its two files there, then they are moved
+TRITON_SCRATCH = ".triton-"  # a folder (mkdtemp): the Triton repository, laid out before it is put in place
+WRITE_TEST = ".write-test-"  # a file (mkstemp): check_writable_dir's probe
+# int8 quantization's work files: INT8_SCRATCH, time.time_ns(), "-", a part and ".onnx"; ONNX Runtime may write
+# others beside one, under its name and more ("-opt.onnx", ".onnx.data")
+INT8_SCRATCH = ".int8-"
+INT8_PARTS = ("raw", "pre", "out")
+_RANDOM = "[a-z0-9_]{8}"  # tempfile's alphabet
+_SCRATCH = ((re.compile(re.escape(OPENVINO_SCRATCH) + _RANDOM), stat.S_IFDIR),
+            (re.compile(re.escape(TRITON_SCRATCH) + _RANDOM), stat.S_IFDIR),
+            (re.compile(re.escape(WRITE_TEST) + _RANDOM), stat.S_IFREG),
+            (re.compile(rf"{re.escape(INT8_SCRATCH)}[0-9]+-(?:{'|'.join(INT8_PARTS)})[-.].+"), stat.S_IFREG))
+
+
+def int8_scratch_stem(stamp: int) -> str:
+    """The start of the names of one quantization's work files (`stamp`: time.time_ns()): then a part and ".onnx"."""
+    return f"{INT8_SCRATCH}{stamp}-"
+
+
+def scratch_folder(parent: Path, prefix: str) -> Path:
+    """A new hidden folder (0700) in `parent`, named `prefix` and tempfile's random part. OSError if it cannot be."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def scratch_kind(name: str) -> int | None:
+    """stat.S_IFDIR or stat.S_IFREG if `name` is that of one of the scratch folders or files above, else None."""
+    return next((kind for pattern, kind in _SCRATCH if pattern.fullmatch(name)), None)
+
+
 def check_target(path: Path) -> None:
     """Refuse to replace what is not a regular file: renaming over /dev/null or a FIFO would destroy it."""
     from toolkit.errors import OutputError
@@ -181,8 +213,10 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
         raise ConfigError(f"cannot write the {what} to {path}: {which} is {kind}, not a folder; choose a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
+        fd, probe = tempfile.mkstemp(dir=path, prefix=WRITE_TEST)
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):  # an export that holds the folder's lock may have removed it
+            os.unlink(probe)
     except OSError as e:
         raise ConfigError(f"cannot write the {what} to {path}: {e.strerror or e}; choose another folder") from None
     return path

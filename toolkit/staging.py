@@ -16,8 +16,10 @@ manifest does not list, with the scratch files the commit had not yet renamed, a
 folder set aside, before its first rename, each name it puts in place with its scratch file's name and inode, and
 only a file of that inode is removed. Until then the previous manifest's hashes refuse the new files that took its
 files' names. A crash before the commit (while the files are written) leaves only scratch files, which `recover`
-removes too: under the folder's exclusive lock, which every export holds while its scratch files exist, a scratch
-file of a name an export writes is no live export's.
+removes too, with the other scratch files and folders an export makes there (`fileio.scratch_kind`: OpenVINO's,
+the Triton repository laid out, int8 quantization's work files, the probe of a writable folder): under the folder's
+exclusive lock, which every export holds while its scratch files exist, a scratch file of a name an export writes is
+no live export's (the probe, made before the lock is taken, may be, and its maker does not mind it gone).
 """
 
 from __future__ import annotations
@@ -263,19 +265,25 @@ def _remove_file(path: Path, inode: int) -> bool:
 
 
 def _remove_scratch(out_dir: Path, log: Log) -> None:
-    """Remove the scratch files a stopped export left in `out_dir`: regular files (never a link or a folder) named as
-    `fileio.temp_beside` names one for a file an export writes, or as a companion file beside one; said in one line."""
+    """Remove the scratch files and folders a stopped export left in `out_dir`: each named as `fileio.temp_beside`
+    names one for a file an export writes, or as a companion file beside one (a regular file), or as one of the
+    other names of `fileio.scratch_kind` and of its kind (a regular file, or a folder that is not a link), never a
+    link; said in one line."""
     removed, failed = [], []
     try:
         entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
     except OSError:
         return
     for entry in entries:
+        kind = stat.S_IFREG if _own_scratch(entry.name) else fileio.scratch_kind(entry.name)
         try:
-            if not (_own_scratch(entry.name) and entry.is_file(follow_symlinks=False)):
+            if kind is None or stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) != kind:
                 continue
-            os.unlink(entry.path)
-            removed.append(entry.name)
+            if kind == stat.S_IFDIR:
+                shutil.rmtree(entry.path)  # which never follows a link in it
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name + "/" * (kind == stat.S_IFDIR))
         except FileNotFoundError:
             continue
         except OSError as e:

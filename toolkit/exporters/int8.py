@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import data as mnist
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.exporters import BuildOptions, ExportContext, int8_choice, int8_graph, int8_phases, quiet
 from toolkit.preprocess import MEAN, STD, normalize
 
@@ -152,8 +152,8 @@ def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOption
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch}
 
-    stamp = f"{time.time_ns()}"
-    raw, pre, out = (workdir / f".int8-{stamp}-{n}.onnx" for n in ("raw", "pre", "out"))
+    stem = fileio.int8_scratch_stem(time.time_ns())
+    raw, pre, out = (workdir / f"{stem}{part}.onnx" for part in fileio.INT8_PARTS)
     try:
         onnx.save(graph, str(raw))
         with quiet():
@@ -171,7 +171,7 @@ def quantize_candidate(graph, fp32_nodes: list[str], calib, options: BuildOption
     finally:
         for p in (raw, pre, out):
             p.unlink(missing_ok=True)
-        for p in workdir.glob(f".int8-{stamp}-*"):  # calibration side files
+        for p in workdir.glob(f"{stem}*"):  # calibration side files
             p.unlink(missing_ok=True)
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.errors import ConfigError
 from toolkit.exporters import BuildOptions, Built, ExportContext, int8, int8_graph, quiet, scratch_path
 from toolkit.exporters import onnx as onnx_graph
@@ -78,7 +77,7 @@ def _save(model: Any, xml_path: Path, bin_path: Path) -> None:
     output, then move both files to the paths the export stage renames into place."""
     import openvino as ov
 
-    scratch = Path(tempfile.mkdtemp(prefix=".openvino-", dir=xml_path.parent))
+    scratch = fileio.scratch_folder(xml_path.parent, fileio.OPENVINO_SCRATCH)
     try:
         ov.save_model(model, str(scratch / "model.xml"), compress_to_fp16=False)
         shutil.move(scratch / "model.bin", bin_path)

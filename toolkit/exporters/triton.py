@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import fileio
 from toolkit.artifacts import Artifact
 from toolkit.errors import ConfigError, OutputError
 from toolkit.formats import FORMATS
@@ -94,7 +94,7 @@ def stage_repository(out_dir: str | os.PathLike, artifacts: list[Artifact],
     target = out_dir / REPOSITORY
     staging = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{REPOSITORY}-", dir=out_dir))
+        staging = fileio.scratch_folder(out_dir, fileio.TRITON_SCRATCH)
         for model, artifact in zip(models, served):
             version = staging / model.name / "1"
             version.mkdir(parents=True)
