@@ -327,11 +327,13 @@ def test_a_class_of_ones_own_exports_and_verifies(own_model, mnist_dir, tmp_path
 
 def test_results_never_replace_the_model_code_an_export_records(own_model, mnist_dir, tmp_path, monkeypatch):
     """--json, --markdown: never over the model code the manifest records (`--model-code my_models.py:CLASS`, a
-    path from the folder export ran in), which the next export of the model imports, nor over any other .py file."""
+    path from the folder export ran in), which the next export of the model imports, nor over any other Python
+    file: a .py, a .pyw (a windowed script) or a .pyi (a type stub), in any case."""
     monkeypatch.chdir(tmp_path)
     code = (own_model / "my_models.py").read_text()
-    Path("my_models.py").write_text(code)
-    Path("other.py").write_text(code)
+    python_files = ("my_models.py", "other.py", "window.pyw", "stubs.pyi", "STUBS.PYI")
+    for name in python_files:
+        Path(name).write_text(code)
     result = run_cli("export", "--checkpoint", own_model / "tiny.pt", "--model-code", "my_models.py:TinyMLP",
                      "--model-args", '{"hidden": 32}', "--format", "onnx", "--precision", "fp32", "--out", "out",
                      "--data-dir", mnist_dir)
@@ -341,9 +343,12 @@ def test_results_never_replace_the_model_code_an_export_records(own_model, mnist
         (["bench", "--artifacts", "out", "--markdown", "my_models.py"], "one of this command's inputs"),
         (["compare", "out/model.onnx", "out/model.onnx", "--json", "my_models.py"], "it is Python code"),
         (["verify", "--artifacts", "out", "--json", "other.py"], "it is Python code"),
+        (["verify", "--artifacts", "out", "--json", "window.pyw"], "it is Python code"),
+        (["bench", "--artifacts", "out", "--markdown", "stubs.pyi"], "it is Python code"),
+        (["bench", "--artifacts", "out", "--plot", "STUBS.PYI"], "it is Python code"),
     ):
         assert says in assert_one_line_error(run_cli(*argv, "--data-dir", mnist_dir), 2), argv
-    assert Path("my_models.py").read_text() == code and Path("other.py").read_text() == code
+    assert all(Path(name).read_text() == code for name in python_files)
 
 
 def test_the_same_weights_as_another_model_are_another_export(own_model, mnist_dir, tmp_path):

@@ -22,6 +22,8 @@ from toolkit.runners import RUNTIMES
 out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False, "quiet": False}
+# the endings of Python source (a script, a windowed script, a type stub): no result is ever written over one
+PYTHON_SUFFIXES = (".py", ".pyw", ".pyi")
 
 
 def _path(value: str | Path) -> Path:
@@ -255,7 +257,7 @@ def _check_replaceable(path: Path, inputs: list[Path]) -> None:
     if _is_model_file(path):
         raise ConfigError(f"cannot write {path}: it is a model, checkpoint or export file, not a results file; "
                           "give the results a file name of their own")
-    if path.suffix.lower() == ".py":
+    if path.suffix.lower() in PYTHON_SUFFIXES:
         raise ConfigError(f"cannot write {path}: it is Python code (model code, perhaps), not a results file; "
                           "give the results a file name of their own")
     if _is_run_file(path):
