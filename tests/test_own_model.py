@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli, run_on_a_small_disk
+from tests.conftest import assert_one_line_error, run_cli, run_on_a_small_disk, run_process
 from toolkit.formats import FORMATS, PRECISIONS
 
 torch = pytest.importorskip("torch")
@@ -409,6 +409,25 @@ def test_the_code_hash_recorded_is_that_of_the_bytes_that_ran(own_model, tmp_pat
     assert code.read_text() == ran + "# rewritten while imported\n"  # it changed while it was imported, once
     model = json.loads((tmp_path / "out" / "manifest.json").read_text())["model"]
     assert model["code_sha256"] == hashlib.sha256(ran.encode()).hexdigest()
+
+
+def test_model_code_that_is_a_fifo_is_refused_at_once(own_model, tmp_path):
+    """--model-code naming a FIFO (no writer ever comes) is not read: the open does not wait on it, the descriptor
+    is found no regular file, and the export stops with one line, exit 2. Run in processes with a time limit, so a
+    read that waits fails the test instead of holding it."""
+    import os
+
+    fifo = tmp_path / "models.py"
+    os.mkfifo(fifo)
+    done = run_process(sys.executable, "-m", "toolkit", "export", "--checkpoint", own_model / "tiny.pt",
+                       "--model-code", f"{fifo}:TinyMLP", "--model-args", '{"hidden": 32}', "--format",
+                       "torchscript", "--out", tmp_path / "out", "--data-dir", tmp_path / "no-mnist", timeout=120)
+    assert f"model code {fifo} is not a regular file" in assert_one_line_error(done, 2)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # the read itself, as when a FIFO is put in the file's place after a look at it
+    read = run_process(sys.executable, "-c", "import sys; from toolkit import usermodel; from pathlib import Path; "
+                       "usermodel._read_code(Path(sys.argv[1]))", fifo, timeout=60)
+    assert "is not a regular file" in read.stderr and read.returncode != 0
 
 
 # --- refusals: one line, exit 2, nothing written --------------------------------------------------------------

@@ -152,11 +152,14 @@ def load_class(code: str) -> tuple[type, str | None]:
 
 
 def _read_code(path: Path) -> bytes:
-    """The bytes of a model's .py file, read once: what runs is what is hashed."""
+    """The bytes of a model's .py file, read once: what runs is what is hashed. Opened as a regular file (checked
+    on the descriptor read), so a FIFO or device at the path, or put there after a look, never holds the read."""
     try:
-        with open(path, "rb") as f:
+        with fileio.open_regular(path) as f:
             source = f.read(MAX_CODE_BYTES + 1)
     except OSError as e:
+        if not path.is_file():  # nothing there, a folder, a FIFO, a device
+            raise ConfigError(f"model code {path} {fileio.absent(path)}") from None
         raise ConfigError(f"cannot read model code {path}: {e.strerror or e}") from None
     if len(source) > MAX_CODE_BYTES:
         raise ConfigError(f"model code {path} is larger than {MAX_CODE_BYTES >> 20} MiB; not a model's source")
@@ -169,8 +172,6 @@ def _import(where: str) -> tuple[Any, str | None]:
     bytes are run; the SHA-256 returned with the module is theirs (None for a module imported by name)."""
     path = Path(where)
     by_path = where.endswith(".py")
-    if by_path and not path.is_file():
-        raise ConfigError(f"model code {where} does not exist")
     source = _read_code(path) if by_path else None
     folder = str(path.resolve().parent) if by_path else str(Path.cwd())
     sys.path.insert(0, folder)
