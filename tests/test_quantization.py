@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from toolkit import sysinfo
+from toolkit import fileio, sysinfo
 from toolkit.data import load_split
 from toolkit.export import ExportConfig
 from toolkit.exporters import ExportContext, int8, int8_choice, int8_graph, int8_phases
@@ -306,7 +306,7 @@ def test_every_candidate_runs_without_layout_conversions(onnx_int8, mnist_dir, t
     onnx.save(int8.quantize_candidate(fp32, [], calib, config, tmp_path), str(plain))
     ops = [n.op_type for n in _optimized_ops(plain)]
     assert ops.count("Transpose") > 1 and ops.count("DequantizeLinear") > 1
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".int8-")]  # scratch files removed
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(fileio.INT8_SCRATCH)]  # scratch files removed
 
 
 def test_calibration_and_validation_images_do_not_overlap(mnist_dir):

@@ -168,15 +168,17 @@ def test_an_export_removes_the_scratch_files_of_one_killed_before_its_commit(tmp
     killed = run_process(sys.executable, "-c", _KILLED_BUILDING_TORCHSCRIPT, *args, "--format", "onnx,torchscript")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     scratch = sorted(name for name in _snapshot(out) if name.startswith("."))
-    assert [re.sub(r"\.[a-z0-9_]{8}\.tmp$", "", name) for name in scratch] == [".model.onnx", ".model.ts.pt"], scratch
+    assert [re.sub(r"\.toolkit-[a-z0-9_]{8}\.tmp$", "", name) for name in scratch] == [".model.onnx", ".model.ts.pt"], \
+        scratch
     assert (out / scratch[0]).stat().st_size > 0  # the ONNX file, written
 
     (tmp_path / "mine").write_text("a user's file")
-    theirs = {".model.onnx.abcd_123.tmp": "folder", ".model.ts.pt.abcd_123.tmp": "-> ../mine",
-              ".verify.json.abcd_123.tmp": b"{", ".notes.abcd_123.tmp": b"mine", ".model.onnx.abc.tmp": b"mine",
-              ".model.onnx.abcd_123.tmp.bin": b"mine"}
-    (out / ".model.onnx.abcd_123.tmp").mkdir()
-    (out / ".model.ts.pt.abcd_123.tmp").symlink_to("../mine")
+    theirs = {".model.onnx.toolkit-abcd_123.tmp": "folder", ".model.ts.pt.toolkit-abcd_123.tmp": "-> ../mine",
+              ".verify.json.toolkit-abcd_123.tmp": b"{", ".notes.toolkit-abcd_123.tmp": b"mine",
+              ".model.onnx.toolkit-abc.tmp": b"mine", ".model.onnx.toolkit-abcd_123.tmp.bin": b"mine",
+              ".model.onnx.abcd_123.tmp": b"mine"}
+    (out / ".model.onnx.toolkit-abcd_123.tmp").mkdir()
+    (out / ".model.ts.pt.toolkit-abcd_123.tmp").symlink_to("../mine")
     for name, data in theirs.items():
         if isinstance(data, bytes):
             (out / name).write_bytes(data)
@@ -218,7 +220,8 @@ def test_an_export_removes_the_scratch_folders_and_work_files_of_one_killed(tmp_
                          "--calibration-size", "100")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     work = sorted(name for name in os.listdir(out) if name.startswith(fileio.INT8_SCRATCH))
-    assert [re.sub(r"^\.int8-[0-9]+-", "", name) for name in work] == ["out.onnx", "pre.onnx", "raw.onnx"], work
+    assert [re.sub(rf"^{re.escape(fileio.INT8_SCRATCH)}[0-9]+-", "", name) for name in work] == \
+        ["out.onnx", "pre.onnx", "raw.onnx"], work
     side = f"{fileio.int8_scratch_stem(time.time_ns())}pre-opt.onnx"  # as an earlier ONNX Runtime names its own
     (out / side).write_bytes(b"onnx")
     (out / f"{work[0]}.data").write_bytes(b"weights")
@@ -236,14 +239,15 @@ def test_an_export_removes_the_scratch_folders_and_work_files_of_one_killed(tmp_
 
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes").write_text("a user's file")
-    theirs = {".openvino-notes": "folder", ".openvino-notes/model.bin": b"mine", ".triton-abcd_123": "-> ../theirs",
-              ".openvino-abcd_123": b"a file, not a folder", ".write-test-abcd_123": "folder",
-              ".write-test-abcd_12": b"mine", ".int8-123-raw.onnx": "-> ../theirs/notes",
-              ".int8-123-other.onnx": b"mine", ".int8-notes-raw.onnx": b"mine", ".int8-123-raw": b"mine"}
-    (out / ".openvino-notes").mkdir()
-    (out / ".write-test-abcd_123").mkdir()
-    (out / ".triton-abcd_123").symlink_to("../theirs")
-    (out / ".int8-123-raw.onnx").symlink_to("../theirs/notes")
+    theirs = {".toolkit-openvino-notes": "folder", ".toolkit-openvino-notes/model.bin": b"mine",
+              ".toolkit-triton-abcd_123": "-> ../theirs", ".toolkit-openvino-abcd_123": b"a file, not a folder",
+              ".toolkit-write-test-abcd_123": "folder", ".toolkit-write-test-abcd_12": b"mine",
+              ".toolkit-int8-123-raw.onnx": "-> ../theirs/notes", ".toolkit-int8-123-other.onnx": b"mine",
+              ".toolkit-int8-notes-raw.onnx": b"mine", ".toolkit-int8-123-raw": b"mine", ".int8-123-raw.onnx": b"mine"}
+    (out / ".toolkit-openvino-notes").mkdir()
+    (out / ".toolkit-write-test-abcd_123").mkdir()
+    (out / ".toolkit-triton-abcd_123").symlink_to("../theirs")
+    (out / ".toolkit-int8-123-raw.onnx").symlink_to("../theirs/notes")
     for name, data in theirs.items():
         if isinstance(data, bytes):
             (out / name).write_bytes(data)
@@ -257,3 +261,110 @@ def test_an_export_removes_the_scratch_folders_and_work_files_of_one_killed(tmp_
     assert {name: data for name, data in done.items() if name.startswith(".")} == theirs
     assert {name for name in done if not name.startswith(".")} == {"manifest.json", "model.onnx", "golden.npy"}
     assert (tmp_path / "theirs" / "notes").read_text() == "a user's file"
+
+
+def _folder_with_user_files(tmp_path):
+    """An export folder (a manifest, an ONNX file) with a user's notes.txt and sub/important.txt beside them."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"artifacts": []}\n')
+    (out / "model.onnx").write_bytes(b"the earlier model")
+    (out / "notes.txt").write_text("user notes ORIGINAL")
+    (out / "sub").mkdir()
+    (out / "sub" / "important.txt").write_text("keep")
+    return out
+
+
+def test_recover_leaves_alone_a_folder_no_commit_set_aside(tmp_path):
+    """A user's folder whose name merely looks like a commit's set-aside folder is left as it is: its files are not
+    moved over the user's, nor the user's folders removed; one line says so for a name the toolkit would make."""
+    import hashlib
+    import json
+
+    from toolkit import fileio
+
+    out = _folder_with_user_files(tmp_path)
+    current = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()[:16]
+    note = json.dumps({"written": []})
+    folders = {  # name -> {name in it: content}
+        ".export-old-mynotes": {"notes.txt": "user notes v2", "sub/other.txt": "other"},  # as the review made it
+        f"{fileio.ASIDE_SCRATCH}{'0' * 16}-abcd_123": {"notes.txt": "user notes v2"},  # no note
+        f"{fileio.ASIDE_SCRATCH}{current}-abcd_123": {"model.onnx": "mine"},  # the "commit was done" tag, no note
+        f"{fileio.ASIDE_SCRATCH}{'1' * 16}-abcd_123": {".written": note, "notes.txt": "v2"},  # a name no export writes
+        f"{fileio.ASIDE_SCRATCH}{'2' * 16}-abcd_123": {".written": note, "sub/other.txt": "other"},
+        f"{fileio.ASIDE_SCRATCH}{'3' * 16}-abcd_123": {".written": '[["model.ts.pt", "x", 1]]', "model.onnx": "v2"},
+        f"{fileio.ASIDE_SCRATCH}mynotes": {".written": note, "model.onnx": "v2"},  # not a tag and a random part
+    }
+    for folder, files in folders.items():
+        for name, text in files.items():
+            (out / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / folder / name).write_text(text)
+    before, lines = _snapshot(out), []
+    Staging(out).recover(lines.append)
+    assert _snapshot(out) == before
+    assert lines == [f"left {out / name}/ alone: it is not a folder an export sets its earlier files aside in (its "
+                     "name, its note or a name in it is not one an export makes)"
+                     for name in sorted(folders) if name.startswith(fileio.ASIDE_SCRATCH)], lines
+
+
+def test_recover_removes_only_scratch_names_that_carry_the_toolkit_mark(tmp_path):
+    """A user's hidden files named like `<name>.<8 letters>.tmp` are theirs: only the names the toolkit makes,
+    which carry its mark, are removed as a stopped export's scratch files."""
+    from toolkit import fileio
+
+    out = _folder_with_user_files(tmp_path)
+    for name in (".manifest.json.original.tmp", ".model.onnx.previous.tmp", ".model.xml.backup_1.tmp.bin",
+                 ".triton-abcd_123", ".model.onnx.abcd_123.tmp", ".int8-123-raw.onnx"):
+        (out / name).write_text("the user's")
+    before, lines = _snapshot(out), []
+    ours = [fileio.temp_beside(out / "model.onnx"), fileio.temp_beside(out / "manifest.json"),
+            fileio.scratch_folder(out, fileio.TRITON_SCRATCH), fileio.scratch_folder(out, fileio.OPENVINO_SCRATCH)]
+    ours.append(out / f"{fileio.temp_beside(out / 'model.xml').name}.bin")  # OpenVINO's weights beside its graph
+    ours[-1].write_bytes(b"weights")
+    assert all(fileio.SCRATCH_MARK in p.name for p in ours)
+    Staging(out).recover(lines.append)
+    assert _snapshot(out) == before
+    assert len(lines) == 1 and lines[0].startswith("removed ") and ".model.xml." in lines[0], lines
+
+
+def test_recover_removes_only_the_very_files_a_stopped_commit_put_in_place(tmp_path, monkeypatch):
+    """A commit killed before the manifest's rename left new files in place; before the next export, the user wrote
+    their own content into one (the same inode) and a file into the new triton/ folder. Recovery removes a new file
+    only while it holds the content the commit noted (its SHA-256), a folder only while its tree is the one noted."""
+    import pytest
+
+    from toolkit import fileio, staging
+
+    out = _folder_with_user_files(tmp_path)
+    before = _snapshot(out)
+    stage = Staging(out)
+    for name, data in (("model.onnx", b"the new model"), ("model.ts.pt", b"the new torchscript"),
+                       ("model.app.onnx", b"the new app model"), ("manifest.json", b'{"artifacts": [1]}\n')):
+        stage.scratch(name).write_bytes(data)
+    triton = fileio.scratch_folder(out, fileio.TRITON_SCRATCH)
+    (triton / "m" / "1").mkdir(parents=True)
+    (triton / "m" / "1" / "model.onnx").write_bytes(b"the new model")
+    stage.add_folder("triton", triton)
+    real_replace = os.replace
+
+    def replace(src, dst, *rest, **kwargs):
+        if os.path.basename(dst) == "manifest.json" and ASIDE_PREFIX not in str(dst):
+            raise KeyboardInterrupt  # stands in for the process killed here: nothing after it runs
+        return real_replace(src, dst, *rest, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(staging, "_undo", lambda *a: None)
+        with pytest.raises(KeyboardInterrupt):
+            stage.commit(lambda line: None)
+    assert (out / "model.ts.pt").read_bytes() == b"the new torchscript"
+    with open(out / "model.ts.pt", "r+b") as f:  # the user's own content, written into the same file
+        f.write(b"my own torchscript!")
+    (out / "triton" / "mine.txt").write_text("the user's")
+    lines: list[str] = []
+    Staging(out).recover(lines.append)
+    assert _snapshot(out) == {**before, "model.ts.pt": b"my own torchscript!", "triton": "folder",
+                              "triton/m": "folder", "triton/m/1": "folder", "triton/m/1/model.onnx": b"the new model",
+                              "triton/mine.txt": b"the user's"}
+    assert lines[1] == f"removed model.app.onnx from {out}/, which an export that was stopped part-way had put in " \
+        "place", lines

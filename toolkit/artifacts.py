@@ -23,6 +23,7 @@ META_KEY = "toolkit.json"  # TorchScript _extra_files entry; ONNX uses one metad
 PTE_METADATA_METHOD = "toolkit_metadata"  # ExecuTorch constant method returning the metadata as JSON text
 # Results `make main` writes beside the artifacts, removed with them when `export --overwrite` replaces the model.
 RESULT_FILES = ("verify.json", *(f"bench-{p}.{ext}" for p in ("cpu", "cuda") for ext in ("json", "md", "png")))
+TRITON_REPOSITORY = "triton"  # the folder `export --format triton` lays out (toolkit/exporters/triton.py)
 
 
 @dataclass

@@ -51,9 +51,17 @@ def atomic_path(path: str | os.PathLike, to: str | os.PathLike | None = None) ->
             tmp_path.unlink(missing_ok=True)
 
 
+# Every hidden scratch name the toolkit makes carries SCRATCH_MARK, which ordinary names do not ("toolkit-" after
+# the leading dot, or after the name a scratch file stands in for), so that what removes the ones a killed export left
+# (toolkit/staging.py) never takes a user's ".model.onnx.original.tmp" for one. Each name is here only, so that what
+# makes one and what removes one cannot drift apart. tempfile's names: the prefix, then 8 random characters.
+SCRATCH_MARK = "toolkit-"
+_RANDOM = "[a-z0-9_]{8}"  # tempfile's alphabet
+
+
 def temp_beside(path: Path) -> Path:
     """A new empty hidden file in `path`'s folder, to be renamed to `path` once written. OSError if it cannot be."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{SCRATCH_MARK}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -61,27 +69,29 @@ def temp_beside(path: Path) -> Path:
     return Path(tmp)
 
 
-# the name `temp_beside` gives a file for NAME: ".NAME." + mkstemp's 8 random characters + ".tmp"
-_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+# the name `temp_beside` gives a file for NAME: ".NAME.toolkit-" + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(rf"\.(.+)\.{re.escape(SCRATCH_MARK)}{_RANDOM}\.tmp")
 
 
 def temp_name_of(name: str) -> str | None:
-    """The name whose `temp_beside` file `name` is named like (".model.onnx.k3_x9abq.tmp": "model.onnx"), or None."""
+    """The name whose `temp_beside` file `name` is named like (".model.onnx.toolkit-k3_x9abq.tmp": "model.onnx"), or
+    None."""
     found = _TEMP_NAME.fullmatch(name)
     return found.group(1) if found else None
 
 
-# The other hidden scratch names an export makes in its folder, each here only, so that what makes one and what
-# removes the ones a killed export left (toolkit/staging.py) cannot drift apart. tempfile's names: the prefix, then
-# 8 random characters.
-OPENVINO_SCRATCH = ".openvino-"  # a folder (mkdtemp): OpenVINO saves its two files there, then they are moved
-TRITON_SCRATCH = ".triton-"  # a folder (mkdtemp): the Triton repository, laid out before it is put in place
-WRITE_TEST = ".write-test-"  # a file (mkstemp): check_writable_dir's probe
+# The other hidden scratch names an export makes in its folder.
+OPENVINO_SCRATCH = f".{SCRATCH_MARK}openvino-"  # a folder (mkdtemp): OpenVINO saves its two files there, then moved
+TRITON_SCRATCH = f".{SCRATCH_MARK}triton-"  # a folder (mkdtemp): the Triton repository, laid out before put in place
+WRITE_TEST = f".{SCRATCH_MARK}write-test-"  # a file (mkstemp): check_writable_dir's probe
 # int8 quantization's work files: INT8_SCRATCH, time.time_ns(), "-", a part and ".onnx"; ONNX Runtime may write
 # others beside one, under its name and more ("-opt.onnx", ".onnx.data")
-INT8_SCRATCH = ".int8-"
+INT8_SCRATCH = f".{SCRATCH_MARK}int8-"
 INT8_PARTS = ("raw", "pre", "out")
-_RANDOM = "[a-z0-9_]{8}"  # tempfile's alphabet
+# the folder an export's commit sets the earlier files aside in (toolkit/staging.py): ASIDE_SCRATCH, the first 16 hex
+# digits of the new manifest's SHA-256, "-" and mkdtemp's random part; settled, not merely removed, by the next export
+ASIDE_SCRATCH = f".{SCRATCH_MARK}export-old-"
+ASIDE_NAME = re.compile(rf"{re.escape(ASIDE_SCRATCH)}([0-9a-f]{{16}})-{_RANDOM}")
 _SCRATCH = ((re.compile(re.escape(OPENVINO_SCRATCH) + _RANDOM), stat.S_IFDIR),
             (re.compile(re.escape(TRITON_SCRATCH) + _RANDOM), stat.S_IFDIR),
             (re.compile(re.escape(WRITE_TEST) + _RANDOM), stat.S_IFREG),

@@ -2,24 +2,26 @@
 
 Until `commit`, the folder's own files are untouched: a failed or interrupted export discards its scratch files
 and leaves the folder exactly as it was. `commit` only renames (it needs no disk space, and copies nothing): into
-one hidden folder it makes in the export folder, `.export-old-<tag>-...`, go first the previous export's stale files,
-then, one by one, each file of a name a new file takes, before the new one is renamed to it; the Triton repository
-likewise, and the manifest last, over the previous one. That last rename is the point of no return: should any step
-before it fail (an error, Ctrl-C), every rename made is undone, in reverse order, and the folder is again exactly as
-it was; once it is done, the folder set aside is deleted (should that fail, it is said, and the export stands).
+one hidden folder it makes in the export folder, `.toolkit-export-old-<tag>-...`, go first the previous export's
+stale files, then, one by one, each file of a name a new file takes, before the new one is renamed to it; the Triton
+repository likewise, and the manifest last, over the previous one. That last rename is the point of no return:
+should any step before it fail (an error, Ctrl-C), every rename made is undone, in reverse order, and the folder is
+again exactly as it was; once it is done, the folder set aside is deleted (should that fail, it is said, and the
+export stands).
 
 A crash in between (the process killed, the power gone) leaves the folder set aside. `recover`, run by the next
-export before it reads the folder, settles it: the tag is the start of the new manifest's SHA-256, so if the
-manifest in place is that one, the commit had passed its point of no return and the folder set aside is deleted;
-otherwise its files are put back under their names (over the new ones), and the new files of names the previous
-manifest does not list, with the scratch files the commit had not yet renamed, are removed: the commit notes in the
-folder set aside, before its first rename, each name it puts in place with its scratch file's name and inode, and
-only a file of that inode is removed. Until then the previous manifest's hashes refuse the new files that took its
-files' names. A crash before the commit (while the files are written) leaves only scratch files, which `recover`
-removes too, with the other scratch files and folders an export makes there (`fileio.scratch_kind`: OpenVINO's,
-the Triton repository laid out, int8 quantization's work files, the probe of a writable folder): under the folder's
-exclusive lock, which every export holds while its scratch files exist, a scratch file of a name an export writes is
-no live export's (the probe, made before the lock is taken, may be, and its maker does not mind it gone).
+export before it reads the folder, settles it (toolkit/recovery.py): the tag is the start of the new manifest's
+SHA-256, so if the manifest in place is that one, the commit had passed its point of no return and the folder set
+aside is deleted; otherwise its files are put back under their names (over the new ones), and the new files of names
+the previous manifest does not list, with the scratch files the commit had not yet renamed, are removed: the commit
+notes in the folder set aside, before its first rename, each name it puts in place with its scratch file's name and
+content (size and SHA-256, a folder's tree), and only a file of that content is removed. Until then the previous
+manifest's hashes refuse the new files that took its files' names. A crash before the commit (while the files are
+written) leaves only scratch files, which `recover` removes too, with the other scratch files and folders an export
+makes there (`fileio.scratch_kind`: OpenVINO's, the Triton repository laid out, int8 quantization's work files, the
+probe of a writable folder): under the folder's exclusive lock, which every export holds while its scratch files
+exist, a scratch file of a name an export writes is no live export's (the probe, made before the lock is taken, may
+be, and its maker does not mind it gone). Every such name carries `fileio.SCRATCH_MARK`; no other is removed.
 """
 
 from __future__ import annotations
@@ -29,28 +31,18 @@ import json
 import os
 import shutil
 import signal
-import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from toolkit import fileio
-from toolkit.artifacts import GOLDEN_NAME, MANIFEST_NAME
+from toolkit import fileio, recovery
+from toolkit.artifacts import MANIFEST_NAME
 from toolkit.errors import OutputError
-from toolkit.formats import FORMATS
-from toolkit.refinputs import INPUTS_NAME
 
 Log = Callable[[str], None]
 
-ASIDE_PREFIX = ".export-old-"  # then the start of the new manifest's SHA-256, "-" and mkdtemp's random part
+ASIDE_PREFIX = fileio.ASIDE_SCRATCH  # then the start of the new manifest's SHA-256, "-" and mkdtemp's random part
 _TAG = 16
-_WRITTEN = ".written"  # in the folder set aside: what its commit puts in place (no name an export writes is hidden)
-# each file name an export writes, with the endings of the companion files a builder writes beside its scratch file
-# (exporters.scratch_path: ".model.xml.<random>.tmp.bin"); verify's and bench's results are no export's: they are
-# written without the lock, and their scratch files may be a live command's
-_OWN_FILES = {MANIFEST_NAME: (), GOLDEN_NAME: (), INPUTS_NAME: (),
-              **{f.file_name(p): f.companions for f in FORMATS.values() for p in f.precisions}}
 
 
 class Staging:
@@ -99,9 +91,9 @@ class Staging:
         module's docstring)."""
         manifest = self.files[MANIFEST_NAME]
         try:
-            tag = fileio.file_digest(manifest)[:_TAG]
-            aside = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{tag}-", dir=self.out_dir))
-            self._note_written(aside)
+            digest = fileio.file_digest(manifest)
+            aside = fileio.scratch_folder(self.out_dir, f"{ASIDE_PREFIX}{digest[:_TAG]}-")
+            self._note_written(aside, (os.lstat(manifest).st_size, digest))
         except OSError as e:
             raise OutputError(f"cannot write in {self.out_dir}/: {e.strerror or e}") from None
         done: list[tuple[Path, Path]] = []  # the renames made, which a failure undoes
@@ -125,48 +117,26 @@ class Staging:
             self.files, self.folder = {}, None
             for name, why in self.stale.items():
                 log(f"removed {name}: {why}")
-            _delete_aside(aside, log)
+            recovery.delete_aside(aside, log)
         return list(self.stale)
 
-    def _note_written(self, aside: Path) -> None:
-        """Note in `aside` each name commit puts in place, with its scratch file's (or folder's) name and inode, so
-        that `recover` removes exactly what a stopped commit left. OSError, `aside` removed, if it cannot."""
+    def _note_written(self, aside: Path, manifest: tuple[int, str]) -> None:
+        """Note in `aside` each name commit puts in place, with its scratch file's (or folder's) name and content
+        (`recovery.note`; the sizes and SHA-256s the new `manifest`, of that size and SHA-256, lists are not read
+        again), so that `recover` removes exactly what a stopped commit left. OSError, `aside` removed, if it
+        cannot."""
         staged = [*self.files.items(), *([self.folder] if self.folder is not None else [])]
         try:
-            (aside / _WRITTEN).write_text(json.dumps([[name, scratch.name, os.lstat(scratch).st_ino]
-                                                      for name, scratch in staged]))
+            known = {**_listed(self.files[MANIFEST_NAME]), MANIFEST_NAME: manifest}
+            recovery.note(aside, staged, known)
         except OSError:
             shutil.rmtree(aside, ignore_errors=True)
             raise
 
     def recover(self, log: Log) -> None:
-        """Settle the folders set aside by commits a crash stopped, and remove the scratch files of exports a crash
-        stopped before their commit (see the module's docstring); only under the folder's exclusive lock. OutputError
-        if a file cannot be put back."""
-        manifest = self.out_dir / MANIFEST_NAME
-        digest = fileio.file_digest(manifest) if manifest.is_file() and not manifest.is_symlink() else ""
-        for aside in sorted(self.out_dir.glob(f"{_escaped(ASIDE_PREFIX)}*")):
-            if not aside.is_dir() or aside.is_symlink():
-                continue
-            tag = aside.name[len(ASIDE_PREFIX):].split("-")[0]
-            if len(tag) == _TAG and digest.startswith(tag):  # the commit was done but for deleting it
-                _delete_aside(aside, log)
-                log(f"removed {aside}/, the earlier files of an export that was stopped once it was done")
-                continue
-            names = sorted(p.name for p in aside.iterdir() if p.name != _WRITTEN)
-            for name in names:
-                _put_back(aside / name, self.out_dir / name)
-            removed = _take_back(self.out_dir, aside)
-            with contextlib.suppress(OSError):
-                (aside / _WRITTEN).unlink(missing_ok=True)
-                aside.rmdir()
-            if names or not removed:
-                log(f"put back {', '.join(names) or 'nothing'} from {aside}/, where an export that was stopped "
-                    "part-way had set the earlier export's files aside")
-            if removed:
-                log(f"removed {', '.join(removed)} from {self.out_dir}/, which an export that was stopped part-way "
-                    "had put in place")
-        _remove_scratch(self.out_dir, log)
+        """Settle what exports a crash stopped left in the folder (toolkit/recovery.py); only under the folder's
+        exclusive lock. OutputError if a file cannot be put back."""
+        recovery.recover(self.out_dir, log)
 
 
 def _move_aside(path: Path, aside: Path, done: list[tuple[Path, Path]], verb: str = "write") -> None:
@@ -204,110 +174,34 @@ def _undo(done: list[tuple[Path, Path]], aside: Path, log: Log) -> None:
     try:
         if not undone:  # the note stays, for `recover` to remove the new files left in place
             raise OSError
-        (aside / _WRITTEN).unlink(missing_ok=True)
+        (aside / recovery.NOTE).unlink(missing_ok=True)
         aside.rmdir()
     except OSError:
         log(f"could not put back every file of {aside.parent}/: those left are in {aside}/, and the next export "
             f"into {aside.parent}/ puts them back and removes the new ones")
 
 
-def _put_back(kept: Path, path: Path) -> None:
-    """Put a file (or folder) set aside back as `path`, over what a stopped commit put there."""
+def _listed(manifest: Path) -> dict[str, tuple[int, str]]:
+    """{file: (size, SHA-256)} of each file the new manifest lists with both (its artifacts, their companion files,
+    the golden outputs, the reference inputs): hashed as written, from the very scratch files commit renames."""
+    found: dict[str, tuple[int, str]] = {}
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            name, size, sha256 = value.get("file", value.get("inputs")), value.get("size_bytes"), value.get("sha256")
+            if isinstance(name, str) and isinstance(size, int) and isinstance(sha256, str):
+                found.setdefault(name, (size, sha256))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
     try:
-        if kept.is_dir() and not kept.is_symlink() and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # the stopped export's Triton repository: copies that no hash guards
-        os.replace(kept, path)
-    except OSError as e:
-        raise OutputError(f"cannot put back {path} from {kept}: {e.strerror or e}; put it back, or remove "
-                          f"{kept.parent} to lose the earlier export") from None
-
-
-def _take_back(out_dir: Path, aside: Path) -> list[str]:
-    """Remove what the commit stopped with `aside` left, as it noted there: each new file (or folder) still in place
-    of a name nothing was set aside for, and each scratch file it had not yet renamed; only one of the inode noted,
-    never a link, and only a plain name in `out_dir`. The names removed."""
-    try:
-        noted = json.loads((aside / _WRITTEN).read_text())
-    except (OSError, ValueError):  # none: set aside before the note was made, or before any rename
-        return []
-    removed = []
-    for entry in noted if isinstance(noted, list) else []:
-        if not (isinstance(entry, list) and len(entry) == 3 and all(_plain(n) for n in entry[:2])
-                and isinstance(entry[2], int)):
-            continue
-        name, scratch, inode = entry
-        if _remove_file(out_dir / name, inode):
-            removed.append(name)
-        _remove_file(out_dir / scratch, inode)
-    return sorted(removed)
-
-
-def _plain(name: object) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-
-
-def _remove_file(path: Path, inode: int) -> bool:
-    """Remove `path` if it is the regular file or folder of `inode` (a link is never followed); whether it was."""
-    try:
-        st = os.lstat(path)
-        if st.st_ino != inode or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            return False
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)  # the stopped export's Triton repository
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        raise OutputError(f"cannot remove {path}, which an export that was stopped part-way wrote: "
-                          f"{e.strerror or e}; remove it") from None
-    return True
-
-
-def _remove_scratch(out_dir: Path, log: Log) -> None:
-    """Remove the scratch files and folders a stopped export left in `out_dir`: each named as `fileio.temp_beside`
-    names one for a file an export writes, or as a companion file beside one (a regular file), or as one of the
-    other names of `fileio.scratch_kind` and of its kind (a regular file, or a folder that is not a link), never a
-    link; said in one line."""
-    removed, failed = [], []
-    try:
-        entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
-    except OSError:
-        return
-    for entry in entries:
-        kind = stat.S_IFREG if _own_scratch(entry.name) else fileio.scratch_kind(entry.name)
-        try:
-            if kind is None or stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) != kind:
-                continue
-            if kind == stat.S_IFDIR:
-                shutil.rmtree(entry.path)  # which never follows a link in it
-            else:
-                os.unlink(entry.path)
-            removed.append(entry.name + "/" * (kind == stat.S_IFDIR))
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            failed.append(f"{entry.name} ({e.strerror or e})")
-    if removed:
-        log(f"removed {', '.join(removed)} from {out_dir}/, the scratch files of an export that was stopped before "
-            "it was done")
-    if failed:
-        log(f"could not remove {', '.join(failed)} from {out_dir}/, the scratch files of an export that was stopped")
-
-
-def _own_scratch(name: str) -> bool:
-    """Whether `name` is that of a scratch file of a name an export writes, or of a companion file beside one."""
-    if fileio.temp_name_of(name) in _OWN_FILES:
-        return True
-    stem, ending = os.path.splitext(name)
-    return ending in _OWN_FILES.get(fileio.temp_name_of(stem) or "", ())
-
-
-def _delete_aside(aside: Path, log: Log) -> None:
-    try:
-        shutil.rmtree(aside)
-    except OSError as e:
-        log(f"could not remove {aside}/ (the files this export replaced): {e.strerror or e}")
+        walk(json.loads(manifest.read_text()))
+    except ValueError:
+        pass
+    return found
 
 
 def _escaped(name: str) -> str:

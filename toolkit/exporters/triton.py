@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import fileio
-from toolkit.artifacts import Artifact
+from toolkit.artifacts import TRITON_REPOSITORY, Artifact
 from toolkit.errors import ConfigError, OutputError
 from toolkit.formats import FORMATS
 
-REPOSITORY = "triton"
+REPOSITORY = TRITON_REPOSITORY
 DEFAULT_MAX_BATCH_SIZE = 1024
 MAX_MAX_BATCH_SIZE = 65536
 PREFERRED_BATCH_SIZES = (64, 256)
