@@ -101,3 +101,22 @@ def linear_classifier(path: Path, input_type: str = "float32", seed: int = 0) ->
         x = h.make_tensor_value_info("x", h.np_dtype_to_tensor_dtype(np.dtype(input_type)), ["N", 28, 28])
     graph = h.make_graph(nodes, "linear", [x], [h.make_tensor_value_info("logits", T.FLOAT, ["N", 10])], inits)
     return _save(graph, path)
+
+
+def swapped_after_read(monkeypatch, other: Path) -> list[Path]:
+    """Make every read of a model file by `toolkit.runners.foreign` replace the file with `other` once it has been
+    read, as a writer racing the toolkit would; the paths read are listed in the list returned."""
+    import shutil
+
+    from toolkit.runners import foreign
+
+    reads, read = [], foreign.read_listed_model_file
+
+    def read_then_replace(p):
+        read_back = read(p)
+        reads.append(p)
+        shutil.copy(other, p)
+        return read_back
+
+    monkeypatch.setattr(foreign, "read_listed_model_file", read_then_replace)
+    return reads

@@ -254,24 +254,17 @@ def test_an_onnx_in_openvino_or_opencv_runs_the_bytes_read_once(tmp_path, monkey
     say how the file is fed: the file is not read again, where it could be another model."""
     import shutil
 
-    from tests.onnx_models import linear_classifier
+    from tests.onnx_models import linear_classifier, swapped_after_read
     from toolkit.runners import foreign
     from toolkit.runners.base import RunnerOptions
 
     pytest.importorskip("openvino" if runtime == "openvino" else "cv2")
     mine = linear_classifier(tmp_path / "mine.onnx")
     other = linear_classifier(tmp_path / "other.onnx", seed=1)  # the same inputs and outputs, other weights
-    path, reads, read = tmp_path / "model.onnx", [], foreign.read_listed_model_file
-
-    def read_then_replace(p):  # the file is another model once it has been read
-        read_back = read(p)
-        reads.append(p)
-        shutil.copy(other, p)
-        return read_back
-
+    path = tmp_path / "model.onnx"
     pixels = foreign.random_pixels(8)
     expected, _ = foreign.scores(foreign.open_file(mine, RunnerOptions(threads=1)), pixels)
-    monkeypatch.setattr(foreign, "read_listed_model_file", read_then_replace)
+    reads = swapped_after_read(monkeypatch, other)  # the file is another model once it has been read
     shutil.copy(mine, path)
     runner = foreign.open_in(runtime, path, RunnerOptions(threads=1))
     assert runner.runtime == runtime and reads == [path]

@@ -360,21 +360,14 @@ def test_a_foreign_onnx_is_read_once_and_those_bytes_are_loaded(tmp_path, monkey
     manifest lists it): ONNX Runtime does not open it again, where it could find another model."""
     import shutil
 
-    from tests.onnx_models import constant_classifier, linear_classifier
+    from tests.onnx_models import constant_classifier, linear_classifier, swapped_after_read
     from toolkit.runners import foreign
     from toolkit.runners.base import RunnerOptions
 
     raw = linear_classifier(tmp_path / "raw.onnx", "int32")  # MNIST images, as raw pixels
     other = constant_classifier(tmp_path / "other.onnx", [1.0] + [0.0] * 9, input_shape=("N", 3, 32, 32))
-    path, reads, read = tmp_path / "model.onnx", [], foreign.read_listed_model_file
-
-    def read_then_replace(p):  # the file is another model once it has been read
-        read_back = read(p)
-        reads.append(p)
-        shutil.copy(other, p)
-        return read_back
-
-    monkeypatch.setattr(foreign, "read_listed_model_file", read_then_replace)
+    path = tmp_path / "model.onnx"
+    reads = swapped_after_read(monkeypatch, other)  # the file is another model once it has been read
     shutil.copy(raw, path)
     assert foreign.options_taken(path) == {"shape", "layout"} and reads == [path]
     shutil.copy(raw, path)
