@@ -368,3 +368,67 @@ def test_recover_removes_only_the_very_files_a_stopped_commit_put_in_place(tmp_p
                               "triton/mine.txt": b"the user's"}
     assert lines[1] == f"removed model.app.onnx from {out}/, which an export that was stopped part-way had put in " \
         "place", lines
+
+
+def test_recover_puts_back_only_over_the_very_files_a_stopped_commit_put_in_place(tmp_path, monkeypatch):
+    """A commit killed before the manifest's rename set the earlier files aside; before the next export, the user
+    wrote their own model.ts.pt in place of the new one, a file into the new triton/ folder and a model.int8.onnx
+    where the commit had removed the earlier one. Recovery puts an earlier file back only where nothing is or over
+    the new file noted; the user's entries stay, their earlier files stay set aside (one line says where), and no
+    later export settles that folder again."""
+    import pytest
+
+    from toolkit import fileio, staging
+
+    out = _folder_with_user_files(tmp_path)
+    for name, data in (("model.ts.pt", b"the earlier torchscript"), ("golden.npy", b"the earlier golden"),
+                       ("model.int8.onnx", b"the earlier int8 model"), ("triton/m/1/model.onnx", b"the earlier")):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    before = _snapshot(out)
+    stage = Staging(out)
+    for name, data in (("model.onnx", b"the new model"), ("model.ts.pt", b"the new torchscript"),
+                       ("golden.npy", b"the new golden"), ("manifest.json", b'{"artifacts": [1]}\n')):
+        stage.scratch(name).write_bytes(data)
+    triton = fileio.scratch_folder(out, fileio.TRITON_SCRATCH)
+    (triton / "m" / "1").mkdir(parents=True)
+    (triton / "m" / "1" / "model.onnx").write_bytes(b"the new model")
+    stage.add_folder("triton", triton)
+    stage.remove("model.int8.onnx", "stale")
+    real_replace = os.replace
+
+    def replace(src, dst, *rest, **kwargs):
+        if os.path.basename(dst) == "manifest.json" and ASIDE_PREFIX not in str(dst):
+            raise KeyboardInterrupt  # stands in for the process killed here: nothing after it runs
+        return real_replace(src, dst, *rest, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(staging, "_undo", lambda *a: None)
+        with pytest.raises(KeyboardInterrupt):
+            stage.commit(lambda line: None)
+    [aside] = [name for name in os.listdir(out) if name.startswith(ASIDE_PREFIX)]
+    assert (out / "model.ts.pt").read_bytes() == b"the new torchscript" and not (out / "model.int8.onnx").exists()
+    (out / "model.ts.pt").unlink()
+    (out / "model.ts.pt").write_bytes(b"my own torchscript")  # the user's, of a name the commit put a file at
+    (out / "model.int8.onnx").write_bytes(b"my own int8 model")  # the user's, where the commit put nothing
+    (out / "triton" / "mine.txt").write_text("the user's")
+    (out / "golden.npy").unlink()  # nothing there: the earlier file goes back
+    theirs = {"model.ts.pt": b"my own torchscript", "model.int8.onnx": b"my own int8 model", "triton": "folder",
+              "triton/m": "folder", "triton/m/1": "folder", "triton/m/1/model.onnx": b"the new model",
+              "triton/mine.txt": b"the user's"}
+    kept = {f"{aside}/{name}": data for name, data in before.items()
+            if name.split("/")[0] in ("model.ts.pt", "model.int8.onnx", "triton")}
+    lines: list[str] = []
+    Staging(out).recover(lines.append)
+    assert _snapshot(out) == {**before, **theirs, f"{aside}": "folder", **kept}, lines
+    assert lines == [f"put back golden.npy, model.onnx from {out / aside}/, where an export that was stopped "
+                     "part-way had set the earlier export's files aside",
+                     *(f"left {out / name} as it is, not what an export that was stopped part-way put there; the "
+                       f"earlier export's {name} stays in {out / aside}/"
+                       for name in ("model.int8.onnx", "model.ts.pt", "triton"))], lines
+    settled, lines = _snapshot(out), []
+    Staging(out).recover(lines.append)  # a later export: the folder, now without its note, is left alone
+    assert _snapshot(out) == settled
+    assert lines == [f"left {out / aside}/ alone: it is not a folder an export sets its earlier files aside in (its "
+                     "name, its note or a name in it is not one an export makes)"], lines

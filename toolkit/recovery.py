@@ -5,9 +5,11 @@ export stopped before its commit.
 Nothing is taken for the toolkit's by a name that merely looks like one. A folder set aside is settled only when its
 name is exactly one a commit makes (`fileio.ASIDE_NAME`), it holds the note the commit wrote before its first rename,
 of the structure `note` writes, and everything else in it bears a name an export writes (`EXPORT_NAMES`); any other
-is left alone, said in one line. A new file the note lists is removed only while it is the very content noted: a
-regular file of the size and SHA-256 noted (a user's identical copy loses nothing), a folder of the tree noted; a
-link is never followed. A scratch name carries `fileio.SCRATCH_MARK`, which ordinary names do not.
+is left alone, said in one line. A new file the note lists is removed, or an earlier file put back over it, only
+while it is the very content noted: a regular file of the size and SHA-256 noted (a user's identical copy loses
+nothing), a folder of the tree noted; a link is never followed. An earlier file is put back where nothing is, or
+over that new file; anything else there is left as it is and the earlier file stays set aside, said in one line.
+A scratch name carries `fileio.SCRATCH_MARK`, which ordinary names do not.
 """
 
 from __future__ import annotations
@@ -101,17 +103,24 @@ def recover(out_dir: Path, log: Log) -> None:
 
 
 def _settle(out_dir: Path, aside: Path, noted: list[dict], log: Log) -> None:
-    """Put back the earlier files `aside` holds, over the new ones, and remove the new files of other names."""
+    """Put back the earlier files `aside` holds, over the new ones, and remove the new files of other names. A name
+    that holds something other than the new file noted (a user's, written since) is left as it is, and its earlier
+    file stays in `aside`; the note goes, so that no later export takes a file of the same content for this one's."""
     names = sorted(p.name for p in aside.iterdir() if p.name != NOTE)
+    by_name = {entry["name"]: entry for entry in noted}
+    put, left = [], []
     for name in names:
-        _put_back(aside / name, out_dir / name)
+        (put if _put_back(aside / name, out_dir / name, by_name.get(name)) else left).append(name)
     removed = _take_back(out_dir, noted, set(names))
     with contextlib.suppress(OSError):
         (aside / NOTE).unlink(missing_ok=True)
         aside.rmdir()
-    if names or not removed:
-        log(f"put back {', '.join(names) or 'nothing'} from {aside}/, where an export that was stopped part-way had "
+    if put or not (removed or left):
+        log(f"put back {', '.join(put) or 'nothing'} from {aside}/, where an export that was stopped part-way had "
             "set the earlier export's files aside")
+    for name in left:
+        log(f"left {out_dir / name} as it is, not what an export that was stopped part-way put there; the earlier "
+            f"export's {name} stays in {aside}/")
     if removed:
         log(f"removed {', '.join(removed)} from {out_dir}/, which an export that was stopped part-way had put in place")
 
@@ -158,15 +167,23 @@ def _unfinished(aside: Path) -> bool:
         return False
 
 
-def _put_back(kept: Path, path: Path) -> None:
-    """Put a file (or folder) set aside back as `path`, over what a stopped commit put there."""
+def _put_back(kept: Path, path: Path, entry: dict | None) -> bool:
+    """Put a file (or folder) set aside back as `path`, where nothing is or what the stopped commit put there, as
+    `entry` notes it (None: it put nothing there); whether it was. Anything else there is left as it is."""
     try:
-        if kept.is_dir() and not kept.is_symlink() and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # the stopped export's Triton repository: copies that no hash guards
+        try:
+            if entry is None or not _is_noted(path, entry):
+                return False
+        except FileNotFoundError:
+            pass  # the commit stopped before it put the new file there
+        else:
+            if "tree" in entry:
+                shutil.rmtree(path)  # the stopped export's Triton repository, as noted
         os.replace(kept, path)
     except OSError as e:
         raise OutputError(f"cannot put back {path} from {kept}: {e.strerror or e}; put it back, or remove "
                           f"{kept.parent} to lose the earlier export") from None
+    return True
 
 
 def _take_back(out_dir: Path, noted: list[dict], put_back: set[str]) -> list[str]:
@@ -182,27 +199,32 @@ def _take_back(out_dir: Path, noted: list[dict], put_back: set[str]) -> list[str
 
 
 def _remove_if_noted(path: Path, entry: dict) -> bool:
-    """Remove `path` if it is the content `entry` notes: a regular file of its size and SHA-256, or a folder (not a
-    link) of its tree; whether it was."""
+    """Remove `path` if it is the content `entry` notes (`_is_noted`); whether it was."""
     try:
-        st = os.lstat(path)
-        if "tree" in entry:
-            if not stat.S_ISDIR(st.st_mode) or tree_digest(path) != entry["tree"]:
-                return False
-            shutil.rmtree(path)  # the stopped export's Triton repository
-            return True
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
+        if not _is_noted(path, entry):
             return False
-        with fileio.open_regular(path, follow_links=False) as f:
-            if fileio.stream_digest(f) != entry["sha256"]:
-                return False
-        path.unlink()
+        if "tree" in entry:
+            shutil.rmtree(path)  # the stopped export's Triton repository
+        else:
+            path.unlink()
     except FileNotFoundError:
         return False
     except OSError as e:
         raise OutputError(f"cannot remove {path}, which an export that was stopped part-way wrote: "
                           f"{e.strerror or e}; remove it") from None
     return True
+
+
+def _is_noted(path: Path, entry: dict) -> bool:
+    """Whether `path` is the content `entry` notes: a regular file of its size and SHA-256, or a folder (not a link)
+    of its tree; a link is never followed. FileNotFoundError where nothing is there."""
+    st = os.lstat(path)
+    if "tree" in entry:
+        return stat.S_ISDIR(st.st_mode) and tree_digest(path) == entry["tree"]
+    if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
+        return False
+    with fileio.open_regular(path, follow_links=False) as f:
+        return fileio.stream_digest(f) == entry["sha256"]
 
 
 def _remove_scratch(out_dir: Path, log: Log) -> None:
