@@ -861,6 +861,40 @@ def test_bench_says_how_many_rows_judging_an_int8_file_also_calibrated_it(colour
     assert verdict["also_calibrating_range"] == [8, 32] and "also_calibrating" not in verdict
 
 
+def test_compare_says_how_many_of_the_first_rows_also_calibrated_an_int8_file(colour_model: Path, tmp_path: Path):
+    """--calibration-inputs that hold 40 of the 64 reference inputs: compare says how many of the rows it judged the
+    int8 file on also calibrated it, as bench does; on the first --limit of them, the range the export's record
+    leaves open (not the count of all 64), and its JSON says so as bench's does."""
+    np.save(tmp_path / "some.npy", np.load(colour_model / "ref.npy")[:40])
+    result = _export(colour_model, "--input-shape", "3,32,32", "--format", "onnx", "--precision", "int8",
+                     "--inputs", colour_model / "ref.npy", "--calibration-inputs", tmp_path / "some.npy",
+                     out="some-overlap-compared")
+    assert result.exit_code == 0, result.stderr
+    int8 = colour_model / "some-overlap-compared" / "model.int8.onnx"
+
+    def compare(*limit: str) -> tuple[str, dict]:
+        report = tmp_path / "c.json"
+        result = run_cli("compare", int8, int8, "--judge-as", "int8", *limit, "--data-dir", tmp_path / "no-mnist",
+                         "--json", report)
+        assert result.exit_code == 0, result.stderr
+        data = json.loads(report.read_text())
+        assert data["a"] == data["b"] and data["reference_inputs"] == K
+        return " ".join(result.stdout.split()), data
+
+    said, data = compare()
+    assert (f"{int8}: judged on all {K} reference inputs, 40 of which also calibrated it (--calibration-inputs "
+            "shares them with --inputs)") in said
+    assert data["b"]["also_calibrating"] == 40 and "also_calibrating_range" not in data["b"]
+    some = f"(--calibration-inputs shares some of the {K} with --inputs; the export records how many, not which)"
+    said, data = compare("--limit", "5")  # any 5 of them may be among the 40, or none
+    assert f"{int8}: judged on the first 5 of {K} reference inputs, up to 5 of which also calibrated it {some}" \
+        in said and said.count("judged on") == 1
+    assert data["n"] == 5 and data["b"]["also_calibrating_range"] == [0, 5] and "also_calibrating" not in data["b"]
+    said, data = compare("--limit", "30")  # only 24 of the 64 did not calibrate it: at least 6 of any 30 did
+    assert f"judged on the first 30 of {K} reference inputs, 6 to 30 of which also calibrated it {some}" in said
+    assert data["b"]["also_calibrating_range"] == [6, 30]
+
+
 def test_bench_says_an_int8_file_it_could_not_judge_was_not_checked(colour_export: Path, tmp_path: Path):
     from toolkit.calibration import calibration_side
 

@@ -110,9 +110,13 @@ class Side:
     input: str = MNIST_INPUT  # what it was fed: MNIST test images, or random data of its declared inputs
     # an int8 file of the export whose reference inputs were fed (toolkit.calibration): how many of them are held out
     # from its calibration, where it was calibrated on the others (every file is then compared on those only), and
-    # how many also calibrated it, where it was calibrated on --calibration-inputs; as verify reports them
+    # how many of the n rows judged also calibrated it, where it was calibrated on --calibration-inputs; as verify
+    # reports them. The manifest records how many of all the reference inputs calibrated it, not which: of fewer
+    # rows (--limit), the count is known only as a range, [at least, at most] (then also_calibrating is None, and
+    # the JSON, as bench's, has also_calibrating_range in its place)
     held_out: int = 0
-    also_calibrating: int = 0
+    also_calibrating: int | None = 0
+    also_calibrating_range: list[int] | None = None
 
 
 @dataclass
@@ -137,14 +141,20 @@ class CompareReport:
         return not self.failures
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "a": _side_json(self.a), "b": _side_json(self.b), "passed": self.passed}
+
+
+def _side_json(side: Side) -> dict[str, Any]:
+    """A file's side of a report: also_calibrating, or in its place also_calibrating_range where it is a range."""
+    drop = "also_calibrating" if side.also_calibrating_range else "also_calibrating_range"
+    return {k: v for k, v in asdict(side).items() if k != drop}
 
 
 def reports_json(reports: list[CompareReport]) -> dict[str, Any]:
     """Two files: their report as it always was; more: A once, then each file's report against it."""
     if len(reports) == 1:
         return reports[0].to_json()
-    return {"reference": asdict(reports[0].a), "comparisons": [r.to_json() for r in reports],
+    return {"reference": _side_json(reports[0].a), "comparisons": [r.to_json() for r in reports],
             "passed": all(r.passed for r in reports)}
 
 
@@ -217,11 +227,17 @@ def compare_all(config: CompareConfig,
         measured.append(_measure(path, tag, runner, prep, pixels, labels,
                                  lambda done, what, offset=offset: report(offset + done, total, what)))
         if full is not None:  # as verify reports an int8 file judged on some of these inputs, or its calibration's
-            last = measured[-1][0]
-            last.held_out = held_out[k]
-            last.also_calibrating = calibration.also_calibrating(exports[k][0], full)
+            measured[-1][0].held_out = held_out[k]
+            _count_also_calibrating(measured[-1][0], exports[k][0], full, n)
     rows = len(full.pixels) if full is not None else None
     return [_judged(config, [measured[0], side], n, t0, rows) for side in measured[1:]]
+
+
+def _count_also_calibrating(side: Side, artifact: artifacts.Artifact | None, full: Reference, n: int) -> None:
+    """How many of the n rows of the reference inputs (`full`) that judged `side` also calibrated its file
+    (toolkit.calibration): exact where its manifest entry settles it, else the range it leaves open."""
+    least, most = calibration.also_calibrating_among(artifact, full, n, len(full.pixels))
+    side.also_calibrating, side.also_calibrating_range = (most, None) if least == most else (None, [least, most])
 
 
 def _rows_judged(entries: list[artifacts.Artifact | None], own: Reference) -> tuple[Reference, list[int]]:

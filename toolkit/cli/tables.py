@@ -228,29 +228,42 @@ def _print_not_verified(report: Any) -> None:
         out.print(f"not verified: {', '.join(files)}: {why}", highlight=False)
 
 
-def _print_judged_on(name: str, n: int, total: int, also_calibrating: int = 0, held_out: int | None = None) -> None:
+def _print_judged_on(name: str, n: int, total: int, also_calibrating: int = 0, held_out: int | None = None,
+                     least: int | None = None) -> None:
     """A line saying which of `total` reference inputs judged the int8 file `name` (toolkit.calibration), where not
     simply all of them: `held_out` (default `n`) held out from its calibration, or all of them, `also_calibrating`
-    of which calibrated it too; n, those judged, may be the first of them only."""
+    of which calibrated it too (at least `least` of them, where the count is a range); n, those judged, may be the
+    first of them only."""
     held = n if held_out is None else held_out
     first = f"the first {n:,} of " if n < held else ""
     if 0 < held < total:
         line = f"judged on {first}the {held:,} of the {total:,} reference inputs held out from its int8 calibration"
     elif also_calibrating:
-        line = (f"judged on {first or 'all '}{total:,} reference inputs, {also_calibrating:,} of which also "
-                "calibrated it (--calibration-inputs shares them with --inputs)")
+        line = f"judged on {first or 'all '}{total:,} reference inputs, {_of_which(least, also_calibrating, total)}"
     else:
         return
     out.print(f"{name}: {line}", highlight=False)
 
 
+def _of_which(least: int | None, most: int, total: int) -> str:
+    """How many of the rows judging an int8 file also calibrated it: exact (`least` None or `most`), or the range
+    the export's record leaves open for some of its `total` reference inputs (it records how many, not which)."""
+    if least is None or least == most:
+        return f"{most:,} of which also calibrated it (--calibration-inputs shares them with --inputs)"
+    count = f"up to {most:,}" if not least else f"{least:,} to {most:,}"
+    return (f"{count} of which also calibrated it (--calibration-inputs shares some of the {total:,} with --inputs; "
+            "the export records how many, not which)")
+
+
 def _print_compared_on(reports: list[Any]) -> None:
     """compare on an export's reference inputs: a line, as verify prints it, for each int8 file of it judged on some
-    of them only, or on its calibration rows too (every file is compared on the rows that judge each one)."""
+    of them only, or on its calibration rows too (every file is compared on the rows that judge each one; of the
+    first --limit of them, how many calibrated it may be a range)."""
     first = reports[0]
     total = first.reference_inputs
     for side in {side.file: side for r in reports for side in (r.a, r.b)}.values() if total else ():
-        _print_judged_on(side.file, first.n, total, side.also_calibrating, side.held_out or total)
+        least, most = side.also_calibrating_range or [side.also_calibrating] * 2
+        _print_judged_on(side.file, first.n, total, most, side.held_out or total, least)
 
 
 def _print_bench_judged_on(verification: dict[str, dict[str, Any]]) -> None:
@@ -262,12 +275,9 @@ def _print_bench_judged_on(verification: dict[str, dict[str, Any]]) -> None:
     for name, n, held_out_of, total, least, most in sorted(judged):
         if held_out_of or n == total:
             _print_judged_on(name, n, held_out_of or total, most)
-            continue
-        count = f"{most:,}" if least == most else f"up to {most:,}" if not least else f"{least:,} to {most:,}"
-        why = "them with --inputs" if least == most else (f"some of the {total:,} with --inputs; the export records "
-                                                         "how many, not which")
-        out.print(f"{name}: judged on {n:,} of the {total:,} reference inputs, {count} of which also calibrated it "
-                  f"(--calibration-inputs shares {why})", highlight=False)
+        else:
+            out.print(f"{name}: judged on {n:,} of the {total:,} reference inputs, {_of_which(least, most, total)}",
+                      highlight=False)
 
 
 def _print_bench(report: Any, bench_lib: Any, sweep: bool = False) -> None:
