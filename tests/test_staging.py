@@ -331,9 +331,8 @@ def test_recover_removes_only_the_very_files_a_stopped_commit_put_in_place(tmp_p
     """A commit killed before the manifest's rename left new files in place; before the next export, the user wrote
     their own content into one (the same inode) and a file into the new triton/ folder. Recovery removes a new file
     only while it holds the content the commit noted (its SHA-256), a folder only while its tree is the one noted."""
-    import pytest
 
-    from toolkit import fileio, staging
+    from toolkit import fileio
 
     out = _folder_with_user_files(tmp_path)
     before = _snapshot(out)
@@ -345,18 +344,7 @@ def test_recover_removes_only_the_very_files_a_stopped_commit_put_in_place(tmp_p
     (triton / "m" / "1").mkdir(parents=True)
     (triton / "m" / "1" / "model.onnx").write_bytes(b"the new model")
     stage.add_folder("triton", triton)
-    real_replace = os.replace
-
-    def replace(src, dst, *rest, **kwargs):
-        if os.path.basename(dst) == "manifest.json" and ASIDE_PREFIX not in str(dst):
-            raise KeyboardInterrupt  # stands in for the process killed here: nothing after it runs
-        return real_replace(src, dst, *rest, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)
-        m.setattr(staging, "_undo", lambda *a: None)
-        with pytest.raises(KeyboardInterrupt):
-            stage.commit(lambda line: None)
+    _commit_cut_at_manifest(stage, monkeypatch)
     assert (out / "model.ts.pt").read_bytes() == b"the new torchscript"
     with open(out / "model.ts.pt", "r+b") as f:  # the user's own content, written into the same file
         f.write(b"my own torchscript!")
@@ -376,9 +364,8 @@ def test_recover_puts_back_only_over_the_very_files_a_stopped_commit_put_in_plac
     where the commit had removed the earlier one. Recovery puts an earlier file back only where nothing is or over
     the new file noted; the user's entries stay, their earlier files stay set aside (one line says where), and no
     later export settles that folder again."""
-    import pytest
 
-    from toolkit import fileio, staging
+    from toolkit import fileio
 
     out = _folder_with_user_files(tmp_path)
     for name, data in (("model.ts.pt", b"the earlier torchscript"), ("golden.npy", b"the earlier golden"),
@@ -395,18 +382,7 @@ def test_recover_puts_back_only_over_the_very_files_a_stopped_commit_put_in_plac
     (triton / "m" / "1" / "model.onnx").write_bytes(b"the new model")
     stage.add_folder("triton", triton)
     stage.remove("model.int8.onnx", "stale")
-    real_replace = os.replace
-
-    def replace(src, dst, *rest, **kwargs):
-        if os.path.basename(dst) == "manifest.json" and ASIDE_PREFIX not in str(dst):
-            raise KeyboardInterrupt  # stands in for the process killed here: nothing after it runs
-        return real_replace(src, dst, *rest, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)
-        m.setattr(staging, "_undo", lambda *a: None)
-        with pytest.raises(KeyboardInterrupt):
-            stage.commit(lambda line: None)
+    _commit_cut_at_manifest(stage, monkeypatch)
     [aside] = [name for name in os.listdir(out) if name.startswith(ASIDE_PREFIX)]
     assert (out / "model.ts.pt").read_bytes() == b"the new torchscript" and not (out / "model.int8.onnx").exists()
     (out / "model.ts.pt").unlink()
@@ -432,3 +408,24 @@ def test_recover_puts_back_only_over_the_very_files_a_stopped_commit_put_in_plac
     assert _snapshot(out) == settled
     assert lines == [f"left {out / aside}/ alone: it is not a folder an export sets its earlier files aside in (its "
                      "name, its note or a name in it is not one an export makes)"], lines
+
+
+def _commit_cut_at_manifest(stage: Staging, monkeypatch) -> None:
+    """`stage.commit` stopped as a killed process would be, at the manifest's rename: nothing after it runs, and
+    nothing is undone."""
+    import pytest
+
+    from toolkit import staging
+
+    real_replace = os.replace
+
+    def replace(src, dst, *rest, **kwargs):
+        if os.path.basename(dst) == "manifest.json" and ASIDE_PREFIX not in str(dst):
+            raise KeyboardInterrupt  # stands in for the process killed here
+        return real_replace(src, dst, *rest, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(staging, "_undo", lambda *a: None)
+        with pytest.raises(KeyboardInterrupt):
+            stage.commit(lambda line: None)
