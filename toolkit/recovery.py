@@ -15,6 +15,7 @@ A scratch name carries `fileio.SCRATCH_MARK`, which ordinary names do not.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -85,7 +86,7 @@ def recover(out_dir: Path, log: Log) -> None:
     stopped before their commit; only under the folder's exclusive lock. OutputError if a file cannot be put back."""
     manifest = out_dir / MANIFEST_NAME
     digest = fileio.file_digest(manifest) if manifest.is_file() and not manifest.is_symlink() else ""
-    for aside in sorted(out_dir.glob(f"{_escaped(fileio.ASIDE_SCRATCH)}*")):
+    for aside in sorted(out_dir.glob(f"{glob.escape(fileio.ASIDE_SCRATCH)}*")):
         found = fileio.ASIDE_NAME.fullmatch(aside.name)
         noted = _read_note(aside) if found and aside.is_dir() and not aside.is_symlink() else None
         if noted is None:
@@ -271,7 +272,3 @@ def delete_aside(aside: Path, log: Log) -> None:
         shutil.rmtree(aside)
     except OSError as e:
         log(f"could not remove {aside}/ (the files this export replaced): {e.strerror or e}")
-
-
-def _escaped(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

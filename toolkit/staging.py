@@ -27,6 +27,7 @@ be, and its maker does not mind it gone). Every such name carries `fileio.SCRATC
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ class Staging:
     def discard(self) -> None:
         """Remove every scratch file (and what a builder wrote beside it): the folder is as it was."""
         for scratch in self.files.values():
-            for leftover in [scratch, *scratch.parent.glob(f"{_escaped(scratch.name)}?*")]:
+            for leftover in [scratch, *scratch.parent.glob(f"{glob.escape(scratch.name)}?*")]:
                 with contextlib.suppress(OSError):
                     leftover.unlink(missing_ok=True)
         if self.folder is not None:
@@ -202,10 +203,6 @@ def _listed(manifest: Path) -> dict[str, tuple[int, str]]:
     except ValueError:
         pass
     return found
-
-
-def _escaped(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
